@@ -1,0 +1,378 @@
+"""The local object cache: verified, decompressed objects by content hash.
+
+Layout follows the cvmfs posix cache (`00/`..`ff/`, `txn/`, files named
+`xx/<rest of hex><algo id>` without a type suffix), so a directory filled by
+`cvmfs_preload` or our own preload serves as a read-only "alien" tier that is
+consulted first.
+
+Sharing between concurrent processes of one user:
+- objects are written under txn/ and renamed into place: readers never see
+  partial files;
+- a download takes an open-file-description lock on one byte of `lock_objects`
+  chosen by the hash, so concurrent processes fetch each object once;
+- with a quota, `cachedb` (SQLite, WAL) records size and last use; clean-up
+  evicts least recently used objects down to half the limit, skipping any file
+  that a process has open or mapped (found in /proc) and objects used in the
+  last few seconds (handed out but not opened yet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import sqlite3
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+from ..errors import CacheError
+from .hashes import ContentHash
+
+OBJECT_MODE = 0o500  # read-only for everybody, executable so that exec works on it
+_F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)
+_FLOCK = struct.Struct("=hh4xqqi4x")  # struct flock on 64-bit Linux
+_RECENT_GRACE = 5.0
+
+
+def default_cache_dir() -> str:
+    env = os.environ.get("PARROT_CVMFS_CACHE")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "parrot-cvmfs")
+
+
+def make_layout(directory: str, mode: int = 0o700) -> None:
+    """Create `00`..`ff`, `txn` and `quarantaine` (skipped when `ff` exists)."""
+    if os.path.isdir(os.path.join(directory, "ff")):
+        os.makedirs(os.path.join(directory, "txn"), mode=mode, exist_ok=True)
+        return
+    try:
+        os.makedirs(directory, mode=mode, exist_ok=True)
+        for i in range(256):
+            os.makedirs(os.path.join(directory, f"{i:02x}"), mode=mode, exist_ok=True)
+        for d in ("txn", "quarantaine"):
+            os.makedirs(os.path.join(directory, d), mode=mode, exist_ok=True)
+    except OSError as e:
+        raise CacheError(f"cannot create cache directory {directory}: {e.strerror}") from None
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write a small file via a temporary file and rename."""
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class ObjectCache:
+    """A writable cache directory plus optional read-only alien directories."""
+
+    def __init__(
+        self,
+        directory: str,
+        quota_bytes: int | None = None,
+        alien: list[str] | None = None,
+    ):
+        self.dir = os.path.abspath(directory)
+        self.alien = [os.path.abspath(a) for a in (alien or [])]
+        make_layout(self.dir)
+        self.txn = os.path.join(self.dir, "txn")
+        self._lockfile = os.path.join(self.dir, "lock_objects")
+        self.quota = Quota(self.dir, quota_bytes) if quota_bytes and quota_bytes > 0 else None
+        self.hits = 0
+        self.misses = 0
+
+    # -- names and lookup ---------------------------------------------------------------------
+
+    def path(self, h: ContentHash, variant: str = "") -> str:
+        return os.path.join(self.dir, h.cache_name() + variant)
+
+    def find(self, h: ContentHash, variant: str = "") -> str | None:
+        """Local path of a cached object (alien tiers first), or None."""
+        name = h.cache_name() + variant
+        if not variant:
+            for a in self.alien:
+                p = os.path.join(a, name)
+                if os.path.exists(p):
+                    self.hits += 1
+                    return p
+        p = os.path.join(self.dir, name)
+        if os.path.exists(p):
+            self.hits += 1
+            if self.quota is not None:
+                self.quota.touch(name)
+            return p
+        self.misses += 1
+        return None
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def new_temp(self) -> tuple[int, str]:
+        """A new temporary file in txn/ (named after our pid, so stale ones can be found)."""
+        try:
+            return tempfile.mkstemp(dir=self.txn, prefix=f"fetch.{os.getpid()}.")
+        except OSError as e:
+            raise CacheError(f"cannot write to cache {self.dir}: {e.strerror}") from None
+
+    def commit(self, tmp: str, h: ContentHash, variant: str = "", kind: int = 0) -> str:
+        """Move a complete, verified temporary file into place."""
+        name = h.cache_name() + variant
+        dest = os.path.join(self.dir, name)
+        try:
+            size = os.stat(tmp).st_size
+            os.chmod(tmp, OBJECT_MODE)
+            os.rename(tmp, dest)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise CacheError(f"cannot store object {name} in cache {self.dir}: {e.strerror}") from None
+        if self.quota is not None:
+            self.quota.insert(name, size, kind)
+            if self.quota.over_limit():
+                self.quota.cleanup()
+        return dest
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive lock across processes and threads for one object key (a hex hash)."""
+        fd = os.open(self._lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            offset = int(key[:15], 16)
+            fcntl.fcntl(fd, _F_OFD_SETLKW, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
+            yield
+        finally:
+            os.close(fd)  # closing the description releases its OFD lock
+
+    # -- small metadata files -------------------------------------------------------------------
+
+    def meta_path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def read_meta(self, name: str, search_alien: bool = True) -> bytes | None:
+        for d in [self.dir] + (self.alien if search_alien else []):
+            try:
+                with open(os.path.join(d, name), "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise CacheError(f"cannot read {os.path.join(d, name)}: {e.strerror}") from None
+        return None
+
+    def write_meta(self, name: str, data: bytes) -> None:
+        try:
+            write_atomic(os.path.join(self.dir, name), data)
+        except OSError as e:
+            raise CacheError(f"cannot write {name} in cache {self.dir}: {e.strerror}") from None
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete txn/ files of processes that no longer exist."""
+        removed = 0
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.txn):
+                parts = name.split(".")
+                if len(parts) >= 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self.txn, name))
+                        removed += 1
+        return removed
+
+    def close(self) -> None:
+        if self.quota is not None:
+            self.quota.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def open_files_under(prefix: str) -> set[str]:
+    """Paths under `prefix` that some process we can inspect has open or mapped."""
+    prefix = prefix.rstrip("/") + "/"
+    found: set[str] = set()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        base = f"/proc/{pid}"
+        try:
+            for fd in os.listdir(base + "/fd"):
+                try:
+                    target = os.readlink(f"{base}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(prefix):
+                    found.add(target.removesuffix(" (deleted)"))
+        except OSError:
+            continue
+        try:
+            with open(base + "/maps", "rb") as f:
+                for line in f:
+                    i = line.find(b" /")
+                    if i > 0:
+                        path = line[i + 1 :].rstrip(b"\n").decode("utf-8", "surrogateescape")
+                        if path.startswith(prefix):
+                            found.add(path.removesuffix(" (deleted)"))
+        except OSError:
+            continue
+    return found
+
+
+class Quota:
+    """LRU bookkeeping in `cachedb`, shared by the processes using the cache."""
+
+    def __init__(self, cache_dir: str, limit_bytes: int):
+        self.dir = cache_dir
+        self.limit = limit_bytes
+        self._lock = threading.Lock()
+        self._touched: dict[str, float] = {}
+        self._last_flush = time.monotonic()
+        self.cleanups = 0
+        self.evicted = 0
+        path = os.path.join(cache_dir, "cachedb")
+        fresh = not os.path.exists(path)
+        try:
+            self._db = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS objects (name TEXT PRIMARY KEY, size INTEGER NOT NULL,
+                                                    atime REAL NOT NULL, kind INTEGER NOT NULL);
+                CREATE INDEX IF NOT EXISTS idx_objects_atime ON objects (atime);
+                CREATE TABLE IF NOT EXISTS properties (key TEXT PRIMARY KEY, value TEXT);
+                """
+            )
+        except sqlite3.DatabaseError as e:
+            raise CacheError(f"cannot open quota database {path}: {e}") from None
+        if fresh:
+            self.rebuild()
+
+    def _write(self, sql: str, args=()) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if isinstance(args, list):
+                    self._db.executemany(sql, args)
+                else:
+                    self._db.execute(sql, args)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as e:
+            raise CacheError(f"quota database in {self.dir} failed: {e}") from None
+
+    def rebuild(self) -> None:
+        """Register objects already on disk (a cache created without a quota)."""
+        rows = []
+        for i in range(256):
+            d = os.path.join(self.dir, f"{i:02x}")
+            try:
+                with os.scandir(d) as it:
+                    for e in it:
+                        with contextlib.suppress(OSError):
+                            s = e.stat(follow_symlinks=False)
+                            rows.append((f"{i:02x}/{e.name}", s.st_size, s.st_atime, 0))
+            except OSError:
+                continue
+        if rows:
+            self._write("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", rows)
+
+    def insert(self, name: str, size: int, kind: int) -> None:
+        with self._lock:
+            self._write("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (name, size, time.time(), kind))
+
+    def touch(self, name: str) -> None:
+        with self._lock:
+            self._touched[name] = time.time()
+            if len(self._touched) > 2000 or time.monotonic() - self._last_flush > 30:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._touched:
+            items = [(t, n) for n, t in self._touched.items()]
+            self._touched.clear()
+            self._write("UPDATE objects SET atime = max(atime, ?) WHERE name = ?", items)
+        self._last_flush = time.monotonic()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def usage(self) -> int:
+        try:
+            return self._db.execute("SELECT coalesce(sum(size), 0) FROM objects").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise CacheError(f"quota database in {self.dir} failed: {e}") from None
+
+    def over_limit(self) -> bool:
+        return self.usage() > self.limit
+
+    def cleanup(self, target: int | None = None) -> int:
+        """Evict least recently used objects until usage <= target (default: half the
+        limit). Returns bytes freed. Only one process cleans at a time."""
+        target = self.limit // 2 if target is None else target
+        lockfd = os.open(os.path.join(self.dir, "lock_cleanup"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return 0  # somebody else is cleaning
+                raise
+            self.flush()
+            usage = self.usage()
+            if usage <= target:
+                return 0
+            in_use = open_files_under(self.dir)
+            recent = time.time() - _RECENT_GRACE
+            freed = 0
+            gone = []
+            for name, size, atime in self._db.execute(
+                "SELECT name, size, atime FROM objects ORDER BY atime"
+            ).fetchall():
+                if usage - freed <= target:
+                    break
+                path = os.path.join(self.dir, name)
+                if atime > recent or path in in_use:
+                    continue
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    continue
+                gone.append((name,))
+                freed += size
+            if gone:
+                self._write("DELETE FROM objects WHERE name = ?", gone)
+            self.cleanups += 1
+            self.evicted += len(gone)
+            return freed
+        finally:
+            os.close(lockfd)
+
+    def close(self) -> None:
+        with contextlib.suppress(CacheError, sqlite3.Error):
+            self.flush()
+            self._db.close()

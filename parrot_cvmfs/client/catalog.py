@@ -1,0 +1,372 @@
+"""One file catalog: a SQLite database mapping path MD5s to directory entries.
+
+Columns differ between schema revisions, so the SELECT is built from the
+table's actual columns. Entries are keyed by the MD5 of their full path inside
+the repository (the root is the empty string).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import stat as st
+import struct
+import threading
+import urllib.parse
+
+from ..errors import CatalogError
+from .hashes import Algorithm, ContentHash
+
+FLAG_DIR = 1
+FLAG_NESTED_MOUNTPOINT = 2
+FLAG_FILE = 4
+FLAG_LINK = 8
+FLAG_SPECIAL = 16
+FLAG_NESTED_ROOT = 32
+FLAG_CHUNKED = 64
+FLAG_EXTERNAL = 128
+FLAG_BIND_MOUNTPOINT = 0x4000
+FLAG_HIDDEN = 0x8000
+FLAG_DIRECT_IO = 0x10000
+FLAG_POS_HASH = 8
+FLAG_POS_COMPRESSION = 11
+
+COMPRESSION_ZLIB = 0
+COMPRESSION_NONE = 1
+
+DEFAULT_TTL = 240
+
+_MD5_SPLIT = struct.Struct("<qq")
+
+
+def md5path(path: str) -> tuple[int, int]:
+    """The (md5path_1, md5path_2) key of a repository path ("" is the root)."""
+    return _MD5_SPLIT.unpack(hashlib.md5(path.encode("utf-8", "surrogateescape")).digest())
+
+
+def _decode_text(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+class DirEntry:
+    """A catalog row, decoded. `path` is the logical path inside the repository."""
+
+    __slots__ = (
+        "path",
+        "name",
+        "mode",
+        "size",
+        "mtime",
+        "mtime_ns",
+        "flags",
+        "hash",
+        "symlink",
+        "linkcount",
+        "hardlink_group",
+        "uid",
+        "gid",
+        "xattr_blob",
+        "catalog",
+        "rowid",
+    )
+
+    def __init__(self, path, name, mode, size, mtime, mtime_ns, flags, hash_, symlink, hardlinks,
+                 uid, gid, xattr_blob, catalog, rowid):
+        self.path = path
+        self.name = name
+        self.mode = mode
+        self.size = size
+        self.mtime = mtime
+        self.mtime_ns = mtime_ns
+        self.flags = flags
+        self.hash = hash_
+        self.symlink = symlink
+        self.linkcount = hardlinks & 0xFFFFFFFF
+        self.hardlink_group = hardlinks >> 32
+        self.uid = uid
+        self.gid = gid
+        self.xattr_blob = xattr_blob
+        self.catalog = catalog
+        self.rowid = rowid
+
+    # The type comes from the mode; the markers from the flags.
+    @property
+    def is_dir(self) -> bool:
+        return st.S_ISDIR(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return st.S_ISLNK(self.mode)
+
+    @property
+    def is_regular(self) -> bool:
+        return st.S_ISREG(self.mode)
+
+    @property
+    def is_special(self) -> bool:
+        return not (self.is_dir or self.is_symlink or self.is_regular)
+
+    @property
+    def kind(self) -> str:
+        """'dir', 'file', 'symlink' or 'special'."""
+        if self.is_dir:
+            return "dir"
+        if self.is_regular:
+            return "file"
+        if self.is_symlink:
+            return "symlink"
+        return "special"
+
+    @property
+    def is_nested_mountpoint(self) -> bool:
+        return bool(self.flags & FLAG_NESTED_MOUNTPOINT)
+
+    @property
+    def is_bind_mountpoint(self) -> bool:
+        return bool(self.flags & FLAG_BIND_MOUNTPOINT)
+
+    @property
+    def is_nested_root(self) -> bool:
+        return bool(self.flags & FLAG_NESTED_ROOT)
+
+    @property
+    def is_chunked(self) -> bool:
+        return bool(self.flags & FLAG_CHUNKED)
+
+    @property
+    def is_external(self) -> bool:
+        return bool(self.flags & FLAG_EXTERNAL)
+
+    @property
+    def is_hidden(self) -> bool:
+        return bool(self.flags & FLAG_HIDDEN)
+
+    @property
+    def is_direct_io(self) -> bool:
+        return bool(self.flags & FLAG_DIRECT_IO)
+
+    @property
+    def hash_algorithm(self) -> Algorithm:
+        return Algorithm(((self.flags >> FLAG_POS_HASH) & 7) + 1)
+
+    @property
+    def compression(self) -> int:
+        return (self.flags >> FLAG_POS_COMPRESSION) & 7
+
+    @property
+    def is_compressed(self) -> bool:
+        return self.compression == COMPRESSION_ZLIB
+
+    @property
+    def md5(self) -> tuple[int, int]:
+        return md5path(self.catalog.internal_path(self.path))
+
+    @property
+    def rdev(self) -> int:
+        return self.size if (st.S_ISCHR(self.mode) or st.S_ISBLK(self.mode)) else 0
+
+    def __repr__(self) -> str:
+        return f"DirEntry({self.path!r}, mode={oct(self.mode)}, size={self.size})"
+
+
+class Catalog:
+    """A read-only view of one catalog database.
+
+    `mountpoint` is where the catalog's root appears in the logical namespace;
+    `prefix` is that root's path inside the catalog (its `root_prefix`, "" for a
+    root catalog). Paths given to methods are logical.
+    """
+
+    def __init__(self, db_path: str, content_hash: ContentHash | None, mountpoint: str = ""):
+        self.db_path = db_path
+        self.hash = content_hash
+        self.mountpoint = mountpoint
+        self.what = f"catalog {content_hash.hex if content_hash else db_path} at /{mountpoint.lstrip('/')}"
+        self._lock = threading.Lock()
+        try:
+            uri = "file:" + urllib.parse.quote(db_path) + "?mode=ro&immutable=1"
+            self._con = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._con.text_factory = _decode_text
+            self.properties = dict(self._con.execute("SELECT key, value FROM properties"))
+            columns = {row[1] for row in self._con.execute("PRAGMA table_info(catalog)")}
+            tables = {
+                r[0] for r in self._con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        except sqlite3.DatabaseError as e:
+            raise CatalogError(f"malformed {self.what}: {e}") from None
+        if "md5path_1" not in columns or "mode" not in columns:
+            raise CatalogError(f"malformed {self.what}: no catalog table")
+        try:
+            self.schema = float(self.properties.get("schema", "1.0"))
+            self.schema_revision = int(self.properties.get("schema_revision", "0"))
+        except ValueError:
+            raise CatalogError(f"malformed {self.what}: bad schema property") from None
+        if self.schema >= 2.0 and not (abs(self.schema - 2.4) < 1e-6 or abs(self.schema - 2.5) < 1e-6):
+            raise CatalogError(f"{self.what} has unsupported schema {self.schema}")
+        self.prefix = self.properties.get("root_prefix", "") if mountpoint else ""
+        if self.prefix == "/":
+            self.prefix = ""
+
+        def col(name: str, default: str) -> str:
+            return name if name in columns else default
+
+        self._legacy_hash = "hardlinks" not in columns  # schema < 2.1: always SHA-1
+        self._select = (
+            "SELECT rowid, name, mode, size, mtime, "
+            + col("mtimens", "NULL")
+            + ", flags, hash, symlink, "
+            + col("hardlinks", "1")
+            + ", "
+            + col("uid", "0")
+            + ", "
+            + col("gid", "0")
+            + ", "
+            + col("xattr", "NULL")
+            + " FROM catalog "
+        )
+        self._has_chunks = "chunks" in tables
+        nested_sources = []
+        if "nested_catalogs" in tables:
+            ncols = {r[1] for r in self._con.execute("PRAGMA table_info(nested_catalogs)")}
+            if "sha1" in ncols:
+                size = "size" if "size" in ncols else "0"
+                nested_sources.append(f"SELECT path, sha1, {size} FROM nested_catalogs")
+        if "bind_mountpoints" in tables:
+            nested_sources.append("SELECT path, sha1, size FROM bind_mountpoints")
+        self._nested_sql = " UNION ALL ".join(nested_sources)
+        self._nested: dict[str, tuple[ContentHash, int]] | None = None
+
+    # -- path mapping ---------------------------------------------------------------------
+
+    def internal_path(self, logical: str) -> str:
+        """Logical path -> path as hashed inside this catalog."""
+        return self.prefix + logical[len(self.mountpoint) :]
+
+    def logical_path(self, internal: str) -> str:
+        return self.mountpoint + internal[len(self.prefix) :]
+
+    # -- queries --------------------------------------------------------------------------
+
+    def _query(self, sql: str, args: tuple) -> list:
+        try:
+            with self._lock:
+                return self._con.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise CatalogError(f"malformed {self.what}: {e}") from None
+
+    def _entry(self, row, path: str) -> DirEntry:
+        rowid, name, mode, size, mtime, mtimens, flags, h, symlink, hardlinks, uid, gid, xattr = row
+        content_hash = None
+        if h:
+            if isinstance(h, str):
+                h = h.encode("utf-8", "surrogateescape")
+            algorithm = Algorithm.SHA1 if self._legacy_hash else Algorithm(((flags >> 8) & 7) + 1)
+            try:
+                content_hash = ContentHash(algorithm, h)
+            except ValueError:
+                raise CatalogError(f"malformed {self.what}: bad hash for {path or '/'}") from None
+        return DirEntry(path, name or "", mode, size or 0, mtime or 0, mtimens, flags, content_hash,
+                        symlink or "", hardlinks if hardlinks is not None else 1, uid or 0, gid or 0,
+                        xattr, self, rowid)
+
+    def lookup(self, path: str) -> DirEntry | None:
+        """The entry for a logical path, or None if this catalog does not hold it."""
+        p1, p2 = md5path(self.internal_path(path))
+        rows = self._query(self._select + "WHERE md5path_1=? AND md5path_2=?", (p1, p2))
+        return self._entry(rows[0], path) if rows else None
+
+    def listing(self, path: str) -> list[DirEntry]:
+        """Children of a directory whose entries live in this catalog (hidden ones included)."""
+        p1, p2 = md5path(self.internal_path(path))
+        rows = self._query(self._select + "WHERE parent_1=? AND parent_2=?", (p1, p2))
+        base = path
+        return [self._entry(r, f"{base}/{r[1]}") for r in rows]
+
+    def chunks(self, entry: DirEntry) -> list[tuple[int, int, ContentHash]]:
+        """(offset, size, hash) of a chunked file, ordered by offset."""
+        if not self._has_chunks:
+            return []
+        p1, p2 = md5path(self.internal_path(entry.path))
+        rows = self._query(
+            "SELECT offset, size, hash FROM chunks WHERE md5path_1=? AND md5path_2=? ORDER BY offset",
+            (p1, p2),
+        )
+        algorithm = entry.hash_algorithm
+        out = []
+        for offset, size, h in rows:
+            if isinstance(h, str):
+                h = h.encode("utf-8", "surrogateescape")
+            try:
+                out.append((offset, size, ContentHash(algorithm, h)))
+            except (ValueError, TypeError):
+                raise CatalogError(f"malformed {self.what}: bad chunk hash for {entry.path}") from None
+        return out
+
+    def nested_catalogs(self) -> dict[str, tuple[ContentHash, int]]:
+        """Logical mountpoint -> (catalog hash, size) of nested and bind-mounted catalogs."""
+        if self._nested is None:
+            nested: dict[str, tuple[ContentHash, int]] = {}
+            if self._nested_sql:
+                for path, h, size in self._query(self._nested_sql, ()):
+                    try:
+                        nested[self.logical_path(path)] = (ContentHash.from_hex(h), size or 0)
+                    except (ValueError, TypeError):
+                        raise CatalogError(f"malformed {self.what}: bad nested catalog hash {h!r}") from None
+            self._nested = nested
+        return self._nested
+
+    def counters(self) -> dict[str, int]:
+        try:
+            rows = self._query("SELECT counter, value FROM statistics", ())
+        except CatalogError:
+            return {}
+        return dict(rows)
+
+    @property
+    def revision(self) -> int:
+        return int(self.properties.get("revision", "0"))
+
+    @property
+    def ttl(self) -> int:
+        try:
+            return int(self.properties.get("TTL", DEFAULT_TTL))
+        except ValueError:
+            return DEFAULT_TTL
+
+    @property
+    def last_modified(self) -> int:
+        return int(self.properties.get("last_modified", "0"))
+
+    @property
+    def max_rowid(self) -> int:
+        rows = self._query("SELECT max(rowid) FROM catalog", ())
+        return rows[0][0] or 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+
+def expand_variant_symlink(target: str, env) -> str:
+    """Expand `$(NAME)` and `$(NAME:-default)` as the client does (set-but-empty wins)."""
+    if "$" not in target:
+        return target
+    out = []
+    i, n = 0, len(target)
+    while i < n:
+        c = target[i]
+        if c == "$" and i + 2 < n and target[i + 1] == "(":
+            close = target.find(")", i + 2)
+            if close < 0:
+                out.append(target[i : i + 3])
+                i += 3
+                continue
+            inner = target[i + 2 : close]
+            name, sep, default = inner.partition(":-")
+            value = env.get(name)
+            out.append(value if value is not None else (default if sep else ""))
+            i = close + 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)

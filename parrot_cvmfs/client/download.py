@@ -1,0 +1,432 @@
+"""HTTP downloads with the cvmfs client's host and proxy fail-over.
+
+The network path is shared state: an ordered host chain (stratum 1s) with a
+current host, and proxy groups (`a|b;c`: groups in fail-over order, proxies
+in a group load-balanced) with a current proxy. Each request keeps its own
+counters and, after a failure, either retries the same path (transfer errors,
+with back-off), switches proxy (proxy errors), or switches host (host errors,
+or once every proxy failed). Corrupted data is retried once with no-cache
+headers, then treated as a host error. Nothing unverified is ever returned.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import httpx
+
+from .. import __version__
+from ..errors import DownloadError
+from .hashes import ContentHash, new_hasher
+
+# Failure kinds (cvmfs download failure classes, collapsed)
+HOST_HTTP = "host-http"
+HOST_CONNECTION = "host-connection"  # transfer error: retried on the same path first
+HOST_SLOW = "host-too-slow"
+HOST_SHORT = "host-short-transfer"
+PROXY_HTTP = "proxy-http"
+PROXY_CONNECTION = "proxy-connection"
+PROXY_SLOW = "proxy-too-slow"
+PROXY_SHORT = "proxy-short-transfer"
+BAD_DATA = "bad-data"
+TOO_BIG = "too-big"
+
+_TRANSFER = {HOST_CONNECTION, HOST_SLOW, HOST_SHORT, PROXY_CONNECTION, PROXY_SLOW, PROXY_SHORT}
+_HOST = {HOST_HTTP, HOST_CONNECTION, HOST_SLOW, HOST_SHORT}
+_PROXY = {PROXY_HTTP, PROXY_CONNECTION, PROXY_SLOW, PROXY_SHORT}
+
+DIRECT = "DIRECT"
+
+
+def parse_proxy_groups(spec: str | None) -> list[list[str]]:
+    """`a|b;c|DIRECT` -> [["http://a", "http://b"], ["http://c", "DIRECT"]]."""
+    groups = []
+    for g in (spec or "").split(";"):
+        members = []
+        for p in g.split("|"):
+            p = p.strip()
+            if not p or p.lower() == "auto":  # WPAD/PAC discovery is not supported
+                continue
+            if p.upper() == DIRECT:
+                members.append(DIRECT)
+            else:
+                members.append(p if "://" in p else "http://" + p)
+        if members:
+            groups.append(members)
+    return groups
+
+
+def strip_direct(groups: list[list[str]]) -> list[list[str]]:
+    out = [[p for p in g if p != DIRECT] for g in groups]
+    return [g for g in out if g]
+
+
+@dataclass
+class DownloadSettings:
+    hosts: list[str]
+    proxy: str | None = DIRECT
+    fallback_proxy: str | None = None
+    timeout: float = 5.0
+    timeout_direct: float = 10.0
+    low_speed_limit: int = 1024
+    max_retries: int = 1
+    backoff_init: float = 2.0
+    backoff_max: float = 10.0
+    host_reset_after: float = 1800.0
+    proxy_reset_after: float = 300.0
+    follow_redirects: bool = False
+    max_servers: int = 0
+    user_agent: str = field(default_factory=lambda: f"cvmfs parrot-cvmfs {__version__}")
+
+    @classmethod
+    def from_settings(cls, s, hosts: list[str] | None = None, external: bool = False) -> DownloadSettings:
+        """Build from RepositorySettings (the CVMFS_* parameters)."""
+        pre = "CVMFS_EXTERNAL_" if external else "CVMFS_"
+        if hosts is None:
+            hosts = s.server_urls
+        proxy = s.get(pre + "HTTP_PROXY", DIRECT if external else s.get("CVMFS_HTTP_PROXY"))
+        return cls(
+            hosts=hosts,
+            proxy=proxy,
+            fallback_proxy=s.get(pre + "FALLBACK_PROXY"),
+            timeout=s.number(pre + "TIMEOUT", s.number("CVMFS_TIMEOUT", 5)),
+            timeout_direct=s.number(pre + "TIMEOUT_DIRECT", s.number("CVMFS_TIMEOUT_DIRECT", 10)),
+            low_speed_limit=int(s.number("CVMFS_LOW_SPEED_LIMIT", 1024)),
+            max_retries=int(s.number("CVMFS_MAX_RETRIES", 1)),
+            backoff_init=s.number("CVMFS_BACKOFF_INIT", 2),
+            backoff_max=s.number("CVMFS_BACKOFF_MAX", 10),
+            host_reset_after=s.number("CVMFS_HOST_RESET_AFTER", 1800),
+            proxy_reset_after=s.number("CVMFS_PROXY_RESET_AFTER", 300),
+            follow_redirects=s.flag("CVMFS_FOLLOW_REDIRECTS"),
+            max_servers=int(s.number(pre + "MAX_SERVERS", 0)),
+        )
+
+
+class _Failure(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class NetworkPath:
+    """The shared host chain and proxy groups, with switch-over and reset timers."""
+
+    def __init__(self, settings: DownloadSettings):
+        hosts = list(settings.hosts)
+        if settings.max_servers > 0:
+            hosts = hosts[: settings.max_servers]
+        if not hosts:
+            raise DownloadError("no server URL configured")
+        self.hosts = hosts
+        regular = parse_proxy_groups(settings.proxy)
+        fallback = parse_proxy_groups(settings.fallback_proxy)
+        if fallback:
+            regular, fallback = strip_direct(regular), strip_direct(fallback)
+        self.groups = regular + fallback or [[DIRECT]]
+        self.num_proxies = sum(len(g) for g in self.groups)
+        self.settings = settings
+        self._lock = threading.Lock()
+        self.host_index = 0
+        self._host_switched = 0.0
+        self.group_index = 0
+        self._burned: set[str] = set()
+        self._proxy_switched = 0.0
+        self.proxy = random.choice(self.groups[0])
+
+    def current(self) -> tuple[int, str, str]:
+        """(host index, host, proxy), applying the reset-after timers."""
+        with self._lock:
+            now = time.monotonic()
+            s = self.settings
+            if self.host_index and s.host_reset_after > 0 and now - self._host_switched > s.host_reset_after:
+                self.host_index = 0
+            if self.group_index and s.proxy_reset_after > 0 and now - self._proxy_switched > s.proxy_reset_after:
+                self._reset_proxies()
+            return self.host_index, self.hosts[self.host_index], self.proxy
+
+    def switch_host(self, used_index: int) -> None:
+        with self._lock:
+            if used_index == self.host_index:  # another request may have switched already
+                self.host_index = (self.host_index + 1) % len(self.hosts)
+                self._host_switched = time.monotonic()
+
+    def switch_proxy(self, used: str) -> None:
+        with self._lock:
+            if used != self.proxy:
+                return
+            self._burned.add(used)
+            group = self.groups[self.group_index]
+            left = [p for p in group if p not in self._burned]
+            if not left:
+                self.group_index = (self.group_index + 1) % len(self.groups)
+                self._burned.clear()
+                left = self.groups[self.group_index]
+            self.proxy = random.choice(left)
+            self._proxy_switched = time.monotonic()
+
+    def reset_proxies(self) -> None:
+        with self._lock:
+            self._reset_proxies()
+
+    def _reset_proxies(self) -> None:
+        self.group_index = 0
+        self._burned.clear()
+        self.proxy = random.choice(self.groups[0])
+
+    def host_list(self) -> list[str]:
+        return self.hosts[self.host_index :] + self.hosts[: self.host_index]
+
+    def proxy_list(self) -> list[str]:
+        return [p for g in self.groups for p in g]
+
+
+class Downloader:
+    """Fetches repository paths (`/.cvmfspublished`, `/data/...`) through the network path."""
+
+    def __init__(self, settings: DownloadSettings, sleep: Callable[[float], None] = time.sleep):
+        self.settings = settings
+        self.path = NetworkPath(settings)
+        self._clients: dict[str, httpx.Client] = {}
+        self._clients_lock = threading.Lock()
+        self._sleep = sleep
+        self.n_downloads = 0
+        self.bytes_received = 0
+        self.n_failures = 0
+        self._stats_lock = threading.Lock()
+
+    def _client(self, proxy: str) -> httpx.Client:
+        with self._clients_lock:
+            c = self._clients.get(proxy)
+            if c is None:
+                t = self.settings.timeout_direct if proxy == DIRECT else self.settings.timeout
+                c = httpx.Client(
+                    proxy=None if proxy == DIRECT else proxy,
+                    timeout=httpx.Timeout(connect=t, read=t, write=t, pool=None),
+                    follow_redirects=self.settings.follow_redirects,
+                    max_redirects=4,
+                    headers={"User-Agent": self.settings.user_agent, "Pragma": ""},
+                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                    trust_env=False,
+                )
+                self._clients[proxy] = c
+            return c
+
+    def close(self) -> None:
+        with self._clients_lock:
+            for c in self._clients.values():
+                c.close()
+            self._clients.clear()
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    def _attempt(self, url: str, proxy: str, nocache: bool, sink: _Sink, headers: dict) -> None:
+        direct = proxy == DIRECT
+        h = dict(headers)
+        if nocache:
+            h["Pragma"] = "no-cache"
+            h["Cache-Control"] = "no-cache"
+        timeout = self.settings.timeout_direct if direct else self.settings.timeout
+        where = url if direct else f"{url} via proxy {proxy}"
+        try:
+            with self._client(proxy).stream("GET", url, headers=h) as resp:
+                status = resp.status_code
+                if status == 429:
+                    raise _Failure(HOST_CONNECTION, f"{where}: HTTP 429 (too many requests)")
+                if not 200 <= status < 300:
+                    squid = "x-squid-error" in resp.headers or "error=" in resp.headers.get("proxy-status", "")
+                    if squid and not direct:
+                        kind = PROXY_HTTP
+                    elif direct or 300 <= status < 400 or status in (400, 404) or status >= 500:
+                        kind = HOST_HTTP
+                    else:
+                        kind = PROXY_HTTP
+                    raise _Failure(kind, f"{where}: HTTP {status}")
+                sink.reset()
+                window_start, window_bytes = time.monotonic(), 0
+                limit = self.settings.low_speed_limit
+                for data in resp.iter_raw(65536):
+                    sink.feed(data)
+                    window_bytes += len(data)
+                    now = time.monotonic()
+                    if now - window_start >= timeout:
+                        if window_bytes < limit * (now - window_start):
+                            raise _Failure(
+                                HOST_SLOW if direct else PROXY_SLOW,
+                                f"{where}: transfer slower than {limit} B/s",
+                            )
+                        window_start, window_bytes = now, 0
+                with self._stats_lock:
+                    self.bytes_received += sink.received
+                sink.finish(where)
+        except _Failure:
+            raise
+        except httpx.TimeoutException:
+            raise _Failure(HOST_SLOW if direct else PROXY_SLOW, f"{where}: timed out after {timeout:g} s") from None
+        except httpx.ProxyError as e:
+            raise _Failure(PROXY_CONNECTION, f"{where}: proxy error ({e})") from None
+        except httpx.ConnectError as e:
+            # through a proxy, a refused connection is the proxy's (curl: kFailProxyConnection)
+            raise _Failure(HOST_CONNECTION if direct else PROXY_CONNECTION, f"{where}: cannot connect ({_short(e)})") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+            raise _Failure(HOST_SHORT if direct else PROXY_SHORT, f"{where}: transfer broken ({_short(e)})") from None
+        except httpx.TooManyRedirects:
+            raise _Failure(HOST_CONNECTION, f"{where}: too many redirects") from None
+        except httpx.HTTPError as e:
+            raise _Failure(HOST_CONNECTION if direct else PROXY_CONNECTION, f"{where}: {_short(e)}") from None
+
+    # -- the fail-over loop --------------------------------------------------------------------
+
+    def fetch(
+        self,
+        rel_path: str,
+        *,
+        what: str,
+        expected: ContentHash | None = None,
+        decompress: bool = False,
+        size: int | None = None,
+        out: BinaryIO | None = None,
+        max_size: int = 64 << 20,
+        headers: dict | None = None,
+        url_for: Callable[[str], str] | None = None,
+    ) -> bytes | None:
+        """Download `rel_path` below the current host; verify the hash of the received
+        bytes if `expected`, inflate if `decompress`, check the inflated `size` if given.
+        Writes to `out` (truncated and rewritten on retries) or returns the bytes."""
+        sink = _Sink(expected, decompress, size, out, max_size)
+        s = self.settings
+        used_hosts = used_proxies = 1
+        retries = 0
+        nocache = False
+        backoff = 0.0
+        errors: list[str] = []
+        while True:
+            host_idx, host, proxy = self.path.current()
+            url = url_for(host) if url_for else host + rel_path
+            try:
+                self._attempt(url, proxy, nocache, sink, headers or {})
+                with self._stats_lock:
+                    self.n_downloads += 1
+                return None if out is not None else sink.value()
+            except _Failure as f:
+                kind = f.kind
+                errors.append(f.message)
+            if kind == TOO_BIG:
+                break
+            if kind in _TRANSFER and retries < s.max_retries and not nocache:
+                retries += 1
+                backoff = (
+                    random.uniform(0, s.backoff_init) if backoff == 0 else min(backoff * 2, s.backoff_max)
+                )
+                self._sleep(backoff)
+                continue
+            if kind == BAD_DATA:
+                if not nocache:
+                    nocache = True
+                    continue
+                kind = HOST_HTTP
+            retries, backoff, nocache = 0, 0.0, False
+            if kind in _PROXY:
+                if used_proxies < self.path.num_proxies:
+                    self.path.switch_proxy(proxy)
+                    used_proxies += 1
+                    continue
+                if used_hosts < len(self.path.hosts):  # every proxy failed: maybe the host
+                    self.path.reset_proxies()
+                    used_proxies = 1
+                    self.path.switch_host(host_idx)
+                    used_hosts += 1
+                    continue
+                break
+            if kind in _HOST and used_hosts < len(self.path.hosts):
+                self.path.switch_host(host_idx)
+                used_hosts += 1
+                continue
+            break
+        with self._stats_lock:
+            self.n_failures += 1
+        last = errors[-1] if errors else "no attempt"
+        tried = f" ({len(errors)} attempts)" if len(errors) > 1 else ""
+        raise DownloadError(f"cannot download {what}: {last}{tried}")
+
+
+class _Sink:
+    """Receives the body: hashes the raw bytes, inflates, writes; checks at the end."""
+
+    def __init__(self, expected, decompress, size, out, max_size):
+        self.expected = expected
+        self.decompress = decompress
+        self.size = size
+        self.out = out
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.hasher = new_hasher(self.expected.algorithm) if self.expected else None
+        self.inflater = zlib.decompressobj() if self.decompress else None
+        self.received = 0
+        self.produced = 0
+        self.buf: list[bytes] = []
+        if self.out is not None:
+            self.out.seek(0)
+            self.out.truncate()
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        self.produced += len(data)
+        if self.size is not None and self.produced > self.size:
+            raise _Failure(BAD_DATA, "object is larger than its catalog size")
+        if self.out is not None:
+            self.out.write(data)
+        else:
+            if self.produced > self.max_size:
+                raise _Failure(TOO_BIG, f"response larger than {self.max_size} bytes")
+            self.buf.append(data)
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
+        if self.inflater is not None:
+            try:
+                self._emit(self.inflater.decompress(data, 1 << 22))
+                while self.inflater.unconsumed_tail:
+                    self._emit(self.inflater.decompress(self.inflater.unconsumed_tail, 1 << 22))
+            except zlib.error as e:
+                raise _Failure(BAD_DATA, f"corrupt zlib stream ({e})") from None
+        else:
+            self._emit(data)
+
+    def finish(self, where: str) -> None:
+        if self.hasher is not None and self.hasher.digest() != self.expected.digest:
+            raise _Failure(BAD_DATA, f"{where}: hash mismatch (expected {self.expected.hex})")
+        if self.inflater is not None:
+            try:
+                self._emit(self.inflater.flush())
+            except zlib.error as e:
+                raise _Failure(BAD_DATA, f"{where}: corrupt zlib stream ({e})") from None
+            if not self.inflater.eof:
+                raise _Failure(BAD_DATA, f"{where}: truncated zlib stream")
+        if self.size is not None and self.produced != self.size:
+            raise _Failure(BAD_DATA, f"{where}: size {self.produced} differs from catalog size {self.size}")
+        if self.out is not None:
+            self.out.flush()
+
+    def value(self) -> bytes:
+        return b"".join(self.buf)
+
+
+def _short(e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "No address associated" in text or "nodename" in text:
+        return "host name does not resolve"
+    return text.splitlines()[0][:200]

@@ -1,0 +1,237 @@
+"""The fetcher: objects into the cache, downloading (once) what is missing.
+
+Whole-file objects, catalogs, certificates and history databases are cached
+under their hash. A chunked file is assembled into one local file (its
+chunks downloaded in parallel straight into place, each verified) and cached
+under a key derived from its chunk list, because programs need one real file
+to read and map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import CacheError, CvmfsError
+from .cache import ObjectCache
+from .download import Downloader
+from .hashes import Algorithm, ContentHash
+
+ASSEMBLED = ".file"  # cache name suffix of assembled chunked files
+
+
+class _RegionWriter:
+    """File-like view of [offset, offset+size) of a file, for parallel chunk writes.
+    Retries rewrite the region from its start; nothing else is truncated."""
+
+    def __init__(self, fd: int, offset: int):
+        self.fd = fd
+        self.base = offset
+        self.pos = offset
+
+    def seek(self, pos: int) -> None:
+        self.pos = self.base + pos
+
+    def truncate(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, self.pos)
+            self.pos += n
+            view = view[n:]
+
+    def flush(self) -> None:
+        pass
+
+
+def chunk_list_key(chunks: list[tuple[int, int, ContentHash]]) -> ContentHash:
+    """A stable cache key for a chunked file's content."""
+    h = hashlib.sha1()
+    for offset, size, ch in chunks:
+        h.update(f"{offset}:{size}:{ch.hex}\n".encode())
+    return ContentHash(Algorithm.SHA1, h.digest())
+
+
+class Fetcher:
+    def __init__(
+        self,
+        cache: ObjectCache,
+        downloader: Downloader | None,
+        external: Downloader | None = None,
+        offline: bool = False,
+        parallel: int = 4,
+    ):
+        self.cache = cache
+        self.downloader = downloader
+        self.external = external
+        self.offline = offline or downloader is None
+        self._pool: ThreadPoolExecutor | None = None
+        self._parallel = parallel
+        self._pool_lock = threading.Lock()
+
+    def _require_network(self, what: str, h: ContentHash) -> Downloader:
+        if self.offline or self.downloader is None:
+            raise CacheError(f"{what} (object {h.hex}) is not in the cache and the client is offline")
+        return self.downloader
+
+    def fetch(
+        self,
+        h: ContentHash,
+        suffix: str = "",
+        *,
+        compressed: bool = True,
+        size: int | None = None,
+        what: str,
+        kind: int = 0,
+        external_path: str | None = None,
+    ) -> str:
+        """Local path of the verified, decompressed object; downloads it if needed."""
+        p = self.cache.find(h)
+        if p is not None:
+            return p
+        downloader = self.external if external_path else self.downloader
+        if external_path and downloader is None:
+            raise CvmfsError(f"{what} is an external file but CVMFS_EXTERNAL_URL is not set")
+        if downloader is None or self.offline:
+            self._require_network(what, h)
+        with self.cache.lock(h.hex):
+            p = self.cache.find(h)
+            if p is not None:
+                return p
+            fd, tmp = self.cache.new_temp()
+            try:
+                with os.fdopen(fd, "w+b") as f:
+                    downloader.fetch(
+                        h.object_path(suffix),
+                        what=what,
+                        expected=h,
+                        decompress=compressed,
+                        size=size,
+                        out=f,
+                        url_for=_external_url(external_path),
+                    )
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            return self.cache.commit(tmp, h, kind=kind)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._parallel, thread_name_prefix="chunks")
+            return self._pool
+
+    def fetch_chunked(
+        self,
+        chunks: list[tuple[int, int, ContentHash]],
+        total_size: int,
+        *,
+        compressed: bool,
+        what: str,
+        bulk: ContentHash | None = None,
+        external_path: str | None = None,
+    ) -> str:
+        """Local path of a chunked file, assembled and verified chunk by chunk."""
+        if not chunks:
+            raise CvmfsError(f"{what} is marked chunked but its catalog lists no chunks")
+        expect = 0
+        for offset, size, _ in chunks:
+            if offset != expect:
+                raise CvmfsError(f"{what}: chunk list is not contiguous at offset {expect}")
+            expect += size
+        if expect != total_size:
+            raise CvmfsError(f"{what}: chunks cover {expect} bytes, file has {total_size}")
+        key = chunk_list_key(chunks)
+        p = self.cache.find(key, ASSEMBLED)
+        if p is not None:
+            return p
+        if bulk is not None and not external_path:
+            p = self.cache.find(bulk)  # a preloaded whole-file object (legacy bulk chunk)
+            if p is not None:
+                return p
+        with self.cache.lock(key.hex):
+            p = self.cache.find(key, ASSEMBLED)
+            if p is not None:
+                return p
+            fd, tmp = self.cache.new_temp()
+            try:
+                os.ftruncate(fd, total_size)
+                jobs = []
+                for i, (offset, size, ch) in enumerate(chunks):
+                    local = self.cache.find(ch)
+                    if local is not None:
+                        _copy_into(local, fd, offset, size, what)
+                        continue
+                    if external_path and self.external is None:
+                        raise CvmfsError(f"{what} is an external file but CVMFS_EXTERNAL_URL is not set")
+                    downloader = self.external if external_path else self._require_network(what, ch)
+                    headers = {"Range": f"bytes={offset}-{offset + size - 1}"} if external_path else None
+                    jobs.append((downloader, ch, offset, size, f"chunk {i} of {what}", headers))
+                if len(jobs) == 1:
+                    _download_region(fd, *jobs[0], compressed, external_path)
+                elif jobs:
+                    futures = [
+                        self._executor().submit(_download_region, fd, *job, compressed, external_path)
+                        for job in jobs
+                    ]
+                    errors = []
+                    for fut in futures:
+                        try:
+                            fut.result()
+                        except Exception as e:  # keep the first, but wait for all writers
+                            errors.append(e)
+                    if errors:
+                        raise errors[0]
+                os.close(fd)
+                fd = -1
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            return self.cache.commit(tmp, key, ASSEMBLED)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _external_url(path: str | None):
+    """External files live at <external host><repository path>."""
+    if path is None:
+        return None
+    quoted = urllib.parse.quote(path, safe="/:.@+-_~[],")
+    return lambda host: host + quoted
+
+
+def _download_region(fd, downloader: Downloader, ch, offset, size, what, headers, compressed, external_path):
+    downloader.fetch(
+        ch.object_path("P"),
+        what=what,
+        expected=ch,
+        decompress=compressed,
+        size=size,
+        out=_RegionWriter(fd, offset),
+        headers=headers,
+        url_for=_external_url(external_path),
+    )
+
+
+def _copy_into(src: str, fd: int, offset: int, size: int, what: str) -> None:
+    try:
+        with open(src, "rb") as f:
+            data = f.read(size + 1)
+    except OSError as e:
+        raise CacheError(f"cannot read cached chunk {src} of {what}: {e.strerror}") from None
+    if len(data) != size:
+        raise CacheError(f"cached chunk {src} of {what} has the wrong size")
+    os.pwrite(fd, data, offset)

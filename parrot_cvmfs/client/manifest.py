@@ -1,0 +1,155 @@
+"""The signed repository manifest `.cvmfspublished`.
+
+Layout: `K<value>` lines, a `--` line, the hex hash of the body, then the raw
+signature to the end of the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from ..errors import ManifestError, SignatureError
+from .hashes import ContentHash, hash_bytes, infer_algorithm
+from .signature import verify_manifest_signature
+
+ROOT_PATH_HASH = "d41d8cd98f00b204e9800998ecf8427e"  # md5("")
+SEPARATOR = b"\n--\n"
+
+
+def split_signed(data: bytes, what: str) -> tuple[bytes, bytes, bytes]:
+    """Split a signed letter into (body incl. its last newline, hash line, signature)."""
+    i = data.find(SEPARATOR)
+    if i < 0:
+        raise ManifestError(f"{what} is malformed: no '--' separator line")
+    body = data[: i + 1]
+    rest = data[i + len(SEPARATOR) :]
+    j = rest.find(b"\n")
+    if j < 0:
+        raise ManifestError(f"{what} is malformed: no hash line after '--'")
+    return body, rest[:j], rest[j + 1 :]
+
+
+def check_body_hash(body: bytes, hash_line: bytes, what: str) -> None:
+    """The printed hash must be the hash of the body (algorithm from its length)."""
+    try:
+        text = hash_line.decode("ascii")
+        algorithm = infer_algorithm(text)
+    except (UnicodeDecodeError, ValueError):
+        raise ManifestError(f"{what} is malformed: bad hash line {hash_line[:60]!r}") from None
+    if hash_bytes(algorithm, body).hex != text:
+        raise SignatureError(f"{what}: body does not match its signed hash (tampered)")
+
+
+def parse_fields(body: bytes) -> dict[str, str]:
+    """ParseKeyvalMem: one-letter keys, last wins, except Z values joined with '|'."""
+    fields: dict[str, str] = {}
+    for raw in body.split(b"\n")[:-1]:  # an unterminated last line is ignored
+        if not raw:
+            continue
+        if raw == b"--":
+            break
+        key, value = chr(raw[0]), raw[1:].decode("utf-8", "replace")
+        if key == "Z" and "Z" in fields:
+            fields["Z"] += "|" + value
+        else:
+            fields[key] = value
+    return fields
+
+
+def _hash_field(fields: dict[str, str], key: str, what: str) -> ContentHash | None:
+    value = fields.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        h = ContentHash.from_hex(value)
+    except ValueError:
+        raise ManifestError(f"{what} is malformed: field {key} is not a hash ({value!r})") from None
+    return h
+
+
+def _int_field(fields: dict[str, str], key: str, what: str) -> int | None:
+    value = fields.get(key)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ManifestError(f"{what} is malformed: field {key} is not a number ({value!r})") from None
+
+
+@dataclass
+class Manifest:
+    """Parsed manifest fields plus the signed parts."""
+
+    root_hash: ContentHash
+    ttl: int
+    revision: int
+    root_size: int | None = None
+    garbage_collectable: bool = False
+    has_alt_catalog_path: bool = False
+    fqrn: str | None = None
+    certificate: ContentHash | None = None
+    history: ContentHash | None = None
+    timestamp: int | None = None
+    metainfo: ContentHash | None = None
+    reflog: ContentHash | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""
+    body: bytes = b""
+    hash_line: bytes = b""
+    signature: bytes = b""
+
+    @classmethod
+    def parse(cls, data: bytes, what: str = "manifest") -> Manifest:
+        """Parse the fields; the body hash and signature are checked by verify()."""
+        if not data:
+            raise ManifestError(f"{what} is empty")
+        body, hash_line, signature = split_signed(data, what)
+        fields = parse_fields(body)
+        for key in "CRDS":
+            if key not in fields:
+                raise ManifestError(f"{what} is incomplete: field {key} missing")
+        if fields["R"] != ROOT_PATH_HASH:
+            raise ManifestError(f"{what}: root path hash {fields['R']!r} is not md5('')")
+        root = _hash_field(fields, "C", what)
+        micro = fields.get("L", "")
+        del micro  # reserved micro-catalog field: tolerated, never used
+        return cls(
+            root_hash=root,  # type: ignore[arg-type]
+            ttl=_int_field(fields, "D", what) or 0,
+            revision=_int_field(fields, "S", what) or 0,
+            root_size=_int_field(fields, "B", what),
+            garbage_collectable=fields.get("G") == "yes",
+            has_alt_catalog_path=fields.get("A") == "yes",
+            fqrn=fields.get("N"),
+            certificate=_hash_field(fields, "X", what),
+            history=_hash_field(fields, "H", what),
+            timestamp=_int_field(fields, "T", what),
+            metainfo=_hash_field(fields, "M", what),
+            reflog=_hash_field(fields, "Y", what),
+            fields=fields,
+            raw=data,
+            body=body,
+            hash_line=hash_line,
+            signature=signature,
+        )
+
+    def check_name(self, fqrn: str, what: str = "manifest") -> None:
+        if self.fqrn is not None and self.fqrn != fqrn:
+            raise ManifestError(f"{what} is for repository {self.fqrn!r}, not {fqrn!r}")
+
+    def verify(self, certificate: x509.Certificate, what: str = "manifest") -> None:
+        """Check the body hash, then the signature with the certificate's key."""
+        check_body_hash(self.body, self.hash_line, what)
+        if not verify_manifest_signature(certificate, self.hash_line, self.signature):
+            raise SignatureError(f"{what}: bad signature (not signed by certificate {self.certificate})")
+
+
+def export_manifest_body(fields: dict[str, str]) -> bytes:
+    """Serialize fields in the writer's order (C B R D S G A, then L N X H T M Y)."""
+    order = "CBRDSGALNXHTMY"
+    lines = [f"{k}{fields[k]}\n" for k in order if k in fields]
+    lines += [f"{k}{v}\n" for k, v in fields.items() if k not in order]
+    return "".join(lines).encode()

@@ -1,0 +1,569 @@
+"""Publishing a directory tree as a signed CernVM-FS repository, without root.
+
+The result is a stratum directory the real client can mount: zlib objects
+under `data/`, catalogs split at `.cvmfscatalog` markers and dirtab rules,
+large files chunked with the server's content-defined chunker, a tag
+database, a certificate, the signed manifest and whitelist. Publishing again
+into the same directory makes the next revision: files whose size, mtime and
+type did not change keep their objects without being read again, and objects
+that exist are never rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat as st
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..client.catalog import (
+    COMPRESSION_NONE,
+    FLAG_CHUNKED,
+    FLAG_DIR,
+    FLAG_FILE,
+    FLAG_LINK,
+    FLAG_NESTED_MOUNTPOINT,
+    FLAG_NESTED_ROOT,
+    FLAG_POS_COMPRESSION,
+    FLAG_POS_HASH,
+    FLAG_SPECIAL,
+    Catalog,
+)
+from ..client.dirtab import Dirtab
+from ..client.hashes import Algorithm, ContentHash, hash_bytes
+from ..client.history import History
+from ..client.manifest import ROOT_PATH_HASH, Manifest, export_manifest_body
+from ..client.signature import certificate_fingerprint, sign_manifest, sign_raw_pkcs1
+from ..client.xattrs import encode_xattrs
+from ..errors import ConfigError, CvmfsError
+from .catalog_writer import COUNTERS, CatalogWriter, write_history
+from .chunking import Chunker, ChunkSizes
+from .keys import ensure_keys
+from .stratum import StratumStore, StreamingObject
+
+CATALOG_MARKER = ".cvmfscatalog"
+AUTO_CATALOG_MARKER = ".cvmfsautocatalog"
+NULL_HASH = "0" * 40
+_BLOCK = 1 << 20
+
+
+@dataclass
+class PublishOptions:
+    source: str
+    name: str
+    stratum: str
+    keys_dir: str
+    tag: str | None = None
+    tag_description: str = ""
+    dirtab: str | None = None
+    hash_algorithm: Algorithm = Algorithm.SHA1
+    compress: bool = True
+    chunking: bool = True
+    chunk_sizes: ChunkSizes = field(default_factory=ChunkSizes)
+    ttl: int = 240
+    whitelist_days: int = 30
+    include_xattrs: bool = True
+    jobs: int = 0
+    timestamp: int | None = None
+
+
+@dataclass
+class PublishResult:
+    revision: int
+    root_hash: ContentHash
+    manifest: Manifest
+    files: int
+    objects_written: int
+    objects_reused: int
+    bytes_written: int
+    catalogs: int
+    seconds: float
+    keys_created: list[str]
+
+
+class Node:
+    __slots__ = ("path", "name", "lstat", "kind", "children", "target", "xattrs", "nested",
+                 "auto_marker", "hash", "chunks", "flags_extra")
+
+    def __init__(self, path: str, name: str, lstat: os.stat_result, kind: str):
+        self.path = path
+        self.name = name
+        self.lstat = lstat
+        self.kind = kind
+        self.children: list[Node] = []
+        self.target = ""
+        self.xattrs: dict[str, bytes] = {}
+        self.nested = False
+        self.auto_marker = False
+        self.hash: ContentHash | None = None
+        self.chunks: list[tuple[int, int, ContentHash]] = []
+        self.flags_extra = 0
+
+
+def _kind(mode: int) -> str:
+    if st.S_ISDIR(mode):
+        return "dir"
+    if st.S_ISREG(mode):
+        return "file"
+    if st.S_ISLNK(mode):
+        return "symlink"
+    return "special"
+
+
+class Publisher:
+    def __init__(self, options: PublishOptions, log=None):
+        self.o = options
+        self.log = log or (lambda msg: None)
+        self.repo_dir = os.path.join(options.stratum, options.name)
+        self.warnings: list[str] = []
+
+    # -- scanning -----------------------------------------------------------------------------
+
+    def _read_xattrs(self, src: str, path: str) -> dict[str, bytes]:
+        if not self.o.include_xattrs:
+            return {}
+        try:
+            names = os.listxattr(src, follow_symlinks=False)
+        except OSError:
+            return {}
+        out = {}
+        for n in names:
+            try:
+                v = os.getxattr(src, n, follow_symlinks=False)
+            except OSError:
+                continue
+            if len(n.encode()) > 255 or len(v) > 255:
+                self.warnings.append(f"{path or '/'}: extended attribute {n} too long for a catalog, left out")
+                continue
+            out[n] = v
+        return out
+
+    def scan(self, dirtab: Dirtab | None) -> Node:
+        src = os.path.abspath(self.o.source)
+        try:
+            root_st = os.lstat(src)
+        except OSError as e:
+            raise ConfigError(f"cannot read source {src}: {e.strerror}") from None
+        if not st.S_ISDIR(root_st.st_mode):
+            raise ConfigError(f"source {src} is not a directory")
+        root = Node("", "", root_st, "dir")
+        root.xattrs = self._read_xattrs(src, "")
+        stack = [(root, src)]
+        while stack:
+            node, real = stack.pop()
+            try:
+                entries = sorted(os.scandir(real), key=lambda e: e.name)
+            except OSError as e:
+                raise ConfigError(f"cannot list {real}: {e.strerror}") from None
+            for e in entries:
+                path = f"{node.path}/{e.name}"
+                try:
+                    s = e.stat(follow_symlinks=False)
+                except OSError as err:
+                    raise ConfigError(f"cannot stat {e.path}: {err.strerror}") from None
+                child = Node(path, e.name, s, _kind(s.st_mode))
+                if child.kind == "symlink":
+                    child.target = os.readlink(e.path)
+                child.xattrs = self._read_xattrs(e.path, path)
+                node.children.append(child)
+                if child.kind == "dir":
+                    stack.append((child, e.path))
+            if node.path:
+                marker = any(c.name == CATALOG_MARKER and c.kind == "file" for c in node.children)
+                if marker:
+                    node.nested = True
+                elif dirtab is not None and dirtab.matches(node.path):
+                    node.nested = True
+                    node.auto_marker = True
+        return root
+
+    # -- previous revision ------------------------------------------------------------------------
+
+    def _previous(self, store: StratumStore) -> tuple[Manifest | None, dict, dict, str | None]:
+        """(manifest, path -> previous file entry, mountpoint -> previous catalog hash,
+        previous history db path)."""
+        path = os.path.join(self.repo_dir, ".cvmfspublished")
+        if not os.path.exists(path):
+            return None, {}, {}, None
+        with open(path, "rb") as f:
+            manifest = Manifest.parse(f.read(), f"existing manifest {path}")
+        if manifest.fqrn not in (None, self.o.name):
+            raise ConfigError(f"{self.repo_dir} holds repository {manifest.fqrn}, not {self.o.name}")
+        files: dict[str, tuple] = {}
+        catalogs: dict[str, str] = {}
+        tmp = tempfile.mkdtemp(prefix="prev.", dir=os.path.join(store.data, "txn"))
+        try:
+            todo = [(manifest.root_hash, "")]
+            while todo:
+                h, mp = todo.pop()
+                catalogs[mp] = h.hex
+                db = os.path.join(tmp, h.hex)
+                with open(db, "wb") as f:
+                    f.write(store.read(h, "C"))
+                cat = Catalog(db, h, mp)
+                self._index_previous(cat, files)
+                for nmp, (nh, _size) in cat.nested_catalogs().items():
+                    todo.append((nh, nmp))
+                cat.close()
+            hist = None
+            if manifest.history is not None and store.has(manifest.history, "H"):
+                fd, hist = tempfile.mkstemp(dir=os.path.join(store.data, "txn"), suffix=".history")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(store.read(manifest.history, "H"))
+            return manifest, files, catalogs, hist
+        finally:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _index_previous(self, cat: Catalog, files: dict) -> None:
+        """Map logical path -> (size, mtime, mtimens, flags, hash, chunks) for regular files."""
+        # Walk the catalog from its root so that full paths are known.
+        stack = [cat.mountpoint]
+        while stack:
+            d = stack.pop()
+            for e in cat.listing(d):
+                if e.is_dir:
+                    if not e.is_nested_mountpoint:
+                        stack.append(e.path)
+                elif e.is_regular:
+                    chunks = cat.chunks(e) if e.is_chunked else []
+                    files[e.path] = (e.size, e.mtime, e.mtime_ns, e.flags, e.hash, chunks)
+
+    # -- content ---------------------------------------------------------------------------------
+
+    def _ingest(self, node: Node, real: str, store: StratumStore, previous: dict) -> None:
+        s = node.lstat
+        mtimens = s.st_mtime_ns % 1_000_000_000 or None
+        prev = previous.get(node.path)
+        fmt = _format_flags(self.o)
+        if prev is not None:
+            size, mtime, pmtimens, flags, h, chunks = prev
+            if (size == s.st_size and mtime == int(s.st_mtime) and (pmtimens or None) == mtimens
+                    and (flags & (0x700 | 0x3800)) == fmt and (h is not None or chunks)):
+                node.hash, node.chunks = h, chunks
+                node.flags_extra = fmt | (FLAG_CHUNKED if chunks else 0)
+                return
+        node.flags_extra = fmt
+        try:
+            f = open(real, "rb")
+        except OSError as e:
+            raise ConfigError(f"cannot read {real}: {e.strerror}") from None
+        with f:
+            if not self.o.chunking or s.st_size <= self.o.chunk_sizes.minimal:
+                data = f.read()
+                node.hash = store.put(data, "", compress=self.o.compress)
+                return
+            node.chunks = self._ingest_chunked(f, store)
+        if len(node.chunks) == 1:  # no cut mark: stored whole, renamed from chunk to file
+            h = node.chunks[0][2]
+            src, dest = store.object_file(h, "P"), store.object_file(h, "")
+            if not os.path.exists(dest):
+                os.link(src, dest)
+            node.hash, node.chunks = h, []
+        else:
+            node.flags_extra |= FLAG_CHUNKED
+
+    def _ingest_chunked(self, f, store: StratumStore) -> list[tuple[int, int, ContentHash]]:
+        chunker = Chunker(self.o.chunk_sizes)
+        chunks = []
+        start = pos = 0
+        obj = StreamingObject(store, self.o.compress)
+        try:
+            while True:
+                block = f.read(_BLOCK)
+                if not block:
+                    break
+                view = memoryview(block)
+                at = 0
+                for cut in chunker.feed(block):
+                    obj.write(view[at : cut - pos])
+                    at = cut - pos
+                    chunks.append((start, cut - start, obj.finish("P")))
+                    start = cut
+                    obj = StreamingObject(store, self.o.compress)
+                obj.write(view[at:])
+                pos += len(block)
+            if pos > start or not chunks:
+                chunks.append((start, pos - start, obj.finish("P")))
+            else:
+                obj.abort()
+        except BaseException:
+            obj.abort()
+            raise
+        return chunks
+
+    # -- catalogs ---------------------------------------------------------------------------------
+
+    def _build_catalog(self, root: Node, store: StratumStore, tmpdir: str, revision: int,
+                       now: int, prev_catalogs: dict, counts: dict) -> tuple[ContentHash, int, dict]:
+        """Write the catalog rooted at `root` (and, first, its nested catalogs)."""
+        is_root = root.path == ""
+        w = CatalogWriter(os.path.join(tmpdir, f"cat{counts['catalogs']}.db"))
+        counts["catalogs"] += 1
+        self_c = dict.fromkeys(COUNTERS, 0)
+        subtree_c = dict.fromkeys(COUNTERS, 0)
+        nested_rows = []
+
+        # hardlink groups inside this catalog
+        members: dict[tuple[int, int], list[Node]] = {}
+        order: list[Node] = []
+        stack = [root]
+        while stack:
+            n = stack.pop()
+            order.append(n)
+            if n is not root and n.kind == "dir" and n.nested:
+                continue
+            if n.kind == "dir":
+                stack.extend(reversed(n.children))
+            elif n.lstat.st_nlink > 1:
+                members.setdefault((n.lstat.st_dev, n.lstat.st_ino), []).append(n)
+        groups: dict[int, int] = {}
+        gid = 0
+        for key in sorted(members, key=lambda k: members[k][0].path):
+            if len(members[key]) > 1:
+                gid += 1
+                for n in members[key]:
+                    groups[id(n)] = (gid << 32) | len(members[key])
+
+        for n in order:
+            s = n.lstat
+            parent = None if n.path == "" else n.path[: n.path.rfind("/")]
+            xattr = encode_xattrs(n.xattrs)
+            if xattr is not None:
+                self_c["xattr"] += 1
+            mtimens = s.st_mtime_ns % 1_000_000_000 or None
+            if n.kind == "dir":
+                flags = FLAG_DIR
+                transition = n is not root and n.nested
+                if transition:
+                    flags |= FLAG_NESTED_MOUNTPOINT
+                    h, size, child_c = self._build_catalog(n, store, tmpdir, revision, now,
+                                                            prev_catalogs, counts)
+                    nested_rows.append((n.path, h.hex, size))
+                    self_c["nested"] += 1
+                    for k in COUNTERS:
+                        subtree_c[k] += child_c[k]
+                elif n is root and not is_root:
+                    flags |= FLAG_NESTED_ROOT
+                nlink = 2 + sum(1 for c in n.children if c.kind == "dir")
+                self_c["dir"] += 1
+                w.add(n.path, parent, nlink, None, s.st_size, s.st_mode, int(s.st_mtime), mtimens,
+                      flags, n.name, "", s.st_uid, s.st_gid, xattr)
+                if n.auto_marker and not transition:
+                    self_c["regular"] += 1
+                    empty = store.put(b"", "", compress=self.o.compress)
+                    w.add(f"{n.path}/{AUTO_CATALOG_MARKER}", n.path, 1, empty.digest, 0,
+                          0o100644, now, None, FLAG_FILE | _format_flags(self.o), AUTO_CATALOG_MARKER,
+                          "", s.st_uid, s.st_gid, None)
+                continue
+            hardlinks = groups.get(id(n), 1)
+            if n.kind == "file":
+                flags = FLAG_FILE | n.flags_extra
+                digest = n.hash.digest if n.hash is not None else None
+                self_c["regular"] += 1
+                self_c["file_size"] += s.st_size
+                if n.chunks:
+                    self_c["chunked"] += 1
+                    self_c["chunked_size"] += s.st_size
+                    self_c["chunks"] += len(n.chunks)
+                    for off, size, h in n.chunks:
+                        w.add_chunk(n.path, off, size, h.digest)
+                w.add(n.path, parent, hardlinks, digest, s.st_size, s.st_mode, int(s.st_mtime),
+                      mtimens, flags, n.name, "", s.st_uid, s.st_gid, xattr)
+            elif n.kind == "symlink":
+                self_c["symlink"] += 1
+                size = len(n.target.encode("utf-8", "surrogateescape"))
+                w.add(n.path, parent, hardlinks, None, size, s.st_mode, int(s.st_mtime), mtimens,
+                      FLAG_FILE | FLAG_LINK, n.name, n.target, s.st_uid, s.st_gid, xattr)
+            else:
+                self_c["special"] += 1
+                size = s.st_rdev if (st.S_ISCHR(s.st_mode) or st.S_ISBLK(s.st_mode)) else 0
+                w.add(n.path, parent, hardlinks, None, size, s.st_mode, int(s.st_mtime), mtimens,
+                      FLAG_FILE | FLAG_SPECIAL, n.name, "", s.st_uid, s.st_gid, xattr)
+
+        props = {
+            "schema": "2.5",
+            "schema_revision": "7",
+            "revision": str(revision),
+            "last_modified": str(now),
+            "previous_revision": prev_catalogs.get(root.path, NULL_HASH),
+        }
+        if is_root:
+            props["TTL"] = str(self.o.ttl)
+        else:
+            props["root_prefix"] = root.path
+        counters = {f"self_{k}": v for k, v in self_c.items()}
+        counters.update({f"subtree_{k}": v for k, v in subtree_c.items()})
+        db = w.finish(nested_rows, props, counters)
+        with open(db, "rb") as f:
+            data = f.read()
+        os.unlink(db)
+        h = store.put(data, "C")
+        total = {k: self_c[k] + subtree_c[k] for k in COUNTERS}
+        return h, len(data), total
+
+    # -- the whole publication ---------------------------------------------------------------------
+
+    def publish(self) -> PublishResult:
+        t0 = time.monotonic()
+        o = self.o
+        from ..client.config import REPO_NAME_RE
+
+        if not REPO_NAME_RE.match(o.name):
+            raise ConfigError(f"invalid repository name {o.name!r}")
+        dirtab = None
+        if o.dirtab:
+            dirtab = Dirtab.load(o.dirtab)
+        elif os.path.isfile(os.path.join(o.source, ".cvmfsdirtab")):
+            dirtab = Dirtab.load(os.path.join(o.source, ".cvmfsdirtab"))
+        keys = ensure_keys(o.keys_dir, o.name)
+        os.makedirs(self.repo_dir, exist_ok=True)
+        lock = open(os.path.join(o.stratum, f".{o.name}.publish-lock"), "w")
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise CvmfsError(f"another publication of {o.name} into {o.stratum} is running") from None
+            return self._publish_locked(keys, dirtab, t0)
+        finally:
+            lock.close()
+
+    def _publish_locked(self, keys, dirtab, t0) -> PublishResult:
+        o = self.o
+        store = StratumStore(self.repo_dir, o.hash_algorithm)
+        prev_manifest, prev_files, prev_catalogs, prev_history = self._previous(store)
+        try:
+            old_tags = []
+            if prev_history:
+                hist = History(prev_history)
+                old_tags = hist.tags()
+                hist.close()
+            if o.tag and any(t.name == o.tag for t in old_tags):
+                raise ConfigError(f"tag {o.tag!r} already exists in {o.name}")
+            if o.tag in ("trunk", "trunk-previous"):
+                raise ConfigError(f"tag name {o.tag!r} is reserved")
+            revision = (prev_manifest.revision + 1) if prev_manifest else 1
+            now = o.timestamp or int(time.time())
+            self.log(f"scanning {o.source}")
+            root = self.scan(dirtab)
+
+            files: list[tuple[Node, str]] = []
+            stack = [(root, os.path.abspath(o.source))]
+            while stack:
+                n, real = stack.pop()
+                for c in n.children:
+                    cr = os.path.join(real, c.name)
+                    if c.kind == "dir":
+                        stack.append((c, cr))
+                    elif c.kind == "file":
+                        files.append((c, cr))
+            self.log(f"processing {len(files)} files")
+            jobs = o.jobs or min(8, (os.cpu_count() or 2) + 1)
+            # biggest first, so that the long ones do not end up last
+            files.sort(key=lambda x: -x[0].lstat.st_size)
+            with ThreadPoolExecutor(jobs) as pool:
+                for fut in [pool.submit(self._ingest, n, r, store, prev_files) for n, r in files]:
+                    fut.result()
+
+            with tempfile.TemporaryDirectory(dir=os.path.join(store.data, "txn")) as tmpdir:
+                counts = {"catalogs": 0}
+                root_hash, root_size, totals = self._build_catalog(
+                    root, store, tmpdir, revision, now, prev_catalogs, counts)
+
+                cert_hash = store.put(keys.certificate_pem, "X")
+                tags = [(t.name, t.root_hash.hex, t.revision, t.timestamp, t.description, t.size)
+                        for t in old_tags if t.name not in ("trunk", "trunk-previous")]
+                trunk = next((t for t in old_tags if t.name == "trunk"), None)
+                if trunk is not None:
+                    tags.append(("trunk-previous", trunk.root_hash.hex, trunk.revision,
+                                 trunk.timestamp, "default undo target", trunk.size))
+                tags.append(("trunk", root_hash.hex, revision, now, "current HEAD", root_size))
+                tag_name = o.tag or time.strftime("generic-%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+                if not any(t[0] == tag_name for t in tags):
+                    tags.append((tag_name, root_hash.hex, revision, now, o.tag_description, root_size))
+                hist_db = write_history(os.path.join(tmpdir, "history.db"), o.name, tags,
+                                        prev_manifest.history.hex if prev_manifest and prev_manifest.history else None)
+                with open(hist_db, "rb") as f:
+                    history_hash = store.put(f.read(), "H")
+
+            fields = {
+                "C": root_hash.hex,
+                "B": str(root_size),
+                "R": ROOT_PATH_HASH,
+                "D": str(o.ttl),
+                "S": str(revision),
+                "G": "no",
+                "A": "no",
+                "N": o.name,
+                "X": cert_hash.hex,
+                "H": history_hash.hex,
+                "T": str(now),
+            }
+            manifest_bytes = self._sign_manifest(fields, keys)
+            whitelist_bytes = self._whitelist(keys)
+            open(os.path.join(self.repo_dir, ".cvmfs_master_replica"), "a").close()
+            _write_atomic(os.path.join(self.repo_dir, ".cvmfswhitelist"), whitelist_bytes)
+            _write_atomic(os.path.join(self.repo_dir, ".cvmfspublished"), manifest_bytes)
+            manifest = Manifest.parse(manifest_bytes)
+            for w in self.warnings:
+                print(f"warning: {w}", file=sys.stderr)
+            return PublishResult(
+                revision=revision,
+                root_hash=root_hash,
+                manifest=manifest,
+                files=len(files),
+                objects_written=store.written,
+                objects_reused=store.reused,
+                bytes_written=store.bytes_written,
+                catalogs=counts["catalogs"],
+                seconds=time.monotonic() - t0,
+                keys_created=keys.created,
+            )
+        finally:
+            if prev_history:
+                with contextlib.suppress(OSError):
+                    os.unlink(prev_history)
+
+    def _sign_manifest(self, fields: dict[str, str], keys) -> bytes:
+        body = export_manifest_body(fields)
+        digest = hash_bytes(self.o.hash_algorithm, body).hex.encode()
+        return body + b"--\n" + digest + b"\n" + sign_manifest(keys.key, digest)
+
+    def _whitelist(self, keys) -> bytes:
+        now = time.time()
+        created = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+        expires = time.strftime("%Y%m%d%H%M%S", time.gmtime(now + self.o.whitelist_days * 86400))
+        fp = certificate_fingerprint(keys.certificate, self.o.hash_algorithm).fingerprint()
+        body = f"{created}\nE{expires}\nN{self.o.name}\n{fp}\n".encode()
+        digest = hash_bytes(self.o.hash_algorithm, body).hex.encode()
+        return body + b"--\n" + digest + b"\n" + sign_raw_pkcs1(keys.master_key, digest)
+
+
+def _format_flags(o: PublishOptions) -> int:
+    """Catalog flag bits for the content hash algorithm and the compression."""
+    comp = 0 if o.compress else COMPRESSION_NONE << FLAG_POS_COMPRESSION
+    return ((o.hash_algorithm - 1) << FLAG_POS_HASH) | comp
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def publish(options: PublishOptions, log=None) -> PublishResult:
+    return Publisher(options, log).publish()

@@ -1,0 +1,86 @@
+"""A static HTTP server for stratum directories: `http://HOST:PORT/cvmfs/NAME/...`
+maps to `DIR/NAME/...`, with the headers a stratum 1 sends (short expiry for
+`.cvmfs*` files so proxies do not keep stale manifests, long for objects)."""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import posixpath
+import shutil
+import threading
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class StratumHandler(BaseHTTPRequestHandler):
+    server_version = "parrot-cvmfs-stratum"
+    protocol_version = "HTTP/1.1"
+    root: str = "."
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet unless asked
+        if getattr(self.server, "verbose", False):
+            super().log_message(format, *args)
+
+    def _local_path(self) -> str | None:
+        url = urllib.parse.urlsplit(self.path)
+        path = urllib.parse.unquote(url.path)
+        if not path.startswith("/cvmfs/"):
+            return None
+        parts = [p for p in path[len("/cvmfs/") :].split("/") if p]
+        if any(p in (".", "..") for p in parts) or not parts:
+            return None
+        return os.path.join(self.server.root, *parts)
+
+    def _send_file(self, head_only: bool) -> None:
+        local = self._local_path()
+        if local is None or not os.path.isfile(local):
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return
+        try:
+            f = open(local, "rb")
+        except OSError:
+            self.send_error(HTTPStatus.FORBIDDEN)
+            return
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            name = posixpath.basename(local)
+            self.send_response(HTTPStatus.OK)
+            if name.startswith(".cvmfs"):
+                self.send_header("Content-Type", "application/x-cvmfs")
+                self.send_header("Cache-Control", "max-age=61")
+            else:
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Cache-Control", "max-age=259200")
+            self.send_header("Content-Length", str(size))
+            self.send_header("Date", email.utils.formatdate(usegmt=True))
+            self.end_headers()
+            if not head_only:
+                shutil.copyfileobj(f, self.wfile, 1 << 16)
+
+    def do_GET(self):  # noqa: N802
+        self._send_file(False)
+
+    def do_HEAD(self):  # noqa: N802
+        self._send_file(True)
+
+
+class StratumServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, root: str, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
+        self.root = os.path.abspath(root)
+        self.verbose = verbose
+        super().__init__((host, port), StratumHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/cvmfs"
+
+    def start_background(self) -> threading.Thread:
+        t = threading.Thread(target=self.serve_forever, name="stratum-server", daemon=True)
+        t.start()
+        return t
