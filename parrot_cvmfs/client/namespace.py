@@ -88,7 +88,9 @@ class Namespace:
         return entry
 
     def _lookup(self, path: str) -> DirEntry | None:
-        cat = self._deepest_catalog(path)
+        # a mountpoint is answered by its parent catalog (the transition point entry)
+        start = path[: path.rfind("/")] if path and path in self.mounted else path
+        cat = self._deepest_catalog(start)
         while True:
             entry = cat.lookup(path)
             if entry is not None:

@@ -1,0 +1,347 @@
+"""`parrot_cvmfs`: inspect repositories, publish and serve them.
+
+Every failure ends with one line on stderr naming what was wrong and a
+non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat as st
+import sys
+import time
+
+from . import __version__
+from .errors import CvmfsError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _parse_when(text: str) -> float:
+    from .client.history import parse_repository_date
+
+    try:
+        return float(parse_repository_date(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _kv(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v
+
+
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("repository access")
+    g.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: per-user cache)")
+    g.add_argument("--verify-at", metavar="DATE", type=_parse_when,
+                   help="check whitelist expiry as of this UTC date (archived repositories)")
+    g.add_argument("-o", "--option", metavar="KEY=VALUE", type=_kv, action="append", default=[],
+                   help="set a CVMFS_* parameter (repeatable)")
+    g.add_argument("--config-dir", metavar="DIR", help="cvmfs configuration directory (default /etc/cvmfs)")
+    g.add_argument("--alien-cache", metavar="DIR", help="read-only preloaded cache consulted first")
+    g.add_argument("--offline", action="store_true", help="use only the cache; never touch the network")
+    pin = g.add_mutually_exclusive_group()
+    pin.add_argument("--tag", help="mount the revision with this tag")
+    pin.add_argument("--date", help="mount the newest revision published before this UTC date")
+    pin.add_argument("--root-hash", metavar="HASH", help="mount this root catalog")
+
+
+def open_repository(args, name: str, attach: bool = True):
+    from .client.config import Configuration
+    from .client.repository import Repository
+
+    config = Configuration(config_dir=args.config_dir, overrides=dict(args.option))
+    return Repository.mount(
+        name,
+        cache_dir=args.cache_dir,
+        config=config,
+        tag=args.tag,
+        date=args.date,
+        root_hash=args.root_hash,
+        verify_at=args.verify_at,
+        offline=args.offline or None,
+        alien_cache=args.alien_cache,
+        attach=attach,
+    )
+
+
+# -- inspection ---------------------------------------------------------------------------------
+
+
+def cmd_info(args) -> int:
+    with open_repository(args, args.name, attach=False) as repo:
+        for k, v in repo.info().items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def _mode_string(mode: int) -> str:
+    return st.filemode(mode)
+
+
+def cmd_ls(args) -> int:
+    with open_repository(args, args.name) as repo:
+        entry = repo.resolve(args.path)
+        entries = repo.scandir(args.path) if entry.is_dir and not args.directory else [entry]
+        for e in entries:
+            name = e.name if entry.is_dir and not args.directory else (args.path or "/")
+            if args.long:
+                s = repo.stat_entry(e)
+                when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(s.st_mtime))
+                link = f" -> {repo.expand_symlink(e)}" if e.is_symlink else ""
+                print(f"{_mode_string(s.st_mode)} {s.st_nlink:>3} {s.st_size:>12} {when} {name}{link}")
+            else:
+                print(name)
+    return 0
+
+
+def cmd_cat(args) -> int:
+    with open_repository(args, args.name) as repo:
+        path = repo.local_path(args.path)  # fully fetched and verified before a byte is written
+        out = sys.stdout.buffer
+        with open(path, "rb") as f:
+            while True:
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)
+        out.flush()
+    return 0
+
+
+def _entry_record(repo, e, with_sha256: bool = False) -> dict:
+    rec = {
+        "path": e.path or "/",
+        "type": e.kind,
+        "mode": e.mode,
+        "size": len(e.symlink.encode("utf-8", "surrogateescape")) if e.is_symlink else
+        (0 if e.is_special else e.size),
+        "mtime": e.mtime,
+        "nlink": e.linkcount,
+    }
+    if e.is_symlink:
+        rec["symlink"] = e.symlink
+    rec["hash"] = e.hash.hex if e.hash else None
+    chunks = repo.chunks(e)
+    rec["chunks"] = len(chunks) if chunks else (1 if e.is_regular else 0)
+    rec["xattrs"] = {k: v.hex() for k, v in sorted(repo.stored_xattrs(e).items())}
+    if with_sha256 and e.is_regular:
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(repo.local_path(e), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        rec["sha256"] = h.hexdigest()
+    return rec
+
+
+def cmd_stat(args) -> int:
+    with open_repository(args, args.name) as repo:
+        e = repo.resolve(args.path, follow=args.dereference)
+        s = repo.stat_entry(e)
+        rec = _entry_record(repo, e)
+        rec.update(
+            inode=s.st_ino, uid=s.st_uid, gid=s.st_gid, blocks=s.st_blocks,
+            mtime_nsec=s.st_mtime_nsec, catalog=(e.catalog.mountpoint or "/"),
+        )
+        if e.is_symlink:
+            rec["target"] = repo.expand_symlink(e)
+        rec["size"] = s.st_size
+        if args.json:
+            print(json.dumps(rec, ensure_ascii=False))
+        else:
+            for k, v in rec.items():
+                if k == "mode":
+                    v = f"{v:o} ({_mode_string(v)})"
+                print(f"{k}: {v}")
+    return 0
+
+
+def cmd_find(args) -> int:
+    with open_repository(args, args.name) as repo:
+        out = sys.stdout
+        for e in repo.walk(args.path):
+            if args.json:
+                out.write(json.dumps(_entry_record(repo, e, args.sha256), ensure_ascii=False) + "\n")
+            else:
+                out.write((e.path or "/") + "\n")
+    return 0
+
+
+def cmd_tags(args) -> int:
+    with open_repository(args, args.name, attach=False) as repo:
+        tags = repo.tags()
+        if args.json:
+            for t in tags:
+                print(json.dumps({"name": t.name, "revision": t.revision, "timestamp": t.timestamp,
+                                  "root_hash": t.root_hash.hex, "description": t.description}))
+            return 0
+        for t in tags:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t.timestamp))
+            print(f"{t.name}\t{t.revision}\t{when}\t{t.root_hash.hex}\t{t.description}")
+    return 0
+
+
+# -- publishing and serving --------------------------------------------------------------------
+
+
+def cmd_publish(args) -> int:
+    from .client.hashes import ALGORITHM_BY_NAME
+    from .server.chunking import ChunkSizes
+    from .server.publisher import PublishOptions, publish
+
+    mib = 1 << 20
+    opts = PublishOptions(
+        source=args.source,
+        name=args.name,
+        stratum=args.stratum,
+        keys_dir=args.keys,
+        tag=args.tag,
+        tag_description=args.description or "",
+        dirtab=args.dirtab,
+        hash_algorithm=ALGORITHM_BY_NAME[args.hash],
+        compress=not args.no_compression,
+        chunking=not args.no_chunking,
+        chunk_sizes=ChunkSizes(int(args.min_chunk * mib), int(args.avg_chunk * mib), int(args.max_chunk * mib)),
+        ttl=args.ttl,
+        whitelist_days=args.whitelist_days,
+        include_xattrs=not args.no_xattrs,
+        jobs=args.jobs,
+    )
+    log = (lambda m: print(m, file=sys.stderr)) if args.verbose else None
+    r = publish(opts, log)
+    for k in r.keys_created:
+        print(f"created {k}", file=sys.stderr)
+    print(
+        f"published {args.name} revision {r.revision} ({r.root_hash.hex}): {r.files} files,"
+        f" {r.catalogs} catalogs, {r.objects_written} objects written"
+        f" ({r.bytes_written / 1e6:.1f} MB), {r.objects_reused} reused, {r.seconds:.2f} s"
+    )
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .server.serve import StratumServer
+
+    if not os.path.isdir(args.directory):
+        raise CvmfsError(f"stratum directory {args.directory} does not exist")
+    try:
+        srv = StratumServer(args.directory, args.host, args.port, verbose=args.verbose)
+    except OSError as e:
+        raise CvmfsError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    print(f"serving {os.path.abspath(args.directory)} at {srv.url}/<name>", flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
+    return 0
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="parrot_cvmfs",
+        description="CernVM-FS client tools: inspect, publish and serve repositories.",
+    )
+    p.add_argument("--version", action="version", version=f"parrot_cvmfs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def client_cmd(name, func, help_, path=False, optional_path=False):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("name", metavar="NAME", help="repository name, e.g. alice.cern.ch")
+        if path:
+            sp.add_argument("path", metavar="PATH", help="path inside the repository")
+        if optional_path:
+            sp.add_argument("path", metavar="PATH", nargs="?", default="/", help="default: /")
+        add_client_options(sp)
+        sp.set_defaults(func=func)
+        return sp
+
+    client_cmd("info", cmd_info, "print the verified manifest (key: value lines)")
+    sp = client_cmd("ls", cmd_ls, "list a directory", optional_path=True)
+    sp.add_argument("-l", "--long", action="store_true", help="long format")
+    sp.add_argument("-d", "--directory", action="store_true", help="list the entry, not its contents")
+    client_cmd("cat", cmd_cat, "write a file's verified contents to stdout", path=True)
+    sp = client_cmd("stat", cmd_stat, "show an entry's attributes", path=True)
+    sp.add_argument("-L", "--dereference", action="store_true", help="follow a final symlink")
+    sp.add_argument("--json", action="store_true", help="one JSON object")
+    sp = client_cmd("find", cmd_find, "walk a tree recursively", optional_path=True)
+    sp.add_argument("--json", action="store_true",
+                    help="one JSON object a line: path type mode size mtime nlink symlink hash chunks xattrs")
+    sp.add_argument("--sha256", action="store_true", help="with --json: add the sha256 of file contents")
+    sp = client_cmd("tags", cmd_tags, "list the repository's tags")
+    sp.add_argument("--json", action="store_true")
+
+    sp = sub.add_parser("publish", help="publish a directory as a signed repository",
+                        description="Publish SRC as repository NAME into stratum directory DIR "
+                        "(a new revision if it exists). Keys are created in KEYDIR when missing.")
+    sp.add_argument("source", metavar="SRC")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--stratum", required=True, metavar="DIR")
+    sp.add_argument("--keys", required=True, metavar="KEYDIR")
+    sp.add_argument("--tag", help="tag the new revision")
+    sp.add_argument("--description", help="tag description")
+    sp.add_argument("--dirtab", metavar="FILE", help="nested catalog rules (default: SRC/.cvmfsdirtab)")
+    sp.add_argument("--hash", choices=["sha1", "rmd160", "shake128"], default="sha1")
+    sp.add_argument("--no-compression", action="store_true", help="store file objects uncompressed")
+    sp.add_argument("--no-chunking", action="store_true")
+    sp.add_argument("--min-chunk", type=float, default=4, metavar="MiB")
+    sp.add_argument("--avg-chunk", type=float, default=8, metavar="MiB")
+    sp.add_argument("--max-chunk", type=float, default=16, metavar="MiB")
+    sp.add_argument("--ttl", type=int, default=240, help="catalog TTL in seconds")
+    sp.add_argument("--whitelist-days", type=int, default=30)
+    sp.add_argument("--no-xattrs", action="store_true")
+    sp.add_argument("-j", "--jobs", type=int, default=0)
+    sp.add_argument("-v", "--verbose", action="store_true")
+    sp.set_defaults(func=cmd_publish)
+
+    sp = sub.add_parser("serve", help="serve stratum directories over HTTP",
+                        description="Serve DIR so that http://HOST:PORT/cvmfs/NAME/ is repository NAME.")
+    sp.add_argument("directory", metavar="DIR")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    sp.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = None  # type: ignore[assignment]
+        finally:
+            return EXIT_ERROR  # noqa: B012
+    except (CvmfsError, OSError, ValueError) as e:
+        print(f"parrot_cvmfs: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, CvmfsError):
+        text = str(e)
+    elif isinstance(e, OSError) and e.strerror:
+        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from parrot_cvmfs.server.publisher import PublishOptions, publish
+from parrot_cvmfs.server.serve import StratumServer
+
+from .servers import FaultyServer, Nginx
+from .treegen import make_tree
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.environ.get("PARROT_CVMFS_SHARED_DATA") or os.path.normpath(
+    os.path.join(HERE, "..", "..", "shared", "cvmfs-data")
+)
+REAL_REPOS = os.path.join(SHARED, "real-repos")
+REAL_MANIFESTS = os.path.join(SHARED, "real-manifests")
+
+
+def base_env(**extra) -> dict[str, str]:
+    """A clean environment: no proxies or cvmfs settings from the developer's shell."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CVMFS_", "PARROT_CVMFS")) and k.lower() not in ("http_proxy", "https_proxy")}
+    env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent-parrot-cvmfs-config"
+    env.update(extra)
+    return env
+
+
+def repo_spec(name: str, url: str, pubkey: str, **opts) -> str:
+    extra = "".join(f",{k}={v}" for k, v in opts.items())
+    return f"{name}:url={url},pubkey={pubkey}{extra}"
+
+
+class Cli:
+    """Runs `python -m parrot_cvmfs` as a subprocess, as a user would."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+
+    def __call__(self, *args, input=None, env=None, check=False, timeout=300):
+        e = dict(self.env)
+        e.update(env or {})
+        p = subprocess.run([sys.executable, "-m", "parrot_cvmfs", *map(str, args)], env=e,
+                           capture_output=True, input=input, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"parrot_cvmfs {args} failed: {p.stderr.decode()}")
+        return p
+
+    def find_json(self, *args) -> list[dict]:
+        p = self("find", *args, "--json", check=True)
+        return [json.loads(line) for line in p.stdout.decode().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def real_strata(tmp_path_factory):
+    """A directory serving the real repositories under their names."""
+    d = tmp_path_factory.mktemp("real-strata")
+    for name in ("ref.test.org", "ref-shake.test.org", "test.cern.ch"):
+        os.symlink(os.path.join(REAL_REPOS, name, "stratum"), d / name)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def real_server(real_strata):
+    srv = StratumServer(real_strata)
+    srv.start_background()
+    yield srv
+    srv.shutdown()
+
+
+@pytest.fixture(scope="session")
+def real_env(real_server):
+    specs = [
+        repo_spec("ref.test.org", f"{real_server.url}/ref.test.org",
+                  os.path.join(REAL_REPOS, "ref.test.org", "ref.test.org.pub")),
+        repo_spec("ref-shake.test.org", f"{real_server.url}/ref-shake.test.org",
+                  os.path.join(REAL_REPOS, "ref-shake.test.org", "ref-shake.test.org.pub")),
+        repo_spec("test.cern.ch", f"{real_server.url}/test.cern.ch",
+                  os.path.join(REAL_REPOS, "test.cern.ch", "test.cern.ch.pub")),
+    ]
+    return base_env(PARROT_CVMFS_REPO=" ".join(specs))
+
+
+@pytest.fixture(scope="session")
+def source_tree(tmp_path_factory):
+    return make_tree(str(tmp_path_factory.mktemp("tree") / "src"))
+
+
+class Published:
+    def __init__(self, src, stratum, keys, name, result):
+        self.src, self.stratum, self.keys, self.name, self.result = src, stratum, keys, name, result
+
+    @property
+    def pubkey(self) -> str:
+        return os.path.join(self.keys, f"{self.name}.pub")
+
+    def copy(self, dest: str) -> Published:
+        """A private copy of the stratum (for tampering)."""
+        shutil.copytree(self.stratum, dest, symlinks=True)
+        return Published(self.src, dest, self.keys, self.name, self.result)
+
+
+@pytest.fixture(scope="session")
+def published(source_tree, tmp_path_factory):
+    """The generated tree published once per session by our publisher."""
+    base = tmp_path_factory.mktemp("published")
+    stratum, keys = str(base / "stratum"), str(base / "keys")
+    result = publish(PublishOptions(source=source_tree, name="round.test.org", stratum=stratum,
+                                    keys_dir=keys, tag="first"))
+    return Published(source_tree, stratum, keys, "round.test.org", result)
+
+
+@pytest.fixture(scope="session")
+def published_server(published):
+    srv = FaultyServer(published.stratum)
+    srv.start_background()
+    yield srv
+    srv.shutdown()
+
+
+@pytest.fixture(scope="session")
+def nginx_published(published, tmp_path_factory):
+    n = Nginx(published.stratum, str(tmp_path_factory.mktemp("nginx")))
+    yield n
+    n.stop()
+
+
+def make_cli(env) -> Cli:
+    return Cli(env)

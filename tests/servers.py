@@ -1,0 +1,185 @@
+"""Real HTTP servers on loopback for the tests: the built-in stratum server with
+fault injection and request counting, nginx, and a small forward proxy."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from parrot_cvmfs.server.serve import StratumHandler, StratumServer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dead_url(name: str = "") -> str:
+    """An http URL on a loopback port where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}/cvmfs/{name}".rstrip("/")
+
+
+class FaultyHandler(StratumHandler):
+    def _send_file(self, head_only: bool) -> None:
+        srv = self.server
+        path = urllib.parse.urlsplit(self.path).path
+        with srv.lock:
+            srv.requests[path] += 1
+        for pattern, delay in srv.delays.items():
+            if pattern in path:
+                time.sleep(delay)
+        for pattern, status in srv.statuses.items():
+            if pattern in path:
+                self.send_error(status)
+                return
+        for pattern, fn in srv.rewrites.items():
+            if pattern in path:
+                local = self._local_path()
+                with open(local, "rb") as f:
+                    body = fn(f.read())
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head_only:
+                    self.wfile.write(body)
+                return
+        super()._send_file(head_only)
+
+
+class FaultyServer(StratumServer):
+    """StratumServer whose responses can be delayed, replaced or rewritten per path."""
+
+    def __init__(self, root: str):
+        self.lock = threading.Lock()
+        self.requests: collections.Counter = collections.Counter()
+        self.delays: dict[str, float] = {}
+        self.statuses: dict[str, int] = {}
+        self.rewrites: dict = {}
+        ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), FaultyHandler)
+        self.root = os.path.abspath(root)
+        self.verbose = False
+
+    def data_requests(self) -> dict[str, int]:
+        with self.lock:
+            return {p: n for p, n in self.requests.items() if "/data/" in p}
+
+
+class ForwardProxy(ThreadingHTTPServer):
+    """A minimal HTTP forward proxy (absolute-URI GETs) that logs what it forwards."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self):
+        self.log: list[str] = []
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        with self.server.lock:
+            self.server.log.append(self.path)
+        u = urllib.parse.urlsplit(self.path)
+        try:
+            conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=10)
+            conn.request("GET", u.path, headers={"Host": u.netloc})
+            resp = conn.getresponse()
+            body = resp.read()
+        except OSError:
+            self.send_response(502)
+            self.send_header("X-Squid-Error", "ERR_CONNECT_FAIL 111")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(resp.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Nginx:
+    """nginx serving a stratum directory at /cvmfs/, as stratum 1 sites run it."""
+
+    def __init__(self, root: str, workdir: str):
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not os.path.exists(exe):
+            raise RuntimeError("nginx is not installed (.ci/run installs it)")
+        self.port = free_port()
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        conf = os.path.join(workdir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""{user}worker_processes 2;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log;
+events {{ worker_connections 512; }}
+http {{
+  access_log {workdir}/access.log;
+  client_body_temp_path {workdir}/body;
+  proxy_temp_path {workdir}/proxy;
+  fastcgi_temp_path {workdir}/fastcgi;
+  uwsgi_temp_path {workdir}/uwsgi;
+  scgi_temp_path {workdir}/scgi;
+  sendfile on;
+  default_type application/octet-stream;
+  server {{
+    listen 127.0.0.1:{self.port};
+    location /cvmfs/ {{
+      alias {os.path.abspath(root)}/;
+      location ~ /\\.cvmfs {{ expires 61s; types {{ }} default_type application/x-cvmfs; }}
+      expires 3d;
+    }}
+  }}
+}}
+""")
+        self.proc = subprocess.Popen([exe, "-c", conf, "-p", workdir], stderr=subprocess.PIPE)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("nginx failed: " + self.proc.stderr.read().decode())
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/cvmfs"
+
+    def access_log(self) -> list[str]:
+        try:
+            with open(os.path.join(self.workdir, "access.log")) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
