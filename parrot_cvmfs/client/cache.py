@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import sqlite3
 import struct
@@ -33,9 +34,11 @@ from ..errors import CacheError
 from .hashes import ContentHash
 
 OBJECT_MODE = 0o500  # read-only for everybody, executable so that exec works on it
+_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 _F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)
 _FLOCK = struct.Struct("=hh4xqqi4x")  # struct flock on 64-bit Linux
 _RECENT_GRACE = 5.0
+_temp_counter = itertools.count()
 
 
 def default_cache_dir() -> str:
@@ -90,6 +93,9 @@ class ObjectCache:
         make_layout(self.dir)
         self.txn = os.path.join(self.dir, "txn")
         self._lockfile = os.path.join(self.dir, "lock_objects")
+        self._tls = threading.local()
+        self._lockfds: list[int] = []
+        self._lockfds_guard = threading.Lock()
         self.quota = Quota(self.dir, quota_bytes) if quota_bytes and quota_bytes > 0 else None
         self.hits = 0
         self.misses = 0
@@ -121,18 +127,22 @@ class ObjectCache:
 
     def new_temp(self) -> tuple[int, str]:
         """A new temporary file in txn/ (named after our pid, so stale ones can be found)."""
-        try:
-            return tempfile.mkstemp(dir=self.txn, prefix=f"fetch.{os.getpid()}.")
-        except OSError as e:
-            raise CacheError(f"cannot write to cache {self.dir}: {e.strerror}") from None
+        while True:
+            path = f"{self.txn}/fetch.{os.getpid()}.{next(_temp_counter)}"
+            try:
+                # created with its final mode: no chmod (a journaled metadata write) later
+                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, OBJECT_MODE), path
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise CacheError(f"cannot write to cache {self.dir}: {e.strerror}") from None
 
     def commit(self, tmp: str, h: ContentHash, variant: str = "", kind: int = 0) -> str:
         """Move a complete, verified temporary file into place."""
         name = h.cache_name() + variant
         dest = os.path.join(self.dir, name)
         try:
-            size = os.stat(tmp).st_size
-            os.chmod(tmp, OBJECT_MODE)
+            size = os.stat(tmp).st_size if self.quota is not None else 0
             os.rename(tmp, dest)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -146,14 +156,22 @@ class ObjectCache:
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Exclusive lock across processes and threads for one object key (a hex hash)."""
-        fd = os.open(self._lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Exclusive lock across processes and threads for one object key (a hex hash).
+
+        An open-file-description lock on one byte of `lock_objects`; each thread has
+        its own description, so threads exclude each other as processes do."""
+        fd = getattr(self._tls, "lockfd", None)
+        if fd is None:
+            fd = os.open(self._lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._tls.lockfd = fd
+            with self._lockfds_guard:
+                self._lockfds.append(fd)
+        offset = int(key[:15], 16)
+        fcntl.fcntl(fd, _F_OFD_SETLKW, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
         try:
-            offset = int(key[:15], 16)
-            fcntl.fcntl(fd, _F_OFD_SETLKW, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
             yield
         finally:
-            os.close(fd)  # closing the description releases its OFD lock
+            fcntl.fcntl(fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0))
 
     # -- small metadata files -------------------------------------------------------------------
 
@@ -190,6 +208,12 @@ class ObjectCache:
         return removed
 
     def close(self) -> None:
+        with self._lockfds_guard:
+            for fd in self._lockfds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._lockfds.clear()
+        self._tls = threading.local()
         if self.quota is not None:
             self.quota.close()
 

@@ -79,6 +79,8 @@ def expand_templates(value: str, fqrn: str) -> str:
 
 def normalize_name(name: str, default_domain: str) -> str:
     """Append the default domain to a dot-less name and validate it."""
+    if not REPO_NAME_RE.match(name):
+        raise ConfigError(f"invalid repository name {name!r}")
     if "." not in name and default_domain:
         name = f"{name}.{default_domain}"
     if not REPO_NAME_RE.match(name):

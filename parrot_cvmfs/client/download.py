@@ -193,7 +193,7 @@ class Downloader:
     def __init__(self, settings: DownloadSettings, sleep: Callable[[float], None] = time.sleep):
         self.settings = settings
         self.path = NetworkPath(settings)
-        self._clients: dict[str, httpx.Client] = {}
+        self._clients: dict[str, httpx.HTTPTransport] = {}
         self._clients_lock = threading.Lock()
         self._sleep = sleep
         self.n_downloads = 0
@@ -201,22 +201,19 @@ class Downloader:
         self.n_failures = 0
         self._stats_lock = threading.Lock()
 
-    def _client(self, proxy: str) -> httpx.Client:
+    def _transport(self, proxy: str) -> httpx.HTTPTransport:
+        # The transport layer directly: the Client's request/response models cost
+        # several hundred microseconds per object, more than the transfer itself.
         with self._clients_lock:
-            c = self._clients.get(proxy)
-            if c is None:
-                t = self.settings.timeout_direct if proxy == DIRECT else self.settings.timeout
-                c = httpx.Client(
-                    proxy=None if proxy == DIRECT else proxy,
-                    timeout=httpx.Timeout(connect=t, read=t, write=t, pool=None),
-                    follow_redirects=self.settings.follow_redirects,
-                    max_redirects=4,
-                    headers={"User-Agent": self.settings.user_agent, "Pragma": ""},
+            t = self._clients.get(proxy)
+            if t is None:
+                t = httpx.HTTPTransport(
+                    proxy=None if proxy == DIRECT else httpx.Proxy(proxy),
                     limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
                     trust_env=False,
                 )
-                self._clients[proxy] = c
-            return c
+                self._clients[proxy] = t
+            return t
 
     def close(self) -> None:
         with self._clients_lock:
@@ -228,15 +225,29 @@ class Downloader:
 
     def _attempt(self, url: str, proxy: str, nocache: bool, sink: _Sink, headers: dict) -> None:
         direct = proxy == DIRECT
-        h = dict(headers)
+        h = {"User-Agent": self.settings.user_agent, "Connection": "Keep-Alive", **headers}
         if nocache:
             h["Pragma"] = "no-cache"
             h["Cache-Control"] = "no-cache"
         timeout = self.settings.timeout_direct if direct else self.settings.timeout
+        ext = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": None}}
         where = url if direct else f"{url} via proxy {proxy}"
+        transport = self._transport(proxy)
         try:
-            with self._client(proxy).stream("GET", url, headers=h) as resp:
+            for _redirect in range(5):
+                resp = transport.handle_request(httpx.Request("GET", url, headers=h, extensions=ext))
                 status = resp.status_code
+                if status in (301, 302, 303, 307, 308) and self.settings.follow_redirects:
+                    location = resp.headers.get("location")
+                    resp.close()
+                    if not location:
+                        break
+                    url = str(httpx.URL(url).join(location))
+                    continue
+                break
+            else:
+                raise _Failure(HOST_CONNECTION, f"{where}: too many redirects")
+            try:
                 if status == 429:
                     raise _Failure(HOST_CONNECTION, f"{where}: HTTP 429 (too many requests)")
                 if not 200 <= status < 300:
@@ -251,7 +262,7 @@ class Downloader:
                 sink.reset()
                 window_start, window_bytes = time.monotonic(), 0
                 limit = self.settings.low_speed_limit
-                for data in resp.iter_raw(65536):
+                for data in resp.stream:
                     sink.feed(data)
                     window_bytes += len(data)
                     now = time.monotonic()
@@ -262,9 +273,11 @@ class Downloader:
                                 f"{where}: transfer slower than {limit} B/s",
                             )
                         window_start, window_bytes = now, 0
-                with self._stats_lock:
-                    self.bytes_received += sink.received
-                sink.finish(where)
+            finally:
+                resp.close()
+            with self._stats_lock:
+                self.bytes_received += sink.received
+            sink.finish(where)
         except _Failure:
             raise
         except httpx.TimeoutException:
@@ -276,8 +289,6 @@ class Downloader:
             raise _Failure(HOST_CONNECTION if direct else PROXY_CONNECTION, f"{where}: cannot connect ({_short(e)})") from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
             raise _Failure(HOST_SHORT if direct else PROXY_SHORT, f"{where}: transfer broken ({_short(e)})") from None
-        except httpx.TooManyRedirects:
-            raise _Failure(HOST_CONNECTION, f"{where}: too many redirects") from None
         except httpx.HTTPError as e:
             raise _Failure(HOST_CONNECTION if direct else PROXY_CONNECTION, f"{where}: {_short(e)}") from None
 
@@ -357,7 +368,10 @@ class Downloader:
 
 
 class _Sink:
-    """Receives the body: hashes the raw bytes, inflates, writes; checks at the end."""
+    """Receives the body: hashes the raw bytes, inflates, writes; checks at the end.
+
+    A data problem found mid-stream (bad zlib, too many bytes) stops the output but
+    not the hashing, so that a tampered object is reported as a hash mismatch."""
 
     def __init__(self, expected, decompress, size, out, max_size):
         self.expected = expected
@@ -372,17 +386,19 @@ class _Sink:
         self.inflater = zlib.decompressobj() if self.decompress else None
         self.received = 0
         self.produced = 0
+        self.problem: str | None = None
         self.buf: list[bytes] = []
-        if self.out is not None:
+        if self.out is not None and self.out.tell():  # a retry: start the file over
             self.out.seek(0)
             self.out.truncate()
 
     def _emit(self, data: bytes) -> None:
-        if not data:
+        if not data or self.problem:
             return
         self.produced += len(data)
         if self.size is not None and self.produced > self.size:
-            raise _Failure(BAD_DATA, "object is larger than its catalog size")
+            self.problem = f"object is larger than its catalog size {self.size}"
+            return
         if self.out is not None:
             self.out.write(data)
         else:
@@ -394,28 +410,32 @@ class _Sink:
         self.received += len(data)
         if self.hasher is not None:
             self.hasher.update(data)
+        if self.problem:
+            return
         if self.inflater is not None:
             try:
                 self._emit(self.inflater.decompress(data, 1 << 22))
-                while self.inflater.unconsumed_tail:
+                while self.inflater.unconsumed_tail and not self.problem:
                     self._emit(self.inflater.decompress(self.inflater.unconsumed_tail, 1 << 22))
             except zlib.error as e:
-                raise _Failure(BAD_DATA, f"corrupt zlib stream ({e})") from None
+                self.problem = f"corrupt zlib stream ({e})"
         else:
             self._emit(data)
 
     def finish(self, where: str) -> None:
         if self.hasher is not None and self.hasher.digest() != self.expected.digest:
             raise _Failure(BAD_DATA, f"{where}: hash mismatch (expected {self.expected.hex})")
-        if self.inflater is not None:
+        if self.inflater is not None and not self.problem:
             try:
                 self._emit(self.inflater.flush())
             except zlib.error as e:
-                raise _Failure(BAD_DATA, f"{where}: corrupt zlib stream ({e})") from None
-            if not self.inflater.eof:
-                raise _Failure(BAD_DATA, f"{where}: truncated zlib stream")
-        if self.size is not None and self.produced != self.size:
-            raise _Failure(BAD_DATA, f"{where}: size {self.produced} differs from catalog size {self.size}")
+                self.problem = f"corrupt zlib stream ({e})"
+            if not self.problem and not self.inflater.eof:
+                self.problem = "truncated zlib stream"
+        if not self.problem and self.size is not None and self.produced != self.size:
+            self.problem = f"size {self.produced} differs from catalog size {self.size}"
+        if self.problem:
+            raise _Failure(BAD_DATA, f"{where}: {self.problem}")
         if self.out is not None:
             self.out.flush()
 

@@ -25,19 +25,25 @@ ASSEMBLED = ".file"  # cache name suffix of assembled chunked files
 
 
 class _RegionWriter:
-    """File-like view of [offset, offset+size) of a file, for parallel chunk writes.
-    Retries rewrite the region from its start; nothing else is truncated."""
+    """Minimal file-like writer on a raw descriptor from `offset` on, with pwrite (no
+    buffering, no lseek). Used for whole objects (offset 0, truncated on retries) and,
+    without truncation, for chunks written in parallel into one file."""
 
-    def __init__(self, fd: int, offset: int):
+    def __init__(self, fd: int, offset: int, truncate: bool = False):
         self.fd = fd
         self.base = offset
         self.pos = offset
+        self.may_truncate = truncate
 
     def seek(self, pos: int) -> None:
         self.pos = self.base + pos
 
     def truncate(self) -> None:
-        pass
+        if self.may_truncate:
+            os.ftruncate(self.fd, self.pos)
+
+    def tell(self) -> int:
+        return self.pos - self.base
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -106,20 +112,21 @@ class Fetcher:
                 return p
             fd, tmp = self.cache.new_temp()
             try:
-                with os.fdopen(fd, "w+b") as f:
-                    downloader.fetch(
-                        h.object_path(suffix),
-                        what=what,
-                        expected=h,
-                        decompress=compressed,
-                        size=size,
-                        out=f,
-                        url_for=_external_url(external_path),
-                    )
+                downloader.fetch(
+                    h.object_path(suffix),
+                    what=what,
+                    expected=h,
+                    decompress=compressed,
+                    size=size,
+                    out=_RegionWriter(fd, 0, truncate=True),
+                    url_for=_external_url(external_path),
+                )
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
+            finally:
+                os.close(fd)
             return self.cache.commit(tmp, h, kind=kind)
 
     def _executor(self) -> ThreadPoolExecutor:

@@ -75,6 +75,13 @@ class StratumServer(ThreadingHTTPServer):
         self.verbose = verbose
         super().__init__((host, port), StratumHandler)
 
+    def handle_error(self, request, client_address):
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client went away (a timeout, a killed job): not our problem
+        super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
