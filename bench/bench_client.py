@@ -31,7 +31,9 @@ from tests.servers import Nginx  # noqa: E402
 
 def make_venv(path: str) -> str:
     subprocess.run([sys.executable, "-m", "venv", path], check=True)
-    subprocess.run([os.path.join(path, "bin", "pip"), "install", "-q", "numpy", "scipy"], check=True)
+    subprocess.run(
+        [os.path.join(path, "bin", "pip"), "install", "-q", "numpy", "scipy"], check=True
+    )
     return path
 
 
@@ -75,8 +77,12 @@ def read_all(repo: Repository, workers: int) -> tuple[int, int]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--synthetic", action="store_true", help="generated tree instead of a numpy/scipy venv")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--synthetic", action="store_true", help="generated tree instead of a numpy/scipy venv"
+    )
     ap.add_argument("--tree", help="publish this existing directory")
     ap.add_argument("-j", "--jobs", type=int, default=8, help="parallel readers / curl processes")
     ap.add_argument("--keep", action="store_true")
@@ -96,16 +102,22 @@ def main() -> int:
 
         stratum, keys = os.path.join(work, "stratum"), os.path.join(work, "keys")
         t = time.monotonic()
-        r = publish(PublishOptions(source=src, name="bench.test.org", stratum=stratum, keys_dir=keys))
+        r = publish(
+            PublishOptions(source=src, name="bench.test.org", stratum=stratum, keys_dir=keys)
+        )
         dt = time.monotonic() - t
-        print(f"publish: {dt:.2f} s  {nfiles / dt:.0f} files/s  {mb / dt:.1f} MB/s "
-              f"({r.objects_written} objects, {r.catalogs} catalogs)")
+        print(
+            f"publish: {dt:.2f} s  {nfiles / dt:.0f} files/s  {mb / dt:.1f} MB/s "
+            f"({r.objects_written} objects, {r.catalogs} catalogs)"
+        )
 
         nginx = Nginx(stratum, os.path.join(work, "nginx"))
         try:
             env = dict(os.environ)
-            env["PARROT_CVMFS_REPO"] = (f"bench.test.org:url={nginx.url}/bench.test.org,"
-                                        f"pubkey={keys}/bench.test.org.pub,CVMFS_QUOTA_LIMIT=-1")
+            env["PARROT_CVMFS_REPO"] = (
+                f"bench.test.org:url={nginx.url}/bench.test.org,"
+                f"pubkey={keys}/bench.test.org.pub,CVMFS_QUOTA_LIMIT=-1"
+            )
             env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent"
             config = Configuration(env=env)
 
@@ -139,13 +151,17 @@ def main() -> int:
                 n, total = read_all(repo, args.jobs)
             cold = time.monotonic() - t
             assert total == nbytes, (total, nbytes)
-            print(f"cold read ({args.jobs} threads): {cold:.2f} s  {n / cold:.0f} files/s  "
-                  f"{mb / cold:.1f} MB/s")
+            print(
+                f"cold read ({args.jobs} threads): {cold:.2f} s  {n / cold:.0f} files/s  "
+                f"{mb / cold:.1f} MB/s"
+            )
             t = time.monotonic()
             with Repository.mount("bench.test.org", cache_dir=cache, config=config) as repo:
                 n, total = read_all(repo, 1)
             warm = time.monotonic() - t
-            print(f"warm read (1 thread): {warm:.2f} s  {n / warm:.0f} files/s  {mb / warm:.1f} MB/s")
+            print(
+                f"warm read (1 thread): {warm:.2f} s  {n / warm:.0f} files/s  {mb / warm:.1f} MB/s"
+            )
             print(f"ratio cold read / parallel curl download: {cold / base:.2f}")
         finally:
             nginx.stop()

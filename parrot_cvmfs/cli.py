@@ -39,13 +39,28 @@ def _kv(text: str) -> tuple[str, str]:
 def add_client_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("repository access")
     g.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: per-user cache)")
-    g.add_argument("--verify-at", metavar="DATE", type=_parse_when,
-                   help="check whitelist expiry as of this UTC date (archived repositories)")
-    g.add_argument("-o", "--option", metavar="KEY=VALUE", type=_kv, action="append", default=[],
-                   help="set a CVMFS_* parameter (repeatable)")
-    g.add_argument("--config-dir", metavar="DIR", help="cvmfs configuration directory (default /etc/cvmfs)")
+    g.add_argument(
+        "--verify-at",
+        metavar="DATE",
+        type=_parse_when,
+        help="check whitelist expiry as of this UTC date (archived repositories)",
+    )
+    g.add_argument(
+        "-o",
+        "--option",
+        metavar="KEY=VALUE",
+        type=_kv,
+        action="append",
+        default=[],
+        help="set a CVMFS_* parameter (repeatable)",
+    )
+    g.add_argument(
+        "--config-dir", metavar="DIR", help="cvmfs configuration directory (default /etc/cvmfs)"
+    )
     g.add_argument("--alien-cache", metavar="DIR", help="read-only preloaded cache consulted first")
-    g.add_argument("--offline", action="store_true", help="use only the cache; never touch the network")
+    g.add_argument(
+        "--offline", action="store_true", help="use only the cache; never touch the network"
+    )
     pin = g.add_mutually_exclusive_group()
     pin.add_argument("--tag", help="mount the revision with this tag")
     pin.add_argument("--date", help="mount the newest revision published before this UTC date")
@@ -95,7 +110,9 @@ def cmd_ls(args) -> int:
                 s = repo.stat_entry(e)
                 when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(s.st_mtime))
                 link = f" -> {repo.expand_symlink(e)}" if e.is_symlink else ""
-                print(f"{_mode_string(s.st_mode)} {s.st_nlink:>3} {s.st_size:>12} {when} {name}{link}")
+                print(
+                    f"{_mode_string(s.st_mode)} {s.st_nlink:>3} {s.st_size:>12} {when} {name}{link}"
+                )
             else:
                 print(name)
     return 0
@@ -120,8 +137,9 @@ def _entry_record(repo, e, with_sha256: bool = False) -> dict:
         "path": e.path or "/",
         "type": e.kind,
         "mode": e.mode,
-        "size": len(e.symlink.encode("utf-8", "surrogateescape")) if e.is_symlink else
-        (0 if e.is_special else e.size),
+        "size": len(e.symlink.encode("utf-8", "surrogateescape"))
+        if e.is_symlink
+        else (0 if e.is_special else e.size),
         "mtime": e.mtime,
         "nlink": e.linkcount,
     }
@@ -148,8 +166,12 @@ def cmd_stat(args) -> int:
         s = repo.stat_entry(e)
         rec = _entry_record(repo, e)
         rec.update(
-            inode=s.st_ino, uid=s.st_uid, gid=s.st_gid, blocks=s.st_blocks,
-            mtime_nsec=s.st_mtime_nsec, catalog=(e.catalog.mountpoint or "/"),
+            inode=s.st_ino,
+            uid=s.st_uid,
+            gid=s.st_gid,
+            blocks=s.st_blocks,
+            mtime_nsec=s.st_mtime_nsec,
+            catalog=(e.catalog.mountpoint or "/"),
         )
         if e.is_symlink:
             rec["target"] = repo.expand_symlink(e)
@@ -169,7 +191,9 @@ def cmd_find(args) -> int:
         out = sys.stdout
         for e in repo.walk(args.path):
             if args.json:
-                out.write(json.dumps(_entry_record(repo, e, args.sha256), ensure_ascii=False) + "\n")
+                out.write(
+                    json.dumps(_entry_record(repo, e, args.sha256), ensure_ascii=False) + "\n"
+                )
             else:
                 out.write((e.path or "/") + "\n")
     return 0
@@ -180,8 +204,17 @@ def cmd_tags(args) -> int:
         tags = repo.tags()
         if args.json:
             for t in tags:
-                print(json.dumps({"name": t.name, "revision": t.revision, "timestamp": t.timestamp,
-                                  "root_hash": t.root_hash.hex, "description": t.description}))
+                print(
+                    json.dumps(
+                        {
+                            "name": t.name,
+                            "revision": t.revision,
+                            "timestamp": t.timestamp,
+                            "root_hash": t.root_hash.hex,
+                            "description": t.description,
+                        }
+                    )
+                )
             return 0
         for t in tags:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t.timestamp))
@@ -209,7 +242,9 @@ def cmd_publish(args) -> int:
         hash_algorithm=ALGORITHM_BY_NAME[args.hash],
         compress=not args.no_compression,
         chunking=not args.no_chunking,
-        chunk_sizes=ChunkSizes(int(args.min_chunk * mib), int(args.avg_chunk * mib), int(args.max_chunk * mib)),
+        chunk_sizes=ChunkSizes(
+            int(args.min_chunk * mib), int(args.avg_chunk * mib), int(args.max_chunk * mib)
+        ),
         ttl=args.ttl,
         whitelist_days=args.whitelist_days,
         include_xattrs=not args.no_xattrs,
@@ -271,28 +306,40 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmd("info", cmd_info, "print the verified manifest (key: value lines)")
     sp = client_cmd("ls", cmd_ls, "list a directory", optional_path=True)
     sp.add_argument("-l", "--long", action="store_true", help="long format")
-    sp.add_argument("-d", "--directory", action="store_true", help="list the entry, not its contents")
+    sp.add_argument(
+        "-d", "--directory", action="store_true", help="list the entry, not its contents"
+    )
     client_cmd("cat", cmd_cat, "write a file's verified contents to stdout", path=True)
     sp = client_cmd("stat", cmd_stat, "show an entry's attributes", path=True)
     sp.add_argument("-L", "--dereference", action="store_true", help="follow a final symlink")
     sp.add_argument("--json", action="store_true", help="one JSON object")
     sp = client_cmd("find", cmd_find, "walk a tree recursively", optional_path=True)
-    sp.add_argument("--json", action="store_true",
-                    help="one JSON object a line: path type mode size mtime nlink symlink hash chunks xattrs")
-    sp.add_argument("--sha256", action="store_true", help="with --json: add the sha256 of file contents")
+    sp.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object a line: path type mode size mtime nlink symlink hash chunks xattrs",
+    )
+    sp.add_argument(
+        "--sha256", action="store_true", help="with --json: add the sha256 of file contents"
+    )
     sp = client_cmd("tags", cmd_tags, "list the repository's tags")
     sp.add_argument("--json", action="store_true")
 
-    sp = sub.add_parser("publish", help="publish a directory as a signed repository",
-                        description="Publish SRC as repository NAME into stratum directory DIR "
-                        "(a new revision if it exists). Keys are created in KEYDIR when missing.")
+    sp = sub.add_parser(
+        "publish",
+        help="publish a directory as a signed repository",
+        description="Publish SRC as repository NAME into stratum directory DIR "
+        "(a new revision if it exists). Keys are created in KEYDIR when missing.",
+    )
     sp.add_argument("source", metavar="SRC")
     sp.add_argument("--name", required=True)
     sp.add_argument("--stratum", required=True, metavar="DIR")
     sp.add_argument("--keys", required=True, metavar="KEYDIR")
     sp.add_argument("--tag", help="tag the new revision")
     sp.add_argument("--description", help="tag description")
-    sp.add_argument("--dirtab", metavar="FILE", help="nested catalog rules (default: SRC/.cvmfsdirtab)")
+    sp.add_argument(
+        "--dirtab", metavar="FILE", help="nested catalog rules (default: SRC/.cvmfsdirtab)"
+    )
     sp.add_argument("--hash", choices=["sha1", "rmd160", "shake128"], default="sha1")
     sp.add_argument("--no-compression", action="store_true", help="store file objects uncompressed")
     sp.add_argument("--no-chunking", action="store_true")
@@ -306,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.set_defaults(func=cmd_publish)
 
-    sp = sub.add_parser("serve", help="serve stratum directories over HTTP",
-                        description="Serve DIR so that http://HOST:PORT/cvmfs/NAME/ is repository NAME.")
+    sp = sub.add_parser(
+        "serve",
+        help="serve stratum directories over HTTP",
+        description="Serve DIR so that http://HOST:PORT/cvmfs/NAME/ is repository NAME.",
+    )
     sp.add_argument("directory", metavar="DIR")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--host", default="127.0.0.1")

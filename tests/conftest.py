@@ -24,8 +24,12 @@ REAL_MANIFESTS = os.path.join(SHARED, "real-manifests")
 
 def base_env(**extra) -> dict[str, str]:
     """A clean environment: no proxies or cvmfs settings from the developer's shell."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CVMFS_", "PARROT_CVMFS")) and k.lower() not in ("http_proxy", "https_proxy")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CVMFS_", "PARROT_CVMFS"))
+        and k.lower() not in ("http_proxy", "https_proxy")
+    }
     env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent-parrot-cvmfs-config"
     env.update(extra)
     return env
@@ -45,8 +49,13 @@ class Cli:
     def __call__(self, *args, input=None, env=None, check=False, timeout=300):
         e = dict(self.env)
         e.update(env or {})
-        p = subprocess.run([sys.executable, "-m", "parrot_cvmfs", *map(str, args)], env=e,
-                           capture_output=True, input=input, timeout=timeout)
+        p = subprocess.run(
+            [sys.executable, "-m", "parrot_cvmfs", *map(str, args)],
+            env=e,
+            capture_output=True,
+            input=input,
+            timeout=timeout,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"parrot_cvmfs {args} failed: {p.stderr.decode()}")
         return p
@@ -76,12 +85,21 @@ def real_server(real_strata):
 @pytest.fixture(scope="session")
 def real_env(real_server):
     specs = [
-        repo_spec("ref.test.org", f"{real_server.url}/ref.test.org",
-                  os.path.join(REAL_REPOS, "ref.test.org", "ref.test.org.pub")),
-        repo_spec("ref-shake.test.org", f"{real_server.url}/ref-shake.test.org",
-                  os.path.join(REAL_REPOS, "ref-shake.test.org", "ref-shake.test.org.pub")),
-        repo_spec("test.cern.ch", f"{real_server.url}/test.cern.ch",
-                  os.path.join(REAL_REPOS, "test.cern.ch", "test.cern.ch.pub")),
+        repo_spec(
+            "ref.test.org",
+            f"{real_server.url}/ref.test.org",
+            os.path.join(REAL_REPOS, "ref.test.org", "ref.test.org.pub"),
+        ),
+        repo_spec(
+            "ref-shake.test.org",
+            f"{real_server.url}/ref-shake.test.org",
+            os.path.join(REAL_REPOS, "ref-shake.test.org", "ref-shake.test.org.pub"),
+        ),
+        repo_spec(
+            "test.cern.ch",
+            f"{real_server.url}/test.cern.ch",
+            os.path.join(REAL_REPOS, "test.cern.ch", "test.cern.ch.pub"),
+        ),
     ]
     return base_env(PARROT_CVMFS_REPO=" ".join(specs))
 
@@ -110,8 +128,11 @@ def published(source_tree, tmp_path_factory):
     """The generated tree published once per session by our publisher."""
     base = tmp_path_factory.mktemp("published")
     stratum, keys = str(base / "stratum"), str(base / "keys")
-    result = publish(PublishOptions(source=source_tree, name="round.test.org", stratum=stratum,
-                                    keys_dir=keys, tag="first"))
+    result = publish(
+        PublishOptions(
+            source=source_tree, name="round.test.org", stratum=stratum, keys_dir=keys, tag="first"
+        )
+    )
     return Published(source_tree, stratum, keys, "round.test.org", result)
 
 

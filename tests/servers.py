@@ -162,7 +162,9 @@ http {{
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("nginx failed: " + self.proc.stderr.read().decode())
+                    raise RuntimeError(
+                        "nginx failed: " + self.proc.stderr.read().decode()
+                    ) from None
                 time.sleep(0.05)
         raise RuntimeError("nginx did not start")
 

@@ -44,8 +44,11 @@ def server(published):
 
 
 def env_for(published, srv) -> dict[str, str]:
-    return base_env(PARROT_CVMFS_REPO=repo_spec(published.name, f"{srv.url}/{published.name}",
-                                                published.pubkey, CVMFS_QUOTA_LIMIT="-1"))
+    return base_env(
+        PARROT_CVMFS_REPO=repo_spec(
+            published.name, f"{srv.url}/{published.name}", published.pubkey, CVMFS_QUOTA_LIMIT="-1"
+        )
+    )
 
 
 def test_concurrent_processes_share_one_cache(published, server, tmp_path):
@@ -54,8 +57,12 @@ def test_concurrent_processes_share_one_cache(published, server, tmp_path):
     # slow every object down a little so that the readers really overlap
     server.delays["/data/"] = 0.01
     procs = [
-        subprocess.Popen([sys.executable, "-c", READER, published.name, cache], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", READER, published.name, cache],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(6)
     ]
     results = []
@@ -91,9 +98,16 @@ def test_quota_cleanup_spares_open_files(tmp_path):
         paths.append((h, cache.commit(tmp, h)))
         if i == 1:
             # another process keeps the second object open while clean-up runs
-            holder = subprocess.Popen([sys.executable, "-c", "import sys,time; f=open(sys.argv[1],'rb'); "
-                                       "print('open', flush=True); time.sleep(60)", paths[1][1]],
-                                      stdout=subprocess.PIPE)
+            holder = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys,time; f=open(sys.argv[1],'rb'); "
+                    "print('open', flush=True); time.sleep(60)",
+                    paths[1][1],
+                ],
+                stdout=subprocess.PIPE,
+            )
             assert holder.stdout.readline() == b"open\n"
         time.sleep(0.01)
     try:
@@ -124,16 +138,25 @@ def test_offline_and_alien_tier(published, server, tmp_path):
         want = {e.path: repo.read(e.path) for e in repo.walk("/data") if e.is_regular}
     server.shutdown()
     server.server_close()
-    dead = base_env(PARROT_CVMFS_REPO=repo_spec(published.name, "http://127.0.0.1:9/cvmfs/x", published.pubkey))
-    with Repository.mount(published.name, cache_dir=warm, config=Configuration(env=dead), offline=True) as repo:
+    dead = base_env(
+        PARROT_CVMFS_REPO=repo_spec(published.name, "http://127.0.0.1:9/cvmfs/x", published.pubkey)
+    )
+    with Repository.mount(
+        published.name, cache_dir=warm, config=Configuration(env=dead), offline=True
+    ) as repo:
         assert {p: repo.read(p) for p in want} == want
     # the warm cache as a read-only alien tier beneath an empty local cache
     for d in [warm] + glob.glob(os.path.join(warm, "*")):
         if os.path.isdir(d):
             os.chmod(d, 0o555)
     try:
-        with Repository.mount(published.name, cache_dir=str(tmp_path / "empty"), alien_cache=warm,
-                              config=Configuration(env=dead), offline=True) as repo:
+        with Repository.mount(
+            published.name,
+            cache_dir=str(tmp_path / "empty"),
+            alien_cache=warm,
+            config=Configuration(env=dead),
+            offline=True,
+        ) as repo:
             assert {p: repo.read(p) for p in want} == want
             assert repo.local_path("/data/f000.bin").startswith(warm)
             with pytest.raises(OSError, match="not in the cache and the client is offline"):

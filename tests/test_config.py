@@ -19,10 +19,16 @@ def test_shipped_domains_need_no_configuration():
     assert alice.fqrn == "alice.cern.ch"
     assert all(u.endswith("/cvmfs/alice.cern.ch") for u in alice.server_urls)
     assert {os.path.basename(k) for k in alice.public_key_files} >= {
-        "cern-it1.cern.ch.pub", "cern-it4.cern.ch.pub", "cern-it5.cern.ch.pub"}
+        "cern-it1.cern.ch.pub",
+        "cern-it4.cern.ch.pub",
+        "cern-it5.cern.ch.pub",
+    }
     assert all(os.path.exists(k) for k in alice.public_key_files)
-    for name, key in [("software.eessi.io", "eessi.io.pub"), ("icecube.opensciencegrid.org",
-                      "opensciencegrid.org.pub"), ("pheno.egi.eu", "egi.eu.pub")]:
+    for name, key in [
+        ("software.eessi.io", "eessi.io.pub"),
+        ("icecube.opensciencegrid.org", "opensciencegrid.org.pub"),
+        ("pheno.egi.eu", "egi.eu.pub"),
+    ]:
         s = c.settings(name)
         assert s.server_urls and [os.path.basename(k) for k in s.public_key_files] == [key]
     # with a site proxy the domain files choose the stratum 1s and keep fallback proxies
@@ -42,7 +48,8 @@ def test_file_order_and_local_overrides(tmp_path):
     (etc / "default.local").write_text("CVMFS_Z=local\n")
     (etc / "domain.d" / "example.org.conf").write_text(
         'CVMFS_SERVER_URL="http://s1/cvmfs/@fqrn@;http://s2/@org@"\n'
-        'if [ "$CVMFS_FQRN" = "repo.example.org" ]; then CVMFS_W=fqrn-seen; fi\nCVMFS_W=$CVMFS_W\n')
+        'if [ "$CVMFS_FQRN" = "repo.example.org" ]; then CVMFS_W=fqrn-seen; fi\nCVMFS_W=$CVMFS_W\n'
+    )
     (etc / "domain.d" / "example.org.local").write_text("CVMFS_X=domain.local\n")
     (etc / "config.d" / "repo.example.org.conf").write_text(". ../common.sh\nCVMFS_V=$V\n")
     (etc / "common.sh").write_text("V=sourced-relative\n")
@@ -57,7 +64,9 @@ def test_file_order_and_local_overrides(tmp_path):
     assert s.get("CVMFS_W") == "fqrn-seen"
     assert s.get("CVMFS_V") == "sourced-relative"
     # the environment wins over files, explicit overrides over everything
-    c = Configuration(env=base_env(CVMFS_TIMEOUT="7"), config_dir=str(etc), overrides={"CVMFS_Z": "cli"})
+    c = Configuration(
+        env=base_env(CVMFS_TIMEOUT="7"), config_dir=str(etc), overrides={"CVMFS_Z": "cli"}
+    )
     s = c.settings("repo.example.org")
     assert s.get("CVMFS_TIMEOUT") == "7" and s.get("CVMFS_Z") == "cli"
     (etc / "config.d" / "broken.example.org.conf").write_text("if then fi\n")
@@ -66,9 +75,11 @@ def test_file_order_and_local_overrides(tmp_path):
 
 
 def test_parrot_cvmfs_repo_syntax():
-    spec = (r"*.example.org:url=http://s1/cvmfs/*.example.org;http://s2/cvmfs/*,pubkey=/k/a.pub:/k/b.pub "
-            r"special.example.org:url=http://x\,y/cvmfs/special,proxies=http://p1|http://p2;DIRECT "
-            r"<default-repositories>:timeout=9")
+    spec = (
+        r"*.example.org:url=http://s1/cvmfs/*.example.org;http://s2/cvmfs/*,pubkey=/k/a.pub:/k/b.pub "
+        r"special.example.org:url=http://x\,y/cvmfs/special,proxies=http://p1|http://p2;DIRECT "
+        r"<default-repositories>:timeout=9"
+    )
     entries = parse_parrot_repos(spec)
     assert [e.pattern for e in entries][:2] == ["*.example.org", "special.example.org"]
     c = Configuration(env=base_env(PARROT_CVMFS_REPO=spec))
@@ -81,17 +92,28 @@ def test_parrot_cvmfs_repo_syntax():
     assert c.settings("lhcb.cern.ch").get("CVMFS_TIMEOUT") == "9"
     assert c.configured_names() == ["special.example.org"]
     with pytest.raises(ConfigError, match="unknown option 'bogus'"):
-        Configuration(env=base_env(PARROT_CVMFS_REPO="a.example.org:bogus=1")).settings("a.example.org")
+        Configuration(env=base_env(PARROT_CVMFS_REPO="a.example.org:bogus=1")).settings(
+            "a.example.org"
+        )
     with pytest.raises(ConfigError, match="deep mounts"):
         parse_parrot_repos("a.example.org/sub:url=http://x")
 
 
 def test_templates_and_proxy_groups():
-    assert expand_templates("/this/is/@a@/test/@fqrn@foo/@org@/@fourtytwo@a@bc", "atlas.cern.ch") == \
-        "/this/is/@a@/test/atlas.cern.chfoo/atlas/@fourtytwo@a@bc"
+    assert (
+        expand_templates("/this/is/@a@/test/@fqrn@foo/@org@/@fourtytwo@a@bc", "atlas.cern.ch")
+        == "/this/is/@a@/test/atlas.cern.chfoo/atlas/@fourtytwo@a@bc"
+    )
     assert parse_proxy_groups("A|DIRECT;C|D;E|F;DIRECT") == [
-        ["http://A", "DIRECT"], ["http://C", "http://D"], ["http://E", "http://F"], ["DIRECT"]]
+        ["http://A", "DIRECT"],
+        ["http://C", "http://D"],
+        ["http://E", "http://F"],
+        ["DIRECT"],
+    ]
     assert strip_direct(parse_proxy_groups("A|DIRECT;C|D;E|F;DIRECT")) == [
-        ["http://A"], ["http://C", "http://D"], ["http://E", "http://F"]]
+        ["http://A"],
+        ["http://C", "http://D"],
+        ["http://E", "http://F"],
+    ]
     assert parse_proxy_groups(";||;;;|||") == []
     assert parse_proxy_groups("auto;DIRECT") == [["DIRECT"]]

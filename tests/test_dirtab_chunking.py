@@ -10,7 +10,7 @@ import pytest
 
 from parrot_cvmfs.client.dirtab import Dirtab, RelaxedPathFilter
 from parrot_cvmfs.errors import ConfigError
-from parrot_cvmfs.server.chunking import ChunkSizes, Chunker, chunk_boundaries
+from parrot_cvmfs.server.chunking import Chunker, ChunkSizes, chunk_boundaries
 
 from .conftest import REAL_REPOS
 
@@ -25,13 +25,28 @@ def test_relaxed_filter_vectors():
     assert f.is_opposing("/usr/local/bin/foo")
     assert not f.is_opposing("/usr/local/bin") and not f.is_opposing("/usr/local")
 
-    f = RelaxedPathFilter(Dirtab("/software/releases\n/repo/sw/ASG\n! /software/releases/misc\n"
-                                 "! /software/releases/experimental/misc\n"))
-    for p in ["/software", "/software/releases", "/software/releases/v1", "/software/releases/experimental",
-              "/repo/sw/ASG", "/repo/sw/ASG/AnalysisTop"]:
+    f = RelaxedPathFilter(
+        Dirtab(
+            "/software/releases\n/repo/sw/ASG\n! /software/releases/misc\n"
+            "! /software/releases/experimental/misc\n"
+        )
+    )
+    for p in [
+        "/software",
+        "/software/releases",
+        "/software/releases/v1",
+        "/software/releases/experimental",
+        "/repo/sw/ASG",
+        "/repo/sw/ASG/AnalysisTop",
+    ]:
         assert f.matches(p), p
-    for p in ["/software/apps", "/software/releases/misc", "/software/releases/misc/external",
-              "/software/releases/experimental/misc", "/software/releases/experimental/misc/foo"]:
+    for p in [
+        "/software/apps",
+        "/software/releases/misc",
+        "/software/releases/misc/external",
+        "/software/releases/experimental/misc",
+        "/software/releases/experimental/misc/foo",
+    ]:
         assert not f.matches(p), p
 
     f = RelaxedPathFilter(Dirtab("/usr/bin/\n! *.exe/\n! /usr/misc/\n"))
@@ -55,8 +70,11 @@ def _reassemble_real_40mib() -> bytes:
     import tempfile
 
     base = os.path.join(REAL_REPOS, "ref.test.org", "stratum")
-    root = [line for line in open(os.path.join(base, ".cvmfspublished"), "rb").read().split(b"\n")
-            if line.startswith(b"C")][0][1:].decode()
+    root = [
+        line
+        for line in open(os.path.join(base, ".cvmfspublished"), "rb").read().split(b"\n")
+        if line.startswith(b"C")
+    ][0][1:].decode()
     with open(os.path.join(base, "data", root[:2], root[2:] + "C"), "rb") as f:
         db = zlib.decompress(f.read())
     with tempfile.NamedTemporaryFile() as t:
@@ -65,7 +83,7 @@ def _reassemble_real_40mib() -> bytes:
         con = sqlite3.connect(t.name)
         rows = con.execute("SELECT offset, size, hex(hash) FROM chunks ORDER BY offset").fetchall()
     out = bytearray()
-    for offset, size, h in rows:
+    for _offset, _size, h in rows:
         h = h.lower()
         with open(os.path.join(base, "data", h[:2], h[2:] + "P"), "rb") as f:
             stored = f.read()
@@ -79,13 +97,18 @@ def test_chunker_cuts_where_the_real_server_cut(tmp_path):
     f = tmp_path / "big"
     f.write_bytes(data)
     expected = [(o, s) for o, s, _ in rows]
-    assert expected == [(0, 4246839), (4246839, 7890675), (12137514, 12798711), (24936225, 16777216),
-                        (41713441, 229599)]
+    assert expected == [
+        (0, 4246839),
+        (4246839, 7890675),
+        (12137514, 12798711),
+        (24936225, 16777216),
+        (41713441, 229599),
+    ]
     for block in (1 << 22, 65536, 999_983):  # the cut marks do not depend on read sizes
         assert chunk_boundaries(str(f), ChunkSizes(), block) == expected
     # and our compression reproduces the server's objects byte for byte
-    for (o, s, h) in rows:
-        assert hashlib.sha1(zlib.compress(data[o:o + s])).hexdigest() == h.lower()
+    for o, s, h in rows:
+        assert hashlib.sha1(zlib.compress(data[o : o + s])).hexdigest() == h.lower()
 
 
 def test_chunker_small_sizes():

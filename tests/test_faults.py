@@ -49,7 +49,9 @@ class Setup:
         return Cli(self.env(**env_kw))(*args, "--cache-dir", self.cache)
 
     def mount(self, **env_kw) -> Repository:
-        return Repository.mount(self.name, cache_dir=self.cache, config=Configuration(env=self.env(**env_kw)))
+        return Repository.mount(
+            self.name, cache_dir=self.cache, config=Configuration(env=self.env(**env_kw))
+        )
 
     def manifest(self) -> Manifest:
         with open(os.path.join(self.repo_dir, ".cvmfspublished"), "rb") as f:
@@ -168,7 +170,9 @@ def test_forged_manifest(setup):
 
     fields = parse_fields(setup.manifest().body)
     fields["S"] = "999"
-    setup.write_manifest(fields, sign_with=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    setup.write_manifest(
+        fields, sign_with=rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
     p = setup.cli("info", setup.name)
     assert err(p) == (
         f"parrot_cvmfs: manifest of {setup.name} from {setup.url}: bad signature "
@@ -184,7 +188,10 @@ def test_wrong_key_missing_key_bad_key(setup, tmp_path):
         "(not signed by any configured master key)"
     )
     p = setup.cli("info", setup.name, pubkey="/nonexistent/key.pub")
-    assert err(p) == "parrot_cvmfs: cannot read public key /nonexistent/key.pub: No such file or directory"
+    assert (
+        err(p)
+        == "parrot_cvmfs: cannot read public key /nonexistent/key.pub: No such file or directory"
+    )
     bad = tmp_path / "bad.pub"
     bad.write_text("not a key\n")
     p = setup.cli("info", setup.name, pubkey=str(bad))
@@ -212,8 +219,11 @@ def test_rollback(setup, tmp_path):
     os.makedirs(src)
     with open(os.path.join(src, "new"), "w") as f:
         f.write("revision 2\n")
-    publish(PublishOptions(source=src, name=setup.name, stratum=setup.root, keys_dir=setup.keys_dir,
-                           tag="newer"))
+    publish(
+        PublishOptions(
+            source=src, name=setup.name, stratum=setup.root, keys_dir=setup.keys_dir, tag="newer"
+        )
+    )
     assert setup.cli("info", setup.name).returncode == 0  # the cache accepts revision 2
     for name in (".cvmfspublished", ".cvmfswhitelist"):
         os.replace(os.path.join(old, name), os.path.join(setup.repo_dir, name))
@@ -276,7 +286,10 @@ def test_all_servers_down_and_unknown_repository(setup):
         " cannot connect (connection refused) (2 attempts)"
     )
     p = Cli(base_env())("info", "nosuch.example.org", "--cache-dir", setup.cache)
-    assert err(p) == "parrot_cvmfs: unknown repository nosuch.example.org: no CVMFS_SERVER_URL configured"
+    assert (
+        err(p)
+        == "parrot_cvmfs: unknown repository nosuch.example.org: no CVMFS_SERVER_URL configured"
+    )
     p = Cli(base_env())("info", "bad/name", "--cache-dir", setup.cache)
     assert err(p) == "parrot_cvmfs: invalid repository name 'bad/name'"
 
@@ -297,7 +310,9 @@ def test_corruption_on_one_server_is_fetched_from_another(setup):
 
     shutil.rmtree(setup.cache)
     bad = FaultyServer(setup.root)
-    bad.rewrites[f"/cvmfs/{setup.name}{h.object_path()}"] = lambda data: data[:-1] + bytes([data[-1] ^ 1])
+    bad.rewrites[f"/cvmfs/{setup.name}{h.object_path()}"] = lambda data: (
+        data[:-1] + bytes([data[-1] ^ 1])
+    )
     bad.start_background()
     try:
         urls = f"{bad.url}/{setup.name};{setup.url}"

@@ -88,7 +88,9 @@ def test_ref_latest_is_v2_and_pins_by_date_and_hash(mount):
     assert by_hash.revision == 1
     assert by_hash.listdir("/") == by_date.listdir("/")
     assert "added-in-v2 ✓.txt" in latest.listdir("/v2")
-    assert "delete-me.txt" in by_hash.listdir("/v2") and "delete-me.txt" not in latest.listdir("/v2")
+    assert "delete-me.txt" in by_hash.listdir("/v2") and "delete-me.txt" not in latest.listdir(
+        "/v2"
+    )
 
 
 def _iso(ts: int) -> str:
@@ -104,7 +106,11 @@ def test_ref_shake_repository(mount):
     assert v2.manifest.root_hash.hex.endswith("-shake128")
     compare(our_tree(v2), load_tree("ref-shake.test.org", "v2"))
     v1 = mount("ref-shake.test.org", tag="v1")
-    differ = {"/README": {"sha256", "size"}, "/links/abs-inside": {"symlink", "size"}, "/": {"mtime"}}
+    differ = {
+        "/README": {"sha256", "size"},
+        "/links/abs-inside": {"symlink", "size"},
+        "/": {"mtime"},
+    }
     compare(our_tree(v1), load_tree("ref.test.org", "v1"), differ)
     assert v1.read("/README").startswith(b"Reference tree")
 
@@ -192,13 +198,17 @@ def test_cli_on_real_repository(real_env, tmp_path):
     cli = Cli(real_env)
     cache = ["--cache-dir", tmp_path]
     info = dict(
-        line.split(": ", 1) for line in cli("info", "ref.test.org", *cache, check=True).stdout.decode().splitlines()
+        line.split(": ", 1)
+        for line in cli("info", "ref.test.org", *cache, check=True).stdout.decode().splitlines()
     )
     assert info["revision"] == "2"
     assert info["root_hash"] == "2d6e946024a8b7eae180141711b7940bac2b415a"
     assert info["ttl"] == "240"
     assert info["timestamp"] == "1795304361"
-    assert info["certificate_fingerprint"] == "6B:AE:73:B4:E2:7B:4D:BA:83:B9:01:2E:C6:D2:52:8B:DC:76:52:F1"
+    assert (
+        info["certificate_fingerprint"]
+        == "6B:AE:73:B4:E2:7B:4D:BA:83:B9:01:2E:C6:D2:52:8B:DC:76:52:F1"
+    )
     expected = load_tree("ref.test.org", "v1")
     rows = cli.find_json("ref.test.org", "/", "--sha256", "--tag", "v1", *cache)
     got = {r["path"]: r for r in rows}

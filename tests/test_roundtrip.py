@@ -37,7 +37,9 @@ def expected_nlink(path: str, s: os.stat_result, src: str) -> int:
 
 
 def env_for(published, url: str) -> dict[str, str]:
-    return base_env(PARROT_CVMFS_REPO=repo_spec(published.name, f"{url}/{published.name}", published.pubkey))
+    return base_env(
+        PARROT_CVMFS_REPO=repo_spec(published.name, f"{url}/{published.name}", published.pubkey)
+    )
 
 
 @pytest.fixture(params=["builtin", "nginx"])
@@ -84,7 +86,9 @@ def test_api_matches_source(published, served, tmp_path):
         assert ino("/hardlinks/a") == ino("/hardlinks/b") == ino("/hardlinks/other/c")
         assert ino("/hardlinks/pair1") == ino("/hardlinks/pair2") != ino("/hardlinks/a")
         assert ino("/nested/cross-catalog-link") != ino("/hardlinks/pair1")
-        assert len({ino(p) for p in ("/README", "/empty-file", "/data/f000.bin", "/links/rel")}) == 4
+        assert (
+            len({ino(p) for p in ("/README", "/empty-file", "/data/f000.bin", "/links/rel")}) == 4
+        )
         big = repo.lookup("/large/big.bin")
         assert big.is_chunked and len(repo.chunks(big)) >= 2 and big.size == BIG_SIZE
         assert repo.lookup("/nested").is_nested_mountpoint
@@ -119,7 +123,13 @@ def test_cli_matches_source(published, served, tmp_path):
             assert r["sha256"] == sha256_file(real), path
             assert r["hash"] is not None or r["chunks"] > 1
     assert rows["/large/big.bin"]["chunks"] >= 2
-    for path in ("/README", "/odd/日本語のファイル", "/large/big.bin", "/empty-file", "/modes/private"):
+    for path in (
+        "/README",
+        "/odd/日本語のファイル",
+        "/large/big.bin",
+        "/empty-file",
+        "/modes/private",
+    ):
         out = cli("cat", published.name, path, *cache, check=True).stdout
         with open(src + path, "rb") as f:
             assert out == f.read(), path
@@ -146,8 +156,11 @@ def test_republish_makes_new_revision_and_reuses_objects(published, tmp_path):
     os.unlink(os.path.join(src, "data", "f001.bin"))
     with open(os.path.join(src, "added.txt"), "wb") as f:
         f.write(b"new file\n")
-    r2 = publish(PublishOptions(source=src, name=published.name, stratum=stratum,
-                                keys_dir=published.keys, tag="second"))
+    r2 = publish(
+        PublishOptions(
+            source=src, name=published.name, stratum=stratum, keys_dir=published.keys, tag="second"
+        )
+    )
     assert r2.revision == 2
     assert r2.objects_written <= 6  # 2 new files + catalogs + history, nothing else
     from parrot_cvmfs.server.serve import StratumServer
@@ -164,14 +177,22 @@ def test_republish_makes_new_revision_and_reuses_objects(published, tmp_path):
             tags = {t.name: t for t in repo.tags()}
             assert {"first", "second", "trunk", "trunk-previous"} <= set(tags)
             assert tags["trunk-previous"].revision == 1
-        with Repository.mount(published.name, cache_dir=str(tmp_path / "c"), config=config,
-                              tag="first") as old:
+        with Repository.mount(
+            published.name, cache_dir=str(tmp_path / "c"), config=config, tag="first"
+        ) as old:
             assert old.revision == 1 and "f001.bin" in old.listdir("/data")
             assert old.read("/README") == b"parrot-cvmfs test tree\n"
         # the same tag twice is refused, before anything is written
         with pytest.raises(Exception, match="tag 'second' already exists"):
-            publish(PublishOptions(source=src, name=published.name, stratum=stratum,
-                                   keys_dir=published.keys, tag="second"))
+            publish(
+                PublishOptions(
+                    source=src,
+                    name=published.name,
+                    stratum=stratum,
+                    keys_dir=published.keys,
+                    tag="second",
+                )
+            )
     finally:
         srv.shutdown()
 
@@ -186,18 +207,31 @@ def test_other_hash_algorithms_and_uncompressed(tmp_path, algorithm):
     (src / "d" / "f").write_bytes(b"x" * 5000)
     (src / "g").write_bytes(os.urandom(5 * 1024 * 1024))
     (src / "d" / ".cvmfscatalog").write_bytes(b"")
-    r = publish(PublishOptions(source=str(src), name="algo.test.org", stratum=str(tmp_path / "s"),
-                               keys_dir=str(tmp_path / "k"), hash_algorithm=ALGORITHM_BY_NAME[algorithm],
-                               compress=False))
+    r = publish(
+        PublishOptions(
+            source=str(src),
+            name="algo.test.org",
+            stratum=str(tmp_path / "s"),
+            keys_dir=str(tmp_path / "k"),
+            hash_algorithm=ALGORITHM_BY_NAME[algorithm],
+            compress=False,
+        )
+    )
     suffix = "-" + algorithm
     assert r.root_hash.hex.endswith(suffix)
     srv = StratumServer(str(tmp_path / "s"))
     srv.start_background()
     try:
-        env = base_env(PARROT_CVMFS_REPO=repo_spec("algo.test.org", f"{srv.url}/algo.test.org",
-                                                   str(tmp_path / "k" / "algo.test.org.pub")))
-        with Repository.mount("algo.test.org", cache_dir=str(tmp_path / "c"),
-                              config=Configuration(env=env)) as repo:
+        env = base_env(
+            PARROT_CVMFS_REPO=repo_spec(
+                "algo.test.org",
+                f"{srv.url}/algo.test.org",
+                str(tmp_path / "k" / "algo.test.org.pub"),
+            )
+        )
+        with Repository.mount(
+            "algo.test.org", cache_dir=str(tmp_path / "c"), config=Configuration(env=env)
+        ) as repo:
             assert repo.read("/d/f") == b"x" * 5000
             assert repo.read("/g") == (src / "g").read_bytes()
             e = repo.lookup("/d/f")

@@ -60,7 +60,7 @@ def make_tree(root: str, *, big: bool = True, seed: int = 7) -> str:
     os.chmod(j("modes/closed-dir"), 0o700)
 
     os.makedirs(j("bin"))
-    _write(j("bin/hello.sh"), b"#!/bin/sh\necho hello from $0 \"$@\"\n", 0o755)
+    _write(j("bin/hello.sh"), b'#!/bin/sh\necho hello from $0 "$@"\n', 0o755)
     _write(j("bin/noexec.sh"), b"#!/bin/sh\necho should not run\n", 0o644)
 
     os.makedirs(j("links/sub"))
@@ -114,7 +114,7 @@ def make_tree(root: str, *, big: bool = True, seed: int = 7) -> str:
         _write(j("large/big.bin"), rnd.randbytes(BIG_SIZE))
 
     # directory mtimes last, once their contents are final
-    for dirpath, dirnames, _ in os.walk(root, topdown=False):
+    for dirpath, _dirnames, _ in os.walk(root, topdown=False):
         if os.path.basename(dirpath) != "closed-dir":
             os.utime(dirpath, (1_650_000_000, 1_650_000_000))
     return root

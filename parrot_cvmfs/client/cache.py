@@ -131,7 +131,9 @@ class ObjectCache:
             path = f"{self.txn}/fetch.{os.getpid()}.{next(_temp_counter)}"
             try:
                 # created with its final mode: no chmod (a journaled metadata write) later
-                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, OBJECT_MODE), path
+                return os.open(
+                    path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, OBJECT_MODE
+                ), path
             except FileExistsError:
                 continue
             except OSError as e:
@@ -147,7 +149,9 @@ class ObjectCache:
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise CacheError(f"cannot store object {name} in cache {self.dir}: {e.strerror}") from None
+            raise CacheError(
+                f"cannot store object {name} in cache {self.dir}: {e.strerror}"
+            ) from None
         if self.quota is not None:
             self.quota.insert(name, size, kind)
             if self.quota.over_limit():
@@ -275,7 +279,9 @@ class Quota:
         path = os.path.join(cache_dir, "cachedb")
         fresh = not os.path.exists(path)
         try:
-            self._db = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
+            self._db = sqlite3.connect(
+                path, timeout=60, check_same_thread=False, isolation_level=None
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=OFF")
             self._db.executescript(
@@ -324,7 +330,10 @@ class Quota:
 
     def insert(self, name: str, size: int, kind: int) -> None:
         with self._lock:
-            self._write("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (name, size, time.time(), kind))
+            self._write(
+                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)",
+                (name, size, time.time(), kind),
+            )
 
     def touch(self, name: str) -> None:
         with self._lock:
@@ -356,7 +365,9 @@ class Quota:
         """Evict least recently used objects until usage <= target (default: half the
         limit). Returns bytes freed. Only one process cleans at a time."""
         target = self.limit // 2 if target is None else target
-        lockfd = os.open(os.path.join(self.dir, "lock_cleanup"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lockfd = os.open(
+            os.path.join(self.dir, "lock_cleanup"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
         try:
             try:
                 fcntl.flock(lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)

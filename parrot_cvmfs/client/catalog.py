@@ -70,8 +70,24 @@ class DirEntry:
         "rowid",
     )
 
-    def __init__(self, path, name, mode, size, mtime, mtime_ns, flags, hash_, symlink, hardlinks,
-                 uid, gid, xattr_blob, catalog, rowid):
+    def __init__(
+        self,
+        path,
+        name,
+        mode,
+        size,
+        mtime,
+        mtime_ns,
+        flags,
+        hash_,
+        symlink,
+        hardlinks,
+        uid,
+        gid,
+        xattr_blob,
+        catalog,
+        rowid,
+    ):
         self.path = path
         self.name = name
         self.mode = mode
@@ -181,7 +197,9 @@ class Catalog:
         self.db_path = db_path
         self.hash = content_hash
         self.mountpoint = mountpoint
-        self.what = f"catalog {content_hash.hex if content_hash else db_path} at /{mountpoint.lstrip('/')}"
+        self.what = (
+            f"catalog {content_hash.hex if content_hash else db_path} at /{mountpoint.lstrip('/')}"
+        )
         self._lock = threading.Lock()
         try:
             uri = "file:" + urllib.parse.quote(db_path) + "?mode=ro&immutable=1"
@@ -201,7 +219,9 @@ class Catalog:
             self.schema_revision = int(self.properties.get("schema_revision", "0"))
         except ValueError:
             raise CatalogError(f"malformed {self.what}: bad schema property") from None
-        if self.schema >= 2.0 and not (abs(self.schema - 2.4) < 1e-6 or abs(self.schema - 2.5) < 1e-6):
+        if self.schema >= 2.0 and not (
+            abs(self.schema - 2.4) < 1e-6 or abs(self.schema - 2.5) < 1e-6
+        ):
             raise CatalogError(f"{self.what} has unsupported schema {self.schema}")
         self.prefix = self.properties.get("root_prefix", "") if mountpoint else ""
         if self.prefix == "/":
@@ -265,9 +285,23 @@ class Catalog:
                 content_hash = ContentHash(algorithm, h)
             except ValueError:
                 raise CatalogError(f"malformed {self.what}: bad hash for {path or '/'}") from None
-        return DirEntry(path, name or "", mode, size or 0, mtime or 0, mtimens, flags, content_hash,
-                        symlink or "", hardlinks if hardlinks is not None else 1, uid or 0, gid or 0,
-                        xattr, self, rowid)
+        return DirEntry(
+            path,
+            name or "",
+            mode,
+            size or 0,
+            mtime or 0,
+            mtimens,
+            flags,
+            content_hash,
+            symlink or "",
+            hardlinks if hardlinks is not None else 1,
+            uid or 0,
+            gid or 0,
+            xattr,
+            self,
+            rowid,
+        )
 
     def lookup(self, path: str) -> DirEntry | None:
         """The entry for a logical path, or None if this catalog does not hold it."""
@@ -299,7 +333,9 @@ class Catalog:
             try:
                 out.append((offset, size, ContentHash(algorithm, h)))
             except (ValueError, TypeError):
-                raise CatalogError(f"malformed {self.what}: bad chunk hash for {entry.path}") from None
+                raise CatalogError(
+                    f"malformed {self.what}: bad chunk hash for {entry.path}"
+                ) from None
         return out
 
     def nested_catalogs(self) -> dict[str, tuple[ContentHash, int]]:
@@ -311,7 +347,9 @@ class Catalog:
                     try:
                         nested[self.logical_path(path)] = (ContentHash.from_hex(h), size or 0)
                     except (ValueError, TypeError):
-                        raise CatalogError(f"malformed {self.what}: bad nested catalog hash {h!r}") from None
+                        raise CatalogError(
+                            f"malformed {self.what}: bad nested catalog hash {h!r}"
+                        ) from None
             self._nested = nested
         return self._nested
 

@@ -105,7 +105,12 @@ def assigned_names(text: str) -> list[str]:
             if name.startswith(prefix):
                 name = name[len(prefix) :]
         name = name.strip()
-        if name and " " not in name and "\t" not in name and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        if (
+            name
+            and " " not in name
+            and "\t" not in name
+            and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name)
+        ):
             names.append(name)
     return names
 
@@ -203,8 +208,14 @@ _PARROT_OPTION_MAP = {
     "alien_cachedir": "CVMFS_ALIEN_CACHE",
 }
 # Accepted by libcvmfs but without effect, as in Parrot.
-_PARROT_IGNORED = {"repo_name", "mountpoint", "deep_mount", "tracefile", "allow_unsigned",
-                   "try_local_filesystem"}
+_PARROT_IGNORED = {
+    "repo_name",
+    "mountpoint",
+    "deep_mount",
+    "tracefile",
+    "allow_unsigned",
+    "try_local_filesystem",
+}
 
 
 @dataclass
@@ -407,7 +418,9 @@ class Configuration:
         if not params.get("CVMFS_HTTP_PROXY"):
             params["CVMFS_HTTP_PROXY"] = self._http_proxy_seed()
         params = {k: expand_templates(v, fqrn) for k, v in params.items()}
-        settings = RepositorySettings(fqrn, params, read + (["PARROT_CVMFS_REPO"] if matched else []))
+        settings = RepositorySettings(
+            fqrn, params, read + (["PARROT_CVMFS_REPO"] if matched else [])
+        )
         self._cache[fqrn] = settings
         return settings
 

@@ -64,7 +64,9 @@ class Dirtab:
         pos = {r.pattern for r in self.rules if not r.negative}
         neg = {r.pattern for r in self.rules if r.negative}
         if pos & neg:
-            raise ConfigError(f"{source}: rule {sorted(pos & neg)[0]!r} is both positive and negative")
+            raise ConfigError(
+                f"{source}: rule {sorted(pos & neg)[0]!r} is both positive and negative"
+            )
 
     @classmethod
     def load(cls, path: str) -> Dirtab:

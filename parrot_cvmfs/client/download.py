@@ -85,7 +85,9 @@ class DownloadSettings:
     user_agent: str = field(default_factory=lambda: f"cvmfs parrot-cvmfs {__version__}")
 
     @classmethod
-    def from_settings(cls, s, hosts: list[str] | None = None, external: bool = False) -> DownloadSettings:
+    def from_settings(
+        cls, s, hosts: list[str] | None = None, external: bool = False
+    ) -> DownloadSettings:
         """Build from RepositorySettings (the CVMFS_* parameters)."""
         pre = "CVMFS_EXTERNAL_" if external else "CVMFS_"
         if hosts is None:
@@ -145,9 +147,17 @@ class NetworkPath:
         with self._lock:
             now = time.monotonic()
             s = self.settings
-            if self.host_index and s.host_reset_after > 0 and now - self._host_switched > s.host_reset_after:
+            if (
+                self.host_index
+                and s.host_reset_after > 0
+                and now - self._host_switched > s.host_reset_after
+            ):
                 self.host_index = 0
-            if self.group_index and s.proxy_reset_after > 0 and now - self._proxy_switched > s.proxy_reset_after:
+            if (
+                self.group_index
+                and s.proxy_reset_after > 0
+                and now - self._proxy_switched > s.proxy_reset_after
+            ):
                 self._reset_proxies()
             return self.host_index, self.hosts[self.host_index], self.proxy
 
@@ -235,7 +245,9 @@ class Downloader:
         transport = self._transport(proxy)
         try:
             for _redirect in range(5):
-                resp = transport.handle_request(httpx.Request("GET", url, headers=h, extensions=ext))
+                resp = transport.handle_request(
+                    httpx.Request("GET", url, headers=h, extensions=ext)
+                )
                 status = resp.status_code
                 if status in (301, 302, 303, 307, 308) and self.settings.follow_redirects:
                     location = resp.headers.get("location")
@@ -251,7 +263,9 @@ class Downloader:
                 if status == 429:
                     raise _Failure(HOST_CONNECTION, f"{where}: HTTP 429 (too many requests)")
                 if not 200 <= status < 300:
-                    squid = "x-squid-error" in resp.headers or "error=" in resp.headers.get("proxy-status", "")
+                    squid = "x-squid-error" in resp.headers or "error=" in resp.headers.get(
+                        "proxy-status", ""
+                    )
                     if squid and not direct:
                         kind = PROXY_HTTP
                     elif direct or 300 <= status < 400 or status in (400, 404) or status >= 500:
@@ -281,16 +295,25 @@ class Downloader:
         except _Failure:
             raise
         except httpx.TimeoutException:
-            raise _Failure(HOST_SLOW if direct else PROXY_SLOW, f"{where}: timed out after {timeout:g} s") from None
+            raise _Failure(
+                HOST_SLOW if direct else PROXY_SLOW, f"{where}: timed out after {timeout:g} s"
+            ) from None
         except httpx.ProxyError as e:
             raise _Failure(PROXY_CONNECTION, f"{where}: proxy error ({e})") from None
         except httpx.ConnectError as e:
             # through a proxy, a refused connection is the proxy's (curl: kFailProxyConnection)
-            raise _Failure(HOST_CONNECTION if direct else PROXY_CONNECTION, f"{where}: cannot connect ({_short(e)})") from None
+            raise _Failure(
+                HOST_CONNECTION if direct else PROXY_CONNECTION,
+                f"{where}: cannot connect ({_short(e)})",
+            ) from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
-            raise _Failure(HOST_SHORT if direct else PROXY_SHORT, f"{where}: transfer broken ({_short(e)})") from None
+            raise _Failure(
+                HOST_SHORT if direct else PROXY_SHORT, f"{where}: transfer broken ({_short(e)})"
+            ) from None
         except httpx.HTTPError as e:
-            raise _Failure(HOST_CONNECTION if direct else PROXY_CONNECTION, f"{where}: {_short(e)}") from None
+            raise _Failure(
+                HOST_CONNECTION if direct else PROXY_CONNECTION, f"{where}: {_short(e)}"
+            ) from None
 
     # -- the fail-over loop --------------------------------------------------------------------
 
@@ -333,7 +356,9 @@ class Downloader:
             if kind in _TRANSFER and retries < s.max_retries and not nocache:
                 retries += 1
                 backoff = (
-                    random.uniform(0, s.backoff_init) if backoff == 0 else min(backoff * 2, s.backoff_max)
+                    random.uniform(0, s.backoff_init)
+                    if backoff == 0
+                    else min(backoff * 2, s.backoff_max)
                 )
                 self._sleep(backoff)
                 continue

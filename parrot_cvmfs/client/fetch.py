@@ -83,7 +83,9 @@ class Fetcher:
 
     def _require_network(self, what: str, h: ContentHash) -> Downloader:
         if self.offline or self.downloader is None:
-            raise CacheError(f"{what} (object {h.hex}) is not in the cache and the client is offline")
+            raise CacheError(
+                f"{what} (object {h.hex}) is not in the cache and the client is offline"
+            )
         return self.downloader
 
     def fetch(
@@ -177,15 +179,21 @@ class Fetcher:
                         _copy_into(local, fd, offset, size, what)
                         continue
                     if external_path and self.external is None:
-                        raise CvmfsError(f"{what} is an external file but CVMFS_EXTERNAL_URL is not set")
+                        raise CvmfsError(
+                            f"{what} is an external file but CVMFS_EXTERNAL_URL is not set"
+                        )
                     downloader = self.external if external_path else self._require_network(what, ch)
-                    headers = {"Range": f"bytes={offset}-{offset + size - 1}"} if external_path else None
+                    headers = (
+                        {"Range": f"bytes={offset}-{offset + size - 1}"} if external_path else None
+                    )
                     jobs.append((downloader, ch, offset, size, f"chunk {i} of {what}", headers))
                 if len(jobs) == 1:
                     _download_region(fd, *jobs[0], compressed, external_path)
                 elif jobs:
                     futures = [
-                        self._executor().submit(_download_region, fd, *job, compressed, external_path)
+                        self._executor().submit(
+                            _download_region, fd, *job, compressed, external_path
+                        )
                         for job in jobs
                     ]
                     errors = []
@@ -220,7 +228,9 @@ def _external_url(path: str | None):
     return lambda host: host + quoted
 
 
-def _download_region(fd, downloader: Downloader, ch, offset, size, what, headers, compressed, external_path):
+def _download_region(
+    fd, downloader: Downloader, ch, offset, size, what, headers, compressed, external_path
+):
     downloader.fetch(
         ch.object_path("P"),
         what=what,

@@ -76,7 +76,9 @@ def _int_field(fields: dict[str, str], key: str, what: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise ManifestError(f"{what} is malformed: field {key} is not a number ({value!r})") from None
+        raise ManifestError(
+            f"{what} is malformed: field {key} is not a number ({value!r})"
+        ) from None
 
 
 @dataclass
@@ -144,7 +146,9 @@ class Manifest:
         """Check the body hash, then the signature with the certificate's key."""
         check_body_hash(self.body, self.hash_line, what)
         if not verify_manifest_signature(certificate, self.hash_line, self.signature):
-            raise SignatureError(f"{what}: bad signature (not signed by certificate {self.certificate})")
+            raise SignatureError(
+                f"{what}: bad signature (not signed by certificate {self.certificate})"
+            )
 
 
 def export_manifest_body(fields: dict[str, str]) -> bytes:

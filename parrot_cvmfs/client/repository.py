@@ -152,7 +152,9 @@ class Repository:
         ext_urls = settings.get("CVMFS_EXTERNAL_URL")
         if ext_urls and not self.offline:
             hosts = [u.strip().rstrip("/") for u in ext_urls.split(";") if u.strip()]
-            external = Downloader(DownloadSettings.from_settings(settings, hosts=hosts, external=True))
+            external = Downloader(
+                DownloadSettings.from_settings(settings, hosts=hosts, external=True)
+            )
         self.external = external
         self.fetcher = Fetcher(cache, downloader, external, offline=self.offline)
         self.verify_at = verify_at
@@ -172,7 +174,9 @@ class Repository:
         self.dev = device_of(self.fqrn)
         self.mount_dir = CVMFS_ROOT
         self.variant_env = (
-            config.variant_env(settings) if config is not None else {**settings.params, **os.environ}
+            config.variant_env(settings)
+            if config is not None
+            else {**settings.params, **os.environ}
         )
 
     # -- construction ---------------------------------------------------------------------------
@@ -308,7 +312,9 @@ class Repository:
         whitelist.check_certificate(certificate, blacklist, wl_what)
         min_rev = blacklist.min_revisions.get(fqrn)
         if min_rev is not None and manifest.revision < min_rev:
-            raise RollbackError(f"revision {manifest.revision} of {fqrn} is blacklisted (< {min_rev})")
+            raise RollbackError(
+                f"revision {manifest.revision} of {fqrn} is blacklisted (< {min_rev})"
+            )
         crumb_raw = self.cache.read_meta(f"cvmfschecksum.{fqrn}", search_alien=self.offline)
         crumb = Breadcrumb.parse(crumb_raw.decode("ascii", "replace")) if crumb_raw else None
         if crumb is not None and not self.is_pinned:
@@ -324,7 +330,9 @@ class Repository:
             self.cache.write_meta(f"manifest.{fqrn}", raw)
             self.cache.write_meta(f"whitelist.{fqrn}", wl_raw)
             if crumb is None or manifest.revision >= crumb.revision:
-                crumb = Breadcrumb(manifest.root_hash.hex, manifest.timestamp or 1, manifest.revision)
+                crumb = Breadcrumb(
+                    manifest.root_hash.hex, manifest.timestamp or 1, manifest.revision
+                )
                 self.cache.write_meta(f"cvmfschecksum.{fqrn}", str(crumb).encode())
         return manifest
 
@@ -372,7 +380,9 @@ class Repository:
             hist = self.history()
             t = hist.at(when) if hist else None
             if t is None:
-                raise ConfigError(f"repository {self.fqrn} has no state as early as {self.pinned_date}")
+                raise ConfigError(
+                    f"repository {self.fqrn} has no state as early as {self.pinned_date}"
+                )
             self.tag = t
             return t.root_hash
         return self.manifest.root_hash
@@ -465,7 +475,10 @@ class Repository:
                 if target.startswith("/"):
                     inside = self._strip_mount(canonical_abs(target))
                     if inside is None:
-                        raise OSError(errno.EXDEV, f"{path}: symlink {child} -> {target} leaves repository {self.fqrn}")
+                        raise OSError(
+                            errno.EXDEV,
+                            f"{path}: symlink {child} -> {target} leaves repository {self.fqrn}",
+                        )
                     cur, entry = "", ns.lookup("")
                     parts = split_path(inside)
                 else:
@@ -536,7 +549,11 @@ class Repository:
         ext = e.path if e.is_external else None
         if e.is_chunked:
             return self.fetcher.fetch_chunked(
-                self.chunks(e), e.size, compressed=e.is_compressed, what=what, bulk=e.hash,
+                self.chunks(e),
+                e.size,
+                compressed=e.is_compressed,
+                what=what,
+                bulk=e.hash,
                 external_path=ext,
             )
         if e.hash is None:
@@ -582,16 +599,40 @@ class Repository:
         return decode_xattrs(entry.xattr_blob, f"xattrs of {self.fqrn}:{entry.path}")
 
     def magic_xattr_names(self, entry: DirEntry) -> list[str]:
-        names = ["user.fqrn", "user.revision", "user.root_hash", "user.host", "user.host_list",
-                 "user.proxy", "user.proxy_list", "user.timeout", "user.timeout_direct",
-                 "user.expires", "user.nclg", "user.ndownload", "user.hitrate", "user.rx",
-                 "user.version", "user.tag", "user.repo_counters", "user.catalog_counters",
-                 "user.repo_metainfo", "user.pubkeys", "user.pid", "user.nioerr"]
+        names = [
+            "user.fqrn",
+            "user.revision",
+            "user.root_hash",
+            "user.host",
+            "user.host_list",
+            "user.proxy",
+            "user.proxy_list",
+            "user.timeout",
+            "user.timeout_direct",
+            "user.expires",
+            "user.nclg",
+            "user.ndownload",
+            "user.hitrate",
+            "user.rx",
+            "user.version",
+            "user.tag",
+            "user.repo_counters",
+            "user.catalog_counters",
+            "user.repo_metainfo",
+            "user.pubkeys",
+            "user.pid",
+            "user.nioerr",
+        ]
         if entry.hash is not None:
             names += ["user.hash", "user.lhash"]
         if entry.is_regular:
-            names += ["user.chunks", "user.chunk_list", "user.compression", "user.direct_io",
-                      "user.external_file"]
+            names += [
+                "user.chunks",
+                "user.chunk_list",
+                "user.compression",
+                "user.direct_io",
+                "user.external_file",
+            ]
             if entry.is_external:
                 names.append("user.external_url")
         if entry.is_symlink:
@@ -808,8 +849,20 @@ def _parse_root_hash(text: str) -> ContentHash:
 
 
 def _repo_counters(counters: dict[str, int]) -> dict[str, int]:
-    names = ["regular", "symlink", "special", "dir", "nested", "chunked", "chunks", "file_size",
-             "chunked_size", "xattr", "external", "external_file_size"]
+    names = [
+        "regular",
+        "symlink",
+        "special",
+        "dir",
+        "nested",
+        "chunked",
+        "chunks",
+        "file_size",
+        "chunked_size",
+        "xattr",
+        "external",
+        "external_file_size",
+    ]
     return {n: counters.get("self_" + n, 0) + counters.get("subtree_" + n, 0) for n in names}
 
 
@@ -817,10 +870,14 @@ def _counters_csv(c: dict[str, int]) -> str:
     return "".join(f"{k},{v}\n" for k, v in c.items())
 
 
-def open_cache(settings: RepositorySettings, cache_dir: str | None, alien: str | None) -> ObjectCache:
+def open_cache(
+    settings: RepositorySettings, cache_dir: str | None, alien: str | None
+) -> ObjectCache:
     """The cache for a repository: --cache-dir, PARROT_CVMFS_CACHE, CVMFS_CACHE_DIR from the
     environment, or the per-user default; alien tiers from --alien-cache / CVMFS_ALIEN_CACHE."""
-    directory = cache_dir or os.environ.get("PARROT_CVMFS_CACHE") or os.environ.get("CVMFS_CACHE_DIR")
+    directory = (
+        cache_dir or os.environ.get("PARROT_CVMFS_CACHE") or os.environ.get("CVMFS_CACHE_DIR")
+    )
     directory = directory or default_cache_dir()
     aliens = [a for a in ((alien or settings.get("CVMFS_ALIEN_CACHE") or "").split(":")) if a]
     quota_mb = settings.number("CVMFS_QUOTA_LIMIT", 4000)

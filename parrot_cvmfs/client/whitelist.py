@@ -107,6 +107,8 @@ class Whitelist:
         for fp in self.fingerprints:
             if hash_bytes(fp.algorithm, der) == fp:
                 if self.ca_chain:
-                    raise WhitelistError(f"{what} requires a CA chain check, which is not supported")
+                    raise WhitelistError(
+                        f"{what} requires a CA chain check, which is not supported"
+                    )
                 return
         raise WhitelistError(f"{what}: certificate is not on the whitelist")

@@ -37,8 +37,20 @@ HISTORY_SCHEMA = [
     "CREATE TABLE recycle_bin (hash TEXT, flags INTEGER,   CONSTRAINT pk_hash PRIMARY KEY (hash))",
 ]
 
-COUNTERS = ["regular", "symlink", "special", "dir", "nested", "chunked", "chunks", "file_size",
-            "chunked_size", "xattr", "external", "external_file_size"]
+COUNTERS = [
+    "regular",
+    "symlink",
+    "special",
+    "dir",
+    "nested",
+    "chunked",
+    "chunks",
+    "file_size",
+    "chunked_size",
+    "xattr",
+    "external",
+    "external_file_size",
+]
 
 
 class CatalogWriter:
@@ -56,21 +68,57 @@ class CatalogWriter:
         self.rows: list[tuple] = []
         self.chunk_rows: list[tuple] = []
 
-    def add(self, path: str, parent: str | None, hardlinks: int, digest: bytes | None, size: int,
-            mode: int, mtime: int, mtimens: int | None, flags: int, name: str, symlink: str,
-            uid: int, gid: int, xattr: bytes | None) -> None:
+    def add(
+        self,
+        path: str,
+        parent: str | None,
+        hardlinks: int,
+        digest: bytes | None,
+        size: int,
+        mode: int,
+        mtime: int,
+        mtimens: int | None,
+        flags: int,
+        name: str,
+        symlink: str,
+        uid: int,
+        gid: int,
+        xattr: bytes | None,
+    ) -> None:
         p1, p2 = md5path(path)
         q1, q2 = md5path(parent) if parent is not None else (0, 0)
         enc = lambda s: s.encode("utf-8", "surrogateescape")  # noqa: E731
-        self.rows.append((p1, p2, q1, q2, hardlinks, digest, size, mode, mtime, mtimens, flags,
-                          enc(name), enc(symlink), uid, gid, xattr))
+        self.rows.append(
+            (
+                p1,
+                p2,
+                q1,
+                q2,
+                hardlinks,
+                digest,
+                size,
+                mode,
+                mtime,
+                mtimens,
+                flags,
+                enc(name),
+                enc(symlink),
+                uid,
+                gid,
+                xattr,
+            )
+        )
 
     def add_chunk(self, path: str, offset: int, size: int, digest: bytes) -> None:
         p1, p2 = md5path(path)
         self.chunk_rows.append((p1, p2, offset, size, digest))
 
-    def finish(self, nested: list[tuple[str, str, int]], properties: dict[str, str],
-               counters: dict[str, int]) -> str:
+    def finish(
+        self,
+        nested: list[tuple[str, str, int]],
+        properties: dict[str, str],
+        counters: dict[str, int],
+    ) -> str:
         """Write everything, close, return the database path."""
         self.db.executemany(
             "INSERT INTO catalog VALUES (?,?,?,?,?,?,?,?,?,?,?,CAST(? AS TEXT),CAST(? AS TEXT),?,?,?)",

@@ -55,12 +55,16 @@ def _pem_private(key: rsa.RSAPrivateKey) -> bytes:
 
 
 def _pem_public(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _self_signed(name: str, key: rsa.RSAPrivateKey) -> x509.Certificate:
     cn = name if len(name) <= 30 else name[:30] + "[...]"
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cn} CernVM-FS Release Managers")])
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"{cn} CernVM-FS Release Managers")]
+    )
     now = dt.datetime.now(dt.timezone.utc)
     return (
         x509.CertificateBuilder()

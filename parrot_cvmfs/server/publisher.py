@@ -87,8 +87,20 @@ class PublishResult:
 
 
 class Node:
-    __slots__ = ("path", "name", "lstat", "kind", "children", "target", "xattrs", "nested",
-                 "auto_marker", "hash", "chunks", "flags_extra")
+    __slots__ = (
+        "path",
+        "name",
+        "lstat",
+        "kind",
+        "children",
+        "target",
+        "xattrs",
+        "nested",
+        "auto_marker",
+        "hash",
+        "chunks",
+        "flags_extra",
+    )
 
     def __init__(self, path: str, name: str, lstat: os.stat_result, kind: str):
         self.path = path
@@ -138,7 +150,9 @@ class Publisher:
             except OSError:
                 continue
             if len(n.encode()) > 255 or len(v) > 255:
-                self.warnings.append(f"{path or '/'}: extended attribute {n} too long for a catalog, left out")
+                self.warnings.append(
+                    f"{path or '/'}: extended attribute {n} too long for a catalog, left out"
+                )
                 continue
             out[n] = v
         return out
@@ -193,7 +207,9 @@ class Publisher:
         with open(path, "rb") as f:
             manifest = Manifest.parse(f.read(), f"existing manifest {path}")
         if manifest.fqrn not in (None, self.o.name):
-            raise ConfigError(f"{self.repo_dir} holds repository {manifest.fqrn}, not {self.o.name}")
+            raise ConfigError(
+                f"{self.repo_dir} holds repository {manifest.fqrn}, not {self.o.name}"
+            )
         files: dict[str, tuple] = {}
         catalogs: dict[str, str] = {}
         tmp = tempfile.mkdtemp(prefix="prev.", dir=os.path.join(store.data, "txn"))
@@ -244,8 +260,13 @@ class Publisher:
         fmt = _format_flags(self.o)
         if prev is not None:
             size, mtime, pmtimens, flags, h, chunks = prev
-            if (size == s.st_size and mtime == int(s.st_mtime) and (pmtimens or None) == mtimens
-                    and (flags & (0x700 | 0x3800)) == fmt and (h is not None or chunks)):
+            if (
+                size == s.st_size
+                and mtime == int(s.st_mtime)
+                and (pmtimens or None) == mtimens
+                and (flags & (0x700 | 0x3800)) == fmt
+                and (h is not None or chunks)
+            ):
                 node.hash, node.chunks = h, chunks
                 node.flags_extra = fmt | (FLAG_CHUNKED if chunks else 0)
                 return
@@ -300,8 +321,16 @@ class Publisher:
 
     # -- catalogs ---------------------------------------------------------------------------------
 
-    def _build_catalog(self, root: Node, store: StratumStore, tmpdir: str, revision: int,
-                       now: int, prev_catalogs: dict, counts: dict) -> tuple[ContentHash, int, dict]:
+    def _build_catalog(
+        self,
+        root: Node,
+        store: StratumStore,
+        tmpdir: str,
+        revision: int,
+        now: int,
+        prev_catalogs: dict,
+        counts: dict,
+    ) -> tuple[ContentHash, int, dict]:
         """Write the catalog rooted at `root` (and, first, its nested catalogs)."""
         is_root = root.path == ""
         w = CatalogWriter(os.path.join(tmpdir, f"cat{counts['catalogs']}.db"))
@@ -343,8 +372,9 @@ class Publisher:
                 transition = n is not root and n.nested
                 if transition:
                     flags |= FLAG_NESTED_MOUNTPOINT
-                    h, size, child_c = self._build_catalog(n, store, tmpdir, revision, now,
-                                                            prev_catalogs, counts)
+                    h, size, child_c = self._build_catalog(
+                        n, store, tmpdir, revision, now, prev_catalogs, counts
+                    )
                     nested_rows.append((n.path, h.hex, size))
                     self_c["nested"] += 1
                     for k in COUNTERS:
@@ -353,14 +383,41 @@ class Publisher:
                     flags |= FLAG_NESTED_ROOT
                 nlink = 2 + sum(1 for c in n.children if c.kind == "dir")
                 self_c["dir"] += 1
-                w.add(n.path, parent, nlink, None, s.st_size, s.st_mode, int(s.st_mtime), mtimens,
-                      flags, n.name, "", s.st_uid, s.st_gid, xattr)
+                w.add(
+                    n.path,
+                    parent,
+                    nlink,
+                    None,
+                    s.st_size,
+                    s.st_mode,
+                    int(s.st_mtime),
+                    mtimens,
+                    flags,
+                    n.name,
+                    "",
+                    s.st_uid,
+                    s.st_gid,
+                    xattr,
+                )
                 if n.auto_marker and not transition:
                     self_c["regular"] += 1
                     empty = store.put(b"", "", compress=self.o.compress)
-                    w.add(f"{n.path}/{AUTO_CATALOG_MARKER}", n.path, 1, empty.digest, 0,
-                          0o100644, now, None, FLAG_FILE | _format_flags(self.o), AUTO_CATALOG_MARKER,
-                          "", s.st_uid, s.st_gid, None)
+                    w.add(
+                        f"{n.path}/{AUTO_CATALOG_MARKER}",
+                        n.path,
+                        1,
+                        empty.digest,
+                        0,
+                        0o100644,
+                        now,
+                        None,
+                        FLAG_FILE | _format_flags(self.o),
+                        AUTO_CATALOG_MARKER,
+                        "",
+                        s.st_uid,
+                        s.st_gid,
+                        None,
+                    )
                 continue
             hardlinks = groups.get(id(n), 1)
             if n.kind == "file":
@@ -374,18 +431,60 @@ class Publisher:
                     self_c["chunks"] += len(n.chunks)
                     for off, size, h in n.chunks:
                         w.add_chunk(n.path, off, size, h.digest)
-                w.add(n.path, parent, hardlinks, digest, s.st_size, s.st_mode, int(s.st_mtime),
-                      mtimens, flags, n.name, "", s.st_uid, s.st_gid, xattr)
+                w.add(
+                    n.path,
+                    parent,
+                    hardlinks,
+                    digest,
+                    s.st_size,
+                    s.st_mode,
+                    int(s.st_mtime),
+                    mtimens,
+                    flags,
+                    n.name,
+                    "",
+                    s.st_uid,
+                    s.st_gid,
+                    xattr,
+                )
             elif n.kind == "symlink":
                 self_c["symlink"] += 1
                 size = len(n.target.encode("utf-8", "surrogateescape"))
-                w.add(n.path, parent, hardlinks, None, size, s.st_mode, int(s.st_mtime), mtimens,
-                      FLAG_FILE | FLAG_LINK, n.name, n.target, s.st_uid, s.st_gid, xattr)
+                w.add(
+                    n.path,
+                    parent,
+                    hardlinks,
+                    None,
+                    size,
+                    s.st_mode,
+                    int(s.st_mtime),
+                    mtimens,
+                    FLAG_FILE | FLAG_LINK,
+                    n.name,
+                    n.target,
+                    s.st_uid,
+                    s.st_gid,
+                    xattr,
+                )
             else:
                 self_c["special"] += 1
                 size = s.st_rdev if (st.S_ISCHR(s.st_mode) or st.S_ISBLK(s.st_mode)) else 0
-                w.add(n.path, parent, hardlinks, None, size, s.st_mode, int(s.st_mtime), mtimens,
-                      FLAG_FILE | FLAG_SPECIAL, n.name, "", s.st_uid, s.st_gid, xattr)
+                w.add(
+                    n.path,
+                    parent,
+                    hardlinks,
+                    None,
+                    size,
+                    s.st_mode,
+                    int(s.st_mtime),
+                    mtimens,
+                    FLAG_FILE | FLAG_SPECIAL,
+                    n.name,
+                    "",
+                    s.st_uid,
+                    s.st_gid,
+                    xattr,
+                )
 
         props = {
             "schema": "2.5",
@@ -429,7 +528,9 @@ class Publisher:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise CvmfsError(f"another publication of {o.name} into {o.stratum} is running") from None
+                raise CvmfsError(
+                    f"another publication of {o.name} into {o.stratum} is running"
+                ) from None
             return self._publish_locked(keys, dirtab, t0)
         finally:
             lock.close()
@@ -474,21 +575,39 @@ class Publisher:
             with tempfile.TemporaryDirectory(dir=os.path.join(store.data, "txn")) as tmpdir:
                 counts = {"catalogs": 0}
                 root_hash, root_size, totals = self._build_catalog(
-                    root, store, tmpdir, revision, now, prev_catalogs, counts)
+                    root, store, tmpdir, revision, now, prev_catalogs, counts
+                )
 
                 cert_hash = store.put(keys.certificate_pem, "X")
-                tags = [(t.name, t.root_hash.hex, t.revision, t.timestamp, t.description, t.size)
-                        for t in old_tags if t.name not in ("trunk", "trunk-previous")]
+                tags = [
+                    (t.name, t.root_hash.hex, t.revision, t.timestamp, t.description, t.size)
+                    for t in old_tags
+                    if t.name not in ("trunk", "trunk-previous")
+                ]
                 trunk = next((t for t in old_tags if t.name == "trunk"), None)
                 if trunk is not None:
-                    tags.append(("trunk-previous", trunk.root_hash.hex, trunk.revision,
-                                 trunk.timestamp, "default undo target", trunk.size))
+                    tags.append(
+                        (
+                            "trunk-previous",
+                            trunk.root_hash.hex,
+                            trunk.revision,
+                            trunk.timestamp,
+                            "default undo target",
+                            trunk.size,
+                        )
+                    )
                 tags.append(("trunk", root_hash.hex, revision, now, "current HEAD", root_size))
                 tag_name = o.tag or time.strftime("generic-%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
                 if not any(t[0] == tag_name for t in tags):
-                    tags.append((tag_name, root_hash.hex, revision, now, o.tag_description, root_size))
-                hist_db = write_history(os.path.join(tmpdir, "history.db"), o.name, tags,
-                                        prev_manifest.history.hex if prev_manifest and prev_manifest.history else None)
+                    tags.append(
+                        (tag_name, root_hash.hex, revision, now, o.tag_description, root_size)
+                    )
+                hist_db = write_history(
+                    os.path.join(tmpdir, "history.db"),
+                    o.name,
+                    tags,
+                    prev_manifest.history.hex if prev_manifest and prev_manifest.history else None,
+                )
                 with open(hist_db, "rb") as f:
                     history_hash = store.put(f.read(), "H")
 
