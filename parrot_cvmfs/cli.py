@@ -281,6 +281,12 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 
@@ -363,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("demo", help="publish, serve and read the example repository (offline)")
+    sp.add_argument("--keep", action="store_true", help="keep the temporary stratum and cache")
+    sp.set_defaults(func=cmd_demo)
     return p
 
 
