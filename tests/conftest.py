@@ -15,9 +15,24 @@ from .servers import FaultyServer, Nginx
 from .treegen import make_tree
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.environ.get("PARROT_CVMFS_SHARED_DATA") or os.path.normpath(
-    os.path.join(HERE, "..", "..", "shared", "cvmfs-data")
-)
+
+
+def _find_shared() -> str:
+    """The real CernVM-FS data (../shared/cvmfs-data beside the checkout)."""
+    candidates = [
+        os.environ.get("PARROT_CVMFS_SHARED_DATA", ""),
+        os.path.join(HERE, "..", "..", "shared", "cvmfs-data"),
+        "/work/shared/cvmfs-data",
+    ]
+    for c in candidates:
+        if c and os.path.isdir(os.path.join(c, "real-repos")):
+            return os.path.normpath(c)
+    raise RuntimeError(
+        "real CernVM-FS test data not found: set PARROT_CVMFS_SHARED_DATA to the cvmfs-data directory"
+    )
+
+
+SHARED = _find_shared()
 REAL_REPOS = os.path.join(SHARED, "real-repos")
 REAL_MANIFESTS = os.path.join(SHARED, "real-manifests")
 
