@@ -1,7 +1,7 @@
 """cffi build script for parrot_cvmfs._core, the package's C core.
 
 Run by `pip install .` through setup.py's cffi_modules; every C source of the
-project is listed here.
+project is listed here: the publisher's chunker and the tracer's event loop.
 """
 
 from cffi import FFI
@@ -20,12 +20,109 @@ ffibuilder.cdef(
     void pc_chunker_init(pc_chunker *c, uint64_t min_size, uint64_t avg_size, uint64_t max_size);
     size_t pc_chunker_feed(pc_chunker *c, const uint8_t *buf, size_t len, uint64_t *cuts,
                            size_t max_cuts);
+
+    #define PC_PATH_MAX 4096
+    #define PC_MAX_RULES 128
+    #define PC_KIND_PATH 1
+    #define PC_KIND_PATH2 2
+    #define PC_KIND_FD 3
+    #define PC_KIND_CWD 4
+    #define PC_KIND_ALWAYS 5
+    #define PC_FAST_NONE 0
+    #define PC_FAST_STAT 1
+    #define PC_FAST_STATX 2
+    #define PC_FAST_ACCESS 3
+    #define PC_FAST_READLINK 4
+    #define PC_EV_SYSCALL 1
+    #define PC_EV_SYSCALL_EXIT 2
+    #define PC_EV_NEWTASK 3
+    #define PC_EV_EXEC 4
+    #define PC_EV_EXIT 5
+    #define PC_EV_NOCHILD 6
+    #define PC_EV_INTERRUPTED 7
+
+    typedef struct {
+        int nr;
+        int kind;
+        int dirfd_arg;
+        int path_arg;
+        int dirfd2_arg;
+        int path2_arg;
+        int flags_arg;
+        uint64_t empty_flag;
+        uint64_t nofollow_flag;
+        uint64_t follow_flag;
+        int follow_default;
+        int proc_sensitive;
+        int fast;
+        int out_arg;
+        int mode_arg;
+        int size_arg;
+    } pc_rule;
+
+    typedef struct {
+        int kind;
+        int tid;
+        int other;
+        int aux;
+        int rule;
+        int nr;
+        uint64_t args[6];
+        uint64_t sp;
+        int64_t ret;
+        int status;
+        int path_err;
+        int path2_err;
+        int path_len;
+        int path2_len;
+        int base_len;
+        int base2_len;
+        int empty_path;
+        char path[4097];
+        char path2[4097];
+        char base[4097];
+        char base2[4097];
+    } pc_event;
+
+    typedef struct {
+        uint64_t stops;
+        uint64_t passed_in_c;
+        uint64_t answered_in_c;
+        uint64_t to_python;
+        uint64_t exit_stops;
+        uint64_t signals;
+        uint64_t tasks;
+    } pc_stats;
+
+    typedef struct pc_tracer pc_tracer;
+    pc_tracer *pc_new(const pc_rule *rules, int nrules);
+    void pc_free(pc_tracer *t);
+    int pc_add_prefix(pc_tracer *t, int which, const char *prefix);
+    int pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
+                   const void *filter, int filter_len, int *report_fd, char *err, int errlen);
+    int pc_spawn_failure(int report_fd, char *err, int errlen);
+    int pc_next(pc_tracer *t, pc_event *ev);
+    int pc_resume(pc_tracer *t, int tid);
+    int pc_skip(pc_tracer *t, int tid, int64_t result);
+    int pc_set_args(pc_tracer *t, int tid, int narg, const int *args, const uint64_t *values,
+                    int report_exit, int is_exec);
+    int pc_finish_exit(pc_tracer *t, int tid, int set_result, int64_t result);
+    ssize_t pc_read(int tid, uint64_t addr, void *buf, size_t len);
+    ssize_t pc_write(int tid, uint64_t addr, const void *buf, size_t len);
+    int pc_getfd(int tid, int fd);
+    const pc_stats *pc_get_stats(pc_tracer *t);
+    int pc_ntasks(pc_tracer *t);
+    int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
+                     const void *statx_buf, const int8_t *access_err, const char *link,
+                     int link_len);
+    void pc_table_clear(pc_tracer *t);
+    int pc_table_size(pc_tracer *t);
     """
 )
 ffibuilder.set_source(
     "parrot_cvmfs._core",
-    '#include "chunker.h"',
-    sources=["csrc/chunker.c"],
+    '#include "chunker.h"\n#include "tracer.h"',
+    sources=["csrc/chunker.c", "csrc/tracer.c"],
     include_dirs=["csrc"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
 )

@@ -169,6 +169,7 @@ class Repository:
         self.ns: Namespace | None = None
         self._history: History | None = None
         self.mounted_at = 0.0
+        self.shared_cache = False
         self.uid = os.getuid() if settings.flag("CVMFS_CLAIM_OWNERSHIP", True) else None
         self.gid = os.getgid() if settings.flag("CVMFS_CLAIM_OWNERSHIP", True) else None
         self.dev = device_of(self.fqrn)
@@ -196,16 +197,20 @@ class Repository:
         offline: bool | None = None,
         alien_cache: str | None = None,
         attach: bool = True,
+        cache: ObjectCache | None = None,
     ) -> Repository:
         """Verify a repository and mount a revision of it (the latest, or `tag`, `date` or
         `root_hash`). `options` are CVMFS_* overrides; `attach=False` stops after the
-        trust chain (no catalog is loaded)."""
+        trust chain (no catalog is loaded). `cache` shares one ObjectCache between
+        repositories (it is then not closed with the repository)."""
         if config is None:
             config = Configuration(overrides=options)
         elif options:
             config = Configuration(config.env, config.sysdir, {**config.overrides, **options})
         settings = config.settings(name)
-        cache = open_cache(settings, cache_dir, alien_cache)
+        shared = cache is not None
+        if cache is None:
+            cache = open_cache(settings, cache_dir, alien_cache)
         if offline is None:
             offline = settings.flag("PARROT_CVMFS_OFFLINE") or settings.flag("CVMFS_OFFLINE")
         downloader = None
@@ -222,6 +227,7 @@ class Repository:
             root_hash=root_hash,
             date=date,
         )
+        repo.shared_cache = shared
         try:
             if repo.pinned_root:
                 repo.root_hash = _parse_root_hash(repo.pinned_root)
@@ -815,7 +821,8 @@ class Repository:
         for d in (self.downloader, self.external):
             if d is not None:
                 d.close()
-        self.cache.close()
+        if not self.shared_cache:
+            self.cache.close()
 
     def __enter__(self) -> Repository:
         return self

@@ -1,0 +1,124 @@
+/* parrot-cvmfs supervisor core: the ptrace event loop and the per-call fast path.
+ * See tracer.c for the contract with the Python side. */
+#ifndef PARROT_CVMFS_TRACER_H
+#define PARROT_CVMFS_TRACER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define PC_PATH_MAX 4096
+#define PC_MAX_RULES 128
+#define PC_MAX_PREFIXES 8
+
+/* How a traced system call takes its arguments (rule kinds). */
+enum {
+    PC_KIND_PATH = 1,   /* [dirfd,] path: interesting if the path may be under /cvmfs */
+    PC_KIND_PATH2 = 2,  /* two paths (rename, link): interesting if either may be */
+    PC_KIND_FD = 3,     /* fd: interesting if it refers to something in our cache */
+    PC_KIND_CWD = 4,    /* getcwd: interesting if the cwd is an anchor directory */
+    PC_KIND_ALWAYS = 5, /* always handed to Python */
+};
+
+/* What the C-side answer table can answer for a rule. */
+enum {
+    PC_FAST_NONE = 0,
+    PC_FAST_STAT = 1,     /* struct stat at arg `out_arg` */
+    PC_FAST_STATX = 2,    /* struct statx at arg `out_arg` */
+    PC_FAST_ACCESS = 3,   /* mode at arg `mode_arg` */
+    PC_FAST_READLINK = 4, /* buffer at `out_arg`, size at `size_arg` */
+};
+
+typedef struct {
+    int nr;
+    int kind;
+    int dirfd_arg;      /* -1: AT_FDCWD */
+    int path_arg;       /* path, or the fd for PC_KIND_FD */
+    int dirfd2_arg;
+    int path2_arg;
+    int flags_arg;      /* -1: none */
+    uint64_t empty_flag;    /* flag bit meaning "AT_EMPTY_PATH" (0: none) */
+    uint64_t nofollow_flag; /* flag bit meaning "do not follow the last link" */
+    uint64_t follow_flag;   /* flag bit meaning "follow the last link" (linkat) */
+    int follow_default; /* follow the last link when no flag says otherwise */
+    int proc_sensitive; /* /proc/<pid>/{exe,cwd,fd} paths concern us (readlink, stat) */
+    int fast;           /* PC_FAST_* */
+    int out_arg;
+    int mode_arg;
+    int size_arg;
+} pc_rule;
+
+/* Events handed to Python by pc_next(). */
+enum {
+    PC_EV_SYSCALL = 1,      /* a seccomp stop C did not settle; the task waits for Python */
+    PC_EV_SYSCALL_EXIT = 2, /* exit of a rewritten call whose exit Python asked to see */
+    PC_EV_NEWTASK = 3,      /* fork/vfork/clone: tid (parent), other (child), aux (kind) */
+    PC_EV_EXEC = 4,         /* a successful exec: tid, other (the former tid) */
+    PC_EV_EXIT = 5,         /* a task is gone: tid, status (wait status) */
+    PC_EV_NOCHILD = 6,      /* nothing left to trace */
+    PC_EV_INTERRUPTED = 7,  /* waitpid was interrupted by a signal to the supervisor */
+};
+
+typedef struct {
+    int kind;
+    pid_t tid;
+    pid_t other;
+    int aux;
+    int rule;           /* index into the rules table */
+    int nr;
+    uint64_t args[6];
+    uint64_t sp;        /* scratch space for rewritten arguments starts below this */
+    int64_t ret;        /* PC_EV_SYSCALL_EXIT: the call's result */
+    int status;
+    int path_err;       /* 0, or -errno reading the path (e.g. -EFAULT) */
+    int path2_err;
+    int path_len;
+    int path2_len;
+    int base_len;       /* 0: the path is absolute or the base is irrelevant */
+    int base2_len;
+    int empty_path;     /* the call uses AT_EMPTY_PATH on its dirfd */
+    char path[PC_PATH_MAX + 1];
+    char path2[PC_PATH_MAX + 1];
+    char base[PC_PATH_MAX + 1];  /* cwd or dirfd target for a relative path, or the fd target */
+    char base2[PC_PATH_MAX + 1];
+} pc_event;
+
+typedef struct {
+    uint64_t stops;         /* seccomp stops */
+    uint64_t passed_in_c;   /* resumed by C: not ours */
+    uint64_t answered_in_c; /* answered from the C table */
+    uint64_t to_python;     /* handed to Python */
+    uint64_t exit_stops;
+    uint64_t signals;
+    uint64_t tasks;
+} pc_stats;
+
+typedef struct pc_tracer pc_tracer;
+
+pc_tracer *pc_new(const pc_rule *rules, int nrules);
+void pc_free(pc_tracer *t);
+int pc_add_prefix(pc_tracer *t, int which, const char *prefix); /* 0: paths, 1: fd targets */
+pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
+               const void *filter, int filter_len, int *report_fd, char *err, int errlen);
+int pc_spawn_failure(int report_fd, char *err, int errlen);
+int pc_next(pc_tracer *t, pc_event *ev);
+int pc_resume(pc_tracer *t, pid_t tid);
+int pc_skip(pc_tracer *t, pid_t tid, int64_t result);
+int pc_set_args(pc_tracer *t, pid_t tid, int narg, const int *args, const uint64_t *values,
+                int report_exit, int is_exec);
+int pc_finish_exit(pc_tracer *t, pid_t tid, int set_result, int64_t result);
+ssize_t pc_read(pid_t tid, uint64_t addr, void *buf, size_t len);
+ssize_t pc_write(pid_t tid, uint64_t addr, const void *buf, size_t len);
+int pc_getfd(pid_t tid, int fd);
+const pc_stats *pc_get_stats(pc_tracer *t);
+int pc_ntasks(pc_tracer *t);
+
+/* The answer table: results Python computed, replayed by C for identical calls.
+ * key: an absolute path as the program wrote it; follow: 1 or 0.
+ * err: 0 if the entry exists, else a positive errno. */
+int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
+                 const void *statx_buf, const int8_t *access_err, const char *link, int link_len);
+void pc_table_clear(pc_tracer *t);
+int pc_table_size(pc_tracer *t);
+
+#endif

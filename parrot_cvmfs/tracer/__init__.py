@@ -1,0 +1,1 @@
+"""The ptrace supervisor that serves /cvmfs to unmodified programs (`parrot_run`)."""

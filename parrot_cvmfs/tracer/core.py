@@ -1,0 +1,163 @@
+"""The C core (csrc/tracer.c) as the supervisor uses it: rules generated from the
+system-call table, the event loop, and the ways to finish a stopped call."""
+
+from __future__ import annotations
+
+import os
+
+from .._core import ffi, lib
+from .seccomp import build_filter
+from .syscalls import Call
+
+
+def _rule(call: Call, arch: str):
+    return {
+        "nr": call.number(arch),
+        "kind": call.kind,
+        "dirfd_arg": call.dirfd,
+        "path_arg": call.path,
+        "dirfd2_arg": call.dirfd2,
+        "path2_arg": call.path2,
+        "flags_arg": call.flags,
+        "empty_flag": call.empty,
+        "nofollow_flag": call.nofollow,
+        "follow_flag": call.follow_flag,
+        "follow_default": int(call.follow),
+        "proc_sensitive": int(call.proc),
+        "fast": call.fast,
+        "out_arg": call.out,
+        "mode_arg": call.mode,
+        "size_arg": call.size,
+    }
+
+
+class Core:
+    def __init__(self, calls: list[Call], arch: str, anchors: str, cache_dirs: list[str]):
+        self.calls = calls
+        self.arch = arch
+        rules = ffi.new("pc_rule[]", [_rule(c, arch) for c in calls])
+        self.t = ffi.gc(lib.pc_new(rules, len(calls)), lib.pc_free)
+        if self.t == ffi.NULL:
+            raise MemoryError("cannot allocate the tracer")
+        lib.pc_add_prefix(self.t, 0, os.fsencode(anchors))
+        for d in cache_dirs:
+            lib.pc_add_prefix(self.t, 1, os.fsencode(d.rstrip("/")))
+        self.filter = build_filter(calls, arch)
+        self.ev = ffi.new("pc_event *")
+
+    def spawn(self, argv: list[str], env: dict[str, str]) -> tuple[int, int]:
+        """Start the job; returns (pid, report fd). Raises OSError naming the cause."""
+        c_argv = [ffi.new("char[]", os.fsencode(a)) for a in argv] + [ffi.NULL]
+        c_env = [ffi.new("char[]", os.fsencode(f"{k}={v}")) for k, v in env.items()] + [ffi.NULL]
+        err = ffi.new("char[256]")
+        report = ffi.new("int *")
+        filt = ffi.from_buffer(self.filter)
+        pid = lib.pc_spawn(self.t, c_argv[0], ffi.new("char *[]", c_argv), ffi.new("char *[]", c_env),
+                           filt, len(self.filter) // 8, report, err, 256)
+        if pid < 0:
+            raise _spawn_error(ffi.string(err).decode())
+        return pid, report[0]
+
+    @staticmethod
+    def spawn_failure(report_fd: int) -> OSError | None:
+        err = ffi.new("char[256]")
+        if lib.pc_spawn_failure(report_fd, err, 256):
+            return _spawn_error(ffi.string(err).decode())
+        return None
+
+    def next(self) -> int:
+        return lib.pc_next(self.t, self.ev)
+
+    def resume(self, tid: int) -> None:
+        lib.pc_resume(self.t, tid)
+
+    def skip(self, tid: int, result: int) -> None:
+        lib.pc_skip(self.t, tid, result)
+
+    def set_args(self, tid: int, values: dict[int, int], report_exit: bool = False,
+                 is_exec: bool = False) -> int:
+        idx = ffi.new("int[]", list(values))
+        vals = ffi.new("uint64_t[]", [v & 0xFFFFFFFFFFFFFFFF for v in values.values()])
+        return lib.pc_set_args(self.t, tid, len(values), idx, vals, int(report_exit), int(is_exec))
+
+    def finish_exit(self, tid: int, result: int | None = None) -> None:
+        lib.pc_finish_exit(self.t, tid, 0 if result is None else 1, result or 0)
+
+    def read(self, tid: int, addr: int, size: int) -> bytes:
+        buf = ffi.new("char[]", size)
+        n = lib.pc_read(tid, addr, buf, size)
+        if n < 0:
+            raise OSError(ffi.errno, "cannot read the program's memory")
+        return ffi.buffer(buf, n)[:]
+
+    def write(self, tid: int, addr: int, data: bytes) -> bool:
+        return lib.pc_write(tid, addr, data, len(data)) == len(data)
+
+    def getfd(self, tid: int, fd: int) -> int:
+        n = lib.pc_getfd(tid, fd)
+        if n < 0:
+            raise OSError(-n, os.strerror(-n))
+        return n
+
+    def table_put(self, key: bytes, follow: bool, err: int, stat_buf: bytes | None,
+                  statx_buf: bytes | None, access: list[int] | None, link: bytes | None) -> None:
+        lib.pc_table_put(
+            self.t, key, int(follow), err,
+            stat_buf if stat_buf is not None else ffi.NULL,
+            statx_buf if statx_buf is not None else ffi.NULL,
+            ffi.new("int8_t[8]", access) if access is not None else ffi.NULL,
+            link if link is not None else ffi.NULL, len(link) if link is not None else 0,
+        )
+
+    def table_clear(self) -> None:
+        lib.pc_table_clear(self.t)
+
+    def stats(self) -> dict[str, int]:
+        s = lib.pc_get_stats(self.t)
+        return {k: getattr(s, k) for k in ("stops", "passed_in_c", "answered_in_c", "to_python",
+                                            "exit_stops", "signals", "tasks")}
+
+
+class Scratch:
+    """Memory below the stopped thread's stack pointer for rewritten arguments."""
+
+    def __init__(self, core: Core, tid: int, sp: int):
+        self.core, self.tid, self.cur = core, tid, sp
+
+    def put(self, data: bytes) -> int:
+        addr = (self.cur - len(data)) & ~15
+        if not self.core.write(self.tid, addr, data):
+            raise OSError(14, "cannot write below the program's stack pointer")
+        self.cur = addr
+        return addr
+
+    def put_str(self, s: str | bytes) -> int:
+        return self.put((os.fsencode(s) if isinstance(s, str) else s) + b"\0")
+
+
+def _spawn_error(text: str) -> OSError:
+    stage, _, num = text.partition(":")
+    code = int(num) if num.isdigit() else 0
+    if stage == "ptrace":
+        return OSError(code, "cannot trace the job: " + _ptrace_cause(code))
+    if stage == "seccomp":
+        return OSError(code, "cannot install the seccomp filter: " + (os.strerror(code) if code else "")
+                       + " (the kernel or a container's seccomp policy forbids seccomp filters)")
+    if stage == "no_new_privs":
+        return OSError(code, f"cannot set no_new_privs: {os.strerror(code)}")
+    return OSError(code, text)
+
+
+def _ptrace_cause(code: int) -> str:
+    why = os.strerror(code) if code else "unknown error"
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = f.read().strip()
+    except OSError:
+        scope = ""
+    if scope == "3":
+        return f"{why} (Yama ptrace_scope is 3: ptrace is disabled on this host)"
+    if code == 1:
+        return (f"{why} (ptrace is forbidden here: a container's seccomp profile, Yama ptrace_scope"
+                f"{' ' + scope if scope else ''}, or a non-dumpable launcher)")
+    return why

@@ -1,0 +1,100 @@
+"""What exec needs beyond the kernel: `#!` interpreters and ELF interpreters that
+live in /cvmfs, which the kernel would look for itself and not find."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+from ..client.cache import OBJECT_MODE, write_atomic
+
+BINPRM_BUF_SIZE = 256
+PT_INTERP = 3
+MAX_INTERPRETER_DEPTH = 4
+
+
+def read_head(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(BINPRM_BUF_SIZE)
+
+
+def parse_shebang(head: bytes) -> tuple[str, str | None] | None:
+    """Kernel rules: `#!`, spaces, interpreter, then the rest of the line as one argument."""
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0]
+    line = line.replace(b"\t", b" ").strip(b" ")
+    if not line:
+        return None
+    interp, _, arg = line.partition(b" ")
+    arg = arg.strip(b" ")
+    return os.fsdecode(interp), (os.fsdecode(arg) if arg else None)
+
+
+def elf_interpreter(path: str) -> tuple[str, int] | None:
+    """PT_INTERP of a 64-bit little-endian ELF: (interpreter, index of its program header)."""
+    with open(path, "rb") as f:
+        ehdr = f.read(64)
+        if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
+            return None
+        phoff = struct.unpack_from("<Q", ehdr, 0x20)[0]
+        phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+        for i in range(phnum):
+            p_type = struct.unpack_from("<I", table, i * phentsize)[0]
+            if p_type == PT_INTERP:
+                off, _vaddr, _paddr, filesz = struct.unpack_from("<QQQQ", table, i * phentsize + 8)
+                f.seek(off)
+                name = f.read(filesz).split(b"\0", 1)[0]
+                return os.fsdecode(name), i
+    return None
+
+
+def patched_binary(cache_dir: str, binary: str, interp_local: str) -> str:
+    """A copy of `binary` whose PT_INTERP points at `interp_local`, made once per cache.
+
+    The new name is appended to the file and only the PT_INTERP header's offset and
+    size change, so the original name stays in memory at p_vaddr, where ld.so reads
+    its own name (it stays the /cvmfs path)."""
+    key = hashlib.sha1(f"{binary}\0{interp_local}".encode("utf-8", "surrogateescape")).hexdigest()
+    d = os.path.join(cache_dir, "patched", key[:2])
+    dest = os.path.join(d, key)
+    if os.path.exists(dest):
+        return dest
+    os.makedirs(d, exist_ok=True)
+    with open(binary, "rb") as f:
+        data = bytearray(f.read())
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    new = os.fsencode(interp_local) + b"\0"
+    offset = (len(data) + 7) & ~7
+    data += bytes(offset - len(data)) + new
+    for i in range(phnum):
+        base = phoff + i * phentsize
+        if struct.unpack_from("<I", data, base)[0] == PT_INTERP:
+            struct.pack_into("<Q", data, base + 8, offset)
+            struct.pack_into("<Q", data, base + 32, len(new))
+    write_atomic(dest, bytes(data), OBJECT_MODE)
+    return dest
+
+
+def read_string_array(read, addr: int, limit: int = 1 << 16) -> list[bytes]:
+    """argv/envp from the program's memory via read(addr, size) -> bytes."""
+    out: list[bytes] = []
+    while addr and len(out) < limit:
+        ptr = struct.unpack("<Q", read(addr, 8))[0]
+        if ptr == 0:
+            break
+        chunk = b""
+        p = ptr
+        while b"\0" not in chunk:
+            piece = read(p, 4096 - (p & 4095))
+            if not piece:
+                break
+            chunk += piece
+            p += len(piece)
+        out.append(chunk.split(b"\0", 1)[0])
+        addr += 8
+    return out

@@ -1,0 +1,823 @@
+"""Answers to the system calls the C core hands over, one handler per kind of call.
+
+A handler returns what to do with the stopped call:
+- RESUME: run it unchanged (it does not concern /cvmfs after all);
+- ("skip", result): do not run it; the program sees `result` (one stop);
+- ("args", {arg: value}, ...): run it with pointer arguments replaced, e.g. a /cvmfs
+  path by its cache file or anchor directory (two stops: the original registers are
+  put back at the exit).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+import struct
+import sys
+
+from .._core import ffi
+from ..errors import CvmfsError
+from . import execve as ex
+from .core import Core, Scratch
+from .paths import MOUNT, Target, VPath, resolve
+from .structs import pack_dirents, pack_stat, pack_statfs, pack_statx
+from .syscalls import AT_FDCWD, AT_SYMLINK_FOLLOW, FD, Call
+from .vfs import CvmfsView, Node
+
+RESUME = ("resume",)
+
+O_WRONLY, O_RDWR, O_ACCMODE = 0o1, 0o2, 0o3
+O_CREAT, O_EXCL, O_TRUNC = 0o100, 0o200, 0o1000
+O_DIRECTORY, O_NOFOLLOW, O_PATH = 0o200000, 0o400000, 0o10000000
+O_TMPFILE = 0o20000000 | O_DIRECTORY
+RESOLVE_NO_XDEV, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH, RESOLVE_IN_ROOT = 0x01, 0x04, 0x08, 0x10
+R_OK, W_OK, X_OK = 4, 2, 1
+
+
+def skip(result: int) -> tuple:
+    return ("skip", result)
+
+
+class Processes:
+    """Per-process state: the /cvmfs program each process runs (for /proc/self/exe) and
+    which /cvmfs file each descriptor it opened came from."""
+
+    def __init__(self):
+        self.tgid_of: dict[int, int] = {}
+        self.exe: dict[int, str] = {}
+        self.pending_exec: dict[int, str | None] = {}
+        self.fds: dict[int, dict[int, tuple[str, VPath]]] = {}
+
+    def tgid(self, tid: int) -> int:
+        t = self.tgid_of.get(tid)
+        if t is None:
+            t = _read_tgid(tid)
+            self.tgid_of[tid] = t
+        return t
+
+    def on_newtask(self, parent: int, child: int) -> None:
+        ptgid = self.tgid(parent)
+        ctgid = _read_tgid(child)
+        self.tgid_of[child] = ctgid
+        if ctgid != ptgid:  # a new process: it runs the same program, has the same fds
+            if ptgid in self.exe:
+                self.exe[ctgid] = self.exe[ptgid]
+            if ptgid in self.fds:
+                self.fds[ctgid] = dict(self.fds[ptgid])
+
+    def on_exec(self, tid: int, former: int) -> None:
+        logical = self.pending_exec.pop(former, None)
+        self.pending_exec.pop(tid, None)
+        for t in [t for t, g in self.tgid_of.items() if g == tid and t != tid]:
+            del self.tgid_of[t]
+        self.tgid_of[tid] = tid
+        if logical:
+            self.exe[tid] = logical
+        else:
+            self.exe.pop(tid, None)
+
+    def on_exit(self, tid: int) -> None:
+        tgid = self.tgid_of.pop(tid, tid)
+        self.pending_exec.pop(tid, None)
+        if tgid == tid:
+            self.exe.pop(tid, None)
+            self.fds.pop(tid, None)
+
+
+def _read_tgid(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return tid
+
+
+class Handlers:
+    def __init__(self, core: Core, view: CvmfsView, procs: Processes, debug: bool = False):
+        self.core = core
+        self.view = view
+        self.procs = procs
+        self.calls = core.calls
+        self.arch = core.arch
+        self.debug = debug
+        self.counts: dict[str, int] = {}
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.groups = set(os.getgroups()) | {self.gid}
+        self._open_pending: dict[int, tuple[str, VPath]] = {}
+
+    # -- the event -----------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        ev = self.core.ev
+        call = self.calls[ev.rule]
+        self.counts[call.name] = self.counts.get(call.name, 0) + 1
+        tid = ev.tid
+        try:
+            action = getattr(self, "h_" + call.handler)(ev, call)
+        except CvmfsError as e:
+            self.view.io_errors += 1
+            self.view.warn(str(e))
+            action = skip(-errno.EIO)
+        except OSError as e:
+            action = skip(-(e.errno or errno.EIO))
+        except Exception as e:  # never let a program's call take the supervisor down
+            self.view.warn(f"internal error in {call.name}: {type(e).__name__}: {e}")
+            if self.debug:
+                import traceback
+
+                traceback.print_exc()
+            action = skip(-errno.EIO)
+        if self.debug:
+            print(f"[{tid}] {call.name}({_s(ev.path, ev.path_len)!r}) -> {action}", file=sys.stderr)
+        self._apply(tid, action)
+
+    def _apply(self, tid: int, action: tuple) -> None:
+        if action[0] == "resume":
+            self.core.resume(tid)
+        elif action[0] == "skip":
+            self.core.skip(tid, action[1])
+        else:
+            _, values, report_exit, is_exec = action
+            if self.core.set_args(tid, values, report_exit, is_exec) < 0:
+                self.core.skip(tid, -errno.EFAULT)
+
+    def on_exit(self) -> None:
+        """Exit of a rewritten open: remember which /cvmfs file the new descriptor holds."""
+        ev = self.core.ev
+        pending = self._open_pending.pop(ev.tid, None)
+        if pending is not None and ev.ret >= 0:
+            self.procs.fds.setdefault(self.procs.tgid(ev.tid), {})[int(ev.ret)] = pending
+        self.core.finish_exit(ev.tid)
+
+    # -- shared pieces -----------------------------------------------------------------------------
+
+    def _path(self, ev) -> str:
+        return _s(ev.path, ev.path_len)
+
+    def _base(self, ev) -> str | None:
+        return _s(ev.base, ev.base_len) if ev.base_len else None
+
+    def _follow(self, ev, call: Call) -> bool:
+        follow = call.follow
+        if call.flags >= 0:
+            flags = ev.args[call.flags]
+            if call.nofollow and flags & call.nofollow:
+                follow = False
+            if call.follow_flag and flags & call.follow_flag:
+                follow = True
+        return follow
+
+    def _resolve(self, ev, call: Call, follow: bool | None = None, **kw) -> Target | None:
+        """The target of the call's path; None when the kernel should handle it as is."""
+        if ev.path_err:
+            return None
+        if ev.empty_path:  # AT_EMPTY_PATH: the dirfd itself
+            return self._fd_target(ev, self._base(ev))
+        f = self._follow(ev, call) if follow is None else follow
+        return resolve(self.view, self._path(ev), self._base(ev), f, **kw)
+
+    def _fd_target(self, ev, host: str | None, fd: int | None = None) -> Target | None:
+        if not host:
+            return None
+        vpath = self.view.anchor_to_vpath(host)
+        if vpath is None and fd is not None:
+            hint = self.procs.fds.get(self.procs.tgid(ev.tid), {}).get(fd)
+            if hint is not None and hint[0] == host:
+                vpath = hint[1]
+        if vpath is None:
+            vpath = self.view.vpath_of_host(host)
+        if vpath is None:
+            return None
+        node = self.view.lookup(vpath)
+        if node is None:
+            return None
+        return Target(vpath=vpath, node=node, via_cvmfs=True)
+
+    def _host(self, ev, call: Call, t: Target) -> tuple:
+        """A path that left /cvmfs again: the kernel resolves the rest."""
+        if not t.via_cvmfs:
+            return RESUME
+        sc = Scratch(self.core, ev.tid, ev.sp)
+        values = {call.path: sc.put_str(t.host)}
+        return ("args", values, False, False)
+
+    def _can(self, node: Node, want: int) -> int:
+        """0 or the errno of access(2) with mode `want` (R_OK|W_OK|X_OK)."""
+        if want & W_OK:
+            return errno.EROFS
+        a = self.view.attrs(node)
+        if self.uid == 0:
+            if want & X_OK and not node.is_dir and not a.mode & 0o111:
+                return errno.EACCES
+            return 0
+        if a.uid == self.uid:
+            bits = (a.mode >> 6) & 7
+        elif a.gid in self.groups:
+            bits = (a.mode >> 3) & 7
+        else:
+            bits = a.mode & 7
+        return 0 if bits & want == want else errno.EACCES
+
+    def _remember(self, ev, call: Call, follow: bool, t: Target) -> None:
+        """Teach the C answer table this absolute path (stat, statx, access, readlink)."""
+        path = self._path(ev)
+        if not path.startswith("/") or ev.empty_path or not (t.err or t.virtual):
+            return
+        key = os.fsencode(path)
+        if t.err:
+            self.core.table_put(key, follow, t.err, None, None, [t.err] * 8, None)
+            return
+        node = t.node
+        a = self.view.attrs(node)
+        access = [self._can(node, m) for m in range(8)]
+        link = os.fsencode(node.target) if node.is_symlink else None
+        self.core.table_put(key, follow, 0, pack_stat(a, self.arch), pack_statx(a), access, link)
+
+    # -- /proc/<pid>/{exe,cwd,fd/N} ----------------------------------------------------------------
+
+    def _maybe_proc(self, ev) -> bool:
+        if not ev.path_len:
+            return False
+        p = self._path(ev)
+        if p.startswith("/"):
+            return p.startswith(("/proc/", "/dev/fd/", "/dev/std"))
+        return (self._base(ev) or "").startswith("/proc/")
+
+    def _proc_target(self, ev, call: Call) -> tuple[str, str | None] | None:
+        """For a /proc magic link that shows a cache file or anchor: (kernel link, /cvmfs path)."""
+        path = self._path(ev)
+        base = self._base(ev)
+        if not path.startswith("/") and base:
+            path = f"{base}/{path}"
+        if path.startswith("/dev/fd/"):
+            path = "/proc/self/fd/" + path[8:]
+        elif path in ("/dev/stdin", "/dev/stdout", "/dev/stderr"):
+            path = "/proc/self/fd/" + str(("/dev/stdin", "/dev/stdout", "/dev/stderr").index(path))
+        parts = path.split("/")
+        if len(parts) < 4 or parts[1] != "proc":
+            return None
+        who, rest = parts[2], parts[3:]
+        tid = ev.tid
+        if who == "self":
+            pid = self.procs.tgid(tid)
+        elif who == "thread-self":
+            pid = tid
+        elif who.isdigit():
+            pid = int(who)
+        else:
+            return None
+        if len(rest) >= 3 and rest[0] == "task" and rest[1].isdigit():
+            pid, rest = int(rest[1]), rest[2:]
+        what = "/".join(rest)
+        if what not in ("exe", "cwd") and not (len(rest) == 2 and rest[0] == "fd" and rest[1].isdigit()):
+            return None
+        try:
+            link = os.readlink(f"/proc/{pid}/{what}")
+        except OSError:
+            return None
+        if what == "exe":
+            logical = self.procs.exe.get(self.procs.tgid(pid))
+            if logical:
+                return link, logical
+        fd = int(rest[1]) if rest[0] == "fd" else None
+        if fd is not None:
+            hint = self.procs.fds.get(self.procs.tgid(pid), {}).get(fd)
+            if hint is not None and hint[0] == link:
+                return link, hint[1].logical
+        vpath = self.view.vpath_of_host(link)
+        return (link, vpath.logical) if vpath is not None else None
+
+    # -- opening -----------------------------------------------------------------------------------
+
+    def h_open(self, ev, call: Call) -> tuple:
+        resolve_flags = 0
+        how = None
+        if call.name == "creat":
+            flags = O_CREAT | O_WRONLY | O_TRUNC
+        elif call.name == "openat2":
+            size = ev.args[3]
+            if size < 24:
+                return skip(-errno.EINVAL)
+            how = bytearray(self.core.read(ev.tid, ev.args[2], min(size, 256)))
+            flags, _mode, resolve_flags = struct.unpack_from("<QQQ", how)
+        else:
+            flags = ev.args[call.flags]
+        follow = not (flags & O_NOFOLLOW) and not (flags & O_CREAT and flags & O_EXCL)
+        t = self._resolve(ev, call, follow, no_symlinks=bool(resolve_flags & RESOLVE_NO_SYMLINKS))
+        if t is None:
+            return RESUME
+        if resolve_flags & (RESOLVE_BENEATH | RESOLVE_IN_ROOT | RESOLVE_NO_XDEV) and t.via_cvmfs:
+            if resolve_flags & (RESOLVE_BENEATH | RESOLVE_NO_XDEV) and self._path(ev).startswith("/"):
+                return skip(-errno.EXDEV)
+        if t.err:
+            if t.err == errno.ENOENT and t.missing_last and flags & O_CREAT:
+                return skip(-errno.EROFS)
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host_open(ev, call, t, how)
+        node = t.node
+        acc = flags & O_ACCMODE
+        if flags & O_TMPFILE == O_TMPFILE:
+            return skip(-errno.EROFS if node.is_dir else -errno.ENOTDIR)
+        if flags & O_CREAT and flags & O_EXCL:
+            return skip(-errno.EEXIST)
+        if node.is_dir and (acc != 0 or flags & O_TRUNC):
+            return skip(-errno.EISDIR)
+        if acc != 0 or flags & O_TRUNC:
+            return skip(-errno.EROFS)
+        if flags & O_DIRECTORY and not node.is_dir:
+            return skip(-errno.ENOTDIR)
+        opath = bool(flags & O_PATH)
+        if node.is_symlink and not opath:
+            return skip(-errno.ELOOP)
+        if not opath:
+            denied = self._can(node, R_OK)
+            if denied:
+                return skip(-denied)
+        if node.is_regular:
+            backing = self.view.materialize(node)
+        elif node.is_dir or node.is_symlink or st.S_ISFIFO(node.mode):
+            backing = self.view.anchor(node)
+        elif st.S_ISSOCK(node.mode):
+            return skip(-errno.ENXIO)
+        else:
+            return skip(-errno.EACCES)  # devices: the repository is mounted nodev
+        sc = Scratch(self.core, ev.tid, ev.sp)
+        values = {call.path: sc.put_str(backing)}
+        if how is not None:
+            struct.pack_into("<Q", how, 16, 0)  # resolution rules were applied here
+            values[2] = sc.put(bytes(how))
+        report = node.is_regular
+        if report:
+            self._open_pending[ev.tid] = (backing, node.vpath)
+        return ("args", values, report, False)
+
+    def _host_open(self, ev, call: Call, t: Target, how) -> tuple:
+        if not t.via_cvmfs:
+            return RESUME
+        sc = Scratch(self.core, ev.tid, ev.sp)
+        values = {call.path: sc.put_str(t.host)}
+        if how is not None:
+            struct.pack_into("<Q", how, 16, 0)
+            values[2] = sc.put(bytes(how))
+        return ("args", values, False, False)
+
+    # -- attributes ----------------------------------------------------------------------------------
+
+    def _stat_result(self, ev, call: Call, node: Node) -> tuple:
+        a = self.view.attrs(node)
+        data = pack_statx(a) if call.name == "statx" else pack_stat(a, self.arch)
+        if not self.core.write(ev.tid, ev.args[call.out], data):
+            return skip(-errno.EFAULT)
+        return skip(0)
+
+    def h_stat(self, ev, call: Call) -> tuple:
+        if call.kind == FD:
+            t = self._fd_target(ev, self._base(ev), int(ev.args[0]))
+            return RESUME if t is None else self._stat_result(ev, call, t.node)
+        follow = self._follow(ev, call)
+        if follow and self._maybe_proc(ev):
+            p = self._proc_target(ev, call)
+            if p is not None:
+                node = self._logical_node(p[1])
+                return RESUME if node is None else self._stat_result(ev, call, node)
+        t = self._resolve(ev, call, follow)
+        if t is None:
+            return RESUME
+        self._remember(ev, call, follow, t)
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        return self._stat_result(ev, call, t.node)
+
+    def _logical_node(self, logical: str) -> Node | None:
+        from .paths import vpath_of_logical
+
+        v = vpath_of_logical(logical)
+        return self.view.lookup(v) if v is not None else None
+
+    def h_access(self, ev, call: Call) -> tuple:
+        follow = self._follow(ev, call)
+        if follow and self._maybe_proc(ev):
+            p = self._proc_target(ev, call)
+            if p is not None:
+                node = self._logical_node(p[1])
+                if node is not None:
+                    return skip(-self._can(node, int(ev.args[call.mode]) & 7))
+        t = self._resolve(ev, call, follow)
+        if t is None:
+            return RESUME
+        self._remember(ev, call, follow, t)
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        return skip(-self._can(t.node, int(ev.args[call.mode]) & 7))
+
+    def h_readlink(self, ev, call: Call) -> tuple:
+        size = int(ev.args[call.size])
+        p = self._proc_target(ev, call) if self._maybe_proc(ev) else None
+        if p is not None:
+            return self._write_link(ev, call, os.fsencode(p[1]), size)
+        t = self._resolve(ev, call, False)
+        if t is None:
+            return RESUME
+        self._remember(ev, call, False, t)
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        if not t.node.is_symlink:
+            return skip(-errno.EINVAL)
+        return self._write_link(ev, call, os.fsencode(t.node.target), size)
+
+    def _write_link(self, ev, call: Call, data: bytes, size: int) -> tuple:
+        if size <= 0:
+            return skip(-errno.EINVAL)
+        data = data[:size]
+        if not self.core.write(ev.tid, ev.args[call.out], data):
+            return skip(-errno.EFAULT)
+        return skip(len(data))
+
+    def h_statfs(self, ev, call: Call) -> tuple:
+        if call.kind == FD:
+            t = self._fd_target(ev, self._base(ev), int(ev.args[0]))
+        else:
+            t = self._resolve(ev, call, True)
+        if t is None:
+            return RESUME
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        files = 0
+        blocks = free = 0
+        cache = self.view.cache
+        if cache is not None and cache.quota is not None:
+            blocks = cache.quota.limit // 4096
+            free = max(0, blocks - cache.quota.usage() // 4096)
+        a = self.view.attrs(t.node)
+        data = pack_statfs(blocks, free, files, a.dev)
+        if not self.core.write(ev.tid, ev.args[call.out], data):
+            return skip(-errno.EFAULT)
+        return skip(0)
+
+    # -- extended attributes ---------------------------------------------------------------------
+
+    def _xattr_target(self, ev, call: Call) -> Target | None:
+        if call.kind == FD:
+            return self._fd_target(ev, self._base(ev), int(ev.args[0]))
+        return self._resolve(ev, call)
+
+    def h_getxattr(self, ev, call: Call) -> tuple:
+        t = self._xattr_target(ev, call)
+        if t is None:
+            return RESUME
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        if call.name == "getxattrat":
+            name_addr = ev.args[3]
+            value, size = struct.unpack("<QI", self.core.read(ev.tid, ev.args[4], 12))
+        else:
+            name_addr, value, size = ev.args[1], ev.args[2], int(ev.args[3])
+        name = _read_cstr(self.core, ev.tid, name_addr)
+        node = t.node
+        if node.repo is None:
+            return skip(-errno.ENODATA)
+        try:
+            data = node.repo.getxattr(node.entry, name)
+        except OSError as e:
+            return skip(-(e.errno or errno.ENODATA))
+        if size == 0:
+            return skip(len(data))
+        if size < len(data):
+            return skip(-errno.ERANGE)
+        if not self.core.write(ev.tid, value, data):
+            return skip(-errno.EFAULT)
+        return skip(len(data))
+
+    def h_listxattr(self, ev, call: Call) -> tuple:
+        t = self._xattr_target(ev, call)
+        if t is None:
+            return RESUME
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        node = t.node
+        names = node.repo.listxattr(node.entry) if node.repo is not None else []
+        data = b"".join(os.fsencode(n) + b"\0" for n in names)
+        size = int(ev.args[call.size])
+        if size == 0:
+            return skip(len(data))
+        if size < len(data):
+            return skip(-errno.ERANGE)
+        if data and not self.core.write(ev.tid, ev.args[call.out], data):
+            return skip(-errno.EFAULT)
+        return skip(len(data))
+
+    # -- directories and the working directory ---------------------------------------------------
+
+    def h_getdents(self, ev, call: Call) -> tuple:
+        fd = int(ev.args[0])
+        vpath = self.view.anchor_to_vpath(self._base(ev))
+        node = self.view.lookup(vpath) if vpath is not None else None
+        if node is None or not node.is_dir:
+            return RESUME
+        entries = self.view.listing(node)
+        # the descriptor's own file position is the cursor: read and move it through a copy
+        ours = self.core.getfd(ev.tid, fd)
+        try:
+            pos = os.lseek(ours, 0, os.SEEK_CUR)
+            count = int(ev.args[2]) & 0xFFFFFFFF
+            data, nxt = pack_dirents(entries, pos, count, legacy=call.name == "getdents")
+            if pos < len(entries) and not data:
+                return skip(-errno.EINVAL)
+            if data and not self.core.write(ev.tid, ev.args[1], data):
+                return skip(-errno.EFAULT)
+            os.lseek(ours, nxt, os.SEEK_SET)
+        finally:
+            os.close(ours)
+        return skip(len(data))
+
+    def h_chdir(self, ev, call: Call) -> tuple:
+        t = self._resolve(ev, call, True)
+        if t is None:
+            return RESUME
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        if not t.node.is_dir:
+            return skip(-errno.ENOTDIR)
+        denied = self._can(t.node, X_OK)
+        if denied:
+            return skip(-denied)
+        sc = Scratch(self.core, ev.tid, ev.sp)
+        return ("args", {call.path: sc.put_str(self.view.anchor(t.node))}, False, False)
+
+    def h_getcwd(self, ev, call: Call) -> tuple:
+        vpath = self.view.anchor_to_vpath(self._base(ev))
+        if vpath is None:
+            return RESUME
+        data = os.fsencode(vpath.logical) + b"\0"
+        size = int(ev.args[1])
+        if size < len(data):
+            return skip(-errno.ERANGE)
+        if not self.core.write(ev.tid, ev.args[0], data):
+            return skip(-errno.EFAULT)
+        return skip(len(data))
+
+    # -- exec ---------------------------------------------------------------------------------------
+
+    def h_execve(self, ev, call: Call) -> tuple:
+        is_at = call.name == "execveat"
+        argv_arg = 2 if is_at else 1
+        if ev.empty_path:  # fexecve: the program is the descriptor
+            t = self._fd_target(ev, self._base(ev), int(ev.args[0]))
+            if t is None:
+                return RESUME
+        else:
+            t = self._resolve(ev, call)
+            if t is None:
+                return RESUME
+        if t.err:
+            return skip(-t.err)
+        given = self._path(ev) if not ev.empty_path else t.vpath.logical
+        if t.virtual:
+            node = t.node
+            if not node.is_regular:
+                return skip(-errno.EACCES)
+            denied = self._can(node, X_OK)
+            if denied:
+                return skip(-denied)
+            program = self.view.materialize(node)
+            logical = node.vpath.logical
+        else:
+            program, logical = t.host, None
+            if not _may_need_us(program):
+                return self._host(ev, call, t) if t.via_cvmfs else RESUME
+        plan = self._plan_exec(ev, program, logical, given, argv_arg)
+        if plan is None:  # a host program that needs nothing from /cvmfs
+            return self._host(ev, call, t) if t.via_cvmfs else RESUME
+        if isinstance(plan, int):
+            return skip(-plan)
+        exe_path, new_argv, exe_logical = plan
+        sc = Scratch(self.core, ev.tid, ev.sp)
+        values = {call.path: sc.put_str(exe_path)}
+        if is_at:
+            values[0] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
+            values[4] = 0
+        if new_argv is not None:
+            ptrs = [sc.put_str(a) for a in new_argv]
+            values[argv_arg] = sc.put(struct.pack(f"<{len(ptrs) + 1}Q", *ptrs, 0))
+        self.procs.pending_exec[ev.tid] = exe_logical
+        return ("args", values, False, True)
+
+    def _plan_exec(self, ev, program: str, logical: str | None, given: str, argv_arg: int):
+        """(path to exec, new argv or None, logical exe) / an errno / None (nothing to do)."""
+        argv: list[bytes] | None = None
+        exe_logical = logical or program  # what /proc/self/exe is to show
+        path = program
+        for _depth in range(ex.MAX_INTERPRETER_DEPTH + 1):
+            try:
+                head = ex.read_head(path)
+            except OSError as e:
+                return None if logical is None else e.errno
+            sb = ex.parse_shebang(head)
+            if sb is None:
+                break
+            interp, arg = sb
+            if argv is None:
+                argv = ex.read_string_array(lambda a, n: self.core.read(ev.tid, a, n), ev.args[argv_arg])
+            # the kernel's rule: interpreter, its argument, the file as exec was given it
+            argv = [os.fsencode(interp)] + ([os.fsencode(arg)] if arg else []) + \
+                [os.fsencode(given)] + argv[1:]
+            given = interp
+            t = resolve(self.view, interp, None, True)
+            if t.err:
+                return t.err
+            if t.virtual:
+                if not t.node.is_regular:
+                    return errno.EACCES
+                path, exe_logical = self.view.materialize(t.node), t.node.vpath.logical
+            else:
+                path = exe_logical = t.host
+        else:
+            return errno.ELOOP
+        interp = ex.elf_interpreter(path) if head[:4] == b"\x7fELF" else None
+        if interp is not None and (interp[0] == MOUNT or interp[0].startswith(MOUNT + "/")):
+            t = resolve(self.view, interp[0], None, True)
+            if t.err or not t.virtual:
+                return errno.ENOENT if t.err else None
+            loader = self.view.materialize(t.node)
+            path = ex.patched_binary(self.view.cache_dir, path, loader)
+        elif path == program and argv is None and logical is None:
+            return None
+        if not os.access(path, os.X_OK):
+            path = self._executable_copy(path)
+        return path, argv, exe_logical
+
+    def _executable_copy(self, path: str) -> str:
+        """Objects of a read-only alien cache may lack the x bit: copy once locally."""
+        import hashlib
+        import shutil
+
+        key = hashlib.sha1(os.fsencode(path)).hexdigest()
+        dest = os.path.join(self.view.cache_dir, "patched", key[:2], key + ".exec")
+        if not os.path.exists(dest):
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            tmp = dest + f".{os.getpid()}"
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o500)
+            os.rename(tmp, dest)
+        return dest
+
+    # -- other path calls ------------------------------------------------------------------------
+
+    def h_inotify(self, ev, call: Call) -> tuple:
+        t = self._resolve(ev, call, not (ev.args[2] & 0x01000000))  # IN_DONT_FOLLOW
+        if t is None:
+            return RESUME
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        node = t.node
+        backing = self.view.materialize(node) if node.is_regular else self.view.anchor(node)
+        sc = Scratch(self.core, ev.tid, ev.sp)
+        return ("args", {call.path: sc.put_str(backing)}, False, False)
+
+    def h_unsupported(self, ev, call: Call) -> tuple:
+        t = self._resolve(ev, call)
+        if t is None:
+            return RESUME
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        return skip(-errno.EOPNOTSUPP)
+
+    # -- writes --------------------------------------------------------------------------------------
+
+    def h_write_existing(self, ev, call: Call) -> tuple:
+        t = self._resolve(ev, call)
+        if t is None:
+            return RESUME
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        return skip(-errno.EROFS)
+
+    def h_write_create(self, ev, call: Call) -> tuple:
+        t = self._resolve(ev, call, False)
+        if t is None:
+            return RESUME
+        if t.virtual:
+            return skip(-errno.EEXIST)
+        if t.err:
+            if t.err == errno.ENOENT and t.missing_last:
+                return skip(-errno.EROFS)
+            return skip(-t.err)
+        return self._host(ev, call, t)
+
+    def h_write_remove(self, ev, call: Call) -> tuple:
+        t = self._resolve(ev, call, False)
+        if t is None:
+            return RESUME
+        if t.virtual or (t.err == errno.ENOENT and t.missing_last):
+            return skip(-errno.EROFS)  # the kernel checks the mount before the name
+        if t.err:
+            return skip(-t.err)
+        return self._host(ev, call, t)
+
+    def _two(self, ev, call: Call, follow_old: bool) -> tuple[Target | None, Target | None]:
+        t1 = None if ev.path_err else resolve(self.view, self._path(ev), self._base(ev), follow_old)
+        p2 = _s(ev.path2, ev.path2_len)
+        b2 = _s(ev.base2, ev.base2_len) if ev.base2_len else None
+        t2 = None if ev.path2_err else resolve(self.view, p2, b2, False)
+        return t1, t2
+
+    @staticmethod
+    def _in_cvmfs(t: Target | None) -> bool:
+        return t is not None and (t.virtual or (t.missing_last and t.parent is not None))
+
+    def h_write_rename(self, ev, call: Call) -> tuple:
+        t1, t2 = self._two(ev, call, False)
+        v1, v2 = self._in_cvmfs(t1), self._in_cvmfs(t2)
+        if not (v1 or v2):
+            return self._rewrite_two(ev, call, t1, t2)
+        for t in (t1, t2):
+            if t is not None and t.err and not t.missing_last:
+                return skip(-t.err)
+        return skip(-errno.EXDEV if v1 != v2 else -errno.EROFS)
+
+    def h_write_link(self, ev, call: Call) -> tuple:
+        follow = bool(call.flags >= 0 and ev.args[call.flags] & AT_SYMLINK_FOLLOW)
+        t1, t2 = self._two(ev, call, follow)
+        v1, v2 = self._in_cvmfs(t1), self._in_cvmfs(t2)
+        if not (v1 or v2):
+            return self._rewrite_two(ev, call, t1, t2)
+        if t1 is not None and t1.err:
+            return skip(-t1.err)
+        if t2 is not None and t2.virtual:
+            return skip(-errno.EEXIST)
+        if t2 is not None and t2.err and not t2.missing_last:
+            return skip(-t2.err)
+        return skip(-errno.EXDEV if v1 != v2 else -errno.EROFS)
+
+    def _rewrite_two(self, ev, call: Call, t1, t2) -> tuple:
+        values = {}
+        sc = Scratch(self.core, ev.tid, ev.sp)
+        for t, arg in ((t1, call.path), (t2, call.path2)):
+            if t is not None and t.host is not None and t.via_cvmfs:
+                values[arg] = sc.put_str(t.host)
+        return ("args", values, False, False) if values else RESUME
+
+    def h_write_fd(self, ev, call: Call) -> tuple:
+        host = self._base(ev)
+        if host and (self.view.anchor_to_vpath(host) or self.view.is_cache_path(host)):
+            return skip(-errno.EROFS)
+        return RESUME
+
+
+def _s(buf, n: int) -> str:
+    return os.fsdecode(ffi.buffer(buf, n)[:]) if n else ""
+
+
+def _read_cstr(core: Core, tid: int, addr: int, limit: int = 4096) -> str:
+    out = b""
+    while len(out) < limit:
+        piece = core.read(tid, addr + len(out), 256 - ((addr + len(out)) & 255))
+        if not piece:
+            break
+        if b"\0" in piece:
+            out += piece.split(b"\0", 1)[0]
+            break
+        out += piece
+    return os.fsdecode(out)
+
+
+def _may_need_us(path: str) -> bool:
+    """Whether exec of a host file involves /cvmfs (a #! or ELF interpreter there)."""
+    try:
+        head = ex.read_head(path)
+    except OSError:
+        return False
+    if head.startswith(b"#!"):
+        return MOUNT.encode() in head.split(b"\n", 1)[0]
+    if head[:4] == b"\x7fELF":
+        try:
+            interp = ex.elf_interpreter(path)
+        except OSError:
+            return False
+        return interp is not None and interp[0].startswith(MOUNT + "/")
+    return False

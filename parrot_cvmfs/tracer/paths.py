@@ -1,0 +1,189 @@
+"""Path resolution across the host and the virtual /cvmfs tree. Pure code: the
+namespace it walks is an interface (see `Namespace`), so it is tested without
+ptrace or repositories.
+
+A path starts at the host root (absolute), or at a base directory (the cwd or
+a dirfd, as the kernel reports it). Host components are joined lexically;
+reaching `/cvmfs` enters the virtual tree, where every component is looked up
+in the catalogs and symlinks are expanded here (chains, loops -> ELOOP,
+absolute targets restart at the host root, relative ones climb with `..`
+from a repository root to `/cvmfs` and from `/cvmfs` to `/`). A walk that
+leaves the virtual tree again yields a host path for the kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Protocol
+
+MAX_SYMLINKS = 40
+MOUNT = "/cvmfs"
+
+
+@dataclass(frozen=True)
+class VPath:
+    """A place in the virtual tree: /cvmfs itself (repo None), or a repository path."""
+
+    repo: str | None
+    inner: str = ""  # "" for the repository root, else "/a/b"
+
+    @property
+    def logical(self) -> str:
+        if self.repo is None:
+            return MOUNT
+        return f"{MOUNT}/{self.repo}{self.inner}"
+
+    def child(self, name: str) -> VPath:
+        if self.repo is None:
+            return VPath(name, "")
+        return VPath(self.repo, f"{self.inner}/{name}")
+
+    def parent(self) -> VPath | None:
+        """The parent in the virtual tree; None for /cvmfs (whose parent is the host /)."""
+        if self.repo is None:
+            return None
+        if not self.inner:
+            return VPath(None)
+        return VPath(self.repo, self.inner[: self.inner.rfind("/")])
+
+
+ROOT = VPath(None)
+
+
+def vpath_of_logical(path: str) -> VPath | None:
+    """'/cvmfs/repo/a' -> VPath('repo', '/a'); canonical paths only."""
+    if path == MOUNT:
+        return ROOT
+    if not path.startswith(MOUNT + "/"):
+        return None
+    rest = path[len(MOUNT) + 1 :]
+    repo, _, inner = rest.partition("/")
+    return VPath(repo, "/" + inner if inner else "")
+
+
+class Node(Protocol):
+    is_dir: bool
+    is_symlink: bool
+
+    @property
+    def target(self) -> str: ...
+
+
+class Namespace(Protocol):
+    def lookup(self, vpath: VPath) -> Node | None: ...
+
+    def anchor_to_vpath(self, host_path: str) -> VPath | None: ...
+
+
+@dataclass
+class Target:
+    """The result of a resolution.
+
+    - `err` set: the call fails with it. `missing_last` tells that only the final
+      component is missing, in the virtual directory `parent`.
+    - `vpath`/`node` set: the path names something in the virtual tree.
+    - else `host`: a host path; `via_cvmfs` says whether the walk went through the
+      virtual tree (then the program's argument must be replaced by `host`)."""
+
+    err: int = 0
+    vpath: VPath | None = None
+    node: Node | None = None
+    host: str | None = None
+    via_cvmfs: bool = False
+    missing_last: bool = False
+    parent: VPath | None = None
+    symlinks: int = 0
+
+    @property
+    def virtual(self) -> bool:
+        return self.vpath is not None
+
+
+def _join(host: str, name: str) -> str:
+    if name == "..":
+        if host == "/":
+            return "/"
+        return host[: host.rstrip("/").rfind("/")] or "/"
+    return host + name if host.endswith("/") else f"{host}/{name}"
+
+
+def resolve(
+    ns: Namespace,
+    path: str,
+    base: str | None,
+    follow: bool,
+    *,
+    no_symlinks: bool = False,
+) -> Target:
+    """Resolve `path` (relative ones against `base`). `follow`: expand a final symlink.
+    `no_symlinks` (RESOLVE_NO_SYMLINKS) fails with ELOOP at any virtual symlink."""
+    if path == "":
+        return Target(err=errno.ENOENT)
+    if len(path) > 4095:
+        return Target(err=errno.ENAMETOOLONG)
+    trailing = path.endswith("/") and path.strip("/") != ""
+    if trailing:
+        follow = True
+    comps = [c for c in path.split("/") if c and c != "."]
+    if path.startswith("/"):
+        host: str | None = "/"
+        vpath: VPath | None = None
+        node = None
+    else:
+        vpath = ns.anchor_to_vpath(base) if base else None
+        if vpath is not None:
+            host, node = None, ns.lookup(vpath)
+            if node is None:
+                return Target(err=errno.ENOENT)
+        else:
+            host, node = base or "/", None
+    via = vpath is not None
+    todo = list(reversed(comps))
+    links = 0
+    while todo:
+        c = todo.pop()
+        last = not todo
+        if vpath is None:
+            if host == "/" and c == MOUNT[1:]:
+                vpath, node, host, via = ROOT, ns.lookup(ROOT), None, True
+            else:
+                host = _join(host, c)
+            continue
+        if c == "..":
+            up = vpath.parent()
+            if up is None:
+                vpath, node, host = None, None, "/"
+            else:
+                vpath, node = up, ns.lookup(up)
+            continue
+        if not node.is_dir:
+            return Target(err=errno.ENOTDIR, symlinks=links)
+        if len(c) > 255:
+            return Target(err=errno.ENAMETOOLONG, symlinks=links)
+        child_v = vpath.child(c)
+        child = ns.lookup(child_v)
+        if child is None:
+            return Target(err=errno.ENOENT, missing_last=last, parent=vpath, symlinks=links)
+        if child.is_symlink and (not last or follow):
+            links += 1
+            if links > MAX_SYMLINKS or no_symlinks:
+                return Target(err=errno.ELOOP, symlinks=links)
+            target = child.target
+            if not target:
+                return Target(err=errno.ENOENT, symlinks=links)
+            if target.startswith("/"):
+                vpath, node, host = None, None, "/"
+            tcomps = [t for t in target.split("/") if t and t != "."]
+            if target.endswith("/") and last:
+                follow = True
+            todo.extend(reversed(tcomps))
+            continue
+        vpath, node = child_v, child
+    if vpath is None:
+        if trailing and not host.endswith("/"):
+            host += "/"
+        return Target(host=host, via_cvmfs=via, symlinks=links)
+    if trailing and not node.is_dir:
+        return Target(err=errno.ENOTDIR, symlinks=links)
+    return Target(vpath=vpath, node=node, via_cvmfs=True, symlinks=links)

@@ -1,0 +1,52 @@
+"""The seccomp-bpf program, generated from the system-call table.
+
+Traced calls return SECCOMP_RET_TRACE with the row index as data; calls that
+could escape the tracer are refused without a stop (io_uring_setup, clone3,
+clone with CLONE_UNTRACED, the x32 ABI); everything else runs untouched."""
+
+from __future__ import annotations
+
+import errno
+import struct
+
+from .syscalls import AUDIT_ARCH, CLONE, CLONE3, CLONE_UNTRACED, IO_URING_SETUP, Call
+
+LD_W_ABS = 0x20
+JEQ = 0x15
+JGE = 0x35
+JSET = 0x45
+RET = 0x06
+RET_ALLOW = 0x7FFF0000
+RET_TRACE = 0x7FF00000
+RET_ERRNO = 0x00050000
+OFF_NR, OFF_ARCH, OFF_ARGS = 0, 4, 16
+X32_BIT = 0x40000000
+
+_INSN = struct.Struct("<HBBI")
+
+
+def build_filter(calls: list[Call], arch: str) -> bytes:
+    """cBPF for `arch`; row i of `calls` traps with data i."""
+    prog: list[tuple[int, int, int, int]] = [
+        (LD_W_ABS, 0, 0, OFF_ARCH),
+        (JEQ, 1, 0, AUDIT_ARCH[arch]),
+        (RET, 0, 0, RET_ALLOW),  # another ABI (i386 on x86_64): not ours
+        (LD_W_ABS, 0, 0, OFF_NR),
+    ]
+    if arch == "x86_64":
+        prog += [(JGE, 0, 1, X32_BIT), (RET, 0, 0, RET_ERRNO | errno.ENOSYS)]
+    for nr in (IO_URING_SETUP[arch], CLONE3[arch]):
+        prog += [(JEQ, 0, 1, nr), (RET, 0, 0, RET_ERRNO | errno.ENOSYS)]
+    prog += [
+        (JEQ, 0, 4, CLONE[arch]),
+        (LD_W_ABS, 0, 0, OFF_ARGS),  # low half of args[0], the clone flags
+        (JSET, 0, 1, CLONE_UNTRACED),
+        (RET, 0, 0, RET_ERRNO | errno.EPERM),
+        (LD_W_ABS, 0, 0, OFF_NR),
+    ]
+    for i, call in enumerate(calls):
+        prog += [(JEQ, 0, 1, call.number(arch)), (RET, 0, 0, RET_TRACE | i)]
+    prog.append((RET, 0, 0, RET_ALLOW))
+    if len(prog) > 4096:
+        raise ValueError("seccomp program too long")
+    return b"".join(_INSN.pack(*insn) for insn in prog)

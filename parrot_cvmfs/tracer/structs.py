@@ -1,0 +1,114 @@
+"""Kernel structures the supervisor writes into programs' memory: struct stat,
+struct statx, struct statfs, directory entries. Layouts per architecture."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+STATX_BASIC_STATS = 0x7FF
+FUSE_SUPER_MAGIC = 0x65735546
+ST_RDONLY, ST_NOSUID, ST_NODEV = 1, 2, 4
+
+DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12
+
+
+@dataclass(frozen=True)
+class Attrs:
+    """What stat reports, independent of the structure layout."""
+
+    dev: int
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    blksize: int
+    blocks: int
+    mtime: int
+    mtime_nsec: int
+
+
+# x86_64 struct stat: 144 bytes
+_STAT_X86 = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
+# aarch64 (asm-generic) struct stat: 128 bytes
+_STAT_A64 = struct.Struct("<QQIIIIQQqiiqqQqQqQII")
+_STATX_HEAD = struct.Struct("<IIQIIIHHQQQQ")
+_TS = struct.Struct("<qIi")
+_STATX_TAIL = struct.Struct("<IIIIQII")
+_STATFS_X86 = struct.Struct("<qqqqqqqiiqqq32x")
+_STATFS_A64 = _STATFS_X86  # the generic 64-bit struct statfs has the same layout
+
+
+def pack_stat(a: Attrs, arch: str) -> bytes:
+    if arch == "x86_64":
+        return _STAT_X86.pack(a.dev, a.ino, a.nlink, a.mode, a.uid, a.gid, 0, a.rdev, a.size,
+                              a.blksize, a.blocks, a.mtime, a.mtime_nsec, a.mtime, a.mtime_nsec,
+                              a.mtime, a.mtime_nsec)
+    return _STAT_A64.pack(a.dev, a.ino, a.mode, a.nlink, a.uid, a.gid, a.rdev, 0, a.size,
+                          a.blksize, 0, a.blocks, a.mtime, a.mtime_nsec, a.mtime, a.mtime_nsec,
+                          a.mtime, a.mtime_nsec, 0, 0)
+
+
+def pack_statx(a: Attrs) -> bytes:
+    """Every basic field filled and claimed; birth time and the rest are not."""
+    ts = _TS.pack(a.mtime, a.mtime_nsec, 0)
+    head = _STATX_HEAD.pack(STATX_BASIC_STATS, a.blksize, 0, a.nlink, a.uid, a.gid, a.mode, 0,
+                            a.ino, a.size, a.blocks, 0)
+    tail = _STATX_TAIL.pack(os.major(a.rdev), os.minor(a.rdev), os.major(a.dev), os.minor(a.dev),
+                            0, 0, 0)
+    out = head + ts + _TS.pack(0, 0, 0) + ts + ts + tail
+    return out + bytes(256 - len(out))
+
+
+def pack_statfs(blocks: int, free: int, files: int, fsid: int) -> bytes:
+    """What a FUSE-mounted cvmfs reports: read-only, nosuid, nodev."""
+    return _STATFS_X86.pack(FUSE_SUPER_MAGIC, 4096, blocks, free, free, files, files,
+                            fsid & 0xFFFFFFFF, fsid >> 32 & 0xFFFFFFFF, 255, 4096,
+                            ST_RDONLY | ST_NOSUID | ST_NODEV)
+
+
+def dtype_of(mode: int) -> int:
+    import stat
+
+    if stat.S_ISDIR(mode):
+        return DT_DIR
+    if stat.S_ISREG(mode):
+        return DT_REG
+    if stat.S_ISLNK(mode):
+        return DT_LNK
+    if stat.S_ISFIFO(mode):
+        return DT_FIFO
+    if stat.S_ISCHR(mode):
+        return DT_CHR
+    if stat.S_ISBLK(mode):
+        return DT_BLK
+    if stat.S_ISSOCK(mode):
+        return DT_SOCK
+    return DT_UNKNOWN
+
+
+def pack_dirents(entries: list[tuple[int, int, int, bytes]], start: int, count: int,
+                 legacy: bool = False) -> tuple[bytes, int]:
+    """linux_dirent64 records (or old linux_dirent ones) for entries[start:] that fit in
+    `count` bytes; entries are (ino, d_off, d_type, name). Returns (bytes, next index)."""
+    out = bytearray()
+    i = start
+    while i < len(entries):
+        ino, off, dtype, name = entries[i]
+        if legacy:  # ino, off, reclen, name\0, pad, type
+            reclen = (8 + 8 + 2 + len(name) + 2 + 7) & ~7
+            rec = struct.pack("<QqH", ino, off, reclen) + name + b"\0"
+            rec += bytes(reclen - len(rec) - 1) + bytes([dtype])
+        else:  # ino, off, reclen, type, name\0, pad
+            reclen = (8 + 8 + 2 + 1 + len(name) + 1 + 7) & ~7
+            rec = struct.pack("<QqHB", ino, off, reclen, dtype) + name + b"\0"
+            rec += bytes(reclen - len(rec))
+        if len(out) + reclen > count:
+            break
+        out += rec
+        i += 1
+    return bytes(out), i

@@ -1,0 +1,138 @@
+"""The supervisor: starts the job under the C core, runs the event loop, keeps
+per-process state, forwards signals, and returns the job's exit status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from .._core import lib
+from ..client.config import Configuration
+from .core import Core
+from .handlers import Handlers, Processes
+from .syscalls import calls_for, machine
+from .vfs import CvmfsView
+
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+
+
+@dataclass
+class Options:
+    command: list[str]
+    cvmfs: list[str] = field(default_factory=list)
+    cache_dir: str | None = None
+    alien_cache: str | None = None
+    verify_at: float | None = None
+    offline: bool = False
+    stats: bool = False
+    debug: bool = False
+    config: Configuration | None = None
+
+
+class Supervisor:
+    def __init__(self, opts: Options):
+        from ..client.cache import default_cache_dir
+
+        self.opts = opts
+        config = opts.config or Configuration()
+        cache_dir = opts.cache_dir or os.environ.get("PARROT_CVMFS_CACHE") or \
+            os.environ.get("CVMFS_CACHE_DIR") or default_cache_dir()
+        self.view = CvmfsView(config, cache_dir, alien=opts.alien_cache, verify_at=opts.verify_at,
+                              offline=opts.offline, eager=opts.cvmfs)
+        self.arch = machine()
+        calls = calls_for(self.arch)
+        aliens = [a for a in (opts.alien_cache or "").split(":") if a]
+        self.core = Core(calls, self.arch, self.view.anchors, [self.view.cache_dir] + aliens)
+        self.procs = Processes()
+        self.handlers = Handlers(self.core, self.view, self.procs, opts.debug)
+        self.root = 0
+        self.root_status: int | None = None
+        self.exec_seen = False
+        self._pending_signals: list[int] = []
+
+    def _on_signal(self, sig, _frame) -> None:
+        self._pending_signals.append(sig)
+
+    def run(self) -> int:
+        errors = self.view.mount_eager()
+        if errors:
+            for e in errors:
+                print(f"parrot_run: {e}", file=sys.stderr)
+            return 1
+        for sig in FORWARDED:
+            signal.signal(sig, self._on_signal)
+        # the job gets these from the terminal itself
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        try:
+            pid, report = self.core.spawn(self.opts.command, dict(os.environ))
+        except OSError as e:
+            print(f"parrot_run: {e.strerror}", file=sys.stderr)
+            return 1
+        self.root = pid
+        try:
+            self._loop()
+        finally:
+            failure = self.core.spawn_failure(report)
+            os.close(report)
+        if failure is not None and not self.exec_seen:
+            print(f"parrot_run: {_spawn_message(failure, self.opts.command[0])}", file=sys.stderr)
+            return 126 if failure.errno in (13, 8) else 127
+        if self.opts.stats:
+            self.print_stats()
+        status = self.root_status or 0
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.WEXITSTATUS(status)
+
+    def _loop(self) -> None:
+        core, ev, h, procs = self.core, self.core.ev, self.handlers, self.procs
+        while True:
+            kind = core.next()
+            if kind == lib.PC_EV_SYSCALL:
+                h.dispatch()
+            elif kind == lib.PC_EV_SYSCALL_EXIT:
+                h.on_exit()
+            elif kind == lib.PC_EV_NEWTASK:
+                procs.on_newtask(ev.tid, ev.other)
+            elif kind == lib.PC_EV_EXEC:
+                procs.on_exec(ev.tid, ev.other)
+                if ev.tid == self.root:
+                    self.exec_seen = True
+            elif kind == lib.PC_EV_EXIT:
+                procs.on_exit(ev.tid)
+                if ev.tid == self.root:
+                    self.root_status = ev.status
+            elif kind == lib.PC_EV_NOCHILD:
+                return
+            elif kind == lib.PC_EV_INTERRUPTED:
+                while self._pending_signals:
+                    sig = self._pending_signals.pop(0)
+                    try:
+                        os.kill(self.root, sig)
+                    except ProcessLookupError:
+                        pass
+
+    def print_stats(self) -> None:
+        c = self.core.stats()
+        n, b, hits, misses = self.view.transfer_stats()
+        by_kind = ", ".join(f"{k} {v}" for k, v in sorted(self.handlers.counts.items(), key=lambda x: -x[1]))
+        err = sys.stderr
+        print(f"parrot_run: {c['stops']} intercepted calls: {c['passed_in_c']} passed through in C,"
+              f" {c['answered_in_c']} answered in C, {c['to_python']} handled in Python"
+              f" ({c['exit_stops']} exit stops)", file=err)
+        print(f"parrot_run: handled in Python by kind: {by_kind or 'none'}", file=err)
+        print(f"parrot_run: {n} objects fetched ({b} bytes), cache hits {hits}, misses {misses},"
+              f" I/O errors {self.view.io_errors}; {c['tasks'] + 1} tasks, {c['signals']} signals",
+              file=err)
+
+    def close(self) -> None:
+        self.view.close()
+
+
+def _spawn_message(e: OSError, program: str) -> str:
+    if e.strerror and e.strerror.startswith("cannot"):
+        return e.strerror
+    return f"cannot run {program}: {os.strerror(e.errno) if e.errno else e}"

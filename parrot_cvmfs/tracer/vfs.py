@@ -1,0 +1,259 @@
+"""The /cvmfs tree as the supervisor shows it to programs.
+
+Repositories appear on first access (as with autofs), mounted through the
+client library into one shared cache. Each path becomes a Node with the
+attributes stat reports. What the kernel needs a real object for:
+- regular files: the verified cache file (the program's open is pointed at it);
+- directories: an empty "anchor" directory under `<cache>/anchors/<repo>/<path>`.
+  Programs get descriptors and working directories there; everything they ask
+  about such a descriptor (stat, listing, getcwd) is answered from the catalog;
+- fifos: a fifo made among the anchors.
+Paths of both kinds are mapped back to /cvmfs paths for /proc/self/fd, getcwd
+and fstat.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st
+import sys
+import time
+from collections.abc import Callable
+
+from ..client.cache import ObjectCache, make_layout
+from ..client.config import Configuration, normalize_name
+from ..client.repository import Repository, inode_of, open_cache
+from ..errors import ConfigError, CvmfsError
+from .paths import ROOT, VPath
+from .structs import Attrs, dtype_of
+
+ROOT_DEV = os.makedev(0, 0x0FF)
+ROOT_INO = 1
+
+
+class Node:
+    """A path in the virtual tree with what stat says about it."""
+
+    __slots__ = ("vpath", "entry", "repo", "mode", "is_dir", "is_symlink", "is_regular",
+                 "target", "_attrs", "_listing")
+
+    def __init__(self, vpath: VPath, entry, repo: Repository | None, mode: int, target: str = ""):
+        self.vpath = vpath
+        self.entry = entry
+        self.repo = repo
+        self.mode = mode
+        self.is_dir = st.S_ISDIR(mode)
+        self.is_symlink = st.S_ISLNK(mode)
+        self.is_regular = st.S_ISREG(mode)
+        self.target = target
+        self._attrs: Attrs | None = None
+        self._listing = None
+
+
+class CvmfsView:
+    def __init__(
+        self,
+        config: Configuration,
+        cache_dir: str,
+        *,
+        alien: str | None = None,
+        verify_at: float | None = None,
+        offline: bool = False,
+        eager: list[str] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ):
+        self.config = config
+        self.cache_dir = os.path.abspath(cache_dir)
+        self.alien = alien
+        self.verify_at = verify_at
+        self.offline = offline
+        self.warn = warn or (lambda m: print(f"parrot_run: {m}", file=sys.stderr, flush=True))
+        make_layout(self.cache_dir)
+        self.anchors = os.path.join(self.cache_dir, "anchors")
+        os.makedirs(self.anchors, exist_ok=True)
+        self.started = int(time.time())
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.repos: dict[str, Repository] = {}
+        self.failed: dict[str, str] = {}
+        self.eager = [config.canonical_name(n) for n in (eager or [])]
+        self.cache: ObjectCache | None = None
+        self.nodes: dict[VPath, Node | None] = {}
+        self.cache_paths: dict[str, VPath] = {}  # cache file -> last /cvmfs path served from it
+        self.io_errors = 0
+        self.root = Node(ROOT, None, None, st.S_IFDIR | 0o755)
+
+    # -- repositories ---------------------------------------------------------------------------
+
+    def _shared_cache(self, name: str) -> ObjectCache:
+        if self.cache is None:
+            self.cache = open_cache(self.config.settings(name), self.cache_dir, self.alien)
+        return self.cache
+
+    def repository(self, name: str) -> Repository | None:
+        """The mounted repository, mounting it on first use; None if it cannot be."""
+        repo = self.repos.get(name)
+        if repo is not None or name in self.failed:
+            return repo
+        try:
+            if normalize_name(name, "") != name or "." not in name:
+                raise ConfigError(f"{name} is not a repository name")
+            settings = self.config.settings(name)
+            settings.server_urls  # noqa: B018 - raises for unknown repositories
+            repo = Repository.mount(
+                name,
+                config=self.config,
+                cache=self._shared_cache(name),
+                verify_at=self.verify_at,
+                offline=self.offline or None,
+            )
+        except (CvmfsError, OSError) as e:
+            self.failed[name] = str(e)
+            if not (isinstance(e, ConfigError) and "unknown repository" in str(e)) or name in self.eager:
+                self.warn(f"cannot mount /cvmfs/{name}: {e}")
+            return None
+        self.repos[name] = repo
+        return repo
+
+    def mount_eager(self) -> list[str]:
+        """Mount the repositories named with --cvmfs; returns the error lines."""
+        return [f"cannot mount /cvmfs/{n}: {self.failed[n]}" for n in self.eager
+                if self.repository(n) is None]
+
+    def root_names(self) -> list[str]:
+        names = set(self.config.configured_names()) | set(self.eager) | set(self.repos)
+        return sorted(n for n in names if n not in self.failed)
+
+    # -- nodes ------------------------------------------------------------------------------------
+
+    def lookup(self, vpath: VPath) -> Node | None:
+        try:
+            return self.nodes[vpath]
+        except KeyError:
+            pass
+        node = self._lookup(vpath)
+        if len(self.nodes) > 500_000:
+            self.nodes.clear()
+        self.nodes[vpath] = node
+        return node
+
+    def _lookup(self, vpath: VPath) -> Node | None:
+        if vpath.repo is None:
+            return self.root
+        repo = self.repository(vpath.repo)
+        if repo is None:
+            return None
+        entry = repo.ns.lookup(vpath.inner)
+        if entry is None:
+            return None
+        target = repo.expand_symlink(entry) if entry.is_symlink else ""
+        return Node(vpath, entry, repo, entry.mode, target)
+
+    def attrs(self, node: Node) -> Attrs:
+        if node._attrs is None:
+            if node.repo is None:
+                n = 2 + len(self.repos)
+                node._attrs = Attrs(ROOT_DEV, ROOT_INO, node.mode, n, 0, 0, 0, 4096, 4096, 8,
+                                    self.started, 0)
+            else:
+                s = node.repo.stat_entry(node.entry)
+                node._attrs = Attrs(s.st_dev, s.st_ino, s.st_mode, s.st_nlink, s.st_uid, s.st_gid,
+                                    s.st_rdev if node.entry.rdev else 0, s.st_size, s.st_blksize,
+                                    s.st_blocks, s.st_mtime, s.st_mtime_nsec)
+        return node._attrs
+
+    def listing(self, node: Node) -> list[tuple[int, int, int, bytes]]:
+        """(ino, d_off, d_type, name) for '.', '..' and the children, in a stable order."""
+        if node._listing is not None:
+            return node._listing
+        me = self.attrs(node).ino
+        parent_v = node.vpath.parent()
+        up = self.lookup(parent_v).vpath if parent_v is not None else None
+        parent_ino = self.attrs(self.lookup(up)).ino if up is not None else 2
+        rows: list[tuple[int, int, bytes]] = [(me, 4, b"."), (parent_ino, 4, b"..")]
+        if node.repo is None:
+            for name in self.root_names():
+                child = self.lookup(VPath(name))
+                if child is not None:
+                    rows.append((self.attrs(child).ino, 4, os.fsencode(name)))
+        else:
+            ns = node.repo.ns
+            for e in sorted(ns.listdir(ns.dir_entry(node.entry)), key=lambda c: c.name):
+                rows.append((inode_of(e), dtype_of(e.mode), os.fsencode(e.name)))
+        node._listing = [(ino, i + 1, t, name) for i, (ino, t, name) in enumerate(rows)]
+        return node._listing
+
+    # -- backing files ---------------------------------------------------------------------------
+
+    def anchor_path(self, vpath: VPath) -> str:
+        if vpath.repo is None:
+            return self.anchors
+        return f"{self.anchors}/{vpath.repo}{vpath.inner}"
+
+    def anchor(self, node: Node) -> str:
+        """The anchor for a directory (or fifo, or symlink), made on first use."""
+        path = self.anchor_path(node.vpath)
+        if node.is_dir:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            return path
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        try:
+            if st.S_ISFIFO(node.mode):
+                os.mkfifo(path, 0o644)
+            elif node.is_symlink:
+                os.symlink(node.target, path)
+            else:
+                raise OSError(errno.EACCES, "device files are not served")
+        except FileExistsError:
+            pass
+        return path
+
+    def anchor_to_vpath(self, host: str | None) -> VPath | None:
+        if not host:
+            return None
+        if host == self.anchors:
+            return ROOT
+        if not host.startswith(self.anchors + "/"):
+            return None
+        rest = host[len(self.anchors) + 1 :].removesuffix(" (deleted)")
+        repo, _, inner = rest.partition("/")
+        return VPath(repo, "/" + inner if inner else "")
+
+    def materialize(self, node: Node) -> str:
+        """The verified local file of a regular file (fetched on first use)."""
+        path = node.repo.local_path(node.entry)
+        self.cache_paths[path] = node.vpath
+        return path
+
+    def is_cache_path(self, host: str) -> bool:
+        if host.startswith(self.cache_dir + "/"):
+            return True
+        return bool(self.alien) and any(host.startswith(a.rstrip("/") + "/")
+                                        for a in self.alien.split(":") if a)
+
+    def vpath_of_host(self, host: str) -> VPath | None:
+        """The /cvmfs path behind an anchor or a cache file we served."""
+        v = self.anchor_to_vpath(host)
+        if v is not None:
+            return v
+        return self.cache_paths.get(host.removesuffix(" (deleted)"))
+
+    # -- statistics -------------------------------------------------------------------------------
+
+    def transfer_stats(self) -> tuple[int, int, int, int]:
+        """(objects downloaded, bytes received, cache hits, cache misses)."""
+        n = b = 0
+        for r in self.repos.values():
+            for d in (r.downloader, r.external):
+                if d is not None:
+                    n += d.n_downloads
+                    b += d.bytes_received
+        c = self.cache
+        return n, b, (c.hits if c else 0), (c.misses if c else 0)
+
+    def close(self) -> None:
+        for r in self.repos.values():
+            r.close()
+        self.repos.clear()
+        if self.cache is not None:
+            self.cache.close()
