@@ -200,6 +200,7 @@ struct pc_tracer {
     size_t answers_cap, answers_used;
     pc_stats stats;
     int ntasks;
+    long spin; /* waitpid polls before blocking */
 };
 
 pc_tracer *pc_new(const pc_rule *rules, int nrules)
@@ -216,6 +217,8 @@ pc_tracer *pc_new(const pc_rule *rules, int nrules)
     for (int i = 0; i < nrules; i++)
         if (rules[i].nr >= 0 && rules[i].nr < 1024)
             t->rule_of_nr[rules[i].nr] = (int16_t)i;
+    const char *spin = getenv("PARROT_CVMFS_SPIN");
+    t->spin = spin ? atol(spin) : 500;
     t->tasks_cap = 1024;
     t->tasks = calloc(t->tasks_cap, sizeof(task_state));
     t->answers_cap = 1 << 16;
@@ -540,16 +543,15 @@ static int examine_path(pc_tracer *t, const pc_rule *r, pid_t tid, const pc_regs
         *base_len = m;
         return has_prefix(t, 1, base);
     }
-    if (path_concerns(t, r, path))
-        return 1;
     if (path[0] == '/')
-        return 0;
+        return path_concerns(t, r, path);
+    /* relative: Python needs the base whenever the call concerns us */
     int m = dirfd == AT_FDCWD ? proc_link(tid, "cwd", -1, base, PC_PATH_MAX)
                               : proc_link(tid, NULL, dirfd, base, PC_PATH_MAX);
     if (m < 0)
         return 0; /* a bad dirfd: the kernel's EBADF/ENOTDIR is right */
     *base_len = m;
-    return base_concerns(t, r, base);
+    return path_concerns(t, r, path) || base_concerns(t, r, base);
 }
 
 /* ---- answering from the table ------------------------------------------------------------ */
@@ -814,11 +816,23 @@ int pc_finish_exit(pc_tracer *t, pid_t tid, int set_result, int64_t result)
     return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
 }
 
+/* Poll briefly before sleeping: a traced program stops again within microseconds,
+ * and a supervisor that sleeps in between pays a cross-CPU wake-up on every stop. */
+static pid_t wait_event(pc_tracer *t, int *status)
+{
+    for (long i = 0; i < t->spin; i++) {
+        pid_t tid = waitpid(-1, status, __WALL | WNOHANG);
+        if (tid != 0)
+            return tid;
+    }
+    return waitpid(-1, status, __WALL);
+}
+
 int pc_next(pc_tracer *t, pc_event *ev)
 {
     for (;;) {
         int status;
-        pid_t tid = waitpid(-1, &status, __WALL);
+        pid_t tid = wait_event(t, &status);
         if (tid < 0) {
             if (errno == EINTR) {
                 ev->kind = PC_EV_INTERRUPTED;
@@ -865,19 +879,11 @@ int pc_next(pc_tracer *t, pc_event *ev)
         if (sig == SIGTRAP && event == PTRACE_EVENT_EXEC) {
             unsigned long former = 0;
             ptrace(PTRACE_GETEVENTMSG, tid, 0, &former);
-            if ((pid_t)former != tid) {
-                /* exec from a non-leader thread: it now carries the leader's pid */
-                task_state *s = task_find(t, (pid_t)former);
-                if (s) {
-                    task_state copy = *s;
-                    task_del(t, (pid_t)former);
-                    task_state *d = task_add(t, tid);
-                    if (d) {
-                        *d = copy;
-                        d->tid = tid;
-                    }
-                }
-            }
+            /* The exec succeeded: the rewritten call is over (the registers now belong
+             * to the new program; its exit stop is not requested). Drop its state, also
+             * when a non-leader thread exec'd and now carries the leader's pid. */
+            task_del(t, (pid_t)former);
+            task_del(t, tid);
             ptrace(PTRACE_CONT, tid, 0, 0);
             ev->kind = PC_EV_EXEC;
             ev->tid = tid;
@@ -895,10 +901,10 @@ int pc_next(pc_tracer *t, pc_event *ev)
             ptrace(PTRACE_CONT, tid, 0, 0);
             continue;
         }
-        /* a signal-delivery stop: deliver the signal unchanged */
+        /* a signal-delivery stop: deliver the signal unchanged (a rewritten call has
+         * always reached its exit stop before a signal is delivered) */
         t->stats.signals++;
-        task_state *s = task_find(t, tid);
-        ptrace(s ? PTRACE_SYSCALL : PTRACE_CONT, tid, 0, (void *)(long)sig);
+        ptrace(PTRACE_CONT, tid, 0, (void *)(long)sig);
     }
 }
 

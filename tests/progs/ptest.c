@@ -1,0 +1,245 @@
+/* Test program for parrot_run: one scenario per subcommand, each printing what it
+ * observed, so that tests compare outputs (natively or against expectations).
+ * Scenarios follow what PRoot's and Parrot's test suites check (vfork/exec,
+ * /proc/self/exe, chdir in threads, openat edge cases, many mmaps, threads and
+ * fork), written for /cvmfs. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *root; /* a directory in /cvmfs with the test tree */
+
+static void res(const char *what, long r)
+{
+    if (r < 0)
+        printf("%s: %s\n", what, strerrorname_np(errno));
+    else
+        printf("%s: ok\n", what);
+}
+
+static int c_vfork_exec(char **argv)
+{
+    /* vfork, then exec a program from /cvmfs in the child; the parent waits */
+    pid_t pid = vfork();
+    if (pid == 0) {
+        execv(argv[0], argv);
+        _exit(99);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    printf("vfork child exit %d\n", WEXITSTATUS(st));
+    return 0;
+}
+
+static int c_self_exe(void)
+{
+    char b[4096];
+    ssize_t n = readlink("/proc/self/exe", b, sizeof b - 1);
+    b[n > 0 ? n : 0] = 0;
+    printf("%s\n", b);
+    n = readlink("/proc/thread-self/exe", b, sizeof b - 1);
+    b[n > 0 ? n : 0] = 0;
+    printf("%s\n", b);
+    struct stat a, c;
+    stat("/proc/self/exe", &a);
+    int fd = open("/proc/self/exe", O_RDONLY);
+    fstat(fd, &c);
+    printf("same size %d\n", a.st_size == c.st_size);
+    return 0;
+}
+
+struct hammer { const char *path; int n; int bad; };
+
+static void *hammer_thread(void *p)
+{
+    struct hammer *h = p;
+    char buf[64];
+    for (int i = 0; i < h->n; i++) {
+        struct stat st, st2;
+        if (stat(h->path, &st) != 0) { h->bad++; continue; }
+        int fd = open(h->path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) { h->bad++; continue; }
+        if (fstat(fd, &st2) != 0 || st.st_ino != st2.st_ino || st.st_size != st2.st_size)
+            h->bad++;
+        if (read(fd, buf, sizeof buf) < 0)
+            h->bad++;
+        close(fd);
+    }
+    return NULL;
+}
+
+static int c_threads(const char *path, int nthreads, int n)
+{
+    pthread_t t[64];
+    struct hammer h[64];
+    for (int i = 0; i < nthreads; i++) {
+        h[i] = (struct hammer){path, n, 0};
+        pthread_create(&t[i], NULL, hammer_thread, &h[i]);
+    }
+    int bad = 0;
+    for (int i = 0; i < nthreads; i++) {
+        pthread_join(t[i], NULL);
+        bad += h[i].bad;
+    }
+    printf("threads done, errors %d\n", bad);
+    return bad != 0;
+}
+
+static void *chdir_thread(void *p)
+{
+    (void)p;
+    res("thread chdir", chdir(root));
+    return NULL;
+}
+
+static int c_chdir_threads(void)
+{
+    /* threads share the working directory: one changes it, the other sees it */
+    pthread_t t;
+    pthread_create(&t, NULL, chdir_thread, NULL);
+    pthread_join(t, NULL);
+    char b[4096];
+    printf("cwd %s\n", getcwd(b, sizeof b) ? b : "(error)");
+    DIR *d = opendir(".");
+    int n = 0;
+    while (d && readdir(d))
+        n++;
+    printf("entries in . %d\n", n);
+    return 0;
+}
+
+static int c_openat_edges(void)
+{
+    char p[4096];
+    int dfd = open(root, O_RDONLY | O_DIRECTORY);
+    res("open dir O_DIRECTORY", dfd);
+    res("openat relative", openat(dfd, "README", O_RDONLY));
+    res("openat ..", openat(dfd, "../" , O_RDONLY | O_DIRECTORY));
+    res("openat O_NOFOLLOW symlink", openat(dfd, "links/rel", O_RDONLY | O_NOFOLLOW));
+    res("openat O_PATH|O_NOFOLLOW symlink", openat(dfd, "links/rel", O_PATH | O_NOFOLLOW));
+    res("openat O_DIRECTORY file", openat(dfd, "README", O_RDONLY | O_DIRECTORY));
+    res("openat trailing slash file", openat(dfd, "README/", O_RDONLY));
+    res("openat dirlink/", openat(dfd, "links/dirlink/", O_RDONLY));
+    res("openat O_RDWR", openat(dfd, "README", O_RDWR));
+    res("openat O_CREAT new", openat(dfd, "newfile", O_WRONLY | O_CREAT, 0644));
+    res("openat O_CREAT|O_EXCL existing", openat(dfd, "README", O_WRONLY | O_CREAT | O_EXCL, 0644));
+    res("openat O_RDONLY|O_CREAT existing", openat(dfd, "README", O_RDONLY | O_CREAT, 0644));
+    res("openat missing", openat(dfd, "missing", O_RDONLY));
+    res("openat loop", openat(dfd, "links/loop-a", O_RDONLY));
+    res("openat dangling", openat(dfd, "links/dangling", O_RDONLY));
+    struct open_how how = {.flags = O_RDONLY, .resolve = RESOLVE_NO_SYMLINKS};
+    res("openat2 NO_SYMLINKS plain", syscall(SYS_openat2, dfd, "README", &how, sizeof how));
+    res("openat2 NO_SYMLINKS link", syscall(SYS_openat2, dfd, "links/rel", &how, sizeof how));
+    struct stat a, b;
+    int fd = openat(dfd, "README", O_RDONLY);
+    fstatat(dfd, "README", &a, 0);
+    res("fstatat AT_EMPTY_PATH", fstatat(fd, "", &b, AT_EMPTY_PATH));
+    printf("same inode %d same dev %d\n", a.st_ino == b.st_ino, a.st_dev == b.st_dev);
+    fstat(dfd, &b);
+    stat(root, &a);
+    printf("dir same inode %d nlink %d\n", a.st_ino == b.st_ino, a.st_nlink == b.st_nlink);
+    res("mkdirat new", mkdirat(dfd, "newdir", 0755));
+    res("mkdirat existing", mkdirat(dfd, "data", 0755));
+    res("unlinkat", unlinkat(dfd, "README", 0));
+    res("unlinkat missing", unlinkat(dfd, "missing", 0));
+    snprintf(p, sizeof p, "%s/README", root);
+    res("rename in", rename(p, "/tmp/parrot-cvmfs-rename-target"));
+    res("chmod", chmod(p, 0777));
+    res("chmod missing", chmod("/cvmfs/nonexistent.example.org/x", 0777));
+    res("truncate", truncate(p, 0));
+    res("access W_OK", access(p, W_OK));
+    res("access R_OK", access(p, R_OK));
+    res("symlink into", symlink("x", p));
+    res("fchmod on fd", fchmod(fd, 0777));
+    snprintf(p, sizeof p, "%s/links/rel", root);
+    char l[256];
+    ssize_t n = readlink(p, l, sizeof l);
+    printf("readlink %.*s\n", (int)(n > 0 ? n : 0), l);
+    snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+    n = readlink(p, l, sizeof l);
+    printf("fd link %.*s\n", (int)(n > 0 ? n : 0), l);
+    return 0;
+}
+
+static int c_mmaps(const char *path, int n)
+{
+    /* many mappings of one /cvmfs file, all reading the same bytes */
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0)
+        return perror("open"), 1;
+    long sum0 = -1;
+    for (int i = 0; i < n; i++) {
+        unsigned char *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED)
+            return perror("mmap"), 1;
+        long sum = 0;
+        for (off_t j = 0; j < st.st_size; j += 512)
+            sum += m[j];
+        if (sum0 < 0)
+            sum0 = sum;
+        else if (sum != sum0)
+            return printf("mapping %d differs\n", i), 1;
+    }
+    printf("%d mappings agree\n", n);
+    return 0;
+}
+
+static void *fork_thread(void *p)
+{
+    (void)p;
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct stat st;
+        _exit(stat(root, &st) == 0 ? 0 : 1);
+    }
+    int s;
+    waitpid(pid, &s, 0);
+    return (void *)(long)(WIFEXITED(s) && WEXITSTATUS(s) == 0);
+}
+
+static int c_threads_fork(int n)
+{
+    /* many threads, each forking a child that stats /cvmfs */
+    int ok = 0;
+    for (int i = 0; i < n; i += 16) {
+        pthread_t t[16];
+        int k = n - i < 16 ? n - i : 16;
+        for (int j = 0; j < k; j++)
+            pthread_create(&t[j], NULL, fork_thread, NULL);
+        for (int j = 0; j < k; j++) {
+            void *r;
+            pthread_join(t[j], &r);
+            ok += (int)(long)r;
+        }
+    }
+    printf("%d of %d forked children saw /cvmfs\n", ok, n);
+    return ok != n;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return 2;
+    root = getenv("ROOT");
+    const char *c = argv[1];
+    if (!strcmp(c, "vfork-exec")) return c_vfork_exec(argv + 2);
+    if (!strcmp(c, "self-exe")) return c_self_exe();
+    if (!strcmp(c, "threads")) return c_threads(argv[2], atoi(argv[3]), atoi(argv[4]));
+    if (!strcmp(c, "chdir-threads")) return c_chdir_threads();
+    if (!strcmp(c, "openat")) return c_openat_edges();
+    if (!strcmp(c, "mmaps")) return c_mmaps(argv[2], atoi(argv[3]));
+    if (!strcmp(c, "threads-fork")) return c_threads_fork(atoi(argv[2]));
+    return 2;
+}

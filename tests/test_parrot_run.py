@@ -1,0 +1,443 @@
+"""parrot_run with real programs under the real tracer.
+
+Differential tests run each command natively on the source tree and under
+parrot_run on /cvmfs/<repo>, and compare the outputs with the paths substituted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from parrot_cvmfs.server.publisher import PublishOptions, publish
+from parrot_cvmfs.server.serve import StratumServer
+
+from .conftest import REAL_REPOS, base_env, repo_spec
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
+
+
+def run(cmd, env, timeout=300, **kw):
+    return subprocess.run(cmd, env=env, capture_output=True, timeout=timeout, **kw)
+
+
+class Parrot:
+    def __init__(self, env: dict[str, str], cache: str):
+        self.env, self.cache = env, cache
+
+    def __call__(self, *cmd, env=None, timeout=300, options=(), **kw):
+        e = dict(self.env)
+        e.update(env or {})
+        return run([*PARROT, "--cache-dir", self.cache, *options, "--", *cmd], e, timeout, **kw)
+
+    def sh(self, script, **kw):
+        return self("/bin/sh", "-c", script, **kw)
+
+
+@pytest.fixture(scope="module")
+def round_server(published):
+    srv = StratumServer(published.stratum)
+    srv.start_background()
+    yield srv
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def parrot(published, round_server, tmp_path_factory):
+    env = base_env(PARROT_CVMFS_REPO=repo_spec(published.name, f"{round_server.url}/{published.name}",
+                                               published.pubkey))
+    return Parrot(env, str(tmp_path_factory.mktemp("parrot-cache")))
+
+
+# -- differential tests on the generated tree ------------------------------------------------------
+
+CROSS_CATALOG = {"./hardlinks/pair1", "./hardlinks/pair2", "./nested/cross-catalog-link"}
+
+
+def differential(parrot, published, script: str) -> tuple[str, str]:
+    """(native output, output under parrot_run), with the tree's root written <ROOT>."""
+    src = published.src
+    mnt = f"/cvmfs/{published.name}"
+    native = run(["/bin/sh", "-c", f"cd {src} && {script}"], base_env(ROOT=src))
+    traced = parrot.sh(f"cd {mnt} && {script}", env={"ROOT": mnt})
+    assert traced.returncode == native.returncode, (script, native.stderr, traced.stderr)
+    n = native.stdout.decode("utf-8", "surrogateescape").replace(src, "<ROOT>")
+    t = traced.stdout.decode("utf-8", "surrogateescape").replace(mnt, "<ROOT>")
+    return n, t
+
+
+VARIANT_RAW = "$(PARROT_TEST_VAR:-default)/x"
+
+
+def _expand_variant(native: str) -> str:
+    """The variant symlink: the real client shows it expanded (PARROT_TEST_VAR unset)."""
+    out = []
+    for line in native.splitlines():
+        if line.startswith("./links/variant|"):
+            line = line.replace(VARIANT_RAW, "default/x").replace(f"|{len(VARIANT_RAW)}|", "|9|")
+        out.append(line)
+    return "\n".join(out)
+
+
+def _drop_cross_catalog_nlink(line: str) -> str:
+    """The catalog boundary breaks a hardlink group: link counts differ there (as on the
+    real server)."""
+    return line.split("|", 1)[0] if line.split("|", 1)[0] in CROSS_CATALOG else line
+
+
+def test_find_printf_every_attribute(parrot, published):
+    fmt = "%p|%y|%Y|%m|%s|%n|%T@|%l|%U|%G\\n"
+    n, t = differential(parrot, published, f"find . -printf '{fmt}' | LC_ALL=C sort")
+    assert [_drop_cross_catalog_nlink(x) for x in t.splitlines()] == \
+        [_drop_cross_catalog_nlink(x) for x in _expand_variant(n).splitlines()]
+    assert len(t.splitlines()) > 100
+
+
+def test_ls_laR(parrot, published):
+    def clean(out: str) -> list[str]:
+        lines = []
+        for line in out.splitlines():
+            if line.startswith("total ") or line.endswith(" ..") and "./" not in line:
+                continue
+            if " variant -> " in line:  # expanded by the client, raw natively
+                continue
+            if any(c.rsplit("/", 1)[-1] in line for c in CROSS_CATALOG) and line.startswith("-"):
+                line = line.split(None, 2)[0]
+            lines.append(line)
+        return lines
+
+    n, t = differential(parrot, published, "LC_ALL=C ls -laR --time-style=full-iso .")
+    assert clean(t) == clean(n)
+
+
+def test_stat_readlink_du_sha256(parrot, published):
+    script = (
+        "find . -path ./nested/cross-catalog-link -prune -o -path './hardlinks/pair*' -prune -o "
+        "-path ./links/variant -prune -o "
+        "-print0 | LC_ALL=C sort -z | xargs -0 stat -c '%n %F %a %s %h %Y %N'; "
+        "find . -type l ! -name variant | LC_ALL=C sort | while read -r l; do "
+        "echo \"$l $(readlink -f \"$l\")\"; done; "
+        "du -abl --exclude=variant . | LC_ALL=C sort -k2; "
+        "find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum"
+    )
+    n, t = differential(parrot, published, script)
+    assert t == n
+    assert "big.bin" in t
+
+
+def test_tar_and_cp_a(parrot, published, tmp_path):
+    n, t = differential(parrot, published, "tar cf - . | tar tf - | LC_ALL=C sort")
+    assert t == n and "./large/big.bin" in t
+    dest = tmp_path / "copy"
+    p = parrot("cp", "-a", f"/cvmfs/{published.name}", str(dest))
+    assert p.returncode == 0, p.stderr
+    d = run(["diff", "-r", "--no-dereference", "-x", "fifo", "-x", "variant", published.src, str(dest)], base_env())
+    assert d.returncode == 0, d.stdout
+    fmt = "%P|%y|%m|%s|%T@|%l\\n"
+    a = run(["find", published.src, "!", "-name", "variant", "-printf", fmt], base_env()).stdout
+    b = run(["find", str(dest), "!", "-name", "variant", "-printf", fmt], base_env()).stdout
+    assert sorted(a.splitlines()) == sorted(b.splitlines())
+    assert os.readlink(dest / "links" / "variant") == "default/x"
+
+
+def test_cd_pwd(parrot, published):
+    script = ("cd nested/inner && pwd && pwd -P && /bin/pwd && cd ../../links/dirlink && pwd "
+              "&& pwd -P && /bin/pwd && ls && cd .. && pwd")
+    n, t = differential(parrot, published, script)
+    assert t == n
+    assert "<ROOT>/links/sub" in t
+
+
+def test_errors_seen_by_programs(parrot, published):
+    mnt = f"/cvmfs/{published.name}"
+    p = parrot.sh(f"cat {mnt}/nope; echo rc=$?; touch {mnt}/new; echo rc=$?; "
+                  f"mkdir {mnt}/data; echo rc=$?; rm -f {mnt}/README; echo rc=$?; "
+                  f"ls /cvmfs/no-such.example.org; echo rc=$?; cat {mnt}/links/loop-a; echo rc=$?",
+                  env={"LC_ALL": "C"})
+    err = p.stderr.decode()
+    assert "No such file or directory" in err and "Read-only file system" in err
+    assert "File exists" in err and "Too many levels of symbolic links" in err
+    assert p.stdout.decode().count("rc=1") >= 5
+
+
+# -- the real repository written by cvmfs 2.12 ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_parrot(real_env, tmp_path_factory):
+    return Parrot(real_env, str(tmp_path_factory.mktemp("real-cache")))
+
+
+def test_real_repository_walked(real_parrot):
+    with open(os.path.join(REAL_REPOS, "ref.test.org", "tree-v2.jsonl")) as f:
+        tree = {r["path"]: r for r in map(json.loads, f)}
+    mnt = "/cvmfs/ref.test.org"
+    p = real_parrot("find", mnt, "-printf", "%P\\0%y\\0%m\\0%s\\0%T@\\0%n\\0%l\\0")
+    assert p.returncode == 0, p.stderr
+    fields = p.stdout.decode().split("\0")[:-1]
+    seen = {}
+    types = {"d": "dir", "f": "file", "l": "symlink", "p": "special"}
+    for i in range(0, len(fields), 7):
+        rel, y, m, s, t, nl, link = fields[i : i + 7]
+        seen["/" + rel if rel else "/"] = (types[y], int(m, 8), int(s), int(float(t)), int(nl), link)
+    assert sorted(seen) == sorted(tree)
+    for path, r in tree.items():
+        kind, mode, size, mtime, nlink, link = seen[path]
+        assert (kind, mode & 0o7777, mtime, nlink) == (r["type"], r["mode"] & 0o7777, r["mtime"], r["nlink"]), path
+        if kind == "symlink":
+            assert link == (r["symlink"] if path != "/links/variant" else "x86_64/lib"), path
+        elif kind != "special":
+            assert size == r["size"], path
+    p = real_parrot("sh", "-c", f"cd {mnt} && find . -type f -print0 | xargs -0 sha256sum --zero")
+    assert p.returncode == 0, p.stderr
+    sums = {line[66:].lstrip("."): line[:64] for line in p.stdout.decode().split("\0") if line}
+    assert {k: v for k, v in sums.items()} == {k: r["sha256"] for k, r in tree.items() if r["type"] == "file"}
+    p = real_parrot("getfattr", "-d", "-e", "hex", f"{mnt}/xattr/one.txt")
+    assert "user.foo=0x626172" in p.stdout.decode()
+    assert "user.binary=0x000102030405060708090a0b0c0d0e0f" in p.stdout.decode()
+    p = real_parrot("getfattr", "-n", "user.fqrn", "--only-values", f"{mnt}/")
+    assert p.stdout == b"ref.test.org"
+    p = real_parrot("stat", "-c", "%F", f"{mnt}/special/fifo")
+    assert p.stdout.decode().strip() == "fifo"
+    p = real_parrot("readlink", f"{mnt}/links/variant")
+    assert p.stdout.decode().strip() == "x86_64/lib"
+    p = real_parrot("readlink", f"{mnt}/links/variant", env={"CVMFS_ARCH": "aarch64"})
+    assert p.stdout.decode().strip() == "aarch64/lib"
+
+
+# -- exec, processes, signals -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def progs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("progs")
+    out = str(d / "ptest")
+    subprocess.run(["cc", "-O1", "-pthread", "-o", out, os.path.join(HERE, "progs", "ptest.c")],
+                   check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exec_repo(tmp_path_factory, progs):
+    """A repository with programs: a C binary, one whose ELF interpreter is in /cvmfs,
+    scripts with host and /cvmfs interpreters, a Python package, a C library, a git repo."""
+    base = tmp_path_factory.mktemp("exec")
+    src = base / "src"
+    name = "exec.test.org"
+    for d in ("bin", "lib64", "lib", "include", "py/mypkg"):
+        (src / d).mkdir(parents=True)
+    hello = base / "hello.c"
+    hello.write_text(
+        '#include <stdio.h>\n#include <unistd.h>\nint main(int c, char **v){char b[4096];'
+        'ssize_t n=readlink("/proc/self/exe",b,sizeof b-1);b[n>0?n:0]=0;'
+        'printf("exe=%s argv0=%s argc=%d\\n",b,v[0],c);return 3;}\n')
+    subprocess.run(["cc", "-o", str(src / "bin/hello"), str(hello)], check=True)
+    ld = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
+    shutil.copy(ld, src / "lib64/ld-linux-x86-64.so.2")
+    subprocess.run(["cc", "-o", str(src / "bin/hello-interp"),
+                    f"-Wl,--dynamic-linker=/cvmfs/{name}/lib64/ld-linux-x86-64.so.2", str(hello)],
+                   check=True)
+    shutil.copy(progs, src / "bin/ptest")
+    shutil.copy("/bin/dash" if os.path.exists("/bin/dash") else "/bin/sh", src / "bin/dash")
+    (src / "bin/script.sh").write_text('#!/bin/sh\necho "script $0 args: $*"\n')
+    (src / "bin/dscript").write_text(f'#!/cvmfs/{name}/bin/dash -e\necho "dash-script $0 args: $*"\n')
+    (src / "bin/nested-script").write_text(f"#!/cvmfs/{name}/bin/script.sh\n")
+    (src / "bin/not-exec").write_text("#!/bin/sh\necho no\n")
+    for f in ("script.sh", "dscript", "nested-script"):
+        os.chmod(src / "bin" / f, 0o755)
+    (src / "include/mylib.h").write_text("int mylib_answer(void);\n")
+    lib_c = base / "mylib.c"
+    lib_c.write_text("int mylib_answer(void){return 42;}\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(src / "lib/libmylib.so"), str(lib_c)], check=True)
+    (src / "py/mypkg/__init__.py").write_text("VALUE = 42\nfrom . import sub\n")
+    (src / "py/mypkg/sub.py").write_text("NAME = 'sub'\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q", str(src / "gitrepo")], check=True)
+    (src / "gitrepo/a.txt").write_text("hello\n")
+    subprocess.run([*git, "-C", str(src / "gitrepo"), "add", "a.txt"], check=True)
+    subprocess.run([*git, "-C", str(src / "gitrepo"), "commit", "-qm", "first commit"], check=True)
+    (src / "README").write_text("exec repository\n")
+    (src / "data.bin").write_bytes(os.urandom(200_000))
+    os.symlink("data.bin", src / "data-link")
+    stratum, keys = str(base / "stratum"), str(base / "keys")
+    publish(PublishOptions(source=str(src), name=name, stratum=stratum, keys_dir=keys))
+    srv = StratumServer(stratum)
+    srv.start_background()
+    env = base_env(PARROT_CVMFS_REPO=repo_spec(name, f"{srv.url}/{name}", f"{keys}/{name}.pub"))
+    yield Parrot(env, str(base / "cache")), f"/cvmfs/{name}", str(src), stratum
+    srv.shutdown()
+
+
+def test_exec_binaries_and_scripts(exec_repo):
+    parrot, mnt, _, _ = exec_repo
+    p = parrot(f"{mnt}/bin/hello", "a", "b")
+    assert p.returncode == 3
+    assert p.stdout.decode() == f"exe={mnt}/bin/hello argv0={mnt}/bin/hello argc=3\n"
+    p = parrot(f"{mnt}/bin/hello-interp", "x")  # PT_INTERP inside /cvmfs
+    assert p.returncode == 3, p.stderr
+    assert p.stdout.decode() == f"exe={mnt}/bin/hello-interp argv0={mnt}/bin/hello-interp argc=2\n"
+    p = parrot(f"{mnt}/bin/script.sh", "1", "2")
+    assert p.stdout.decode() == f"script {mnt}/bin/script.sh args: 1 2\n"
+    p = parrot(f"{mnt}/bin/dscript", "a")  # the interpreter itself is in /cvmfs
+    assert p.stdout.decode() == f"dash-script {mnt}/bin/dscript args: a\n", p.stderr
+    p = parrot(f"{mnt}/bin/nested-script", "z")  # a script as the interpreter of a script
+    assert p.stdout.decode() == f"script {mnt}/bin/script.sh args: {mnt}/bin/nested-script z\n", p.stderr
+    p = parrot(f"{mnt}/bin/not-exec")
+    assert p.returncode == 126 and "Permission denied" in p.stderr.decode()
+    p = parrot(f"{mnt}/bin/nothing")
+    assert p.returncode == 127 and "No such file or directory" in p.stderr.decode()
+    # argv[0] as the caller sets it, exec through PATH and through env
+    p = parrot("bash", "-c", f"PATH={mnt}/bin:$PATH; exec -a custom hello")
+    assert p.stdout.decode() == f"exe={mnt}/bin/hello argv0=custom argc=1\n", p.stderr
+    p = parrot("env", f"{mnt}/bin/hello")
+    assert p.returncode == 3
+
+
+def test_python_c_compile_git(exec_repo, tmp_path):
+    parrot, mnt, _, _ = exec_repo
+    p = parrot(sys.executable, "-c", f"import sys; sys.path.insert(0, '{mnt}/py'); import mypkg; "
+               "print(mypkg.VALUE, mypkg.sub.NAME, mypkg.__file__)")
+    assert p.stdout.decode() == f"42 sub {mnt}/py/mypkg/__init__.py\n", p.stderr
+    src = tmp_path / "use.c"
+    src.write_text("#include <mylib.h>\n#include <stdio.h>\nint main(void){printf(\"%d\\n\", mylib_answer());}\n")
+    out = tmp_path / "use"
+    p = parrot("cc", f"-I{mnt}/include", f"-L{mnt}/lib", f"-Wl,-rpath,{mnt}/lib", "-o", str(out),
+               str(src), "-lmylib")
+    assert p.returncode == 0, p.stderr
+    p = parrot(str(out))
+    assert p.stdout == b"42\n", p.stderr
+    p = parrot("git", "-C", f"{mnt}/gitrepo", "log", "--format=%s")
+    assert p.stdout == b"first commit\n", p.stderr
+    p = parrot("git", "-C", f"{mnt}/gitrepo", "status", "--porcelain")
+    assert p.returncode == 0 and p.stdout == b"", p.stderr
+
+
+def test_exit_status_and_signals(exec_repo):
+    parrot, mnt, _, _ = exec_repo
+    assert parrot("sh", "-c", "exit 7").returncode == 7
+    assert parrot("sh", "-c", "kill -TERM $$").returncode == 128 + signal.SIGTERM
+    assert parrot("sh", "-c", "kill -SEGV $$").returncode == 128 + signal.SIGSEGV
+    # a handler sees its signal unchanged
+    p = parrot("sh", "-c", "trap 'echo got USR1' USR1; kill -USR1 $$; echo after")
+    assert p.stdout == b"got USR1\nafter\n"
+    # group stop and continue
+    p = parrot("sh", "-c", "sleep 0.3 & pid=$!; kill -STOP $pid; sleep 0.2; kill -CONT $pid; "
+               "wait $pid; echo waited $?")
+    assert p.stdout == b"waited 0\n"
+    # stdin and the working directory pass through
+    p = parrot("cat", input=b"from stdin\n")
+    assert p.stdout == b"from stdin\n"
+    p = parrot("pwd", cwd="/tmp")
+    assert p.stdout == b"/tmp\n"
+
+
+def test_many_short_children_and_make(exec_repo, tmp_path):
+    parrot, mnt, _, _ = exec_repo
+    p = parrot("sh", "-c", f"i=0; while [ $i -lt 1000 ]; do cat {mnt}/README >/dev/null || exit 1; "
+               "i=$((i+1)); done; echo done")
+    assert p.stdout == b"done\n", p.stderr
+    mk = tmp_path / "Makefile"
+    mk.write_text("".join(f"t{i}:\n\t@cat {mnt}/README > /dev/null && echo t{i}\n" for i in range(40))
+                  + "all: " + " ".join(f"t{i}" for i in range(40)) + "\n")
+    p = parrot("make", "-j2", "-f", str(mk), "all")
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 40, p.stderr
+
+
+def test_ptest_scenarios(exec_repo):
+    parrot, mnt, src, _ = exec_repo
+    ptest = f"{mnt}/bin/ptest"
+    env = {"ROOT": mnt}
+    p = parrot(ptest, "vfork-exec", f"{mnt}/bin/hello", env=env)
+    assert p.stdout.decode().endswith("vfork child exit 3\n"), p.stderr
+    p = parrot(ptest, "self-exe", env=env)
+    assert p.stdout.decode() == f"{ptest}\n{ptest}\nsame size 1\n", p.stderr
+    p = parrot(ptest, "threads", f"{mnt}/README", "8", "300", env=env)
+    assert p.stdout == b"threads done, errors 0\n", p.stderr
+    p = parrot(ptest, "chdir-threads", env=env)
+    assert p.stdout.decode().splitlines()[1:] == [f"cwd {mnt}", f"entries in . {len(os.listdir(src)) + 2}"]
+    p = parrot(ptest, "mmaps", f"{mnt}/data.bin", "2000", env=env)
+    assert p.stdout == b"2000 mappings agree\n", p.stderr
+    p = parrot(ptest, "threads-fork", "400", env=env)
+    assert p.stdout == b"400 of 400 forked children saw /cvmfs\n", p.stderr
+
+
+def test_openat_edge_cases(parrot, published, progs):
+    mnt = f"/cvmfs/{published.name}"
+    p = parrot(progs, "openat", env={"ROOT": mnt})
+    got = dict(line.split(": ", 1) for line in p.stdout.decode().splitlines() if ": " in line)
+    expect = {
+        "open dir O_DIRECTORY": "ok", "openat relative": "ok", "openat ..": "ok",
+        "openat O_NOFOLLOW symlink": "ELOOP", "openat O_PATH|O_NOFOLLOW symlink": "ok",
+        "openat O_DIRECTORY file": "ENOTDIR", "openat trailing slash file": "ENOTDIR",
+        "openat dirlink/": "ok", "openat O_RDWR": "EROFS", "openat O_CREAT new": "EROFS",
+        "openat O_CREAT|O_EXCL existing": "EEXIST", "openat O_RDONLY|O_CREAT existing": "ok",
+        "openat missing": "ENOENT", "openat loop": "ELOOP", "openat dangling": "ENOENT",
+        "openat2 NO_SYMLINKS plain": "ok", "openat2 NO_SYMLINKS link": "ELOOP",
+        "fstatat AT_EMPTY_PATH": "ok", "mkdirat new": "EROFS", "mkdirat existing": "EEXIST",
+        "unlinkat": "EROFS", "unlinkat missing": "EROFS", "rename in": "EXDEV", "chmod": "EROFS",
+        "chmod missing": "ENOENT", "truncate": "EROFS", "access W_OK": "EROFS", "access R_OK": "ok",
+        "symlink into": "EEXIST", "fchmod on fd": "EROFS",
+    }
+    for k, v in expect.items():
+        if k in got:
+            assert got[k] == v, (k, got[k], v)
+    missing = set(expect) - set(got)
+    assert not missing, missing
+    out = p.stdout.decode()
+    assert "readlink target.txt" in out
+    assert "same inode 1 same dev 1" in out and "dir same inode 1 nlink 1" in out
+    assert f"fd link {mnt}/README" in out
+
+
+def test_killed_supervisor_leaves_no_job(exec_repo, tmp_path):
+    parrot, mnt, _, _ = exec_repo
+    marker = tmp_path / "alive"
+    e = dict(parrot.env)
+    proc = subprocess.Popen([*PARROT, "--cache-dir", parrot.cache, "--", "sh", "-c",
+                             f"cat {mnt}/README >/dev/null; while true; do touch {marker}; sleep 0.1; done"],
+                            env=e)
+    deadline = time.time() + 30
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    marker.unlink()
+    time.sleep(0.5)
+    assert not marker.exists(), "the job kept running after the supervisor was killed"
+
+
+def test_unavailable_repository_and_download_failure(exec_repo, tmp_path):
+    parrot, mnt, _, stratum = exec_repo
+    p = parrot("ls", "/cvmfs/exec.test.org", options=("--cvmfs", "missing.example.org"))
+    assert p.returncode == 1
+    assert p.stderr.decode().startswith("parrot_run: cannot mount /cvmfs/missing.example.org:")
+    # a file whose object is gone from the server: EIO for the program, one line for the user
+    from parrot_cvmfs.client.config import Configuration
+    from parrot_cvmfs.client.repository import Repository
+
+    with Repository.mount("exec.test.org", cache_dir=str(tmp_path / "probe"),
+                          config=Configuration(env=parrot.env)) as repo:
+        h = repo.lookup("/README").hash
+        url = repo.downloader.path.current()[1]
+    path = os.path.join(stratum, "exec.test.org", h.object_path().lstrip("/"))
+    saved = path + ".saved"
+    os.rename(path, saved)
+    try:
+        fresh = Parrot(parrot.env, str(tmp_path / "fresh-cache"))
+        p = fresh("sh", "-c", f"cat {mnt}/README; echo rc=$?", options=("--stats",))
+        assert b"rc=1" in p.stdout
+        err = p.stderr.decode()
+        assert "Input/output error" in err
+        assert f"parrot_run: cannot download exec.test.org:/README: {url}{h.object_path()}: HTTP 404" in err
+        assert "I/O errors 1" in err
+    finally:
+        os.rename(saved, path)
