@@ -33,6 +33,7 @@ ffibuilder.cdef(
     #define PC_FAST_STATX 2
     #define PC_FAST_ACCESS 3
     #define PC_FAST_READLINK 4
+    #define PC_FAST_OPEN 5
     #define PC_EV_SYSCALL 1
     #define PC_EV_SYSCALL_EXIT 2
     #define PC_EV_NEWTASK 3
@@ -115,6 +116,8 @@ ffibuilder.cdef(
     int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
                      const void *statx_buf, const int8_t *access_err, const char *link,
                      int link_len);
+    int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *target,
+                          int is_dir);
     void pc_table_clear(pc_tracer *t);
     int pc_table_size(pc_tracer *t);
     """

@@ -17,6 +17,9 @@
  *    directory, an fd that does not refer into our cache: the task is resumed;
  *  - stat/lstat/newfstatat/statx/access/faccessat/readlink of an absolute path that
  *    Python answered before: the answer is replayed from the answer table (one stop);
+ *    fstat (and AT_EMPTY_PATH stats) of a descriptor on a file Python handed out,
+ *    keyed by the descriptor's target; a read-only open of a path Python opened
+ *    before: the path is pointed at the same backing file (two stops);
  *  - the exit stop of a call whose arguments were rewritten: the original
  *    registers are put back (compiled code may rely on them), the result kept.
  * Everything else is returned to Python as a pc_event with the call's arguments and
@@ -185,6 +188,9 @@ typedef struct {
     int8_t access[8];
     char *link;
     int link_len;
+    char *open_target; /* backing file of a read-only open, if Python allowed one */
+    int open_len;
+    int open_is_dir;
 } answer;
 
 struct pc_tracer {
@@ -349,6 +355,7 @@ void pc_table_clear(pc_tracer *t)
     for (size_t i = 0; i < t->answers_cap; i++) {
         free(t->answers[i].key);
         free(t->answers[i].link);
+        free(t->answers[i].open_target);
     }
     memset(t->answers, 0, t->answers_cap * sizeof(answer));
     t->answers_used = 0;
@@ -356,8 +363,7 @@ void pc_table_clear(pc_tracer *t)
 
 int pc_table_size(pc_tracer *t) { return (int)t->answers_used; }
 
-int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
-                 const void *statx_buf, const int8_t *access_err, const char *link, int link_len)
+static answer *answer_slot(pc_tracer *t, const char *key, int follow)
 {
     size_t len = strlen(key);
     char f = follow ? 'F' : 'N';
@@ -372,11 +378,32 @@ int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void 
         a = &t->answers[i];
         a->key = malloc(len + 2);
         if (!a->key)
-            return -1;
+            return NULL;
         a->key[0] = f;
         memcpy(a->key + 1, key, len + 1);
         t->answers_used++;
     }
+    return a;
+}
+
+int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *target, int is_dir)
+{
+    answer *a = answer_slot(t, key, follow);
+    if (!a)
+        return -1;
+    free(a->open_target);
+    a->open_len = (int)strlen(target);
+    a->open_target = strdup(target);
+    a->open_is_dir = is_dir;
+    return a->open_target ? 0 : -1;
+}
+
+int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
+                 const void *statx_buf, const int8_t *access_err, const char *link, int link_len)
+{
+    answer *a = answer_slot(t, key, follow);
+    if (!a)
+        return -1;
     a->err = err;
     a->has_stat = stat_buf != NULL;
     a->has_statx = statx_buf != NULL;
@@ -556,11 +583,48 @@ static int examine_path(pc_tracer *t, const pc_rule *r, pid_t tid, const pc_regs
 
 /* ---- answering from the table ------------------------------------------------------------ */
 
+static int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
+                        const uint64_t *values, int report_exit, int is_exec);
+
+#define O_WRITE_BITS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | __O_TMPFILE)
+
+/* Replay a read-only open Python performed before: same backing file, two stops. */
+static int fast_open(pc_tracer *t, const pc_rule *r, pid_t tid, pc_regs *regs, const char *path,
+                     int len)
+{
+    uint64_t flags = get_arg(regs, r->flags_arg);
+    if (flags & (O_WRITE_BITS | O_PATH))
+        return 0;
+    answer *a = answer_find(t, (flags & O_NOFOLLOW) ? 'N' : 'F', path, (size_t)len);
+    if (!a)
+        return 0;
+    if (a->err) {
+        if (skip_call(tid, regs, -(int64_t)a->err) == 0)
+            ptrace(PTRACE_CONT, tid, 0, 0);
+        return 1;
+    }
+    if (!a->open_target)
+        return 0;
+    if ((flags & O_DIRECTORY) && !a->open_is_dir) {
+        if (skip_call(tid, regs, -ENOTDIR) == 0)
+            ptrace(PTRACE_CONT, tid, 0, 0);
+        return 1;
+    }
+    uint64_t addr = (reg_sp(regs) - RED_ZONE - (uint64_t)a->open_len - 1) & ~(uint64_t)15;
+    if (pc_write(tid, addr, a->open_target, (size_t)a->open_len + 1) != a->open_len + 1)
+        return 0;
+    int arg = r->path_arg;
+    return rewrite_args(t, tid, regs, 1, &arg, &addr, 0, 0) == 0;
+}
+
+/* `path` is the absolute path of a path call, or the target of a descriptor. */
 static int fast_answer(pc_tracer *t, const pc_rule *r, pid_t tid, pc_regs *regs, const char *path,
-                       int len)
+                       int len, int by_fd)
 {
     if (r->fast == PC_FAST_NONE || path[0] != '/')
         return 0;
+    if (r->fast == PC_FAST_OPEN)
+        return by_fd ? 0 : fast_open(t, r, tid, regs, path, len);
     int follow = r->follow_default;
     if (r->flags_arg >= 0) {
         uint64_t fl = get_arg(regs, r->flags_arg);
@@ -569,6 +633,8 @@ static int fast_answer(pc_tracer *t, const pc_rule *r, pid_t tid, pc_regs *regs,
     }
     if (r->fast == PC_FAST_READLINK)
         follow = 0;
+    if (by_fd)
+        follow = 1;
     answer *a = answer_find(t, follow ? 'F' : 'N', path, (size_t)len);
     if (!a)
         return 0;
@@ -754,8 +820,12 @@ static int on_seccomp_stop(pc_tracer *t, pid_t tid, pc_event *ev)
         t->stats.passed_in_c++;
         return 0;
     }
-    if (r->kind == PC_KIND_PATH && !ev->empty_path && ev->base_len == 0 &&
-        fast_answer(t, r, tid, &regs, ev->path, ev->path_len)) {
+    int fast = 0;
+    if (r->kind == PC_KIND_FD || ev->empty_path)
+        fast = ev->base_len > 0 && fast_answer(t, r, tid, &regs, ev->base, ev->base_len, 1);
+    else if (r->kind == PC_KIND_PATH && ev->base_len == 0)
+        fast = fast_answer(t, r, tid, &regs, ev->path, ev->path_len, 0);
+    if (fast) {
         t->stats.answered_in_c++;
         return 0;
     }
@@ -923,6 +993,25 @@ int pc_skip(pc_tracer *t, pid_t tid, int64_t result)
     return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
 }
 
+static int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
+                        const uint64_t *values, int report_exit, int is_exec)
+{
+    task_state *s = task_add(t, tid);
+    if (!s)
+        return -ENOMEM;
+    s->saved = *regs;
+    s->report_exit = report_exit;
+    s->is_exec = is_exec;
+    for (int i = 0; i < narg; i++)
+        set_arg(regs, args[i], values[i]);
+    if (set_regs(tid, regs) < 0) {
+        int e = errno;
+        task_del(t, tid);
+        return -e;
+    }
+    return ptrace(PTRACE_SYSCALL, tid, 0, 0) < 0 ? -errno : 0;
+}
+
 /* Point arguments at data Python wrote below the stack pointer (past the red zone),
  * run the call, and restore the original registers at its exit stop. */
 int pc_set_args(pc_tracer *t, pid_t tid, int narg, const int *args, const uint64_t *values,
@@ -931,18 +1020,5 @@ int pc_set_args(pc_tracer *t, pid_t tid, int narg, const int *args, const uint64
     pc_regs regs;
     if (get_regs(tid, &regs) < 0)
         return -errno;
-    task_state *s = task_add(t, tid);
-    if (!s)
-        return -ENOMEM;
-    s->saved = regs;
-    s->report_exit = report_exit;
-    s->is_exec = is_exec;
-    for (int i = 0; i < narg; i++)
-        set_arg(&regs, args[i], values[i]);
-    if (set_regs(tid, &regs) < 0) {
-        int e = errno;
-        task_del(t, tid);
-        return -e;
-    }
-    return ptrace(PTRACE_SYSCALL, tid, 0, 0) < 0 ? -errno : 0;
+    return rewrite_args(t, tid, &regs, narg, args, values, report_exit, is_exec);
 }

@@ -27,6 +27,7 @@ enum {
     PC_FAST_STATX = 2,    /* struct statx at arg `out_arg` */
     PC_FAST_ACCESS = 3,   /* mode at arg `mode_arg` */
     PC_FAST_READLINK = 4, /* buffer at `out_arg`, size at `size_arg` */
+    PC_FAST_OPEN = 5,     /* read-only open: the path is pointed at the backing file */
 };
 
 typedef struct {
@@ -118,6 +119,7 @@ int pc_ntasks(pc_tracer *t);
  * err: 0 if the entry exists, else a positive errno. */
 int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
                  const void *statx_buf, const int8_t *access_err, const char *link, int link_len);
+int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *target, int is_dir);
 void pc_table_clear(pc_tracer *t);
 int pc_table_size(pc_tracer *t);
 

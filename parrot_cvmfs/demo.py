@@ -1,5 +1,6 @@
 """`parrot_cvmfs demo`: publish the example repository into a temporary stratum,
-serve it on loopback and read it back, with no network beyond loopback."""
+serve it on loopback, and run examples/job.sh under parrot_run against it. It
+needs no network beyond loopback."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import subprocess
 import sys
 import tempfile
 
-from .client.config import Configuration
-from .client.repository import Repository
 from .server.publisher import PublishOptions, publish
 from .server.serve import StratumServer
 
@@ -42,33 +41,30 @@ def stage_tree(dest: str) -> str:
 
 
 def run_demo(keep: bool = False) -> int:
+    """Publish, serve and run examples/job.sh under parrot_run; returns its exit status."""
     work = tempfile.mkdtemp(prefix="parrot-cvmfs-demo.")
     try:
         tree = stage_tree(os.path.join(work, "tree"))
         stratum, keys = os.path.join(work, "stratum"), os.path.join(work, "keys")
         r = publish(PublishOptions(source=tree, name=DEMO_NAME, stratum=stratum, keys_dir=keys,
                                    tag="demo"))
-        print(f"published {DEMO_NAME} revision {r.revision}: {r.files} files, {r.catalogs} catalogs")
+        print(f"published {DEMO_NAME} revision {r.revision}: {r.files} files, {r.catalogs} catalogs,"
+              f" keys in {keys}")
         srv = StratumServer(stratum)
         srv.start_background()
         print(f"serving it at {srv.url}/{DEMO_NAME}")
         spec = f"{DEMO_NAME}:url={srv.url}/{DEMO_NAME},pubkey={keys}/{DEMO_NAME}.pub"
         env = dict(os.environ, PARROT_CVMFS_REPO=spec)
-        config = Configuration(env=env)
-        with Repository.mount(DEMO_NAME, cache_dir=os.path.join(work, "cache"), config=config) as repo:
-            info = repo.info()
-            print(f"verified manifest: revision {info['revision']}, root catalog {info['root_hash']},"
-                  f" certificate {info['certificate_fingerprint']}")
-            for e in repo.walk("/"):
-                s = repo.stat_entry(e)
-                extra = f" -> {repo.readlink(e.path)}" if e.is_symlink else ""
-                print(f"  {oct(s.st_mode)[-6:]:>6} {s.st_size:>10} /cvmfs/{DEMO_NAME}{e.path}{extra}")
-            print(repo.read("/README.txt").decode(), end="")
+        job = os.path.join(examples_dir(), "job.sh")
+        cmd = [sys.executable, "-m", "parrot_cvmfs.tracer.main", "--cvmfs", DEMO_NAME,
+               "--cache-dir", os.path.join(work, "cache"), "--stats", "--", "/bin/sh", job]
+        print(f"running: parrot_run --cvmfs {DEMO_NAME} --stats -- /bin/sh examples/job.sh\n", flush=True)
+        rc = subprocess.run(cmd, env=env).returncode
         srv.shutdown()
-        return 0
+        print(f"\ndemo {'finished' if rc == 0 else f'FAILED (exit status {rc})'}")
+        return rc
     finally:
         if keep:
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-

@@ -17,13 +17,14 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
-
-import httpx
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import __version__
 from ..errors import DownloadError
 from .hashes import ContentHash, new_hasher
+
+if TYPE_CHECKING:
+    import httpx
 
 # Failure kinds (cvmfs download failure classes, collapsed)
 HOST_HTTP = "host-http"
@@ -212,6 +213,8 @@ class Downloader:
         self._stats_lock = threading.Lock()
 
     def _transport(self, proxy: str) -> httpx.HTTPTransport:
+        import httpx  # imported on first download: a warm start never needs it
+
         # The transport layer directly: the Client's request/response models cost
         # several hundred microseconds per object, more than the transfer itself.
         with self._clients_lock:
@@ -234,6 +237,8 @@ class Downloader:
     # -- one attempt -----------------------------------------------------------------------
 
     def _attempt(self, url: str, proxy: str, nocache: bool, sink: _Sink, headers: dict) -> None:
+        import httpx
+
         direct = proxy == DIRECT
         h = {"User-Agent": self.settings.user_agent, "Connection": "Keep-Alive", **headers}
         if nocache:

@@ -7,12 +7,14 @@ signature to the end of the file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from ..errors import ManifestError, SignatureError
 from .hashes import ContentHash, hash_bytes, infer_algorithm
 from .signature import verify_manifest_signature
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 ROOT_PATH_HASH = "d41d8cd98f00b204e9800998ecf8427e"  # md5("")
 SEPARATOR = b"\n--\n"

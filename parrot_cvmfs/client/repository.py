@@ -198,6 +198,7 @@ class Repository:
         alien_cache: str | None = None,
         attach: bool = True,
         cache: ObjectCache | None = None,
+        reuse_fresh: bool = False,
     ) -> Repository:
         """Verify a repository and mount a revision of it (the latest, or `tag`, `date` or
         `root_hash`). `options` are CVMFS_* overrides; `attach=False` stops after the
@@ -231,7 +232,7 @@ class Repository:
         try:
             if repo.pinned_root:
                 repo.root_hash = _parse_root_hash(repo.pinned_root)
-            else:
+            elif not (reuse_fresh and not offline and repo._reuse_fresh_manifest()):
                 repo.verify()
             if attach:
                 repo.remount()
@@ -341,6 +342,31 @@ class Repository:
                 )
                 self.cache.write_meta(f"cvmfschecksum.{fqrn}", str(crumb).encode())
         return manifest
+
+    def _reuse_fresh_manifest(self) -> bool:
+        """Use the manifest this cache accepted less than a TTL ago, if there is one."""
+        if self.is_pinned:
+            return False
+        path = self.cache.meta_path(f"manifest.{self.fqrn}")
+        try:
+            age = time.time() - os.stat(path).st_mtime
+            raw = self.cache.read_meta(f"manifest.{self.fqrn}", search_alien=False)
+            wl_raw = self.cache.read_meta(f"whitelist.{self.fqrn}", search_alien=False)
+        except (OSError, CvmfsError):
+            return False
+        if raw is None or wl_raw is None:
+            return False
+        try:
+            manifest = Manifest.parse(raw)
+            whitelist = Whitelist.parse(wl_raw)
+        except CvmfsError:
+            return False
+        max_ttl = self.settings.number("CVMFS_MAX_TTL", 0) * 60
+        ttl = min(manifest.ttl, max_ttl) if max_ttl > 0 else manifest.ttl
+        if not 0 <= age < ttl or whitelist.is_expired(self.verify_at) or manifest.fqrn not in (None, self.fqrn):
+            return False
+        self.manifest, self.whitelist, self.root_hash = manifest, whitelist, manifest.root_hash
+        return True
 
     def certificate_fingerprint(self) -> str | None:
         if self.certificate is None or self.manifest is None:

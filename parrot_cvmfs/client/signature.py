@@ -12,18 +12,24 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass, field
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, SignatureError
 from .hashes import Algorithm, ContentHash, hash_bytes
 
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+# cryptography is imported where it is used: a supervisor starting from a warm cache
+# does not verify anything again and should not pay for loading it.
+
 
 def load_public_key(path: str) -> rsa.RSAPublicKey:
     """Load one PEM SubjectPublicKeyInfo RSA key; the error names the file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -57,6 +63,9 @@ def verify_whitelist_signature(
     keys: list[rsa.RSAPublicKey], signed_text: bytes, signature: bytes
 ) -> bool:
     """True if any master key's raw PKCS#1 signature recovers exactly `signed_text`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     for key in keys:
         if len(signed_text) > key.key_size // 8 - 11:
             continue
@@ -73,6 +82,10 @@ def verify_manifest_signature(
     certificate: x509.Certificate, signed_text: bytes, signature: bytes
 ) -> bool:
     """True if the certificate's key signed `signed_text` (PKCS#1 v1.5, SHA-1)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
     key = certificate.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         return False
@@ -97,11 +110,16 @@ def sign_raw_pkcs1(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
 
 def sign_manifest(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
     """PKCS#1 v1.5 / SHA-1 signature, as cvmfs_swissknife sign makes for manifests."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     return key.sign(data, padding.PKCS1v15(), hashes.SHA1())
 
 
 def load_certificate(pem: bytes, source: str) -> x509.Certificate:
     """Parse the PEM certificate object; the error names where it came from."""
+    from cryptography import x509
+
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError:
@@ -110,6 +128,8 @@ def load_certificate(pem: bytes, source: str) -> x509.Certificate:
 
 def certificate_fingerprint(certificate: x509.Certificate, algorithm: Algorithm) -> ContentHash:
     """Hash of the certificate's DER encoding, as whitelists list it."""
+    from cryptography.hazmat.primitives import serialization
+
     return hash_bytes(algorithm, certificate.public_bytes(serialization.Encoding.DER))
 
 
@@ -160,5 +180,7 @@ class Blacklist:
         return bl
 
     def is_blacklisted(self, certificate: x509.Certificate) -> bool:
+        from cryptography.hazmat.primitives import serialization
+
         der = certificate.public_bytes(serialization.Encoding.DER)
         return any(hash_bytes(fp.algorithm, der) == fp for fp in self.fingerprints)

@@ -6,14 +6,16 @@ from __future__ import annotations
 import calendar
 import time
 from dataclasses import dataclass, field
-
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from typing import TYPE_CHECKING
 
 from ..errors import WhitelistError
 from .hashes import ContentHash, hash_bytes
 from .manifest import check_body_hash, split_signed
 from .signature import Blacklist, parse_fingerprint, verify_whitelist_signature
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 
 @dataclass

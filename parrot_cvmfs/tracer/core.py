@@ -109,6 +109,9 @@ class Core:
             link if link is not None else ffi.NULL, len(link) if link is not None else 0,
         )
 
+    def table_put_open(self, key: bytes, follow: bool, target: bytes, is_dir: bool) -> None:
+        lib.pc_table_put_open(self.t, key, int(follow), target, int(is_dir))
+
     def table_clear(self) -> None:
         lib.pc_table_clear(self.t)
 

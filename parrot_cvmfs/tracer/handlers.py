@@ -237,6 +237,17 @@ class Handlers:
         link = os.fsencode(node.target) if node.is_symlink else None
         self.core.table_put(key, follow, 0, pack_stat(a, self.arch), pack_statx(a), access, link)
 
+    def _teach_open(self, ev, call: Call, follow: bool, t: Target, backing: str) -> None:
+        """Let C replay this read-only open, and answer fstat on its descriptors."""
+        node = t.node
+        a = self.view.attrs(node)
+        self.core.table_put(os.fsencode(backing), True, 0, pack_stat(a, self.arch), pack_statx(a),
+                            [self._can(node, m) for m in range(8)], None)
+        path = self._path(ev)
+        if path.startswith("/") and not ev.empty_path:
+            self._remember(ev, call, follow, t)
+            self.core.table_put_open(os.fsencode(path), follow, os.fsencode(backing), node.is_dir)
+
     # -- /proc/<pid>/{exe,cwd,fd/N} ----------------------------------------------------------------
 
     def _maybe_proc(self, ev) -> bool:
@@ -346,6 +357,8 @@ class Handlers:
             return skip(-errno.ENXIO)
         else:
             return skip(-errno.EACCES)  # devices: the repository is mounted nodev
+        if not opath and (node.is_regular or node.is_dir):
+            self._teach_open(ev, call, follow, t, backing)
         sc = Scratch(self.core, ev.tid, ev.sp)
         values = {call.path: sc.put_str(backing)}
         if how is not None:

@@ -24,7 +24,7 @@ O_NOFOLLOW = 0o400000
 # How arguments are examined by the C core (tracer.h PC_KIND_*)
 PATH, PATH2, FD, CWD = 1, 2, 3, 4
 # What the C answer table can replay (tracer.h PC_FAST_*)
-FAST_NONE, FAST_STAT, FAST_STATX, FAST_ACCESS, FAST_READLINK = 0, 1, 2, 3, 4
+FAST_NONE, FAST_STAT, FAST_STATX, FAST_ACCESS, FAST_READLINK, FAST_OPEN = 0, 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,16 @@ _AT = dict(dirfd=0, path=1)
 
 CALLS: list[Call] = [
     # -- opening ---------------------------------------------------------------------------
-    _p("open", 2, None, "open", path=0, flags=1, nofollow=O_NOFOLLOW, rewrites=True),
+    _p("open", 2, None, "open", path=0, flags=1, nofollow=O_NOFOLLOW, rewrites=True,
+       fast=FAST_OPEN),
     _p("creat", 85, None, "open", path=0, rewrites=True),
-    _p("openat", 257, 56, "open", **_AT, flags=2, nofollow=O_NOFOLLOW, rewrites=True),
+    _p("openat", 257, 56, "open", **_AT, flags=2, nofollow=O_NOFOLLOW, rewrites=True,
+       fast=FAST_OPEN),
     _p("openat2", 437, 437, "open", **_AT, rewrites=True),
     # -- attributes ------------------------------------------------------------------------
     _p("stat", 4, None, "stat", path=0, out=1, proc=True, fast=FAST_STAT),
     _p("lstat", 6, None, "stat", path=0, out=1, follow=False, proc=True, fast=FAST_STAT),
-    Call("fstat", 5, 80, FD, "stat", path=0, out=1),
+    Call("fstat", 5, 80, FD, "stat", path=0, out=1, fast=FAST_STAT),
     _p("newfstatat", 262, 79, "stat", **_AT, out=2, flags=3, empty=AT_EMPTY_PATH,
        nofollow=AT_SYMLINK_NOFOLLOW, proc=True, fast=FAST_STAT),
     _p("statx", 332, 291, "stat", **_AT, flags=2, out=4, empty=AT_EMPTY_PATH,

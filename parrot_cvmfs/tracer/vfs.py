@@ -106,6 +106,7 @@ class CvmfsView:
                 cache=self._shared_cache(name),
                 verify_at=self.verify_at,
                 offline=self.offline or None,
+                reuse_fresh=True,
             )
         except (CvmfsError, OSError) as e:
             self.failed[name] = str(e)
