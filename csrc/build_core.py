@@ -63,6 +63,8 @@ ffibuilder.cdef(
 
     typedef struct {
         int kind;
+        int notify;
+        uint64_t notif_id;
         int tid;
         int other;
         int aux;
@@ -100,7 +102,8 @@ ffibuilder.cdef(
     void pc_free(pc_tracer *t);
     int pc_add_prefix(pc_tracer *t, int which, const char *prefix);
     int pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
-                   const void *filter, int filter_len, int *report_fd, char *err, int errlen);
+                   const void *filter, int filter_len, int notify, int *report_fd, char *err,
+                   int errlen);
     int pc_spawn_failure(int report_fd, char *err, int errlen);
     int pc_next(pc_tracer *t, pc_event *ev);
     int pc_resume(pc_tracer *t, int tid);
@@ -108,6 +111,11 @@ ffibuilder.cdef(
     int pc_set_args(pc_tracer *t, int tid, int narg, const int *args, const uint64_t *values,
                     int report_exit, int is_exec);
     int pc_finish_exit(pc_tracer *t, int tid, int set_result, int64_t result);
+    int pc_notif_reply(pc_tracer *t, uint64_t id, int64_t result);
+    int pc_notif_continue(pc_tracer *t, uint64_t id);
+    int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec);
+    int pc_notif_valid(pc_tracer *t, uint64_t id);
+    int pc_notifying(pc_tracer *t);
     ssize_t pc_read(int tid, uint64_t addr, void *buf, size_t len);
     ssize_t pc_write(int tid, uint64_t addr, const void *buf, size_t len);
     int pc_getfd(int tid, int fd);
@@ -125,9 +133,11 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "parrot_cvmfs._core",
     '#include "chunker.h"\n#include "tracer.h"',
-    sources=["csrc/chunker.c", "csrc/tracer.c"],
+    sources=["csrc/chunker.c", "csrc/tracer.c", "csrc/tracee.c", "csrc/answers.c",
+             "csrc/examine.c", "csrc/respond.c", "csrc/notify.c"],
     include_dirs=["csrc"],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-pthread"],
+    extra_link_args=["-pthread"],
 )
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-/* parrot-cvmfs supervisor core: the ptrace event loop and the per-call fast path.
+/* parrot-cvmfs supervisor core: the event loop and the per-call fast path.
  * See tracer.c for the contract with the Python side. */
 #ifndef PARROT_CVMFS_TRACER_H
 #define PARROT_CVMFS_TRACER_H
@@ -57,11 +57,13 @@ enum {
     PC_EV_EXEC = 4,         /* a successful exec: tid, other (the former tid) */
     PC_EV_EXIT = 5,         /* a task is gone: tid, status (wait status) */
     PC_EV_NOCHILD = 6,      /* nothing left to trace */
-    PC_EV_INTERRUPTED = 7,  /* waitpid was interrupted by a signal to the supervisor */
+    PC_EV_INTERRUPTED = 7,  /* the wait was interrupted by a signal to the supervisor */
 };
 
 typedef struct {
     int kind;
+    int notify;         /* PC_EV_SYSCALL only: 1 if it came as a seccomp notification */
+    uint64_t notif_id;
     pid_t tid;
     pid_t other;
     int aux;
@@ -100,7 +102,8 @@ pc_tracer *pc_new(const pc_rule *rules, int nrules);
 void pc_free(pc_tracer *t);
 int pc_add_prefix(pc_tracer *t, int which, const char *prefix); /* 0: paths, 1: fd targets */
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
-               const void *filter, int filter_len, int *report_fd, char *err, int errlen);
+               const void *filter, int filter_len, int notify, int *report_fd, char *err,
+               int errlen);
 int pc_spawn_failure(int report_fd, char *err, int errlen);
 int pc_next(pc_tracer *t, pc_event *ev);
 int pc_resume(pc_tracer *t, pid_t tid);
@@ -108,6 +111,13 @@ int pc_skip(pc_tracer *t, pid_t tid, int64_t result);
 int pc_set_args(pc_tracer *t, pid_t tid, int narg, const int *args, const uint64_t *values,
                 int report_exit, int is_exec);
 int pc_finish_exit(pc_tracer *t, pid_t tid, int set_result, int64_t result);
+/* Answers to notifications (any thread): a result (or -errno), run the call as it is,
+ * or install our descriptor `fd` as the call's result (an open). */
+int pc_notif_reply(pc_tracer *t, uint64_t id, int64_t result);
+int pc_notif_continue(pc_tracer *t, uint64_t id);
+int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec);
+int pc_notif_valid(pc_tracer *t, uint64_t id);
+int pc_notifying(pc_tracer *t);
 ssize_t pc_read(pid_t tid, uint64_t addr, void *buf, size_t len);
 ssize_t pc_write(pid_t tid, uint64_t addr, const void *buf, size_t len);
 int pc_getfd(pid_t tid, int fd);

@@ -1,4 +1,5 @@
-"""parrot_run with real programs under the real tracer.
+"""parrot_run with real programs under the real tracer, in both of its modes
+(seccomp notifications where the kernel has them, ptrace stops everywhere).
 
 Differential tests run each command natively on the source tree and under
 parrot_run on /cvmfs/<repo>, and compare the outputs with the paths substituted."""
@@ -41,6 +42,11 @@ class Parrot:
         return self("/bin/sh", "-c", script, **kw)
 
 
+@pytest.fixture(scope="module", params=["notify", "ptrace"])
+def mode(request):
+    return {"PARROT_CVMFS_MODE": request.param}
+
+
 @pytest.fixture(scope="module")
 def round_server(published):
     srv = StratumServer(published.stratum)
@@ -50,9 +56,9 @@ def round_server(published):
 
 
 @pytest.fixture(scope="module")
-def parrot(published, round_server, tmp_path_factory):
+def parrot(published, round_server, tmp_path_factory, mode):
     env = base_env(PARROT_CVMFS_REPO=repo_spec(published.name, f"{round_server.url}/{published.name}",
-                                               published.pubkey))
+                                               published.pubkey), **mode)
     return Parrot(env, str(tmp_path_factory.mktemp("parrot-cache")))
 
 
@@ -171,8 +177,8 @@ def test_errors_seen_by_programs(parrot, published):
 
 
 @pytest.fixture(scope="module")
-def real_parrot(real_env, tmp_path_factory):
-    return Parrot(real_env, str(tmp_path_factory.mktemp("real-cache")))
+def real_parrot(real_env, tmp_path_factory, mode):
+    return Parrot({**real_env, **mode}, str(tmp_path_factory.mktemp("real-cache")))
 
 
 def test_real_repository_walked(real_parrot):
@@ -225,7 +231,7 @@ def progs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exec_repo(tmp_path_factory, progs):
+def exec_repo(tmp_path_factory, progs, mode):
     """A repository with programs: a C binary, one whose ELF interpreter is in /cvmfs,
     scripts with host and /cvmfs interpreters, a Python package, a C library, a git repo."""
     base = tmp_path_factory.mktemp("exec")
@@ -270,7 +276,7 @@ def exec_repo(tmp_path_factory, progs):
     publish(PublishOptions(source=str(src), name=name, stratum=stratum, keys_dir=keys))
     srv = StratumServer(stratum)
     srv.start_background()
-    env = base_env(PARROT_CVMFS_REPO=repo_spec(name, f"{srv.url}/{name}", f"{keys}/{name}.pub"))
+    env = base_env(PARROT_CVMFS_REPO=repo_spec(name, f"{srv.url}/{name}", f"{keys}/{name}.pub"), **mode)
     yield Parrot(env, str(base / "cache")), f"/cvmfs/{name}", str(src), stratum
     srv.shutdown()
 

@@ -25,7 +25,6 @@ import itertools
 import os
 import sqlite3
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -66,6 +65,8 @@ def make_layout(directory: str, mode: int = 0o700) -> None:
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     """Write a small file via a temporary file and rename."""
+    import tempfile
+
     d = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp.")
     try:

@@ -12,7 +12,6 @@ import sqlite3
 import stat as st
 import struct
 import threading
-import urllib.parse
 
 from ..errors import CatalogError
 from .hashes import Algorithm, ContentHash
@@ -42,6 +41,11 @@ _MD5_SPLIT = struct.Struct("<qq")
 def md5path(path: str) -> tuple[int, int]:
     """The (md5path_1, md5path_2) key of a repository path ("" is the root)."""
     return _MD5_SPLIT.unpack(hashlib.md5(path.encode("utf-8", "surrogateescape")).digest())
+
+
+def sqlite_uri_path(path: str) -> str:
+    """A file path for a `file:` SQLite URI (%, ? and # escaped)."""
+    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
 
 
 def _decode_text(b: bytes) -> str:
@@ -202,7 +206,7 @@ class Catalog:
         )
         self._lock = threading.Lock()
         try:
-            uri = "file:" + urllib.parse.quote(db_path) + "?mode=ro&immutable=1"
+            uri = "file:" + sqlite_uri_path(db_path) + "?mode=ro&immutable=1"
             self._con = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._con.text_factory = _decode_text
             self.properties = dict(self._con.execute("SELECT key, value FROM properties"))

@@ -15,14 +15,10 @@ Values then get `@fqrn@` and `@org@` substituted.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import os
 import re
-import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from importlib import resources
 
 from ..errors import ConfigError
 
@@ -53,7 +49,7 @@ _FALSE = {"no", "off", "0", "false"}
 
 def package_config_mount_dir() -> str:
     """Directory standing in for CVMFS_MOUNT_DIR: it holds the shipped config repository."""
-    return str(resources.files("parrot_cvmfs") / "data" / "config-repo")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "config-repo")
 
 
 def system_config_dir(env: Mapping[str, str] | None = None) -> str:
@@ -161,6 +157,8 @@ def evaluate_config_files(
         script.append(f"printf '@@FILE %s\\000' {i}")
         for n in names:
             script.append(f"printf '%s=%s\\000' {n} \"${{{n}}}\"")
+    import subprocess
+
     sh_env = {k: v for k, v in env.items() if not k.startswith("CVMFS_")}
     sh_env.setdefault("PATH", "/usr/bin:/bin")
     try:
@@ -218,10 +216,12 @@ _PARROT_IGNORED = {
 }
 
 
-@dataclass
 class ParrotEntry:
-    pattern: str  # a name, or "*suffix" for a wildcard entry
-    options: str  # raw option string, `\` escapes kept
+    __slots__ = ("pattern", "options")
+
+    def __init__(self, pattern: str, options: str):
+        self.pattern = pattern  # a name, or "*suffix" for a wildcard entry
+        self.options = options  # raw option string, `\` escapes kept
 
     @property
     def is_wildcard(self) -> bool:
@@ -307,13 +307,15 @@ def parse_parrot_repos(spec: str) -> list[ParrotEntry]:
 # --- putting it together ------------------------------------------------------------------------
 
 
-@dataclass
 class RepositorySettings:
     """The resolved parameters of one repository."""
 
-    fqrn: str
-    params: dict[str, str]
-    files: list[str] = field(default_factory=list)
+    __slots__ = ("fqrn", "params", "files")
+
+    def __init__(self, fqrn: str, params: dict[str, str], files: list[str] | None = None):
+        self.fqrn = fqrn
+        self.params = params
+        self.files = files or []
 
     def get(self, key: str, default: str | None = None) -> str | None:
         v = self.params.get(key)
@@ -429,7 +431,3 @@ class Configuration:
         env = dict(settings.params)
         env.update(self.env)
         return env
-
-
-def match_any(name: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -16,8 +16,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from .. import __version__
 from ..errors import DownloadError
@@ -68,8 +67,7 @@ def strip_direct(groups: list[list[str]]) -> list[list[str]]:
     return [g for g in out if g]
 
 
-@dataclass
-class DownloadSettings:
+class DownloadSettings(NamedTuple):
     hosts: list[str]
     proxy: str | None = DIRECT
     fallback_proxy: str | None = None
@@ -83,7 +81,7 @@ class DownloadSettings:
     proxy_reset_after: float = 300.0
     follow_redirects: bool = False
     max_servers: int = 0
-    user_agent: str = field(default_factory=lambda: f"cvmfs parrot-cvmfs {__version__}")
+    user_agent: str = f"cvmfs parrot-cvmfs {__version__}"
 
     @classmethod
     def from_settings(

@@ -14,7 +14,6 @@ import hashlib
 import os
 import threading
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import CacheError, CvmfsError
 from .cache import ObjectCache
@@ -77,7 +76,7 @@ class Fetcher:
         self.downloader = downloader
         self.external = external
         self.offline = offline or downloader is None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = None  # a ThreadPoolExecutor, made for the first chunked file
         self._parallel = parallel
         self._pool_lock = threading.Lock()
 
@@ -131,7 +130,9 @@ class Fetcher:
                 os.close(fd)
             return self.cache.commit(tmp, h, kind=kind)
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _executor(self):
+        from concurrent.futures import ThreadPoolExecutor
+
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._parallel, thread_name_prefix="chunks")

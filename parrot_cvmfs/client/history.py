@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import calendar
 import sqlite3
-import urllib.parse
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import CatalogError
+from .catalog import sqlite_uri_path
 from .hashes import ContentHash
 
 
-@dataclass(frozen=True)
-class Tag:
+class Tag(NamedTuple):
     name: str
     root_hash: ContentHash
     revision: int
@@ -26,7 +25,7 @@ class History:
     def __init__(self, db_path: str, what: str = "history database"):
         self.what = what
         try:
-            uri = "file:" + urllib.parse.quote(db_path) + "?mode=ro&immutable=1"
+            uri = "file:" + sqlite_uri_path(db_path) + "?mode=ro&immutable=1"
             self._con = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._columns = {r[1] for r in self._con.execute("PRAGMA table_info(tags)")}
             self.properties = dict(self._con.execute("SELECT key, value FROM properties"))

@@ -6,8 +6,7 @@ signature to the end of the file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import ManifestError, SignatureError
 from .hashes import ContentHash, hash_bytes, infer_algorithm
@@ -83,8 +82,7 @@ def _int_field(fields: dict[str, str], key: str, what: str) -> int | None:
         ) from None
 
 
-@dataclass
-class Manifest:
+class Manifest(NamedTuple):
     """Parsed manifest fields plus the signed parts."""
 
     root_hash: ContentHash
@@ -99,7 +97,7 @@ class Manifest:
     timestamp: int | None = None
     metainfo: ContentHash | None = None
     reflog: ContentHash | None = None
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = {}
     raw: bytes = b""
     body: bytes = b""
     hash_line: bytes = b""

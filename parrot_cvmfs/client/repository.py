@@ -20,7 +20,7 @@ import stat as st
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import __version__
 from ..errors import (
@@ -59,8 +59,7 @@ def canonical(path: str) -> str:
     return "/" + "/".join(parts) if parts else ""
 
 
-@dataclass(frozen=True)
-class Stat:
+class Stat(NamedTuple):
     """What stat(2) reports for an entry (cvmfs client semantics)."""
 
     st_mode: int
@@ -85,8 +84,7 @@ class Stat:
         return self.st_mtime
 
 
-@dataclass
-class Breadcrumb:
+class Breadcrumb(NamedTuple):
     root_hash: str
     timestamp: int
     revision: int

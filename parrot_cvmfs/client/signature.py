@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, SignatureError
@@ -148,12 +147,12 @@ def parse_fingerprint(line: str) -> ContentHash | None:
     return None if h.algorithm == Algorithm.MD5 else h
 
 
-@dataclass
 class Blacklist:
     """Certificate fingerprints and per-repository minimal revisions (`<fqrn N`)."""
 
-    fingerprints: list[ContentHash] = field(default_factory=list)
-    min_revisions: dict[str, int] = field(default_factory=dict)
+    def __init__(self):
+        self.fingerprints: list[ContentHash] = []
+        self.min_revisions: dict[str, int] = {}
 
     @classmethod
     def load(cls, paths: list[str]) -> Blacklist:

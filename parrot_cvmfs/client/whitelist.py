@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import calendar
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import WhitelistError
@@ -18,19 +17,18 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
 
-@dataclass
 class Whitelist:
-    created: str
-    expires: tuple[int, int, int, int]  # UTC year, month, day, hour (minutes are ignored)
-    expires_text: str
-    fqrn: str
-    fingerprints: list[ContentHash] = field(default_factory=list)
-    pkcs7: bool = False
-    ca_chain: bool = False
-    body: bytes = b""
-    hash_line: bytes = b""
-    signature: bytes = b""
-    raw: bytes = b""
+    def __init__(self, created: str, expires: tuple[int, int, int, int], expires_text: str,
+                 fqrn: str, raw: bytes = b""):
+        self.created = created
+        self.expires = expires  # UTC year, month, day, hour (minutes are ignored)
+        self.expires_text = expires_text
+        self.fqrn = fqrn
+        self.fingerprints: list[ContentHash] = []
+        self.pkcs7 = False
+        self.ca_chain = False
+        self.body = self.hash_line = self.signature = b""
+        self.raw = raw
 
     @classmethod
     def parse(cls, data: bytes, what: str = "whitelist") -> Whitelist:

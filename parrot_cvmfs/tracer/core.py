@@ -32,9 +32,11 @@ def _rule(call: Call, arch: str):
 
 
 class Core:
-    def __init__(self, calls: list[Call], arch: str, anchors: str, cache_dirs: list[str]):
+    def __init__(self, calls: list[Call], arch: str, anchors: str, cache_dirs: list[str],
+                 notify: bool = False):
         self.calls = calls
         self.arch = arch
+        self.notify = notify
         rules = ffi.new("pc_rule[]", [_rule(c, arch) for c in calls])
         self.t = ffi.gc(lib.pc_new(rules, len(calls)), lib.pc_free)
         if self.t == ffi.NULL:
@@ -42,7 +44,7 @@ class Core:
         lib.pc_add_prefix(self.t, 0, os.fsencode(anchors))
         for d in cache_dirs:
             lib.pc_add_prefix(self.t, 1, os.fsencode(d.rstrip("/")))
-        self.filter = build_filter(calls, arch)
+        self.filter = build_filter(calls, arch, notify)
         self.ev = ffi.new("pc_event *")
 
     def spawn(self, argv: list[str], env: dict[str, str]) -> tuple[int, int]:
@@ -53,7 +55,7 @@ class Core:
         report = ffi.new("int *")
         filt = ffi.from_buffer(self.filter)
         pid = lib.pc_spawn(self.t, c_argv[0], ffi.new("char *[]", c_argv), ffi.new("char *[]", c_env),
-                           filt, len(self.filter) // 8, report, err, 256)
+                           filt, len(self.filter) // 8, int(self.notify), report, err, 256)
         if pid < 0:
             raise _spawn_error(ffi.string(err).decode())
         return pid, report[0]
@@ -79,6 +81,24 @@ class Core:
         idx = ffi.new("int[]", list(values))
         vals = ffi.new("uint64_t[]", [v & 0xFFFFFFFFFFFFFFFF for v in values.values()])
         return lib.pc_set_args(self.t, tid, len(values), idx, vals, int(report_exit), int(is_exec))
+
+    # -- answering a notification (ev.notify) --------------------------------------------------
+
+    def notif_reply(self, notif_id: int, result: int) -> None:
+        lib.pc_notif_reply(self.t, notif_id, result)
+
+    def notif_continue(self, notif_id: int) -> None:
+        lib.pc_notif_continue(self.t, notif_id)
+
+    def notif_addfd(self, notif_id: int, fd: int, cloexec: bool) -> int:
+        """Install our descriptor as the call's result; returns the program's fd or -errno."""
+        return lib.pc_notif_addfd(self.t, notif_id, fd, int(cloexec))
+
+    def notif_valid(self, notif_id: int) -> bool:
+        return bool(lib.pc_notif_valid(self.t, notif_id))
+
+    def notifying(self) -> bool:
+        return bool(lib.pc_notifying(self.t))
 
     def finish_exit(self, tid: int, result: int | None = None) -> None:
         lib.pc_finish_exit(self.t, tid, 0 if result is None else 1, result or 0)

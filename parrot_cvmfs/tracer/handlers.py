@@ -1,11 +1,16 @@
 """Answers to the system calls the C core hands over, one handler per kind of call.
 
-A handler returns what to do with the stopped call:
+A handler returns what to do with the call. Calls arrive as ptrace stops or as
+seccomp notifications (ev.notify); `_apply` carries the decision out either way:
 - RESUME: run it unchanged (it does not concern /cvmfs after all);
-- ("skip", result): do not run it; the program sees `result` (one stop);
-- ("args", {arg: value}, ...): run it with pointer arguments replaced, e.g. a /cvmfs
-  path by its cache file or anchor directory (two stops: the original registers are
-  put back at the exit).
+- ("skip", result): do not run it; the program sees `result`;
+- ("open", path, flags, mode, vpath, how): the program's open of `path` instead
+  (ptrace: the path argument is pointed at it, two stops; notification: we open it
+  and install the descriptor, one round trip);
+- ("host", path): the program's path left /cvmfs again; the call happens on `path`
+  (ptrace: argument rewritten; notification: done here on the program's behalf);
+- ("args", {arg: value}, report_exit, is_exec): ptrace only, pointer arguments
+  replaced (exec, chdir), the original registers put back at the exit.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from ..errors import CvmfsError
 from . import execve as ex
 from .core import Core, Scratch
 from .paths import MOUNT, Target, VPath, resolve
-from .structs import pack_dirents, pack_stat, pack_statfs, pack_statx
+from .structs import Attrs, pack_dirents, pack_stat, pack_statfs, pack_statx
 from .syscalls import AT_FDCWD, AT_SYMLINK_FOLLOW, FD, Call
 from .vfs import CvmfsView, Node
 
@@ -98,7 +103,11 @@ def _read_tgid(tid: int) -> int:
 
 class Handlers:
     def __init__(self, core: Core, view: CvmfsView, procs: Processes, debug: bool = False):
+        from .memo import Memo
+
         self.core = core
+        self.memo = Memo(core, view.cache_dir)
+        view.on_mount = self.memo.load
         self.view = view
         self.procs = procs
         self.calls = core.calls
@@ -116,6 +125,8 @@ class Handlers:
         call = self.calls[ev.rule]
         self.counts[call.name] = self.counts.get(call.name, 0) + 1
         tid = ev.tid
+        if ev.notify and not self.core.notif_valid(ev.notif_id):
+            return  # the program went away (killed) while the call waited
         try:
             action = getattr(self, "h_" + call.handler)(ev, call)
         except CvmfsError as e:
@@ -132,18 +143,114 @@ class Handlers:
                 traceback.print_exc()
             action = skip(-errno.EIO)
         if self.debug:
-            print(f"[{tid}] {call.name}({_s(ev.path, ev.path_len)!r}) -> {action}", file=sys.stderr)
-        self._apply(tid, action)
+            via = "notify" if ev.notify else "ptrace"
+            print(f"[{tid}] {call.name}({_s(ev.path, ev.path_len)!r}) via {via} -> {action}",
+                  file=sys.stderr)
+        self._apply(ev, call, action)
 
-    def _apply(self, tid: int, action: tuple) -> None:
-        if action[0] == "resume":
+    def _apply(self, ev, call: Call, action: tuple) -> None:
+        kind = action[0]
+        if ev.notify:
+            nid = ev.notif_id
+            if kind == "resume":
+                self.core.notif_continue(nid)
+            elif kind == "skip":
+                self.core.notif_reply(nid, action[1])
+            elif kind == "open":
+                self._notif_open(ev, *action[1:])
+            elif kind == "host":
+                self.core.notif_reply(nid, self._emulate(ev, call, action[1]))
+            else:
+                self.view.warn(f"internal error: {call.name} cannot be rewritten as a notification")
+                self.core.notif_reply(nid, -errno.EIO)
+            return
+        tid = ev.tid
+        if kind == "resume":
             self.core.resume(tid)
-        elif action[0] == "skip":
+        elif kind == "skip":
             self.core.skip(tid, action[1])
         else:
-            _, values, report_exit, is_exec = action
-            if self.core.set_args(tid, values, report_exit, is_exec) < 0:
+            if kind == "open":
+                values, report = self._ptrace_open(ev, call, *action[1:])
+                is_exec = False
+            elif kind == "host":
+                sc = Scratch(self.core, ev.tid, ev.sp)
+                values, report, is_exec = {call.path: sc.put_str(action[1])}, False, False
+            else:
+                _, values, report, is_exec = action
+            if self.core.set_args(tid, values, report, is_exec) < 0:
                 self.core.skip(tid, -errno.EFAULT)
+
+    def _ptrace_open(self, ev, call: Call, path, flags, mode, vpath, how):
+        sc = Scratch(self.core, ev.tid, ev.sp)
+        values = {call.path: sc.put_str(path)}
+        if how is not None:
+            struct.pack_into("<Q", how, 16, 0)  # resolution rules were applied here
+            values[2] = sc.put(bytes(how))
+        if vpath is not None:
+            self._open_pending[ev.tid] = (path, vpath)
+        return values, vpath is not None
+
+    def _notif_open(self, ev, path, flags, mode, vpath, how) -> None:
+        nid = ev.notif_id
+        try:
+            # never block here on a fifo on the program's behalf: open it non-blocking,
+            # then give the description the program's blocking mode
+            fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK, mode & 0o7777)
+            if not flags & os.O_NONBLOCK:
+                os.set_blocking(fd, True)
+        except OSError as e:
+            self.core.notif_reply(nid, -(e.errno or errno.EIO))
+            return
+        try:
+            n = self.core.notif_addfd(nid, fd, bool(flags & os.O_CLOEXEC))
+        finally:
+            os.close(fd)
+        if n >= 0 and vpath is not None:
+            self.procs.fds.setdefault(self.procs.tgid(ev.tid), {})[n] = (path, vpath)
+        elif n < 0 and n != -errno.ENOENT:  # ENOENT: the program was interrupted
+            self.core.notif_reply(nid, n)
+
+    def _emulate(self, ev, call: Call, host: str) -> int:
+        """A notified call on a host path reached through /cvmfs: do it ourselves."""
+        try:
+            h = call.handler
+            if h == "stat":
+                s = os.stat(host, follow_symlinks=self._follow(ev, call))
+                a = Attrs(s.st_dev, s.st_ino, s.st_mode, s.st_nlink, s.st_uid, s.st_gid, s.st_rdev,
+                          s.st_size, s.st_blksize, s.st_blocks, int(s.st_mtime), s.st_mtime_ns % 10**9)
+                data = pack_statx(a) if call.name == "statx" else pack_stat(a, self.arch)
+                return 0 if self.core.write(ev.tid, ev.args[call.out], data) else -errno.EFAULT
+            if h == "access":
+                mode = int(ev.args[call.mode]) & 7
+                if os.access(host, mode, follow_symlinks=self._follow(ev, call)):
+                    return 0
+                return -(errno.EACCES if os.path.lexists(host) else errno.ENOENT)
+            if h == "readlink":
+                data = os.fsencode(os.readlink(host))[: int(ev.args[call.size])]
+                return len(data) if self.core.write(ev.tid, ev.args[call.out], data) else -errno.EFAULT
+            if h == "getxattr":
+                name = _read_cstr(self.core, ev.tid, ev.args[1])
+                data = os.getxattr(host, name, follow_symlinks=self._follow(ev, call))
+                return self._xattr_reply(ev, data, ev.args[2], int(ev.args[3]))
+            if h == "listxattr":
+                names = os.listxattr(host, follow_symlinks=self._follow(ev, call))
+                data = b"".join(os.fsencode(n) + b"\0" for n in names)
+                return self._xattr_reply(ev, data, ev.args[call.out], int(ev.args[call.size]))
+            if h == "statfs":
+                return _host_statfs(self.core, ev.tid, host, ev.args[call.out])
+        except OSError as e:
+            return -(e.errno or errno.EIO)
+        return -errno.EXDEV
+
+    def _xattr_reply(self, ev, data: bytes, addr: int, size: int) -> int:
+        if size == 0:
+            return len(data)
+        if size < len(data):
+            return -errno.ERANGE
+        if data and not self.core.write(ev.tid, addr, data):
+            return -errno.EFAULT
+        return len(data)
 
     def on_exit(self) -> None:
         """Exit of a rewritten open: remember which /cvmfs file the new descriptor holds."""
@@ -199,11 +306,7 @@ class Handlers:
 
     def _host(self, ev, call: Call, t: Target) -> tuple:
         """A path that left /cvmfs again: the kernel resolves the rest."""
-        if not t.via_cvmfs:
-            return RESUME
-        sc = Scratch(self.core, ev.tid, ev.sp)
-        values = {call.path: sc.put_str(t.host)}
-        return ("args", values, False, False)
+        return ("host", t.host) if t.via_cvmfs else RESUME
 
     def _can(self, node: Node, want: int) -> int:
         """0 or the errno of access(2) with mode `want` (R_OK|W_OK|X_OK)."""
@@ -222,31 +325,45 @@ class Handlers:
             bits = a.mode & 7
         return 0 if bits & want == want else errno.EACCES
 
+    def _revision_of(self, path: str, t: Target) -> str | None:
+        """The revision whose answer this is, if it can be kept across runs."""
+        if t.mixed or not path.startswith(MOUNT + "/"):
+            return None
+        name = path[len(MOUNT) + 1 :].split("/", 1)[0]
+        if t.node is not None and t.node.repo is not None and t.vpath.repo != name:
+            return None
+        return self.view.revision_id(name)
+
     def _remember(self, ev, call: Call, follow: bool, t: Target) -> None:
         """Teach the C answer table this absolute path (stat, statx, access, readlink)."""
         path = self._path(ev)
         if not path.startswith("/") or ev.empty_path or not (t.err or t.virtual):
             return
         key = os.fsencode(path)
+        rev = self._revision_of(path, t)
         if t.err:
-            self.core.table_put(key, follow, t.err, None, None, [t.err] * 8, None)
+            self.memo.put(rev, key, follow, t.err, None, None, [t.err] * 8, None)
             return
         node = t.node
         a = self.view.attrs(node)
         access = [self._can(node, m) for m in range(8)]
         link = os.fsencode(node.target) if node.is_symlink else None
-        self.core.table_put(key, follow, 0, pack_stat(a, self.arch), pack_statx(a), access, link)
+        if node.variant:
+            rev = None  # depends on the environment
+        self.memo.put(rev, key, follow, 0, pack_stat(a, self.arch), pack_statx(a), access, link)
 
     def _teach_open(self, ev, call: Call, follow: bool, t: Target, backing: str) -> None:
         """Let C replay this read-only open, and answer fstat on its descriptors."""
         node = t.node
         a = self.view.attrs(node)
-        self.core.table_put(os.fsencode(backing), True, 0, pack_stat(a, self.arch), pack_statx(a),
-                            [self._can(node, m) for m in range(8)], None)
         path = self._path(ev)
+        rev = self._revision_of(path, t) if path.startswith("/") else None
+        self.memo.put(rev, os.fsencode(backing), True, 0, pack_stat(a, self.arch), pack_statx(a),
+                      [self._can(node, m) for m in range(8)], None)
         if path.startswith("/") and not ev.empty_path:
             self._remember(ev, call, follow, t)
-            self.core.table_put_open(os.fsencode(path), follow, os.fsencode(backing), node.is_dir)
+            self.memo.put_open(rev, os.fsencode(path), follow, os.fsencode(backing), node.is_dir,
+                               node.vpath.logical if node.is_regular else None)
 
     # -- /proc/<pid>/{exe,cwd,fd/N} ----------------------------------------------------------------
 
@@ -308,15 +425,16 @@ class Handlers:
         resolve_flags = 0
         how = None
         if call.name == "creat":
-            flags = O_CREAT | O_WRONLY | O_TRUNC
+            flags, mode = O_CREAT | O_WRONLY | O_TRUNC, int(ev.args[1])
         elif call.name == "openat2":
             size = ev.args[3]
             if size < 24:
                 return skip(-errno.EINVAL)
             how = bytearray(self.core.read(ev.tid, ev.args[2], min(size, 256)))
-            flags, _mode, resolve_flags = struct.unpack_from("<QQQ", how)
+            flags, mode, resolve_flags = struct.unpack_from("<QQQ", how)
         else:
             flags = ev.args[call.flags]
+            mode = int(ev.args[call.flags + 1])
         follow = not (flags & O_NOFOLLOW) and not (flags & O_CREAT and flags & O_EXCL)
         t = self._resolve(ev, call, follow, no_symlinks=bool(resolve_flags & RESOLVE_NO_SYMLINKS))
         if t is None:
@@ -329,7 +447,7 @@ class Handlers:
                 return skip(-errno.EROFS)
             return skip(-t.err)
         if not t.virtual:
-            return self._host_open(ev, call, t, how)
+            return self._host_open(ev, call, t, how, flags, mode)
         node = t.node
         acc = flags & O_ACCMODE
         if flags & O_TMPFILE == O_TMPFILE:
@@ -359,25 +477,12 @@ class Handlers:
             return skip(-errno.EACCES)  # devices: the repository is mounted nodev
         if not opath and (node.is_regular or node.is_dir):
             self._teach_open(ev, call, follow, t, backing)
-        sc = Scratch(self.core, ev.tid, ev.sp)
-        values = {call.path: sc.put_str(backing)}
-        if how is not None:
-            struct.pack_into("<Q", how, 16, 0)  # resolution rules were applied here
-            values[2] = sc.put(bytes(how))
-        report = node.is_regular
-        if report:
-            self._open_pending[ev.tid] = (backing, node.vpath)
-        return ("args", values, report, False)
+        return ("open", backing, flags, 0, node.vpath if node.is_regular else None, how)
 
-    def _host_open(self, ev, call: Call, t: Target, how) -> tuple:
+    def _host_open(self, ev, call: Call, t: Target, how, flags: int, mode: int) -> tuple:
         if not t.via_cvmfs:
             return RESUME
-        sc = Scratch(self.core, ev.tid, ev.sp)
-        values = {call.path: sc.put_str(t.host)}
-        if how is not None:
-            struct.pack_into("<Q", how, 16, 0)
-            values[2] = sc.put(bytes(how))
-        return ("args", values, False, False)
+        return ("open", t.host, flags, mode, None, how)
 
     # -- attributes ----------------------------------------------------------------------------------
 
@@ -508,13 +613,7 @@ class Handlers:
             data = node.repo.getxattr(node.entry, name)
         except OSError as e:
             return skip(-(e.errno or errno.ENODATA))
-        if size == 0:
-            return skip(len(data))
-        if size < len(data):
-            return skip(-errno.ERANGE)
-        if not self.core.write(ev.tid, value, data):
-            return skip(-errno.EFAULT)
-        return skip(len(data))
+        return skip(self._xattr_reply(ev, data, value, size))
 
     def h_listxattr(self, ev, call: Call) -> tuple:
         t = self._xattr_target(ev, call)
@@ -527,14 +626,7 @@ class Handlers:
         node = t.node
         names = node.repo.listxattr(node.entry) if node.repo is not None else []
         data = b"".join(os.fsencode(n) + b"\0" for n in names)
-        size = int(ev.args[call.size])
-        if size == 0:
-            return skip(len(data))
-        if size < len(data):
-            return skip(-errno.ERANGE)
-        if data and not self.core.write(ev.tid, ev.args[call.out], data):
-            return skip(-errno.EFAULT)
-        return skip(len(data))
+        return skip(self._xattr_reply(ev, data, ev.args[call.out], int(ev.args[call.size])))
 
     # -- directories and the working directory ---------------------------------------------------
 
@@ -817,6 +909,16 @@ def _read_cstr(core: Core, tid: int, addr: int, limit: int = 4096) -> str:
             break
         out += piece
     return os.fsdecode(out)
+
+
+def _host_statfs(core: Core, tid: int, path: str, addr: int) -> int:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(120)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return -ctypes.get_errno()
+    return 0 if core.write(tid, addr, buf.raw) else -errno.EFAULT
 
 
 def _may_need_us(path: str) -> bool:

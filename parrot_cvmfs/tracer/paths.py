@@ -14,15 +14,13 @@ leaves the virtual tree again yields a host path for the kernel.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 MAX_SYMLINKS = 40
 MOUNT = "/cvmfs"
 
 
-@dataclass(frozen=True)
-class VPath:
+class VPath(NamedTuple):
     """A place in the virtual tree: /cvmfs itself (repo None), or a repository path."""
 
     repo: str | None
@@ -76,7 +74,6 @@ class Namespace(Protocol):
     def anchor_to_vpath(self, host_path: str) -> VPath | None: ...
 
 
-@dataclass
 class Target:
     """The result of a resolution.
 
@@ -84,16 +81,24 @@ class Target:
       component is missing, in the virtual directory `parent`.
     - `vpath`/`node` set: the path names something in the virtual tree.
     - else `host`: a host path; `via_cvmfs` says whether the walk went through the
-      virtual tree (then the program's argument must be replaced by `host`)."""
+      virtual tree (then the program's argument must be replaced by `host`).
+    - `mixed`: the walk went through a variant symlink or several repositories."""
 
-    err: int = 0
-    vpath: VPath | None = None
-    node: Node | None = None
-    host: str | None = None
-    via_cvmfs: bool = False
-    missing_last: bool = False
-    parent: VPath | None = None
-    symlinks: int = 0
+    __slots__ = ("err", "vpath", "node", "host", "via_cvmfs", "missing_last", "parent",
+                 "symlinks", "mixed")
+
+    def __init__(self, err: int = 0, vpath: VPath | None = None, node: Node | None = None,
+                 host: str | None = None, via_cvmfs: bool = False, missing_last: bool = False,
+                 parent: VPath | None = None, symlinks: int = 0, mixed: bool = False):
+        self.err = err
+        self.vpath = vpath
+        self.node = node
+        self.host = host
+        self.via_cvmfs = via_cvmfs
+        self.missing_last = missing_last
+        self.parent = parent
+        self.symlinks = symlinks
+        self.mixed = mixed
 
     @property
     def virtual(self) -> bool:
@@ -141,6 +146,8 @@ def resolve(
     via = vpath is not None
     todo = list(reversed(comps))
     links = 0
+    repo0 = vpath.repo if vpath is not None else None
+    mixed = False
     while todo:
         c = todo.pop()
         last = not todo
@@ -162,10 +169,15 @@ def resolve(
         if len(c) > 255:
             return Target(err=errno.ENAMETOOLONG, symlinks=links)
         child_v = vpath.child(c)
+        if child_v.repo != repo0:
+            mixed = mixed or repo0 is not None
+            repo0 = child_v.repo
         child = ns.lookup(child_v)
         if child is None:
-            return Target(err=errno.ENOENT, missing_last=last, parent=vpath, symlinks=links)
+            return Target(err=errno.ENOENT, missing_last=last, parent=vpath, symlinks=links,
+                          mixed=mixed)
         if child.is_symlink and (not last or follow):
+            mixed = mixed or getattr(child, "variant", False)
             links += 1
             if links > MAX_SYMLINKS or no_symlinks:
                 return Target(err=errno.ELOOP, symlinks=links)
@@ -183,7 +195,7 @@ def resolve(
     if vpath is None:
         if trailing and not host.endswith("/"):
             host += "/"
-        return Target(host=host, via_cvmfs=via, symlinks=links)
+        return Target(host=host, via_cvmfs=via, symlinks=links, mixed=mixed)
     if trailing and not node.is_dir:
-        return Target(err=errno.ENOTDIR, symlinks=links)
-    return Target(vpath=vpath, node=node, via_cvmfs=True, symlinks=links)
+        return Target(err=errno.ENOTDIR, symlinks=links, mixed=mixed)
+    return Target(vpath=vpath, node=node, via_cvmfs=True, symlinks=links, mixed=mixed)

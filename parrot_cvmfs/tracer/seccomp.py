@@ -1,6 +1,7 @@
 """The seccomp-bpf program, generated from the system-call table.
 
-Traced calls return SECCOMP_RET_TRACE with the row index as data; calls that
+Traced calls return SECCOMP_RET_TRACE with the row index as data, or
+SECCOMP_RET_USER_NOTIF in notification mode for the rows marked so; calls that
 could escape the tracer are refused without a stop (io_uring_setup, clone3,
 clone with CLONE_UNTRACED, the x32 ABI); everything else runs untouched."""
 
@@ -18,15 +19,18 @@ JSET = 0x45
 RET = 0x06
 RET_ALLOW = 0x7FFF0000
 RET_TRACE = 0x7FF00000
+RET_USER_NOTIF = 0x7FC00000
 RET_ERRNO = 0x00050000
 OFF_NR, OFF_ARCH, OFF_ARGS = 0, 4, 16
 X32_BIT = 0x40000000
+O_PATH = 0o10000000
 
 _INSN = struct.Struct("<HBBI")
 
 
-def build_filter(calls: list[Call], arch: str) -> bytes:
-    """cBPF for `arch`; row i of `calls` traps with data i."""
+def build_filter(calls: list[Call], arch: str, notify: bool = False) -> bytes:
+    """cBPF for `arch`; row i of `calls` traps with data i (or, with `notify`, rows
+    marked so notify the listener)."""
     prog: list[tuple[int, int, int, int]] = [
         (LD_W_ABS, 0, 0, OFF_ARCH),
         (JEQ, 1, 0, AUDIT_ARCH[arch]),
@@ -45,7 +49,20 @@ def build_filter(calls: list[Call], arch: str) -> bytes:
         (LD_W_ABS, 0, 0, OFF_NR),
     ]
     for i, call in enumerate(calls):
-        prog += [(JEQ, 0, 1, call.number(arch)), (RET, 0, 0, RET_TRACE | i)]
+        nr = call.number(arch)
+        if notify and call.notify and call.name in ("open", "openat"):
+            # O_PATH descriptors cannot be installed by SECCOMP_IOCTL_NOTIF_ADDFD: those
+            # opens stay with ptrace (the flags are in a register, so BPF can tell)
+            prog += [
+                (JEQ, 0, 4, nr),
+                (LD_W_ABS, 0, 0, OFF_ARGS + 8 * call.flags),
+                (JSET, 0, 1, O_PATH),
+                (RET, 0, 0, RET_TRACE | i),
+                (RET, 0, 0, RET_USER_NOTIF),
+            ]
+            continue
+        action = RET_USER_NOTIF if notify and call.notify else RET_TRACE | i
+        prog += [(JEQ, 0, 1, nr), (RET, 0, 0, action)]
     prog.append((RET, 0, 0, RET_ALLOW))
     if len(prog) > 4096:
         raise ValueError("seccomp program too long")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .._core import lib
 from ..client.config import Configuration
@@ -18,10 +18,9 @@ from .vfs import CvmfsView
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
 
-@dataclass
-class Options:
+class Options(NamedTuple):
     command: list[str]
-    cvmfs: list[str] = field(default_factory=list)
+    cvmfs: list[str] = []
     cache_dir: str | None = None
     alien_cache: str | None = None
     verify_at: float | None = None
@@ -44,7 +43,9 @@ class Supervisor:
         self.arch = machine()
         calls = calls_for(self.arch)
         aliens = [a for a in (opts.alien_cache or "").split(":") if a]
-        self.core = Core(calls, self.arch, self.view.anchors, [self.view.cache_dir] + aliens)
+        self.mode = choose_mode()
+        self.core = Core(calls, self.arch, self.view.anchors, [self.view.cache_dir] + aliens,
+                         notify=self.mode == "notify")
         self.procs = Processes()
         self.handlers = Handlers(self.core, self.view, self.procs, opts.debug)
         self.root = 0
@@ -120,7 +121,7 @@ class Supervisor:
         n, b, hits, misses = self.view.transfer_stats()
         by_kind = ", ".join(f"{k} {v}" for k, v in sorted(self.handlers.counts.items(), key=lambda x: -x[1]))
         err = sys.stderr
-        print(f"parrot_run: {c['stops']} intercepted calls: {c['passed_in_c']} passed through in C,"
+        print(f"parrot_run: {c['stops']} intercepted calls ({self.mode} mode): {c['passed_in_c']} passed through in C,"
               f" {c['answered_in_c']} answered in C, {c['to_python']} handled in Python"
               f" ({c['exit_stops']} exit stops)", file=err)
         print(f"parrot_run: handled in Python by kind: {by_kind or 'none'}", file=err)
@@ -129,7 +130,22 @@ class Supervisor:
               file=err)
 
     def close(self) -> None:
+        self.handlers.memo.save()
         self.view.close()
+
+
+def choose_mode() -> str:
+    """'notify' where seccomp user notifications wake the supervisor on the caller's CPU
+    (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, Linux 6.6) and install descriptors (5.14);
+    'ptrace' otherwise. PARROT_CVMFS_MODE=ptrace|notify forces one."""
+    forced = os.environ.get("PARROT_CVMFS_MODE", "").strip().lower()
+    if forced in ("ptrace", "notify"):
+        return forced
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return "ptrace"
+    return "notify" if (major, minor) >= (6, 6) else "ptrace"
 
 
 def _spawn_message(e: OSError, program: str) -> str:

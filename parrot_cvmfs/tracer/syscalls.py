@@ -11,7 +11,7 @@ handled but never stopped on.
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from typing import NamedTuple
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -27,8 +27,7 @@ PATH, PATH2, FD, CWD = 1, 2, 3, 4
 FAST_NONE, FAST_STAT, FAST_STATX, FAST_ACCESS, FAST_READLINK, FAST_OPEN = 0, 1, 2, 3, 4, 5
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     name: str
     x86_64: int | None
     aarch64: int | None
@@ -49,6 +48,7 @@ class Call:
     mode: int = -1  # argument index of an access mode
     size: int = -1  # argument index of a buffer size
     rewrites: bool = False  # the handler may point an argument elsewhere: two stops
+    notify: bool = False  # served through seccomp user notifications when available
 
     def number(self, arch: str) -> int | None:
         return getattr(self, arch)
@@ -159,6 +159,18 @@ CALLS: list[Call] = [
     Call("fsetxattr", 190, 7, FD, "write_fd", path=0),
     Call("fremovexattr", 199, 16, FD, "write_fd", path=0),
 ]
+
+# The frequent calls: with seccomp user notifications they cost one round trip that the
+# kernel completes on the caller's CPU, and opens are answered by installing a
+# descriptor (SECCOMP_IOCTL_NOTIF_ADDFD). Calls that need their arguments rewritten
+# (exec, chdir) or are rare stay with ptrace.
+NOTIFIED = {
+    "open", "creat", "openat", "stat", "lstat", "fstat", "newfstatat", "statx",
+    "access", "faccessat", "faccessat2", "readlink", "readlinkat", "statfs", "fstatfs",
+    "getxattr", "lgetxattr", "fgetxattr", "listxattr", "llistxattr", "flistxattr",
+    "getxattrat", "listxattrat", "getcwd", "getdents64", "getdents",
+}
+CALLS = [c._replace(notify=c.name in NOTIFIED) for c in CALLS]
 
 # Calls refused in the filter itself, without a stop.
 IO_URING_SETUP = {"x86_64": 425, "aarch64": 425}  # kernel workers resolve paths unseen

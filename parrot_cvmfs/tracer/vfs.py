@@ -36,7 +36,7 @@ class Node:
     """A path in the virtual tree with what stat says about it."""
 
     __slots__ = ("vpath", "entry", "repo", "mode", "is_dir", "is_symlink", "is_regular",
-                 "target", "_attrs", "_listing")
+                 "target", "variant", "_attrs", "_listing")
 
     def __init__(self, vpath: VPath, entry, repo: Repository | None, mode: int, target: str = ""):
         self.vpath = vpath
@@ -47,6 +47,7 @@ class Node:
         self.is_symlink = st.S_ISLNK(mode)
         self.is_regular = st.S_ISREG(mode)
         self.target = target
+        self.variant = self.is_symlink and "$(" in (entry.symlink if entry is not None else "")
         self._attrs: Attrs | None = None
         self._listing = None
 
@@ -82,6 +83,7 @@ class CvmfsView:
         self.cache_paths: dict[str, VPath] = {}  # cache file -> last /cvmfs path served from it
         self.io_errors = 0
         self.root = Node(ROOT, None, None, st.S_IFDIR | 0o755)
+        self.on_mount: Callable[[str], dict[str, str]] | None = None
 
     # -- repositories ---------------------------------------------------------------------------
 
@@ -114,7 +116,19 @@ class CvmfsView:
                 self.warn(f"cannot mount /cvmfs/{name}: {e}")
             return None
         self.repos[name] = repo
+        if self.on_mount is not None:
+            from .paths import vpath_of_logical
+
+            for backing, logical in self.on_mount(self.revision_id(name)).items():
+                v = vpath_of_logical(logical)
+                if v is not None:
+                    self.cache_paths.setdefault(backing, v)
         return repo
+
+    def revision_id(self, name: str) -> str | None:
+        """`fqrn@root-hash` of a mounted repository (the key of kept answers)."""
+        repo = self.repos.get(name)
+        return f"{name}@{repo.root_hash.hex}" if repo is not None and repo.root_hash else None
 
     def mount_eager(self) -> list[str]:
         """Mount the repositories named with --cvmfs; returns the error lines."""

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Workload P: importing numpy and scipy from a venv published into a repository.
+
+    python -c "import numpy, scipy.linalg, scipy.sparse, scipy.optimize, json,
+               email.mime.text, http.client"
+
+is run, alternating, (1) natively from the venv on local disk, (2) under parrot_run
+from /cvmfs with a warm cache, (3) under PRoot (Debian `proot`) with the venv
+bind-mounted at the same /cvmfs path. Prints the median of each and the ratios.
+Targets: parrot_run <= 1.3x native, and faster than PRoot.
+
+    python bench/bench_workload.py [--runs 11] [--venv DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+from parrot_cvmfs.server.publisher import PublishOptions, publish  # noqa: E402
+from parrot_cvmfs.server.serve import StratumServer  # noqa: E402
+
+IMPORTS = "import numpy, scipy.linalg, scipy.sparse, scipy.optimize, json, email.mime.text, http.client"
+NAME = "venv.bench.org"
+
+
+def make_venv(root: str) -> str:
+    venv = os.path.join(root, "venv")
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "numpy", "scipy"], check=True)
+    return root
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    t = time.monotonic()
+    p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dt = time.monotonic() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {p.stderr.decode()[-500:]}")
+    return dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=11)
+    ap.add_argument("--tree", help="a directory holding venv/ with numpy and scipy (made if absent)")
+    ap.add_argument("--mode", choices=["notify", "ptrace"], help="force parrot_run's mode")
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="bench-workload.")
+    try:
+        tree = args.tree or make_venv(os.path.join(work, "tree"))
+        stratum, keys = os.path.join(work, "stratum"), os.path.join(work, "keys")
+        r = publish(PublishOptions(source=tree, name=NAME, stratum=stratum, keys_dir=keys))
+        print(f"published {tree}: {r.files} files")
+        srv = StratumServer(stratum)
+        srv.start_background()
+        env = dict(os.environ)
+        env["PARROT_CVMFS_REPO"] = f"{NAME}:url={srv.url}/{NAME},pubkey={keys}/{NAME}.pub"
+        env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent"
+        if args.mode:
+            env["PARROT_CVMFS_MODE"] = args.mode
+        cache = os.path.join(work, "cache")
+        parrot = [sys.executable, "-m", "parrot_cvmfs.tracer.main", "--cache-dir", cache, "--",
+                  f"/cvmfs/{NAME}/venv/bin/python", "-c", IMPORTS]
+        native = [os.path.join(tree, "venv", "bin", "python"), "-c", IMPORTS]
+        proot_exe = shutil.which("proot")
+        proot = [proot_exe, "-b", f"{tree}:/cvmfs/{NAME}", f"/cvmfs/{NAME}/venv/bin/python", "-c",
+                 IMPORTS] if proot_exe else None
+        t = timed(parrot, env)
+        print(f"cold run under parrot_run (downloads everything): {t:.2f} s")
+        timed(parrot, env)  # warm: objects and kept answers in the cache
+        results: dict[str, list[float]] = {"native": [], "parrot_run": []}
+        if proot:
+            results["proot"] = []
+        for _ in range(args.runs):
+            results["native"].append(timed(native, env))
+            results["parrot_run"].append(timed(parrot, env))
+            if proot:
+                results["proot"].append(timed(proot, env))
+        med = {k: statistics.median(v) for k, v in results.items()}
+        for k, v in results.items():
+            print(f"{k:>10}: median {med[k]:.3f} s  (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})")
+        print(f"ratio parrot_run / native: {med['parrot_run'] / med['native']:.2f} (target <= 1.3)")
+        if proot:
+            print(f"ratio proot / native: {med['proot'] / med['native']:.2f}")
+            print(f"parrot_run is {med['proot'] / med['parrot_run']:.2f}x faster than PRoot")
+        else:
+            print("proot not installed: no PRoot comparison")
+        srv.shutdown()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

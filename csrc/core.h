@@ -1,0 +1,142 @@
+/* Internals of the supervisor core shared by its C files (not part of the API). */
+#ifndef PARROT_CVMFS_CORE_H
+#define PARROT_CVMFS_CORE_H
+
+#define _GNU_SOURCE
+#include "tracer.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/ptrace.h>
+#include <sys/types.h>
+#include <sys/user.h>
+
+/* ---- registers (tracee.c) ------------------------------------------------------------ */
+
+#if defined(__x86_64__)
+typedef struct user_regs_struct pc_regs;
+#define RED_ZONE 128
+#elif defined(__aarch64__)
+#include <asm/ptrace.h>
+typedef struct {
+    struct user_pt_regs r;
+    long nr;
+} pc_regs;
+#define RED_ZONE 0
+#else
+#error "parrot-cvmfs supports x86_64 (and aarch64)"
+#endif
+
+int get_regs(pid_t tid, pc_regs *r);
+int set_regs(pid_t tid, const pc_regs *r);
+long reg_nr(const pc_regs *r);
+int64_t reg_ret(const pc_regs *r);
+uint64_t reg_sp(const pc_regs *r);
+uint64_t get_arg(const pc_regs *r, int i);
+void set_arg(pc_regs *r, int i, uint64_t v);
+void set_ret(pc_regs *r, int64_t v);
+/* at a seccomp stop: do not run the call, make `result` its result (no exit stop) */
+int skip_call(pid_t tid, pc_regs *r, int64_t result);
+/* at an exit stop: the saved argument registers back, the result kept */
+void restore_args(pc_regs *cur, const pc_regs *saved);
+
+int read_string(pid_t tid, uint64_t addr, char *buf, size_t max);
+int proc_link(pid_t tid, const char *what, long fd, char *out, size_t max);
+
+/* ---- a call being decided: from a ptrace stop or a seccomp notification --------------- */
+
+typedef struct {
+    pid_t tid;
+    int nr;
+    int rule;
+    const pc_rule *r;
+    uint64_t args[6];
+    int notify;        /* 1: a seccomp user notification, 0: a ptrace stop */
+    uint64_t notif_id;
+    pc_regs *regs;     /* ptrace stops only */
+} pc_call;
+
+/* ---- the answer table (answers.c) ---------------------------------------------------- */
+
+typedef struct {
+    char *key; /* "F/path" or "N/path"; NULL: empty slot */
+    int err;
+    int has_stat, has_statx, has_access, is_link;
+    unsigned char stat[144];
+    unsigned char statx[256];
+    int8_t access[8];
+    char *link;
+    int link_len;
+    char *open_target; /* backing file of a read-only open, if Python allowed one */
+    int open_len;
+    int open_is_dir;
+} answer;
+
+/* callers hold t->answers_lock (read) */
+answer *answer_find(pc_tracer *t, char follow, const char *path, size_t len);
+
+/* ---- per-task state of a rewritten call in flight (tracer.c) --------------------------- */
+
+typedef struct {
+    pid_t tid; /* 0: empty slot */
+    int report_exit;
+    int is_exec;
+    pc_regs saved;
+} task_state;
+
+/* ---- the tracer --------------------------------------------------------------------- */
+
+#define PC_QUEUE 64
+
+struct pc_tracer {
+    pc_rule rules[PC_MAX_RULES];
+    int nrules;
+    int16_t rule_of_nr[1024];
+    char *prefixes[2][PC_MAX_PREFIXES];
+    size_t prefix_len[2][PC_MAX_PREFIXES];
+    int nprefix[2];
+    /* ptrace side: touched by the thread that seized the job only */
+    task_state *tasks;
+    size_t tasks_cap, tasks_used;
+    int ntasks;
+    long spin;
+    /* shared with the notification thread */
+    pthread_rwlock_t answers_lock;
+    answer *answers;
+    size_t answers_cap, answers_used;
+    pc_stats stats; /* updated with atomic adds */
+    /* notification mode */
+    int listener;   /* seccomp listener fd, -1 in ptrace-only mode */
+    int wake_fd;    /* eventfd: the notification thread queued an event */
+    int sigchld_fd; /* signalfd for SIGCHLD: a traced task changed state */
+    sigset_t saved_mask;
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t qlock;
+    pthread_cond_t qspace;
+    pc_event *queue[PC_QUEUE];
+    int qhead, qlen;
+};
+
+#define STAT_ADD(t, field) __atomic_fetch_add(&(t)->stats.field, 1, __ATOMIC_RELAXED)
+
+/* examine.c: whether a call concerns us (fills the event's paths), and the fast path */
+int examine_call(pc_tracer *t, pc_call *c, pc_event *ev);
+int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
+
+/* respond.c: finishing a call, whichever way it arrived */
+int respond_result(pc_tracer *t, pc_call *c, int64_t result);
+int respond_continue(pc_tracer *t, pc_call *c);
+int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags);
+
+/* tracer.c */
+int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
+                 const uint64_t *values, int report_exit, int is_exec);
+void fill_event(pc_event *ev, const pc_call *c);
+
+/* notify.c */
+int notify_start(pc_tracer *t, int listener);
+int queue_pop(pc_tracer *t, pc_event *ev);
+
+#endif

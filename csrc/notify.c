@@ -1,0 +1,133 @@
+/* The notification thread: it blocks in SECCOMP_IOCTL_NOTIF_RECV, which with
+ * SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP hands the CPU straight from the program to us
+ * and back (no cross-CPU wake-ups), decides in C what it can, and queues the rest
+ * for Python, which answers through pc_notif_*(). It never touches ptrace: that
+ * belongs to the thread that seized the job. */
+#include "core.h"
+
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/seccomp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#else
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+static void queue_push(pc_tracer *t, const pc_event *ev)
+{
+    pc_event *copy = malloc(sizeof *copy);
+    if (!copy)
+        return;
+    memcpy(copy, ev, sizeof *copy);
+    pthread_mutex_lock(&t->qlock);
+    while (t->qlen == PC_QUEUE)
+        pthread_cond_wait(&t->qspace, &t->qlock);
+    t->queue[(t->qhead + t->qlen) % PC_QUEUE] = copy;
+    t->qlen++;
+    pthread_mutex_unlock(&t->qlock);
+    uint64_t one = 1;
+    if (write(t->wake_fd, &one, sizeof one) < 0) {
+    }
+}
+
+int queue_pop(pc_tracer *t, pc_event *ev)
+{
+    if (t->listener < 0)
+        return 0;
+    pthread_mutex_lock(&t->qlock);
+    if (t->qlen == 0) {
+        pthread_mutex_unlock(&t->qlock);
+        return 0;
+    }
+    pc_event *e = t->queue[t->qhead];
+    t->qhead = (t->qhead + 1) % PC_QUEUE;
+    t->qlen--;
+    pthread_cond_signal(&t->qspace);
+    pthread_mutex_unlock(&t->qlock);
+    memcpy(ev, e, sizeof *ev);
+    free(e);
+    return 1;
+}
+
+static void *notify_main(void *arg)
+{
+    pc_tracer *t = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    struct seccomp_notif_sizes sizes = {0};
+    if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) < 0)
+        sizes.seccomp_notif = sizeof(struct seccomp_notif);
+    size_t rsize = sizes.seccomp_notif > sizeof(struct seccomp_notif) ? sizes.seccomp_notif
+                                                                       : sizeof(struct seccomp_notif);
+    struct seccomp_notif *req = calloc(1, rsize);
+    pc_event *ev = calloc(1, sizeof *ev);
+    if (!req || !ev)
+        return NULL;
+    for (;;) {
+        memset(req, 0, rsize);
+        if (ioctl(t->listener, SECCOMP_IOCTL_NOTIF_RECV, req) < 0) {
+            if (errno == EINTR || errno == ENOENT)
+                continue;
+            break; /* the listener is gone */
+        }
+        pc_call c;
+        memset(&c, 0, sizeof c);
+        c.tid = (pid_t)req->pid;
+        c.nr = req->data.nr;
+        c.notify = 1;
+        c.notif_id = req->id;
+        for (int i = 0; i < 6; i++)
+            c.args[i] = req->data.args[i];
+        int ri = (c.nr >= 0 && c.nr < 1024 && req->data.arch == NATIVE_ARCH) ? t->rule_of_nr[c.nr] : -1;
+        STAT_ADD(t, stops);
+        if (ri < 0) {
+            pc_notif_continue(t, c.notif_id);
+            STAT_ADD(t, passed_in_c);
+            continue;
+        }
+        c.rule = ri;
+        c.r = &t->rules[ri];
+        if (!examine_call(t, &c, ev)) {
+            pc_notif_continue(t, c.notif_id);
+            STAT_ADD(t, passed_in_c);
+            continue;
+        }
+        /* what we read may belong to a task that died meanwhile (and a reused pid) */
+        if (!pc_notif_valid(t, c.notif_id))
+            continue;
+        if (fast_answer(t, &c, ev)) {
+            STAT_ADD(t, answered_in_c);
+            continue;
+        }
+        STAT_ADD(t, to_python);
+        fill_event(ev, &c);
+        queue_push(t, ev);
+    }
+    free(req);
+    free(ev);
+    return NULL;
+}
+
+int notify_start(pc_tracer *t, int listener)
+{
+    t->listener = listener;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t->thread, &attr, notify_main, t);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        t->listener = -1;
+        return -rc;
+    }
+    t->thread_started = 1;
+    return 0;
+}

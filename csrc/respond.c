@@ -1,0 +1,92 @@
+/* Finishing a call: a ptrace stop is resumed (its registers edited), a seccomp
+ * notification is answered through the listener. */
+#include "core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/seccomp.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+int pc_notif_reply(pc_tracer *t, uint64_t id, int64_t result)
+{
+    struct seccomp_notif_resp resp;
+    memset(&resp, 0, sizeof resp);
+    resp.id = id;
+    if (result < 0)
+        resp.error = (int32_t)result;
+    else
+        resp.val = result;
+    return ioctl(t->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0 ? -errno : 0;
+}
+
+int pc_notif_continue(pc_tracer *t, uint64_t id)
+{
+    struct seccomp_notif_resp resp;
+    memset(&resp, 0, sizeof resp);
+    resp.id = id;
+    resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+    return ioctl(t->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0 ? -errno : 0;
+}
+
+int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec)
+{
+    struct seccomp_notif_addfd add;
+    memset(&add, 0, sizeof add);
+    add.id = id;
+    add.flags = SECCOMP_ADDFD_FLAG_SEND;
+    add.srcfd = (uint32_t)fd;
+    add.newfd_flags = cloexec ? O_CLOEXEC : 0;
+    int n = ioctl(t->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
+    return n < 0 ? -errno : n;
+}
+
+int pc_notif_valid(pc_tracer *t, uint64_t id)
+{
+    return ioctl(t->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
+}
+
+int pc_notifying(pc_tracer *t) { return t->listener >= 0; }
+
+int respond_result(pc_tracer *t, pc_call *c, int64_t result)
+{
+    if (c->notify)
+        return pc_notif_reply(t, c->notif_id, result);
+    if (skip_call(c->tid, c->regs, result) < 0)
+        return -errno;
+    return ptrace(PTRACE_CONT, c->tid, 0, 0) < 0 ? -errno : 0;
+}
+
+int respond_continue(pc_tracer *t, pc_call *c)
+{
+    if (c->notify)
+        return pc_notif_continue(t, c->notif_id);
+    return ptrace(PTRACE_CONT, c->tid, 0, 0) < 0 ? -errno : 0;
+}
+
+/* Flags of the program's open that describe the open file itself. */
+#define KEEP_FLAGS (O_NONBLOCK | O_NOATIME | O_DIRECT | O_LARGEFILE | O_NOCTTY | O_SYNC | \
+                    O_DSYNC | O_DIRECTORY)
+
+/* An open of `target` in place of the program's path. A notification: we open it and
+ * install the descriptor (one round trip). A ptrace stop: the path argument points
+ * at `target`, written below the stack pointer (two stops). 1 if done. */
+int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags)
+{
+    if (c->notify) {
+        int fd = open(target, O_RDONLY | O_CLOEXEC | (int)(flags & KEEP_FLAGS));
+        if (fd < 0)
+            return 0; /* gone from the cache, say: let Python find out */
+        int n = pc_notif_addfd(t, c->notif_id, fd, (flags & O_CLOEXEC) != 0);
+        close(fd);
+        if (n < 0 && n != -ENOENT) /* ENOENT: the program was interrupted meanwhile */
+            pc_notif_reply(t, c->notif_id, n);
+        return 1;
+    }
+    uint64_t addr = (reg_sp(c->regs) - RED_ZONE - (uint64_t)len - 1) & ~(uint64_t)15;
+    if (pc_write(c->tid, addr, target, (size_t)len + 1) != len + 1)
+        return 0;
+    int arg = c->r->path_arg;
+    return rewrite_args(t, c->tid, c->regs, 1, &arg, &addr, 0, 0) == 0;
+}
