@@ -29,14 +29,18 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 from parrot_cvmfs.server.publisher import PublishOptions, publish  # noqa: E402
 from parrot_cvmfs.server.serve import StratumServer  # noqa: E402
 
-IMPORTS = "import numpy, scipy.linalg, scipy.sparse, scipy.optimize, json, email.mime.text, http.client"
+IMPORTS = (
+    "import numpy, scipy.linalg, scipy.sparse, scipy.optimize, json, email.mime.text, http.client"
+)
 NAME = "venv.bench.org"
 
 
 def make_venv(root: str) -> str:
     venv = os.path.join(root, "venv")
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "numpy", "scipy"], check=True)
+    subprocess.run(
+        [os.path.join(venv, "bin", "pip"), "install", "-q", "numpy", "scipy"], check=True
+    )
     return root
 
 
@@ -50,9 +54,13 @@ def timed(cmd: list[str], env: dict) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=11)
-    ap.add_argument("--tree", help="a directory holding venv/ with numpy and scipy (made if absent)")
+    ap.add_argument(
+        "--tree", help="a directory holding venv/ with numpy and scipy (made if absent)"
+    )
     ap.add_argument("--mode", choices=["notify", "ptrace"], help="force parrot_run's mode")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-workload.")
@@ -69,12 +77,31 @@ def main() -> int:
         if args.mode:
             env["PARROT_CVMFS_MODE"] = args.mode
         cache = os.path.join(work, "cache")
-        parrot = [sys.executable, "-m", "parrot_cvmfs.tracer.main", "--cache-dir", cache, "--",
-                  f"/cvmfs/{NAME}/venv/bin/python", "-c", IMPORTS]
+        parrot = [
+            sys.executable,
+            "-m",
+            "parrot_cvmfs.tracer.main",
+            "--cache-dir",
+            cache,
+            "--",
+            f"/cvmfs/{NAME}/venv/bin/python",
+            "-c",
+            IMPORTS,
+        ]
         native = [os.path.join(tree, "venv", "bin", "python"), "-c", IMPORTS]
         proot_exe = shutil.which("proot")
-        proot = [proot_exe, "-b", f"{tree}:/cvmfs/{NAME}", f"/cvmfs/{NAME}/venv/bin/python", "-c",
-                 IMPORTS] if proot_exe else None
+        proot = (
+            [
+                proot_exe,
+                "-b",
+                f"{tree}:/cvmfs/{NAME}",
+                f"/cvmfs/{NAME}/venv/bin/python",
+                "-c",
+                IMPORTS,
+            ]
+            if proot_exe
+            else None
+        )
         t = timed(parrot, env)
         print(f"cold run under parrot_run (downloads everything): {t:.2f} s")
         timed(parrot, env)  # warm: objects and kept answers in the cache
@@ -88,7 +115,9 @@ def main() -> int:
                 results["proot"].append(timed(proot, env))
         med = {k: statistics.median(v) for k, v in results.items()}
         for k, v in results.items():
-            print(f"{k:>10}: median {med[k]:.3f} s  (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})")
+            print(
+                f"{k:>10}: median {med[k]:.3f} s  (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})"
+            )
         print(f"ratio parrot_run / native: {med['parrot_run'] / med['native']:.2f} (target <= 1.3)")
         if proot:
             print(f"ratio proot / native: {med['proot'] / med['native']:.2f}")

@@ -1,10 +1,14 @@
-/* The baseline for bench_syscalls.py: the least a ptrace tracer can do to answer
- * stat() itself. A seccomp filter stops the program only on newfstatat/stat; at
- * each stop the tracer reads the registers and the path, writes a canned struct
- * stat for /cvmfs paths (others run natively), skips the call with result 0 and
- * resumes it. One stop per call, nothing
- * else. `mini_tracer [--poll N] -- CMD ARGS...` (--poll: waitpid WNOHANG polls
- * before blocking, the same wait strategy parrot_run uses). */
+/* The baseline of bench_syscalls.py: the least a supervisor can do to answer stat()
+ * itself. A seccomp filter stops the program only on newfstatat/stat; at each stop
+ * the tracer reads the path, writes a canned struct stat for /cvmfs paths (others
+ * run natively) and makes 0 the call's result. One stop per call, nothing else.
+ *
+ *   mini_tracer [--poll N] -- CMD ARGS...   ptrace: SECCOMP_RET_TRACE, one stop
+ *                                           (--poll: waitpid WNOHANG N times first)
+ *   mini_tracer --notify -- CMD ARGS...     seccomp user notifications with
+ *                                           SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+ *
+ * x86_64 only, like the measurements it serves. */
 #define _GNU_SOURCE
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -13,8 +17,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -22,16 +28,109 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-int main(int argc, char **argv)
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
+#endif
+
+static struct stat canned;
+
+/* The path argument of the call, read from the program; 1 if it names /cvmfs. */
+static int is_cvmfs(pid_t pid, unsigned long addr)
 {
-    long poll = 0;
-    int i = 1;
-    if (i + 1 < argc && !strcmp(argv[i], "--poll")) {
-        poll = atol(argv[i + 1]);
-        i += 2;
+    char path[8];
+    struct iovec l = {path, sizeof path}, r = {(void *)addr, sizeof path};
+    return process_vm_readv(pid, &l, 1, &r, 1, 0) == (ssize_t)sizeof path &&
+           strncmp(path, "/cvmfs/", 7) == 0;
+}
+
+static int answer(pid_t pid, unsigned long buf)
+{
+    struct iovec l = {&canned, sizeof canned}, r = {(void *)buf, sizeof canned};
+    return process_vm_writev(pid, &l, 1, &r, 1, 0) == (ssize_t)sizeof canned ? 0 : -1;
+}
+
+static void send_fd(int sock, int fd)
+{
+    char ctl[CMSG_SPACE(sizeof(int))] = {0}, c = 'x';
+    struct iovec io = {&c, 1};
+    struct msghdr m = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = ctl,
+                       .msg_controllen = sizeof ctl};
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &fd, sizeof fd);
+    if (sendmsg(sock, &m, 0) < 0)
+        _exit(126);
+}
+
+static int recv_fd(int sock)
+{
+    char ctl[CMSG_SPACE(sizeof(int))], c;
+    struct iovec io = {&c, 1};
+    struct msghdr m = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = ctl,
+                       .msg_controllen = sizeof ctl};
+    if (recvmsg(sock, &m, 0) <= 0 || !CMSG_FIRSTHDR(&m))
+        return -1;
+    int fd;
+    memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&m)), sizeof fd);
+    return fd;
+}
+
+static int run_notify(char **cmd)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+        return 1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct sock_filter f[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_newfstatat, 2, 0),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_stat, 1, 0),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        };
+        struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        int l = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                             SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+        if (l < 0)
+            _exit(126);
+        send_fd(sv[0], l);
+        close(l);
+        execvp(cmd[0], cmd);
+        _exit(127);
     }
-    if (i < argc && !strcmp(argv[i], "--"))
-        i++;
+    int l = recv_fd(sv[1]);
+    if (l < 0)
+        return 1;
+    ioctl(l, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, 0);
+    struct seccomp_notif req;
+    struct seccomp_notif_resp resp;
+    for (;;) {
+        memset(&req, 0, sizeof req);
+        if (ioctl(l, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0)
+            break; /* the program is gone */
+        int at = req.data.nr == SYS_newfstatat;
+        memset(&resp, 0, sizeof resp);
+        resp.id = req.id;
+        if (is_cvmfs(req.pid, req.data.args[at ? 1 : 0]))
+            resp.error = answer(req.pid, req.data.args[at ? 2 : 1]) ? -14 : 0;
+        else
+            resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+        ioctl(l, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int run_ptrace(char **cmd, long poll)
+{
     int go[2];
     if (pipe(go) < 0)
         return 1;
@@ -51,18 +150,12 @@ int main(int argc, char **argv)
             _exit(127);
         if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0)
             _exit(126);
-        execvp(argv[i], argv + i);
+        execvp(cmd[0], cmd);
         _exit(127);
     }
     ptrace(PTRACE_SEIZE, pid, 0, (void *)(PTRACE_O_TRACESECCOMP | PTRACE_O_EXITKILL));
     if (write(go[1], "g", 1) != 1)
         return 1;
-    struct stat canned;
-    memset(&canned, 0, sizeof canned);
-    canned.st_mode = S_IFREG | 0644;
-    canned.st_size = 1234;
-    canned.st_nlink = 1;
-    char path[4096];
     int status;
     for (;;) {
         pid_t t = -1;
@@ -80,21 +173,12 @@ int main(int argc, char **argv)
         if (status >> 8 == (SIGTRAP | (PTRACE_EVENT_SECCOMP << 8))) {
             struct user_regs_struct r;
             ptrace(PTRACE_GETREGS, t, 0, &r);
-            int newfstatat = r.orig_rax == SYS_newfstatat;
-            unsigned long addr = newfstatat ? r.rsi : r.rdi;
-            unsigned long buf = newfstatat ? r.rdx : r.rsi;
-            struct iovec l = {path, sizeof path}, rem = {(void *)addr, 4096 - (addr & 4095)};
-            l.iov_len = rem.iov_len;
-            process_vm_readv(t, &l, 1, &rem, 1, 0);
-            if (strncmp(path, "/cvmfs/", 7) != 0) { /* not ours: let it run */
-                ptrace(PTRACE_CONT, t, 0, 0);
-                continue;
+            int at = r.orig_rax == SYS_newfstatat;
+            if (is_cvmfs(t, at ? r.rsi : r.rdi)) {
+                r.rax = answer(t, at ? r.rdx : r.rsi) ? (unsigned long)-14 : 0;
+                r.orig_rax = (unsigned long)-1; /* skip the call */
+                ptrace(PTRACE_SETREGS, t, 0, &r);
             }
-            struct iovec lw = {&canned, sizeof canned}, rw = {(void *)buf, sizeof canned};
-            process_vm_writev(t, &lw, 1, &rw, 1, 0);
-            r.orig_rax = (unsigned long)-1;
-            r.rax = 0;
-            ptrace(PTRACE_SETREGS, t, 0, &r);
             ptrace(PTRACE_CONT, t, 0, 0);
         } else {
             int sig = WIFSTOPPED(status) ? WSTOPSIG(status) : 0;
@@ -102,4 +186,29 @@ int main(int argc, char **argv)
         }
     }
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    long poll = 0;
+    int notify = 0, i = 1;
+    for (; i < argc; i++) {
+        if (!strcmp(argv[i], "--poll") && i + 1 < argc)
+            poll = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--notify"))
+            notify = 1;
+        else if (!strcmp(argv[i], "--")) {
+            i++;
+            break;
+        } else
+            break;
+    }
+    if (i >= argc) {
+        fprintf(stderr, "usage: mini_tracer [--poll N | --notify] -- CMD ARGS...\n");
+        return 2;
+    }
+    canned.st_mode = S_IFREG | 0644;
+    canned.st_size = 1234;
+    canned.st_nlink = 1;
+    return notify ? run_notify(argv + i) : run_ptrace(argv + i, poll);
 }

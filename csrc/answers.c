@@ -18,22 +18,32 @@ answer *answer_find(pc_tracer *t, char follow, const char *path, size_t len)
 {
     uint64_t h = fnv1a(path, len) ^ (uint64_t)follow;
     for (size_t i = h & (t->answers_cap - 1);; i = (i + 1) & (t->answers_cap - 1)) {
-        answer *a = &t->answers[i];
-        if (!a->key)
+        answer *a = t->answers[i];
+        if (!a)
             return NULL;
-        if (a->key[0] == follow && strncmp(a->key + 1, path, len) == 0 && a->key[len + 1] == '\0')
+        if (a->hash == h && a->key[0] == follow && strncmp(a->key + 1, path, len) == 0 &&
+            a->key[len + 1] == '\0')
             return a;
     }
 }
 
+static void free_answer(answer *a)
+{
+    free(a->key);
+    free(a->link);
+    free(a->open_target);
+    free(a->dents);
+    free(a->xattrs);
+    free(a->xnames);
+    free(a);
+}
+
 static void clear_locked(pc_tracer *t)
 {
-    for (size_t i = 0; i < t->answers_cap; i++) {
-        free(t->answers[i].key);
-        free(t->answers[i].link);
-        free(t->answers[i].open_target);
-    }
-    memset(t->answers, 0, t->answers_cap * sizeof(answer));
+    for (size_t i = 0; i < t->answers_cap; i++)
+        if (t->answers[i])
+            free_answer(t->answers[i]);
+    memset(t->answers, 0, t->answers_cap * sizeof(answer *));
     t->answers_used = 0;
 }
 
@@ -46,25 +56,50 @@ void pc_table_clear(pc_tracer *t)
 
 int pc_table_size(pc_tracer *t) { return (int)t->answers_used; }
 
+/* Twice the slots (open addressing stays under half full); 0 on success. */
+static int grow_locked(pc_tracer *t)
+{
+    size_t cap = t->answers_cap * 2;
+    answer **slots = calloc(cap, sizeof(answer *));
+    if (!slots)
+        return -1;
+    for (size_t i = 0; i < t->answers_cap; i++) {
+        answer *a = t->answers[i];
+        if (!a)
+            continue;
+        size_t j = a->hash & (cap - 1);
+        while (slots[j])
+            j = (j + 1) & (cap - 1);
+        slots[j] = a;
+    }
+    free(t->answers);
+    t->answers = slots;
+    t->answers_cap = cap;
+    return 0;
+}
+
 static answer *slot_locked(pc_tracer *t, const char *key, int follow)
 {
     size_t len = strlen(key);
     char f = follow ? 'F' : 'N';
-    if ((t->answers_used + 1) * 2 > t->answers_cap)
-        clear_locked(t); /* a cache: start over rather than grow without bound */
     answer *a = answer_find(t, f, key, len);
     if (a)
         return a;
-    uint64_t h = fnv1a(key, len) ^ (uint64_t)f;
-    size_t i = h & (t->answers_cap - 1);
-    while (t->answers[i].key)
-        i = (i + 1) & (t->answers_cap - 1);
-    a = &t->answers[i];
-    a->key = malloc(len + 2);
-    if (!a->key)
+    if ((t->answers_used + 1) * 2 > t->answers_cap &&
+        (t->answers_cap >= PC_ANSWERS_MAX || grow_locked(t) != 0))
+        clear_locked(t); /* a cache: start over rather than grow without bound */
+    a = calloc(1, sizeof *a);
+    if (!a || !(a->key = malloc(len + 2))) {
+        free(a);
         return NULL;
+    }
     a->key[0] = f;
     memcpy(a->key + 1, key, len + 1);
+    a->hash = fnv1a(key, len) ^ (uint64_t)f;
+    size_t i = a->hash & (t->answers_cap - 1);
+    while (t->answers[i])
+        i = (i + 1) & (t->answers_cap - 1);
+    t->answers[i] = a;
     t->answers_used++;
     return a;
 }
@@ -85,6 +120,100 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
     return rc;
 }
 
+/* Records saved by memo.py (the format is described there). Returns how many were
+ * loaded; a truncated or malformed tail is ignored. */
+int pc_table_load(pc_tracer *t, const void *blob, size_t len)
+{
+    const unsigned char *p = blob, *end = p + len;
+    int n = 0;
+    char key[PC_PATH_MAX + 1];
+    while (end - p >= 8) {
+        unsigned kind = p[0], follow = p[1];
+        size_t klen = (size_t)p[2] | (size_t)p[3] << 8;
+        size_t plen = (size_t)p[4] | (size_t)p[5] << 8 | (size_t)p[6] << 16 | (size_t)p[7] << 24;
+        const unsigned char *k = p + 8, *pay = k + klen;
+        if ((size_t)(end - k) < klen || (size_t)(end - pay) < plen || klen > PC_PATH_MAX)
+            break;
+        memcpy(key, k, klen);
+        key[klen] = '\0';
+        p = pay + plen;
+        if (kind == 'A' && plen >= 5) {
+            int32_t err;
+            memcpy(&err, pay, 4);
+            unsigned parts = pay[4];
+            size_t need = 5 + (parts & 1 ? sizeof(struct stat) : 0) + (parts & 2 ? 256 : 0) +
+                          (parts & 4 ? 8 : 0);
+            if (plen < need)
+                continue;
+            const unsigned char *q = pay + 5;
+            const void *st = NULL, *stx = NULL;
+            const int8_t *acc = NULL;
+            if (parts & 1)
+                st = q, q += sizeof(struct stat);
+            if (parts & 2)
+                stx = q, q += 256;
+            if (parts & 4)
+                acc = (const int8_t *)q, q += 8;
+            const char *link = parts & 8 ? (const char *)q : NULL;
+            pc_table_put(t, key, follow, err, st, stx, acc, link, (int)(pay + plen - q));
+        } else if (kind == 'O' && plen >= 2) {
+            char target[PC_PATH_MAX + 1];
+            size_t tlen = plen - 1 > PC_PATH_MAX ? PC_PATH_MAX : plen - 1;
+            memcpy(target, pay + 1, tlen);
+            target[tlen] = '\0';
+            pc_table_put_open(t, key, follow, target, pay[0]);
+        } else if (kind == 'D') {
+            pc_table_put_dents(t, key, pay, plen);
+        } else if (kind == 'X') {
+            pc_table_put_xattrs(t, key, follow, pay, plen);
+        } else {
+            continue;
+        }
+        n++;
+    }
+    return n;
+}
+
+/* Replace *field with a copy of data (a non-NULL pointer even when empty). */
+static int set_blob(unsigned char **field, size_t *flen, const void *data, size_t len)
+{
+    unsigned char *copy = malloc(len ? len : 1);
+    if (!copy)
+        return -1;
+    memcpy(copy, data, len);
+    free(*field);
+    *field = copy;
+    *flen = len;
+    return 0;
+}
+
+int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob, size_t len)
+{
+    pthread_rwlock_wrlock(&t->answers_lock);
+    answer *a = slot_locked(t, key, follow);
+    int rc = a ? set_blob(&a->xattrs, &a->xattrs_len, blob, len) : -1;
+    pthread_rwlock_unlock(&t->answers_lock);
+    return rc;
+}
+
+int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *names, size_t len)
+{
+    pthread_rwlock_wrlock(&t->answers_lock);
+    answer *a = slot_locked(t, key, follow);
+    int rc = a ? set_blob(&a->xnames, &a->xnames_len, names, len) : -1;
+    pthread_rwlock_unlock(&t->answers_lock);
+    return rc;
+}
+
+int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_t len)
+{
+    pthread_rwlock_wrlock(&t->answers_lock);
+    answer *a = slot_locked(t, key, 1);
+    int rc = a ? set_blob(&a->dents, &a->dents_len, records, len) : -1;
+    pthread_rwlock_unlock(&t->answers_lock);
+    return rc;
+}
+
 int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
                  const void *statx_buf, const int8_t *access_err, const char *link, int link_len)
 {
@@ -92,6 +221,7 @@ int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void 
     answer *a = slot_locked(t, key, follow);
     int rc = -1;
     if (a) {
+        a->has_answer = 1;
         a->err = err;
         a->has_stat = stat_buf != NULL;
         a->has_statx = statx_buf != NULL;

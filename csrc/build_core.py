@@ -34,6 +34,9 @@ ffibuilder.cdef(
     #define PC_FAST_ACCESS 3
     #define PC_FAST_READLINK 4
     #define PC_FAST_OPEN 5
+    #define PC_FAST_GETDENTS 6
+    #define PC_FAST_GETXATTR 7
+    #define PC_FAST_LISTXATTR 8
     #define PC_EV_SYSCALL 1
     #define PC_EV_SYSCALL_EXIT 2
     #define PC_EV_NEWTASK 3
@@ -59,6 +62,7 @@ ffibuilder.cdef(
         int out_arg;
         int mode_arg;
         int size_arg;
+        int attr_arg;
     } pc_rule;
 
     typedef struct {
@@ -126,6 +130,12 @@ ffibuilder.cdef(
                      int link_len);
     int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *target,
                           int is_dir);
+    int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_t len);
+    int pc_table_load(pc_tracer *t, const void *blob, size_t len);
+    int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob,
+                            size_t len);
+    int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *names,
+                            size_t len);
     void pc_table_clear(pc_tracer *t);
     int pc_table_size(pc_tracer *t);
     """
@@ -133,8 +143,15 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "parrot_cvmfs._core",
     '#include "chunker.h"\n#include "tracer.h"',
-    sources=["csrc/chunker.c", "csrc/tracer.c", "csrc/tracee.c", "csrc/answers.c",
-             "csrc/examine.c", "csrc/respond.c", "csrc/notify.c"],
+    sources=[
+        "csrc/chunker.c",
+        "csrc/tracer.c",
+        "csrc/tracee.c",
+        "csrc/answers.c",
+        "csrc/examine.c",
+        "csrc/respond.c",
+        "csrc/notify.c",
+    ],
     include_dirs=["csrc"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-pthread"],
     extra_link_args=["-pthread"],

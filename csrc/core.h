@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/ptrace.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/user.h>
 
@@ -60,10 +61,12 @@ typedef struct {
 /* ---- the answer table (answers.c) ---------------------------------------------------- */
 
 typedef struct {
-    char *key; /* "F/path" or "N/path"; NULL: empty slot */
+    uint64_t hash;
+    char *key; /* "F/path" or "N/path" */
     int err;
+    int has_answer; /* err, stat... below were set by pc_table_put */
     int has_stat, has_statx, has_access, is_link;
-    unsigned char stat[144];
+    unsigned char stat[sizeof(struct stat)]; /* 144 bytes on x86_64, 128 on aarch64 */
     unsigned char statx[256];
     int8_t access[8];
     char *link;
@@ -71,6 +74,12 @@ typedef struct {
     char *open_target; /* backing file of a read-only open, if Python allowed one */
     int open_len;
     int open_is_dir;
+    unsigned char *dents; /* a directory's linux_dirent64 records, '.' and '..' first */
+    size_t dents_len;
+    unsigned char *xattrs; /* see pc_table_put_xattrs; NULL: not known */
+    size_t xattrs_len;
+    unsigned char *xnames; /* listxattr's answer; NULL: not known */
+    size_t xnames_len;
 } answer;
 
 /* callers hold t->answers_lock (read) */
@@ -88,6 +97,9 @@ typedef struct {
 /* ---- the tracer --------------------------------------------------------------------- */
 
 #define PC_QUEUE 64
+#define PC_MOUNT "/cvmfs"
+#define PC_ANSWERS_MIN (1 << 12)
+#define PC_ANSWERS_MAX (1 << 21) /* slots; then the table starts over */
 
 struct pc_tracer {
     pc_rule rules[PC_MAX_RULES];
@@ -103,7 +115,7 @@ struct pc_tracer {
     long spin;
     /* shared with the notification thread */
     pthread_rwlock_t answers_lock;
-    answer *answers;
+    answer **answers; /* open addressing, NULL: empty slot */
     size_t answers_cap, answers_used;
     pc_stats stats; /* updated with atomic adds */
     /* notification mode */

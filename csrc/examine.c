@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 static int has_prefix(pc_tracer *t, int which, const char *s)
 {
@@ -26,11 +27,20 @@ static int is_proc_magic(const char *p)
            strstr(p, "/map_files");
 }
 
-/* Any spelling of /cvmfs contains "cvmfs" ("/cvmfs/..", "../../cvmfs",
+/* 1 if some component of `path` is exactly "cvmfs". */
+static int has_cvmfs_component(const char *path)
+{
+    for (const char *p = path; (p = strstr(p, "cvmfs")) != NULL; p += 5)
+        if ((p == path || p[-1] == '/') && (p[5] == '\0' || p[5] == '/'))
+            return 1;
+    return 0;
+}
+
+/* Any spelling of /cvmfs has a component "cvmfs" ("/cvmfs/..", "../../cvmfs",
  * "/proc/self/root/cvmfs"); anchor directories are listed as prefixes. */
 static int path_concerns(pc_tracer *t, const pc_rule *r, const char *path)
 {
-    if (strstr(path, "cvmfs"))
+    if (has_cvmfs_component(path))
         return 1;
     if (path[0] == '/')
         return has_prefix(t, 0, path) || (r->proc_sensitive && is_proc_magic(path));
@@ -121,7 +131,9 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
     }
 }
 
-#define O_WRITE_BITS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | __O_TMPFILE)
+/* __O_TMPFILE includes O_DIRECTORY, so only its own bit counts here */
+#define O_TMPFILE_BIT 020000000
+#define O_WRITE_BITS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE_BIT)
 
 /* Replay a read-only open Python performed before: the same backing file. */
 static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
@@ -152,6 +164,35 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
     return done;
 }
 
+/* getxattr's answer from a path's attribute records (pc_table_put_xattrs): 1 and
+ * *value/*vlen if the name has a value, 0 if it has none (ENODATA), -1 if Python
+ * must answer. */
+static int xattr_value(const answer *a, const char *name, const unsigned char **value,
+                       size_t *vlen)
+{
+    size_t nlen = strlen(name);
+    for (size_t p = 0; p + 2 <= a->xattrs_len;) {
+        size_t kl = (size_t)a->xattrs[p] | (size_t)a->xattrs[p + 1] << 8;
+        if (p + 2 + kl + 4 > a->xattrs_len)
+            return -1;
+        const unsigned char *k = a->xattrs + p + 2;
+        uint32_t vl;
+        memcpy(&vl, k + kl, 4);
+        const unsigned char *v = k + kl + 4;
+        if (vl != 0xFFFFFFFFu && v + vl > a->xattrs + a->xattrs_len)
+            return -1;
+        if (kl == nlen && memcmp(k, name, nlen) == 0) {
+            if (vl == 0xFFFFFFFFu)
+                return -1;
+            *value = v;
+            *vlen = vl;
+            return 1;
+        }
+        p += 2 + kl + 4 + (vl == 0xFFFFFFFFu ? 0 : vl);
+    }
+    return 0;
+}
+
 /* `key` is the absolute path of a path call, or the target of a descriptor. */
 static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int by_fd)
 {
@@ -163,50 +204,165 @@ static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int 
         follow = 0;
     if (by_fd)
         follow = 1;
-    unsigned char buf[256];
+    char name[256];
+    if (r->fast == PC_FAST_GETXATTR) {
+        int nl = read_string(c->tid, c->args[r->attr_arg], name, sizeof name - 1);
+        if (nl <= 0)
+            return 0; /* EFAULT, ERANGE, ...: Python says which */
+    }
+    const unsigned char *out = NULL; /* what to copy to the program's buffer */
     size_t n = 0;
     int64_t result = 0;
-    int found = 0;
+    int found = 0, done = 0;
     pthread_rwlock_rdlock(&t->answers_lock);
     answer *a = answer_find(t, follow ? 'F' : 'N', key, (size_t)len);
     if (a) {
         found = 1;
-        if (r->fast == PC_FAST_ACCESS) {
+        int64_t size = r->size_arg >= 0 ? (int64_t)c->args[r->size_arg] : 0;
+        switch (r->fast) {
+        case PC_FAST_ACCESS:
             if (a->has_access)
                 result = -(int64_t)a->access[c->args[r->mode_arg] & 7];
             else
                 found = 0;
-        } else if (a->err) {
-            result = -(int64_t)a->err;
-        } else if (r->fast == PC_FAST_STAT || r->fast == PC_FAST_STATX) {
+            break;
+        case PC_FAST_STAT:
+        case PC_FAST_STATX: {
             int x = r->fast == PC_FAST_STATX;
-            if (x ? a->has_statx : a->has_stat) {
+            if (a->has_answer && a->err) {
+                result = -(int64_t)a->err;
+            } else if (x ? a->has_statx : a->has_stat) {
                 n = x ? sizeof a->statx : sizeof a->stat;
-                memcpy(buf, x ? a->statx : a->stat, n);
+                out = x ? a->statx : a->stat;
             } else {
                 found = 0;
             }
-        } else if (r->fast == PC_FAST_READLINK) {
-            int64_t size = (int64_t)c->args[r->size_arg];
-            if (!a->is_link || size <= 0) {
+            break;
+        }
+        case PC_FAST_READLINK:
+            if (!a->has_answer) {
+                found = 0;
+            } else if (a->err) {
+                result = -(int64_t)a->err;
+            } else if (!a->is_link || size <= 0) {
                 result = -EINVAL;
             } else {
                 n = (size_t)(a->link_len < size ? a->link_len : size);
-                if (n > sizeof buf)
-                    found = 0; /* long targets: Python */
-                else
-                    memcpy(buf, a->link, n);
+                out = (const unsigned char *)a->link;
                 result = (int64_t)n;
             }
-        } else {
+            break;
+        case PC_FAST_GETXATTR:
+        case PC_FAST_LISTXATTR: {
+            const unsigned char *v = NULL;
+            size_t vl = 0;
+            int have = 0;
+            if (a->has_answer && a->err) {
+                result = -(int64_t)a->err;
+                break;
+            }
+            if (r->fast == PC_FAST_LISTXATTR) {
+                have = a->xnames != NULL ? 1 : -1;
+                v = a->xnames;
+                vl = a->xnames_len;
+            } else {
+                have = a->xattrs != NULL ? xattr_value(a, name, &v, &vl) : -1;
+            }
+            if (have < 0)
+                found = 0;
+            else if (have == 0)
+                result = -ENODATA;
+            else if (size == 0)
+                result = (int64_t)vl; /* the size the caller needs */
+            else if ((size_t)size < vl)
+                result = -ERANGE;
+            else
+                out = v, n = vl, result = (int64_t)vl;
+            break;
+        }
+        default:
             found = 0;
         }
+        /* written under the lock: `out` points into the table */
+        if (found && n && pc_write(c->tid, c->args[r->out_arg], out, n) != (ssize_t)n)
+            result = -EFAULT;
     }
     pthread_rwlock_unlock(&t->answers_lock);
-    if (!found)
+    if (found)
+        done = respond_result(t, c, result) == 0;
+    return done;
+}
+
+/* The key of a path relative to a directory anchor (the cwd or a dirfd inside
+ * /cvmfs): the same string as the absolute path would be, since an anchor stands for
+ * its directory with every symlink above it already resolved. -1 if there is none. */
+static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char *key)
+{
+    if (t->nprefix[0] < 1 || ev->base_len == 0)
+        return -1;
+    const char *anchors = t->prefixes[0][0];
+    size_t alen = t->prefix_len[0][0];
+    if (strncmp(ev->base, anchors, alen) != 0 || (ev->base[alen] != '/' && ev->base[alen] != '\0'))
+        return -1;
+    size_t rest = (size_t)ev->base_len - alen;
+    size_t mlen = sizeof PC_MOUNT - 1;
+    if (mlen + rest + 1 + (size_t)ev->path_len > PC_PATH_MAX)
+        return -1;
+    if (c->r->dirfd_arg >= 0 && (int)c->args[c->r->dirfd_arg] != AT_FDCWD) {
+        struct stat st; /* a dirfd may be an anchor of a symlink or fifo: ENOTDIR, Python's */
+        if (lstat(ev->base, &st) != 0 || !S_ISDIR(st.st_mode))
+            return -1;
+    }
+    memcpy(key, PC_MOUNT, mlen);
+    memcpy(key + mlen, ev->base + alen, rest);
+    key[mlen + rest] = '/';
+    memcpy(key + mlen + rest + 1, ev->path, (size_t)ev->path_len + 1);
+    return (int)(mlen + rest + 1 + (size_t)ev->path_len);
+}
+
+/* getdents64 on a descriptor of a directory anchor whose listing Python taught us.
+ * The descriptor's own file position is the cursor (the index of the next record),
+ * moved through a copy of the descriptor so that lseek/rewinddir keep working. */
+static int fast_getdents(pc_tracer *t, pc_call *c, const char *anchor, int len)
+{
+    const pc_rule *r = c->r;
+    int fd = (int)c->args[r->path_arg];
+    uint64_t count = c->args[r->size_arg] & 0xFFFFFFFFu;
+    pthread_rwlock_rdlock(&t->answers_lock);
+    answer *a = answer_find(t, 'F', anchor, (size_t)len);
+    if (!a || !a->dents) {
+        pthread_rwlock_unlock(&t->answers_lock);
         return 0;
-    if (n && pc_write(c->tid, c->args[r->out_arg], buf, n) != (ssize_t)n)
+    }
+    int ours = pc_getfd(c->tid, fd);
+    if (ours < 0) {
+        pthread_rwlock_unlock(&t->answers_lock);
+        return 0;
+    }
+    off_t pos = lseek(ours, 0, SEEK_CUR);
+    size_t start = 0, end, index = 0;
+    while (start < a->dents_len && (off_t)index < pos) { /* skip to record `pos` */
+        start += *(uint16_t *)(a->dents + start + 16);
+        index++;
+    }
+    for (end = start; end < a->dents_len; index++) {
+        size_t reclen = *(uint16_t *)(a->dents + end + 16);
+        if (end + reclen - start > count)
+            break;
+        end += reclen;
+    }
+    int64_t result = (int64_t)(end - start);
+    if (pos < 0)
+        result = -EINVAL;
+    else if (end == start && start < a->dents_len)
+        result = -EINVAL; /* the buffer cannot hold one record */
+    else if (end > start && pc_write(c->tid, c->args[r->out_arg], a->dents + start, end - start) !=
+                                (ssize_t)(end - start))
         result = -EFAULT;
+    else if (end > start)
+        lseek(ours, (off_t)index, SEEK_SET);
+    pthread_rwlock_unlock(&t->answers_lock);
+    close(ours);
     return respond_result(t, c, result) == 0;
 }
 
@@ -215,12 +371,22 @@ int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev)
     const pc_rule *r = c->r;
     if (r->fast == PC_FAST_NONE)
         return 0;
+    if (r->fast == PC_FAST_GETDENTS)
+        return ev->base_len > 0 && fast_getdents(t, c, ev->base, ev->base_len);
     if (r->kind == PC_KIND_FD || ev->empty_path)
         return r->fast != PC_FAST_OPEN && ev->base_len > 0 && ev->base[0] == '/' &&
                table_answer(t, c, ev->base, ev->base_len, 1);
-    if (r->kind != PC_KIND_PATH || ev->base_len != 0 || ev->path[0] != '/')
+    if (r->kind != PC_KIND_PATH || ev->path_len == 0)
         return 0;
+    const char *key = ev->path;
+    int len = ev->path_len;
+    char rel[PC_PATH_MAX + 1];
+    if (ev->path[0] != '/') {
+        if ((len = relative_key(t, c, ev, rel)) < 0)
+            return 0;
+        key = rel;
+    }
     if (r->fast == PC_FAST_OPEN)
-        return fast_open(t, c, ev->path, ev->path_len);
-    return table_answer(t, c, ev->path, ev->path_len, 0);
+        return fast_open(t, c, key, len);
+    return table_answer(t, c, key, len, 0);
 }

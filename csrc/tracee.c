@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -157,9 +158,33 @@ int proc_link(pid_t tid, const char *what, long fd, char *out, size_t max)
     return (int)n;
 }
 
+static pid_t thread_group_of(pid_t tid)
+{
+    char p[64], buf[512];
+    snprintf(p, sizeof p, "/proc/%d/status", tid);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *t = strstr(buf, "\nTgid:");
+    return t ? (pid_t)atoi(t + 6) : -1;
+}
+
 int pc_getfd(pid_t tid, int fd)
 {
-    int pidfd = (int)syscall(434 /* pidfd_open */, tid, 0);
+    /* PIDFD_THREAD (= O_EXCL, 6.9) so that any thread will do; older kernels refuse
+     * the flag, and then only a thread-group leader can be named */
+    int pidfd = (int)syscall(434 /* pidfd_open */, tid, O_EXCL);
+    if (pidfd < 0 && errno == EINVAL) {
+        pidfd = (int)syscall(434, tid, 0);
+        pid_t tgid = pidfd < 0 ? thread_group_of(tid) : -1;
+        if (tgid > 0 && tgid != tid) /* its threads share the descriptor table */
+            pidfd = (int)syscall(434, tgid, 0);
+    }
     if (pidfd < 0)
         return -errno;
     int ours = (int)syscall(438 /* pidfd_getfd */, pidfd, fd, 0);

@@ -81,8 +81,8 @@ pc_tracer *pc_new(const pc_rule *rules, int nrules)
     pthread_cond_init(&t->qspace, NULL);
     t->tasks_cap = 1024;
     t->tasks = calloc(t->tasks_cap, sizeof(task_state));
-    t->answers_cap = 1 << 16;
-    t->answers = calloc(t->answers_cap, sizeof(answer));
+    t->answers_cap = PC_ANSWERS_MIN;
+    t->answers = calloc(t->answers_cap, sizeof(answer *));
     if (!t->tasks || !t->answers) {
         free(t->tasks);
         free(t->answers);

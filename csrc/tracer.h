@@ -28,6 +28,9 @@ enum {
     PC_FAST_ACCESS = 3,   /* mode at arg `mode_arg` */
     PC_FAST_READLINK = 4, /* buffer at `out_arg`, size at `size_arg` */
     PC_FAST_OPEN = 5,     /* read-only open: the path is pointed at the backing file */
+    PC_FAST_GETDENTS = 6, /* getdents64 of a directory anchor: buffer `out_arg`, size `size_arg` */
+    PC_FAST_GETXATTR = 7, /* name at `attr_arg`, value buffer `out_arg`, size `size_arg` */
+    PC_FAST_LISTXATTR = 8, /* buffer `out_arg`, size `size_arg` */
 };
 
 typedef struct {
@@ -47,6 +50,7 @@ typedef struct {
     int out_arg;
     int mode_arg;
     int size_arg;
+    int attr_arg;       /* an extended attribute's name */
 } pc_rule;
 
 /* Events handed to Python by pc_next(). */
@@ -130,6 +134,16 @@ int pc_ntasks(pc_tracer *t);
 int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
                  const void *statx_buf, const int8_t *access_err, const char *link, int link_len);
 int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *target, int is_dir);
+/* the listing of the directory whose anchor is `key`: linux_dirent64 records whose d_off
+ * is the index of the next record, so a descriptor's file position is its cursor */
+int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_t len);
+/* a path's extended attributes: records name_len:u16 name value_len:u32 value, where
+ * value_len 0xFFFFFFFF marks a name only Python can answer (cvmfs magic attributes) */
+int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob, size_t len);
+/* the answer of listxattr: the names, each NUL-terminated */
+int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *names, size_t len);
+/* many answers at once, in the record format of memo.py */
+int pc_table_load(pc_tracer *t, const void *blob, size_t len);
 void pc_table_clear(pc_tracer *t);
 int pc_table_size(pc_tracer *t);
 

@@ -32,8 +32,16 @@ def stage_tree(dest: str) -> str:
     subprocess.run(["cp", "-a", src, dest], check=True)
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc:
-        subprocess.run([cc, "-O2", "-o", os.path.join(dest, "bin", "hello-c"),
-                        os.path.join(dest, "src", "hello.c")], check=True)
+        subprocess.run(
+            [
+                cc,
+                "-O2",
+                "-o",
+                os.path.join(dest, "bin", "hello-c"),
+                os.path.join(dest, "src", "hello.c"),
+            ],
+            check=True,
+        )
     rnd = random.Random(2026)
     with open(os.path.join(dest, "data", "large.bin"), "wb") as f:
         f.write(rnd.randbytes(24 * 1024 * 1024))  # above the chunking threshold
@@ -46,19 +54,36 @@ def run_demo(keep: bool = False) -> int:
     try:
         tree = stage_tree(os.path.join(work, "tree"))
         stratum, keys = os.path.join(work, "stratum"), os.path.join(work, "keys")
-        r = publish(PublishOptions(source=tree, name=DEMO_NAME, stratum=stratum, keys_dir=keys,
-                                   tag="demo"))
-        print(f"published {DEMO_NAME} revision {r.revision}: {r.files} files, {r.catalogs} catalogs,"
-              f" keys in {keys}")
+        r = publish(
+            PublishOptions(source=tree, name=DEMO_NAME, stratum=stratum, keys_dir=keys, tag="demo")
+        )
+        print(
+            f"published {DEMO_NAME} revision {r.revision}: {r.files} files, {r.catalogs} catalogs,"
+            f" keys in {keys}"
+        )
         srv = StratumServer(stratum)
         srv.start_background()
         print(f"serving it at {srv.url}/{DEMO_NAME}")
         spec = f"{DEMO_NAME}:url={srv.url}/{DEMO_NAME},pubkey={keys}/{DEMO_NAME}.pub"
         env = dict(os.environ, PARROT_CVMFS_REPO=spec)
         job = os.path.join(examples_dir(), "job.sh")
-        cmd = [sys.executable, "-m", "parrot_cvmfs.tracer.main", "--cvmfs", DEMO_NAME,
-               "--cache-dir", os.path.join(work, "cache"), "--stats", "--", "/bin/sh", job]
-        print(f"running: parrot_run --cvmfs {DEMO_NAME} --stats -- /bin/sh examples/job.sh\n", flush=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "parrot_cvmfs.tracer.main",
+            "--cvmfs",
+            DEMO_NAME,
+            "--cache-dir",
+            os.path.join(work, "cache"),
+            "--stats",
+            "--",
+            "/bin/sh",
+            job,
+        ]
+        print(
+            f"running: parrot_run --cvmfs {DEMO_NAME} --stats -- /bin/sh examples/job.sh\n",
+            flush=True,
+        )
         rc = subprocess.run(cmd, env=env).returncode
         srv.shutdown()
         print(f"\ndemo {'finished' if rc == 0 else f'FAILED (exit status {rc})'}")

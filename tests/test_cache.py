@@ -97,7 +97,10 @@ def test_quota_cleanup_spares_open_files(tmp_path):
             f.write(data)
         paths.append((h, cache.commit(tmp, h)))
         if i == 1:
-            # another process keeps the second object open while clean-up runs
+            # another process keeps the second object open, under an alias, while clean-up runs
+            paths[1] = (h, cache.alias(paths[1][1], "a1"))
+            assert paths[1][1].endswith("~a1") and os.path.samefile(paths[1][1], cache.path(h))
+            aliases_of_first = [cache.alias(paths[0][1], t) for t in ("b1", "b2")]
             holder = subprocess.Popen(
                 [
                     sys.executable,
@@ -121,7 +124,9 @@ def test_quota_cleanup_spares_open_files(tmp_path):
             cache_mod._RECENT_GRACE = cache_mod_grace
         assert cache.quota.usage() <= 3 * 1024 * 1024
         assert os.path.exists(paths[1][1]), "an open object was evicted"
+        assert os.path.exists(cache.path(paths[1][0])), "an object open under an alias was evicted"
         assert not os.path.exists(paths[0][1]), "the least recently used object should go first"
+        assert not any(os.path.exists(a) for a in aliases_of_first), "aliases outlived their object"
         assert os.path.exists(paths[-1][1])
         assert paths[1][1] in open_files_under(cache.dir)
     finally:

@@ -57,8 +57,12 @@ def round_server(published):
 
 @pytest.fixture(scope="module")
 def parrot(published, round_server, tmp_path_factory, mode):
-    env = base_env(PARROT_CVMFS_REPO=repo_spec(published.name, f"{round_server.url}/{published.name}",
-                                               published.pubkey), **mode)
+    env = base_env(
+        PARROT_CVMFS_REPO=repo_spec(
+            published.name, f"{round_server.url}/{published.name}", published.pubkey
+        ),
+        **mode,
+    )
     return Parrot(env, str(tmp_path_factory.mktemp("parrot-cache")))
 
 
@@ -101,8 +105,9 @@ def _drop_cross_catalog_nlink(line: str) -> str:
 def test_find_printf_every_attribute(parrot, published):
     fmt = "%p|%y|%Y|%m|%s|%n|%T@|%l|%U|%G\\n"
     n, t = differential(parrot, published, f"find . -printf '{fmt}' | LC_ALL=C sort")
-    assert [_drop_cross_catalog_nlink(x) for x in t.splitlines()] == \
-        [_drop_cross_catalog_nlink(x) for x in _expand_variant(n).splitlines()]
+    assert [_drop_cross_catalog_nlink(x) for x in t.splitlines()] == [
+        _drop_cross_catalog_nlink(x) for x in _expand_variant(n).splitlines()
+    ]
     assert len(t.splitlines()) > 100
 
 
@@ -129,7 +134,7 @@ def test_stat_readlink_du_sha256(parrot, published):
         "-path ./links/variant -prune -o "
         "-print0 | LC_ALL=C sort -z | xargs -0 stat -c '%n %F %a %s %h %Y %N'; "
         "find . -type l ! -name variant | LC_ALL=C sort | while read -r l; do "
-        "echo \"$l $(readlink -f \"$l\")\"; done; "
+        'echo "$l $(readlink -f "$l")"; done; '
         "du -abl --exclude=variant . | LC_ALL=C sort -k2; "
         "find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum"
     )
@@ -144,7 +149,10 @@ def test_tar_and_cp_a(parrot, published, tmp_path):
     dest = tmp_path / "copy"
     p = parrot("cp", "-a", f"/cvmfs/{published.name}", str(dest))
     assert p.returncode == 0, p.stderr
-    d = run(["diff", "-r", "--no-dereference", "-x", "fifo", "-x", "variant", published.src, str(dest)], base_env())
+    d = run(
+        ["diff", "-r", "--no-dereference", "-x", "fifo", "-x", "variant", published.src, str(dest)],
+        base_env(),
+    )
     assert d.returncode == 0, d.stdout
     fmt = "%P|%y|%m|%s|%T@|%l\\n"
     a = run(["find", published.src, "!", "-name", "variant", "-printf", fmt], base_env()).stdout
@@ -154,8 +162,10 @@ def test_tar_and_cp_a(parrot, published, tmp_path):
 
 
 def test_cd_pwd(parrot, published):
-    script = ("cd nested/inner && pwd && pwd -P && /bin/pwd && cd ../../links/dirlink && pwd "
-              "&& pwd -P && /bin/pwd && ls && cd .. && pwd")
+    script = (
+        "cd nested/inner && pwd && pwd -P && /bin/pwd && cd ../../links/dirlink && pwd "
+        "&& pwd -P && /bin/pwd && ls && cd .. && pwd"
+    )
     n, t = differential(parrot, published, script)
     assert t == n
     assert "<ROOT>/links/sub" in t
@@ -163,14 +173,40 @@ def test_cd_pwd(parrot, published):
 
 def test_errors_seen_by_programs(parrot, published):
     mnt = f"/cvmfs/{published.name}"
-    p = parrot.sh(f"cat {mnt}/nope; echo rc=$?; touch {mnt}/new; echo rc=$?; "
-                  f"mkdir {mnt}/data; echo rc=$?; rm -f {mnt}/README; echo rc=$?; "
-                  f"ls /cvmfs/no-such.example.org; echo rc=$?; cat {mnt}/links/loop-a; echo rc=$?",
-                  env={"LC_ALL": "C"})
+    p = parrot.sh(
+        f"cat {mnt}/nope; echo rc=$?; touch {mnt}/new; echo rc=$?; "
+        f"mkdir {mnt}/data; echo rc=$?; rm -f {mnt}/README; echo rc=$?; "
+        f"ls /cvmfs/no-such.example.org; echo rc=$?; cat {mnt}/links/loop-a; echo rc=$?",
+        env={"LC_ALL": "C"},
+    )
     err = p.stderr.decode()
     assert "No such file or directory" in err and "Read-only file system" in err
     assert "File exists" in err and "Too many levels of symbolic links" in err
     assert p.stdout.decode().count("rc=1") >= 5
+
+
+def test_answers_kept_across_runs(parrot, published, tmp_path):
+    """A second run over the same revision is answered from the kept answers, in C,
+    and sees exactly what the first saw."""
+    import re
+
+    fresh = Parrot(parrot.env, str(tmp_path / "cache"))
+    mnt = f"/cvmfs/{published.name}"
+    script = (
+        f"find {mnt} -printf '%p %y %m %s %T@ %n %i\\n' | sort; ls -laR {mnt} >/dev/null; "
+        f"cat {mnt}/README {mnt}/nested/inner/deep.txt | sha256sum"
+    )
+    outs, in_python = [], []
+    for _ in range(2):
+        p = fresh("/bin/sh", "-c", script, options=("--stats",))
+        assert p.returncode == 0, p.stderr
+        outs.append(p.stdout)
+        m = re.search(rb"(\d+) answered in C, (\d+) handled in Python", p.stderr)
+        assert m, p.stderr
+        in_python.append((int(m.group(1)), int(m.group(2))))
+    assert outs[0] == outs[1]
+    assert in_python[0][1] > 100, in_python  # the first run taught the table
+    assert in_python[1][1] <= 5 and in_python[1][0] > 500, in_python
 
 
 # -- the real repository written by cvmfs 2.12 ----------------------------------------------------
@@ -192,11 +228,23 @@ def test_real_repository_walked(real_parrot):
     types = {"d": "dir", "f": "file", "l": "symlink", "p": "special"}
     for i in range(0, len(fields), 7):
         rel, y, m, s, t, nl, link = fields[i : i + 7]
-        seen["/" + rel if rel else "/"] = (types[y], int(m, 8), int(s), int(float(t)), int(nl), link)
+        seen["/" + rel if rel else "/"] = (
+            types[y],
+            int(m, 8),
+            int(s),
+            int(float(t)),
+            int(nl),
+            link,
+        )
     assert sorted(seen) == sorted(tree)
     for path, r in tree.items():
         kind, mode, size, mtime, nlink, link = seen[path]
-        assert (kind, mode & 0o7777, mtime, nlink) == (r["type"], r["mode"] & 0o7777, r["mtime"], r["nlink"]), path
+        assert (kind, mode & 0o7777, mtime, nlink) == (
+            r["type"],
+            r["mode"] & 0o7777,
+            r["mtime"],
+            r["nlink"],
+        ), path
         if kind == "symlink":
             assert link == (r["symlink"] if path != "/links/variant" else "x86_64/lib"), path
         elif kind != "special":
@@ -204,7 +252,9 @@ def test_real_repository_walked(real_parrot):
     p = real_parrot("sh", "-c", f"cd {mnt} && find . -type f -print0 | xargs -0 sha256sum --zero")
     assert p.returncode == 0, p.stderr
     sums = {line[66:].lstrip("."): line[:64] for line in p.stdout.decode().split("\0") if line}
-    assert {k: v for k, v in sums.items()} == {k: r["sha256"] for k, r in tree.items() if r["type"] == "file"}
+    assert {k: v for k, v in sums.items()} == {
+        k: r["sha256"] for k, r in tree.items() if r["type"] == "file"
+    }
     p = real_parrot("getfattr", "-d", "-e", "hex", f"{mnt}/xattr/one.txt")
     assert "user.foo=0x626172" in p.stdout.decode()
     assert "user.binary=0x000102030405060708090a0b0c0d0e0f" in p.stdout.decode()
@@ -225,8 +275,9 @@ def test_real_repository_walked(real_parrot):
 def progs(tmp_path_factory):
     d = tmp_path_factory.mktemp("progs")
     out = str(d / "ptest")
-    subprocess.run(["cc", "-O1", "-pthread", "-o", out, os.path.join(HERE, "progs", "ptest.c")],
-                   check=True)
+    subprocess.run(
+        ["cc", "-O1", "-pthread", "-o", out, os.path.join(HERE, "progs", "ptest.c")], check=True
+    )
     return out
 
 
@@ -241,19 +292,29 @@ def exec_repo(tmp_path_factory, progs, mode):
         (src / d).mkdir(parents=True)
     hello = base / "hello.c"
     hello.write_text(
-        '#include <stdio.h>\n#include <unistd.h>\nint main(int c, char **v){char b[4096];'
+        "#include <stdio.h>\n#include <unistd.h>\nint main(int c, char **v){char b[4096];"
         'ssize_t n=readlink("/proc/self/exe",b,sizeof b-1);b[n>0?n:0]=0;'
-        'printf("exe=%s argv0=%s argc=%d\\n",b,v[0],c);return 3;}\n')
+        'printf("exe=%s argv0=%s argc=%d\\n",b,v[0],c);return 3;}\n'
+    )
     subprocess.run(["cc", "-o", str(src / "bin/hello"), str(hello)], check=True)
     ld = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
     shutil.copy(ld, src / "lib64/ld-linux-x86-64.so.2")
-    subprocess.run(["cc", "-o", str(src / "bin/hello-interp"),
-                    f"-Wl,--dynamic-linker=/cvmfs/{name}/lib64/ld-linux-x86-64.so.2", str(hello)],
-                   check=True)
+    subprocess.run(
+        [
+            "cc",
+            "-o",
+            str(src / "bin/hello-interp"),
+            f"-Wl,--dynamic-linker=/cvmfs/{name}/lib64/ld-linux-x86-64.so.2",
+            str(hello),
+        ],
+        check=True,
+    )
     shutil.copy(progs, src / "bin/ptest")
     shutil.copy("/bin/dash" if os.path.exists("/bin/dash") else "/bin/sh", src / "bin/dash")
     (src / "bin/script.sh").write_text('#!/bin/sh\necho "script $0 args: $*"\n')
-    (src / "bin/dscript").write_text(f'#!/cvmfs/{name}/bin/dash -e\necho "dash-script $0 args: $*"\n')
+    (src / "bin/dscript").write_text(
+        f'#!/cvmfs/{name}/bin/dash -e\necho "dash-script $0 args: $*"\n'
+    )
     (src / "bin/nested-script").write_text(f"#!/cvmfs/{name}/bin/script.sh\n")
     (src / "bin/not-exec").write_text("#!/bin/sh\necho no\n")
     for f in ("script.sh", "dscript", "nested-script"):
@@ -261,7 +322,9 @@ def exec_repo(tmp_path_factory, progs, mode):
     (src / "include/mylib.h").write_text("int mylib_answer(void);\n")
     lib_c = base / "mylib.c"
     lib_c.write_text("int mylib_answer(void){return 42;}\n")
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(src / "lib/libmylib.so"), str(lib_c)], check=True)
+    subprocess.run(
+        ["cc", "-shared", "-fPIC", "-o", str(src / "lib/libmylib.so"), str(lib_c)], check=True
+    )
     (src / "py/mypkg/__init__.py").write_text("VALUE = 42\nfrom . import sub\n")
     (src / "py/mypkg/sub.py").write_text("NAME = 'sub'\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
@@ -276,7 +339,9 @@ def exec_repo(tmp_path_factory, progs, mode):
     publish(PublishOptions(source=str(src), name=name, stratum=stratum, keys_dir=keys))
     srv = StratumServer(stratum)
     srv.start_background()
-    env = base_env(PARROT_CVMFS_REPO=repo_spec(name, f"{srv.url}/{name}", f"{keys}/{name}.pub"), **mode)
+    env = base_env(
+        PARROT_CVMFS_REPO=repo_spec(name, f"{srv.url}/{name}", f"{keys}/{name}.pub"), **mode
+    )
     yield Parrot(env, str(base / "cache")), f"/cvmfs/{name}", str(src), stratum
     srv.shutdown()
 
@@ -294,7 +359,9 @@ def test_exec_binaries_and_scripts(exec_repo):
     p = parrot(f"{mnt}/bin/dscript", "a")  # the interpreter itself is in /cvmfs
     assert p.stdout.decode() == f"dash-script {mnt}/bin/dscript args: a\n", p.stderr
     p = parrot(f"{mnt}/bin/nested-script", "z")  # a script as the interpreter of a script
-    assert p.stdout.decode() == f"script {mnt}/bin/script.sh args: {mnt}/bin/nested-script z\n", p.stderr
+    assert p.stdout.decode() == f"script {mnt}/bin/script.sh args: {mnt}/bin/nested-script z\n", (
+        p.stderr
+    )
     p = parrot(f"{mnt}/bin/not-exec")
     assert p.returncode == 126 and "Permission denied" in p.stderr.decode()
     p = parrot(f"{mnt}/bin/nothing")
@@ -308,14 +375,28 @@ def test_exec_binaries_and_scripts(exec_repo):
 
 def test_python_c_compile_git(exec_repo, tmp_path):
     parrot, mnt, _, _ = exec_repo
-    p = parrot(sys.executable, "-c", f"import sys; sys.path.insert(0, '{mnt}/py'); import mypkg; "
-               "print(mypkg.VALUE, mypkg.sub.NAME, mypkg.__file__)")
+    p = parrot(
+        sys.executable,
+        "-c",
+        f"import sys; sys.path.insert(0, '{mnt}/py'); import mypkg; "
+        "print(mypkg.VALUE, mypkg.sub.NAME, mypkg.__file__)",
+    )
     assert p.stdout.decode() == f"42 sub {mnt}/py/mypkg/__init__.py\n", p.stderr
     src = tmp_path / "use.c"
-    src.write_text("#include <mylib.h>\n#include <stdio.h>\nint main(void){printf(\"%d\\n\", mylib_answer());}\n")
+    src.write_text(
+        '#include <mylib.h>\n#include <stdio.h>\nint main(void){printf("%d\\n", mylib_answer());}\n'
+    )
     out = tmp_path / "use"
-    p = parrot("cc", f"-I{mnt}/include", f"-L{mnt}/lib", f"-Wl,-rpath,{mnt}/lib", "-o", str(out),
-               str(src), "-lmylib")
+    p = parrot(
+        "cc",
+        f"-I{mnt}/include",
+        f"-L{mnt}/lib",
+        f"-Wl,-rpath,{mnt}/lib",
+        "-o",
+        str(out),
+        str(src),
+        "-lmylib",
+    )
     assert p.returncode == 0, p.stderr
     p = parrot(str(out))
     assert p.stdout == b"42\n", p.stderr
@@ -334,8 +415,12 @@ def test_exit_status_and_signals(exec_repo):
     p = parrot("sh", "-c", "trap 'echo got USR1' USR1; kill -USR1 $$; echo after")
     assert p.stdout == b"got USR1\nafter\n"
     # group stop and continue
-    p = parrot("sh", "-c", "sleep 0.3 & pid=$!; kill -STOP $pid; sleep 0.2; kill -CONT $pid; "
-               "wait $pid; echo waited $?")
+    p = parrot(
+        "sh",
+        "-c",
+        "sleep 0.3 & pid=$!; kill -STOP $pid; sleep 0.2; kill -CONT $pid; "
+        "wait $pid; echo waited $?",
+    )
     assert p.stdout == b"waited 0\n"
     # stdin and the working directory pass through
     p = parrot("cat", input=b"from stdin\n")
@@ -346,12 +431,20 @@ def test_exit_status_and_signals(exec_repo):
 
 def test_many_short_children_and_make(exec_repo, tmp_path):
     parrot, mnt, _, _ = exec_repo
-    p = parrot("sh", "-c", f"i=0; while [ $i -lt 1000 ]; do cat {mnt}/README >/dev/null || exit 1; "
-               "i=$((i+1)); done; echo done")
+    p = parrot(
+        "sh",
+        "-c",
+        f"i=0; while [ $i -lt 1000 ]; do cat {mnt}/README >/dev/null || exit 1; "
+        "i=$((i+1)); done; echo done",
+    )
     assert p.stdout == b"done\n", p.stderr
     mk = tmp_path / "Makefile"
-    mk.write_text("".join(f"t{i}:\n\t@cat {mnt}/README > /dev/null && echo t{i}\n" for i in range(40))
-                  + "all: " + " ".join(f"t{i}" for i in range(40)) + "\n")
+    mk.write_text(
+        "".join(f"t{i}:\n\t@cat {mnt}/README > /dev/null && echo t{i}\n" for i in range(40))
+        + "all: "
+        + " ".join(f"t{i}" for i in range(40))
+        + "\n"
+    )
     p = parrot("make", "-j2", "-f", str(mk), "all")
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 40, p.stderr
 
@@ -367,11 +460,22 @@ def test_ptest_scenarios(exec_repo):
     p = parrot(ptest, "threads", f"{mnt}/README", "8", "300", env=env)
     assert p.stdout == b"threads done, errors 0\n", p.stderr
     p = parrot(ptest, "chdir-threads", env=env)
-    assert p.stdout.decode().splitlines()[1:] == [f"cwd {mnt}", f"entries in . {len(os.listdir(src)) + 2}"]
+    assert p.stdout.decode().splitlines()[1:] == [
+        f"cwd {mnt}",
+        f"entries in . {len(os.listdir(src)) + 2}",
+    ]
     p = parrot(ptest, "mmaps", f"{mnt}/data.bin", "2000", env=env)
     assert p.stdout == b"2000 mappings agree\n", p.stderr
     p = parrot(ptest, "threads-fork", "400", env=env)
     assert p.stdout == b"400 of 400 forked children saw /cvmfs\n", p.stderr
+    n = len(os.listdir(f"{src}/bin")) + 2
+    line = f"entries {n} small-buffer-same 1 readdir-same 1 tiny-einval 1 seek-same 1\n"
+    assert (
+        run([f"{src}/bin/ptest", "getdents", f"{src}/bin"], base_env()).stdout.decode() == line * 3
+    )
+    for _ in range(2):  # the second run is answered from the kept answers
+        p = parrot(ptest, "getdents", f"{mnt}/bin", env=env)
+        assert p.stdout.decode() == line * 3, p.stderr
 
 
 def test_openat_edge_cases(parrot, published, progs):
@@ -379,17 +483,36 @@ def test_openat_edge_cases(parrot, published, progs):
     p = parrot(progs, "openat", env={"ROOT": mnt})
     got = dict(line.split(": ", 1) for line in p.stdout.decode().splitlines() if ": " in line)
     expect = {
-        "open dir O_DIRECTORY": "ok", "openat relative": "ok", "openat ..": "ok",
-        "openat O_NOFOLLOW symlink": "ELOOP", "openat O_PATH|O_NOFOLLOW symlink": "ok",
-        "openat O_DIRECTORY file": "ENOTDIR", "openat trailing slash file": "ENOTDIR",
-        "openat dirlink/": "ok", "openat O_RDWR": "EROFS", "openat O_CREAT new": "EROFS",
-        "openat O_CREAT|O_EXCL existing": "EEXIST", "openat O_RDONLY|O_CREAT existing": "ok",
-        "openat missing": "ENOENT", "openat loop": "ELOOP", "openat dangling": "ENOENT",
-        "openat2 NO_SYMLINKS plain": "ok", "openat2 NO_SYMLINKS link": "ELOOP",
-        "fstatat AT_EMPTY_PATH": "ok", "mkdirat new": "EROFS", "mkdirat existing": "EEXIST",
-        "unlinkat": "EROFS", "unlinkat missing": "EROFS", "rename in": "EXDEV", "chmod": "EROFS",
-        "chmod missing": "ENOENT", "truncate": "EROFS", "access W_OK": "EROFS", "access R_OK": "ok",
-        "symlink into": "EEXIST", "fchmod on fd": "EROFS",
+        "open dir O_DIRECTORY": "ok",
+        "openat relative": "ok",
+        "openat ..": "ok",
+        "openat O_NOFOLLOW symlink": "ELOOP",
+        "openat O_PATH|O_NOFOLLOW symlink": "ok",
+        "openat O_DIRECTORY file": "ENOTDIR",
+        "openat trailing slash file": "ENOTDIR",
+        "openat dirlink/": "ok",
+        "openat O_RDWR": "EROFS",
+        "openat O_CREAT new": "EROFS",
+        "openat O_CREAT|O_EXCL existing": "EEXIST",
+        "openat O_RDONLY|O_CREAT existing": "ok",
+        "openat missing": "ENOENT",
+        "openat loop": "ELOOP",
+        "openat dangling": "ENOENT",
+        "openat2 NO_SYMLINKS plain": "ok",
+        "openat2 NO_SYMLINKS link": "ELOOP",
+        "fstatat AT_EMPTY_PATH": "ok",
+        "mkdirat new": "EROFS",
+        "mkdirat existing": "EEXIST",
+        "unlinkat": "EROFS",
+        "unlinkat missing": "EROFS",
+        "rename in": "EXDEV",
+        "chmod": "EROFS",
+        "chmod missing": "ENOENT",
+        "truncate": "EROFS",
+        "access W_OK": "EROFS",
+        "access R_OK": "ok",
+        "symlink into": "EEXIST",
+        "fchmod on fd": "EROFS",
     }
     for k, v in expect.items():
         if k in got:
@@ -406,9 +529,18 @@ def test_killed_supervisor_leaves_no_job(exec_repo, tmp_path):
     parrot, mnt, _, _ = exec_repo
     marker = tmp_path / "alive"
     e = dict(parrot.env)
-    proc = subprocess.Popen([*PARROT, "--cache-dir", parrot.cache, "--", "sh", "-c",
-                             f"cat {mnt}/README >/dev/null; while true; do touch {marker}; sleep 0.1; done"],
-                            env=e)
+    proc = subprocess.Popen(
+        [
+            *PARROT,
+            "--cache-dir",
+            parrot.cache,
+            "--",
+            "sh",
+            "-c",
+            f"cat {mnt}/README >/dev/null; while true; do touch {marker}; sleep 0.1; done",
+        ],
+        env=e,
+    )
     deadline = time.time() + 30
     while not marker.exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -430,8 +562,9 @@ def test_unavailable_repository_and_download_failure(exec_repo, tmp_path):
     from parrot_cvmfs.client.config import Configuration
     from parrot_cvmfs.client.repository import Repository
 
-    with Repository.mount("exec.test.org", cache_dir=str(tmp_path / "probe"),
-                          config=Configuration(env=parrot.env)) as repo:
+    with Repository.mount(
+        "exec.test.org", cache_dir=str(tmp_path / "probe"), config=Configuration(env=parrot.env)
+    ) as repo:
         h = repo.lookup("/README").hash
         url = repo.downloader.path.current()[1]
     path = os.path.join(stratum, "exec.test.org", h.object_path().lstrip("/"))
@@ -443,7 +576,10 @@ def test_unavailable_repository_and_download_failure(exec_repo, tmp_path):
         assert b"rc=1" in p.stdout
         err = p.stderr.decode()
         assert "Input/output error" in err
-        assert f"parrot_run: cannot download exec.test.org:/README: {url}{h.object_path()}: HTTP 404" in err
+        assert (
+            f"parrot_run: cannot download exec.test.org:/README: {url}{h.object_path()}: HTTP 404"
+            in err
+        )
         assert "I/O errors 1" in err
     finally:
         os.rename(saved, path)

@@ -26,12 +26,23 @@ class FakeNamespace:
         d, f = FakeNode(is_dir=True), FakeNode()
         link = lambda t: FakeNode(is_symlink=True, target=t)  # noqa: E731
         self.tree = {
-            "": d, "/a": d, "/a/b": d, "/a/b/file": f, "/top": f,
-            "/a/rel": link("b/file"), "/a/up": link("../top"), "/a/chain": link("rel"),
-            "/a/dirlink": link("b"), "/a/abs-in": link("/cvmfs/repo.org/a/b"),
-            "/a/abs-out": link("/etc/hosts"), "/a/out-rel": link("../../../etc"),
-            "/a/loop1": link("loop2"), "/a/loop2": link("loop1"), "/a/dangling": link("nope"),
-            "/a/other-repo": link("/cvmfs/other.org/x"), "/a/empty": link(""),
+            "": d,
+            "/a": d,
+            "/a/b": d,
+            "/a/b/file": f,
+            "/top": f,
+            "/a/rel": link("b/file"),
+            "/a/up": link("../top"),
+            "/a/chain": link("rel"),
+            "/a/dirlink": link("b"),
+            "/a/abs-in": link("/cvmfs/repo.org/a/b"),
+            "/a/abs-out": link("/etc/hosts"),
+            "/a/out-rel": link("../../../etc"),
+            "/a/loop1": link("loop2"),
+            "/a/loop2": link("loop1"),
+            "/a/dangling": link("nope"),
+            "/a/other-repo": link("/cvmfs/other.org/x"),
+            "/a/empty": link(""),
         }
 
     def lookup(self, v: VPath):
@@ -121,10 +132,16 @@ def test_relative_to_anchor_directories():
     assert r("x", ANCHORS + "/repo.org/nonexistent").err == errno.ENOENT
 
 
-@pytest.mark.parametrize("logical,vpath", [
-    ("/cvmfs", ROOT), ("/cvmfs/r.org", VPath("r.org")), ("/cvmfs/r.org/a/b", VPath("r.org", "/a/b")),
-    ("/usr", None), ("/cvmfsx", None),
-])
+@pytest.mark.parametrize(
+    "logical,vpath",
+    [
+        ("/cvmfs", ROOT),
+        ("/cvmfs/r.org", VPath("r.org")),
+        ("/cvmfs/r.org/a/b", VPath("r.org", "/a/b")),
+        ("/usr", None),
+        ("/cvmfsx", None),
+    ],
+)
 def test_vpath_of_logical(logical, vpath):
     assert vpath_of_logical(logical) == vpath
     if vpath is not None:

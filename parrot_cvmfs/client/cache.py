@@ -80,6 +80,31 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
+ALIASES = "aliases"
+_ALIAS_COPY_MAX = 64 << 10
+
+
+def remove_aliases(cache_dir: str, name: str) -> None:
+    """Remove the aliases of object `name` (`xx/rest`)."""
+    d, rest = os.path.split(os.path.join(cache_dir, ALIASES, name))
+    try:
+        entries = os.listdir(d)
+    except OSError:
+        return
+    for e in entries:
+        if e.startswith(rest + "~"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(d, e))
+
+
+def alias_target(cache_dir: str, path: str) -> str:
+    """The object path an alias path names (other paths unchanged)."""
+    prefix = os.path.join(cache_dir, ALIASES) + "/"
+    if path.startswith(prefix) and "~" in path:
+        return os.path.join(cache_dir, path[len(prefix) :].rsplit("~", 1)[0])
+    return path
+
+
 class ObjectCache:
     """A writable cache directory plus optional read-only alien directories."""
 
@@ -123,6 +148,39 @@ class ObjectCache:
             return p
         self.misses += 1
         return None
+
+    def alias(self, path: str, tag: str) -> str:
+        """A second name, `aliases/xx/rest~TAG`, for the cached object at `path` (a hard
+        link, so no bytes are copied). Callers that hand out one content under several
+        identities tell them apart by the name the kernel shows for an open file
+        (/proc/PID/fd/N). Evicting the object removes its aliases. An object of an alien
+        cache on another file system is copied when small (the common duplicates are tiny
+        files); `path` itself is returned where no alias can be made."""
+        for root in (self.dir, *self.alien):
+            if path.startswith(root + "/"):
+                rel = path[len(root) + 1 :]
+                break
+        else:
+            return path
+        alias = os.path.join(self.dir, ALIASES, f"{rel}~{tag}")
+        if os.path.exists(alias):  # the name holds the content hash: it is the same object
+            return alias
+        tmp = f"{alias}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(alias), mode=0o700, exist_ok=True)
+            try:
+                os.link(path, tmp)
+            except OSError as e:
+                if e.errno != errno.EXDEV or os.path.getsize(path) > _ALIAS_COPY_MAX:
+                    raise
+                with open(path, "rb") as src:
+                    write_atomic(tmp, src.read(), 0o400)
+            os.rename(tmp, alias)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return path
+        return alias
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -380,7 +438,7 @@ class Quota:
             usage = self.usage()
             if usage <= target:
                 return 0
-            in_use = open_files_under(self.dir)
+            in_use = {alias_target(self.dir, p) for p in open_files_under(self.dir)}
             recent = time.time() - _RECENT_GRACE
             freed = 0
             gone = []
@@ -398,6 +456,7 @@ class Quota:
                     pass
                 except OSError:
                     continue
+                remove_aliases(self.dir, name)
                 gone.append((name,))
                 freed += size
             if gone:

@@ -49,7 +49,9 @@ _FALSE = {"no", "off", "0", "false"}
 
 def package_config_mount_dir() -> str:
     """Directory standing in for CVMFS_MOUNT_DIR: it holds the shipped config repository."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "config-repo")
+    return os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "config-repo"
+    )
 
 
 def system_config_dir(env: Mapping[str, str] | None = None) -> str:

@@ -361,7 +361,11 @@ class Repository:
             return False
         max_ttl = self.settings.number("CVMFS_MAX_TTL", 0) * 60
         ttl = min(manifest.ttl, max_ttl) if max_ttl > 0 else manifest.ttl
-        if not 0 <= age < ttl or whitelist.is_expired(self.verify_at) or manifest.fqrn not in (None, self.fqrn):
+        if (
+            not 0 <= age < ttl
+            or whitelist.is_expired(self.verify_at)
+            or manifest.fqrn not in (None, self.fqrn)
+        ):
             return False
         self.manifest, self.whitelist, self.root_hash = manifest, whitelist, manifest.root_hash
         return True

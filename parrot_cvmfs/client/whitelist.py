@@ -18,8 +18,14 @@ if TYPE_CHECKING:
 
 
 class Whitelist:
-    def __init__(self, created: str, expires: tuple[int, int, int, int], expires_text: str,
-                 fqrn: str, raw: bytes = b""):
+    def __init__(
+        self,
+        created: str,
+        expires: tuple[int, int, int, int],
+        expires_text: str,
+        fqrn: str,
+        raw: bytes = b"",
+    ):
         self.created = created
         self.expires = expires  # UTC year, month, day, hour (minutes are ignored)
         self.expires_text = expires_text

@@ -28,12 +28,19 @@ def _rule(call: Call, arch: str):
         "out_arg": call.out,
         "mode_arg": call.mode,
         "size_arg": call.size,
+        "attr_arg": call.attr,
     }
 
 
 class Core:
-    def __init__(self, calls: list[Call], arch: str, anchors: str, cache_dirs: list[str],
-                 notify: bool = False):
+    def __init__(
+        self,
+        calls: list[Call],
+        arch: str,
+        anchors: str,
+        cache_dirs: list[str],
+        notify: bool = False,
+    ):
         self.calls = calls
         self.arch = arch
         self.notify = notify
@@ -54,8 +61,18 @@ class Core:
         err = ffi.new("char[256]")
         report = ffi.new("int *")
         filt = ffi.from_buffer(self.filter)
-        pid = lib.pc_spawn(self.t, c_argv[0], ffi.new("char *[]", c_argv), ffi.new("char *[]", c_env),
-                           filt, len(self.filter) // 8, int(self.notify), report, err, 256)
+        pid = lib.pc_spawn(
+            self.t,
+            c_argv[0],
+            ffi.new("char *[]", c_argv),
+            ffi.new("char *[]", c_env),
+            filt,
+            len(self.filter) // 8,
+            int(self.notify),
+            report,
+            err,
+            256,
+        )
         if pid < 0:
             raise _spawn_error(ffi.string(err).decode())
         return pid, report[0]
@@ -76,8 +93,9 @@ class Core:
     def skip(self, tid: int, result: int) -> None:
         lib.pc_skip(self.t, tid, result)
 
-    def set_args(self, tid: int, values: dict[int, int], report_exit: bool = False,
-                 is_exec: bool = False) -> int:
+    def set_args(
+        self, tid: int, values: dict[int, int], report_exit: bool = False, is_exec: bool = False
+    ) -> int:
         idx = ffi.new("int[]", list(values))
         vals = ffi.new("uint64_t[]", [v & 0xFFFFFFFFFFFFFFFF for v in values.values()])
         return lib.pc_set_args(self.t, tid, len(values), idx, vals, int(report_exit), int(is_exec))
@@ -119,26 +137,60 @@ class Core:
             raise OSError(-n, os.strerror(-n))
         return n
 
-    def table_put(self, key: bytes, follow: bool, err: int, stat_buf: bytes | None,
-                  statx_buf: bytes | None, access: list[int] | None, link: bytes | None) -> None:
+    def table_put(
+        self,
+        key: bytes,
+        follow: bool,
+        err: int,
+        stat_buf: bytes | None,
+        statx_buf: bytes | None,
+        access: list[int] | None,
+        link: bytes | None,
+    ) -> None:
         lib.pc_table_put(
-            self.t, key, int(follow), err,
+            self.t,
+            key,
+            int(follow),
+            err,
             stat_buf if stat_buf is not None else ffi.NULL,
             statx_buf if statx_buf is not None else ffi.NULL,
             ffi.new("int8_t[8]", access) if access is not None else ffi.NULL,
-            link if link is not None else ffi.NULL, len(link) if link is not None else 0,
+            link if link is not None else ffi.NULL,
+            len(link) if link is not None else 0,
         )
 
     def table_put_open(self, key: bytes, follow: bool, target: bytes, is_dir: bool) -> None:
         lib.pc_table_put_open(self.t, key, int(follow), target, int(is_dir))
+
+    def table_put_dents(self, anchor: bytes, records: bytes) -> None:
+        lib.pc_table_put_dents(self.t, anchor, records, len(records))
+
+    def table_put_xattrs(self, key: bytes, follow: bool, blob: bytes) -> None:
+        lib.pc_table_put_xattrs(self.t, key, int(follow), blob, len(blob))
+
+    def table_put_xnames(self, key: bytes, follow: bool, names: bytes) -> None:
+        lib.pc_table_put_xnames(self.t, key, int(follow), names, len(names))
+
+    def table_load(self, blob: bytes) -> int:
+        return lib.pc_table_load(self.t, blob, len(blob))
 
     def table_clear(self) -> None:
         lib.pc_table_clear(self.t)
 
     def stats(self) -> dict[str, int]:
         s = lib.pc_get_stats(self.t)
-        return {k: getattr(s, k) for k in ("stops", "passed_in_c", "answered_in_c", "to_python",
-                                            "exit_stops", "signals", "tasks")}
+        return {
+            k: getattr(s, k)
+            for k in (
+                "stops",
+                "passed_in_c",
+                "answered_in_c",
+                "to_python",
+                "exit_stops",
+                "signals",
+                "tasks",
+            )
+        }
 
 
 class Scratch:
@@ -164,8 +216,12 @@ def _spawn_error(text: str) -> OSError:
     if stage == "ptrace":
         return OSError(code, "cannot trace the job: " + _ptrace_cause(code))
     if stage == "seccomp":
-        return OSError(code, "cannot install the seccomp filter: " + (os.strerror(code) if code else "")
-                       + " (the kernel or a container's seccomp policy forbids seccomp filters)")
+        return OSError(
+            code,
+            "cannot install the seccomp filter: "
+            + (os.strerror(code) if code else "")
+            + " (the kernel or a container's seccomp policy forbids seccomp filters)",
+        )
     if stage == "no_new_privs":
         return OSError(code, f"cannot set no_new_privs: {os.strerror(code)}")
     return OSError(code, text)
@@ -181,6 +237,8 @@ def _ptrace_cause(code: int) -> str:
     if scope == "3":
         return f"{why} (Yama ptrace_scope is 3: ptrace is disabled on this host)"
     if code == 1:
-        return (f"{why} (ptrace is forbidden here: a container's seccomp profile, Yama ptrace_scope"
-                f"{' ' + scope if scope else ''}, or a non-dumpable launcher)")
+        return (
+            f"{why} (ptrace is forbidden here: a container's seccomp profile, Yama ptrace_scope"
+            f"{' ' + scope if scope else ''}, or a non-dumpable launcher)"
+        )
     return why

@@ -144,8 +144,10 @@ class Handlers:
             action = skip(-errno.EIO)
         if self.debug:
             via = "notify" if ev.notify else "ptrace"
-            print(f"[{tid}] {call.name}({_s(ev.path, ev.path_len)!r}) via {via} -> {action}",
-                  file=sys.stderr)
+            print(
+                f"[{tid}] {call.name}({_s(ev.path, ev.path_len)!r}) via {via} -> {action}",
+                file=sys.stderr,
+            )
         self._apply(ev, call, action)
 
     def _apply(self, ev, call: Call, action: tuple) -> None:
@@ -217,8 +219,20 @@ class Handlers:
             h = call.handler
             if h == "stat":
                 s = os.stat(host, follow_symlinks=self._follow(ev, call))
-                a = Attrs(s.st_dev, s.st_ino, s.st_mode, s.st_nlink, s.st_uid, s.st_gid, s.st_rdev,
-                          s.st_size, s.st_blksize, s.st_blocks, int(s.st_mtime), s.st_mtime_ns % 10**9)
+                a = Attrs(
+                    s.st_dev,
+                    s.st_ino,
+                    s.st_mode,
+                    s.st_nlink,
+                    s.st_uid,
+                    s.st_gid,
+                    s.st_rdev,
+                    s.st_size,
+                    s.st_blksize,
+                    s.st_blocks,
+                    int(s.st_mtime),
+                    s.st_mtime_ns % 10**9,
+                )
                 data = pack_statx(a) if call.name == "statx" else pack_stat(a, self.arch)
                 return 0 if self.core.write(ev.tid, ev.args[call.out], data) else -errno.EFAULT
             if h == "access":
@@ -228,7 +242,9 @@ class Handlers:
                 return -(errno.EACCES if os.path.lexists(host) else errno.ENOENT)
             if h == "readlink":
                 data = os.fsencode(os.readlink(host))[: int(ev.args[call.size])]
-                return len(data) if self.core.write(ev.tid, ev.args[call.out], data) else -errno.EFAULT
+                return (
+                    len(data) if self.core.write(ev.tid, ev.args[call.out], data) else -errno.EFAULT
+                )
             if h == "getxattr":
                 name = _read_cstr(self.core, ev.tid, ev.args[1])
                 data = os.getxattr(host, name, follow_symlinks=self._follow(ev, call))
@@ -334,10 +350,29 @@ class Handlers:
             return None
         return self.view.revision_id(name)
 
-    def _remember(self, ev, call: Call, follow: bool, t: Target) -> None:
-        """Teach the C answer table this absolute path (stat, statx, access, readlink)."""
+    def _key(self, ev) -> str | None:
+        """The answer table's key for the call's path: the path itself when absolute;
+        for a path relative to a directory anchor (cwd or dirfd in /cvmfs), the absolute
+        /cvmfs spelling C composes the same way (examine.c relative_key)."""
+        if ev.empty_path or not ev.path_len:
+            return None
         path = self._path(ev)
-        if not path.startswith("/") or ev.empty_path or not (t.err or t.virtual):
+        if path.startswith("/"):
+            return path
+        base, anchors = self._base(ev), self.view.anchors
+        if not base or not (base == anchors or base.startswith(anchors + "/")):
+            return None
+        try:
+            if not st.S_ISDIR(os.lstat(base).st_mode):
+                return None  # the anchor of a symlink or fifo: ENOTDIR, never kept
+        except OSError:
+            return None
+        return MOUNT + base[len(anchors) :] + "/" + path
+
+    def _remember(self, ev, call: Call, follow: bool, t: Target) -> None:
+        """Teach the C answer table this path (stat, statx, access, readlink)."""
+        path = self._key(ev)
+        if path is None or not (t.err or t.virtual):
             return
         key = os.fsencode(path)
         rev = self._revision_of(path, t)
@@ -356,14 +391,28 @@ class Handlers:
         """Let C replay this read-only open, and answer fstat on its descriptors."""
         node = t.node
         a = self.view.attrs(node)
-        path = self._path(ev)
-        rev = self._revision_of(path, t) if path.startswith("/") else None
-        self.memo.put(rev, os.fsencode(backing), True, 0, pack_stat(a, self.arch), pack_statx(a),
-                      [self._can(node, m) for m in range(8)], None)
-        if path.startswith("/") and not ev.empty_path:
+        path = self._key(ev)
+        rev = self._revision_of(path, t) if path is not None else None
+        self.memo.put(
+            rev,
+            os.fsencode(backing),
+            True,
+            0,
+            pack_stat(a, self.arch),
+            pack_statx(a),
+            [self._can(node, m) for m in range(8)],
+            None,
+        )
+        if path is not None:
             self._remember(ev, call, follow, t)
-            self.memo.put_open(rev, os.fsencode(path), follow, os.fsencode(backing), node.is_dir,
-                               node.vpath.logical if node.is_regular else None)
+            self.memo.put_open(
+                rev,
+                os.fsencode(path),
+                follow,
+                os.fsencode(backing),
+                node.is_dir,
+                node.vpath.logical if node.is_regular else None,
+            )
 
     # -- /proc/<pid>/{exe,cwd,fd/N} ----------------------------------------------------------------
 
@@ -401,7 +450,9 @@ class Handlers:
         if len(rest) >= 3 and rest[0] == "task" and rest[1].isdigit():
             pid, rest = int(rest[1]), rest[2:]
         what = "/".join(rest)
-        if what not in ("exe", "cwd") and not (len(rest) == 2 and rest[0] == "fd" and rest[1].isdigit()):
+        if what not in ("exe", "cwd") and not (
+            len(rest) == 2 and rest[0] == "fd" and rest[1].isdigit()
+        ):
             return None
         try:
             link = os.readlink(f"/proc/{pid}/{what}")
@@ -440,11 +491,15 @@ class Handlers:
         if t is None:
             return RESUME
         if resolve_flags & (RESOLVE_BENEATH | RESOLVE_IN_ROOT | RESOLVE_NO_XDEV) and t.via_cvmfs:
-            if resolve_flags & (RESOLVE_BENEATH | RESOLVE_NO_XDEV) and self._path(ev).startswith("/"):
+            if resolve_flags & (RESOLVE_BENEATH | RESOLVE_NO_XDEV) and self._path(ev).startswith(
+                "/"
+            ):
                 return skip(-errno.EXDEV)
         if t.err:
             if t.err == errno.ENOENT and t.missing_last and flags & O_CREAT:
                 return skip(-errno.EROFS)
+            if not resolve_flags:  # ld.so probes many missing paths: answer them in C next time
+                self._remember(ev, call, follow, t)
             return skip(-t.err)
         if not t.virtual:
             return self._host_open(ev, call, t, how, flags, mode)
@@ -592,10 +647,39 @@ class Handlers:
             return self._fd_target(ev, self._base(ev), int(ev.args[0]))
         return self._resolve(ev, call)
 
+    def _teach_xattrs(self, ev, call: Call, t: Target, listing: bytes | None = None) -> None:
+        """Let C answer getxattr (and listxattr, in this run) on this path: the stored
+        attributes with their values, the magic ones marked as Python's (they change)."""
+        path = None if call.kind == FD or call.name.endswith("at") else self._key(ev)
+        if path is None:
+            return
+        follow = self._follow(ev, call)
+        self._remember(ev, call, follow, t)
+        if t.err or not t.virtual:
+            return
+        key = os.fsencode(path)
+        if listing is not None:
+            self.core.table_put_xnames(key, follow, listing)
+            return
+        node = t.node
+        blob = bytearray()
+        if node.repo is not None:
+            magic = set(node.repo.magic_xattr_names(node.entry))
+            for name, value in node.repo.stored_xattrs(node.entry).items():
+                if name not in magic:
+                    k = os.fsencode(name)
+                    blob += struct.pack("<H", len(k)) + k + struct.pack("<I", len(value)) + value
+            for name in magic:
+                k = os.fsencode(name)
+                blob += struct.pack("<H", len(k)) + k + b"\xff\xff\xff\xff"
+        rev = None if node.variant else self._revision_of(path, t)
+        self.memo.put_xattrs(rev, key, follow, bytes(blob))
+
     def h_getxattr(self, ev, call: Call) -> tuple:
         t = self._xattr_target(ev, call)
         if t is None:
             return RESUME
+        self._teach_xattrs(ev, call, t)
         if t.err:
             return skip(-t.err)
         if not t.virtual:
@@ -626,6 +710,7 @@ class Handlers:
         node = t.node
         names = node.repo.listxattr(node.entry) if node.repo is not None else []
         data = b"".join(os.fsencode(n) + b"\0" for n in names)
+        self._teach_xattrs(ev, call, t, data)
         return skip(self._xattr_reply(ev, data, ev.args[call.out], int(ev.args[call.size])))
 
     # -- directories and the working directory ---------------------------------------------------
@@ -637,6 +722,13 @@ class Handlers:
         if node is None or not node.is_dir:
             return RESUME
         entries = self.view.listing(node)
+        if call.name == "getdents64":  # C answers the next ones (and later runs')
+            records, _ = pack_dirents(entries, 0, 1 << 62)
+            self.memo.put_dents(
+                self.view.revision_id(vpath.repo) if vpath.repo else None,
+                os.fsencode(self._base(ev)),
+                records,
+            )
         # the descriptor's own file position is the cursor: read and move it through a copy
         ours = self.core.getfd(ev.tid, fd)
         try:
@@ -741,10 +833,16 @@ class Handlers:
                 break
             interp, arg = sb
             if argv is None:
-                argv = ex.read_string_array(lambda a, n: self.core.read(ev.tid, a, n), ev.args[argv_arg])
+                argv = ex.read_string_array(
+                    lambda a, n: self.core.read(ev.tid, a, n), ev.args[argv_arg]
+                )
             # the kernel's rule: interpreter, its argument, the file as exec was given it
-            argv = [os.fsencode(interp)] + ([os.fsencode(arg)] if arg else []) + \
-                [os.fsencode(given)] + argv[1:]
+            argv = (
+                [os.fsencode(interp)]
+                + ([os.fsencode(arg)] if arg else [])
+                + [os.fsencode(given)]
+                + argv[1:]
+            )
             given = interp
             t = resolve(self.view, interp, None, True)
             if t.err:

@@ -16,16 +16,35 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run CMD with /cvmfs served from CernVM-FS repositories: any configured "
         "repository appears under /cvmfs/NAME on first access.",
     )
-    p.add_argument("--cvmfs", action="append", default=[], metavar="NAME[,NAME...]",
-                   help="mount these repositories at start (and fail if they cannot be verified)")
+    p.add_argument(
+        "--cvmfs",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="mount these repositories at start (and fail if they cannot be verified)",
+    )
     p.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: per-user cache)")
     p.add_argument("--alien-cache", metavar="DIR", help="read-only preloaded cache consulted first")
-    p.add_argument("--offline", action="store_true", help="no network: stored manifests and cached objects only")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="no network: stored manifests and cached objects only",
+    )
     p.add_argument("--verify-at", metavar="DATE", help="check whitelist expiry as of this UTC date")
-    p.add_argument("-o", "--option", metavar="KEY=VALUE", action="append", default=[],
-                   help="set a CVMFS_* parameter (repeatable)")
-    p.add_argument("--config-dir", metavar="DIR", help="cvmfs configuration directory (default /etc/cvmfs)")
-    p.add_argument("--stats", action="store_true", help="print interception and transfer counts at exit")
+    p.add_argument(
+        "-o",
+        "--option",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="set a CVMFS_* parameter (repeatable)",
+    )
+    p.add_argument(
+        "--config-dir", metavar="DIR", help="cvmfs configuration directory (default /etc/cvmfs)"
+    )
+    p.add_argument(
+        "--stats", action="store_true", help="print interception and transfer counts at exit"
+    )
     p.add_argument("--debug", action="store_true", help="print every call handled in Python")
     p.add_argument("--version", action="version", version=f"parrot_run {__version__}")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
@@ -38,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        print("parrot_run: no command given (usage: parrot_run [options] [--] CMD [ARGS...])",
-              file=sys.stderr)
+        print(
+            "parrot_run: no command given (usage: parrot_run [options] [--] CMD [ARGS...])",
+            file=sys.stderr,
+        )
         return 2
     from ..client.config import Configuration
     from ..errors import CvmfsError
@@ -74,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         sup = Supervisor(opts)
     except (CvmfsError, OSError) as e:
-        print(f"parrot_run: {e.strerror if isinstance(e, OSError) and not isinstance(e, CvmfsError) else e}",
-              file=sys.stderr)
+        print(
+            f"parrot_run: {e.strerror if isinstance(e, OSError) and not isinstance(e, CvmfsError) else e}",
+            file=sys.stderr,
+        )
         return 1
     try:
         return sup.run()

@@ -84,12 +84,30 @@ class Target:
       virtual tree (then the program's argument must be replaced by `host`).
     - `mixed`: the walk went through a variant symlink or several repositories."""
 
-    __slots__ = ("err", "vpath", "node", "host", "via_cvmfs", "missing_last", "parent",
-                 "symlinks", "mixed")
+    __slots__ = (
+        "err",
+        "vpath",
+        "node",
+        "host",
+        "via_cvmfs",
+        "missing_last",
+        "parent",
+        "symlinks",
+        "mixed",
+    )
 
-    def __init__(self, err: int = 0, vpath: VPath | None = None, node: Node | None = None,
-                 host: str | None = None, via_cvmfs: bool = False, missing_last: bool = False,
-                 parent: VPath | None = None, symlinks: int = 0, mixed: bool = False):
+    def __init__(
+        self,
+        err: int = 0,
+        vpath: VPath | None = None,
+        node: Node | None = None,
+        host: str | None = None,
+        via_cvmfs: bool = False,
+        missing_last: bool = False,
+        parent: VPath | None = None,
+        symlinks: int = 0,
+        mixed: bool = False,
+    ):
         self.err = err
         self.vpath = vpath
         self.node = node
@@ -174,8 +192,9 @@ def resolve(
             repo0 = child_v.repo
         child = ns.lookup(child_v)
         if child is None:
-            return Target(err=errno.ENOENT, missing_last=last, parent=vpath, symlinks=links,
-                          mixed=mixed)
+            return Target(
+                err=errno.ENOENT, missing_last=last, parent=vpath, symlinks=links, mixed=mixed
+            )
         if child.is_symlink and (not last or follow):
             mixed = mixed or getattr(child, "variant", False)
             links += 1

@@ -44,30 +44,89 @@ _STATFS_A64 = _STATFS_X86  # the generic 64-bit struct statfs has the same layou
 
 def pack_stat(a: Attrs, arch: str) -> bytes:
     if arch == "x86_64":
-        return _STAT_X86.pack(a.dev, a.ino, a.nlink, a.mode, a.uid, a.gid, 0, a.rdev, a.size,
-                              a.blksize, a.blocks, a.mtime, a.mtime_nsec, a.mtime, a.mtime_nsec,
-                              a.mtime, a.mtime_nsec)
-    return _STAT_A64.pack(a.dev, a.ino, a.mode, a.nlink, a.uid, a.gid, a.rdev, 0, a.size,
-                          a.blksize, 0, a.blocks, a.mtime, a.mtime_nsec, a.mtime, a.mtime_nsec,
-                          a.mtime, a.mtime_nsec, 0, 0)
+        return _STAT_X86.pack(
+            a.dev,
+            a.ino,
+            a.nlink,
+            a.mode,
+            a.uid,
+            a.gid,
+            0,
+            a.rdev,
+            a.size,
+            a.blksize,
+            a.blocks,
+            a.mtime,
+            a.mtime_nsec,
+            a.mtime,
+            a.mtime_nsec,
+            a.mtime,
+            a.mtime_nsec,
+        )
+    return _STAT_A64.pack(
+        a.dev,
+        a.ino,
+        a.mode,
+        a.nlink,
+        a.uid,
+        a.gid,
+        a.rdev,
+        0,
+        a.size,
+        a.blksize,
+        0,
+        a.blocks,
+        a.mtime,
+        a.mtime_nsec,
+        a.mtime,
+        a.mtime_nsec,
+        a.mtime,
+        a.mtime_nsec,
+        0,
+        0,
+    )
 
 
 def pack_statx(a: Attrs) -> bytes:
     """Every basic field filled and claimed; birth time and the rest are not."""
     ts = _TS.pack(a.mtime, a.mtime_nsec, 0)
-    head = _STATX_HEAD.pack(STATX_BASIC_STATS, a.blksize, 0, a.nlink, a.uid, a.gid, a.mode, 0,
-                            a.ino, a.size, a.blocks, 0)
-    tail = _STATX_TAIL.pack(os.major(a.rdev), os.minor(a.rdev), os.major(a.dev), os.minor(a.dev),
-                            0, 0, 0)
+    head = _STATX_HEAD.pack(
+        STATX_BASIC_STATS,
+        a.blksize,
+        0,
+        a.nlink,
+        a.uid,
+        a.gid,
+        a.mode,
+        0,
+        a.ino,
+        a.size,
+        a.blocks,
+        0,
+    )
+    tail = _STATX_TAIL.pack(
+        os.major(a.rdev), os.minor(a.rdev), os.major(a.dev), os.minor(a.dev), 0, 0, 0
+    )
     out = head + ts + _TS.pack(0, 0, 0) + ts + ts + tail
     return out + bytes(256 - len(out))
 
 
 def pack_statfs(blocks: int, free: int, files: int, fsid: int) -> bytes:
     """What a FUSE-mounted cvmfs reports: read-only, nosuid, nodev."""
-    return _STATFS_X86.pack(FUSE_SUPER_MAGIC, 4096, blocks, free, free, files, files,
-                            fsid & 0xFFFFFFFF, fsid >> 32 & 0xFFFFFFFF, 255, 4096,
-                            ST_RDONLY | ST_NOSUID | ST_NODEV)
+    return _STATFS_X86.pack(
+        FUSE_SUPER_MAGIC,
+        4096,
+        blocks,
+        free,
+        free,
+        files,
+        files,
+        fsid & 0xFFFFFFFF,
+        fsid >> 32 & 0xFFFFFFFF,
+        255,
+        4096,
+        ST_RDONLY | ST_NOSUID | ST_NODEV,
+    )
 
 
 def dtype_of(mode: int) -> int:
@@ -90,8 +149,9 @@ def dtype_of(mode: int) -> int:
     return DT_UNKNOWN
 
 
-def pack_dirents(entries: list[tuple[int, int, int, bytes]], start: int, count: int,
-                 legacy: bool = False) -> tuple[bytes, int]:
+def pack_dirents(
+    entries: list[tuple[int, int, int, bytes]], start: int, count: int, legacy: bool = False
+) -> tuple[bytes, int]:
     """linux_dirent64 records (or old linux_dirent ones) for entries[start:] that fit in
     `count` bytes; entries are (ino, d_off, d_type, name). Returns (bytes, next index)."""
     out = bytearray()

@@ -36,16 +36,31 @@ class Supervisor:
 
         self.opts = opts
         config = opts.config or Configuration()
-        cache_dir = opts.cache_dir or os.environ.get("PARROT_CVMFS_CACHE") or \
-            os.environ.get("CVMFS_CACHE_DIR") or default_cache_dir()
-        self.view = CvmfsView(config, cache_dir, alien=opts.alien_cache, verify_at=opts.verify_at,
-                              offline=opts.offline, eager=opts.cvmfs)
+        cache_dir = (
+            opts.cache_dir
+            or os.environ.get("PARROT_CVMFS_CACHE")
+            or os.environ.get("CVMFS_CACHE_DIR")
+            or default_cache_dir()
+        )
+        self.view = CvmfsView(
+            config,
+            cache_dir,
+            alien=opts.alien_cache,
+            verify_at=opts.verify_at,
+            offline=opts.offline,
+            eager=opts.cvmfs,
+        )
         self.arch = machine()
         calls = calls_for(self.arch)
         aliens = [a for a in (opts.alien_cache or "").split(":") if a]
         self.mode = choose_mode()
-        self.core = Core(calls, self.arch, self.view.anchors, [self.view.cache_dir] + aliens,
-                         notify=self.mode == "notify")
+        self.core = Core(
+            calls,
+            self.arch,
+            self.view.anchors,
+            [self.view.cache_dir] + aliens,
+            notify=self.mode == "notify",
+        )
         self.procs = Processes()
         self.handlers = Handlers(self.core, self.view, self.procs, opts.debug)
         self.root = 0
@@ -119,15 +134,22 @@ class Supervisor:
     def print_stats(self) -> None:
         c = self.core.stats()
         n, b, hits, misses = self.view.transfer_stats()
-        by_kind = ", ".join(f"{k} {v}" for k, v in sorted(self.handlers.counts.items(), key=lambda x: -x[1]))
+        by_kind = ", ".join(
+            f"{k} {v}" for k, v in sorted(self.handlers.counts.items(), key=lambda x: -x[1])
+        )
         err = sys.stderr
-        print(f"parrot_run: {c['stops']} intercepted calls ({self.mode} mode): {c['passed_in_c']} passed through in C,"
-              f" {c['answered_in_c']} answered in C, {c['to_python']} handled in Python"
-              f" ({c['exit_stops']} exit stops)", file=err)
+        print(
+            f"parrot_run: {c['stops']} intercepted calls ({self.mode} mode): {c['passed_in_c']} passed through in C,"
+            f" {c['answered_in_c']} answered in C, {c['to_python']} handled in Python"
+            f" ({c['exit_stops']} exit stops)",
+            file=err,
+        )
         print(f"parrot_run: handled in Python by kind: {by_kind or 'none'}", file=err)
-        print(f"parrot_run: {n} objects fetched ({b} bytes), cache hits {hits}, misses {misses},"
-              f" I/O errors {self.view.io_errors}; {c['tasks'] + 1} tasks, {c['signals']} signals",
-              file=err)
+        print(
+            f"parrot_run: {n} objects fetched ({b} bytes), cache hits {hits}, misses {misses},"
+            f" I/O errors {self.view.io_errors}; {c['tasks'] + 1} tasks, {c['signals']} signals",
+            file=err,
+        )
 
     def close(self) -> None:
         self.handlers.memo.save()

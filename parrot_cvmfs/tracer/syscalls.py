@@ -10,7 +10,7 @@ handled but never stopped on.
 
 from __future__ import annotations
 
-import platform
+import os
 from typing import NamedTuple
 
 AT_FDCWD = -100
@@ -24,7 +24,17 @@ O_NOFOLLOW = 0o400000
 # How arguments are examined by the C core (tracer.h PC_KIND_*)
 PATH, PATH2, FD, CWD = 1, 2, 3, 4
 # What the C answer table can replay (tracer.h PC_FAST_*)
-FAST_NONE, FAST_STAT, FAST_STATX, FAST_ACCESS, FAST_READLINK, FAST_OPEN = 0, 1, 2, 3, 4, 5
+(
+    FAST_NONE,
+    FAST_STAT,
+    FAST_STATX,
+    FAST_ACCESS,
+    FAST_READLINK,
+    FAST_OPEN,
+    FAST_GETDENTS,
+    FAST_GETXATTR,
+    FAST_LISTXATTR,
+) = range(9)
 
 
 class Call(NamedTuple):
@@ -47,6 +57,7 @@ class Call(NamedTuple):
     out: int = -1  # argument index of the result buffer
     mode: int = -1  # argument index of an access mode
     size: int = -1  # argument index of a buffer size
+    attr: int = -1  # argument index of an extended attribute's name
     rewrites: bool = False  # the handler may point an argument elsewhere: two stops
     notify: bool = False  # served through seccomp user notifications when available
 
@@ -62,81 +73,249 @@ _AT = dict(dirfd=0, path=1)
 
 CALLS: list[Call] = [
     # -- opening ---------------------------------------------------------------------------
-    _p("open", 2, None, "open", path=0, flags=1, nofollow=O_NOFOLLOW, rewrites=True,
-       fast=FAST_OPEN),
+    _p(
+        "open", 2, None, "open", path=0, flags=1, nofollow=O_NOFOLLOW, rewrites=True, fast=FAST_OPEN
+    ),
     _p("creat", 85, None, "open", path=0, rewrites=True),
-    _p("openat", 257, 56, "open", **_AT, flags=2, nofollow=O_NOFOLLOW, rewrites=True,
-       fast=FAST_OPEN),
+    _p(
+        "openat",
+        257,
+        56,
+        "open",
+        **_AT,
+        flags=2,
+        nofollow=O_NOFOLLOW,
+        rewrites=True,
+        fast=FAST_OPEN,
+    ),
     _p("openat2", 437, 437, "open", **_AT, rewrites=True),
     # -- attributes ------------------------------------------------------------------------
     _p("stat", 4, None, "stat", path=0, out=1, proc=True, fast=FAST_STAT),
     _p("lstat", 6, None, "stat", path=0, out=1, follow=False, proc=True, fast=FAST_STAT),
     Call("fstat", 5, 80, FD, "stat", path=0, out=1, fast=FAST_STAT),
-    _p("newfstatat", 262, 79, "stat", **_AT, out=2, flags=3, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW, proc=True, fast=FAST_STAT),
-    _p("statx", 332, 291, "stat", **_AT, flags=2, out=4, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW, proc=True, fast=FAST_STATX),
+    _p(
+        "newfstatat",
+        262,
+        79,
+        "stat",
+        **_AT,
+        out=2,
+        flags=3,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+        proc=True,
+        fast=FAST_STAT,
+    ),
+    _p(
+        "statx",
+        332,
+        291,
+        "stat",
+        **_AT,
+        flags=2,
+        out=4,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+        proc=True,
+        fast=FAST_STATX,
+    ),
     _p("access", 21, None, "access", path=0, mode=1, proc=True, fast=FAST_ACCESS),
     _p("faccessat", 269, 48, "access", **_AT, mode=2, proc=True, fast=FAST_ACCESS),
-    _p("faccessat2", 439, 439, "access", **_AT, mode=2, flags=3, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW, proc=True, fast=FAST_ACCESS),
-    _p("readlink", 89, None, "readlink", path=0, out=1, size=2, follow=False, proc=True,
-       fast=FAST_READLINK),
-    _p("readlinkat", 267, 78, "readlink", **_AT, out=2, size=3, follow=False, proc=True,
-       fast=FAST_READLINK),
+    _p(
+        "faccessat2",
+        439,
+        439,
+        "access",
+        **_AT,
+        mode=2,
+        flags=3,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+        proc=True,
+        fast=FAST_ACCESS,
+    ),
+    _p(
+        "readlink",
+        89,
+        None,
+        "readlink",
+        path=0,
+        out=1,
+        size=2,
+        follow=False,
+        proc=True,
+        fast=FAST_READLINK,
+    ),
+    _p(
+        "readlinkat",
+        267,
+        78,
+        "readlink",
+        **_AT,
+        out=2,
+        size=3,
+        follow=False,
+        proc=True,
+        fast=FAST_READLINK,
+    ),
     _p("statfs", 137, 43, "statfs", path=0, out=1),
     Call("fstatfs", 138, 44, FD, "statfs", path=0, out=1),
     # -- extended attributes -----------------------------------------------------------------
-    _p("getxattr", 191, 8, "getxattr", path=0, out=2, size=3),
-    _p("lgetxattr", 192, 9, "getxattr", path=0, out=2, size=3, follow=False),
+    _p("getxattr", 191, 8, "getxattr", path=0, attr=1, out=2, size=3, fast=FAST_GETXATTR),
+    _p(
+        "lgetxattr",
+        192,
+        9,
+        "getxattr",
+        path=0,
+        attr=1,
+        out=2,
+        size=3,
+        follow=False,
+        fast=FAST_GETXATTR,
+    ),
     Call("fgetxattr", 193, 10, FD, "getxattr", path=0, out=2, size=3),
-    _p("listxattr", 194, 11, "listxattr", path=0, out=1, size=2),
-    _p("llistxattr", 195, 12, "listxattr", path=0, out=1, size=2, follow=False),
+    _p("listxattr", 194, 11, "listxattr", path=0, out=1, size=2, fast=FAST_LISTXATTR),
+    _p(
+        "llistxattr", 195, 12, "listxattr", path=0, out=1, size=2, follow=False, fast=FAST_LISTXATTR
+    ),
     Call("flistxattr", 196, 13, FD, "listxattr", path=0, out=1, size=2),
-    _p("getxattrat", 464, 464, "getxattr", **_AT, flags=2, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW),
-    _p("listxattrat", 465, 465, "listxattr", **_AT, flags=2, out=3, size=4, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW),
+    _p(
+        "getxattrat",
+        464,
+        464,
+        "getxattr",
+        **_AT,
+        flags=2,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+    ),
+    _p(
+        "listxattrat",
+        465,
+        465,
+        "listxattr",
+        **_AT,
+        flags=2,
+        out=3,
+        size=4,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+    ),
     # -- exec and the working directory -------------------------------------------------------
     _p("execve", 59, 221, "execve", path=0, rewrites=True),
-    _p("execveat", 322, 281, "execve", **_AT, flags=4, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW, rewrites=True),
+    _p(
+        "execveat",
+        322,
+        281,
+        "execve",
+        **_AT,
+        flags=4,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+        rewrites=True,
+    ),
     _p("chdir", 80, 49, "chdir", path=0, rewrites=True),
     Call("getcwd", 79, 17, CWD, "getcwd", out=0, size=1),
     # -- directory listings -------------------------------------------------------------------
-    Call("getdents64", 217, 61, FD, "getdents", path=0, out=1, size=2),
+    Call("getdents64", 217, 61, FD, "getdents", path=0, out=1, size=2, fast=FAST_GETDENTS),
     Call("getdents", 78, None, FD, "getdents", path=0, out=1, size=2),
     # -- watching and handles -----------------------------------------------------------------
     _p("inotify_add_watch", 254, 27, "inotify", path=1, rewrites=True),
-    _p("name_to_handle_at", 303, 264, "unsupported", **_AT, flags=4, empty=AT_EMPTY_PATH,
-       follow=False, follow_flag=AT_SYMLINK_FOLLOW),
-    _p("file_getattr", 468, 468, "unsupported", **_AT, flags=4, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW),
+    _p(
+        "name_to_handle_at",
+        303,
+        264,
+        "unsupported",
+        **_AT,
+        flags=4,
+        empty=AT_EMPTY_PATH,
+        follow=False,
+        follow_flag=AT_SYMLINK_FOLLOW,
+    ),
+    _p(
+        "file_getattr",
+        468,
+        468,
+        "unsupported",
+        **_AT,
+        flags=4,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+    ),
     # -- writes: EROFS (or ENOENT / EEXIST / EXDEV, in the kernel's order) ----------------------
     _p("truncate", 76, 45, "write_existing", path=0),
     _p("chmod", 90, None, "write_existing", path=0),
     _p("fchmodat", 268, 53, "write_existing", **_AT),
-    _p("fchmodat2", 452, 452, "write_existing", **_AT, flags=3, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW),
+    _p(
+        "fchmodat2",
+        452,
+        452,
+        "write_existing",
+        **_AT,
+        flags=3,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+    ),
     _p("chown", 92, None, "write_existing", path=0),
     _p("lchown", 94, None, "write_existing", path=0, follow=False),
-    _p("fchownat", 260, 54, "write_existing", **_AT, flags=4, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW),
+    _p(
+        "fchownat",
+        260,
+        54,
+        "write_existing",
+        **_AT,
+        flags=4,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+    ),
     _p("utime", 132, None, "write_existing", path=0),
     _p("utimes", 235, None, "write_existing", path=0),
     _p("futimesat", 261, None, "write_existing", **_AT),
-    _p("utimensat", 280, 88, "write_existing", **_AT, flags=3, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW),
+    _p(
+        "utimensat",
+        280,
+        88,
+        "write_existing",
+        **_AT,
+        flags=3,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+    ),
     _p("setxattr", 188, 5, "write_existing", path=0),
     _p("lsetxattr", 189, 6, "write_existing", path=0, follow=False),
     _p("removexattr", 197, 14, "write_existing", path=0),
     _p("lremovexattr", 198, 15, "write_existing", path=0, follow=False),
-    _p("setxattrat", 463, 463, "write_existing", **_AT, flags=2, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW),
-    _p("removexattrat", 466, 466, "write_existing", **_AT, flags=2, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW),
-    _p("file_setattr", 469, 469, "write_existing", **_AT, flags=4, empty=AT_EMPTY_PATH,
-       nofollow=AT_SYMLINK_NOFOLLOW),
+    _p(
+        "setxattrat",
+        463,
+        463,
+        "write_existing",
+        **_AT,
+        flags=2,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+    ),
+    _p(
+        "removexattrat",
+        466,
+        466,
+        "write_existing",
+        **_AT,
+        flags=2,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+    ),
+    _p(
+        "file_setattr",
+        469,
+        469,
+        "write_existing",
+        **_AT,
+        flags=4,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
+    ),
     _p("mkdir", 83, None, "write_create", path=0),
     _p("mkdirat", 258, 34, "write_create", **_AT),
     _p("mknod", 133, None, "write_create", path=0),
@@ -147,13 +326,37 @@ CALLS: list[Call] = [
     _p("unlink", 87, None, "write_remove", path=0, follow=False),
     _p("unlinkat", 263, 35, "write_remove", **_AT, follow=False),
     Call("rename", 82, None, PATH2, "write_rename", path=0, path2=1, follow=False),
-    Call("renameat", 264, 38, PATH2, "write_rename", dirfd=0, path=1, dirfd2=2, path2=3,
-         follow=False),
-    Call("renameat2", 316, 276, PATH2, "write_rename", dirfd=0, path=1, dirfd2=2, path2=3,
-         follow=False),
+    Call(
+        "renameat", 264, 38, PATH2, "write_rename", dirfd=0, path=1, dirfd2=2, path2=3, follow=False
+    ),
+    Call(
+        "renameat2",
+        316,
+        276,
+        PATH2,
+        "write_rename",
+        dirfd=0,
+        path=1,
+        dirfd2=2,
+        path2=3,
+        follow=False,
+    ),
     Call("link", 86, None, PATH2, "write_link", path=0, path2=1, follow=False),
-    Call("linkat", 265, 37, PATH2, "write_link", dirfd=0, path=1, dirfd2=2, path2=3, flags=4,
-         empty=AT_EMPTY_PATH, follow=False, follow_flag=AT_SYMLINK_FOLLOW),
+    Call(
+        "linkat",
+        265,
+        37,
+        PATH2,
+        "write_link",
+        dirfd=0,
+        path=1,
+        dirfd2=2,
+        path2=3,
+        flags=4,
+        empty=AT_EMPTY_PATH,
+        follow=False,
+        follow_flag=AT_SYMLINK_FOLLOW,
+    ),
     Call("fchmod", 91, 52, FD, "write_fd", path=0),
     Call("fchown", 93, 55, FD, "write_fd", path=0),
     Call("fsetxattr", 190, 7, FD, "write_fd", path=0),
@@ -165,10 +368,32 @@ CALLS: list[Call] = [
 # descriptor (SECCOMP_IOCTL_NOTIF_ADDFD). Calls that need their arguments rewritten
 # (exec, chdir) or are rare stay with ptrace.
 NOTIFIED = {
-    "open", "creat", "openat", "stat", "lstat", "fstat", "newfstatat", "statx",
-    "access", "faccessat", "faccessat2", "readlink", "readlinkat", "statfs", "fstatfs",
-    "getxattr", "lgetxattr", "fgetxattr", "listxattr", "llistxattr", "flistxattr",
-    "getxattrat", "listxattrat", "getcwd", "getdents64", "getdents",
+    "open",
+    "creat",
+    "openat",
+    "stat",
+    "lstat",
+    "fstat",
+    "newfstatat",
+    "statx",
+    "access",
+    "faccessat",
+    "faccessat2",
+    "readlink",
+    "readlinkat",
+    "statfs",
+    "fstatfs",
+    "getxattr",
+    "lgetxattr",
+    "fgetxattr",
+    "listxattr",
+    "llistxattr",
+    "flistxattr",
+    "getxattrat",
+    "listxattrat",
+    "getcwd",
+    "getdents64",
+    "getdents",
 }
 CALLS = [c._replace(notify=c.name in NOTIFIED) for c in CALLS]
 
@@ -181,7 +406,7 @@ AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 
 
 def machine() -> str:
-    m = platform.machine()
+    m = os.uname().machine
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
 
 
@@ -195,4 +420,3 @@ def calls_for(arch: str | None = None) -> list[Call]:
 
 def by_name() -> dict[str, Call]:
     return {c.name: c for c in CALLS}
-

@@ -35,8 +35,19 @@ ROOT_INO = 1
 class Node:
     """A path in the virtual tree with what stat says about it."""
 
-    __slots__ = ("vpath", "entry", "repo", "mode", "is_dir", "is_symlink", "is_regular",
-                 "target", "variant", "_attrs", "_listing")
+    __slots__ = (
+        "vpath",
+        "entry",
+        "repo",
+        "mode",
+        "is_dir",
+        "is_symlink",
+        "is_regular",
+        "target",
+        "variant",
+        "_attrs",
+        "_listing",
+    )
 
     def __init__(self, vpath: VPath, entry, repo: Repository | None, mode: int, target: str = ""):
         self.vpath = vpath
@@ -112,7 +123,10 @@ class CvmfsView:
             )
         except (CvmfsError, OSError) as e:
             self.failed[name] = str(e)
-            if not (isinstance(e, ConfigError) and "unknown repository" in str(e)) or name in self.eager:
+            if (
+                not (isinstance(e, ConfigError) and "unknown repository" in str(e))
+                or name in self.eager
+            ):
                 self.warn(f"cannot mount /cvmfs/{name}: {e}")
             return None
         self.repos[name] = repo
@@ -132,8 +146,11 @@ class CvmfsView:
 
     def mount_eager(self) -> list[str]:
         """Mount the repositories named with --cvmfs; returns the error lines."""
-        return [f"cannot mount /cvmfs/{n}: {self.failed[n]}" for n in self.eager
-                if self.repository(n) is None]
+        return [
+            f"cannot mount /cvmfs/{n}: {self.failed[n]}"
+            for n in self.eager
+            if self.repository(n) is None
+        ]
 
     def root_names(self) -> list[str]:
         names = set(self.config.configured_names()) | set(self.eager) | set(self.repos)
@@ -168,13 +185,25 @@ class CvmfsView:
         if node._attrs is None:
             if node.repo is None:
                 n = 2 + len(self.repos)
-                node._attrs = Attrs(ROOT_DEV, ROOT_INO, node.mode, n, 0, 0, 0, 4096, 4096, 8,
-                                    self.started, 0)
+                node._attrs = Attrs(
+                    ROOT_DEV, ROOT_INO, node.mode, n, 0, 0, 0, 4096, 4096, 8, self.started, 0
+                )
             else:
                 s = node.repo.stat_entry(node.entry)
-                node._attrs = Attrs(s.st_dev, s.st_ino, s.st_mode, s.st_nlink, s.st_uid, s.st_gid,
-                                    s.st_rdev if node.entry.rdev else 0, s.st_size, s.st_blksize,
-                                    s.st_blocks, s.st_mtime, s.st_mtime_nsec)
+                node._attrs = Attrs(
+                    s.st_dev,
+                    s.st_ino,
+                    s.st_mode,
+                    s.st_nlink,
+                    s.st_uid,
+                    s.st_gid,
+                    s.st_rdev if node.entry.rdev else 0,
+                    s.st_size,
+                    s.st_blksize,
+                    s.st_blocks,
+                    s.st_mtime,
+                    s.st_mtime_nsec,
+                )
         return node._attrs
 
     def listing(self, node: Node) -> list[tuple[int, int, int, bytes]]:
@@ -235,16 +264,22 @@ class CvmfsView:
         return VPath(repo, "/" + inner if inner else "")
 
     def materialize(self, node: Node) -> str:
-        """The verified local file of a regular file (fetched on first use)."""
+        """The verified local file of a regular file (fetched on first use), under a
+        name of its own: files with equal contents share a cache object, but a descriptor
+        must tell which of them it was opened as (fstat, /proc/self/fd), so each inode
+        gets its own alias of the object."""
         path = node.repo.local_path(node.entry)
+        if self.cache is not None:
+            path = self.cache.alias(path, f"{self.attrs(node).ino:x}")
         self.cache_paths[path] = node.vpath
         return path
 
     def is_cache_path(self, host: str) -> bool:
         if host.startswith(self.cache_dir + "/"):
             return True
-        return bool(self.alien) and any(host.startswith(a.rstrip("/") + "/")
-                                        for a in self.alien.split(":") if a)
+        return bool(self.alien) and any(
+            host.startswith(a.rstrip("/") + "/") for a in self.alien.split(":") if a
+        )
 
     def vpath_of_host(self, host: str) -> VPath | None:
         """The /cvmfs path behind an anchor or a cache file we served."""

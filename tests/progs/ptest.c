@@ -228,6 +228,81 @@ static int c_threads_fork(int n)
     return ok != n;
 }
 
+/* One pass of getdents64 over `fd` with a `bufsize` buffer: the names, space-joined,
+ * in order; the position after the third record is kept in *mid. */
+static int list_names(int fd, size_t bufsize, char *out, size_t outsize, off_t *mid)
+{
+    char buf[4096];
+    size_t used = 0;
+    int count = 0;
+    out[0] = '\0';
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, buf, bufsize);
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return count;
+        for (long off = 0; off < n;) {
+            struct dirent64 *d = (struct dirent64 *)(buf + off);
+            used += (size_t)snprintf(out + used, outsize - used, "%s%s", count ? " " : "", d->d_name);
+            if (++count == 3 && mid)
+                *mid = d->d_off;
+            off += d->d_reclen;
+        }
+    }
+}
+
+static int getdents_pass(const char *dir)
+{
+    static char a[1 << 16], b[1 << 16], c[1 << 16], tail[1 << 16];
+    off_t mid = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return -errno;
+    int n = list_names(fd, 4096, a, sizeof a, &mid);
+    /* a buffer too small for one record is EINVAL, as the kernel says */
+    char tiny[8];
+    lseek(fd, 0, SEEK_SET);
+    long e = syscall(SYS_getdents64, fd, tiny, sizeof tiny);
+    int einval = e < 0 && errno == EINVAL;
+    lseek(fd, 0, SEEK_SET);
+    int m = list_names(fd, 40, b, sizeof b, NULL); /* one record at a time */
+    DIR *d = fdopendir(dup(fd));
+    rewinddir(d);
+    size_t used = 0;
+    int k = 0;
+    for (struct dirent *de; (de = readdir(d)) != NULL;)
+        used += (size_t)snprintf(c + used, sizeof c - used, "%s%s", k++ ? " " : "", de->d_name);
+    closedir(d);
+    lseek(fd, mid, SEEK_SET); /* seekdir to a position getdents gave */
+    list_names(fd, 4096, tail, sizeof tail, NULL);
+    close(fd);
+    const char *rest = a;
+    for (int i = 0; i < 3 && rest; i++)
+        rest = strchr(rest, ' ') ? strchr(rest, ' ') + 1 : NULL;
+    printf("entries %d small-buffer-same %d readdir-same %d tiny-einval %d seek-same %d\n", n,
+           m == n && !strcmp(a, b), k == n && !strcmp(a, c), einval, rest && !strcmp(rest, tail));
+    return 0;
+}
+
+static void *getdents_thread(void *dir)
+{
+    getdents_pass(dir);
+    return NULL;
+}
+
+static int c_getdents(const char *dir)
+{
+    /* the first pass is answered by Python, the next ones from the C table; the last
+     * one from a thread that is not the thread-group leader */
+    for (int i = 0; i < 2; i++)
+        getdents_pass(dir);
+    pthread_t t;
+    pthread_create(&t, NULL, getdents_thread, (void *)dir);
+    pthread_join(t, NULL);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -241,5 +316,6 @@ int main(int argc, char **argv)
     if (!strcmp(c, "openat")) return c_openat_edges();
     if (!strcmp(c, "mmaps")) return c_mmaps(argv[2], atoi(argv[3]));
     if (!strcmp(c, "threads-fork")) return c_threads_fork(atoi(argv[2]));
+    if (!strcmp(c, "getdents")) return c_getdents(argv[2]);
     return 2;
 }
