@@ -525,6 +525,40 @@ def test_openat_edge_cases(parrot, published, progs):
     assert f"fd link {mnt}/README" in out
 
 
+def test_tracing_unavailable_is_one_line(exec_repo, progs):
+    """Where the job cannot be traced, parrot_run says why in one line and exits 1."""
+    parrot, mnt, _, _ = exec_repo
+    cases = {
+        "ptrace": "cannot trace the job: Operation not permitted (a seccomp filter on parrot_run",
+        "seccomp": "cannot install the seccomp filter: Operation not permitted",
+    }
+    for what, expect in cases.items():
+        p = run(
+            [
+                progs,
+                "deny",
+                what,
+                *PARROT,
+                "--cache-dir",
+                parrot.cache,
+                "--",
+                "cat",
+                f"{mnt}/README",
+            ],
+            parrot.env,
+        )
+        err = p.stderr.decode()
+        assert p.returncode == 1 and p.stdout == b"", (what, err)
+        assert err.startswith("parrot_run: " + expect) and err.count("\n") == 1, err
+    # a tracer that follows children (strace -f, installed by .ci/system-packages) takes ours
+    p = run(
+        ["strace", "-f", "-o", "/dev/null", *PARROT, "--cache-dir", parrot.cache, "--", "true"],
+        parrot.env,
+    )
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "is itself traced by process" in err and "(strace)" in err, err
+
+
 def test_killed_supervisor_leaves_no_job(exec_repo, tmp_path):
     parrot, mnt, _, _ = exec_repo
     marker = tmp_path / "alive"

@@ -17,6 +17,7 @@ class FakeNode:
     is_dir: bool = False
     is_symlink: bool = False
     target: str = ""
+    searchable: bool = True
 
 
 class FakeNamespace:
@@ -43,6 +44,9 @@ class FakeNamespace:
             "/a/dangling": link("nope"),
             "/a/other-repo": link("/cvmfs/other.org/x"),
             "/a/empty": link(""),
+            "/locked": FakeNode(is_dir=True, searchable=False),
+            "/locked/inner": d,
+            "/a/to-locked": link("../locked/inner"),
         }
 
     def lookup(self, v: VPath):
@@ -51,6 +55,9 @@ class FakeNamespace:
         if v.repo != "repo.org":
             return None
         return self.tree.get(v.inner)
+
+    def may_search(self, node) -> bool:
+        return node.searchable
 
     def anchor_to_vpath(self, host):
         if host == ANCHORS:
@@ -146,3 +153,17 @@ def test_vpath_of_logical(logical, vpath):
     assert vpath_of_logical(logical) == vpath
     if vpath is not None:
         assert vpath.logical == logical
+
+
+def test_search_permission_on_every_directory_walked():
+    """As the kernel: x on each directory looked into, through symlinks and `..` too."""
+    assert r("/cvmfs/repo.org/locked").virtual  # the directory itself is reachable
+    for p in (
+        "/cvmfs/repo.org/locked/inner",
+        "/cvmfs/repo.org/locked/nope",
+        "/cvmfs/repo.org/locked/..",
+        "/cvmfs/repo.org/a/to-locked",
+    ):
+        assert r(p).err == errno.EACCES, p
+    assert r("..", f"{ANCHORS}/repo.org/locked").err == errno.EACCES
+    assert r("/cvmfs/repo.org/top/..").err == errno.ENOTDIR

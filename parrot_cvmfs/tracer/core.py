@@ -227,7 +227,19 @@ def _spawn_error(text: str) -> OSError:
     return OSError(code, text)
 
 
+def _status_field(name: str) -> str:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _ptrace_cause(code: int) -> str:
+    """Why the job cannot be traced, as precisely as this process can tell."""
     why = os.strerror(code) if code else "unknown error"
     try:
         with open("/proc/sys/kernel/yama/ptrace_scope") as f:
@@ -236,9 +248,28 @@ def _ptrace_cause(code: int) -> str:
         scope = ""
     if scope == "3":
         return f"{why} (Yama ptrace_scope is 3: ptrace is disabled on this host)"
-    if code == 1:
+    if code != 1:  # EPERM is the refusal; anything else is reported as it is
+        return why
+    tracer = _status_field("TracerPid")
+    if tracer not in ("", "0"):
+        try:
+            with open(f"/proc/{tracer}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            comm = "?"
+        return f"{why} (parrot_run is itself traced by process {tracer} ({comm}), which also takes its children)"
+    import ctypes
+
+    try:
+        dumpable = ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+    except (OSError, AttributeError):
+        dumpable = 1
+    if dumpable == 0:
+        return f"{why} (parrot_run is not dumpable: it was started by a setuid or otherwise privileged launcher)"
+    if scope == "2":
+        return f"{why} (Yama ptrace_scope is 2: only processes with CAP_SYS_PTRACE may trace)"
+    if _status_field("Seccomp") == "2":
         return (
-            f"{why} (ptrace is forbidden here: a container's seccomp profile, Yama ptrace_scope"
-            f"{' ' + scope if scope else ''}, or a non-dumpable launcher)"
+            f"{why} (a seccomp filter on parrot_run, such as a container's profile, forbids ptrace)"
         )
-    return why
+    return f"{why} (ptrace is forbidden here: a security module or a container's policy)"

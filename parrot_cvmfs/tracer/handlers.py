@@ -114,8 +114,6 @@ class Handlers:
         self.arch = core.arch
         self.debug = debug
         self.counts: dict[str, int] = {}
-        self.uid, self.gid = os.getuid(), os.getgid()
-        self.groups = set(os.getgroups()) | {self.gid}
         self._open_pending: dict[int, tuple[str, VPath]] = {}
 
     # -- the event -----------------------------------------------------------------------------
@@ -326,20 +324,7 @@ class Handlers:
 
     def _can(self, node: Node, want: int) -> int:
         """0 or the errno of access(2) with mode `want` (R_OK|W_OK|X_OK)."""
-        if want & W_OK:
-            return errno.EROFS
-        a = self.view.attrs(node)
-        if self.uid == 0:
-            if want & X_OK and not node.is_dir and not a.mode & 0o111:
-                return errno.EACCES
-            return 0
-        if a.uid == self.uid:
-            bits = (a.mode >> 6) & 7
-        elif a.gid in self.groups:
-            bits = (a.mode >> 3) & 7
-        else:
-            bits = a.mode & 7
-        return 0 if bits & want == want else errno.EACCES
+        return self.view.access_error(node, want)
 
     def _revision_of(self, path: str, t: Target) -> str | None:
         """The revision whose answer this is, if it can be kept across runs."""

@@ -73,6 +73,10 @@ class Namespace(Protocol):
 
     def anchor_to_vpath(self, host_path: str) -> VPath | None: ...
 
+    def may_search(self, node: Node) -> bool:
+        """Whether the caller may look names up in this directory (its x bit)."""
+        ...
+
 
 class Target:
     """The result of a resolution.
@@ -175,6 +179,10 @@ def resolve(
             else:
                 host = _join(host, c)
             continue
+        if not node.is_dir:
+            return Target(err=errno.ENOTDIR, symlinks=links)
+        if not ns.may_search(node):  # as the kernel: x on every directory walked, `..` too
+            return Target(err=errno.EACCES, symlinks=links, mixed=mixed)
         if c == "..":
             up = vpath.parent()
             if up is None:
@@ -182,8 +190,6 @@ def resolve(
             else:
                 vpath, node = up, ns.lookup(up)
             continue
-        if not node.is_dir:
-            return Target(err=errno.ENOTDIR, symlinks=links)
         if len(c) > 255:
             return Target(err=errno.ENAMETOOLONG, symlinks=links)
         child_v = vpath.child(c)

@@ -95,6 +95,8 @@ class Supervisor:
             os.close(report)
         if failure is not None and not self.exec_seen:
             print(f"parrot_run: {_spawn_message(failure, self.opts.command[0])}", file=sys.stderr)
+            if (failure.strerror or "").startswith("cannot"):
+                return 1  # no tracing here: a set-up failure, not the program's
             return 126 if failure.errno in (13, 8) else 127
         if self.opts.stats:
             self.print_stats()

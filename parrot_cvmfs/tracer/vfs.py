@@ -86,6 +86,7 @@ class CvmfsView:
         os.makedirs(self.anchors, exist_ok=True)
         self.started = int(time.time())
         self.uid, self.gid = os.getuid(), os.getgid()
+        self.groups = set(os.getgroups()) | {self.gid}
         self.repos: dict[str, Repository] = {}
         self.failed: dict[str, str] = {}
         self.eager = [config.canonical_name(n) for n in (eager or [])]
@@ -140,9 +141,12 @@ class CvmfsView:
         return repo
 
     def revision_id(self, name: str) -> str | None:
-        """`fqrn@root-hash` of a mounted repository (the key of kept answers)."""
+        """`fqrn@root-hash` of a mounted repository: the key of kept answers, with what
+        else decides them (owners as published or claimed; memo files are per user)."""
         repo = self.repos.get(name)
-        return f"{name}@{repo.root_hash.hex}" if repo is not None and repo.root_hash else None
+        if repo is None or not repo.root_hash:
+            return None
+        return f"{name}@{repo.root_hash.hex}" + ("" if repo.uid is not None else "+owners")
 
     def mount_eager(self) -> list[str]:
         """Mount the repositories named with --cvmfs; returns the error lines."""
@@ -180,6 +184,27 @@ class CvmfsView:
             return None
         target = repo.expand_symlink(entry) if entry.is_symlink else ""
         return Node(vpath, entry, repo, entry.mode, target)
+
+    def access_error(self, node: Node, want: int) -> int:
+        """0, or the errno access(2) gives for mode `want` (R_OK|W_OK|X_OK): the
+        kernel's rules over the attributes we report (root passes all but a missing x)."""
+        if want & os.W_OK:
+            return errno.EROFS
+        a = self.attrs(node)
+        if self.uid == 0:
+            if want & os.X_OK and not node.is_dir and not a.mode & 0o111:
+                return errno.EACCES
+            return 0
+        if a.uid == self.uid:
+            bits = (a.mode >> 6) & 7
+        elif a.gid in self.groups:
+            bits = (a.mode >> 3) & 7
+        else:
+            bits = a.mode & 7
+        return 0 if bits & want == want else errno.EACCES
+
+    def may_search(self, node: Node) -> bool:
+        return self.access_error(node, os.X_OK) == 0
 
     def attrs(self, node: Node) -> Attrs:
         if node._attrs is None:

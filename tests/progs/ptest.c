@@ -7,7 +7,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <linux/openat2.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -303,6 +307,30 @@ static int c_getdents(const char *dir)
     return 0;
 }
 
+/* Run CMD where a seccomp filter makes ptrace (or installing seccomp filters) fail
+ * with EPERM, as a container's profile does. */
+static int c_deny(const char *what, char **cmd)
+{
+    int ptrace_only = !strcmp(what, "ptrace");
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ptrace_only ? SYS_ptrace : SYS_seccomp, 3, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ptrace_only ? SYS_ptrace : SYS_prctl, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PR_SET_SECCOMP, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        perror("seccomp");
+        return 1;
+    }
+    execvp(cmd[0], cmd);
+    perror(cmd[0]);
+    return 127;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -317,5 +345,6 @@ int main(int argc, char **argv)
     if (!strcmp(c, "mmaps")) return c_mmaps(argv[2], atoi(argv[3]));
     if (!strcmp(c, "threads-fork")) return c_threads_fork(atoi(argv[2]));
     if (!strcmp(c, "getdents")) return c_getdents(argv[2]);
+    if (!strcmp(c, "deny") && argc > 3) return c_deny(argv[2], argv + 3);
     return 2;
 }
