@@ -44,6 +44,8 @@ def base_env(**extra) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("CVMFS_", "PARROT_CVMFS"))
         and k.lower() not in ("http_proxy", "https_proxy")
+        # `make test` exports its own state; a make run by a test must not inherit it
+        and k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKE_TERMOUT", "MAKE_TERMERR")
     }
     env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent-parrot-cvmfs-config"
     env.update(extra)
