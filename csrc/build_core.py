@@ -1,7 +1,8 @@
 """cffi build script for parrot_cvmfs._core, the package's C core.
 
 Run by `pip install .` through setup.py's cffi_modules; every C source of the
-project is listed here: the publisher's chunker and the tracer's event loop.
+project is listed here: the publisher's chunker, the preload's bulk fetcher and the
+tracer's event loop.
 """
 
 from cffi import FFI
@@ -138,13 +139,46 @@ ffibuilder.cdef(
                             size_t len);
     void pc_table_clear(pc_tracer *t);
     int pc_table_size(pc_tracer *t);
+
+    #define PC_FETCH_OK 0
+    #define PC_FETCH_PRESENT 1
+    #define PC_FETCH_NOT_TRIED 2
+    #define PC_FETCH_CONNECT 3
+    #define PC_FETCH_NETWORK 4
+    #define PC_FETCH_HTTP 5
+    #define PC_FETCH_BAD_DATA 6
+    #define PC_FETCH_LOCAL 7
+    #define PC_FETCH_UNSUPPORTED 8
+    typedef struct {
+        const char *request;
+        const char *tmp;
+        const char *dest;
+        int algorithm;
+        unsigned char digest[20];
+        int compressed;
+        int64_t size;
+        int mode;
+        int status;
+        int http_status;
+        int64_t stored;
+    } pc_fetch_item;
+    typedef struct {
+        int64_t done;
+        int64_t bytes;
+        int stop;
+    } pc_fetch_progress;
+    int pc_fetch_batch(const char *host, int port, const char *host_header,
+                       pc_fetch_item *items, int n, int nthreads, int timeout_ms,
+                       pc_fetch_progress *progress);
     """
 )
 ffibuilder.set_source(
     "parrot_cvmfs._core",
-    '#include "chunker.h"\n#include "tracer.h"',
+    '#include "chunker.h"\n#include "fetch.h"\n#include "tracer.h"',
     sources=[
         "csrc/chunker.c",
+        "csrc/digest.c",
+        "csrc/fetch.c",
         "csrc/tracer.c",
         "csrc/tracee.c",
         "csrc/answers.c",
@@ -155,6 +189,7 @@ ffibuilder.set_source(
     include_dirs=["csrc"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-pthread"],
     extra_link_args=["-pthread"],
+    libraries=["z"],
 )
 
 if __name__ == "__main__":

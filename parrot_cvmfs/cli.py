@@ -281,6 +281,54 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_preload(args) -> int:
+    from .client.config import Configuration
+    from .client.preload import preload, tqdm_progress
+
+    config = Configuration(config_dir=args.config_dir, overrides=dict(args.option))
+    progress, done = tqdm_progress()
+    try:
+        r = preload(
+            args.url,
+            args.directory,
+            name=args.name,
+            dirtab=args.dirtab,
+            pubkeys=args.pubkey,
+            jobs=args.jobs,
+            config=config,
+            verify_at=args.verify_at,
+            progress=progress,
+        )
+    finally:
+        done()
+    print(r.summary(args.directory), flush=True)
+    if args.bundle:
+        from .client.bundle import write_bundle
+
+        n = write_bundle(args.directory, args.bundle)
+        print(
+            f"bundled {n} files of {args.directory} into {args.bundle} "
+            f"({os.path.getsize(args.bundle) / 1e6:.1f} MB)"
+        )
+    return 0
+
+
+def cmd_unbundle(args) -> int:
+    from .client.bundle import unbundle
+
+    r = unbundle(args.bundle, args.directory)
+    print(
+        f"unbundled {args.bundle} into {args.directory}: {r.objects} objects written, "
+        f"{r.present} already present; revisions of {', '.join(r.repositories) or 'none'}"
+    )
+    for fqrn in r.refused:
+        print(
+            f"parrot_cvmfs: kept the newer revision of {fqrn} already in {args.directory}",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -369,6 +417,62 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.set_defaults(func=cmd_serve)
+
+    from .client.preload import DEFAULT_JOBS
+
+    sp = sub.add_parser(
+        "preload",
+        help="fill a directory to use as a read-only alien cache (cvmfs_preload)",
+        description="Verify the repository at URL and download its catalogs and objects "
+        "(the part a dirtab selects) into DIR, for clients using DIR as an alien cache with "
+        "no network (parrot_run --alien-cache DIR --offline). A rerun fetches only what DIR "
+        "does not have.",
+    )
+    sp.add_argument("-u", "--url", required=True, help="http://HOST/cvmfs/NAME (a stratum 0 or 1)")
+    sp.add_argument("-r", "--directory", required=True, metavar="DIR")
+    sp.add_argument("-d", "--dirtab", metavar="DIRTAB", help="preload only these subtrees")
+    sp.add_argument(
+        "-k",
+        "--pubkey",
+        metavar="PUBKEY[:PUBKEY...]",
+        help="master public keys (default: the configured ones for NAME)",
+    )
+    sp.add_argument("-m", "--name", help="repository name (default: the last part of URL)")
+    sp.add_argument(
+        "-j",
+        "-n",
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        help=f"parallel downloads (default {DEFAULT_JOBS})",
+    )
+    sp.add_argument("--bundle", metavar="FILE.tar.zst", help="also write DIR as one archive")
+    sp.add_argument(
+        "--verify-at",
+        metavar="DATE",
+        type=_parse_when,
+        help="check whitelist expiry as of this UTC date",
+    )
+    sp.add_argument(
+        "-o",
+        "--option",
+        metavar="KEY=VALUE",
+        type=_kv,
+        action="append",
+        default=[],
+        help="set a CVMFS_* parameter (repeatable)",
+    )
+    sp.add_argument("--config-dir", metavar="DIR", help="cvmfs configuration directory")
+    sp.set_defaults(func=cmd_preload)
+
+    sp = sub.add_parser(
+        "unbundle",
+        help="extract a preload bundle into a directory",
+        description="Extract FILE (from preload --bundle) into DIR.",
+    )
+    sp.add_argument("bundle", metavar="FILE")
+    sp.add_argument("-r", "--directory", required=True, metavar="DIR")
+    sp.set_defaults(func=cmd_unbundle)
 
     sp = sub.add_parser("demo", help="publish, serve and read the example repository (offline)")
     sp.add_argument("--keep", action="store_true", help="keep the temporary stratum and cache")

@@ -7,6 +7,7 @@ import collections
 import http.client
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -41,6 +42,20 @@ class FaultyHandler(StratumHandler):
             if pattern in path:
                 self.send_error(status)
                 return
+        for pattern, rate in srv.throttles.items():
+            if pattern in path:  # the body trickles: a download caught in the middle
+                local = self._local_path()
+                with open(local, "rb") as f:
+                    body = f.read()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                step = max(1, rate // 20)
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i : i + step])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+                return
         for pattern, fn in srv.rewrites.items():
             if pattern in path:
                 local = self._local_path()
@@ -64,6 +79,7 @@ class FaultyServer(StratumServer):
         self.delays: dict[str, float] = {}
         self.statuses: dict[str, int] = {}
         self.rewrites: dict = {}
+        self.throttles: dict[str, int] = {}  # path pattern -> bytes per second
         ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), FaultyHandler)
         self.root = os.path.abspath(root)
         self.verbose = False
@@ -154,7 +170,10 @@ http {{
   }}
 }}
 """)
-        self.proc = subprocess.Popen([exe, "-c", conf, "-p", workdir], stderr=subprocess.PIPE)
+        # its own process group: stop() takes the workers down with the master
+        self.proc = subprocess.Popen(
+            [exe, "-c", conf, "-p", workdir], stderr=subprocess.PIPE, start_new_session=True
+        )
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
@@ -184,4 +203,92 @@ http {{
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+class Squid:
+    """A real Squid forward proxy (Debian `squid`) on a loopback port: memory cache
+    only, every request in `access.log` with its cache result (TCP_MISS, TCP_HIT...)."""
+
+    def __init__(self):
+        import tempfile
+
+        exe = shutil.which("squid") or "/usr/sbin/squid"
+        if not os.path.exists(exe):
+            raise RuntimeError("squid is not installed (.ci/run installs it)")
+        self.port = free_port()
+        # not below pytest's private tmp: squid's own user must reach its logs
+        self.workdir = workdir = tempfile.mkdtemp(prefix="squid.")
+        os.chmod(workdir, 0o755)
+        if os.geteuid() == 0:  # squid drops to its own user, which must write the logs
+            import pwd
+
+            pw = pwd.getpwnam("proxy")
+            os.chown(workdir, pw.pw_uid, pw.pw_gid)
+        conf = os.path.join(workdir, "squid.conf")
+        with open(conf, "w") as f:
+            f.write(f"""http_port 127.0.0.1:{self.port}
+pid_filename {workdir}/squid.pid
+access_log stdio:{workdir}/access.log squid
+cache_log {workdir}/cache.log
+cache_store_log none
+coredump_dir {workdir}
+netdb_filename none
+pinger_enable off
+logfile_rotate 0
+shutdown_lifetime 0 seconds
+cache_mem 256 MB
+maximum_object_size_in_memory 64 MB
+maximum_object_size 64 MB
+acl loopback src 127.0.0.0/8
+http_access allow loopback
+http_access deny all
+refresh_pattern . 0 20% 4320
+""")
+        self.proc = subprocess.Popen(
+            [exe, "-N", "-f", conf],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        "squid failed: " + self.proc.stderr.read().decode()
+                    ) from None
+                time.sleep(0.1)
+        raise RuntimeError("squid did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def access_log(self) -> list[list[str]]:
+        """Fields of each line: time, elapsed, client, result/status, bytes, method, URL..."""
+        try:
+            with open(os.path.join(self.workdir, "access.log")) as f:
+                return [line.split() for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -36,7 +36,8 @@ OBJECT_MODE = 0o500  # read-only for everybody, executable so that exec works on
 _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 _F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)
 _FLOCK = struct.Struct("=hh4xqqi4x")  # struct flock on 64-bit Linux
-_RECENT_GRACE = 5.0
+# an object stored or used this recently may be about to be opened: not evicted yet
+_RECENT_GRACE = 0.25
 _temp_counter = itertools.count()
 
 
@@ -113,16 +114,22 @@ class ObjectCache:
         directory: str,
         quota_bytes: int | None = None,
         alien: list[str] | None = None,
+        object_mode: int = OBJECT_MODE,
+        dir_mode: int = 0o700,
     ):
         self.dir = os.path.abspath(directory)
         self.alien = [os.path.abspath(a) for a in (alien or [])]
-        make_layout(self.dir)
+        self.object_mode = object_mode
+        self._umask = os.umask(0o022)
+        os.umask(self._umask)
+        make_layout(self.dir, dir_mode)
         self.txn = os.path.join(self.dir, "txn")
         self._lockfile = os.path.join(self.dir, "lock_objects")
         self._tls = threading.local()
         self._lockfds: list[int] = []
         self._lockfds_guard = threading.Lock()
         self.quota = Quota(self.dir, quota_bytes) if quota_bytes and quota_bytes > 0 else None
+        self.remove_stale_temporaries()  # what a killed process was writing
         self.hits = 0
         self.misses = 0
 
@@ -171,7 +178,10 @@ class ObjectCache:
             try:
                 os.link(path, tmp)
             except OSError as e:
-                if e.errno != errno.EXDEV or os.path.getsize(path) > _ALIAS_COPY_MAX:
+                # another file system, or protected_hardlinks and an object we do not own
+                if e.errno not in (errno.EXDEV, errno.EPERM) or (
+                    os.path.getsize(path) > _ALIAS_COPY_MAX
+                ):
                     raise
                 with open(path, "rb") as src:
                     write_atomic(tmp, src.read(), 0o400)
@@ -189,10 +199,14 @@ class ObjectCache:
         while True:
             path = f"{self.txn}/fetch.{os.getpid()}.{next(_temp_counter)}"
             try:
-                # created with its final mode: no chmod (a journaled metadata write) later
-                return os.open(
-                    path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, OBJECT_MODE
-                ), path
+                # created with its final mode: no chmod (a journaled metadata write) later,
+                # unless the umask would take bits away
+                fd = os.open(
+                    path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.object_mode
+                )
+                if self._umask & self.object_mode:
+                    os.fchmod(fd, self.object_mode)
+                return fd, path
             except FileExistsError:
                 continue
             except OSError as e:
@@ -251,6 +265,19 @@ class ObjectCache:
             except OSError as e:
                 raise CacheError(f"cannot read {os.path.join(d, name)}: {e.strerror}") from None
         return None
+
+    def read_meta_everywhere(self, name: str) -> list[tuple[str, bytes]]:
+        """(directory, contents) of `name` in this cache and in each alien tier."""
+        out = []
+        for d in [self.dir, *self.alien]:
+            try:
+                with open(os.path.join(d, name), "rb") as f:
+                    out.append((d, f.read()))
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise CacheError(f"cannot read {os.path.join(d, name)}: {e.strerror}") from None
+        return out
 
     def write_meta(self, name: str, data: bytes) -> None:
         try:

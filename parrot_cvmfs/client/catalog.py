@@ -342,6 +342,49 @@ class Catalog:
                 ) from None
         return out
 
+    def objects(self) -> list[tuple[ContentHash, str, bool, int | None]]:
+        """Every object this catalog references, as a preload pulls them: contents of
+        entries with a hash that are not external (suffix "", or "L" for a hashed
+        directory) and chunks ("P"); as (hash, suffix, compressed, inflated size)."""
+        out = []
+        sources = [
+            (
+                "SELECT hash, flags, size FROM catalog WHERE hash IS NOT NULL AND length(hash) > 0"
+                f" AND (flags & {FLAG_EXTERNAL}) = 0",
+                False,
+            )
+        ]
+        if self._has_chunks:
+            sources.append(
+                (
+                    "SELECT chunks.hash, catalog.flags, chunks.size FROM chunks JOIN catalog"
+                    " ON chunks.md5path_1 = catalog.md5path_1 AND chunks.md5path_2 = catalog.md5path_2"
+                    f" WHERE (catalog.flags & {FLAG_EXTERNAL}) = 0",
+                    True,
+                )
+            )
+        for sql, is_chunk in sources:
+            for h, flags, size in self._query(sql, ()):
+                if isinstance(h, str):
+                    h = h.encode("utf-8", "surrogateescape")
+                algorithm = (
+                    Algorithm.SHA1 if self._legacy_hash else Algorithm(((flags >> 8) & 7) + 1)
+                )
+                try:
+                    ch = ContentHash(algorithm, h)
+                except (ValueError, TypeError):
+                    raise CatalogError(f"malformed {self.what}: bad object hash") from None
+                compressed = ((flags >> FLAG_POS_COMPRESSION) & 7) == COMPRESSION_ZLIB
+                if is_chunk:
+                    out.append((ch, "P", compressed, size))
+                elif flags & FLAG_DIR:
+                    out.append((ch, "L", compressed, None))
+                elif flags & FLAG_CHUNKED:
+                    out.append((ch, "", compressed, None))  # a legacy bulk object
+                else:
+                    out.append((ch, "", compressed, size))
+        return out
+
     def nested_catalogs(self) -> dict[str, tuple[ContentHash, int]]:
         """Logical mountpoint -> (catalog hash, size) of nested and bind-mounted catalogs."""
         if self._nested is None:

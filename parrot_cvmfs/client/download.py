@@ -210,6 +210,12 @@ class Downloader:
         self.n_failures = 0
         self._stats_lock = threading.Lock()
 
+    def record(self, downloads: int, nbytes: int) -> None:
+        """Count transfers made on this downloader's behalf (by the C bulk fetcher)."""
+        with self._stats_lock:
+            self.n_downloads += downloads
+            self.bytes_received += nbytes
+
     def _transport(self, proxy: str) -> httpx.HTTPTransport:
         import httpx  # imported on first download: a warm start never needs it
 

@@ -258,14 +258,16 @@ class Repository:
         paths = [p for p in (self.settings.get("CVMFS_BLACKLIST") or "").split(":") if p]
         return Blacklist.load(paths)
 
-    def verify(self) -> Manifest:
-        """Fetch (or, offline, read the stored copy of) and verify the manifest chain."""
+    def verify(self, store: bool = True) -> Manifest:
+        """Fetch (or, offline, read the stored copy of) and verify the manifest chain.
+        `store`: keep the manifest, whitelist and breadcrumb in the cache now (a preload
+        does it with `store_trust` once the revision's objects are all there)."""
         keys = self._keys()
         blacklist = self._blacklist()
         attempts = 1 if self.offline else min(2, len(self.downloader.path.hosts))
         for attempt in range(attempts):
             try:
-                return self._verify_once(keys, blacklist)
+                return self._verify_once(keys, blacklist, store)
             except (SignatureError, CatalogError) as e:
                 if attempt + 1 >= attempts or isinstance(e, RollbackError):
                     raise
@@ -279,10 +281,11 @@ class Repository:
             return "the cache"
         return self.downloader.path.current()[1]
 
-    def _verify_once(self, keys, blacklist: Blacklist) -> Manifest:
+    def _verify_once(self, keys, blacklist: Blacklist, store: bool = True) -> Manifest:
         fqrn = self.fqrn
+        stored_in = None
         if self.offline:
-            raw = self.cache.read_meta(f"manifest.{fqrn}")
+            raw, stored_in = self._newest_stored_manifest()
             if raw is None:
                 raise CacheError(
                     f"no stored manifest of {fqrn} in {self.cache.dir}"
@@ -305,9 +308,14 @@ class Repository:
             certificate = load_certificate(f.read(), f"{manifest.certificate.hex} of {fqrn}")
         manifest.verify(certificate, what)
         if self.offline:
-            wl_raw = self.cache.read_meta(f"whitelist.{fqrn}")
+            wl_raw = None
+            try:
+                with open(os.path.join(stored_in, f"whitelist.{fqrn}"), "rb") as f:
+                    wl_raw = f.read()
+            except OSError:
+                pass
             if wl_raw is None:
-                raise CacheError(f"no stored whitelist of {fqrn} in the cache (offline)")
+                raise CacheError(f"no stored whitelist of {fqrn} in {stored_in} (offline)")
             wl_what = f"whitelist of {fqrn} (stored copy)"
         else:
             wl_raw = self.downloader.fetch("/.cvmfswhitelist", what=f"whitelist of {fqrn}")
@@ -331,15 +339,36 @@ class Repository:
                 )
         self.manifest, self.whitelist, self.certificate = manifest, whitelist, certificate
         self.root_hash = manifest.root_hash
-        if not self.offline:
-            self.cache.write_meta(f"manifest.{fqrn}", raw)
-            self.cache.write_meta(f"whitelist.{fqrn}", wl_raw)
-            if crumb is None or manifest.revision >= crumb.revision:
-                crumb = Breadcrumb(
-                    manifest.root_hash.hex, manifest.timestamp or 1, manifest.revision
-                )
-                self.cache.write_meta(f"cvmfschecksum.{fqrn}", str(crumb).encode())
+        self._trust_raw = (raw, wl_raw)
+        if not self.offline and store:
+            self.store_trust()
         return manifest
+
+    def _newest_stored_manifest(self) -> tuple[bytes | None, str | None]:
+        """Offline: the stored manifest of the highest revision among this cache and its
+        alien tiers (a preloaded directory may be newer than what an online run kept)."""
+        best: tuple[int, bytes, str] | None = None
+        for d, raw in self.cache.read_meta_everywhere(f"manifest.{self.fqrn}"):
+            try:
+                rev = Manifest.parse(raw).revision
+            except CvmfsError:
+                rev = -1  # reported by the verification below if it is the only one
+            if best is None or rev > best[0]:
+                best = (rev, raw, d)
+        return (best[1], best[2]) if best else (None, None)
+
+    def store_trust(self) -> None:
+        """Keep the verified manifest and whitelist in the cache, for offline mounts and
+        for the rollback check (the breadcrumb only ever moves forward)."""
+        fqrn, manifest = self.fqrn, self.manifest
+        raw, wl_raw = self._trust_raw
+        crumb_raw = self.cache.read_meta(f"cvmfschecksum.{fqrn}", search_alien=False)
+        crumb = Breadcrumb.parse(crumb_raw.decode("ascii", "replace")) if crumb_raw else None
+        self.cache.write_meta(f"manifest.{fqrn}", raw)
+        self.cache.write_meta(f"whitelist.{fqrn}", wl_raw)
+        if crumb is None or manifest.revision >= crumb.revision:
+            crumb = Breadcrumb(manifest.root_hash.hex, manifest.timestamp or 1, manifest.revision)
+            self.cache.write_meta(f"cvmfschecksum.{fqrn}", str(crumb).encode())
 
     def _reuse_fresh_manifest(self) -> bool:
         """Use the manifest this cache accepted less than a TTL ago, if there is one."""

@@ -500,11 +500,17 @@ class Publisher:
         counters = {f"self_{k}": v for k, v in self_c.items()}
         counters.update({f"subtree_{k}": v for k, v in subtree_c.items()})
         db = w.finish(nested_rows, props, counters)
+        total = {k: self_c[k] + subtree_c[k] for k in COUNTERS}
+        if not is_root and root.path in prev_catalogs:
+            # as cvmfs_server: a nested catalog nothing changed in is kept as it was
+            kept = _unchanged_catalog(db, store, prev_catalogs[root.path], tmpdir)
+            if kept is not None:
+                os.unlink(db)
+                return kept[0], kept[1], total
         with open(db, "rb") as f:
             data = f.read()
         os.unlink(db)
         h = store.put(data, "C")
-        total = {k: self_c[k] + subtree_c[k] for k in COUNTERS}
         return h, len(data), total
 
     # -- the whole publication ---------------------------------------------------------------------
@@ -686,3 +692,44 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 def publish(options: PublishOptions, log=None) -> PublishResult:
     return Publisher(options, log).publish()
+
+
+# properties that change with every publication, whether or not the catalog did
+_VOLATILE_PROPERTIES = ("revision", "last_modified", "previous_revision")
+
+
+def _unchanged_catalog(
+    db: str, store: StratumStore, prev_hex: str, tmpdir: str
+) -> tuple[ContentHash, int] | None:
+    """(hash, size) of the previous catalog if `db` holds exactly what it held."""
+    import sqlite3
+
+    prev = ContentHash.from_hex(prev_hex)
+    try:
+        data = store.read(prev, "C")
+    except (OSError, CvmfsError):
+        return None
+    old = os.path.join(tmpdir, f"prev-{prev_hex}.db")
+    with open(old, "wb") as f:
+        f.write(data)
+    con = sqlite3.connect(db)
+    try:
+        con.execute("ATTACH DATABASE ? AS old", (old,))
+        tables = "SELECT name FROM {}.sqlite_master WHERE type = 'table' ORDER BY name"
+        names = [r[0] for r in con.execute(tables.format("main"))]
+        if names != [r[0] for r in con.execute(tables.format("old"))]:
+            return None
+        for t in names:
+            where = ""
+            if t == "properties":
+                where = f" WHERE key NOT IN {_VOLATILE_PROPERTIES!r}"
+            a, b = f"SELECT * FROM main.{t}{where}", f"SELECT * FROM old.{t}{where}"
+            for x, y in ((a, b), (b, a)):
+                if con.execute(f"SELECT EXISTS ({x} EXCEPT {y})").fetchone()[0]:
+                    return None
+        return prev, len(data)
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        con.close()
+        os.unlink(old)

@@ -1,0 +1,46 @@
+/* The bulk fetcher (fetch.c): many objects from one HTTP server or proxy, verified
+ * and stored by C threads; failures are reported per item for the Python
+ * downloader to retry with its fail-over rules. */
+#ifndef PARROT_CVMFS_FETCH_H
+#define PARROT_CVMFS_FETCH_H
+
+#include <stdint.h>
+
+enum {
+    PC_FETCH_OK = 0,
+    PC_FETCH_PRESENT = 1,     /* `dest` existed already */
+    PC_FETCH_NOT_TRIED = 2,   /* the batch was stopped first */
+    PC_FETCH_CONNECT = 3,     /* cannot connect */
+    PC_FETCH_NETWORK = 4,     /* connection lost or timed out */
+    PC_FETCH_HTTP = 5,        /* a status other than 200 (in http_status) */
+    PC_FETCH_BAD_DATA = 6,    /* wrong digest or size, broken zlib or HTTP */
+    PC_FETCH_LOCAL = 7,       /* cannot write the file */
+    PC_FETCH_UNSUPPORTED = 8, /* a hash algorithm not done in C, or an overlong request */
+};
+
+typedef struct {
+    const char *request; /* the request target: a path, or an absolute URL via a proxy */
+    const char *tmp;     /* written (created exclusively), then renamed to... */
+    const char *dest;    /* ...this, once digest and size are right */
+    int algorithm;       /* PC_DIGEST_* */
+    unsigned char digest[20];
+    int compressed;      /* zlib: inflate before storing */
+    int64_t size;        /* expected stored size, -1 if unknown */
+    int mode;            /* of the stored file */
+    int status;          /* out: PC_FETCH_* */
+    int http_status;     /* out */
+    int64_t stored;      /* out: bytes stored */
+} pc_fetch_item;
+
+typedef struct {
+    int64_t done;  /* items finished (any status) */
+    int64_t bytes; /* bytes stored */
+    int stop;      /* set to stop taking new items */
+} pc_fetch_progress;
+
+/* Fetch items[0..n) over connections to host:port with `nthreads` threads; returns
+ * when all are settled (or `progress->stop` was set). 0, or -1 if no thread ran. */
+int pc_fetch_batch(const char *host, int port, const char *host_header, pc_fetch_item *items,
+                   int n, int nthreads, int timeout_ms, pc_fetch_progress *progress);
+
+#endif
