@@ -302,6 +302,46 @@ def test_preload_errors_are_one_line(published, served, tmp_path):
     assert not (tmp_path / "a" / f"manifest.{published.name}").exists()
 
 
+def test_bad_objects_and_missing_ones_fail_over_or_fail(published, tmp_path):
+    """The C fetcher hands whatever it cannot get to the Python downloader: an object
+    missing on the first server comes from the second; a corrupt one everywhere is an
+    error naming it, and nothing of it is stored."""
+    good = FaultyServer(published.stratum)
+    bad = FaultyServer(published.stratum)
+    good.start_background()
+    bad.start_background()
+    try:
+        stratum = os.path.join(published.stratum, published.name)
+        some = sorted(
+            os.path.join(d, f)
+            for d, _, fs in os.walk(os.path.join(stratum, "data"))
+            for f in fs
+            if not f.endswith(("C", "X", "H", "M"))  # file contents and chunks only
+        )[:3]
+        names = ["/" + os.path.relpath(x, stratum).replace(os.sep, "/") for x in some]
+        for n in names:
+            bad.statuses[n] = 404
+        url = f"{bad.url}/{published.name};{good.url}/{published.name}"
+        p = run_preload(url, tmp_path / "a", "-k", published.pubkey, "-m", published.name)
+        assert p.returncode == 0, p.stderr
+        assert stored_objects_match(str(tmp_path / "a"), stratum) > 40
+        assert all(good.requests[f"/cvmfs/{published.name}{n}"] == 1 for n in names)
+        # corrupt on both: one line naming the object, and it is not stored
+        bad.statuses.clear()
+        for srv in (good, bad):
+            srv.rewrites[names[0]] = lambda data: data[:-1] + bytes([data[-1] ^ 1])
+        p = run_preload(url, tmp_path / "b", "-k", published.pubkey, "-m", published.name)
+        err = p.stderr.decode()
+        assert p.returncode == 1 and err.count("\n") == 1, err
+        h = os.path.basename(names[0])
+        assert h[:-1] in err or h in err, err
+        assert not os.path.exists(tmp_path / "b" / names[0].split("/")[2] / h)
+        assert not (tmp_path / "b" / f"manifest.{published.name}").exists()
+    finally:
+        good.shutdown()
+        bad.shutdown()
+
+
 @pytest.mark.parametrize("name", ["ref-shake.test.org", "test.cern.ch"])
 def test_preload_real_repositories(real_server, name, tmp_path):
     """Written by the real cvmfs server tools: SHAKE-128 objects; the 2015 stratum with

@@ -159,3 +159,32 @@ def test_stratum_failover_mid_job(published, nginx_pair, tmp_path):
     assert p.returncode == 0, err
     assert parse(out, mnt) == files
     assert [x for x in b.access_log() if "/data/" in x], "nothing came from the second stratum"
+
+
+def test_preload_through_squid(published, nginx_pair, squids, tmp_path):
+    """The bulk fetcher speaks to a proxy as the client does (absolute URLs)."""
+    ng, _ = nginx_pair
+    sq = squids()
+    env = base_env(CVMFS_HTTP_PROXY=sq.url)
+    d = tmp_path / "preload"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "parrot_cvmfs",
+            "preload",
+            "-u",
+            f"{ng.url}/{published.name}",
+            "-r",
+            str(d),
+            "-k",
+            published.pubkey,
+        ],
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    time.sleep(0.3)
+    fetched = int(p.stdout.split(b"fetched ")[1].split()[0])
+    assert len(object_urls(sq.access_log(), "TCP_MISS")) >= fetched > 40
