@@ -133,10 +133,10 @@ def test_quota_cleanup_under_load_spares_open_files(tmp_path):
         )
     )
     srv = FaultyServer(str(stratum))
-    srv.delays["/data/"] = (
-        0.1  # reading takes seconds: longer than clean-up's grace for new objects
-    )
+    # reading takes seconds: longer than clean-up's grace for new objects
+    srv.delays["/data/"] = 0.1
     srv.start_background()
+    started: list[subprocess.Popen] = []  # killed if an assertion fails while they wait
     try:
         # 10 MB for a 30 MB working set read by four jobs at once
         env = base_env(
@@ -154,6 +154,7 @@ def test_quota_cleanup_under_load_spares_open_files(tmp_path):
             f"exec 3< {held}; touch {ready}; "
             f"while [ ! -e {done} ]; do sleep 0.05; done; sha256sum <&3",
         )
+        started.append(holder)
         deadline = time.time() + 60
         while not ready.exists() and time.time() < deadline:
             time.sleep(0.05)
@@ -175,6 +176,7 @@ def test_quota_cleanup_under_load_spares_open_files(tmp_path):
             listing = tmp_path / f"list{k}"
             listing.write_bytes(b"\0".join(f"{mnt}/{f}".encode() for f in mine) + b"\0")
             readers.append(job(env, cache, f"xargs -0 sha256sum --zero < {listing}"))
+        started += readers
         for p in readers:
             out, err = p.communicate(timeout=600)
             assert p.returncode == 0, err
@@ -194,4 +196,8 @@ def test_quota_cleanup_under_load_spares_open_files(tmp_path):
         out, err = holder.communicate(timeout=60)
         assert out.split()[0].decode() == expect["d0/f00"], err
     finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         srv.shutdown()

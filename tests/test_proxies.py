@@ -69,7 +69,9 @@ def paused_job(env, cache, files: list[str], mnt: str, tmp_path):
     )
     deadline = time.time() + 120
     while not marker.exists():
-        assert time.time() < deadline and p.poll() is None, p.stderr.read() if p.poll() else ""
+        if time.time() > deadline or p.poll() is not None:
+            p.kill()
+            raise AssertionError(f"the job did not reach its pause: {p.communicate()[1]!r}")
         time.sleep(0.05)
     return p, go
 
@@ -152,10 +154,11 @@ def test_stratum_failover_mid_job(published, nginx_pair, tmp_path):
     mnt = f"/cvmfs/{published.name}"
     files = readable_files(published)
     p, go = paused_job(env, tmp_path / "cache", sorted(files), mnt, tmp_path)
-    assert not [x for x in b.access_log() if "/data/" in x]
+    before = [x for x in b.access_log() if "/data/" in x]
     a.stop()  # the first stratum 1 goes away
     go.touch()
     out, err = p.communicate(timeout=600)
+    assert not before, "the second stratum was used before the first went away"
     assert p.returncode == 0, err
     assert parse(out, mnt) == files
     assert [x for x in b.access_log() if "/data/" in x], "nothing came from the second stratum"
