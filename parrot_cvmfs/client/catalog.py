@@ -7,14 +7,13 @@ the repository (the root is the empty string).
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import stat as st
 import struct
 import threading
 
 from ..errors import CatalogError
-from .hashes import Algorithm, ContentHash
+from .hashes import Algorithm, ContentHash, md5_digest
 
 FLAG_DIR = 1
 FLAG_NESTED_MOUNTPOINT = 2
@@ -40,7 +39,7 @@ _MD5_SPLIT = struct.Struct("<qq")
 
 def md5path(path: str) -> tuple[int, int]:
     """The (md5path_1, md5path_2) key of a repository path ("" is the root)."""
-    return _MD5_SPLIT.unpack(hashlib.md5(path.encode("utf-8", "surrogateescape")).digest())
+    return _MD5_SPLIT.unpack(md5_digest(path.encode("utf-8", "surrogateescape")))
 
 
 def sqlite_uri_path(path: str) -> str:

@@ -10,10 +10,8 @@ to read and map.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
-import urllib.parse
 
 from ..errors import CacheError, CvmfsError
 from .cache import ObjectCache
@@ -57,6 +55,8 @@ class _RegionWriter:
 
 def chunk_list_key(chunks: list[tuple[int, int, ContentHash]]) -> ContentHash:
     """A stable cache key for a chunked file's content."""
+    import hashlib
+
     h = hashlib.sha1()
     for offset, size, ch in chunks:
         h.update(f"{offset}:{size}:{ch.hex}\n".encode())
@@ -225,6 +225,8 @@ def _external_url(path: str | None):
     """External files live at <external host><repository path>."""
     if path is None:
         return None
+    import urllib.parse
+
     quoted = urllib.parse.quote(path, safe="/:.@+-_~[],")
     return lambda host: host + quoted
 

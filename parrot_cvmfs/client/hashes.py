@@ -8,7 +8,6 @@ X certificate, M metainfo); cache file names leave the suffix out.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 from enum import IntEnum
@@ -129,6 +128,8 @@ class _Shake128:
     __slots__ = ("_h",)
 
     def __init__(self, data: bytes = b""):
+        import hashlib
+
         self._h = hashlib.shake_128(data)
 
     def update(self, data) -> None:
@@ -143,25 +144,47 @@ class _Shake128:
         return c
 
 
+_openssl_rmd160: bool | None = None
+
+
 def _ripemd160_available() -> bool:
-    try:
-        hashlib.new("ripemd160", b"")
-        return True
-    except (ValueError, TypeError):
-        return False
+    global _openssl_rmd160
+    if _openssl_rmd160 is None:
+        import hashlib
+
+        try:
+            hashlib.new("ripemd160", b"")
+            _openssl_rmd160 = True
+        except (ValueError, TypeError):
+            _openssl_rmd160 = False
+    return _openssl_rmd160
 
 
-_HAVE_OPENSSL_RMD160 = _ripemd160_available()
+try:  # CPython's own MD5: path hashes need no OpenSSL loaded at start-up
+    from _md5 import md5 as _builtin_md5
+except ImportError:  # pragma: no cover - other interpreters
+    _builtin_md5 = None
+
+
+def md5_digest(data: bytes) -> bytes:
+    """MD5 of `data` (catalog path hashes, inode numbers)."""
+    if _builtin_md5 is not None:
+        return _builtin_md5(data).digest()
+    import hashlib
+
+    return hashlib.md5(data).digest()
 
 
 def new_hasher(algorithm: Algorithm):
     """A fresh streaming hasher with update()/digest() for `algorithm`."""
+    import hashlib  # imported when the first object is verified, not at start-up
+
     if algorithm == Algorithm.SHA1:
         return hashlib.sha1()
     if algorithm == Algorithm.SHAKE128:
         return _Shake128()
     if algorithm == Algorithm.RMD160:
-        return hashlib.new("ripemd160") if _HAVE_OPENSSL_RMD160 else _Ripemd160()
+        return hashlib.new("ripemd160") if _ripemd160_available() else _Ripemd160()
     if algorithm == Algorithm.MD5:
         return hashlib.md5()
     raise ValueError(f"unsupported hash algorithm {algorithm!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import calendar
 import sqlite3
 from typing import NamedTuple
 
@@ -82,5 +81,7 @@ def parse_repository_date(text: str) -> int:
     except ValueError:
         raise ValueError(f"bad date {text!r} (expected e.g. 2024-05-01T12:00:00Z)") from None
     if d.tzinfo is None:
+        import calendar
+
         return calendar.timegm(d.timetuple())
     return int(d.timestamp())

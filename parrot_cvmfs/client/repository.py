@@ -14,7 +14,6 @@ fetched on demand into the shared cache.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat as st
 import time
@@ -37,7 +36,7 @@ from .catalog import Catalog, DirEntry, expand_variant_symlink
 from .config import Configuration, RepositorySettings
 from .download import Downloader, DownloadSettings
 from .fetch import Fetcher
-from .hashes import ContentHash
+from .hashes import ContentHash, md5_digest
 from .history import History, Tag, parse_repository_date
 from .manifest import Manifest
 from .namespace import Namespace
@@ -115,7 +114,7 @@ def inode_of(entry: DirEntry) -> int:
         key = f"{cat}:{entry.hardlink_group}"
     else:
         key = entry.path
-    ino = int.from_bytes(hashlib.md5(key.encode("utf-8", "surrogateescape")).digest()[:8], "little")
+    ino = int.from_bytes(md5_digest(key.encode("utf-8", "surrogateescape"))[:8], "little")
     return (ino & ((1 << 63) - 1)) or 1
 
 

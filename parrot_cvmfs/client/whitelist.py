@@ -3,7 +3,6 @@ manifests of a repository, until when, signed by the master key."""
 
 from __future__ import annotations
 
-import calendar
 import time
 from typing import TYPE_CHECKING
 
@@ -65,6 +64,8 @@ class Whitelist:
 
     def expiry_epoch(self) -> int:
         y, m, d, h = self.expires
+        import calendar
+
         return calendar.timegm((y, m, d, h, 0, 0))
 
     def is_expired(self, now: float | None = None) -> bool:

@@ -3,7 +3,6 @@ live in /cvmfs, which the kernel would look for itself and not find."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 
@@ -58,6 +57,8 @@ def patched_binary(cache_dir: str, binary: str, interp_local: str) -> str:
     The new name is appended to the file and only the PT_INTERP header's offset and
     size change, so the original name stays in memory at p_vaddr, where ld.so reads
     its own name (it stays the /cvmfs path)."""
+    import hashlib
+
     key = hashlib.sha1(f"{binary}\0{interp_local}".encode("utf-8", "surrogateescape")).hexdigest()
     d = os.path.join(cache_dir, "patched", key[:2])
     dest = os.path.join(d, key)

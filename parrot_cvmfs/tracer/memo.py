@@ -8,7 +8,9 @@ supervisor ends, and taught to the C table again when a later run mounts the sam
 revision: a warm run then answers almost every call in C.
 
 The file holds the records in the binary form the C table loads in one call
-(`pc_table_load`, answers.c), so a warm start costs a read, not thousands of calls:
+(`pc_table_load`, answers.c), so a warm start costs a read, not thousands of calls.
+After the magic line and a u32 length come the files served (`backing\0path\0`...),
+then the records:
 
     record = kind:u8 follow:u8 keylen:u16 paylen:u32 key payload
     kind 'A' (answer)   payload = err:i32 parts:u8 [struct stat][statx 256][access 8][link...]
@@ -21,12 +23,11 @@ The file holds the records in the binary form the C table loads in one call
 from __future__ import annotations
 
 import os
-import pickle
 import struct
 
 from .core import Core
 
-MAGIC = b"parrot-cvmfs memo 3\n"
+MAGIC = b"parrot-cvmfs memo 4\n"
 _HEAD = struct.Struct("<BBHI")
 
 
@@ -121,13 +122,14 @@ class Memo:
             return {}
         try:
             (slen,) = struct.unpack_from("<I", data, len(MAGIC))
-            start = len(MAGIC) + 4
-            served = pickle.loads(data[start : start + slen])
-            blob = data[start + slen :]
-        except (struct.error, pickle.UnpicklingError, EOFError, ValueError, TypeError):
+        except struct.error:
             return {}
-        if not isinstance(served, dict):
-            return {}
+        start = len(MAGIC) + 4
+        fields = data[start : start + slen].split(b"\0")[:-1]
+        served = {
+            os.fsdecode(fields[i]): os.fsdecode(fields[i + 1]) for i in range(0, len(fields) - 1, 2)
+        }
+        blob = data[start + slen :]
         # an evicted backing file is harmless: C's open of it fails and Python takes over
         self.core.table_load(blob)
         self.loaded[rev] = blob
@@ -147,7 +149,10 @@ class Memo:
         for rev, records in self.new.items():
             merged = _split(self.loaded.get(rev, b""))
             merged.update(_split(b"".join(records)))
-            served = pickle.dumps(self.served.get(rev, {}), protocol=pickle.HIGHEST_PROTOCOL)
+            served = b"".join(
+                os.fsencode(k) + b"\0" + os.fsencode(v) + b"\0"
+                for k, v in self.served.get(rev, {}).items()
+            )
             tmp = None
             try:
                 fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".memo.")
