@@ -285,7 +285,12 @@ def cmd_preload(args) -> int:
     from .client.config import Configuration
     from .client.preload import preload, tqdm_progress
 
-    config = Configuration(config_dir=args.config_dir, overrides=dict(args.option))
+    options = dict(args.option)
+    if args.timeout is not None:  # cvmfs_preload's -t applies to direct and proxied transfers
+        options["CVMFS_TIMEOUT"] = options["CVMFS_TIMEOUT_DIRECT"] = str(args.timeout)
+    if args.retries is not None:
+        options["CVMFS_MAX_RETRIES"] = str(args.retries)
+    config = Configuration(config_dir=args.config_dir, overrides=options)
     progress, done = tqdm_progress()
     try:
         r = preload(
@@ -446,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_JOBS,
         help=f"parallel downloads (default {DEFAULT_JOBS})",
     )
+    sp.add_argument("-t", "--timeout", type=int, metavar="SECONDS", help="network timeout")
+    sp.add_argument("-a", "--retries", type=int, metavar="N", help="retries of a download")
     sp.add_argument("--bundle", metavar="FILE.tar.zst", help="also write DIR as one archive")
     sp.add_argument(
         "--verify-at",

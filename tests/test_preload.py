@@ -367,3 +367,45 @@ def test_preload_real_repositories(real_server, name, tmp_path):
         with open(os.path.join(REAL_REPOS, name, "tree-v2.jsonl")) as f:
             want = {r["path"]: r["sha256"] for r in map(json.loads, f) if "sha256" in r}
         assert {e["path"]: e["sha256"] for e in files} == want
+
+
+def test_progress_bar_on_a_terminal(published, served, tmp_path):
+    """On a terminal the preload shows files, bytes and rate as it goes."""
+    import pty
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real size
+    p = subprocess.Popen(
+        [
+            *CLI,
+            "preload",
+            "-u",
+            f"{served.url}/{published.name}",
+            "-r",
+            str(tmp_path / "d"),
+            "-k",
+            published.pubkey,
+        ],
+        env=base_env(COLUMNS="120"),
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+    text = out.decode("utf-8", "replace")
+    assert "preload" in text and "files" in text and "B/s" in text and "\r" in text, text
+    assert "preloaded " in text

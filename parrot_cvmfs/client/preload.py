@@ -14,6 +14,7 @@ A later revision costs only the objects it does not share with what is stored.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 import time
@@ -245,6 +246,8 @@ def _fetch_all(
     todo = list(objects.values())
     total = len(todo)
     total_bytes = sum(o.size or 0 for o in todo)
+    if progress is not None:
+        progress(0, total, 0, total_bytes)
     todo, done, nbytes = _fetch_in_c(fetcher, todo, jobs, progress, total, total_bytes)
     lock = threading.Lock()
 
@@ -272,6 +275,8 @@ def _fetch_all(
             for f in futures:
                 f.cancel()
             raise
+    if progress is not None:
+        progress(done, total, nbytes, total_bytes)
     return done, nbytes
 
 
@@ -373,7 +378,8 @@ def tqdm_progress(
                 unit_divisor=1024,
                 file=stream,
                 desc="preload",
-                dynamic_ncols=True,
+                # the terminal's width, or 100 where it reports none
+                ncols=shutil.get_terminal_size((100, 24)).columns or 100,
             )
         bar.n = min(nbytes, total_bytes)
         bar.set_postfix_str(f"{done}/{total} files", refresh=False)
