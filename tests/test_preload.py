@@ -371,9 +371,8 @@ def test_preload_real_repositories(real_server, name, tmp_path):
 
 def test_progress_bar_on_a_terminal(published, served, tmp_path):
     """On a terminal the preload shows files, bytes and rate as it goes."""
-    import pty
-
     import fcntl
+    import pty
     import struct
     import termios
 
