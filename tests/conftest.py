@@ -52,6 +52,32 @@ def base_env(**extra) -> dict[str, str]:
     return env
 
 
+def sha256_tree(src: str) -> dict[str, str]:
+    """sha256 of every regular file below `src`, by path relative to it."""
+    import hashlib
+
+    out = {}
+    for dp, _, fs in os.walk(src):
+        for f in fs:
+            p = os.path.join(dp, f)
+            if os.path.isfile(p) and not os.path.islink(p):
+                with open(p, "rb") as fh:
+                    out[os.path.relpath(p, src)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def parse_sha256sum(out: bytes, root: str = ".") -> dict[str, str]:
+    """`sha256sum` output (lines ended by NUL with --zero, else by newlines) as
+    {path relative to `root`: digest}."""
+    text = out.decode("utf-8", "surrogateescape")
+    lines = text.split("\0")[:-1] if "\0" in text else text.splitlines()
+    res = {}
+    for line in lines:
+        digest, path = line.split("  ", 1)
+        res[os.path.relpath(path, root)] = digest
+    return res
+
+
 def repo_spec(name: str, url: str, pubkey: str, **opts) -> str:
     extra = "".join(f",{k}={v}" for k, v in opts.items())
     return f"{name}:url={url},pubkey={pubkey}{extra}"

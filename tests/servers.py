@@ -24,6 +24,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(proc: subprocess.Popen, port: int, what: str, timeout: float) -> None:
+    """Until `proc` accepts connections on the loopback `port`; its stderr if it dies."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} failed: " + proc.stderr.read().decode()) from None
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start")
+
+
 def dead_url(name: str = "") -> str:
     """An http URL on a loopback port where nothing listens."""
     return f"http://127.0.0.1:{free_port()}/cvmfs/{name}".rstrip("/")
@@ -174,18 +188,7 @@ http {{
         self.proc = subprocess.Popen(
             [exe, "-c", conf, "-p", workdir], stderr=subprocess.PIPE, start_new_session=True
         )
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        "nginx failed: " + self.proc.stderr.read().decode()
-                    ) from None
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start")
+        wait_for_port(self.proc, self.port, "nginx", 10)
 
     @property
     def url(self) -> str:
@@ -256,18 +259,7 @@ refresh_pattern . 0 20% 4320
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        "squid failed: " + self.proc.stderr.read().decode()
-                    ) from None
-                time.sleep(0.1)
-        raise RuntimeError("squid did not start")
+        wait_for_port(self.proc, self.port, "squid", 30)
 
     @property
     def url(self) -> str:

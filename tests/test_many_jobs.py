@@ -13,9 +13,9 @@ import time
 
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 
-from .conftest import base_env, repo_spec
+from .conftest import base_env, parse_sha256sum, repo_spec, sha256_tree
 from .servers import FaultyServer
-from .test_preload import sha256_tree, stored_objects_match
+from .test_preload import stored_objects_match
 
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 
@@ -28,14 +28,6 @@ def job(env, cache, script, **kw):
         stderr=subprocess.PIPE,
         **kw,
     )
-
-
-def sums(out: bytes, mnt: str) -> dict[str, str]:
-    res = {}
-    for line in out.decode("utf-8", "surrogateescape").split("\0")[:-1]:
-        digest, path = line.split("  ", 1)
-        res[os.path.relpath(path, mnt)] = digest
-    return res
 
 
 def test_eight_jobs_one_cold_cache(published, tmp_path):
@@ -61,7 +53,7 @@ def test_eight_jobs_one_cold_cache(published, tmp_path):
         for p in procs:
             out, err = p.communicate(timeout=600)
             assert p.returncode == 0, err
-            assert sums(out, mnt) == expect
+            assert parse_sha256sum(out, mnt) == expect
         counts = srv.data_requests()
         assert counts and max(counts.values()) <= 2, sorted(counts.items(), key=lambda x: -x[1])[:5]
         assert stored_objects_match(str(cache), os.path.join(published.stratum, published.name))
@@ -180,7 +172,7 @@ def test_quota_cleanup_under_load_spares_open_files(tmp_path):
         for p in readers:
             out, err = p.communicate(timeout=600)
             assert p.returncode == 0, err
-            assert sums(out, mnt) == expect
+            assert parse_sha256sum(out, mnt) == expect
         stored = sum(
             os.path.getsize(cache / f"{i:02x}" / n)
             for i in range(256)

@@ -4,7 +4,6 @@ interfaces), from a read-only directory."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import signal
@@ -18,7 +17,7 @@ import pytest
 
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 
-from .conftest import REAL_REPOS, Cli, base_env, repo_spec
+from .conftest import REAL_REPOS, Cli, base_env, parse_sha256sum, repo_spec, sha256_tree
 from .servers import FaultyServer, dead_url
 
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
@@ -51,18 +50,6 @@ def stored_objects_match(directory: str, repo_stratum: str) -> int:
                 assert f.read() == want, f"{i:02x}/{name} differs from the server's object"
             n += 1
     return n
-
-
-def sha256_tree(src: str, skip=()) -> dict[str, str]:
-    out = {}
-    for dp, _, fs in os.walk(src):
-        for f in fs:
-            p = os.path.join(dp, f)
-            rel = os.path.relpath(p, src)
-            if os.path.isfile(p) and not os.path.islink(p) and rel not in skip:
-                with open(p, "rb") as fh:
-                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 @pytest.fixture
@@ -105,14 +92,6 @@ def offline_sha256(published, directory, cache, prefix=(), script=None):
     return subprocess.run(cmd, env=env, capture_output=True, timeout=600)
 
 
-def parse_sums(out: bytes) -> dict[str, str]:
-    res = {}
-    for line in out.decode("utf-8", "surrogateescape").split("\0")[:-1]:
-        digest, path = line.split("  ", 1)
-        res[path[2:] if path.startswith("./") else path] = digest
-    return res
-
-
 def test_preload_then_offline_without_network_from_read_only_dir(published, served, tmp_path):
     d = tmp_path / "preload"
     url = f"{served.url}/{published.name}"
@@ -136,7 +115,7 @@ def test_preload_then_offline_without_network_from_read_only_dir(published, serv
     prefix = ["unshare", "--mount", "--net", "--", "/bin/sh", "-c", script, "sh"]
     r = offline_sha256(published, d, tmp_path / "cache", prefix)
     assert r.returncode == 0, r.stderr
-    assert parse_sums(r.stdout) == expect
+    assert parse_sha256sum(r.stdout) == expect
     assert not (d / "probe").exists()
 
 
@@ -242,7 +221,7 @@ def test_bundle_and_unbundle(published, served, tmp_path):
     assert n == stored_objects_match(str(d), os.path.join(published.stratum, published.name))
     served.shutdown()
     r = offline_sha256(published, d2, tmp_path / "cache")
-    assert r.returncode == 0 and parse_sums(r.stdout) == sha256_tree(published.src), r.stderr
+    assert r.returncode == 0 and parse_sha256sum(r.stdout) == sha256_tree(published.src), r.stderr
     # a damaged bundle, and one with a member that would land outside the directory
     damaged = tmp_path / "damaged.tar.zst"
     damaged.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])

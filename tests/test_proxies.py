@@ -5,16 +5,14 @@ failed over without the job noticing."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from .conftest import base_env
+from .conftest import base_env, parse_sha256sum, sha256_tree
 from .servers import Nginx, Squid
-from .test_preload import sha256_tree
 
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 
@@ -76,14 +74,6 @@ def paused_job(env, cache, files: list[str], mnt: str, tmp_path):
     return p, go
 
 
-def parse(out: bytes, mnt: str) -> dict[str, str]:
-    res = {}
-    for line in out.decode().splitlines():
-        digest, path = line.split("  ", 1)
-        res[os.path.relpath(path, mnt)] = digest
-    return res
-
-
 def readable_files(published) -> dict[str, str]:
     # plain names (the shell script quotes with '), every catalog
     return {
@@ -116,7 +106,7 @@ def test_through_squid_and_second_job_from_its_cache(published, nginx_pair, squi
             timeout=600,
         )
         assert p.returncode == 0, p.stderr
-        assert parse(p.stdout, mnt) == files
+        assert parse_sha256sum(p.stdout, mnt) == files
         if k == 1:
             time.sleep(0.3)
             log1 = sq.access_log()
@@ -143,7 +133,7 @@ def test_proxy_failover_mid_job(published, nginx_pair, squids, tmp_path):
     go.touch()
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
-    assert parse(out, mnt) == files
+    assert parse_sha256sum(out, mnt) == files
     assert object_urls(first.access_log(), "TCP_MISS")
     assert object_urls(second.access_log(), "TCP_MISS"), "nothing went through the second proxy"
 
@@ -160,7 +150,7 @@ def test_stratum_failover_mid_job(published, nginx_pair, tmp_path):
     out, err = p.communicate(timeout=600)
     assert not before, "the second stratum was used before the first went away"
     assert p.returncode == 0, err
-    assert parse(out, mnt) == files
+    assert parse_sha256sum(out, mnt) == files
     assert [x for x in b.access_log() if "/data/" in x], "nothing came from the second stratum"
 
 

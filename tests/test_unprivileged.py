@@ -172,32 +172,27 @@ CHECKS = (
 )
 
 
+def expect(lines: list[str], read: str, dirs: str) -> None:
+    """`read`: "PATH ok|no, ..." for cat; `dirs`: "DIR LIST ENTER, ..." for ls and cd."""
+    for item in read.split(", "):
+        assert f"read {item}" in lines, (item, lines)
+    for item in dirs.split(", "):
+        d, ls, cd = item.split()
+        assert f"list {d} {ls}" in lines and f"enter {d} {cd}" in lines, (item, lines)
+
+
 def test_permissions_with_claimed_ownership(nobody):
     """CVMFS_CLAIM_OWNERSHIP=yes (the default): everything is nobody's, the owner bits
     decide, and no bit set means no access (root would have had it)."""
     rc, out, err = nobody(CHECKS)
     assert nobody(CHECKS)[1] == out  # again, answered from the kept answers
     lines = out.splitlines()
-    expect_read = {
-        "f000": "no",
-        "f400": "ok",
-        "f600": "ok",
-        "f644": "ok",
-        "f604": "ok",
-        "d000/inside": "no",
-        "d700/inside": "ok",
-        "d711/inside": "ok",
-        "d755/inside": "ok",
-    }
-    for f, v in expect_read.items():
-        assert f"read {f} {v}" in lines, (f, out, err)
-    for d, (ls, cd) in {
-        "d000": ("no", "no"),
-        "d700": ("ok", "ok"),
-        "d711": ("ok", "ok"),
-        "d755": ("ok", "ok"),
-    }.items():
-        assert f"list {d} {ls}" in lines and f"enter {d} {cd}" in lines, (d, out, err)
+    expect(
+        lines,
+        read="f000 no, f400 ok, f600 ok, f644 ok, f604 ok, d000/inside no, d700/inside ok, "
+        "d711/inside ok, d755/inside ok",
+        dirs="d000 no no, d700 ok ok, d711 ok ok, d755 ok ok",
+    )
     assert "r f644" in lines and "w f644" not in lines and "x f644" not in lines
     assert "r exec.sh" in lines and "x exec.sh" in lines and "w exec.sh" not in lines
     assert "ran" in lines and "noexec rc 126" in lines, (out, err)
@@ -210,26 +205,12 @@ def test_permissions_as_published(nobody):
     rc, out, err = nobody(CHECKS, {"CVMFS_CLAIM_OWNERSHIP": "no"})
     assert nobody(CHECKS, {"CVMFS_CLAIM_OWNERSHIP": "no"})[1] == out
     lines = out.splitlines()
-    expect_read = {
-        "f000": "no",
-        "f400": "no",
-        "f600": "no",
-        "f644": "ok",
-        "f604": "ok",
-        "d000/inside": "no",
-        "d700/inside": "no",
-        "d711/inside": "ok",
-        "d755/inside": "ok",
-    }
-    for f, v in expect_read.items():
-        assert f"read {f} {v}" in lines, (f, out, err)
-    for d, (ls, cd) in {
-        "d000": ("no", "no"),
-        "d700": ("no", "no"),
-        "d711": ("no", "ok"),
-        "d755": ("ok", "ok"),
-    }.items():
-        assert f"list {d} {ls}" in lines and f"enter {d} {cd}" in lines, (d, out, err)
+    expect(
+        lines,
+        read="f000 no, f400 no, f600 no, f644 ok, f604 ok, d000/inside no, d700/inside no, "
+        "d711/inside ok, d755/inside ok",
+        dirs="d000 no no, d700 no no, d711 no ok, d755 ok ok",
+    )
     assert "f600 0 0 600" in lines and "d700 0 0 700" in lines, out
 
 

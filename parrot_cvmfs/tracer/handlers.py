@@ -318,6 +318,17 @@ class Handlers:
             return None
         return Target(vpath=vpath, node=node, via_cvmfs=True)
 
+    def _outside(self, ev, call: Call, t: Target | None) -> tuple | None:
+        """The action for a call whose target is not a /cvmfs entry (the kernel's to do,
+        a path handed back, or an error); None when it is one."""
+        if t is None:
+            return RESUME
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:
+            return self._host(ev, call, t)
+        return None
+
     def _host(self, ev, call: Call, t: Target) -> tuple:
         """A path that left /cvmfs again: the kernel resolves the rest."""
         return ("host", t.host) if t.via_cvmfs else RESUME
@@ -607,12 +618,9 @@ class Handlers:
             t = self._fd_target(ev, self._base(ev), int(ev.args[0]))
         else:
             t = self._resolve(ev, call, True)
-        if t is None:
-            return RESUME
-        if t.err:
-            return skip(-t.err)
-        if not t.virtual:
-            return self._host(ev, call, t)
+        outside = self._outside(ev, call, t)
+        if outside is not None:
+            return outside
         files = 0
         blocks = free = 0
         cache = self.view.cache
@@ -686,12 +694,9 @@ class Handlers:
 
     def h_listxattr(self, ev, call: Call) -> tuple:
         t = self._xattr_target(ev, call)
-        if t is None:
-            return RESUME
-        if t.err:
-            return skip(-t.err)
-        if not t.virtual:
-            return self._host(ev, call, t)
+        outside = self._outside(ev, call, t)
+        if outside is not None:
+            return outside
         node = t.node
         names = node.repo.listxattr(node.entry) if node.repo is not None else []
         data = b"".join(os.fsencode(n) + b"\0" for n in names)
@@ -731,12 +736,9 @@ class Handlers:
 
     def h_chdir(self, ev, call: Call) -> tuple:
         t = self._resolve(ev, call, True)
-        if t is None:
-            return RESUME
-        if t.err:
-            return skip(-t.err)
-        if not t.virtual:
-            return self._host(ev, call, t)
+        outside = self._outside(ev, call, t)
+        if outside is not None:
+            return outside
         if not t.node.is_dir:
             return skip(-errno.ENOTDIR)
         denied = self._can(t.node, X_OK)
@@ -872,12 +874,9 @@ class Handlers:
 
     def h_inotify(self, ev, call: Call) -> tuple:
         t = self._resolve(ev, call, not (ev.args[2] & 0x01000000))  # IN_DONT_FOLLOW
-        if t is None:
-            return RESUME
-        if t.err:
-            return skip(-t.err)
-        if not t.virtual:
-            return self._host(ev, call, t)
+        outside = self._outside(ev, call, t)
+        if outside is not None:
+            return outside
         node = t.node
         backing = self.view.materialize(node) if node.is_regular else self.view.anchor(node)
         sc = Scratch(self.core, ev.tid, ev.sp)
@@ -885,24 +884,18 @@ class Handlers:
 
     def h_unsupported(self, ev, call: Call) -> tuple:
         t = self._resolve(ev, call)
-        if t is None:
-            return RESUME
-        if t.err:
-            return skip(-t.err)
-        if not t.virtual:
-            return self._host(ev, call, t)
+        outside = self._outside(ev, call, t)
+        if outside is not None:
+            return outside
         return skip(-errno.EOPNOTSUPP)
 
     # -- writes --------------------------------------------------------------------------------------
 
     def h_write_existing(self, ev, call: Call) -> tuple:
         t = self._resolve(ev, call)
-        if t is None:
-            return RESUME
-        if t.err:
-            return skip(-t.err)
-        if not t.virtual:
-            return self._host(ev, call, t)
+        outside = self._outside(ev, call, t)
+        if outside is not None:
+            return outside
         return skip(-errno.EROFS)
 
     def h_write_create(self, ev, call: Call) -> tuple:
