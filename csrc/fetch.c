@@ -351,7 +351,7 @@ static int object_finish(object_sink *s)
 static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
 {
     struct stat st;
-    if (stat(it->dest, &st) == 0) {
+    if (it->dest && stat(it->dest, &st) == 0) {
         it->status = PC_FETCH_PRESENT;
         it->stored = st.st_size;
         return;
@@ -441,7 +441,7 @@ static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
         rc = SINK_BAD_DATA;
     if (rc == 0 && s.compressed && !s.inflating_done)
         rc = SINK_BAD_DATA;
-    if (rc == 0 && rename(it->tmp, it->dest) != 0)
+    if (rc == 0 && it->dest && rename(it->tmp, it->dest) != 0)
         rc = SINK_LOCAL;
     if (rc != 0) {
         unlink(it->tmp);
@@ -485,11 +485,25 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* The umask without setting it (umask(2) would race with the process's other threads). */
+static mode_t current_umask(void)
+{
+    char buf[2048];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (n <= 0)
+        return 022;
+    buf[n] = '\0';
+    const char *u = strstr(buf, "\nUmask:");
+    return u ? (mode_t)strtol(u + 7, NULL, 8) : 022;
+}
+
 int pc_fetch_batch(const char *host, int port, const char *host_header, pc_fetch_item *items,
                    int n, int nthreads, int timeout_ms, pc_fetch_progress *progress)
 {
-    mode_t mask = umask(022);
-    umask(mask);
+    mode_t mask = current_umask();
     batch b = {host, port, host_header, timeout_ms > 0 ? timeout_ms : 10000, items, n, 0,
                progress, mask};
     for (int i = 0; i < n; i++)
@@ -498,6 +512,10 @@ int pc_fetch_batch(const char *host, int port, const char *host_header, pc_fetch
         nthreads = 1;
     if (nthreads > n)
         nthreads = n > 0 ? n : 1;
+    if (nthreads == 1) { /* one object on demand: no thread to start */
+        worker(&b);
+        return 0;
+    }
     pthread_t *t = calloc((size_t)nthreads, sizeof *t);
     if (!t)
         return -1;

@@ -21,7 +21,7 @@ enum {
 typedef struct {
     const char *request; /* the request target: a path, or an absolute URL via a proxy */
     const char *tmp;     /* written (created exclusively), then renamed to... */
-    const char *dest;    /* ...this, once digest and size are right */
+    const char *dest;    /* ...this, once digest and size are right (NULL: left at tmp) */
     int algorithm;       /* PC_DIGEST_* */
     unsigned char digest[20];
     int compressed;      /* zlib: inflate before storing */

@@ -338,17 +338,20 @@ class Downloader:
         max_size: int = 64 << 20,
         headers: dict | None = None,
         url_for: Callable[[str], str] | None = None,
+        bad_data_seen: bool = False,
     ) -> bytes | None:
         """Download `rel_path` below the current host; verify the hash of the received
         bytes if `expected`, inflate if `decompress`, check the inflated `size` if given.
+        `bad_data_seen`: a first attempt (by the C fetcher) got bad data from the current
+        host, so this one asks proxies for a fresh copy, as the retry would.
         Writes to `out` (truncated and rewritten on retries) or returns the bytes."""
         sink = _Sink(expected, decompress, size, out, max_size)
         s = self.settings
         used_hosts = used_proxies = 1
         retries = 0
-        nocache = False
+        nocache = bad_data_seen
         backoff = 0.0
-        errors: list[str] = []
+        errors: list[str] = ["the first attempt's data did not verify"] if bad_data_seen else []
         while True:
             host_idx, host, proxy = self.path.current()
             url = url_for(host) if url_for else host + rel_path

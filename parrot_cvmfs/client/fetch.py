@@ -14,6 +14,7 @@ import os
 import threading
 
 from ..errors import CacheError, CvmfsError
+from . import cfetch
 from .cache import ObjectCache
 from .download import Downloader
 from .hashes import Algorithm, ContentHash
@@ -97,8 +98,10 @@ class Fetcher:
         what: str,
         kind: int = 0,
         external_path: str | None = None,
+        c_first: bool = True,
     ) -> str:
-        """Local path of the verified, decompressed object; downloads it if needed."""
+        """Local path of the verified, decompressed object; downloads it if needed (by the
+        C fetcher unless `c_first` is false, then by the Python downloader)."""
         p = self.cache.find(h)
         if p is not None:
             return p
@@ -111,6 +114,15 @@ class Fetcher:
             p = self.cache.find(h)
             if p is not None:
                 return p
+            bad_data = False
+            if not external_path and c_first:
+                # the C fetcher first; the Python downloader for whatever it cannot get
+                tmp = cfetch.temp_name(self.cache.txn, "fetch")
+                item = cfetch.Item(h, suffix, compressed, size, tmp, None)
+                got = cfetch.fetch(downloader, [item], mode=self.cache.object_mode)[0]
+                if got.stored is not None:
+                    return self.cache.commit(tmp, h, kind=kind)
+                bad_data = got.bad_data
             fd, tmp = self.cache.new_temp()
             try:
                 downloader.fetch(
@@ -121,6 +133,7 @@ class Fetcher:
                     size=size,
                     out=_RegionWriter(fd, 0, truncate=True),
                     url_for=_external_url(external_path),
+                    bad_data_seen=bad_data,
                 )
             except BaseException:
                 with contextlib.suppress(OSError):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ..errors import CvmfsError
+from . import cfetch
 from .cache import ObjectCache, write_atomic
 from .catalog import Catalog
 from .config import Configuration
@@ -258,6 +259,7 @@ def _fetch_all(
             compressed=o.compressed,
             size=o.size,
             what=f"object {o.hash.hex}{o.suffix} of {fqrn}",
+            c_first=False,  # the C fetcher has had its try
         )
         return os.path.getsize(p)
 
@@ -289,72 +291,25 @@ def _fetch_in_c(
     total_bytes: int,
 ) -> tuple[list[_Object], int, int]:
     """(objects left over, objects fetched, bytes stored) of a pass of the C fetcher."""
-    from urllib.parse import urlsplit
-
-    from .._core import ffi, lib
-
-    downloader, cache = fetcher.downloader, fetcher.cache
-    _idx, host, proxy = downloader.path.current()
-    h, p = urlsplit(host), urlsplit(proxy) if proxy and proxy != "DIRECT" else None
-    if not todo or h.scheme != "http" or (p is not None and p.scheme != "http"):
-        return todo, 0, 0
-    try:
-        connect = (p.hostname, p.port or 80) if p else (h.hostname, h.port or 80)
-    except ValueError:
-        return todo, 0, 0
-    prefix = host if p else h.path  # through a proxy, the request names the whole URL
-    items = ffi.new("pc_fetch_item[]", len(todo))
-    keep = []  # the strings the items point to
-    for i, o in enumerate(todo):
-        it = items[i]
-        strings = [
-            ffi.new("char[]", (prefix + o.hash.object_path(o.suffix)).encode()),
-            ffi.new("char[]", f"{cache.txn}/preload.{os.getpid()}.{i}".encode()),
-            ffi.new("char[]", os.path.join(cache.dir, o.hash.cache_name()).encode()),
-        ]
-        keep.append(strings)
-        it.request, it.tmp, it.dest = strings
-        it.algorithm = int(o.hash.algorithm)
-        ffi.memmove(it.digest, o.hash.digest[:20], min(20, len(o.hash.digest)))
-        it.compressed = int(o.compressed)
-        it.size = -1 if o.size is None else o.size
-        it.mode = cache.object_mode
-    state = ffi.new("pc_fetch_progress *")
-    s = downloader.settings
-    timeout_ms = int((s.timeout if p else s.timeout_direct) * 1000) or 10000
-    worker = threading.Thread(
-        target=lambda: lib.pc_fetch_batch(
-            connect[0].encode(),
-            connect[1],
-            h.netloc.encode(),
-            items,
-            len(todo),
-            max(1, jobs),
-            timeout_ms,
-            state,
-        ),
-        daemon=True,
+    cache = fetcher.cache
+    items = [
+        cfetch.Item(
+            o.hash,
+            o.suffix,
+            o.compressed,
+            o.size,
+            cfetch.temp_name(cache.txn, "preload"),
+            os.path.join(cache.dir, o.hash.cache_name()),
+        )
+        for o in todo
+    ]
+    report = None if progress is None else (lambda n, b: progress(n, total, b, total_bytes))
+    stored = cfetch.fetch(
+        fetcher.downloader, items, mode=cache.object_mode, jobs=jobs, progress=report
     )
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(0.1)
-            if progress is not None and state.done:
-                progress(state.done, total, state.bytes, total_bytes)
-    except BaseException:
-        state.stop = 1  # let the threads finish the object they hold, then stop
-        worker.join()
-        raise
-    left, done, nbytes = [], 0, 0
-    for i, o in enumerate(todo):
-        status = items[i].status
-        if status == lib.PC_FETCH_OK:
-            done += 1
-            nbytes += items[i].stored
-        elif status != lib.PC_FETCH_PRESENT:
-            left.append(o)
-    downloader.record(done, nbytes)
-    return left, done, nbytes
+    left = [o for o, r in zip(todo, stored) if r.stored is None]
+    fetched = [r.stored for r in stored if r.stored is not None]
+    return left, len(fetched), sum(fetched)
 
 
 def tqdm_progress(

@@ -1,0 +1,153 @@
+"""The C bulk fetcher (csrc/fetch.c) as the client uses it.
+
+It speaks plain HTTP to one place: the host and proxy a downloader is using now.
+Each object is hashed as it arrives, inflated, size-checked and written to a
+temporary file; whatever it cannot settle (a dead host, a 404, a corrupt object,
+an algorithm not done in C) is left to the Python downloader, which knows every
+host, proxy and fail-over rule. Used for preloads (many objects, many threads) and
+for single objects fetched on demand (the call releases the GIL: threads that fetch
+run in parallel).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .download import Downloader
+from .hashes import Algorithm, ContentHash
+
+_C_ALGORITHMS = (Algorithm.SHA1, Algorithm.SHAKE128)
+_counter = itertools.count()
+
+
+class Route(NamedTuple):
+    host: str  # where to connect
+    port: int
+    host_header: str
+    prefix: str  # request target before the object path
+    timeout_ms: int
+
+
+class Item(NamedTuple):
+    hash: ContentHash
+    suffix: str
+    compressed: bool
+    size: int | None
+    tmp: str  # created by the fetcher
+    dest: str | None  # renamed to when verified; None: left at `tmp` for the caller
+
+
+def route(downloader: Downloader | None) -> Route | None:
+    """How to reach the downloader's current host, or None if C cannot (not http)."""
+    if downloader is None:
+        return None
+    from urllib.parse import urlsplit
+
+    _idx, host, proxy = downloader.path.current()
+    h = urlsplit(host)
+    p = urlsplit(proxy) if proxy and proxy != "DIRECT" else None
+    if h.scheme != "http" or (p is not None and p.scheme != "http"):
+        return None
+    try:
+        connect = (p.hostname, p.port or 80) if p else (h.hostname, h.port or 80)
+    except ValueError:
+        return None
+    if not connect[0]:
+        return None
+    s = downloader.settings
+    timeout_ms = int((s.timeout if p else s.timeout_direct) * 1000) or 10000
+    # through a proxy, the request names the whole URL
+    return Route(connect[0], connect[1], h.netloc, host if p else h.path, timeout_ms)
+
+
+class Outcome(NamedTuple):
+    stored: int | None  # bytes stored; None: the Python downloader must take it
+    bad_data: bool  # the server sent something that did not verify
+
+
+def fetch(
+    downloader: Downloader,
+    items: list[Item],
+    *,
+    mode: int,
+    jobs: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Outcome]:
+    """Fetch `items` in C with `jobs` threads, an outcome for each (a failed one's
+    temporary file does not exist). `progress(done, bytes)` is called as they arrive."""
+    r = route(downloader)
+    if r is None:
+        return [Outcome(None, False)] * len(items)
+    from .._core import ffi, lib
+
+    cdata = ffi.new("pc_fetch_item[]", len(items))
+    keep = []  # the strings the items point to
+    for i, o in enumerate(items):
+        it = cdata[i]
+        if o.hash.algorithm not in _C_ALGORITHMS:
+            it.algorithm = 0  # the fetcher reports it unsupported
+        else:
+            it.algorithm = int(o.hash.algorithm)
+            ffi.memmove(it.digest, o.hash.digest, 20)
+        strings = [
+            ffi.new("char[]", (r.prefix + o.hash.object_path(o.suffix)).encode()),
+            ffi.new("char[]", o.tmp.encode()),
+            ffi.new("char[]", o.dest.encode()) if o.dest is not None else ffi.NULL,
+        ]
+        keep.append(strings)
+        it.request, it.tmp, it.dest = strings
+        it.compressed = int(o.compressed)
+        it.size = -1 if o.size is None else o.size
+        it.mode = mode
+
+    def run(state) -> None:
+        lib.pc_fetch_batch(
+            r.host.encode(),
+            r.port,
+            r.host_header.encode(),
+            cdata,
+            len(items),
+            max(1, jobs),
+            r.timeout_ms,
+            state,
+        )
+
+    state = ffi.new("pc_fetch_progress *")
+    if progress is None and jobs <= 1:
+        run(state)  # inline: one object on demand
+    else:
+        worker = threading.Thread(target=run, args=(state,), daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.1)
+                if progress is not None and state.done:
+                    progress(state.done, state.bytes)
+        except BaseException:
+            state.stop = 1  # the threads finish the object they hold, then stop
+            worker.join()
+            raise
+    out: list[Outcome] = []
+    done = nbytes = 0
+    for i in range(len(items)):
+        status = cdata[i].status
+        if status == lib.PC_FETCH_OK:
+            out.append(Outcome(cdata[i].stored, False))
+            done += 1
+            nbytes += cdata[i].stored
+        elif status == lib.PC_FETCH_PRESENT:
+            out.append(Outcome(cdata[i].stored, False))
+        else:
+            out.append(Outcome(None, status == lib.PC_FETCH_BAD_DATA))
+    downloader.record(done, nbytes)
+    return out
+
+
+def temp_name(txn: str, tag: str) -> str:
+    """A temporary file name in `txn/` the fetcher may create (pid-named, so that a
+    dead process's leftovers are recognised)."""
+    return f"{txn}/{tag}.{os.getpid()}.{threading.get_ident()}.{next(_counter)}"
