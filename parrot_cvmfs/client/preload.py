@@ -307,7 +307,7 @@ def _fetch_in_c(
     stored = cfetch.fetch(
         fetcher.downloader, items, mode=cache.object_mode, jobs=jobs, progress=report
     )
-    left = [o for o, r in zip(todo, stored) if r.stored is None]
+    left = [o for o, r in zip(todo, stored, strict=True) if r.stored is None]
     fetched = [r.stored for r in stored if r.stored is not None]
     return left, len(fetched), sum(fetched)
 
