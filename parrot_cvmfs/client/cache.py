@@ -194,10 +194,15 @@ class ObjectCache:
 
     # -- writing ------------------------------------------------------------------------------
 
+    def temp_path(self, tag: str = "fetch") -> str:
+        """A fresh name in txn/ (after our pid, so that a dead process's leftovers are
+        recognised), for a file a caller creates there."""
+        return f"{self.txn}/{tag}.{os.getpid()}.{next(_temp_counter)}"
+
     def new_temp(self) -> tuple[int, str]:
-        """A new temporary file in txn/ (named after our pid, so stale ones can be found)."""
+        """A new temporary file in txn/."""
         while True:
-            path = f"{self.txn}/fetch.{os.getpid()}.{next(_temp_counter)}"
+            path = self.temp_path()
             try:
                 # created with its final mode: no chmod (a journaled metadata write) later,
                 # unless the umask would take bits away

@@ -34,6 +34,22 @@ COMPRESSION_NONE = 1
 
 DEFAULT_TTL = 240
 
+# the statistics table's counters, each stored as self_<name> and subtree_<name>
+COUNTERS = [
+    "regular",
+    "symlink",
+    "special",
+    "dir",
+    "nested",
+    "chunked",
+    "chunks",
+    "file_size",
+    "chunked_size",
+    "xattr",
+    "external",
+    "external_file_size",
+]
+
 _MD5_SPLIT = struct.Struct("<qq")
 
 

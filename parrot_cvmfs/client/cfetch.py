@@ -11,8 +11,6 @@ run in parallel).
 
 from __future__ import annotations
 
-import itertools
-import os
 import threading
 from collections.abc import Callable
 from typing import NamedTuple
@@ -21,7 +19,6 @@ from .download import Downloader
 from .hashes import Algorithm, ContentHash
 
 _C_ALGORITHMS = (Algorithm.SHA1, Algorithm.SHAKE128)
-_counter = itertools.count()
 
 
 class Route(NamedTuple):
@@ -145,9 +142,3 @@ def fetch(
             out.append(Outcome(None, status == lib.PC_FETCH_BAD_DATA))
     downloader.record(done, nbytes)
     return out
-
-
-def temp_name(txn: str, tag: str) -> str:
-    """A temporary file name in `txn/` the fetcher may create (pid-named, so that a
-    dead process's leftovers are recognised)."""
-    return f"{txn}/{tag}.{os.getpid()}.{threading.get_ident()}.{next(_counter)}"

@@ -117,7 +117,7 @@ class Fetcher:
             bad_data = False
             if not external_path and c_first:
                 # the C fetcher first; the Python downloader for whatever it cannot get
-                tmp = cfetch.temp_name(self.cache.txn, "fetch")
+                tmp = self.cache.temp_path()
                 item = cfetch.Item(h, suffix, compressed, size, tmp, None)
                 got = cfetch.fetch(downloader, [item], mode=self.cache.object_mode)[0]
                 if got.stored is not None:

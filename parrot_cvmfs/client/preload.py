@@ -298,7 +298,7 @@ def _fetch_in_c(
             o.suffix,
             o.compressed,
             o.size,
-            cfetch.temp_name(cache.txn, "preload"),
+            cache.temp_path("preload"),
             os.path.join(cache.dir, o.hash.cache_name()),
         )
         for o in todo

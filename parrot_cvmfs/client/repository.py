@@ -32,7 +32,7 @@ from ..errors import (
     SignatureError,
 )
 from .cache import ObjectCache, default_cache_dir
-from .catalog import Catalog, DirEntry, expand_variant_symlink
+from .catalog import COUNTERS, Catalog, DirEntry, expand_variant_symlink
 from .config import Configuration, RepositorySettings
 from .download import Downloader, DownloadSettings
 from .fetch import Fetcher
@@ -912,21 +912,7 @@ def _parse_root_hash(text: str) -> ContentHash:
 
 
 def _repo_counters(counters: dict[str, int]) -> dict[str, int]:
-    names = [
-        "regular",
-        "symlink",
-        "special",
-        "dir",
-        "nested",
-        "chunked",
-        "chunks",
-        "file_size",
-        "chunked_size",
-        "xattr",
-        "external",
-        "external_file_size",
-    ]
-    return {n: counters.get("self_" + n, 0) + counters.get("subtree_" + n, 0) for n in names}
+    return {n: counters.get("self_" + n, 0) + counters.get("subtree_" + n, 0) for n in COUNTERS}
 
 
 def _counters_csv(c: dict[str, int]) -> str:

@@ -37,21 +37,6 @@ HISTORY_SCHEMA = [
     "CREATE TABLE recycle_bin (hash TEXT, flags INTEGER,   CONSTRAINT pk_hash PRIMARY KEY (hash))",
 ]
 
-COUNTERS = [
-    "regular",
-    "symlink",
-    "special",
-    "dir",
-    "nested",
-    "chunked",
-    "chunks",
-    "file_size",
-    "chunked_size",
-    "xattr",
-    "external",
-    "external_file_size",
-]
-
 
 class CatalogWriter:
     def __init__(self, db_path: str):

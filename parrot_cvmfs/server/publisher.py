@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from ..client.catalog import (
     COMPRESSION_NONE,
+    COUNTERS,
     FLAG_CHUNKED,
     FLAG_DIR,
     FLAG_FILE,
@@ -41,7 +42,7 @@ from ..client.manifest import ROOT_PATH_HASH, Manifest, export_manifest_body
 from ..client.signature import certificate_fingerprint, sign_manifest, sign_raw_pkcs1
 from ..client.xattrs import encode_xattrs
 from ..errors import ConfigError, CvmfsError
-from .catalog_writer import COUNTERS, CatalogWriter, write_history
+from .catalog_writer import CatalogWriter, write_history
 from .chunking import Chunker, ChunkSizes
 from .keys import ensure_keys
 from .stratum import StratumStore, StreamingObject
