@@ -77,10 +77,12 @@ def main() -> int:
         if args.mode:
             env["PARROT_CVMFS_MODE"] = args.mode
         cache = os.path.join(work, "cache")
+        # the installed launcher, as users run it (python -m adds runpy's imports)
+        launcher = os.path.join(os.path.dirname(sys.executable), "parrot_run")
+        if not os.access(launcher, os.X_OK):
+            launcher = shutil.which("parrot_run")
         parrot = [
-            sys.executable,
-            "-m",
-            "parrot_cvmfs.tracer.main",
+            *([launcher] if launcher else [sys.executable, "-m", "parrot_cvmfs.tracer.main"]),
             "--cache-dir",
             cache,
             "--",

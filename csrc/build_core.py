@@ -110,6 +110,7 @@ ffibuilder.cdef(
                    const void *filter, int filter_len, int notify, int *report_fd, char *err,
                    int errlen);
     int pc_spawn_failure(int report_fd, char *err, int errlen);
+    void pc_forward_signals(int pid);
     int pc_next(pc_tracer *t, pc_event *ev);
     int pc_resume(pc_tracer *t, int tid);
     int pc_skip(pc_tracer *t, int tid, int64_t result);
@@ -133,6 +134,7 @@ ffibuilder.cdef(
                           int is_dir);
     int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_t len);
     int pc_table_load(pc_tracer *t, const void *blob, size_t len);
+    int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
     int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob,
                             size_t len);
     int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *names,

@@ -253,6 +253,10 @@ pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const e
         close(sock[0]);
         char c;
         int stage = 0, e = 0;
+        /* Python ignores SIGPIPE and SIGXFSZ for itself; the job gets the defaults, as
+         * subprocess's restore_signals gives them (an ignored disposition survives exec) */
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGXFSZ, SIG_DFL);
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
             stage = 1;
             e = errno;
@@ -324,6 +328,36 @@ pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const e
      * child's own execve is a traced call, so Python reads this once the loop runs. */
     *report_fd = report[0];
     return pid;
+}
+
+static volatile pid_t forward_to;
+
+static void forward_signal(int sig)
+{
+    int e = errno;
+    kill(forward_to, sig);
+    errno = e;
+}
+
+void pc_forward_signals(int pid)
+{
+    static const int forwarded[] = {SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM};
+    forward_to = pid;
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) {
+        struct sigaction old;
+        /* a signal the user had ignored (nohup) stays ignored, here and in the job */
+        if (sigaction(forwarded[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+            continue;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = forward_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(forwarded[i], &sa, NULL);
+    }
+    /* the job gets these from the terminal itself; set after the fork, so the job
+     * keeps the dispositions it was given */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGQUIT, SIG_IGN);
 }
 
 int pc_spawn_failure(int report_fd, char *err, int errlen)

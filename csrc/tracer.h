@@ -108,6 +108,9 @@ int pc_add_prefix(pc_tracer *t, int which, const char *prefix); /* 0: paths, 1: 
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                const void *filter, int filter_len, int notify, int *report_fd, char *err,
                int errlen);
+/* forward TERM, HUP, USR1, USR2 and ALRM to pid from a signal handler; ignore INT
+ * and QUIT (call after pc_spawn) */
+void pc_forward_signals(int pid);
 int pc_spawn_failure(int report_fd, char *err, int errlen);
 int pc_next(pc_tracer *t, pc_event *ev);
 int pc_resume(pc_tracer *t, pid_t tid);
@@ -144,6 +147,8 @@ int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *b
 int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *names, size_t len);
 /* many answers at once, in the record format of memo.py */
 int pc_table_load(pc_tracer *t, const void *blob, size_t len);
+/* the same, from an open file past `offset` */
+int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
 void pc_table_clear(pc_tracer *t);
 int pc_table_size(pc_tracer *t);
 

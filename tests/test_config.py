@@ -117,3 +117,55 @@ def test_templates_and_proxy_groups():
     ]
     assert parse_proxy_groups(";||;;;|||") == []
     assert parse_proxy_groups("auto;DIRECT") == [["DIRECT"]]
+
+
+def test_shell_answers_are_kept_while_their_inputs_stay(tmp_path):
+    etc, memo = tmp_path / "etc", tmp_path / "memo"
+    (etc / "config.d").mkdir(parents=True)
+    conf = etc / "config.d" / "repo.example.org.conf"
+    conf.write_text('CVMFS_SERVER_URL="http://$SITE_HOST/cvmfs/@fqrn@"\nCVMFS_T=$((2 + 3))\n')
+
+    def settings(env_host: str):
+        c = Configuration(env=base_env(SITE_HOST=env_host), config_dir=str(etc))
+        c.memo_dir = str(memo)
+        return c.settings("repo.example.org")
+
+    s = settings("a.example")
+    assert s.server_urls == ["http://a.example/cvmfs/repo.example.org"] and s.get("CVMFS_T") == "5"
+    (kept,) = memo.iterdir()
+    assert kept.name.endswith(f".{os.getuid()}") and kept.stat().st_mode & 0o022 == 0
+    # the kept answer is what is used: doctor it and it shows
+    kept.write_bytes(kept.read_bytes().replace(b"a.example", b"doctored"))
+    assert settings("a.example").server_urls == ["http://doctored/cvmfs/repo.example.org"]
+    # a variable the files name, and the files' text, are part of the key
+    assert settings("b.example").server_urls == ["http://b.example/cvmfs/repo.example.org"]
+    conf.write_text('CVMFS_SERVER_URL="http://$SITE_HOST/v2/@fqrn@"\n')
+    assert settings("a.example").server_urls == ["http://a.example/v2/repo.example.org"]
+    assert len(list(memo.iterdir())) == 3
+    # another user's file is not trusted (a shared cache), nor a group-writable one
+    for f in memo.iterdir():
+        f.write_bytes(f.read_bytes().replace(b"a.example", b"planted"))
+    os.chmod(next(iter(sorted(memo.iterdir()))), 0o666)
+    if os.getuid() == 0:
+        for f in memo.iterdir():
+            os.chown(f, 65534, 65534)
+    assert settings("a.example").server_urls == ["http://a.example/v2/repo.example.org"]
+
+
+def test_files_that_run_commands_are_evaluated_every_time(tmp_path):
+    etc, memo = tmp_path / "etc", tmp_path / "memo"
+    (etc / "config.d").mkdir(parents=True)
+    counter = tmp_path / "n"
+    counter.write_text("0")
+    for text in (
+        f"CVMFS_N=$(cat {counter})\n",
+        f"CVMFS_N=`cat {counter}`\n",
+        f"CVMFS_N=\nread CVMFS_N < {counter}\n",
+    ):
+        (etc / "config.d" / "repo.example.org.conf").write_text(text)
+        for n in ("1", "2"):
+            counter.write_text(n)
+            c = Configuration(env=base_env(), config_dir=str(etc))
+            c.memo_dir = str(memo)
+            assert c.settings("repo.example.org").get("CVMFS_N") == n, text
+    assert not memo.exists()

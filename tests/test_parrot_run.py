@@ -429,6 +429,50 @@ def test_exit_status_and_signals(exec_repo):
     assert p.stdout == b"/tmp\n"
 
 
+def test_signal_dispositions_and_forwarding(exec_repo):
+    parrot, _, _, _ = exec_repo
+    # the job starts with nothing ignored: neither the SIGPIPE/SIGXFSZ ignores of the
+    # supervisor's Python nor its own SIGINT/SIGQUIT ones reach it
+    p = parrot("grep", "SigIgn", "/proc/self/status")
+    assert p.stdout == b"SigIgn:\t0000000000000000\n", p.stdout
+    # so a writer into a closed pipe dies of SIGPIPE quietly, as natively
+    p = parrot("sh", "-c", "yes | head -n 1")
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"y\n", b"")
+    # what the user ignored stays ignored (nohup)
+    p = parrot(
+        "grep",
+        "SigIgn",
+        "/proc/self/status",
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    assert int(p.stdout.split()[1], 16) == 1 << (signal.SIGHUP - 1), p.stdout
+    # a signal sent to parrot_run reaches the job; SIGINT to parrot_run alone does not
+    job = subprocess.Popen(
+        [
+            *PARROT,
+            "--cache-dir",
+            parrot.cache,
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got INT' INT; trap 'echo got TERM; exit 3' TERM; echo ready; "
+            "while :; do sleep 0.05; done",
+        ],
+        env=parrot.env,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert job.stdout.readline() == b"ready\n"
+        job.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        assert job.poll() is None
+        job.send_signal(signal.SIGTERM)
+        out, _ = job.communicate(timeout=30)
+    finally:
+        job.kill()
+    assert (job.returncode, out) == (3, b"got TERM\n")
+
+
 def test_many_short_children_and_make(exec_repo, tmp_path):
     parrot, mnt, _, _ = exec_repo
     p = parrot(

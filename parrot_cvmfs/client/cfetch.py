@@ -12,8 +12,8 @@ run in parallel).
 from __future__ import annotations
 
 import threading
+from collections import namedtuple
 from collections.abc import Callable
-from typing import NamedTuple
 
 from .download import Downloader
 from .hashes import Algorithm, ContentHash
@@ -21,7 +21,9 @@ from .hashes import Algorithm, ContentHash
 _C_ALGORITHMS = (Algorithm.SHA1, Algorithm.SHAKE128)
 
 
-class Route(NamedTuple):
+class Route(namedtuple("Route", "host port host_header prefix timeout_ms")):
+    __slots__ = ()
+
     host: str  # where to connect
     port: int
     host_header: str
@@ -29,7 +31,9 @@ class Route(NamedTuple):
     timeout_ms: int
 
 
-class Item(NamedTuple):
+class Item(namedtuple("Item", "hash suffix compressed size tmp dest")):
+    __slots__ = ()
+
     hash: ContentHash
     suffix: str
     compressed: bool
@@ -61,7 +65,9 @@ def route(downloader: Downloader | None) -> Route | None:
     return Route(connect[0], connect[1], h.netloc, host if p else h.path, timeout_ms)
 
 
-class Outcome(NamedTuple):
+class Outcome(namedtuple("Outcome", "stored bad_data")):
+    __slots__ = ()
+
     stored: int | None  # bytes stored; None: the Python downloader must take it
     bad_data: bool  # the server sent something that did not verify
 

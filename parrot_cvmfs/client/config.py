@@ -15,15 +15,15 @@ Values then get `@fqrn@` and `@org@` substituted.
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 from collections.abc import Mapping
 
 from ..errors import ConfigError
 
 CONFIG_REPOSITORY = "cvmfs-config.cern.ch"
-REPO_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,60}$")
+# `re` is kept off the start-up path of parrot_run (with enum, ~7 ms): names and
+# options are checked with str methods.
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 DEFAULTS: dict[str, str] = {
     "CVMFS_CONFIG_REPOSITORY": CONFIG_REPOSITORY,
@@ -75,24 +75,29 @@ def expand_templates(value: str, fqrn: str) -> str:
     return value.replace("@fqrn@", fqrn).replace("@org@", fqrn.split(".", 1)[0])
 
 
+def valid_name(name: str) -> bool:
+    """1 to 60 letters, digits, `_`, `.` or `-`."""
+    return 0 < len(name) <= 60 and _NAME_CHARS.issuperset(name)
+
+
 def normalize_name(name: str, default_domain: str) -> str:
     """Append the default domain to a dot-less name and validate it."""
-    if not REPO_NAME_RE.match(name):
+    if not valid_name(name):
         raise ConfigError(f"invalid repository name {name!r}")
     if "." not in name and default_domain:
         name = f"{name}.{default_domain}"
-    if not REPO_NAME_RE.match(name):
+    if not valid_name(name):
         raise ConfigError(f"invalid repository name {name!r}")
     return name
 
 
 # --- cvmfs configuration files ---------------------------------------------------------------
 
-_ASSIGN_RE = re.compile(r"^(?:readonly |export |eval )?\s*([^=\s]+)=")
-
 
 def assigned_names(text: str) -> list[str]:
     """Parameters assigned in a config file, by the client's line rules."""
+    import re
+
     names = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
@@ -117,7 +122,15 @@ def config_files(fqrn: str, sysdir: str, config_repo_etc: str | None) -> list[st
     """The files the client sources for `fqrn`, in order (missing ones included)."""
     domain = fqrn.split(".", 1)[1] if "." in fqrn else ""
     files = [os.path.join(sysdir, "default.conf")]
-    files += sorted(glob.glob(os.path.join(sysdir, "default.d", "*.conf")))
+    try:
+        dropins = os.listdir(os.path.join(sysdir, "default.d"))
+    except OSError:
+        dropins = []
+    files += sorted(
+        os.path.join(sysdir, "default.d", n)
+        for n in dropins
+        if n.endswith(".conf") and not n.startswith(".")
+    )
     if config_repo_etc:
         files.append(os.path.join(config_repo_etc, "default.conf"))
     files.append(os.path.join(sysdir, "default.local"))
@@ -137,32 +150,136 @@ def _sh_quote(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 
 
+# Identifier characters; everything else becomes a word separator.
+_WORDS = str.maketrans({chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")})
+# Shell words that read something other than the environment and the files' own text.
+_READERS = {"source", "read", "eval", "exec", "mapfile", "readarray"}
+
+
+def _memo_key(
+    fqrn: str, texts: list[tuple[str, str]], seed: Mapping[str, str], sh_env: Mapping[str, str]
+) -> str | None:
+    """A digest of everything the shell's answer depends on, or None when the files may
+    run commands or read other files (their answer could change with nothing here
+    changing). The environment counts by the variables the files name."""
+    words: set[str] = set()
+    for _, text in texts:
+        lines = [line.split(" #", 1)[0].strip() for line in text.splitlines()]
+        code = "\n".join(line for line in lines if not line.startswith("#"))
+        if "`" in code or "<" in code or "$(" in code.replace("$((", ""):
+            return None
+        if any(line.startswith(". ") for line in lines) or " . " in code or "\t. " in code:
+            return None
+        found = set(code.translate(_WORDS).split())
+        if found & _READERS:
+            return None
+        words |= found
+    from .hashes import md5_digest
+
+    parts = [fqrn, "\0".join(f"{k}={v}" for k, v in seed.items())]
+    parts += [f"{path}\0{text}" for path, text in texts]
+    parts += [f"{w}={sh_env[w]}" for w in sorted(words) if w in sh_env]
+    blob = "\0\1".join(parts).encode("utf-8", "surrogateescape")
+    return md5_digest(blob).hex()
+
+
+def _memo_file(memo_dir: str, key: str) -> str:
+    return os.path.join(memo_dir, f"{key}.{os.getuid()}")
+
+
+def _memo_read(memo_dir: str, key: str) -> bytes | None:
+    """The stored answer, if this user wrote it (a shared cache's other users cannot
+    hand us parameters) and nobody else can change it."""
+    try:
+        fd = os.open(_memo_file(memo_dir, key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        s = os.fstat(fd)
+        if s.st_uid != os.getuid() or s.st_mode & 0o022:
+            return None
+        return os.read(fd, max(s.st_size, 1) + 1)
+    finally:
+        os.close(fd)
+
+
+def _memo_write(memo_dir: str, key: str, data: bytes) -> None:
+    path = _memo_file(memo_dir, key)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(memo_dir, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _parse_shell_output(out: bytes) -> tuple[dict[str, str], int]:
+    """(parameters, number of files completely evaluated) from the script's output."""
+    params: dict[str, str] = {}
+    done = 0
+    for item in out.split(b"\0"):
+        if not item:
+            continue
+        text = item.decode("utf-8", "surrogateescape")
+        if text.startswith("@@FILE "):
+            done = int(text[7:]) + 1
+            continue
+        k, _, v = text.partition("=")
+        params[k] = v
+    return params, done
+
+
 def evaluate_config_files(
-    fqrn: str, files: list[str], seed: Mapping[str, str], env: Mapping[str, str]
+    fqrn: str,
+    files: list[str],
+    seed: Mapping[str, str],
+    env: Mapping[str, str],
+    memo_dir: str | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """Source the existing files in one /bin/sh, each from its own directory, and
-    record the value of every parameter the file assigns. Returns (params, files read)."""
+    record the value of every parameter the file assigns. Returns (params, files read).
+
+    With `memo_dir`, the shell's answer is kept there under a digest of the files'
+    text, the seed and the environment variables they name, and reused while those
+    stay the same (a shell costs ~10 ms of every parrot_run start)."""
     existing = [f for f in files if os.path.isfile(f)]
     if not existing:
         return {}, []
+    texts = []
+    for path in existing:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                texts.append((path, f.read()))
+        except OSError as e:
+            raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+    sh_env = {k: v for k, v in env.items() if not k.startswith("CVMFS_")}
+    sh_env.setdefault("PATH", "/usr/bin:/bin")
+    key = _memo_key(fqrn, texts, seed, sh_env) if memo_dir else None
+    if key is not None:
+        stored = _memo_read(memo_dir, key)
+        if stored is not None:
+            params, done = _parse_shell_output(stored)
+            if done == len(existing):
+                return params, existing
     script = ["set +e"]
     for k, v in seed.items():
         script.append(f"{k}={_sh_quote(v)}")
     script.append(f"CVMFS_FQRN={_sh_quote(fqrn)}")
-    for i, path in enumerate(existing):
-        try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                names = assigned_names(f.read())
-        except OSError as e:
-            raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+    for i, (path, text) in enumerate(texts):
         script.append(f"cd {_sh_quote(os.path.dirname(path) or '/')} && . {_sh_quote(path)}")
         script.append(f"printf '@@FILE %s\\000' {i}")
-        for n in names:
+        for n in assigned_names(text):
             script.append(f"printf '%s=%s\\000' {n} \"${{{n}}}\"")
     import subprocess
 
-    sh_env = {k: v for k, v in env.items() if not k.startswith("CVMFS_")}
-    sh_env.setdefault("PATH", "/usr/bin:/bin")
     try:
         out = subprocess.run(
             ["/bin/sh", "-s"],
@@ -174,22 +291,14 @@ def evaluate_config_files(
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ConfigError(f"cannot evaluate cvmfs configuration files with /bin/sh: {e}") from None
-    params: dict[str, str] = {}
-    done = 0
-    for item in out.stdout.split(b"\0"):
-        if not item:
-            continue
-        text = item.decode("utf-8", "surrogateescape")
-        if text.startswith("@@FILE "):
-            done = int(text[7:]) + 1
-            continue
-        k, _, v = text.partition("=")
-        params[k] = v
+    params, done = _parse_shell_output(out.stdout)
     if done < len(existing):
         bad = existing[done]
         msg = out.stderr.decode("utf-8", "replace").strip().splitlines()
         detail = f": {msg[-1]}" if msg else ""
         raise ConfigError(f"configuration file {bad} failed to evaluate{detail}")
+    if key is not None:
+        _memo_write(memo_dir, key, out.stdout)
     return params, existing
 
 
@@ -262,7 +371,47 @@ def _split_unescaped(text: str, sep: str) -> list[str]:
 
 
 def _unescape(text: str) -> str:
-    return re.sub(r"\\(.)", r"\1", text)
+    """`\\x` -> `x` (a backslash before a newline stays)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] != "\n":
+            out.append(text[i + 1])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _expand_star(value: str, star: str) -> str:
+    """Each unescaped `*` -> `star`; escaped pairs are kept for _unescape."""
+    out, i = [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value) and value[i + 1] != "\n":
+            out.append(value[i : i + 2])
+            i += 2
+            continue
+        out.append(star if c == "*" else c)
+        i += 1
+    return "".join(out)
+
+
+def _split_words(spec: str) -> list[str]:
+    """Split at runs of whitespace whose first character is not backslash-escaped."""
+    words, cur, i, n = [], [], 0, len(spec)
+    while i < n:
+        c = spec[i]
+        if c.isspace() and (i == 0 or spec[i - 1] != "\\"):
+            words.append("".join(cur))
+            cur = []
+            while i < n and spec[i].isspace():
+                i += 1
+            continue
+        cur.append(c)
+        i += 1
+    words.append("".join(cur))
+    return words
 
 
 def parse_parrot_options(options: str, star: str, fqrn: str) -> dict[str, str]:
@@ -273,7 +422,7 @@ def parse_parrot_options(options: str, star: str, fqrn: str) -> dict[str, str]:
             continue
         key, eq, value = item.partition("=")
         # an unescaped '*' stands for the part of the name the wildcard matched
-        value = "".join(star if p == "*" else p for p in re.split(r"(\\.|\*)", value))
+        value = _expand_star(value, star)
         key, value = _unescape(key).strip(), _unescape(value)
         if key in _PARROT_OPTION_MAP:
             params[_PARROT_OPTION_MAP[key]] = value
@@ -289,7 +438,7 @@ def parse_parrot_options(options: str, star: str, fqrn: str) -> dict[str, str]:
 def parse_parrot_repos(spec: str) -> list[ParrotEntry]:
     """Whitespace-separated `[*]name[/subpath]:options` entries (later entries win)."""
     entries: list[ParrotEntry] = []
-    for token in re.split(r"(?<!\\)\s+", spec.strip()):
+    for token in _split_words(spec.strip()):
         if not token:
             continue
         head_opts = _split_unescaped(token, ":")
@@ -365,6 +514,9 @@ class Configuration:
         spec = parrot_repos if parrot_repos is not None else self.env.get("PARROT_CVMFS_REPO", "")
         self.parrot_entries = parse_parrot_repos(spec) if spec else []
         self._cache: dict[str, RepositorySettings] = {}
+        # where the shell's answers for the configuration files are kept (parrot_run
+        # sets it inside its cache; None: evaluate every time)
+        self.memo_dir: str | None = None
 
     @property
     def default_domain(self) -> str:
@@ -406,7 +558,7 @@ class Configuration:
         if not os.path.isdir(repo_etc) or config_repo == fqrn:
             repo_etc = None
         files = config_files(fqrn, self.sysdir, repo_etc)
-        file_params, read = evaluate_config_files(fqrn, files, seed, self.env)
+        file_params, read = evaluate_config_files(fqrn, files, seed, self.env, self.memo_dir)
         params.update(file_params)
         params.setdefault("CVMFS_HTTP_PROXY", seed["CVMFS_HTTP_PROXY"])
         for k, v in self.env.items():

@@ -8,19 +8,41 @@ X certificate, M metainfo); cache file names leave the suffix out.
 
 from __future__ import annotations
 
-import re
 import struct
-from enum import IntEnum
 
 
-class Algorithm(IntEnum):
-    """shash::Algorithms numbering; catalog flags store the value minus one."""
+class Algorithm(int):
+    """shash::Algorithms numbering; catalog flags store the value minus one.
 
-    MD5 = 0
-    SHA1 = 1
-    RMD160 = 2
-    SHAKE128 = 3
+    An int with names, not an IntEnum: enum (and re, for the hash syntax) would cost
+    parrot_run's start-up several milliseconds."""
 
+    __slots__ = ()
+    MD5: Algorithm
+    SHA1: Algorithm
+    RMD160: Algorithm
+    SHAKE128: Algorithm
+
+    def __new__(cls, value: int) -> Algorithm:
+        if isinstance(value, int) and 0 <= value < len(_ALGORITHMS):
+            return _ALGORITHMS[value]
+        raise ValueError(f"{value!r} is not a valid Algorithm")
+
+    @property
+    def name(self) -> str:
+        return _ALGORITHM_NAMES[self]
+
+    def __repr__(self) -> str:
+        return f"<Algorithm.{self.name}: {int(self)}>"
+
+    __str__ = int.__repr__
+
+
+_ALGORITHM_NAMES = ("MD5", "SHA1", "RMD160", "SHAKE128")
+_ALGORITHMS = tuple(int.__new__(Algorithm, i) for i in range(len(_ALGORITHM_NAMES)))
+for _a in _ALGORITHMS:
+    setattr(Algorithm, _a.name, _a)
+del _a
 
 ALGORITHM_ID = {Algorithm.SHA1: "", Algorithm.RMD160: "-rmd160", Algorithm.SHAKE128: "-shake128"}
 ALGORITHM_BY_NAME = {
@@ -38,7 +60,12 @@ SUFFIX_CERTIFICATE = "X"
 SUFFIX_METAINFO = "M"
 _SUFFIXES = "CPHXMLT"
 
-_HEX_RE = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{32})(-rmd160|-shake128)?([A-Z])?$")
+_HEX_DIGITS = frozenset("0123456789abcdef")
+_ALGORITHM_BY_ID = {
+    "": Algorithm.SHA1,
+    "-rmd160": Algorithm.RMD160,
+    "-shake128": Algorithm.SHAKE128,
+}
 
 
 class ContentHash:
@@ -103,20 +130,16 @@ class ContentHash:
 
 
 def _parse(text: str) -> tuple[Algorithm, bytes, str]:
-    m = _HEX_RE.match(text)
-    if not m:
+    # hex (40, or 32 for MD5) [-rmd160|-shake128] [one capital letter]
+    suffix = text[-1:] if text[-1:].isascii() and text[-1:].isupper() else ""
+    hexpart, dash, algo = text[: len(text) - len(suffix)].partition("-")
+    algorithm = _ALGORITHM_BY_ID.get(dash + algo)
+    if algorithm is None or not _HEX_DIGITS.issuperset(hexpart):
         raise ValueError(f"not a content hash: {text!r}")
-    hexpart, algo_id, suffix = m.group(1), m.group(2) or "", m.group(3) or ""
-    if len(hexpart) == 32:
-        if algo_id:
-            raise ValueError(f"not a content hash: {text!r}")
+    if len(hexpart) == 32 and not dash:
         algorithm = Algorithm.MD5
-    elif algo_id == "-rmd160":
-        algorithm = Algorithm.RMD160
-    elif algo_id == "-shake128":
-        algorithm = Algorithm.SHAKE128
-    else:
-        algorithm = Algorithm.SHA1
+    elif len(hexpart) != 40:
+        raise ValueError(f"not a content hash: {text!r}")
     if suffix and suffix not in _SUFFIXES:
         raise ValueError(f"unknown object type suffix in {text!r}")
     return algorithm, bytes.fromhex(hexpart), suffix

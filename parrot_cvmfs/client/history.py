@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import sqlite3
-from typing import NamedTuple
+from collections import namedtuple
+
+try:  # the C module sqlite3 re-exports, without the datetime adapters its package
+    import _sqlite3 as sqlite3  # registers at import (~2 ms of parrot_run's start-up)
+except ImportError:  # pragma: no cover
+    import sqlite3
 
 from ..errors import CatalogError
 from .catalog import sqlite_uri_path
 from .hashes import ContentHash
 
 
-class Tag(NamedTuple):
+class Tag(namedtuple("Tag", "name root_hash revision timestamp description size branch")):
+    __slots__ = ()
+
     name: str
     root_hash: ContentHash
     revision: int

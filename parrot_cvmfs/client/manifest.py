@@ -6,12 +6,13 @@ signature to the end of the file.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections import namedtuple
 
 from ..errors import ManifestError, SignatureError
 from .hashes import ContentHash, hash_bytes, infer_algorithm
 from .signature import verify_manifest_signature
 
+TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
     from cryptography import x509
 
@@ -82,26 +83,34 @@ def _int_field(fields: dict[str, str], key: str, what: str) -> int | None:
         ) from None
 
 
-class Manifest(NamedTuple):
+class Manifest(
+    namedtuple(
+        "Manifest",
+        "root_hash ttl revision root_size garbage_collectable has_alt_catalog_path fqrn certificate history timestamp metainfo reflog fields raw body hash_line signature",
+        defaults=(None, False, False, None, None, None, None, None, None, {}, b"", b"", b"", b""),
+    )
+):
     """Parsed manifest fields plus the signed parts."""
+
+    __slots__ = ()
 
     root_hash: ContentHash
     ttl: int
     revision: int
-    root_size: int | None = None
-    garbage_collectable: bool = False
-    has_alt_catalog_path: bool = False
-    fqrn: str | None = None
-    certificate: ContentHash | None = None
-    history: ContentHash | None = None
-    timestamp: int | None = None
-    metainfo: ContentHash | None = None
-    reflog: ContentHash | None = None
-    fields: dict[str, str] = {}
-    raw: bytes = b""
-    body: bytes = b""
-    hash_line: bytes = b""
-    signature: bytes = b""
+    root_size: int | None
+    garbage_collectable: bool
+    has_alt_catalog_path: bool
+    fqrn: str | None
+    certificate: ContentHash | None
+    history: ContentHash | None
+    timestamp: int | None
+    metainfo: ContentHash | None
+    reflog: ContentHash | None
+    fields: dict[str, str]
+    raw: bytes
+    body: bytes
+    hash_line: bytes
+    signature: bytes
 
     @classmethod
     def parse(cls, data: bytes, what: str = "manifest") -> Manifest:

@@ -18,8 +18,8 @@ import os
 import stat as st
 import time
 import zlib
+from collections import namedtuple
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from .. import __version__
 from ..errors import (
@@ -58,8 +58,15 @@ def canonical(path: str) -> str:
     return "/" + "/".join(parts) if parts else ""
 
 
-class Stat(NamedTuple):
+class Stat(
+    namedtuple(
+        "Stat",
+        "st_mode st_ino st_dev st_nlink st_uid st_gid st_size st_rdev st_blksize st_blocks st_mtime st_mtime_nsec",
+    )
+):
     """What stat(2) reports for an entry (cvmfs client semantics)."""
+
+    __slots__ = ()
 
     st_mode: int
     st_ino: int
@@ -83,7 +90,9 @@ class Stat(NamedTuple):
         return self.st_mtime
 
 
-class Breadcrumb(NamedTuple):
+class Breadcrumb(namedtuple("Breadcrumb", "root_hash timestamp revision")):
+    __slots__ = ()
+
     root_hash: str
     timestamp: int
     revision: int

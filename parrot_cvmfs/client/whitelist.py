@@ -4,13 +4,13 @@ manifests of a repository, until when, signed by the master key."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from ..errors import WhitelistError
 from .hashes import ContentHash, hash_bytes
 from .manifest import check_body_hash, split_signed
 from .signature import Blacklist, parse_fingerprint, verify_whitelist_signature
 
+TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import rsa

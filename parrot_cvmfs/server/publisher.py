@@ -519,9 +519,9 @@ class Publisher:
     def publish(self) -> PublishResult:
         t0 = time.monotonic()
         o = self.o
-        from ..client.config import REPO_NAME_RE
+        from ..client.config import valid_name
 
-        if not REPO_NAME_RE.match(o.name):
+        if not valid_name(o.name):
             raise ConfigError(f"invalid repository name {o.name!r}")
         dirtab = None
         if o.dirtab:

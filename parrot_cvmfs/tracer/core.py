@@ -171,8 +171,9 @@ class Core:
     def table_put_xnames(self, key: bytes, follow: bool, names: bytes) -> None:
         lib.pc_table_put_xnames(self.t, key, int(follow), names, len(names))
 
-    def table_load(self, blob: bytes) -> int:
-        return lib.pc_table_load(self.t, blob, len(blob))
+    def table_load_fd(self, fd: int, offset: int) -> int:
+        """Load the records of an open memo file from `offset` on (-1: unreadable)."""
+        return lib.pc_table_load_fd(self.t, fd, offset)
 
     def table_clear(self) -> None:
         lib.pc_table_clear(self.t)

@@ -108,6 +108,7 @@ class Handlers:
         self.core = core
         self.memo = Memo(core, view.cache_dir)
         view.on_mount = self.memo.load
+        view.kept_path = self.memo.logical_path
         self.view = view
         self.procs = procs
         self.calls = core.calls

@@ -8,7 +8,8 @@ supervisor ends, and taught to the C table again when a later run mounts the sam
 revision: a warm run then answers almost every call in C.
 
 The file holds the records in the binary form the C table loads in one call
-(`pc_table_load`, answers.c), so a warm start costs a read, not thousands of calls.
+(`pc_table_load_fd`, answers.c, maps it), so a warm start costs one call, not
+thousands; the list of files served is only decoded if a /proc/<pid>/fd link asks.
 After the magic line and a u32 length come the files served (`backing\0path\0`...),
 then the records:
 
@@ -54,9 +55,10 @@ class Memo:
         self.core = core
         self.dir = os.path.join(cache_dir, "memo")
         self.uid = os.getuid()
-        self.loaded: dict[str, bytes] = {}  # revision id -> records read at mount
+        self.loaded: set[str] = set()  # revision ids whose file the C table loaded
         self.new: dict[str, list[bytes]] = {}  # revision id -> records taught in this run
         self.served: dict[str, dict] = {}  # revision id -> {backing file: logical path}
+        self._unread: set[str] = set()  # loaded revisions whose served list is not decoded
 
     def _file(self, rev: str) -> str:
         safe = rev.replace("/", "_")
@@ -110,31 +112,76 @@ class Memo:
 
     # -- across runs --------------------------------------------------------------------------------
 
-    def load(self, rev: str) -> dict[str, str]:
-        """Teach the C table what earlier runs learned about this revision; returns the
-        backing files they served (file -> /cvmfs path)."""
+    def _open(self, rev: str) -> tuple[int, int] | None:
+        """(fd, offset of the records) of this user's memo file for `rev`, or None."""
         try:
-            with open(self._file(rev), "rb") as f:
-                data = f.read()
+            fd = os.open(self._file(rev), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
-            return {}
-        if not data.startswith(MAGIC):
-            return {}
+            return None
         try:
-            (slen,) = struct.unpack_from("<I", data, len(MAGIC))
-        except struct.error:
-            return {}
-        start = len(MAGIC) + 4
-        fields = data[start : start + slen].split(b"\0")[:-1]
-        served = {
-            os.fsdecode(fields[i]): os.fsdecode(fields[i + 1]) for i in range(0, len(fields) - 1, 2)
-        }
-        blob = data[start + slen :]
-        # an evicted backing file is harmless: C's open of it fails and Python takes over
-        self.core.table_load(blob)
-        self.loaded[rev] = blob
-        self.served.setdefault(rev, {}).update(served)
-        return served
+            if os.fstat(fd).st_uid != self.uid:  # a shared cache's other users cannot teach us
+                raise OSError
+            head = os.pread(fd, len(MAGIC) + 4, 0)
+            if len(head) != len(MAGIC) + 4 or not head.startswith(MAGIC):
+                raise OSError
+            (slen,) = struct.unpack_from("<I", head, len(MAGIC))
+            return fd, len(MAGIC) + 4 + slen
+        except OSError:
+            os.close(fd)
+            return None
+
+    def load(self, rev: str) -> None:
+        """Teach the C table what earlier runs learned about this revision (an evicted
+        backing file is harmless: C's open of it fails and Python takes over)."""
+        opened = self._open(rev)
+        if opened is None:
+            return
+        fd, start = opened
+        try:
+            if self.core.table_load_fd(fd, start) >= 0:
+                self.loaded.add(rev)
+                self._unread.add(rev)
+        finally:
+            os.close(fd)
+
+    def logical_path(self, backing: str) -> str | None:
+        """The /cvmfs path an earlier run served from a backing file, if any."""
+        for rev in list(self._unread):
+            self._unread.discard(rev)
+            opened = self._open(rev)
+            if opened is None:
+                continue
+            fd, start = opened
+            try:
+                data = os.pread(fd, start - len(MAGIC) - 4, len(MAGIC) + 4)
+            finally:
+                os.close(fd)
+            fields = data.split(b"\0")[:-1]
+            kept = self.served.setdefault(rev, {})
+            for i in range(0, len(fields) - 1, 2):
+                kept.setdefault(os.fsdecode(fields[i]), os.fsdecode(fields[i + 1]))
+        for served in self.served.values():
+            logical = served.get(backing)
+            if logical is not None:
+                return logical
+        return None
+
+    def _records(self, rev: str) -> bytes:
+        """The records of the memo file as it is now (another run may have renewed it)."""
+        opened = self._open(rev)
+        if opened is None:
+            return b""
+        fd, start = opened
+        try:
+            chunks = []
+            while True:
+                chunk = os.pread(fd, 1 << 20, start)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                start += len(chunk)
+        finally:
+            os.close(fd)
 
     def save(self) -> None:
         """Write what this run added (atomically; a concurrent run may win, which is fine)."""
@@ -146,8 +193,9 @@ class Memo:
             os.makedirs(self.dir, exist_ok=True)
         except OSError:
             return
+        self.logical_path("")  # decode the served lists of the loaded files, to keep them
         for rev, records in self.new.items():
-            merged = _split(self.loaded.get(rev, b""))
+            merged = _split(self._records(rev))
             merged.update(_split(b"".join(records)))
             served = b"".join(
                 os.fsencode(k) + b"\0" + os.fsencode(v) + b"\0"

@@ -14,17 +14,19 @@ leaves the virtual tree again yields a host path for the kernel.
 from __future__ import annotations
 
 import errno
-from typing import NamedTuple, Protocol
+from collections import namedtuple
 
 MAX_SYMLINKS = 40
 MOUNT = "/cvmfs"
 
 
-class VPath(NamedTuple):
+class VPath(namedtuple("VPath", "repo inner", defaults=("",))):
     """A place in the virtual tree: /cvmfs itself (repo None), or a repository path."""
 
+    __slots__ = ()
+
     repo: str | None
-    inner: str = ""  # "" for the repository root, else "/a/b"
+    inner: str  # "" for the repository root, else "/a/b"
 
     @property
     def logical(self) -> str:
@@ -60,22 +62,25 @@ def vpath_of_logical(path: str) -> VPath | None:
     return VPath(repo, "/" + inner if inner else "")
 
 
-class Node(Protocol):
-    is_dir: bool
-    is_symlink: bool
+TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
+if TYPE_CHECKING:
+    from typing import Protocol
 
-    @property
-    def target(self) -> str: ...
+    class Node(Protocol):
+        is_dir: bool
+        is_symlink: bool
 
+        @property
+        def target(self) -> str: ...
 
-class Namespace(Protocol):
-    def lookup(self, vpath: VPath) -> Node | None: ...
+    class Namespace(Protocol):
+        def lookup(self, vpath: VPath) -> Node | None: ...
 
-    def anchor_to_vpath(self, host_path: str) -> VPath | None: ...
+        def anchor_to_vpath(self, host_path: str) -> VPath | None: ...
 
-    def may_search(self, node: Node) -> bool:
-        """Whether the caller may look names up in this directory (its x bit)."""
-        ...
+        def may_search(self, node: Node) -> bool:
+            """Whether the caller may look names up in this directory (its x bit)."""
+            ...
 
 
 class Target:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import NamedTuple
+from collections import namedtuple
 
 STATX_BASIC_STATS = 0x7FF
 FUSE_SUPER_MAGIC = 0x65735546
@@ -14,8 +14,12 @@ ST_RDONLY, ST_NOSUID, ST_NODEV = 1, 2, 4
 DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12
 
 
-class Attrs(NamedTuple):
+class Attrs(
+    namedtuple("Attrs", "dev ino mode nlink uid gid rdev size blksize blocks mtime mtime_nsec")
+):
     """What stat reports, independent of the structure layout."""
+
+    __slots__ = ()
 
     dev: int
     ino: int

@@ -4,9 +4,7 @@ per-process state, forwards signals, and returns the job's exit status."""
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from typing import NamedTuple
 
 from .._core import lib
 from ..client.config import Configuration
@@ -15,19 +13,44 @@ from .handlers import Handlers, Processes
 from .syscalls import calls_for, machine
 from .vfs import CvmfsView
 
-FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
+class Options:
+    """What parrot_run was asked to do (a plain class: typing.NamedTuple alone costs
+    several milliseconds of every job's start-up)."""
 
-class Options(NamedTuple):
-    command: list[str]
-    cvmfs: list[str] = []
-    cache_dir: str | None = None
-    alien_cache: str | None = None
-    verify_at: float | None = None
-    offline: bool = False
-    stats: bool = False
-    debug: bool = False
-    config: Configuration | None = None
+    __slots__ = (
+        "command",
+        "cvmfs",
+        "cache_dir",
+        "alien_cache",
+        "verify_at",
+        "offline",
+        "stats",
+        "debug",
+        "config",
+    )
+
+    def __init__(
+        self,
+        command: list[str],
+        cvmfs: list[str] | None = None,
+        cache_dir: str | None = None,
+        alien_cache: str | None = None,
+        verify_at: float | None = None,
+        offline: bool = False,
+        stats: bool = False,
+        debug: bool = False,
+        config: Configuration | None = None,
+    ):
+        self.command = command
+        self.cvmfs = cvmfs or []
+        self.cache_dir = cache_dir
+        self.alien_cache = alien_cache
+        self.verify_at = verify_at
+        self.offline = offline
+        self.stats = stats
+        self.debug = debug
+        self.config = config
 
 
 class Supervisor:
@@ -42,6 +65,8 @@ class Supervisor:
             or os.environ.get("CVMFS_CACHE_DIR")
             or default_cache_dir()
         )
+        if config.memo_dir is None:
+            config.memo_dir = os.path.join(cache_dir, "config")
         self.view = CvmfsView(
             config,
             cache_dir,
@@ -66,10 +91,6 @@ class Supervisor:
         self.root = 0
         self.root_status: int | None = None
         self.exec_seen = False
-        self._pending_signals: list[int] = []
-
-    def _on_signal(self, sig, _frame) -> None:
-        self._pending_signals.append(sig)
 
     def run(self) -> int:
         errors = self.view.mount_eager()
@@ -77,17 +98,14 @@ class Supervisor:
             for e in errors:
                 print(f"parrot_run: {e}", file=sys.stderr)
             return 1
-        for sig in FORWARDED:
-            signal.signal(sig, self._on_signal)
-        # the job gets these from the terminal itself
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
         try:
             pid, report = self.core.spawn(self.opts.command, dict(os.environ))
         except OSError as e:
             print(f"parrot_run: {e.strerror}", file=sys.stderr)
             return 1
         self.root = pid
+        # in C, so that no Python (nor its signal module) sits between a kill and the job
+        lib.pc_forward_signals(pid)
         try:
             self._loop()
         finally:
@@ -125,13 +143,7 @@ class Supervisor:
                     self.root_status = ev.status
             elif kind == lib.PC_EV_NOCHILD:
                 return
-            elif kind == lib.PC_EV_INTERRUPTED:
-                while self._pending_signals:
-                    sig = self._pending_signals.pop(0)
-                    try:
-                        os.kill(self.root, sig)
-                    except ProcessLookupError:
-                        pass
+            # PC_EV_INTERRUPTED: a signal was forwarded by C's handler; nothing to do
 
     def print_stats(self) -> None:
         c = self.core.stats()

@@ -11,7 +11,7 @@ handled but never stopped on.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from collections import namedtuple
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -37,29 +37,55 @@ PATH, PATH2, FD, CWD = 1, 2, 3, 4
 ) = range(9)
 
 
-class Call(NamedTuple):
+class Call(
+    namedtuple(
+        "Call",
+        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr rewrites notify",
+        defaults=(
+            -1,
+            -1,
+            -1,
+            -1,
+            -1,
+            0,
+            0,
+            0,
+            True,
+            False,
+            FAST_NONE,
+            -1,
+            -1,
+            -1,
+            -1,
+            False,
+            False,
+        ),
+    )
+):
+    __slots__ = ()
+
     name: str
     x86_64: int | None
     aarch64: int | None
     kind: int
     handler: str
-    dirfd: int = -1  # argument index of the dirfd (-1: relative to the cwd)
-    path: int = -1  # argument index of the path (the fd for FD calls)
-    dirfd2: int = -1
-    path2: int = -1
-    flags: int = -1  # argument index of the flags word
-    empty: int = 0  # flag bit meaning AT_EMPTY_PATH
-    nofollow: int = 0  # flag bit meaning "do not follow the last symlink"
-    follow_flag: int = 0  # flag bit meaning "follow the last symlink" (linkat)
-    follow: bool = True  # follow the last symlink when no flag says otherwise
-    proc: bool = False  # /proc/<pid>/{exe,cwd,fd/N} concern us
-    fast: int = FAST_NONE
-    out: int = -1  # argument index of the result buffer
-    mode: int = -1  # argument index of an access mode
-    size: int = -1  # argument index of a buffer size
-    attr: int = -1  # argument index of an extended attribute's name
-    rewrites: bool = False  # the handler may point an argument elsewhere: two stops
-    notify: bool = False  # served through seccomp user notifications when available
+    dirfd: int  # argument index of the dirfd (-1: relative to the cwd)
+    path: int  # argument index of the path (the fd for FD calls)
+    dirfd2: int
+    path2: int
+    flags: int  # argument index of the flags word
+    empty: int  # flag bit meaning AT_EMPTY_PATH
+    nofollow: int  # flag bit meaning "do not follow the last symlink"
+    follow_flag: int  # flag bit meaning "follow the last symlink" (linkat)
+    follow: bool  # follow the last symlink when no flag says otherwise
+    proc: bool  # /proc/<pid>/{exe,cwd,fd/N} concern us
+    fast: int
+    out: int  # argument index of the result buffer
+    mode: int  # argument index of an access mode
+    size: int  # argument index of a buffer size
+    attr: int  # argument index of an extended attribute's name
+    rewrites: bool  # the handler may point an argument elsewhere: two stops
+    notify: bool  # served through seccomp user notifications when available
 
     def number(self, arch: str) -> int | None:
         return getattr(self, arch)

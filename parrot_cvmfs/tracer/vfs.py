@@ -95,7 +95,9 @@ class CvmfsView:
         self.cache_paths: dict[str, VPath] = {}  # cache file -> last /cvmfs path served from it
         self.io_errors = 0
         self.root = Node(ROOT, None, None, st.S_IFDIR | 0o755)
-        self.on_mount: Callable[[str], dict[str, str]] | None = None
+        self.on_mount: Callable[[str], None] | None = None  # teach kept answers
+        # the /cvmfs path an earlier run served from a backing file (kept answers)
+        self.kept_path: Callable[[str], str | None] | None = None
 
     # -- repositories ---------------------------------------------------------------------------
 
@@ -132,12 +134,7 @@ class CvmfsView:
             return None
         self.repos[name] = repo
         if self.on_mount is not None:
-            from .paths import vpath_of_logical
-
-            for backing, logical in self.on_mount(self.revision_id(name)).items():
-                v = vpath_of_logical(logical)
-                if v is not None:
-                    self.cache_paths.setdefault(backing, v)
+            self.on_mount(self.revision_id(name))
         return repo
 
     def revision_id(self, name: str) -> str | None:
@@ -311,7 +308,15 @@ class CvmfsView:
         v = self.anchor_to_vpath(host)
         if v is not None:
             return v
-        return self.cache_paths.get(host.removesuffix(" (deleted)"))
+        host = host.removesuffix(" (deleted)")
+        v = self.cache_paths.get(host)
+        if v is None and self.kept_path is not None:
+            logical = self.kept_path(host)
+            if logical is not None:
+                from .paths import vpath_of_logical
+
+                v = vpath_of_logical(logical)
+        return v
 
     # -- statistics -------------------------------------------------------------------------------
 
