@@ -119,7 +119,7 @@ ffibuilder.cdef(
     int pc_finish_exit(pc_tracer *t, int tid, int set_result, int64_t result);
     int pc_notif_reply(pc_tracer *t, uint64_t id, int64_t result);
     int pc_notif_continue(pc_tracer *t, uint64_t id);
-    int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec);
+    int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid);
     int pc_notif_valid(pc_tracer *t, uint64_t id);
     int pc_notifying(pc_tracer *t);
     ssize_t pc_read(int tid, uint64_t addr, void *buf, size_t len);

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/seccomp.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -30,16 +31,52 @@ int pc_notif_continue(pc_tracer *t, uint64_t id)
     return ioctl(t->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0 ? -errno : 0;
 }
 
-int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec)
+/* The kernel wakes a program whose descriptor we install with a plain complete(), not
+ * on our CPU as SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP does for answers: the scheduler then
+ * prefers an idle CPU, and waking one costs ~50 µs where idle CPUs halt (virtual
+ * machines). Holding the program to our CPU for the hand-off keeps it here (measured:
+ * open+close of a /cvmfs file 75 -> 25 µs). Its own mask is back before it runs again:
+ * the descriptor is installed first, the answer sent after. */
+static int pin_to_here(pid_t tid, cpu_set_t *saved)
+{
+    int cpu = sched_getcpu();
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(tid, sizeof *saved, saved) < 0)
+        return 0;
+    if (!CPU_ISSET(cpu, saved) || CPU_COUNT(saved) == 1)
+        return 0;
+    cpu_set_t here;
+    CPU_ZERO(&here);
+    CPU_SET(cpu, &here);
+    return sched_setaffinity(tid, sizeof here, &here) == 0;
+}
+
+static int addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int send)
 {
     struct seccomp_notif_addfd add;
     memset(&add, 0, sizeof add);
     add.id = id;
-    add.flags = SECCOMP_ADDFD_FLAG_SEND;
+    add.flags = send ? SECCOMP_ADDFD_FLAG_SEND : 0;
     add.srcfd = (uint32_t)fd;
     add.newfd_flags = cloexec ? O_CLOEXEC : 0;
     int n = ioctl(t->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
     return n < 0 ? -errno : n;
+}
+
+int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid)
+{
+    cpu_set_t saved;
+    if (tid <= 0 || !pin_to_here(tid, &saved))
+        return addfd(t, id, fd, cloexec, 1);
+    /* installed without the answer, so that the program's own mask is back before
+     * it runs again; then answered (a wake-up on our CPU, as for any answer) */
+    int n = addfd(t, id, fd, cloexec, 0);
+    sched_setaffinity(tid, sizeof saved, &saved);
+    if (n >= 0) {
+        int r = pc_notif_reply(t, id, n);
+        if (r < 0)
+            return r;
+    }
+    return n;
 }
 
 int pc_notif_valid(pc_tracer *t, uint64_t id)
@@ -78,7 +115,7 @@ int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t
         int fd = open(target, O_RDONLY | O_CLOEXEC | (int)(flags & KEEP_FLAGS));
         if (fd < 0)
             return 0; /* gone from the cache, say: let Python find out */
-        int n = pc_notif_addfd(t, c->notif_id, fd, (flags & O_CLOEXEC) != 0);
+        int n = pc_notif_addfd(t, c->notif_id, fd, (flags & O_CLOEXEC) != 0, c->tid);
         close(fd);
         if (n < 0 && n != -ENOENT) /* ENOENT: the program was interrupted meanwhile */
             pc_notif_reply(t, c->notif_id, n);

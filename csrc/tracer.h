@@ -119,10 +119,11 @@ int pc_set_args(pc_tracer *t, pid_t tid, int narg, const int *args, const uint64
                 int report_exit, int is_exec);
 int pc_finish_exit(pc_tracer *t, pid_t tid, int set_result, int64_t result);
 /* Answers to notifications (any thread): a result (or -errno), run the call as it is,
- * or install our descriptor `fd` as the call's result (an open). */
+ * or install our descriptor `fd` as the call's result (an open; the caller `tid` is
+ * held to our CPU meanwhile, so that the kernel wakes it here). */
 int pc_notif_reply(pc_tracer *t, uint64_t id, int64_t result);
 int pc_notif_continue(pc_tracer *t, uint64_t id);
-int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec);
+int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid);
 int pc_notif_valid(pc_tracer *t, uint64_t id);
 int pc_notifying(pc_tracer *t);
 ssize_t pc_read(pid_t tid, uint64_t addr, void *buf, size_t len);

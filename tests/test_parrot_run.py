@@ -473,6 +473,29 @@ def test_signal_dispositions_and_forwarding(exec_repo):
     assert (job.returncode, out) == (3, b"got TERM\n")
 
 
+def test_opens_leave_the_programs_cpu_affinity_alone(exec_repo):
+    """An open's descriptor is handed over with the program held to the supervisor's
+    CPU (respond.c); the program must never see that mask."""
+    parrot, mnt, _, _ = exec_repo
+    script = (
+        "import os, threading\n"
+        "seen = set()\n"
+        "def opener():\n"
+        "    for _ in range(300):\n"
+        f"        open('{mnt}/README').close()\n"
+        "        seen.add(tuple(sorted(os.sched_getaffinity(0))))\n"
+        "ts = [threading.Thread(target=opener) for _ in range(3)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "print(sorted(seen))\n"
+    )
+    mine = tuple(sorted(os.sched_getaffinity(0)))
+    p = parrot(sys.executable, "-c", script)
+    assert p.stdout.decode().strip() == str([mine]), p.stderr
+    # a program already held to one CPU keeps it
+    p = parrot("taskset", "-c", "0", sys.executable, "-c", script)
+    assert p.stdout.decode().strip() == "[(0,)]", p.stderr
+
+
 def test_many_short_children_and_make(exec_repo, tmp_path):
     parrot, mnt, _, _ = exec_repo
     p = parrot(

@@ -108,9 +108,10 @@ class Core:
     def notif_continue(self, notif_id: int) -> None:
         lib.pc_notif_continue(self.t, notif_id)
 
-    def notif_addfd(self, notif_id: int, fd: int, cloexec: bool) -> int:
-        """Install our descriptor as the call's result; returns the program's fd or -errno."""
-        return lib.pc_notif_addfd(self.t, notif_id, fd, int(cloexec))
+    def notif_addfd(self, notif_id: int, fd: int, cloexec: bool, tid: int) -> int:
+        """Install our descriptor as the call's result; returns the program's fd or -errno.
+        (`tid`, the caller, is held to our CPU for the hand-off: see respond.c.)"""
+        return lib.pc_notif_addfd(self.t, notif_id, fd, int(cloexec), tid)
 
     def notif_valid(self, notif_id: int) -> bool:
         return bool(lib.pc_notif_valid(self.t, notif_id))

@@ -204,7 +204,7 @@ class Handlers:
             self.core.notif_reply(nid, -(e.errno or errno.EIO))
             return
         try:
-            n = self.core.notif_addfd(nid, fd, bool(flags & os.O_CLOEXEC))
+            n = self.core.notif_addfd(nid, fd, bool(flags & os.O_CLOEXEC), ev.tid)
         finally:
             os.close(fd)
         if n >= 0 and vpath is not None:
