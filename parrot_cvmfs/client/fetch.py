@@ -9,7 +9,6 @@ to read and map.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 
@@ -136,8 +135,10 @@ class Fetcher:
                     bad_data_seen=bad_data,
                 )
             except BaseException:
-                with contextlib.suppress(OSError):
+                try:
                     os.unlink(tmp)
+                except OSError:
+                    pass
                 raise
             finally:
                 os.close(fd)
@@ -223,8 +224,10 @@ class Fetcher:
             except BaseException:
                 if fd >= 0:
                     os.close(fd)
-                with contextlib.suppress(OSError):
+                try:
                     os.unlink(tmp)
+                except OSError:
+                    pass
                 raise
             return self.cache.commit(tmp, key, ASSEMBLED)
 

@@ -37,12 +37,15 @@ from .config import Configuration, RepositorySettings
 from .download import Downloader, DownloadSettings
 from .fetch import Fetcher
 from .hashes import ContentHash, md5_digest
-from .history import History, Tag, parse_repository_date
 from .manifest import Manifest
 from .namespace import Namespace
 from .signature import Blacklist, certificate_fingerprint, load_certificate, load_public_keys
 from .whitelist import Whitelist
 from .xattrs import decode_xattrs
+
+TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
+if TYPE_CHECKING:
+    from .history import History, Tag
 
 MAX_SYMLINKS = 40
 CVMFS_ROOT = "/cvmfs"
@@ -424,6 +427,8 @@ class Repository:
             if h is None:
                 return None
             path = self.fetcher.fetch(h, "H", what=f"history database of {self.fqrn}")
+            from .history import History  # tags only: kept off the start-up path
+
             self._history = History(path, f"history database {h.hex} of {self.fqrn}")
         return self._history
 
@@ -445,6 +450,8 @@ class Repository:
             return t.root_hash
         if self.pinned_date:
             try:
+                from .history import parse_repository_date
+
                 when = parse_repository_date(self.pinned_date)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
