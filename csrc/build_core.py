@@ -151,6 +151,7 @@ ffibuilder.cdef(
     #define PC_FETCH_BAD_DATA 6
     #define PC_FETCH_LOCAL 7
     #define PC_FETCH_UNSUPPORTED 8
+    #define PC_FETCH_UNVERIFIED -1
     typedef struct {
         const char *request;
         const char *tmp;

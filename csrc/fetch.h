@@ -18,11 +18,14 @@ enum {
     PC_FETCH_UNSUPPORTED = 8, /* a hash algorithm not done in C, or an overlong request */
 };
 
+#define PC_FETCH_UNVERIFIED (-1)
+
 typedef struct {
     const char *request; /* the request target: a path, or an absolute URL via a proxy */
     const char *tmp;     /* written (created exclusively), then renamed to... */
     const char *dest;    /* ...this, once digest and size are right (NULL: left at tmp) */
-    int algorithm;       /* PC_DIGEST_* */
+    int algorithm;       /* PC_DIGEST_*, or PC_FETCH_UNVERIFIED (a file of at most 1 MiB
+                          * that the caller checks itself, such as a signed manifest) */
     unsigned char digest[20];
     int compressed;      /* zlib: inflate before storing */
     int64_t size;        /* expected stored size, -1 if unknown */

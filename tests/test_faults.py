@@ -16,6 +16,7 @@ from parrot_cvmfs.client.hashes import hash_bytes
 from parrot_cvmfs.client.manifest import Manifest, export_manifest_body, parse_fields
 from parrot_cvmfs.client.repository import Repository
 from parrot_cvmfs.client.signature import sign_raw_pkcs1
+from parrot_cvmfs.errors import CvmfsError
 from parrot_cvmfs.server.keys import ensure_keys
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.stratum import StratumStore
@@ -234,6 +235,60 @@ def test_rollback(setup, tmp_path):
     )
     pinned = setup.cli("ls", setup.name, "/", "--tag", "first")
     assert pinned.returncode == 0 and b"README" in pinned.stdout
+
+
+def test_expired_manifest_is_revalidated_or_verified_again(setup, tmp_path):
+    """parrot_run's mounts (reuse_fresh) keep a manifest that is younger than its TTL;
+    an older one is fetched again and, when the server still publishes exactly those
+    bytes and the keys are the same, kept without the signature work; anything else
+    goes through the whole verification."""
+    manifest_file = os.path.join(setup.cache, f"manifest.{setup.name}")
+    published = f"/cvmfs/{setup.name}/.cvmfspublished"
+    whitelist = f"/cvmfs/{setup.name}/.cvmfswhitelist"
+
+    def mount(**env_kw):
+        config = Configuration(env=setup.env(**env_kw))
+        return Repository.mount(setup.name, cache_dir=setup.cache, config=config, reuse_fresh=True)
+
+    def expire():
+        old = time.time() - 3600
+        os.utime(manifest_file, (old, old))
+
+    mount().close()  # verified, and kept with a stamp of the keys it was verified with
+    first = setup.manifest().root_hash
+    # younger than its TTL: nothing fetched at all
+    setup.server.requests.clear()
+    mount().close()
+    assert setup.server.requests[published] == 0
+    # expired, same bytes published: one fetch of the manifest, no whitelist, TTL restarted
+    expire()
+    setup.server.requests.clear()
+    setup.server.statuses[".cvmfswhitelist"] = 404  # would fail a verification
+    with mount() as repo:
+        assert repo.root_hash == first
+    assert (setup.server.requests[published], setup.server.requests[whitelist]) == (1, 0)
+    assert time.time() - os.stat(manifest_file).st_mtime < 60
+    # expired with another master key configured: verified again (and refused)
+    other = ensure_keys(str(tmp_path / "other"), setup.name)
+    expire()
+    del setup.server.statuses[".cvmfswhitelist"]
+    with pytest.raises(CvmfsError, match="not signed by any configured master key"):
+        mount(pubkey=other.master_pub_path)
+    # expired, a new revision published: verified and mounted
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "new").write_text("revision 2\n")
+    publish(
+        PublishOptions(
+            source=str(src), name=setup.name, stratum=setup.root, keys_dir=setup.keys_dir
+        )
+    )
+    expire()
+    setup.server.requests.clear()
+    with mount() as repo:
+        assert repo.root_hash == setup.manifest().root_hash != first
+        assert repo.listdir("/") == ["new"]
+    assert setup.server.requests[whitelist] == 1
 
 
 def test_one_of_two_servers_dead(setup):

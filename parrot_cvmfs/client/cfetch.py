@@ -11,6 +11,7 @@ run in parallel).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import namedtuple
 from collections.abc import Callable
@@ -70,6 +71,40 @@ class Outcome(namedtuple("Outcome", "stored bad_data")):
 
     stored: int | None  # bytes stored; None: the Python downloader must take it
     bad_data: bool  # the server sent something that did not verify
+
+
+def fetch_unverified(downloader: Downloader, path: str, tmp: str) -> bytes | None:
+    """GET `path` (such as /.cvmfspublished, at most 1 MiB) from the downloader's
+    current host into `tmp` and return its bytes, or None if C could not get it with a
+    200 (the caller then uses the Python downloader). Nothing is checked here: the
+    caller must (a manifest is compared with, or verified as, a signed one)."""
+    r = route(downloader)
+    if r is None:
+        return None
+    from .._core import ffi, lib
+
+    item = ffi.new("pc_fetch_item *")
+    request = ffi.new("char[]", (r.prefix + path).encode())
+    tmp_c = ffi.new("char[]", tmp.encode())
+    item.request, item.tmp, item.dest = request, tmp_c, ffi.NULL
+    item.algorithm = lib.PC_FETCH_UNVERIFIED
+    item.size, item.mode = -1, 0o600
+    state = ffi.new("pc_fetch_progress *")
+    lib.pc_fetch_batch(
+        r.host.encode(), r.port, r.host_header.encode(), item, 1, 1, r.timeout_ms, state
+    )
+    if item.status != lib.PC_FETCH_OK:
+        return None
+    try:
+        with open(tmp, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def fetch(

@@ -377,12 +377,17 @@ class Repository:
         crumb = Breadcrumb.parse(crumb_raw.decode("ascii", "replace")) if crumb_raw else None
         self.cache.write_meta(f"manifest.{fqrn}", raw)
         self.cache.write_meta(f"whitelist.{fqrn}", wl_raw)
+        self.cache.write_meta(f"trust.{fqrn}", self._trust_stamp())
         if crumb is None or manifest.revision >= crumb.revision:
             crumb = Breadcrumb(manifest.root_hash.hex, manifest.timestamp or 1, manifest.revision)
             self.cache.write_meta(f"cvmfschecksum.{fqrn}", str(crumb).encode())
 
     def _reuse_fresh_manifest(self) -> bool:
-        """Use the manifest this cache accepted less than a TTL ago, if there is one."""
+        """Use the manifest this cache accepted, without verifying it again, when it is
+        less than a TTL old, or when the server still publishes exactly those bytes
+        and the keys and blacklist it was verified with are unchanged (the real client
+        keeps its catalogs when a new manifest names the same root). A changed
+        manifest, or anything unusual, goes through `verify`."""
         if self.is_pinned:
             return False
         path = self.cache.meta_path(f"manifest.{self.fqrn}")
@@ -401,13 +406,49 @@ class Repository:
             return False
         max_ttl = self.settings.number("CVMFS_MAX_TTL", 0) * 60
         ttl = min(manifest.ttl, max_ttl) if max_ttl > 0 else manifest.ttl
-        if (
-            not 0 <= age < ttl
-            or whitelist.is_expired(self.verify_at)
-            or manifest.fqrn not in (None, self.fqrn)
-        ):
+        if whitelist.is_expired(self.verify_at) or manifest.fqrn not in (None, self.fqrn):
+            return False
+        if not 0 <= age < ttl and not self._published_unchanged(raw, path):
             return False
         self.manifest, self.whitelist, self.root_hash = manifest, whitelist, manifest.root_hash
+        return True
+
+    def _trust_stamp(self) -> bytes:
+        """A digest of what a verification depends on besides the manifest and
+        whitelist themselves: the master keys and the blacklists."""
+        parts = []
+        paths = list(self.settings.public_key_files)
+        paths += [p for p in (self.settings.get("CVMFS_BLACKLIST") or "").split(":") if p]
+        for p in paths:
+            try:
+                with open(p, "rb") as f:
+                    parts.append(p.encode() + b"\0" + f.read())
+            except OSError:
+                parts.append(p.encode() + b"\0-")
+        return md5_digest(b"\0\1".join(parts)).hex().encode()
+
+    def _published_unchanged(self, stored: bytes, path: str) -> bool:
+        """Whether the server publishes the stored manifest still (fetched by the C
+        fetcher: no HTTP library or signature code to load for the common answer),
+        and it was verified against today's keys and blacklist; restarts its TTL."""
+        if self.downloader is None:
+            return False
+        if self.cache.read_meta(f"trust.{self.fqrn}", search_alien=False) != self._trust_stamp():
+            return False
+        from .cfetch import fetch_unverified
+
+        try:
+            current = fetch_unverified(
+                self.downloader, "/.cvmfspublished", self.cache.temp_path("manifest")
+            )
+        except OSError:
+            return False
+        if current != stored:
+            return False
+        try:
+            os.utime(path)
+        except OSError:
+            return False
         return True
 
     def certificate_fingerprint(self) -> str | None:
