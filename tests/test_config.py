@@ -169,3 +169,22 @@ def test_files_that_run_commands_are_evaluated_every_time(tmp_path):
             c.memo_dir = str(memo)
             assert c.settings("repo.example.org").get("CVMFS_N") == n, text
     assert not memo.exists()
+
+
+def test_http_urls_for_the_c_fetcher():
+    from urllib.parse import urlsplit
+
+    from parrot_cvmfs.client.cfetch import _http_parts
+
+    for url in (
+        "http://127.0.0.1:8999/cvmfs/x.example.org",
+        "http://Stratum.Example.org/cvmfs/@fqrn@",
+        "http://squid:3128",
+        "http://[::1]:8000/p",
+        "HTTP://h/x",
+        "http://user@h:1/p?q#f",
+    ):
+        u = urlsplit(url)
+        assert _http_parts(url) == (u.hostname, u.port or 80, u.netloc, u.path), url
+    for url in ("https://h/p", "http://h:port/", "http://:80/x", "http://[::1/x", "ftp://h/"):
+        assert _http_parts(url) is None, url
