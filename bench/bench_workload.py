@@ -9,7 +9,7 @@ from /cvmfs with a warm cache, (3) under PRoot (Debian `proot`) with the venv
 bind-mounted at the same /cvmfs path. Prints the median of each and the ratios.
 Targets: parrot_run <= 1.3x native, and faster than PRoot.
 
-    python bench/bench_workload.py [--runs 11] [--venv DIR]
+    python bench/bench_workload.py [--runs 21] [--tree DIR] [--mode notify|ptrace]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--runs", type=int, default=11)
+    ap.add_argument("--runs", type=int, default=21)
     ap.add_argument(
         "--tree", help="a directory holding venv/ with numpy and scipy (made if absent)"
     )
