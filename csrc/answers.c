@@ -124,7 +124,7 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
 
 /* Records saved by memo.py (the format is described there). Returns how many were
  * loaded; a truncated or malformed tail is ignored. */
-int pc_table_load(pc_tracer *t, const void *blob, size_t len)
+static int table_load(pc_tracer *t, const void *blob, size_t len)
 {
     const unsigned char *p = blob, *end = p + len;
     int n = 0;
@@ -263,7 +263,7 @@ int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset)
     void *m = mmap(NULL, (size_t)s.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     if (m == MAP_FAILED)
         return -1;
-    int n = pc_table_load(t, (const char *)m + offset, (size_t)s.st_size - offset);
+    int n = table_load(t, (const char *)m + offset, (size_t)s.st_size - offset);
     munmap(m, (size_t)s.st_size);
     return n;
 }

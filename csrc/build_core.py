@@ -133,7 +133,6 @@ ffibuilder.cdef(
     int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *target,
                           int is_dir);
     int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_t len);
-    int pc_table_load(pc_tracer *t, const void *blob, size_t len);
     int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
     int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob,
                             size_t len);

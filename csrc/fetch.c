@@ -268,6 +268,7 @@ static int discard(void *ctx, const unsigned char *p, size_t n)
 typedef struct {
     conn *c;
     pc_digest digest;
+    int verified; /* digest computed (and compared at the end) */
     z_stream z;
     int compressed, inflating_done;
     int fd;
@@ -294,7 +295,8 @@ static int write_all(int fd, const unsigned char *p, size_t n)
 static int object_piece(void *ctx, const unsigned char *p, size_t n)
 {
     object_sink *s = ctx;
-    pc_digest_update(&s->digest, p, n);
+    if (s->verified)
+        pc_digest_update(&s->digest, p, n);
     if (!s->compressed) {
         s->stored += (int64_t)n;
         if (s->limit >= 0 && s->stored > s->limit)
@@ -410,10 +412,9 @@ static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
     s.c = c;
     s.compressed = it->compressed;
     s.limit = verified ? it->size : (1 << 20);
+    s.verified = verified;
     if (verified)
         pc_digest_init(&s.digest, it->algorithm);
-    else
-        pc_digest_init(&s.digest, PC_DIGEST_SHA1); /* computed, not compared */
     if (s.compressed && inflateInit(&s.z) != Z_OK) {
         it->status = PC_FETCH_LOCAL;
         return;
@@ -436,7 +437,8 @@ static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
         inflateEnd(&s.z);
     int closed = close(s.fd);
     unsigned char got[20];
-    pc_digest_final(&s.digest, got);
+    if (verified)
+        pc_digest_final(&s.digest, got);
     if (rc == 0 && closed != 0)
         rc = SINK_LOCAL;
     if (rc == 0 && verified && memcmp(got, it->digest, 20) != 0)

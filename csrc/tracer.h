@@ -146,9 +146,7 @@ int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_
 int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob, size_t len);
 /* the answer of listxattr: the names, each NUL-terminated */
 int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *names, size_t len);
-/* many answers at once, in the record format of memo.py */
-int pc_table_load(pc_tracer *t, const void *blob, size_t len);
-/* the same, from an open file past `offset` */
+/* many answers at once: the records (memo.py's format) of an open file past `offset` */
 int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
 void pc_table_clear(pc_tracer *t);
 int pc_table_size(pc_tracer *t);

@@ -68,11 +68,12 @@ def route(downloader: Downloader | None) -> Route | None:
     if downloader is None:
         return None
     _idx, host, proxy = downloader.path.current()
+    via_proxy = bool(proxy) and proxy != "DIRECT"
     h = _http_parts(host)
-    p = _http_parts(proxy) if proxy and proxy != "DIRECT" else None
-    if h is None or (proxy and proxy != "DIRECT" and p is None):
+    p = _http_parts(proxy) if via_proxy else None
+    if h is None or (via_proxy and p is None):
         return None
-    connect = p if p else h
+    connect = p or h
     s = downloader.settings
     timeout_ms = int((s.timeout if p else s.timeout_direct) * 1000) or 10000
     # through a proxy, the request names the whole URL

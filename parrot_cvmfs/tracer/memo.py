@@ -144,8 +144,8 @@ class Memo:
         finally:
             os.close(fd)
 
-    def logical_path(self, backing: str) -> str | None:
-        """The /cvmfs path an earlier run served from a backing file, if any."""
+    def _decode_served(self) -> None:
+        """Read the lists of files served of the loaded memo files (once each)."""
         for rev in list(self._unread):
             self._unread.discard(rev)
             opened = self._open(rev)
@@ -160,6 +160,10 @@ class Memo:
             kept = self.served.setdefault(rev, {})
             for i in range(0, len(fields) - 1, 2):
                 kept.setdefault(os.fsdecode(fields[i]), os.fsdecode(fields[i + 1]))
+
+    def logical_path(self, backing: str) -> str | None:
+        """The /cvmfs path an earlier run served from a backing file, if any."""
+        self._decode_served()
         for served in self.served.values():
             logical = served.get(backing)
             if logical is not None:
@@ -193,7 +197,7 @@ class Memo:
             os.makedirs(self.dir, exist_ok=True)
         except OSError:
             return
-        self.logical_path("")  # decode the served lists of the loaded files, to keep them
+        self._decode_served()  # the loaded files' lists are kept in what is written
         for rev, records in self.new.items():
             merged = _split(self._records(rev))
             merged.update(_split(b"".join(records)))
