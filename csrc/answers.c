@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 static uint64_t fnv1a(const char *s, size_t n)
 {
@@ -122,6 +123,33 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
     return rc;
 }
 
+/* The struct statx that structs.pack_statx makes for the same attributes: memo files
+ * keep only the struct stat (half their size), this derives the rest. */
+static void statx_of_stat(const struct stat *s, unsigned char out[256])
+{
+    struct statx x;
+    memset(&x, 0, sizeof x);
+    x.stx_mask = STATX_BASIC_STATS;
+    x.stx_blksize = (uint32_t)s->st_blksize;
+    x.stx_nlink = (uint32_t)s->st_nlink;
+    x.stx_uid = s->st_uid;
+    x.stx_gid = s->st_gid;
+    x.stx_mode = (uint16_t)s->st_mode;
+    x.stx_ino = s->st_ino;
+    x.stx_size = (uint64_t)s->st_size;
+    x.stx_blocks = (uint64_t)s->st_blocks;
+    x.stx_mtime.tv_sec = s->st_mtim.tv_sec;
+    x.stx_mtime.tv_nsec = (uint32_t)s->st_mtim.tv_nsec;
+    x.stx_atime = x.stx_mtime; /* cvmfs reports one time for all three */
+    x.stx_ctime = x.stx_mtime;
+    x.stx_rdev_major = major(s->st_rdev);
+    x.stx_rdev_minor = minor(s->st_rdev);
+    x.stx_dev_major = major(s->st_dev);
+    x.stx_dev_minor = minor(s->st_dev);
+    memset(out, 0, 256);
+    memcpy(out, &x, sizeof x < 256 ? sizeof x : 256);
+}
+
 /* Records saved by memo.py (the format is described there). Returns how many were
  * loaded; a truncated or malformed tail is ignored. */
 static int table_load(pc_tracer *t, const void *blob, size_t len)
@@ -157,6 +185,13 @@ static int table_load(pc_tracer *t, const void *blob, size_t len)
             if (parts & 4)
                 acc = (const int8_t *)q, q += 8;
             const char *link = parts & 8 ? (const char *)q : NULL;
+            unsigned char derived[256];
+            if (st && !stx) {
+                struct stat sb;
+                memcpy(&sb, st, sizeof sb);
+                statx_of_stat(&sb, derived);
+                stx = derived;
+            }
             pc_table_put(t, key, follow, err, st, stx, acc, link, (int)(pay + plen - q));
         } else if (kind == 'O' && plen >= 2) {
             char target[PC_PATH_MAX + 1];

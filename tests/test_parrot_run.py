@@ -194,6 +194,8 @@ def test_answers_kept_across_runs(parrot, published, tmp_path):
     mnt = f"/cvmfs/{published.name}"
     script = (
         f"find {mnt} -printf '%p %y %m %s %T@ %n %i\\n' | sort; ls -laR {mnt} >/dev/null; "
+        # coreutils stat asks statx: the kept answers hold struct stat, C derives statx
+        f"find {mnt} -exec stat -c '%n %f %s %Y %X %Z %h %i %u %g %d %t %T %b %B' {{}} + | sort; "
         f"cat {mnt}/README {mnt}/nested/inner/deep.txt | sha256sum"
     )
     outs, in_python = [], []

@@ -15,7 +15,8 @@ then the records:
 
     record = kind:u8 follow:u8 keylen:u16 paylen:u32 key payload
     kind 'A' (answer)   payload = err:i32 parts:u8 [struct stat][statx 256][access 8][link...]
-                        parts: 1 stat, 2 statx, 4 access, 8 link
+                        parts: 1 stat, 2 statx, 4 access, 8 link (a statx is only
+                        written without a stat: C derives it from the stat)
     kind 'O' (open)     payload = is_dir:u8 target
     kind 'D' (listing)  payload = linux_dirent64 records
     kind 'X' (xattrs)   payload = the records of pc_table_put_xattrs (tracer.h)
@@ -76,13 +77,15 @@ class Memo:
         self.core.table_put(key, follow, err, stat_buf, statx_buf, access, link)
         if rev is None:
             return
+        # the struct statx is not kept: C derives it from the struct stat at load
+        kept_statx = statx_buf if statx_buf and not stat_buf else None
         parts = (
             (1 if stat_buf else 0)
-            | (2 if statx_buf else 0)
+            | (2 if kept_statx else 0)
             | (4 if access else 0)
             | (8 if link is not None else 0)
         )
-        payload = struct.pack("<iB", err, parts) + (stat_buf or b"") + (statx_buf or b"")
+        payload = struct.pack("<iB", err, parts) + (stat_buf or b"") + (kept_statx or b"")
         if access:
             payload += struct.pack("<8b", *access)
         self._keep(rev, _record(b"A", follow, key, payload + (link or b"")))
