@@ -204,21 +204,13 @@ def _memo_read(memo_dir: str, key: str) -> bytes | None:
 
 
 def _memo_write(memo_dir: str, key: str, data: bytes) -> None:
-    path = _memo_file(memo_dir, key)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    from .cache import write_atomic  # a miss: off the start-up path
+
     try:
         os.makedirs(memo_dir, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        write_atomic(_memo_file(memo_dir, key), data, 0o644)
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass  # not kept: evaluated again next time
 
 
 def _parse_shell_output(out: bytes) -> tuple[dict[str, str], int]:

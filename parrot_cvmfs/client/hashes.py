@@ -61,11 +61,7 @@ SUFFIX_METAINFO = "M"
 _SUFFIXES = "CPHXMLT"
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
-_ALGORITHM_BY_ID = {
-    "": Algorithm.SHA1,
-    "-rmd160": Algorithm.RMD160,
-    "-shake128": Algorithm.SHAKE128,
-}
+_ALGORITHM_BY_ID = {v: k for k, v in ALGORITHM_ID.items()}
 
 
 class ContentHash:

@@ -883,21 +883,19 @@ class Handlers:
         sc = Scratch(self.core, ev.tid, ev.sp)
         return ("args", {call.path: sc.put_str(backing)}, False, False)
 
-    def h_unsupported(self, ev, call: Call) -> tuple:
+    def _refuse(self, ev, call: Call, err: int) -> tuple:
+        """Fail a call on a /cvmfs path with `err`; hand any other back to the kernel."""
         t = self._resolve(ev, call)
         outside = self._outside(ev, call, t)
-        if outside is not None:
-            return outside
-        return skip(-errno.EOPNOTSUPP)
+        return outside if outside is not None else skip(-err)
+
+    def h_unsupported(self, ev, call: Call) -> tuple:
+        return self._refuse(ev, call, errno.EOPNOTSUPP)
 
     # -- writes --------------------------------------------------------------------------------------
 
     def h_write_existing(self, ev, call: Call) -> tuple:
-        t = self._resolve(ev, call)
-        outside = self._outside(ev, call, t)
-        if outside is not None:
-            return outside
-        return skip(-errno.EROFS)
+        return self._refuse(ev, call, errno.EROFS)
 
     def h_write_create(self, ev, call: Call) -> tuple:
         t = self._resolve(ev, call, False)
