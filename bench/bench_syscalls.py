@@ -9,7 +9,9 @@
     minimal tracer <= 1.3.
 (2) The same loop on a local path under parrot_run, against native: what we add to
     calls that are not ours.
-Also fstat() of a descriptor opened from /cvmfs and open()+close() of a /cvmfs file.
+Also fstat() of a descriptor opened from /cvmfs, open()+close() of a /cvmfs file, and
+stat() over 3,000 different paths (a new path at every call, as in a real program):
+answered from /cvmfs, handed back to the kernel (local paths), native.
 
 Each configuration runs --rounds times, alternating; medians of the per-call times.
 
@@ -33,6 +35,7 @@ from parrot_cvmfs.server.publisher import PublishOptions, publish  # noqa: E402
 from parrot_cvmfs.server.serve import StratumServer  # noqa: E402
 
 NAME = "syscalls.bench.org"
+TREE_FILES = 3000  # as in statloop.c
 
 
 def build(work: str) -> tuple[str, str]:
@@ -71,6 +74,11 @@ def main() -> int:
         for path in (os.path.join(src, "dir", "file"), os.path.join(work, "local-file")):
             with open(path, "wb") as f:
                 f.write(b"x" * 1234)
+        for tree in (os.path.join(src, "tree"), os.path.join(work, "local-tree")):
+            os.makedirs(tree)
+            for i in range(TREE_FILES):  # statloop's names
+                with open(os.path.join(tree, str(i)), "wb") as f:
+                    f.write(str(i).encode())
         stratum, keys = os.path.join(work, "stratum"), os.path.join(work, "keys")
         publish(PublishOptions(source=src, name=NAME, stratum=stratum, keys_dir=keys))
         srv = StratumServer(stratum)
@@ -89,6 +97,7 @@ def main() -> int:
             "--",
         ]
         cv, local, n = f"/cvmfs/{NAME}/dir/file", os.path.join(work, "local-file"), str(args.calls)
+        ltree = os.path.join(work, "local-tree")
         runs = {
             "parrot_run stat /cvmfs": parrot + [statloop, "stat", cv, n],
             "mini ptrace stat /cvmfs": [mini, "--", statloop, "stat", cv, n],
@@ -99,8 +108,12 @@ def main() -> int:
             "native fstat local": [statloop, "fstat", local, n],
             "parrot_run open /cvmfs": parrot + [statloop, "open", cv, str(args.calls // 10)],
             "native open local": [statloop, "open", local, str(args.calls // 10)],
+            "parrot_run stat /cvmfs tree": parrot + [statloop, "tree", f"/cvmfs/{NAME}/tree", n],
+            "parrot_run stat local tree": parrot + [statloop, "tree", ltree, n],
+            "native stat local tree": [statloop, "tree", ltree, n],
         }
         per_call(runs["parrot_run open /cvmfs"], env)  # warm: fetched, answers kept
+        per_call(runs["parrot_run stat /cvmfs tree"], env)
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(args.rounds):
             for k, cmd in runs.items():
@@ -126,6 +139,11 @@ def main() -> int:
             f"    fstat of a /cvmfs descriptor: {med['parrot_run fstat /cvmfs']:.2f} us "
             f"(native {med['native fstat local']:.2f}); open+close of a /cvmfs file: "
             f"{med['parrot_run open /cvmfs']:.2f} us (native {med['native open local']:.2f})"
+        )
+        print(
+            f"    stat over {TREE_FILES} different paths: answered from /cvmfs"
+            f" {med['parrot_run stat /cvmfs tree']:.2f} us, handed back to the kernel"
+            f" {med['parrot_run stat local tree']:.2f} us, native {med['native stat local tree']:.2f} us"
         )
     finally:
         if srv is not None:

@@ -4,6 +4,10 @@
  *   statloop stat  PATH N   stat(PATH)
  *   statloop fstat PATH N   fstat() of one descriptor opened on PATH
  *   statloop open  PATH N   open(PATH, O_RDONLY) + close()
+ *   statloop tree  DIR N    stat(DIR/0), stat(DIR/1), ... over the TREE_FILES files
+ *                           named 0..TREE_FILES-1: a different path at every call, as
+ *                           a real program's calls are (no hot table entry, no hot cache
+ *                           line)
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -13,16 +17,22 @@
 #include <time.h>
 #include <unistd.h>
 
+#define TREE_FILES 3000
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
-        fprintf(stderr, "usage: statloop stat|fstat|open PATH N\n");
+        fprintf(stderr, "usage: statloop stat|fstat|open|tree PATH N\n");
         return 2;
     }
     const char *kind = argv[1], *path = argv[2];
     long n = atol(argv[3]);
     struct stat st;
     int fd = -1;
+    static char names[TREE_FILES][256];
+    if (kind[0] == 't')
+        for (int i = 0; i < TREE_FILES; i++)
+            snprintf(names[i], sizeof names[i], "%s/%d", path, i);
     if (strcmp(kind, "fstat") == 0 && (fd = open(path, O_RDONLY)) < 0) {
         perror(path);
         return 1;
@@ -33,6 +43,8 @@ int main(int argc, char **argv)
         int rc;
         if (kind[0] == 's') {
             rc = stat(path, &st);
+        } else if (kind[0] == 't') {
+            rc = stat(names[i % TREE_FILES], &st);
         } else if (kind[0] == 'f') {
             rc = fstat(fd, &st);
         } else {
