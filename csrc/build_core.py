@@ -126,6 +126,7 @@ ffibuilder.cdef(
     ssize_t pc_write(int tid, uint64_t addr, const void *buf, size_t len);
     int pc_getfd(int tid, int fd);
     const pc_stats *pc_get_stats(pc_tracer *t);
+    void pc_get_rule_stats(pc_tracer *t, uint64_t *out);
     int pc_ntasks(pc_tracer *t);
     int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
                      const void *statx_buf, const int8_t *access_err, const char *link,

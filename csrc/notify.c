@@ -90,24 +90,24 @@ static void *notify_main(void *arg)
         STAT_ADD(t, stops);
         if (ri < 0) {
             pc_notif_continue(t, c.notif_id);
-            STAT_ADD(t, passed_in_c);
+            PASSED(t, ri);
             continue;
         }
         c.rule = ri;
         c.r = &t->rules[ri];
         if (!examine_call(t, &c, ev)) {
             pc_notif_continue(t, c.notif_id);
-            STAT_ADD(t, passed_in_c);
+            PASSED(t, ri);
             continue;
         }
         /* what we read may belong to a task that died meanwhile (and a reused pid) */
         if (!pc_notif_valid(t, c.notif_id))
             continue;
         if (fast_answer(t, &c, ev)) {
-            STAT_ADD(t, answered_in_c);
+            ANSWERED(t, ri);
             continue;
         }
-        STAT_ADD(t, to_python);
+        TO_PYTHON(t, ri);
         fill_event(ev, &c);
         queue_push(t, ev);
     }

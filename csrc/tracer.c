@@ -120,6 +120,13 @@ int pc_add_prefix(pc_tracer *t, int which, const char *prefix)
 }
 
 const pc_stats *pc_get_stats(pc_tracer *t) { return &t->stats; }
+
+void pc_get_rule_stats(pc_tracer *t, uint64_t *out)
+{
+    for (int i = 0; i < t->nrules; i++)
+        for (int k = 0; k < 3; k++)
+            out[3 * i + k] = __atomic_load_n(&t->by_rule[i][k], __ATOMIC_RELAXED);
+}
 int pc_ntasks(pc_tracer *t) { return t->ntasks; }
 
 /* ---- per-task state of rewritten calls: open addressing, backward-shift deletion --- */
@@ -402,21 +409,21 @@ static int on_seccomp_stop(pc_tracer *t, pid_t tid, pc_event *ev)
     int ri = (c.nr >= 0 && c.nr < 1024) ? t->rule_of_nr[c.nr] : -1;
     if (ri < 0) {
         ptrace(PTRACE_CONT, tid, 0, 0);
-        STAT_ADD(t, passed_in_c);
+        PASSED(t, ri);
         return 0;
     }
     c.rule = ri;
     c.r = &t->rules[ri];
     if (!examine_call(t, &c, ev)) {
         ptrace(PTRACE_CONT, tid, 0, 0);
-        STAT_ADD(t, passed_in_c);
+        PASSED(t, ri);
         return 0;
     }
     if (fast_answer(t, &c, ev)) {
-        STAT_ADD(t, answered_in_c);
+        ANSWERED(t, ri);
         return 0;
     }
-    STAT_ADD(t, to_python);
+    TO_PYTHON(t, ri);
     fill_event(ev, &c);
     return 1;
 }

@@ -130,6 +130,8 @@ ssize_t pc_read(pid_t tid, uint64_t addr, void *buf, size_t len);
 ssize_t pc_write(pid_t tid, uint64_t addr, const void *buf, size_t len);
 int pc_getfd(pid_t tid, int fd);
 const pc_stats *pc_get_stats(pc_tracer *t);
+/* per rule (the order given to pc_new): passed in C, answered in C, handed to Python */
+void pc_get_rule_stats(pc_tracer *t, uint64_t *out);
 int pc_ntasks(pc_tracer *t);
 
 /* The answer table: results Python computed, replayed by C for identical calls.

@@ -209,6 +209,21 @@ def test_answers_kept_across_runs(parrot, published, tmp_path):
     assert outs[0] == outs[1]
     assert in_python[0][1] > 100, in_python  # the first run taught the table
     assert in_python[1][1] <= 5 and in_python[1][0] > 500, in_python
+    # the per-call breakdown adds up to the totals, and names what the warm run answered
+    totals = re.search(
+        rb"(\d+) intercepted calls .*: (\d+) passed through in C, (\d+) answered in C, "
+        rb"(\d+) handled in Python",
+        p.stderr,
+    )
+    line = re.search(rb"by call, passed through/answered in C/handled in Python: (.*)", p.stderr)
+    assert totals and line, p.stderr
+    per_call = {
+        m[0].decode(): tuple(int(x) for x in m[1:])
+        for m in re.findall(rb"(\w+) \d+ \((\d+)/(\d+)/(\d+)\)", line.group(1))
+    }
+    sums = [sum(v[k] for v in per_call.values()) for k in range(3)]
+    assert [sum(sums), *sums] == [int(x) for x in totals.groups()], (per_call, totals.groups())
+    assert per_call["getdents64"][1] > 0 and per_call["execve"][0] > 0, per_call
 
 
 # -- the real repository written by cvmfs 2.12 ----------------------------------------------------

@@ -194,6 +194,16 @@ class Core:
             )
         }
 
+    def stats_by_call(self) -> dict[str, tuple[int, int, int]]:
+        """Stops per system call that had any: (passed in C, answered in C, to Python)."""
+        out = ffi.new("uint64_t[]", 3 * len(self.calls))
+        lib.pc_get_rule_stats(self.t, out)
+        return {
+            c.name: (out[3 * i], out[3 * i + 1], out[3 * i + 2])
+            for i, c in enumerate(self.calls)
+            if out[3 * i] or out[3 * i + 1] or out[3 * i + 2]
+        }
+
 
 class Scratch:
     """Memory below the stopped thread's stack pointer for rewritten arguments."""

@@ -114,7 +114,6 @@ class Handlers:
         self.calls = core.calls
         self.arch = core.arch
         self.debug = debug
-        self.counts: dict[str, int] = {}
         self._open_pending: dict[int, tuple[str, VPath]] = {}
 
     # -- the event -----------------------------------------------------------------------------
@@ -122,7 +121,6 @@ class Handlers:
     def dispatch(self) -> None:
         ev = self.core.ev
         call = self.calls[ev.rule]
-        self.counts[call.name] = self.counts.get(call.name, 0) + 1
         tid = ev.tid
         if ev.notify and not self.core.notif_valid(ev.notif_id):
             return  # the program went away (killed) while the call waited

@@ -148,9 +148,6 @@ class Supervisor:
     def print_stats(self) -> None:
         c = self.core.stats()
         n, b, hits, misses = self.view.transfer_stats()
-        by_kind = ", ".join(
-            f"{k} {v}" for k, v in sorted(self.handlers.counts.items(), key=lambda x: -x[1])
-        )
         err = sys.stderr
         print(
             f"parrot_run: {c['stops']} intercepted calls ({self.mode} mode): {c['passed_in_c']} passed through in C,"
@@ -158,7 +155,13 @@ class Supervisor:
             f" ({c['exit_stops']} exit stops)",
             file=err,
         )
-        print(f"parrot_run: handled in Python by kind: {by_kind or 'none'}", file=err)
+        per_call = sorted(self.core.stats_by_call().items(), key=lambda x: -sum(x[1]))
+        by_call = ", ".join(f"{name} {sum(n)} ({n[0]}/{n[1]}/{n[2]})" for name, n in per_call)
+        print(
+            "parrot_run: by call, passed through/answered in C/handled in Python: "
+            + (by_call or "none"),
+            file=err,
+        )
         print(
             f"parrot_run: {n} objects fetched ({b} bytes), cache hits {hits}, misses {misses},"
             f" I/O errors {self.view.io_errors}; {c['tasks'] + 1} tasks, {c['signals']} signals",
