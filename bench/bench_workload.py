@@ -114,6 +114,12 @@ def main() -> int:
         t = timed(parrot, env)
         print(f"cold run under parrot_run (downloads everything): {t:.2f} s")
         timed(parrot, env)  # warm: objects and kept answers in the cache
+        # what the filter stops in a warm run, and who answers (parrot_run --stats)
+        counted = [*parrot[: parrot.index("--")], "--stats", *parrot[parrot.index("--") :]]
+        p = subprocess.run(counted, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for line in p.stderr.decode().splitlines():
+            if "intercepted calls" in line or "by call" in line:
+                print(line)
         runs = {"native": native, "parrot_run": parrot, "parrot_run, local venv": parrot_local}
         if proot:
             runs["proot"] = proot
