@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <linux/audit.h>
 #include <linux/seccomp.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -74,9 +75,20 @@ static void *notify_main(void *arg)
     for (;;) {
         memset(req, 0, rsize);
         if (ioctl(t->listener, SECCOMP_IOCTL_NOTIF_RECV, req) < 0) {
-            if (errno == EINTR || errno == ENOENT)
+            if (errno == EINTR)
                 continue;
-            break; /* the listener is gone */
+            if (errno != ENOENT)
+                break; /* the listener is gone */
+            /* ENOENT: the caller was interrupted before we took its call, or no task
+             * uses the filter any more, after which RECV returns at once, forever (it
+             * spun a CPU through the supervisor's teardown, ~50 ms after a stat loop).
+             * The listener reports the second as a hang-up. */
+            struct pollfd p = {t->listener, POLLIN, 0};
+            while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+            }
+            if (p.revents & (POLLHUP | POLLERR | POLLNVAL))
+                break;
+            continue;
         }
         pc_call c;
         memset(&c, 0, sizeof c);
