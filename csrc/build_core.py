@@ -94,9 +94,6 @@ ffibuilder.cdef(
 
     typedef struct {
         uint64_t stops;
-        uint64_t passed_in_c;
-        uint64_t answered_in_c;
-        uint64_t to_python;
         uint64_t exit_stops;
         uint64_t signals;
         uint64_t tasks;

@@ -118,7 +118,7 @@ struct pc_tracer {
     answer **answers; /* open addressing, NULL: empty slot */
     size_t answers_cap, answers_used;
     pc_stats stats; /* updated with atomic adds */
-    uint64_t by_rule[PC_MAX_RULES][3]; /* per rule: passed in C, answered in C, to Python */
+    uint64_t by_rule[PC_MAX_RULES + 1][3]; /* see pc_get_rule_stats; atomic adds */
     /* notification mode */
     int listener;   /* seccomp listener fd, -1 in ptrace-only mode */
     int wake_fd;    /* eventfd: the notification thread queued an event */
@@ -133,16 +133,12 @@ struct pc_tracer {
 };
 
 #define STAT_ADD(t, field) __atomic_fetch_add(&(t)->stats.field, 1, __ATOMIC_RELAXED)
-/* How a stopped call ended (field of pc_stats, column of by_rule), per rule too. */
-#define OUTCOME(t, ri, field, col)                                                         \
-    do {                                                                                   \
-        STAT_ADD(t, field);                                                                \
-        if ((ri) >= 0)                                                                     \
-            __atomic_fetch_add(&(t)->by_rule[ri][col], 1, __ATOMIC_RELAXED);               \
-    } while (0)
-#define PASSED(t, ri) OUTCOME(t, ri, passed_in_c, 0)
-#define ANSWERED(t, ri) OUTCOME(t, ri, answered_in_c, 1)
-#define TO_PYTHON(t, ri) OUTCOME(t, ri, to_python, 2)
+/* How a stopped call ended, counted against its rule (calls with no rule: the last row). */
+#define OUTCOME(t, ri, col)                                                                \
+    __atomic_fetch_add(&(t)->by_rule[(ri) >= 0 ? (ri) : PC_MAX_RULES][col], 1, __ATOMIC_RELAXED)
+#define PASSED(t, ri) OUTCOME(t, ri, 0)
+#define ANSWERED(t, ri) OUTCOME(t, ri, 1)
+#define TO_PYTHON(t, ri) OUTCOME(t, ri, 2)
 
 /* examine.c: whether a call concerns us (fills the event's paths), and the fast path */
 int examine_call(pc_tracer *t, pc_call *c, pc_event *ev);

@@ -123,9 +123,10 @@ const pc_stats *pc_get_stats(pc_tracer *t) { return &t->stats; }
 
 void pc_get_rule_stats(pc_tracer *t, uint64_t *out)
 {
-    for (int i = 0; i < t->nrules; i++)
+    for (int i = 0; i <= t->nrules; i++)
         for (int k = 0; k < 3; k++)
-            out[3 * i + k] = __atomic_load_n(&t->by_rule[i][k], __ATOMIC_RELAXED);
+            out[3 * i + k] =
+                __atomic_load_n(&t->by_rule[i < t->nrules ? i : PC_MAX_RULES][k], __ATOMIC_RELAXED);
 }
 int pc_ntasks(pc_tracer *t) { return t->ntasks; }
 

@@ -92,9 +92,6 @@ typedef struct {
 
 typedef struct {
     uint64_t stops;         /* seccomp stops */
-    uint64_t passed_in_c;   /* resumed by C: not ours */
-    uint64_t answered_in_c; /* answered from the C table */
-    uint64_t to_python;     /* handed to Python */
     uint64_t exit_stops;
     uint64_t signals;
     uint64_t tasks;
@@ -130,7 +127,9 @@ ssize_t pc_read(pid_t tid, uint64_t addr, void *buf, size_t len);
 ssize_t pc_write(pid_t tid, uint64_t addr, const void *buf, size_t len);
 int pc_getfd(pid_t tid, int fd);
 const pc_stats *pc_get_stats(pc_tracer *t);
-/* per rule (the order given to pc_new): passed in C, answered in C, handed to Python */
+/* How stopped calls ended, per rule (the order given to pc_new, then one row for calls
+ * with no rule): resumed by C (not ours), answered from the C table, handed to Python.
+ * `out` holds 3 * (nrules + 1) counts. */
 void pc_get_rule_stats(pc_tracer *t, uint64_t *out);
 int pc_ntasks(pc_tracer *t);
 

@@ -181,26 +181,22 @@ class Core:
 
     def stats(self) -> dict[str, int]:
         s = lib.pc_get_stats(self.t)
-        return {
-            k: getattr(s, k)
-            for k in (
-                "stops",
-                "passed_in_c",
-                "answered_in_c",
-                "to_python",
-                "exit_stops",
-                "signals",
-                "tasks",
-            )
-        }
+        out = {k: getattr(s, k) for k in ("stops", "exit_stops", "signals", "tasks")}
+        by_call = self.stats_by_call().values()
+        for col, k in enumerate(("passed_in_c", "answered_in_c", "to_python")):
+            out[k] = sum(n[col] for n in by_call)
+        return out
 
     def stats_by_call(self) -> dict[str, tuple[int, int, int]]:
-        """Stops per system call that had any: (passed in C, answered in C, to Python)."""
-        out = ffi.new("uint64_t[]", 3 * len(self.calls))
+        """Stops per system call that had any: (passed in C, answered in C, to Python);
+        calls the table has no row for (another architecture's) count as "other"."""
+        n = len(self.calls)
+        out = ffi.new("uint64_t[]", 3 * (n + 1))
         lib.pc_get_rule_stats(self.t, out)
+        names = [c.name for c in self.calls] + ["other"]
         return {
-            c.name: (out[3 * i], out[3 * i + 1], out[3 * i + 2])
-            for i, c in enumerate(self.calls)
+            names[i]: (out[3 * i], out[3 * i + 1], out[3 * i + 2])
+            for i in range(n + 1)
             if out[3 * i] or out[3 * i + 1] or out[3 * i + 2]
         }
 
