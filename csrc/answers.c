@@ -59,6 +59,25 @@ void pc_table_clear(pc_tracer *t)
 
 int pc_table_size(pc_tracer *t) { return (int)t->answers_used; }
 
+size_t pc_table_take_served(pc_tracer *t, char *buf, size_t len)
+{
+    size_t used = 0;
+    pthread_rwlock_wrlock(&t->answers_lock);
+    for (size_t i = 0; i < t->answers_cap; i++) {
+        answer *a = t->answers[i];
+        if (!a || !a->served || !a->open_target)
+            continue;
+        size_t n = (size_t)a->open_len + 1;
+        if (used + n > len)
+            break; /* the rest stay marked for the next call */
+        memcpy(buf + used, a->open_target, n);
+        used += n;
+        a->served = 0;
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return used;
+}
+
 /* Twice the slots (open addressing stays under half full); 0 on success. */
 static int grow_locked(pc_tracer *t)
 {

@@ -124,6 +124,7 @@ ffibuilder.cdef(
     int pc_getfd(int tid, int fd);
     const pc_stats *pc_get_stats(pc_tracer *t);
     void pc_get_rule_stats(pc_tracer *t, uint64_t *out);
+    size_t pc_table_take_served(pc_tracer *t, char *buf, size_t len);
     int pc_ntasks(pc_tracer *t);
     int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
                      const void *statx_buf, const int8_t *access_err, const char *link,

@@ -74,6 +74,7 @@ typedef struct {
     char *open_target; /* backing file of a read-only open, if Python allowed one */
     int open_len;
     int open_is_dir;
+    unsigned char served; /* an open was answered from it since pc_table_take_served */
     unsigned char *dents; /* a directory's linux_dirent64 records, '.' and '..' first */
     size_t dents_len;
     unsigned char *xattrs; /* see pc_table_put_xattrs; NULL: not known */

@@ -154,6 +154,8 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
         else if (a->open_target && a->open_len <= PC_PATH_MAX) {
             tlen = a->open_len;
             memcpy(target, a->open_target, (size_t)tlen + 1);
+            if (!a->open_is_dir) /* a plain store under the read lock: any writer wins */
+                __atomic_store_n(&a->served, 1, __ATOMIC_RELAXED);
         }
     }
     pthread_rwlock_unlock(&t->answers_lock);

@@ -151,5 +151,9 @@ int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *n
 int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
 void pc_table_clear(pc_tracer *t);
 int pc_table_size(pc_tracer *t);
+/* The backing files of the opens answered from the table since the last call, as
+ * NUL-terminated paths in buf (as many as fit: call again until it returns 0). Python
+ * records them as used in the cache's LRU, which only sees the opens it answers. */
+size_t pc_table_take_served(pc_tracer *t, char *buf, size_t len);
 
 #endif

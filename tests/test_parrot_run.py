@@ -226,6 +226,42 @@ def test_answers_kept_across_runs(parrot, published, tmp_path):
     assert per_call["getdents64"][1] > 0 and per_call["execve"][0] > 0, per_call
 
 
+def test_files_opened_in_c_count_as_used_by_the_cache_clean_up(parrot, published, tmp_path):
+    """Opens answered in C from the kept answers still count as uses of their objects in
+    the cache's LRU, so a quota clean-up does not evict a job's everyday files first."""
+    import re
+    import sqlite3
+
+    from parrot_cvmfs.client.config import Configuration
+    from parrot_cvmfs.client.repository import Repository
+
+    cache = str(tmp_path / "cache")
+    fresh = Parrot(parrot.env, cache)
+    with Repository.mount(
+        published.name, cache_dir=str(tmp_path / "probe"), config=Configuration(env=parrot.env)
+    ) as repo:
+        name = repo.lookup("/README").hash.cache_name()
+
+    def cachedb(sql: str, *args):
+        con = sqlite3.connect(os.path.join(cache, "cachedb"))
+        try:
+            with con:
+                return con.execute(sql, args).fetchone()
+        finally:
+            con.close()
+
+    # the first call mounts the repository (in Python), then cat opens README
+    mnt = f"/cvmfs/{published.name}"
+    script = f"test -d {mnt} && cat {mnt}/README"
+    assert fresh("sh", "-c", script).returncode == 0
+    cachedb("UPDATE objects SET atime = 1000 WHERE name = ?", name)  # long unused
+    p = fresh("sh", "-c", script, options=("--stats",))
+    assert p.returncode == 0, p.stderr
+    opens = re.search(rb"openat \d+ \((\d+)/(\d+)/(\d+)\)", p.stderr)
+    assert opens and int(opens.group(2)) >= 1, p.stderr  # opened in C, from kept answers
+    assert cachedb("SELECT atime FROM objects WHERE name = ?", name)[0] > time.time() - 600
+
+
 # -- the real repository written by cvmfs 2.12 ----------------------------------------------------
 
 

@@ -187,6 +187,16 @@ class Core:
             out[k] = sum(n[col] for n in by_call)
         return out
 
+    def take_served(self) -> list[str]:
+        """Backing files of the opens C answered since the last call."""
+        buf = ffi.new("char[]", 1 << 16)
+        out: list[str] = []
+        while True:
+            n = lib.pc_table_take_served(self.t, buf, len(buf))
+            if n == 0:
+                return out
+            out += [os.fsdecode(p) for p in ffi.buffer(buf, n)[:].split(b"\0")[:-1]]
+
     def stats_by_call(self) -> dict[str, tuple[int, int, int]]:
         """Stops per system call that had any: (passed in C, answered in C, to Python);
         calls the table has no row for (another architecture's) count as "other"."""

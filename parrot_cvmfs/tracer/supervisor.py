@@ -170,6 +170,10 @@ class Supervisor:
 
     def close(self) -> None:
         self.handlers.memo.save()
+        # the files C opened count as used for the cache's LRU clean-up, as Python's do
+        cache = self.view.cache
+        if cache is not None and cache.quota is not None:
+            cache.touch_paths(self.core.take_served())
         self.view.close()
 
 
