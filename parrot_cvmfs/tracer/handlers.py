@@ -192,15 +192,29 @@ class Handlers:
 
     def _notif_open(self, ev, path, flags, mode, vpath, how) -> None:
         nid = ev.notif_id
-        try:
-            # never block here on a fifo on the program's behalf: open it non-blocking,
-            # then give the description the program's blocking mode
-            fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK, mode & 0o7777)
-            if not flags & os.O_NONBLOCK:
-                os.set_blocking(fd, True)
-        except OSError as e:
-            self.core.notif_reply(nid, -(e.errno or errno.EIO))
-            return
+        for attempt in range(3):
+            try:
+                # never block here on a fifo on the program's behalf: open it non-blocking,
+                # then give the description the program's blocking mode
+                fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK, mode & 0o7777)
+                if not flags & os.O_NONBLOCK:
+                    os.set_blocking(fd, True)
+                break
+            except OSError as e:
+                node = self.view.lookup(vpath) if vpath is not None else None
+                if e.errno == errno.ENOENT and node is not None and attempt < 2:
+                    # another job's quota clean-up evicted the object since it was found
+                    # (once open, it is ours): fetch it again
+                    try:
+                        path = self.view.materialize(node)
+                    except CvmfsError as fetch_error:
+                        self.view.io_errors += 1
+                        self.view.warn(str(fetch_error))
+                        self.core.notif_reply(nid, -errno.EIO)
+                        return
+                    continue
+                self.core.notif_reply(nid, -(e.errno or errno.EIO))
+                return
         try:
             n = self.core.notif_addfd(nid, fd, bool(flags & os.O_CLOEXEC), ev.tid)
         finally:
