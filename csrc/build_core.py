@@ -114,6 +114,7 @@ ffibuilder.cdef(
     int pc_set_args(pc_tracer *t, int tid, int narg, const int *args, const uint64_t *values,
                     int report_exit, int is_exec);
     int pc_finish_exit(pc_tracer *t, int tid, int set_result, int64_t result);
+    int pc_restart_exit(pc_tracer *t, int tid);
     int pc_notif_reply(pc_tracer *t, uint64_t id, int64_t result);
     int pc_notif_continue(pc_tracer *t, uint64_t id);
     int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid);

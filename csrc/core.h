@@ -41,6 +41,8 @@ void set_ret(pc_regs *r, int64_t v);
 int skip_call(pid_t tid, pc_regs *r, int64_t result);
 /* at an exit stop: the saved argument registers back, the result kept */
 void restore_args(pc_regs *cur, const pc_regs *saved);
+/* at an exit stop: the registers of the call's entry, set to make the same call again */
+void restart_call(pc_regs *cur, const pc_regs *saved);
 
 int read_string(pid_t tid, uint64_t addr, char *buf, size_t max);
 int proc_link(pid_t tid, const char *what, long fd, char *out, size_t max);
@@ -92,6 +94,7 @@ typedef struct {
     pid_t tid; /* 0: empty slot */
     int report_exit;
     int is_exec;
+    int reopen; /* an open C pointed at a cache file: made again if the file is gone */
     pc_regs saved;
 } task_state;
 
@@ -151,6 +154,7 @@ int respond_continue(pc_tracer *t, pc_call *c);
 int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags);
 
 /* tracer.c */
+task_state *task_find(pc_tracer *t, pid_t tid); /* the ptrace thread's task states */
 int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
                  const uint64_t *values, int report_exit, int is_exec);
 void fill_event(pc_event *ev, const pc_call *c);

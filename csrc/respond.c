@@ -129,9 +129,17 @@ int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t
             pc_notif_reply(t, c->notif_id, n);
         return 1;
     }
+    /* a file a quota clean-up evicted since it was kept: Python fetches it again */
+    if (access(target, F_OK) != 0)
+        return 0;
     uint64_t addr = (reg_sp(c->regs) - RED_ZONE - (uint64_t)len - 1) & ~(uint64_t)15;
     if (pc_write(c->tid, addr, target, (size_t)len + 1) != len + 1)
         return 0;
     int arg = c->r->path_arg;
-    return rewrite_args(t, c->tid, c->regs, 1, &arg, &addr, 0, 0) == 0;
+    if (rewrite_args(t, c->tid, c->regs, 1, &arg, &addr, 0, 0) != 0)
+        return 0;
+    task_state *s = task_find(t, c->tid);
+    if (s) /* and if it goes before the kernel opens it, the call is made again */
+        s->reopen = 1;
+    return 1;
 }

@@ -52,6 +52,12 @@ void restore_args(pc_regs *cur, const pc_regs *saved)
     cur->rax = (uint64_t)ret;
     cur->orig_rax = orig;
 }
+void restart_call(pc_regs *cur, const pc_regs *saved)
+{
+    *cur = *saved;
+    cur->rax = saved->orig_rax; /* the number `syscall` reads */
+    cur->rip -= 2;              /* back over the syscall instruction */
+}
 #elif defined(__aarch64__)
 #include <elf.h>
 #ifndef NT_ARM_SYSTEM_CALL
@@ -96,6 +102,11 @@ void restore_args(pc_regs *cur, const pc_regs *saved)
     *cur = *saved;
     cur->r.regs[0] = (uint64_t)ret;
     cur->nr = nr;
+}
+void restart_call(pc_regs *cur, const pc_regs *saved)
+{
+    *cur = *saved; /* x0 and x8 (the number) as they were */
+    cur->r.pc -= 4; /* back over svc */
 }
 #endif
 

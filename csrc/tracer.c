@@ -134,7 +134,7 @@ int pc_ntasks(pc_tracer *t) { return t->ntasks; }
 
 static size_t tslot(pc_tracer *t, pid_t tid) { return ((size_t)tid * 2654435761u) & (t->tasks_cap - 1); }
 
-static task_state *task_find(pc_tracer *t, pid_t tid)
+task_state *task_find(pc_tracer *t, pid_t tid)
 {
     for (size_t i = tslot(t, tid);; i = (i + 1) & (t->tasks_cap - 1)) {
         if (t->tasks[i].tid == tid)
@@ -443,6 +443,10 @@ static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
         task_del(t, tid);
         return 0;
     }
+    if (s->reopen && reg_ret(&cur) == -ENOENT) {
+        pc_restart_exit(t, tid); /* the next try finds the file gone, and Python fetches it */
+        return 0;
+    }
     if (s->report_exit) {
         ev->kind = PC_EV_SYSCALL_EXIT;
         ev->notify = 0;
@@ -454,6 +458,20 @@ static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
     }
     pc_finish_exit(t, tid, 0, 0);
     return 0;
+}
+
+int pc_restart_exit(pc_tracer *t, pid_t tid)
+{
+    task_state *s = task_find(t, tid);
+    pc_regs cur;
+    if (!s || s->is_exec || get_regs(tid, &cur) < 0)
+        return pc_finish_exit(t, tid, 0, 0);
+    restart_call(&cur, &s->saved);
+    int rc = set_regs(tid, &cur);
+    task_del(t, tid);
+    if (rc < 0)
+        return -errno;
+    return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
 }
 
 int pc_finish_exit(pc_tracer *t, pid_t tid, int set_result, int64_t result)

@@ -115,6 +115,9 @@ int pc_skip(pc_tracer *t, pid_t tid, int64_t result);
 int pc_set_args(pc_tracer *t, pid_t tid, int narg, const int *args, const uint64_t *values,
                 int report_exit, int is_exec);
 int pc_finish_exit(pc_tracer *t, pid_t tid, int set_result, int64_t result);
+/* At the exit stop of a rewritten call: make the program run the call again, with its
+ * own arguments (a new seccomp stop decides it afresh). */
+int pc_restart_exit(pc_tracer *t, pid_t tid);
 /* Answers to notifications (any thread): a result (or -errno), run the call as it is,
  * or install our descriptor `fd` as the call's result (an open; the caller `tid` is
  * held to our CPU meanwhile, so that the kernel wakes it here). */

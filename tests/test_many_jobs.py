@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 
 from .conftest import base_env, parse_sha256sum, repo_spec, sha256_tree
@@ -110,7 +112,8 @@ def test_job_killed_in_a_download_leaves_no_partial_object(published, tmp_path):
         srv.shutdown()
 
 
-def test_quota_cleanup_under_load_spares_open_files(tmp_path):
+@pytest.mark.parametrize("mode", ["notify", "ptrace"])
+def test_quota_cleanup_under_load_spares_open_files(tmp_path, mode):
     src = tmp_path / "src"
     rnd = random.Random(5)
     for i in range(60):
@@ -134,7 +137,9 @@ def test_quota_cleanup_under_load_spares_open_files(tmp_path):
         env = base_env(
             PARROT_CVMFS_REPO=repo_spec(
                 name, f"{srv.url}/{name}", f"{keys}/{name}.pub", quota_limit=10
-            )
+            ),
+            # files evicted between lookup and open are fetched again in both modes
+            PARROT_CVMFS_MODE=mode,
         )
         mnt = f"/cvmfs/{name}"
         expect = sha256_tree(str(src))

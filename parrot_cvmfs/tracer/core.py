@@ -122,6 +122,10 @@ class Core:
     def finish_exit(self, tid: int, result: int | None = None) -> None:
         lib.pc_finish_exit(self.t, tid, 0 if result is None else 1, result or 0)
 
+    def restart_exit(self, tid: int) -> None:
+        """At the exit stop of a rewritten call: the program makes the call again."""
+        lib.pc_restart_exit(self.t, tid)
+
     def read(self, tid: int, addr: int, size: int) -> bytes:
         buf = ffi.new("char[]", size)
         n = lib.pc_read(tid, addr, buf, size)

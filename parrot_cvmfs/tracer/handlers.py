@@ -115,6 +115,7 @@ class Handlers:
         self.arch = core.arch
         self.debug = debug
         self._open_pending: dict[int, tuple[str, VPath]] = {}
+        self._reopens: dict[int, int] = {}  # tid -> opens made again in a row (on_exit)
 
     # -- the event -----------------------------------------------------------------------------
 
@@ -285,6 +286,13 @@ class Handlers:
         pending = self._open_pending.pop(ev.tid, None)
         if pending is not None and ev.ret >= 0:
             self.procs.fds.setdefault(self.procs.tgid(ev.tid), {})[int(ev.ret)] = pending
+        elif pending is not None and ev.ret == -errno.ENOENT and self._reopens.get(ev.tid, 0) < 2:
+            # another job's quota clean-up evicted the object between our lookup and the
+            # kernel's open: the program opens its own path again, and we fetch it again
+            self._reopens[ev.tid] = self._reopens.get(ev.tid, 0) + 1
+            self.core.restart_exit(ev.tid)
+            return
+        self._reopens.pop(ev.tid, None)
         self.core.finish_exit(ev.tid)
 
     # -- shared pieces -----------------------------------------------------------------------------
