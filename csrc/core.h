@@ -154,9 +154,10 @@ int respond_continue(pc_tracer *t, pc_call *c);
 int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags);
 
 /* tracer.c */
-task_state *task_find(pc_tracer *t, pid_t tid); /* the ptrace thread's task states */
+/* reopen: an open pointed at a cache file, made again if the file goes before the
+ * kernel opens it (see on_exit_stop) */
 int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
-                 const uint64_t *values, int report_exit, int is_exec);
+                 const uint64_t *values, int report_exit, int is_exec, int reopen);
 void fill_event(pc_event *ev, const pc_call *c);
 
 /* notify.c */

@@ -136,10 +136,6 @@ int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t
     if (pc_write(c->tid, addr, target, (size_t)len + 1) != len + 1)
         return 0;
     int arg = c->r->path_arg;
-    if (rewrite_args(t, c->tid, c->regs, 1, &arg, &addr, 0, 0) != 0)
-        return 0;
-    task_state *s = task_find(t, c->tid);
-    if (s) /* and if it goes before the kernel opens it, the call is made again */
-        s->reopen = 1;
-    return 1;
+    /* and if the file goes before the kernel opens it, the call is made again */
+    return rewrite_args(t, c->tid, c->regs, 1, &arg, &addr, 0, 0, 1) == 0;
 }

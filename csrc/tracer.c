@@ -134,7 +134,7 @@ int pc_ntasks(pc_tracer *t) { return t->ntasks; }
 
 static size_t tslot(pc_tracer *t, pid_t tid) { return ((size_t)tid * 2654435761u) & (t->tasks_cap - 1); }
 
-task_state *task_find(pc_tracer *t, pid_t tid)
+static task_state *task_find(pc_tracer *t, pid_t tid)
 {
     for (size_t i = tslot(t, tid);; i = (i + 1) & (t->tasks_cap - 1)) {
         if (t->tasks[i].tid == tid)
@@ -623,7 +623,7 @@ int pc_skip(pc_tracer *t, pid_t tid, int64_t result)
 }
 
 int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
-                 const uint64_t *values, int report_exit, int is_exec)
+                 const uint64_t *values, int report_exit, int is_exec, int reopen)
 {
     task_state *s = task_add(t, tid);
     if (!s)
@@ -631,6 +631,7 @@ int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *ar
     s->saved = *regs;
     s->report_exit = report_exit;
     s->is_exec = is_exec;
+    s->reopen = reopen;
     for (int i = 0; i < narg; i++)
         set_arg(regs, args[i], values[i]);
     if (set_regs(tid, regs) < 0) {
@@ -649,5 +650,5 @@ int pc_set_args(pc_tracer *t, pid_t tid, int narg, const int *args, const uint64
     pc_regs regs;
     if (get_regs(tid, &regs) < 0)
         return -errno;
-    return rewrite_args(t, tid, &regs, narg, args, values, report_exit, is_exec);
+    return rewrite_args(t, tid, &regs, narg, args, values, report_exit, is_exec, 0);
 }

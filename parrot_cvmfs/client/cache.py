@@ -106,9 +106,9 @@ def remove_aliases(cache_dir: str, name: str) -> None:
 
 def alias_target(cache_dir: str, path: str) -> str:
     """The object path an alias path names (other paths unchanged)."""
-    prefix = os.path.join(cache_dir, ALIASES) + "/"
+    prefix = f"{cache_dir}/{ALIASES}/"  # plain strings: called for every file at exit
     if path.startswith(prefix) and "~" in path:
-        return os.path.join(cache_dir, path[len(prefix) :].rsplit("~", 1)[0])
+        return f"{cache_dir}/{path[len(prefix) :].rsplit('~', 1)[0]}"
     return path
 
 
@@ -168,14 +168,8 @@ class ObjectCache:
         if self.quota is None:
             return
         prefix = self.dir + "/"
-        aliases = prefix + ALIASES + "/"
-        names = []
-        for p in paths:  # alias_target() inlined: hundreds of paths at every exit
-            if p.startswith(aliases):
-                names.append(p[len(aliases) :].rsplit("~", 1)[0])
-            elif p.startswith(prefix) and not p.startswith(prefix + "txn/"):
-                names.append(p[len(prefix) :])
-        self.quota.touch_many(names)
+        names = (alias_target(self.dir, p)[len(prefix) :] for p in paths if p.startswith(prefix))
+        self.quota.touch_many([n for n in names if not n.startswith((ALIASES + "/", "txn/"))])
 
     def alias(self, path: str, tag: str) -> str:
         """A second name, `aliases/xx/rest~TAG`, for the cached object at `path` (a hard
