@@ -128,9 +128,7 @@ class Handlers:
         try:
             action = getattr(self, "h_" + call.handler)(ev, call)
         except CvmfsError as e:
-            self.view.io_errors += 1
-            self.view.warn(str(e))
-            action = skip(-errno.EIO)
+            action = skip(self._io_error(e))
         except OSError as e:
             action = skip(-(e.errno or errno.EIO))
         except Exception as e:  # never let a program's call take the supervisor down
@@ -191,6 +189,12 @@ class Handlers:
             self._open_pending[ev.tid] = (path, vpath)
         return values, vpath is not None
 
+    def _io_error(self, e: CvmfsError) -> int:
+        """A fetch failed: counted, one line for the user, EIO for the program."""
+        self.view.io_errors += 1
+        self.view.warn(str(e))
+        return -errno.EIO
+
     def _notif_open(self, ev, path, flags, mode, vpath, how) -> None:
         nid = ev.notif_id
         for attempt in range(3):
@@ -209,9 +213,7 @@ class Handlers:
                     try:
                         path = self.view.materialize(node)
                     except CvmfsError as fetch_error:
-                        self.view.io_errors += 1
-                        self.view.warn(str(fetch_error))
-                        self.core.notif_reply(nid, -errno.EIO)
+                        self.core.notif_reply(nid, self._io_error(fetch_error))
                         return
                     continue
                 self.core.notif_reply(nid, -(e.errno or errno.EIO))
