@@ -49,9 +49,7 @@ class Forger:
             here, h = chain[-1]
             with _open_db(self._catalog_bytes(h)) as (db, _):
                 rows = db.execute("SELECT path, sha1 FROM nested_catalogs").fetchall()
-            below = [
-                (p, s) for p, s in rows if mountpoint == p or mountpoint.startswith(p + "/")
-            ]
+            below = [(p, s) for p, s in rows if mountpoint == p or mountpoint.startswith(p + "/")]
             if not below:
                 raise KeyError(f"no nested catalog on the way to {mountpoint!r} below {here!r}")
             p, s = max(below, key=lambda r: len(r[0]))
