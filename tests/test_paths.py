@@ -167,3 +167,32 @@ def test_search_permission_on_every_directory_walked():
         assert r(p).err == errno.EACCES, p
     assert r("..", f"{ANCHORS}/repo.org/locked").err == errno.EACCES
     assert r("/cvmfs/repo.org/top/..").err == errno.ENOTDIR
+
+
+def test_dot_components_as_the_kernel_walks_them():
+    """`.` requires a directory before it, and makes a symlink before it non-final
+    (followed), as the kernel's walk does; `..` likewise."""
+    assert r("/cvmfs/repo.org/top/.").err == errno.ENOTDIR
+    assert r("/cvmfs/repo.org/top/./").err == errno.ENOTDIR
+    assert r("/cvmfs/repo.org/a/b/file/.", follow=False).err == errno.ENOTDIR
+    assert r("/cvmfs/repo.org/a/./b/./file").vpath == VPath("repo.org", "/a/b/file")
+    # a symlink followed by "." is followed even without `follow`
+    t = r("/cvmfs/repo.org/a/dirlink/.", follow=False)
+    assert t.vpath == VPath("repo.org", "/a/b")
+    assert r("/cvmfs/repo.org/a/rel/.", follow=False).err == errno.ENOTDIR
+    assert r("/cvmfs/repo.org/a/dirlink/..", follow=False).vpath == VPath("repo.org", "/a")
+    assert r("/cvmfs/repo.org/locked/.").err == errno.EACCES
+    assert r(".", f"{ANCHORS}/repo.org/a/b").vpath == VPath("repo.org", "/a/b")
+    # a host path that ends in "." keeps it: the kernel checks it is a directory
+    assert r("/cvmfs/repo.org/a/abs-out/.").host == "/etc/hosts/."
+
+
+def test_last_component_kind():
+    from parrot_cvmfs.tracer.paths import LAST_DOT, LAST_DOTDOT, LAST_NORM
+
+    assert r("/cvmfs/repo.org/a/.").last == LAST_DOT
+    assert r("/cvmfs/repo.org/a/..").last == LAST_DOTDOT
+    assert r("/cvmfs/repo.org/a/../").last == LAST_DOTDOT
+    assert r(".", f"{ANCHORS}/repo.org/a").last == LAST_DOT
+    assert r("/cvmfs/repo.org/a").last == LAST_NORM
+    assert r("/cvmfs/repo.org/a/").trailing and not r("/cvmfs/repo.org/a").trailing

@@ -83,6 +83,11 @@ if TYPE_CHECKING:
             ...
 
 
+# What the last component of a path was (the kernel's LAST_NORM, LAST_DOT, LAST_DOTDOT):
+# calls that create or remove a name refuse "." and ".." before anything else.
+LAST_NORM, LAST_DOT, LAST_DOTDOT = 0, 1, 2
+
+
 class Target:
     """The result of a resolution.
 
@@ -91,7 +96,9 @@ class Target:
     - `vpath`/`node` set: the path names something in the virtual tree.
     - else `host`: a host path; `via_cvmfs` says whether the walk went through the
       virtual tree (then the program's argument must be replaced by `host`).
-    - `mixed`: the walk went through a variant symlink or several repositories."""
+    - `mixed`: the walk went through a variant symlink or several repositories.
+    - `last`: LAST_DOT or LAST_DOTDOT if the path as given ended in "." or "..";
+      `trailing`: it ended in "/"; `proc`: it went through a /proc magic link."""
 
     __slots__ = (
         "err",
@@ -103,6 +110,9 @@ class Target:
         "parent",
         "symlinks",
         "mixed",
+        "last",
+        "trailing",
+        "proc",
     )
 
     def __init__(
@@ -126,6 +136,9 @@ class Target:
         self.parent = parent
         self.symlinks = symlinks
         self.mixed = mixed
+        self.last = LAST_NORM
+        self.trailing = False
+        self.proc = False  # reached through a /proc magic link (the caller's state)
 
     @property
     def virtual(self) -> bool:
@@ -150,6 +163,15 @@ def resolve(
 ) -> Target:
     """Resolve `path` (relative ones against `base`). `follow`: expand a final symlink.
     `no_symlinks` (RESOLVE_NO_SYMLINKS) fails with ELOOP at any virtual symlink."""
+    t = _walk(ns, path, base, follow, no_symlinks)
+    comps = path.rstrip("/").rsplit("/", 1)
+    tail = comps[-1] if path.strip("/") else ""
+    t.last = LAST_DOT if tail == "." else LAST_DOTDOT if tail == ".." else LAST_NORM
+    t.trailing = path.endswith("/") and path.strip("/") != ""
+    return t
+
+
+def _walk(ns: Namespace, path: str, base: str | None, follow: bool, no_symlinks: bool) -> Target:
     if path == "":
         return Target(err=errno.ENOENT)
     if len(path) > 4095:
@@ -157,7 +179,10 @@ def resolve(
     trailing = path.endswith("/") and path.strip("/") != ""
     if trailing:
         follow = True
-    comps = [c for c in path.split("/") if c and c != "."]
+    # "." stays a component: like "..", it requires what precedes it to be a directory
+    # one may search, and it makes that component a non-final one (a symlink before it
+    # is followed), as in the kernel's walk
+    comps = [c for c in path.split("/") if c]
     if path.startswith("/"):
         host: str | None = "/"
         vpath: VPath | None = None
@@ -179,6 +204,10 @@ def resolve(
         c = todo.pop()
         last = not todo
         if vpath is None:
+            if c == ".":
+                if last:  # the kernel checks that the host path is a directory
+                    host = host + "." if host.endswith("/") else host + "/."
+                continue
             if host == "/" and c == MOUNT[1:]:
                 vpath, node, host, via = ROOT, ns.lookup(ROOT), None, True
             else:
@@ -186,8 +215,10 @@ def resolve(
             continue
         if not node.is_dir:
             return Target(err=errno.ENOTDIR, symlinks=links)
-        if not ns.may_search(node):  # as the kernel: x on every directory walked, `..` too
+        if not ns.may_search(node):  # as the kernel: x on every directory walked, "." too
             return Target(err=errno.EACCES, symlinks=links, mixed=mixed)
+        if c == ".":
+            continue
         if c == "..":
             up = vpath.parent()
             if up is None:
@@ -216,10 +247,9 @@ def resolve(
                 return Target(err=errno.ENOENT, symlinks=links)
             if target.startswith("/"):
                 vpath, node, host = None, None, "/"
-            tcomps = [t for t in target.split("/") if t and t != "."]
             if target.endswith("/") and last:
                 follow = True
-            todo.extend(reversed(tcomps))
+            todo.extend(reversed([t for t in target.split("/") if t]))
             continue
         vpath, node = child_v, child
     if vpath is None:
