@@ -64,6 +64,7 @@ ffibuilder.cdef(
         int mode_arg;
         int size_arg;
         int attr_arg;
+        int bare_fd;
     } pc_rule;
 
     typedef struct {
@@ -106,6 +107,7 @@ ffibuilder.cdef(
     int pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                    const void *filter, int filter_len, int notify, int *report_fd, char *err,
                    int errlen);
+    int pc_open_backing(pc_tracer *t, const char *path, int flags);
     int pc_spawn_failure(int report_fd, char *err, int errlen);
     void pc_forward_signals(int pid);
     int pc_next(pc_tracer *t, pc_event *ev);

@@ -111,7 +111,9 @@ struct pc_tracer {
     int16_t rule_of_nr[1024];
     char *prefixes[2][PC_MAX_PREFIXES];
     size_t prefix_len[2][PC_MAX_PREFIXES];
+    int prefix_fd[2][PC_MAX_PREFIXES]; /* O_PATH descriptors of the prefix directories */
     int nprefix[2];
+    int no_openat2; /* the kernel has no openat2 (before 5.6) */
     /* ptrace side: touched by the thread that seized the job only */
     task_state *tasks;
     size_t tasks_cap, tasks_used;
@@ -152,6 +154,10 @@ int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
 int respond_result(pc_tracer *t, pc_call *c, int64_t result);
 int respond_continue(pc_tracer *t, pc_call *c);
 int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags);
+/* open a file of our cache (anchor, object, alias) following no link below the cache
+ * directory it is in, the last component included (O_NOFOLLOW: with O_PATH a link
+ * itself is opened); -errno (-EXDEV if `path` is in none of them) */
+int open_backing(pc_tracer *t, const char *path, int flags);
 
 /* tracer.c */
 /* reopen: an open pointed at a cache file, made again if the file goes before the

@@ -62,7 +62,10 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
     uint64_t addr = c->args[path_arg];
     long dirfd = dirfd_arg >= 0 ? (long)(int)c->args[dirfd_arg] : AT_FDCWD;
     int has_empty = r->empty_flag && r->flags_arg >= 0 && (c->args[r->flags_arg] & r->empty_flag);
-    int n = (addr == 0 && has_empty) ? 0 : read_string(c->tid, addr, path, PC_PATH_MAX);
+    int null_fd = addr == 0 && (has_empty || r->bare_fd == PC_BARE_NULL);
+    if (r->bare_fd == PC_BARE_EMPTY || null_fd)
+        has_empty = 1; /* "" (or NULL) names the dirfd itself */
+    int n = null_fd ? 0 : read_string(c->tid, addr, path, PC_PATH_MAX);
     if (n < 0) {
         *path_err = n;
         *path_len = 0;
@@ -297,7 +300,9 @@ static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int 
 
 /* The key of a path relative to a directory anchor (the cwd or a dirfd inside
  * /cvmfs): the same string as the absolute path would be, since an anchor stands for
- * its directory with every symlink above it already resolved. -1 if there is none. */
+ * its directory with every symlink above it already resolved. Anchors are named
+ * <anchors>/<fqrn>@<root hash>/<path> (anchors.py): the key drops the "@<root hash>".
+ * -1 if there is none. */
 static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char *key)
 {
     if (t->nprefix[0] < 1 || ev->base_len == 0)
@@ -306,20 +311,37 @@ static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char
     size_t alen = t->prefix_len[0][0];
     if (strncmp(ev->base, anchors, alen) != 0 || (ev->base[alen] != '/' && ev->base[alen] != '\0'))
         return -1;
-    size_t rest = (size_t)ev->base_len - alen;
+    const char *rest = ev->base + alen; /* "" or "/fqrn@hash[/path]" */
+    size_t rlen = (size_t)ev->base_len - alen;
+    const char *at = NULL, *slash = NULL;
+    if (rlen > 0) {
+        slash = memchr(rest + 1, '/', rlen - 1);
+        at = memchr(rest + 1, '@', (size_t)((slash ? slash : rest + rlen) - (rest + 1)));
+        if (!at)
+            return -1; /* not an anchor of ours */
+    }
+    size_t head = at ? (size_t)(at - rest) : 0;         /* "/fqrn" */
+    size_t tail = slash ? (size_t)(rest + rlen - slash) : 0; /* "/path" */
     size_t mlen = sizeof PC_MOUNT - 1;
-    if (mlen + rest + 1 + (size_t)ev->path_len > PC_PATH_MAX)
+    size_t klen = mlen + head + tail + 1 + (size_t)ev->path_len;
+    if (klen > PC_PATH_MAX)
         return -1;
     if (c->r->dirfd_arg >= 0 && (int)c->args[c->r->dirfd_arg] != AT_FDCWD) {
         struct stat st; /* a dirfd may be an anchor of a symlink or fifo: ENOTDIR, Python's */
         if (lstat(ev->base, &st) != 0 || !S_ISDIR(st.st_mode))
             return -1;
     }
-    memcpy(key, PC_MOUNT, mlen);
-    memcpy(key + mlen, ev->base + alen, rest);
-    key[mlen + rest] = '/';
-    memcpy(key + mlen + rest + 1, ev->path, (size_t)ev->path_len + 1);
-    return (int)(mlen + rest + 1 + (size_t)ev->path_len);
+    char *k = key;
+    memcpy(k, PC_MOUNT, mlen);
+    k += mlen;
+    memcpy(k, rest, head);
+    k += head;
+    if (tail)
+        memcpy(k, slash, tail);
+    k += tail;
+    *k++ = '/';
+    memcpy(k, ev->path, (size_t)ev->path_len + 1);
+    return (int)klen;
 }
 
 /* getdents64 on a descriptor of a directory anchor whose listing Python taught us.

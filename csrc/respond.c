@@ -7,7 +7,9 @@
 #include <linux/seccomp.h>
 #include <string.h>
 #include <sched.h>
+#include <linux/openat2.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 int pc_notif_reply(pc_tracer *t, uint64_t id, int64_t result)
@@ -114,24 +116,54 @@ int respond_continue(pc_tracer *t, pc_call *c)
 #define KEEP_FLAGS (O_NONBLOCK | O_NOATIME | O_DIRECT | O_LARGEFILE | O_NOCTTY | O_SYNC | \
                     O_DSYNC | O_DIRECTORY)
 
+int open_backing(pc_tracer *t, const char *path, int flags)
+{
+    for (int i = 0; i < t->nprefix[1]; i++) {
+        size_t n = t->prefix_len[1][i];
+        if (strncmp(path, t->prefixes[1][i], n) != 0 || path[n] != '/' || t->prefix_fd[1][i] < 0)
+            continue;
+        const char *rel = path + n + 1;
+        if (!__atomic_load_n(&t->no_openat2, __ATOMIC_RELAXED)) {
+            /* a link anywhere below the cache directory is refused, not followed: what
+             * the kernel opens for the program is what we made there */
+            struct open_how how;
+            memset(&how, 0, sizeof how);
+            how.flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC);
+            how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+            int fd = (int)syscall(SYS_openat2, t->prefix_fd[1][i], rel, &how, sizeof how);
+            if (fd >= 0 || errno != ENOSYS)
+                return fd >= 0 ? fd : -errno;
+            __atomic_store_n(&t->no_openat2, 1, __ATOMIC_RELAXED);
+        }
+        /* before Linux 5.6: the last component at least (our own code makes the rest
+         * without following links, anchors.py) */
+        int fd = openat(t->prefix_fd[1][i], rel, flags | O_NOFOLLOW | O_CLOEXEC);
+        return fd >= 0 ? fd : -errno;
+    }
+    return -EXDEV;
+}
+
 /* An open of `target` in place of the program's path. A notification: we open it and
  * install the descriptor (one round trip). A ptrace stop: the path argument points
  * at `target`, written below the stack pointer (two stops). 1 if done. */
 int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags)
 {
     if (c->notify) {
-        int fd = open(target, O_RDONLY | O_CLOEXEC | (int)(flags & KEEP_FLAGS));
+        int fd = open_backing(t, target, O_RDONLY | (int)(flags & KEEP_FLAGS));
         if (fd < 0)
-            return 0; /* gone from the cache, say: let Python find out */
+            return 0; /* gone from the cache (or not what we made): let Python see */
         int n = pc_notif_addfd(t, c->notif_id, fd, (flags & O_CLOEXEC) != 0, c->tid);
         close(fd);
         if (n < 0 && n != -ENOENT) /* ENOENT: the program was interrupted meanwhile */
             pc_notif_reply(t, c->notif_id, n);
         return 1;
     }
-    /* a file a quota clean-up evicted since it was kept: Python fetches it again */
-    if (access(target, F_OK) != 0)
+    /* a file a quota clean-up evicted since it was kept, or a link planted there:
+     * Python makes it again */
+    int fd = open_backing(t, target, O_RDONLY | O_NONBLOCK | (int)(flags & O_DIRECTORY));
+    if (fd < 0)
         return 0;
+    close(fd);
     uint64_t addr = (reg_sp(c->regs) - RED_ZONE - (uint64_t)len - 1) & ~(uint64_t)15;
     if (pc_write(c->tid, addr, target, (size_t)len + 1) != len + 1)
         return 0;
@@ -139,3 +171,6 @@ int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t
     /* and if the file goes before the kernel opens it, the call is made again */
     return rewrite_args(t, c->tid, c->regs, 1, &arg, &addr, 0, 0, 1) == 0;
 }
+
+/* For Python: the same rule for the opens it answers itself. */
+int pc_open_backing(pc_tracer *t, const char *path, int flags) { return open_backing(t, path, flags); }

@@ -104,8 +104,11 @@ void pc_free(pc_tracer *t)
     free(t->answers);
     free(t->tasks);
     for (int w = 0; w < 2; w++)
-        for (int i = 0; i < t->nprefix[w]; i++)
+        for (int i = 0; i < t->nprefix[w]; i++) {
             free(t->prefixes[w][i]);
+            if (t->prefix_fd[w][i] >= 0)
+                close(t->prefix_fd[w][i]);
+        }
     free(t);
 }
 
@@ -116,6 +119,7 @@ int pc_add_prefix(pc_tracer *t, int which, const char *prefix)
     int i = t->nprefix[which]++;
     t->prefixes[which][i] = strdup(prefix);
     t->prefix_len[which][i] = strlen(prefix);
+    t->prefix_fd[which][i] = open(prefix, O_PATH | O_DIRECTORY | O_CLOEXEC);
     return 0;
 }
 

@@ -51,7 +51,14 @@ typedef struct {
     int mode_arg;
     int size_arg;
     int attr_arg;       /* an extended attribute's name */
+    int bare_fd;        /* PC_BARE_*: a path that names the dirfd without AT_EMPTY_PATH */
 } pc_rule;
+
+/* Paths that name the dirfd itself without AT_EMPTY_PATH. */
+enum {
+    PC_BARE_EMPTY = 1, /* "" (readlinkat, Linux 2.6.39) */
+    PC_BARE_NULL = 2,  /* NULL (utimensat: futimens) */
+};
 
 /* Events handed to Python by pc_next(). */
 enum {

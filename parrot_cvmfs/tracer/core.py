@@ -29,6 +29,7 @@ def _rule(call: Call, arch: str):
         "mode_arg": call.mode,
         "size_arg": call.size,
         "attr_arg": call.attr,
+        "bare_fd": call.bare,
     }
 
 
@@ -135,6 +136,14 @@ class Core:
 
     def write(self, tid: int, addr: int, data: bytes) -> bool:
         return lib.pc_write(tid, addr, data, len(data)) == len(data)
+
+    def open_backing(self, path: str, flags: int) -> int:
+        """Open a file of the cache following no link below its cache directory (the rule
+        C applies to the opens it answers, respond.c); raises OSError."""
+        n = lib.pc_open_backing(self.t, os.fsencode(path), flags)
+        if n < 0:
+            raise OSError(-n, os.strerror(-n), path)
+        return n
 
     def getfd(self, tid: int, fd: int) -> int:
         n = lib.pc_getfd(tid, fd)

@@ -4,9 +4,10 @@ A handler returns what to do with the call. Calls arrive as ptrace stops or as
 seccomp notifications (ev.notify); `_apply` carries the decision out either way:
 - RESUME: run it unchanged (it does not concern /cvmfs after all);
 - ("skip", result): do not run it; the program sees `result`;
-- ("open", path, flags, mode, vpath, how): the program's open of `path` instead
-  (ptrace: the path argument is pointed at it, two stops; notification: we open it
-  and install the descriptor, one round trip);
+- ("open", path, flags, mode, vpath, how, backing): the program's open of `path`
+  instead (ptrace: the path argument is pointed at it, two stops; notification: we open
+  it and install the descriptor, one round trip); `backing`: a file of our cache,
+  opened following no link below the cache;
 - ("host", path): the program's path left /cvmfs again; the call happens on `path`
   (ptrace: argument rewritten; notification: done here on the program's behalf);
 - ("args", {arg: value}, report_exit, is_exec): ptrace only, pointer arguments
@@ -25,9 +26,9 @@ from .._core import ffi
 from ..errors import CvmfsError
 from . import execve as ex
 from .core import Core, Scratch
-from .paths import MOUNT, Target, VPath, resolve
+from .paths import LAST_DOT, LAST_NORM, MOUNT, Target, VPath, resolve
 from .structs import Attrs, pack_dirents, pack_stat, pack_statfs, pack_statx
-from .syscalls import AT_FDCWD, AT_SYMLINK_FOLLOW, FD, Call
+from .syscalls import AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, FD, Call
 from .vfs import CvmfsView, Node
 
 RESUME = ("resume",)
@@ -179,7 +180,7 @@ class Handlers:
             if self.core.set_args(tid, values, report, is_exec) < 0:
                 self.core.skip(tid, -errno.EFAULT)
 
-    def _ptrace_open(self, ev, call: Call, path, flags, mode, vpath, how):
+    def _ptrace_open(self, ev, call: Call, path, flags, mode, vpath, how, backing):
         sc = Scratch(self.core, ev.tid, ev.sp)
         values = {call.path: sc.put_str(path)}
         if how is not None:
@@ -195,13 +196,17 @@ class Handlers:
         self.view.warn(str(e))
         return -errno.EIO
 
-    def _notif_open(self, ev, path, flags, mode, vpath, how) -> None:
+    def _notif_open(self, ev, path, flags, mode, vpath, how, backing) -> None:
         nid = ev.notif_id
         for attempt in range(3):
             try:
                 # never block here on a fifo on the program's behalf: open it non-blocking,
                 # then give the description the program's blocking mode
-                fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK, mode & 0o7777)
+                how_open = flags | os.O_CLOEXEC | os.O_NONBLOCK
+                if backing:
+                    fd = self.core.open_backing(path, how_open)
+                else:
+                    fd = os.open(path, how_open, mode & 0o7777)
                 if not flags & os.O_NONBLOCK:
                     os.set_blocking(fd, True)
                 break
@@ -322,6 +327,10 @@ class Handlers:
         if ev.empty_path:  # AT_EMPTY_PATH: the dirfd itself
             return self._fd_target(ev, self._base(ev))
         f = self._follow(ev, call) if follow is None else follow
+        if self._maybe_proc(ev):
+            t = self._resolve_proc(ev, f, **kw)
+            if t is not None:
+                return t
         return resolve(self.view, self._path(ev), self._base(ev), f, **kw)
 
     def _fd_target(self, ev, host: str | None, fd: int | None = None) -> Target | None:
@@ -378,20 +387,21 @@ class Handlers:
         path = self._path(ev)
         if path.startswith("/"):
             return path
-        base, anchors = self._base(ev), self.view.anchors
-        if not base or not (base == anchors or base.startswith(anchors + "/")):
+        base = self._base(ev)
+        logical = self.view.anchor_tree.logical(base) if base else None
+        if logical is None:
             return None
         try:
             if not st.S_ISDIR(os.lstat(base).st_mode):
                 return None  # the anchor of a symlink or fifo: ENOTDIR, never kept
         except OSError:
             return None
-        return MOUNT + base[len(anchors) :] + "/" + path
+        return logical + "/" + path
 
     def _remember(self, ev, call: Call, follow: bool, t: Target) -> None:
         """Teach the C answer table this path (stat, statx, access, readlink)."""
         path = self._key(ev)
-        if path is None or not (t.err or t.virtual):
+        if path is None or not (t.err or t.virtual) or t.proc:
             return
         key = os.fsencode(path)
         rev = self._revision_of(path, t)
@@ -410,7 +420,7 @@ class Handlers:
         """Let C replay this read-only open, and answer fstat on its descriptors."""
         node = t.node
         a = self.view.attrs(node)
-        path = self._key(ev)
+        path = None if t.proc else self._key(ev)
         rev = self._revision_of(path, t) if path is not None else None
         self.memo.put(
             rev,
@@ -443,51 +453,89 @@ class Handlers:
             return p.startswith(("/proc/", "/dev/fd/", "/dev/std"))
         return (self._base(ev) or "").startswith("/proc/")
 
-    def _proc_target(self, ev, call: Call) -> tuple[str, str | None] | None:
-        """For a /proc magic link that shows a cache file or anchor: (kernel link, /cvmfs path)."""
+    def _proc_link(self, ev) -> tuple[str, str | None, str] | None:
+        """For a path through a /proc magic link (/proc/PID/{exe,cwd,root,fd/N}, the
+        same under task/TID, /dev/fd/N, /dev/std*): (the kernel's link, the /cvmfs path
+        it stands for or None, the rest of the path after the link)."""
         path = self._path(ev)
         base = self._base(ev)
         if not path.startswith("/") and base:
             path = f"{base}/{path}"
         if path.startswith("/dev/fd/"):
             path = "/proc/self/fd/" + path[8:]
-        elif path in ("/dev/stdin", "/dev/stdout", "/dev/stderr"):
-            path = "/proc/self/fd/" + str(("/dev/stdin", "/dev/stdout", "/dev/stderr").index(path))
+        elif path.startswith(("/dev/stdin", "/dev/stdout", "/dev/stderr")):
+            name, _, rest = path[5:].partition("/")
+            std = ("stdin", "stdout", "stderr")
+            if name not in std:
+                return None
+            path = f"/proc/self/fd/{std.index(name)}" + (f"/{rest}" if rest else "")
         parts = path.split("/")
         if len(parts) < 4 or parts[1] != "proc":
             return None
         who, rest = parts[2], parts[3:]
-        tid = ev.tid
         if who == "self":
-            pid = self.procs.tgid(tid)
+            pid = self.procs.tgid(ev.tid)
         elif who == "thread-self":
-            pid = tid
+            pid = ev.tid
         elif who.isdigit():
             pid = int(who)
         else:
             return None
-        if len(rest) >= 3 and rest[0] == "task" and rest[1].isdigit():
+        if len(rest) >= 2 and rest[0] == "task" and rest[1].isdigit():
             pid, rest = int(rest[1]), rest[2:]
-        what = "/".join(rest)
-        if what not in ("exe", "cwd") and not (
-            len(rest) == 2 and rest[0] == "fd" and rest[1].isdigit()
-        ):
+        if not rest:
+            return None
+        if rest[0] in ("exe", "cwd", "root"):
+            what, rest = rest[0], rest[1:]
+        elif rest[0] == "fd" and len(rest) >= 2 and rest[1].isdigit():
+            what, rest = f"fd/{rest[1]}", rest[2:]
+        else:
             return None
         try:
             link = os.readlink(f"/proc/{pid}/{what}")
         except OSError:
             return None
+        logical = None
         if what == "exe":
             logical = self.procs.exe.get(self.procs.tgid(pid))
-            if logical:
-                return link, logical
-        fd = int(rest[1]) if rest[0] == "fd" else None
-        if fd is not None:
-            hint = self.procs.fds.get(self.procs.tgid(pid), {}).get(fd)
+        elif what.startswith("fd/"):
+            hint = self.procs.fds.get(self.procs.tgid(pid), {}).get(int(what[3:]))
             if hint is not None and hint[0] == link:
-                return link, hint[1].logical
-        vpath = self.view.vpath_of_host(link)
-        return (link, vpath.logical) if vpath is not None else None
+                logical = hint[1].logical
+        if logical is None:
+            vpath = self.view.vpath_of_host(link)
+            logical = vpath.logical if vpath is not None else None
+        return link, logical, "/".join(rest)
+
+    def _proc_target(self, ev, call: Call) -> tuple[str, str | None] | None:
+        """For a /proc magic link itself that shows a cache file or anchor: (kernel link,
+        /cvmfs path)."""
+        p = self._proc_link(ev)
+        if p is None or p[1] is None or p[2]:
+            return None
+        return p[0], p[1]
+
+    def _resolve_proc(self, ev, follow: bool, **kw) -> Target | None:
+        """A path through a /proc magic link, resolved from where the link leads (the
+        kernel jumps there): into /cvmfs through an anchor or a file we served, or a
+        host path that may enter /cvmfs. None if it is not such a path."""
+        p = self._proc_link(ev)
+        if p is None:
+            return None
+        link, logical, rest = p
+        if logical is not None and not rest:
+            from .paths import vpath_of_logical
+
+            vpath = vpath_of_logical(logical)
+            node = self.view.lookup(vpath) if vpath is not None else None
+            t = Target(vpath=vpath, node=node, via_cvmfs=True) if node else Target(err=errno.ENOENT)
+        else:
+            start = logical if logical is not None else link
+            if not start.startswith("/"):  # "pipe:[123]", "socket:[4]": not a directory
+                return Target(err=errno.ENOTDIR) if rest else None
+            t = resolve(self.view, f"{start}/{rest}" if rest else start, None, follow, **kw)
+        t.proc = True  # depends on the process's state: never kept in the answer table
+        return t
 
     # -- opening -----------------------------------------------------------------------------------
 
@@ -516,7 +564,8 @@ class Handlers:
                 return skip(-errno.EXDEV)
         if t.err:
             if t.err == errno.ENOENT and t.missing_last and flags & O_CREAT:
-                return skip(-errno.EROFS)
+                # "name/" cannot be created as a file (open_last_lookups: EISDIR)
+                return skip(-(errno.EISDIR if t.trailing else errno.EROFS))
             if not resolve_flags:  # ld.so probes many missing paths: answer them in C next time
                 self._remember(ev, call, follow, t)
             return skip(-t.err)
@@ -551,12 +600,12 @@ class Handlers:
             return skip(-errno.EACCES)  # devices: the repository is mounted nodev
         if not opath and (node.is_regular or node.is_dir):
             self._teach_open(ev, call, follow, t, backing)
-        return ("open", backing, flags, 0, node.vpath if node.is_regular else None, how)
+        return ("open", backing, flags, 0, node.vpath if node.is_regular else None, how, True)
 
     def _host_open(self, ev, call: Call, t: Target, how, flags: int, mode: int) -> tuple:
         if not t.via_cvmfs:
             return RESUME
-        return ("open", t.host, flags, mode, None, how)
+        return ("open", t.host, flags, mode, None, how, False)
 
     # -- attributes ----------------------------------------------------------------------------------
 
@@ -671,7 +720,7 @@ class Handlers:
             return
         follow = self._follow(ev, call)
         self._remember(ev, call, follow, t)
-        if t.err or not t.virtual:
+        if t.err or not t.virtual or t.proc:
             return
         key = os.fsencode(path)
         if listing is not None:
@@ -915,18 +964,35 @@ class Handlers:
         return self._refuse(ev, call, errno.EOPNOTSUPP)
 
     # -- writes --------------------------------------------------------------------------------------
+    # /cvmfs is a read-only mount: every write is refused, with the errno the kernel gives
+    # for the first check that fails (fs/namei.c, fs/open.c): walk errors, then the last
+    # component's kind ("." and ".."), then existence, then EROFS (mnt_want_write).
 
     def h_write_existing(self, ev, call: Call) -> tuple:
-        return self._refuse(ev, call, errno.EROFS)
+        if ev.empty_path:  # the dirfd itself (AT_EMPTY_PATH, futimens)
+            return self.h_write_fd(ev, call)
+        t = self._resolve(ev, call)
+        outside = self._outside(ev, call, t)
+        if outside is not None:
+            return outside
+        if call.name == "truncate":  # vfs_truncate: the type before the mount
+            if t.node.is_dir:
+                return skip(-errno.EISDIR)
+            if not t.node.is_regular:
+                return skip(-errno.EINVAL)
+        return skip(-errno.EROFS)
 
     def h_write_create(self, ev, call: Call) -> tuple:
         t = self._resolve(ev, call, False)
         if t is None:
             return RESUME
-        if t.virtual:
+        if t.virtual:  # an existing name, or "." / ".." (filename_create: EEXIST)
             return skip(-errno.EEXIST)
         if t.err:
             if t.err == errno.ENOENT and t.missing_last:
+                # "name/" asks for a directory: only mkdir may create one
+                if t.trailing and not call.name.startswith("mkdir"):
+                    return skip(-errno.ENOENT)
                 return skip(-errno.EROFS)
             return skip(-t.err)
         return self._host(ev, call, t)
@@ -936,13 +1002,25 @@ class Handlers:
         if t is None:
             return RESUME
         if t.virtual or (t.err == errno.ENOENT and t.missing_last):
+            if t.last != LAST_NORM:
+                rmdir = call.name == "rmdir" or (
+                    call.name == "unlinkat" and ev.args[2] & AT_REMOVEDIR
+                )
+                if not rmdir:
+                    return skip(-errno.EISDIR)
+                return skip(-(errno.EINVAL if t.last == LAST_DOT else errno.ENOTEMPTY))
             return skip(-errno.EROFS)  # the kernel checks the mount before the name
         if t.err:
             return skip(-t.err)
         return self._host(ev, call, t)
 
     def _two(self, ev, call: Call, follow_old: bool) -> tuple[Target | None, Target | None]:
-        t1 = None if ev.path_err else resolve(self.view, self._path(ev), self._base(ev), follow_old)
+        if ev.empty_path:  # linkat(fd, "", ..., AT_EMPTY_PATH): the descriptor itself
+            t1 = self._fd_target(ev, self._base(ev), int(ev.args[call.dirfd]))
+        elif ev.path_err:
+            t1 = None
+        else:
+            t1 = resolve(self.view, self._path(ev), self._base(ev), follow_old)
         p2 = _s(ev.path2, ev.path2_len)
         b2 = _s(ev.base2, ev.base2_len) if ev.base2_len else None
         t2 = None if ev.path2_err else resolve(self.view, p2, b2, False)
@@ -950,6 +1028,7 @@ class Handlers:
 
     @staticmethod
     def _in_cvmfs(t: Target | None) -> bool:
+        """Whether the parent of the path's last component is in /cvmfs (its mount)."""
         return t is not None and (t.virtual or (t.missing_last and t.parent is not None))
 
     def h_write_rename(self, ev, call: Call) -> tuple:
@@ -957,10 +1036,14 @@ class Handlers:
         v1, v2 = self._in_cvmfs(t1), self._in_cvmfs(t2)
         if not (v1 or v2):
             return self._rewrite_two(ev, call, t1, t2)
-        for t in (t1, t2):
+        for t in (t1, t2):  # both parents are walked first
             if t is not None and t.err and not t.missing_last:
                 return skip(-t.err)
-        return skip(-errno.EXDEV if v1 != v2 else -errno.EROFS)
+        if v1 != v2:
+            return skip(-errno.EXDEV)
+        if any(t is not None and t.last != LAST_NORM for t in (t1, t2)):
+            return skip(-errno.EBUSY)
+        return skip(-errno.EROFS)
 
     def h_write_link(self, ev, call: Call) -> tuple:
         follow = bool(call.flags >= 0 and ev.args[call.flags] & AT_SYMLINK_FOLLOW)
@@ -968,13 +1051,27 @@ class Handlers:
         v1, v2 = self._in_cvmfs(t1), self._in_cvmfs(t2)
         if not (v1 or v2):
             return self._rewrite_two(ev, call, t1, t2)
+        # do_linkat: the old name is looked up, the new one created (filename_create:
+        # its walk, ".", "..", an existing name, then the mount), and only then are the
+        # two mounts compared
         if t1 is not None and t1.err:
             return skip(-t1.err)
-        if t2 is not None and t2.virtual:
+        if t2 is None:
+            return RESUME
+        if t2.virtual:
             return skip(-errno.EEXIST)
-        if t2 is not None and t2.err and not t2.missing_last:
+        if t2.err and not t2.missing_last:
             return skip(-t2.err)
-        return skip(-errno.EXDEV if v1 != v2 else -errno.EROFS)
+        if t2.missing_last and t2.trailing:
+            return skip(-errno.ENOENT)
+        if v2:
+            return skip(-errno.EROFS)
+        new_host = t2.host or ""
+        if os.path.lexists(new_host):
+            return skip(-errno.EEXIST)
+        if not os.path.isdir(os.path.dirname(new_host.rstrip("/")) or "/"):
+            return skip(-errno.ENOENT)
+        return skip(-errno.EXDEV)
 
     def _rewrite_two(self, ev, call: Call, t1, t2) -> tuple:
         values = {}

@@ -29,7 +29,7 @@ import struct
 
 from .core import Core
 
-MAGIC = b"parrot-cvmfs memo 4\n"
+MAGIC = b"parrot-cvmfs memo 5\n"
 _HEAD = struct.Struct("<BBHI")
 
 

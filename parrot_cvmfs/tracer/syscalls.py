@@ -23,6 +23,8 @@ O_NOFOLLOW = 0o400000
 
 # How arguments are examined by the C core (tracer.h PC_KIND_*)
 PATH, PATH2, FD, CWD = 1, 2, 3, 4
+# When a path argument names the dirfd itself without AT_EMPTY_PATH (tracer.h PC_BARE_*)
+BARE_EMPTY, BARE_NULL = 1, 2
 # What the C answer table can replay (tracer.h PC_FAST_*)
 (
     FAST_NONE,
@@ -40,7 +42,7 @@ PATH, PATH2, FD, CWD = 1, 2, 3, 4
 class Call(
     namedtuple(
         "Call",
-        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr rewrites notify",
+        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr rewrites notify bare",
         defaults=(
             -1,
             -1,
@@ -59,6 +61,7 @@ class Call(
             -1,
             False,
             False,
+            0,
         ),
     )
 ):
@@ -86,12 +89,16 @@ class Call(
     attr: int  # argument index of an extended attribute's name
     rewrites: bool  # the handler may point an argument elsewhere: two stops
     notify: bool  # served through seccomp user notifications when available
+    bare: int  # BARE_EMPTY: "" names the dirfd (readlinkat); BARE_NULL: NULL does (utimensat)
 
     def number(self, arch: str) -> int | None:
         return getattr(self, arch)
 
 
 def _p(name, x86, a64, handler, **kw):
+    # every path call looks through /proc magic links (/proc/self/cwd/x, /proc/self/fd/N):
+    # they lead into /cvmfs as any other spelling does
+    kw.setdefault("proc", True)
     return Call(name, x86, a64, PATH, handler, **kw)
 
 
@@ -183,6 +190,7 @@ CALLS: list[Call] = [
         follow=False,
         proc=True,
         fast=FAST_READLINK,
+        bare=BARE_EMPTY,
     ),
     _p("statfs", 137, 43, "statfs", path=0, out=1),
     Call("fstatfs", 138, 44, FD, "statfs", path=0, out=1),
@@ -307,6 +315,7 @@ CALLS: list[Call] = [
         flags=3,
         empty=AT_EMPTY_PATH,
         nofollow=AT_SYMLINK_NOFOLLOW,
+        bare=BARE_NULL,
     ),
     _p("setxattr", 188, 5, "write_existing", path=0),
     _p("lsetxattr", 189, 6, "write_existing", path=0, follow=False),

@@ -4,10 +4,11 @@ Repositories appear on first access (as with autofs), mounted through the
 client library into one shared cache. Each path becomes a Node with the
 attributes stat reports. What the kernel needs a real object for:
 - regular files: the verified cache file (the program's open is pointed at it);
-- directories: an empty "anchor" directory under `<cache>/anchors/<repo>/<path>`.
-  Programs get descriptors and working directories there; everything they ask
-  about such a descriptor (stat, listing, getcwd) is answered from the catalog;
-- fifos: a fifo made among the anchors.
+- directories: an empty "anchor" directory (anchors.py: named after the revision and
+  the path, made without following links). Programs get descriptors and working
+  directories there; everything they ask about such a descriptor (stat, listing,
+  getcwd) is answered from the catalog;
+- fifos and symlinks opened with O_PATH: a fifo or symlink among the anchors.
 Paths of both kinds are mapped back to /cvmfs paths for /proc/self/fd, getcwd
 and fstat.
 """
@@ -25,7 +26,8 @@ from ..client.cache import ObjectCache, make_layout
 from ..client.config import Configuration, normalize_name
 from ..client.repository import Repository, inode_of, open_cache
 from ..errors import ConfigError, CvmfsError
-from .paths import ROOT, VPath
+from .anchors import Anchors
+from .paths import ROOT, VPath, resolve
 from .structs import Attrs, dtype_of
 
 ROOT_DEV = os.makedev(0, 0x0FF)
@@ -82,8 +84,8 @@ class CvmfsView:
         self.offline = offline
         self.warn = warn or (lambda m: print(f"parrot_run: {m}", file=sys.stderr, flush=True))
         make_layout(self.cache_dir)
-        self.anchors = os.path.join(self.cache_dir, "anchors")
-        os.makedirs(self.anchors, exist_ok=True)
+        self.anchor_tree = Anchors(self.cache_dir)
+        self.anchors = self.anchor_tree.root
         self.started = int(time.time())
         self.uid, self.gid = os.getuid(), os.getgid()
         self.groups = set(os.getgroups()) | {self.gid}
@@ -251,39 +253,32 @@ class CvmfsView:
 
     # -- backing files ---------------------------------------------------------------------------
 
-    def anchor_path(self, vpath: VPath) -> str:
+    def anchor(self, node: Node) -> str:
+        """The anchor for a directory (or fifo, or symlink), made or repaired on use."""
+        vpath = node.vpath
         if vpath.repo is None:
             return self.anchors
-        return f"{self.anchors}/{vpath.repo}{vpath.inner}"
-
-    def anchor(self, node: Node) -> str:
-        """The anchor for a directory (or fifo, or symlink), made on first use."""
-        path = self.anchor_path(node.vpath)
+        revision = f"{vpath.repo}@{node.repo.root_hash.hex}"
         if node.is_dir:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            return path
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        try:
-            if st.S_ISFIFO(node.mode):
-                os.mkfifo(path, 0o644)
-            elif node.is_symlink:
-                os.symlink(node.target, path)
-            else:
-                raise OSError(errno.EACCES, "device files are not served")
-        except FileExistsError:
-            pass
-        return path
+            return self.anchor_tree.make(vpath, revision, "dir")
+        if st.S_ISFIFO(node.mode):
+            return self.anchor_tree.make(vpath, revision, "fifo")
+        if node.is_symlink:
+            return self.anchor_tree.make(vpath, revision, "symlink", self._link_end(node))
+        raise OSError(errno.EACCES, "device files are not served")
+
+    def _link_end(self, node: Node) -> str:
+        """Where a symlink leads, as an absolute path for the kernel: the host path it
+        reaches, or its place in /cvmfs (where no host has our tree)."""
+        t = resolve(self, node.vpath.logical, None, True)
+        if t.host is not None:
+            return t.host
+        if t.vpath is not None:
+            return t.vpath.logical
+        return node.target  # dangling or looping: the anchor module spells it absolutely
 
     def anchor_to_vpath(self, host: str | None) -> VPath | None:
-        if not host:
-            return None
-        if host == self.anchors:
-            return ROOT
-        if not host.startswith(self.anchors + "/"):
-            return None
-        rest = host[len(self.anchors) + 1 :].removesuffix(" (deleted)")
-        repo, _, inner = rest.partition("/")
-        return VPath(repo, "/" + inner if inner else "")
+        return self.anchor_tree.vpath(host)
 
     def materialize(self, node: Node) -> str:
         """The verified local file of a regular file (fetched on first use), under a
@@ -337,3 +332,4 @@ class CvmfsView:
         self.repos.clear()
         if self.cache is not None:
             self.cache.close()
+        self.anchor_tree.close()
