@@ -31,23 +31,33 @@ def parse_shebang(head: bytes) -> tuple[str, str | None] | None:
     return os.fsdecode(interp), (os.fsdecode(arg) if arg else None)
 
 
+ELF64_PHENTSIZE = 56
+PATH_MAX = 4096
+
+
 def elf_interpreter(path: str) -> tuple[str, int] | None:
-    """PT_INTERP of a 64-bit little-endian ELF: (interpreter, index of its program header)."""
+    """PT_INTERP of a 64-bit little-endian ELF: (interpreter, index of its program header).
+    The file is a repository's: sizes and offsets are checked, not trusted (a header
+    table or an interpreter name of gigabytes is not read: None)."""
     with open(path, "rb") as f:
         ehdr = f.read(64)
         if len(ehdr) < 64 or ehdr[:4] != b"\x7fELF" or ehdr[4] != 2 or ehdr[5] != 1:
             return None
         phoff = struct.unpack_from("<Q", ehdr, 0x20)[0]
         phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+        if phentsize != ELF64_PHENTSIZE or phnum == 0xFFFF:  # PN_XNUM: not for programs
+            return None
         f.seek(phoff)
         table = f.read(phentsize * phnum)
-        for i in range(phnum):
+        for i in range(len(table) // phentsize):
             p_type = struct.unpack_from("<I", table, i * phentsize)[0]
             if p_type == PT_INTERP:
                 off, _vaddr, _paddr, filesz = struct.unpack_from("<QQQQ", table, i * phentsize + 8)
+                if filesz == 0 or filesz > PATH_MAX:  # the kernel's limit too (ENOEXEC)
+                    return None
                 f.seek(off)
                 name = f.read(filesz).split(b"\0", 1)[0]
-                return os.fsdecode(name), i
+                return (os.fsdecode(name), i) if name else None
     return None
 
 
@@ -74,6 +84,8 @@ def patched_binary(cache_dir: str, binary: str, interp_local: str) -> str:
     data += bytes(offset - len(data)) + new
     for i in range(phnum):
         base = phoff + i * phentsize
+        if base + ELF64_PHENTSIZE > len(data):  # a short table (elf_interpreter read it)
+            break
         if struct.unpack_from("<I", data, base)[0] == PT_INTERP:
             struct.pack_into("<Q", data, base + 8, offset)
             struct.pack_into("<Q", data, base + 32, len(new))
@@ -81,21 +93,28 @@ def patched_binary(cache_dir: str, binary: str, interp_local: str) -> str:
     return dest
 
 
+MAX_ARG_STRLEN = 32 * 4096  # the kernel's limit on one argument
+
+
 def read_string_array(read, addr: int, limit: int = 1 << 16) -> list[bytes]:
-    """argv/envp from the program's memory via read(addr, size) -> bytes."""
+    """argv/envp from the program's memory via read(addr, size) -> bytes (at most `limit`
+    strings of at most MAX_ARG_STRLEN bytes each: what exec itself would accept)."""
     out: list[bytes] = []
     while addr and len(out) < limit:
-        ptr = struct.unpack("<Q", read(addr, 8))[0]
+        raw = read(addr, 8)
+        if len(raw) < 8:
+            break
+        ptr = struct.unpack("<Q", raw)[0]
         if ptr == 0:
             break
         chunk = b""
         p = ptr
-        while b"\0" not in chunk:
+        while b"\0" not in chunk and len(chunk) < MAX_ARG_STRLEN:
             piece = read(p, 4096 - (p & 4095))
             if not piece:
                 break
             chunk += piece
             p += len(piece)
-        out.append(chunk.split(b"\0", 1)[0])
+        out.append(chunk.split(b"\0", 1)[0][:MAX_ARG_STRLEN])
         addr += 8
     return out

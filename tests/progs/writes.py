@@ -41,6 +41,14 @@ R = ROOT
 d, f, link = f"{R}/d", f"{R}/d/f", f"{R}/l"
 W, RW, C, X, T = os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_EXCL, os.O_TRUNC
 
+# -- "." and ".." after files and symlinks (reads: the kernel's walk) ---------------------
+for spelled in ("d/f/.", "d/f/..", "l/.", "l/..", "l/", "d/f/", "top/.", "d/.", "d/./f"):
+    p = f"{R}/{spelled}"
+    attempt(f"stat {spelled}", lambda p=p: os.stat(p))
+    attempt(f"lstat-type {spelled}", lambda p=p: print(oct(os.lstat(p).st_mode >> 12)))
+    attempt(f"readlink {spelled}", lambda p=p: os.readlink(p))
+    attempt(f"open {spelled}", lambda p=p: os.open(p, os.O_RDONLY))
+    attempt(f"listdir {spelled}", lambda p=p: print(sorted(os.listdir(p))))
 # -- absolute paths ----------------------------------------------------------------------
 attempt("open f O_WRONLY", lambda: os.open(f, W))
 attempt("open f O_RDWR", lambda: os.open(f, RW))
