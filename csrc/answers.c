@@ -30,6 +30,46 @@ answer *answer_find(pc_tracer *t, char follow, const char *path, size_t len)
     }
 }
 
+/* whether an answer can answer a call of kind `fast` (PC_FAST_*) */
+static int answers(const answer *a, int fast)
+{
+    if (a->has_answer && a->err)
+        return 1;
+    switch (fast) {
+    case PC_FAST_STAT:
+    case PC_FAST_STATX:
+        return a->has_stat;
+    case PC_FAST_ACCESS:
+        return a->has_access;
+    case PC_FAST_READLINK:
+        return a->has_answer;
+    case PC_FAST_GETXATTR:
+        return a->xattrs != NULL;
+    case PC_FAST_LISTXATTR:
+        return a->xnames != NULL;
+    case PC_FAST_OPEN:
+        return a->open_target != NULL;
+    default:
+        return 1;
+    }
+}
+
+answer *answer_for_path(pc_tracer *t, int follow, const char *path, size_t len, int fast)
+{
+    answer *a = answer_find(t, follow ? 'F' : 'N', path, len);
+    if (!follow || (a && answers(a, fast)))
+        return a;
+    answer *n = answer_find(t, 'N', path, len);
+    return n && n->nolink && answers(n, fast) ? n : a;
+}
+
+/* roughly what an answer holds (its allocations), for the table's bound */
+static size_t answer_bytes(const answer *a)
+{
+    return sizeof *a + 32 + strlen(a->key) + (size_t)a->link_len + (size_t)a->open_len +
+           a->dents_len + a->xattrs_len + a->xnames_len;
+}
+
 static void free_answer(answer *a)
 {
     free(a->key);
@@ -48,6 +88,7 @@ static void clear_locked(pc_tracer *t)
             free_answer(t->answers[i]);
     memset(t->answers, 0, t->answers_cap * sizeof(answer *));
     t->answers_used = 0;
+    t->answers_bytes = 0;
 }
 
 void pc_table_clear(pc_tracer *t)
@@ -107,8 +148,9 @@ static answer *slot_locked(pc_tracer *t, const char *key, int follow)
     answer *a = answer_find(t, f, key, len);
     if (a)
         return a;
-    if ((t->answers_used + 1) * 2 > t->answers_cap &&
-        (t->answers_cap >= PC_ANSWERS_MAX || grow_locked(t) != 0))
+    if (((t->answers_used + 1) * 2 > t->answers_cap &&
+         (t->answers_cap >= PC_ANSWERS_MAX || grow_locked(t) != 0)) ||
+        t->answers_bytes > PC_ANSWERS_BYTES)
         clear_locked(t); /* a cache: start over rather than grow without bound */
     a = calloc(1, sizeof *a);
     if (!a || !(a->key = malloc(len + 2))) {
@@ -123,6 +165,7 @@ static answer *slot_locked(pc_tracer *t, const char *key, int follow)
         i = (i + 1) & (t->answers_cap - 1);
     t->answers[i] = a;
     t->answers_used++;
+    t->answers_bytes += answer_bytes(a);
     return a;
 }
 
@@ -133,6 +176,7 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
     int rc = -1;
     if (a) {
         free(a->open_target);
+        t->answers_bytes += strlen(target) - (size_t)a->open_len;
         a->open_len = (int)strlen(target);
         a->open_target = strdup(target);
         a->open_is_dir = is_dir;
@@ -142,9 +186,9 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
     return rc;
 }
 
-/* The struct statx that structs.pack_statx makes for the same attributes: memo files
- * keep only the struct stat (half their size), this derives the rest. */
-static void statx_of_stat(const struct stat *s, unsigned char out[256])
+/* The struct statx that structs.pack_statx makes for the same attributes: answers keep
+ * only the struct stat (memo files and the table half their size), this derives it. */
+void statx_of_stat(const struct stat *s, unsigned char out[256])
 {
     struct statx x;
     memset(&x, 0, sizeof x);
@@ -190,28 +234,18 @@ static int table_load(pc_tracer *t, const void *blob, size_t len)
             int32_t err;
             memcpy(&err, pay, 4);
             unsigned parts = pay[4];
-            size_t need = 5 + (parts & 1 ? sizeof(struct stat) : 0) + (parts & 2 ? 256 : 0) +
-                          (parts & 4 ? 8 : 0);
-            if (plen < need)
+            size_t need = 5 + (parts & 1 ? sizeof(struct stat) : 0) + (parts & 4 ? 8 : 0);
+            if (plen < need || (parts & 2))
                 continue;
             const unsigned char *q = pay + 5;
-            const void *st = NULL, *stx = NULL;
+            const void *st = NULL;
             const int8_t *acc = NULL;
             if (parts & 1)
                 st = q, q += sizeof(struct stat);
-            if (parts & 2)
-                stx = q, q += 256;
             if (parts & 4)
                 acc = (const int8_t *)q, q += 8;
             const char *link = parts & 8 ? (const char *)q : NULL;
-            unsigned char derived[256];
-            if (st && !stx) {
-                struct stat sb;
-                memcpy(&sb, st, sizeof sb);
-                statx_of_stat(&sb, derived);
-                stx = derived;
-            }
-            pc_table_put(t, key, follow, err, st, stx, acc, link, (int)(pay + plen - q));
+            pc_table_put(t, key, follow, err, st, acc, link, (int)(pay + plen - q));
         } else if (kind == 'O' && plen >= 2) {
             char target[PC_PATH_MAX + 1];
             size_t tlen = plen - 1 > PC_PATH_MAX ? PC_PATH_MAX : plen - 1;
@@ -231,13 +265,15 @@ static int table_load(pc_tracer *t, const void *blob, size_t len)
 }
 
 /* Replace *field with a copy of data (a non-NULL pointer even when empty). */
-static int set_blob(unsigned char **field, size_t *flen, const void *data, size_t len)
+static int set_blob(pc_tracer *t, unsigned char **field, size_t *flen, const void *data,
+                    size_t len)
 {
     unsigned char *copy = malloc(len ? len : 1);
     if (!copy)
         return -1;
     memcpy(copy, data, len);
     free(*field);
+    t->answers_bytes += len - *flen;
     *field = copy;
     *flen = len;
     return 0;
@@ -247,7 +283,7 @@ int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *b
 {
     pthread_rwlock_wrlock(&t->answers_lock);
     answer *a = slot_locked(t, key, follow);
-    int rc = a ? set_blob(&a->xattrs, &a->xattrs_len, blob, len) : -1;
+    int rc = a ? set_blob(t, &a->xattrs, &a->xattrs_len, blob, len) : -1;
     pthread_rwlock_unlock(&t->answers_lock);
     return rc;
 }
@@ -256,7 +292,7 @@ int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *n
 {
     pthread_rwlock_wrlock(&t->answers_lock);
     answer *a = slot_locked(t, key, follow);
-    int rc = a ? set_blob(&a->xnames, &a->xnames_len, names, len) : -1;
+    int rc = a ? set_blob(t, &a->xnames, &a->xnames_len, names, len) : -1;
     pthread_rwlock_unlock(&t->answers_lock);
     return rc;
 }
@@ -265,13 +301,13 @@ int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_
 {
     pthread_rwlock_wrlock(&t->answers_lock);
     answer *a = slot_locked(t, key, 1);
-    int rc = a ? set_blob(&a->dents, &a->dents_len, records, len) : -1;
+    int rc = a ? set_blob(t, &a->dents, &a->dents_len, records, len) : -1;
     pthread_rwlock_unlock(&t->answers_lock);
     return rc;
 }
 
 int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
-                 const void *statx_buf, const int8_t *access_err, const char *link, int link_len)
+                 const int8_t *access_err, const char *link, int link_len)
 {
     pthread_rwlock_wrlock(&t->answers_lock);
     answer *a = slot_locked(t, key, follow);
@@ -280,16 +316,18 @@ int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void 
         a->has_answer = 1;
         a->err = err;
         a->has_stat = stat_buf != NULL;
-        a->has_statx = statx_buf != NULL;
         a->has_access = access_err != NULL;
         if (stat_buf)
             memcpy(a->stat, stat_buf, sizeof a->stat);
-        if (statx_buf)
-            memcpy(a->statx, statx_buf, sizeof a->statx);
         if (access_err)
             memcpy(a->access, access_err, sizeof a->access);
+        struct stat sb;
+        memcpy(&sb, a->stat, sizeof sb);
+        a->nolink = !follow && (err != 0 || (stat_buf && !S_ISLNK(sb.st_mode)));
+        t->answers_bytes -= (size_t)a->link_len;
         free(a->link);
         a->link = NULL;
+        a->link_len = 0;
         a->is_link = link != NULL;
         rc = 0;
         if (link) {
@@ -297,6 +335,7 @@ int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void 
             if (a->link) {
                 memcpy(a->link, link, (size_t)link_len);
                 a->link_len = link_len;
+                t->answers_bytes += (size_t)link_len;
             } else {
                 a->is_link = 0;
                 rc = -1;
@@ -305,6 +344,11 @@ int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void 
     }
     pthread_rwlock_unlock(&t->answers_lock);
     return rc;
+}
+
+int pc_table_load(pc_tracer *t, const void *records, size_t len)
+{
+    return table_load(t, records, len);
 }
 
 int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset)

@@ -130,11 +130,11 @@ ffibuilder.cdef(
     size_t pc_table_take_served(pc_tracer *t, char *buf, size_t len);
     int pc_ntasks(pc_tracer *t);
     int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
-                     const void *statx_buf, const int8_t *access_err, const char *link,
-                     int link_len);
+                     const int8_t *access_err, const char *link, int link_len);
     int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *target,
                           int is_dir);
     int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_t len);
+    int pc_table_load(pc_tracer *t, const void *records, size_t len);
     int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
     int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob,
                             size_t len);

@@ -66,17 +66,18 @@ typedef struct {
     uint64_t hash;
     char *key; /* "F/path" or "N/path" */
     int err;
-    int has_answer; /* err, stat... below were set by pc_table_put */
-    int has_stat, has_statx, has_access, is_link;
-    unsigned char stat[sizeof(struct stat)]; /* 144 bytes on x86_64, 128 on aarch64 */
-    unsigned char statx[256];
+    /* err, stat... below were set by pc_table_put; an 'N' answer with `nolink` (the
+     * path's last component is no symlink, or it fails before it) holds for 'F' too */
+    unsigned char has_answer, has_stat, has_access, is_link, nolink;
+    unsigned char open_is_dir;
+    unsigned char served; /* an open was answered from it since pc_table_take_served */
+    unsigned char stat[sizeof(struct stat)]; /* 144 bytes on x86_64, 128 on aarch64; the
+                                              * struct statx is derived from it */
     int8_t access[8];
     char *link;
     int link_len;
     char *open_target; /* backing file of a read-only open, if Python allowed one */
     int open_len;
-    int open_is_dir;
-    unsigned char served; /* an open was answered from it since pc_table_take_served */
     unsigned char *dents; /* a directory's linux_dirent64 records, '.' and '..' first */
     size_t dents_len;
     unsigned char *xattrs; /* see pc_table_put_xattrs; NULL: not known */
@@ -87,6 +88,11 @@ typedef struct {
 
 /* callers hold t->answers_lock (read) */
 answer *answer_find(pc_tracer *t, char follow, const char *path, size_t len);
+/* the answer of a path call of kind `fast` (PC_FAST_*): the 'F' one, or for `follow`,
+ * where that has not what the call needs, an 'N' one that holds for both (nolink) */
+answer *answer_for_path(pc_tracer *t, int follow, const char *path, size_t len, int fast);
+/* the struct statx that structs.pack_statx makes for the attributes of a struct stat */
+void statx_of_stat(const struct stat *s, unsigned char out[256]);
 
 /* ---- per-task state of a rewritten call in flight (tracer.c) --------------------------- */
 
@@ -104,6 +110,7 @@ typedef struct {
 #define PC_MOUNT "/cvmfs"
 #define PC_ANSWERS_MIN (1 << 12)
 #define PC_ANSWERS_MAX (1 << 21) /* slots; then the table starts over */
+#define PC_ANSWERS_BYTES (96u << 20) /* memory; then the table starts over too */
 
 struct pc_tracer {
     pc_rule rules[PC_MAX_RULES];
@@ -123,6 +130,7 @@ struct pc_tracer {
     pthread_rwlock_t answers_lock;
     answer **answers; /* open addressing, NULL: empty slot */
     size_t answers_cap, answers_used;
+    size_t answers_bytes; /* what the answers hold, roughly (their allocations) */
     pc_stats stats; /* updated with atomic adds */
     uint64_t by_rule[PC_MAX_RULES + 1][3]; /* see pc_get_rule_stats; atomic adds */
     /* notification mode */

@@ -145,7 +145,7 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
     if (flags & (O_WRITE_BITS | O_PATH))
         return 0;
     pthread_rwlock_rdlock(&t->answers_lock);
-    answer *a = answer_find(t, (flags & O_NOFOLLOW) ? 'N' : 'F', path, (size_t)len);
+    answer *a = answer_for_path(t, !(flags & O_NOFOLLOW), path, (size_t)len, PC_FAST_OPEN);
     int err = 0, done = 0;
     char target[PC_PATH_MAX + 1];
     int tlen = 0;
@@ -176,6 +176,7 @@ static int xattr_value(const answer *a, const char *name, const unsigned char **
                        size_t *vlen)
 {
     size_t nlen = strlen(name);
+    int python = 0; /* a prefix record covers the name */
     for (size_t p = 0; p + 2 <= a->xattrs_len;) {
         size_t kl = (size_t)a->xattrs[p] | (size_t)a->xattrs[p + 1] << 8;
         if (p + 2 + kl + 4 > a->xattrs_len)
@@ -184,18 +185,21 @@ static int xattr_value(const answer *a, const char *name, const unsigned char **
         uint32_t vl;
         memcpy(&vl, k + kl, 4);
         const unsigned char *v = k + kl + 4;
-        if (vl != 0xFFFFFFFFu && v + vl > a->xattrs + a->xattrs_len)
+        int marker = vl >= 0xFFFFFFFEu;
+        if (!marker && v + vl > a->xattrs + a->xattrs_len)
             return -1;
-        if (kl == nlen && memcmp(k, name, nlen) == 0) {
+        if (vl == 0xFFFFFFFEu && kl <= nlen && memcmp(k, name, kl) == 0)
+            python = 1;
+        else if (kl == nlen && memcmp(k, name, nlen) == 0) {
             if (vl == 0xFFFFFFFFu)
                 return -1;
             *value = v;
             *vlen = vl;
             return 1;
         }
-        p += 2 + kl + 4 + (vl == 0xFFFFFFFFu ? 0 : vl);
+        p += 2 + kl + 4 + (marker ? 0 : vl);
     }
-    return 0;
+    return python ? -1 : 0;
 }
 
 /* `key` is the absolute path of a path call, or the target of a descriptor. */
@@ -216,11 +220,13 @@ static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int 
             return 0; /* EFAULT, ERANGE, ...: Python says which */
     }
     const unsigned char *out = NULL; /* what to copy to the program's buffer */
+    unsigned char statx_buf[256];
     size_t n = 0;
     int64_t result = 0;
     int found = 0, done = 0;
     pthread_rwlock_rdlock(&t->answers_lock);
-    answer *a = answer_find(t, follow ? 'F' : 'N', key, (size_t)len);
+    answer *a = by_fd ? answer_find(t, 'F', key, (size_t)len)
+                      : answer_for_path(t, follow, key, (size_t)len, r->fast);
     if (a) {
         found = 1;
         int64_t size = r->size_arg >= 0 ? (int64_t)c->args[r->size_arg] : 0;
@@ -236,9 +242,15 @@ static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int 
             int x = r->fast == PC_FAST_STATX;
             if (a->has_answer && a->err) {
                 result = -(int64_t)a->err;
-            } else if (x ? a->has_statx : a->has_stat) {
-                n = x ? sizeof a->statx : sizeof a->stat;
-                out = x ? a->statx : a->stat;
+            } else if (a->has_stat) {
+                n = x ? sizeof statx_buf : sizeof a->stat;
+                out = a->stat;
+                if (x) {
+                    struct stat sb;
+                    memcpy(&sb, a->stat, sizeof sb);
+                    statx_of_stat(&sb, statx_buf);
+                    out = statx_buf;
+                }
             } else {
                 found = 0;
             }

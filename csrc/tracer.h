@@ -147,17 +147,20 @@ int pc_ntasks(pc_tracer *t);
  * key: an absolute path as the program wrote it; follow: 1 or 0.
  * err: 0 if the entry exists, else a positive errno. */
 int pc_table_put(pc_tracer *t, const char *key, int follow, int err, const void *stat_buf,
-                 const void *statx_buf, const int8_t *access_err, const char *link, int link_len);
+                 const int8_t *access_err, const char *link, int link_len);
 int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *target, int is_dir);
 /* the listing of the directory whose anchor is `key`: linux_dirent64 records whose d_off
  * is the index of the next record, so a descriptor's file position is its cursor */
 int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_t len);
 /* a path's extended attributes: records name_len:u16 name value_len:u32 value, where
- * value_len 0xFFFFFFFF marks a name only Python can answer (cvmfs magic attributes) */
+ * value_len 0xFFFFFFFF marks a name only Python can answer (cvmfs magic attributes)
+ * and 0xFFFFFFFE a prefix ("user.") under which every name not listed is Python's */
 int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob, size_t len);
 /* the answer of listxattr: the names, each NUL-terminated */
 int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *names, size_t len);
-/* many answers at once: the records (memo.py's format) of an open file past `offset` */
+/* many answers at once: records in memo.py's format, from memory or from an open file
+ * past `offset`; returns how many were taken */
+int pc_table_load(pc_tracer *t, const void *records, size_t len);
 int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
 void pc_table_clear(pc_tracer *t);
 int pc_table_size(pc_tracer *t);

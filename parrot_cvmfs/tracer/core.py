@@ -151,36 +151,9 @@ class Core:
             raise OSError(-n, os.strerror(-n))
         return n
 
-    def table_put(
-        self,
-        key: bytes,
-        follow: bool,
-        err: int,
-        stat_buf: bytes | None,
-        statx_buf: bytes | None,
-        access: list[int] | None,
-        link: bytes | None,
-    ) -> None:
-        lib.pc_table_put(
-            self.t,
-            key,
-            int(follow),
-            err,
-            stat_buf if stat_buf is not None else ffi.NULL,
-            statx_buf if statx_buf is not None else ffi.NULL,
-            ffi.new("int8_t[8]", access) if access is not None else ffi.NULL,
-            link if link is not None else ffi.NULL,
-            len(link) if link is not None else 0,
-        )
-
-    def table_put_open(self, key: bytes, follow: bool, target: bytes, is_dir: bool) -> None:
-        lib.pc_table_put_open(self.t, key, int(follow), target, int(is_dir))
-
-    def table_put_dents(self, anchor: bytes, records: bytes) -> None:
-        lib.pc_table_put_dents(self.t, anchor, records, len(records))
-
-    def table_put_xattrs(self, key: bytes, follow: bool, blob: bytes) -> None:
-        lib.pc_table_put_xattrs(self.t, key, int(follow), blob, len(blob))
+    def table_load(self, records: bytes) -> int:
+        """Teach the table records in the memo format (memo.py); how many were taken."""
+        return lib.pc_table_load(self.t, records, len(records))
 
     def table_put_xnames(self, key: bytes, follow: bool, names: bytes) -> None:
         lib.pc_table_put_xnames(self.t, key, int(follow), names, len(names))

@@ -26,12 +26,14 @@ from .._core import ffi
 from ..errors import CvmfsError
 from . import execve as ex
 from .core import Core, Scratch
+from .memo import answer_record, xattrs_record
 from .paths import LAST_DOT, LAST_NORM, MOUNT, Target, VPath, resolve
 from .structs import Attrs, pack_dirents, pack_stat, pack_statfs, pack_statx
 from .syscalls import AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, FD, Call
 from .vfs import CvmfsView, Node
 
 RESUME = ("resume",)
+MAGIC_XATTR_PREFIXES = (b"user.", b"xfsroot.")  # every cvmfs magic attribute is under these
 
 O_WRONLY, O_RDWR, O_ACCMODE = 0o1, 0o2, 0o3
 O_CREAT, O_EXCL, O_TRUNC = 0o100, 0o200, 0o1000
@@ -106,6 +108,7 @@ class Handlers:
     def __init__(self, core: Core, view: CvmfsView, procs: Processes, debug: bool = False):
         from .memo import Memo
 
+        self._siblings = Siblings()
         self.core = core
         self.memo = Memo(core, view.cache_dir)
         view.on_mount = self.memo.load
@@ -399,39 +402,38 @@ class Handlers:
         return logical + "/" + path
 
     def _remember(self, ev, call: Call, follow: bool, t: Target) -> None:
-        """Teach the C answer table this path (stat, statx, access, readlink)."""
+        """Teach the C answer table this path (stat, statx, access, readlink). An answer
+        that following the last component would not change is taught as the 'N' one,
+        which C uses for both (answers.c answer_for_path)."""
         path = self._key(ev)
         if path is None or not (t.err or t.virtual) or t.proc:
             return
         key = os.fsencode(path)
         rev = self._revision_of(path, t)
+        follow = follow and t.final_link
         if t.err:
-            self.memo.put(rev, key, follow, t.err, None, None, [t.err] * 8, None)
+            self.memo.put(rev, key, follow, t.err, None, [t.err] * 8, None)
             return
         node = t.node
-        a = self.view.attrs(node)
-        access = [self._can(node, m) for m in range(8)]
-        link = os.fsencode(node.target) if node.is_symlink else None
         if node.variant:
             rev = None  # depends on the environment
-        self.memo.put(rev, key, follow, 0, pack_stat(a, self.arch), pack_statx(a), access, link)
+        self.memo.teach(rev, self._answer(node, key, follow))
+        self._siblings.seen(self, t, path, rev)
+
+    def _answer(self, node: Node, key: bytes, follow: bool) -> bytes:
+        """The 'A' record of a /cvmfs entry: its stat, access and link answers."""
+        a = self.view.attrs(node)
+        link = os.fsencode(node.target) if node.is_symlink else None
+        return answer_record(
+            follow, key, 0, pack_stat(a, self.arch), self.view.access_vector(node), link
+        )
 
     def _teach_open(self, ev, call: Call, follow: bool, t: Target, backing: str) -> None:
         """Let C replay this read-only open, and answer fstat on its descriptors."""
         node = t.node
-        a = self.view.attrs(node)
         path = None if t.proc else self._key(ev)
         rev = self._revision_of(path, t) if path is not None else None
-        self.memo.put(
-            rev,
-            os.fsencode(backing),
-            True,
-            0,
-            pack_stat(a, self.arch),
-            pack_statx(a),
-            [self._can(node, m) for m in range(8)],
-            None,
-        )
+        self.memo.teach(rev, self._answer(node, os.fsencode(backing), True))
         if path is not None:
             self._remember(ev, call, follow, t)
             self.memo.put_open(
@@ -442,6 +444,21 @@ class Handlers:
                 node.is_dir,
                 node.vpath.logical if node.is_regular else None,
             )
+
+    def xattr_blob(self, node: Node) -> bytes:
+        """What C needs to answer getxattr on an entry: its stored attributes with their
+        values, and prefix records for the magic ones (cvmfs's `user.*` and `xfsroot.*`,
+        which change: Python answers them)."""
+        blob = bytearray()
+        if node.repo is not None:
+            magic = set(node.repo.magic_xattr_names(node.entry))
+            for name, value in node.repo.stored_xattrs(node.entry).items():
+                if name not in magic:
+                    k = os.fsencode(name)
+                    blob += struct.pack("<H", len(k)) + k + struct.pack("<I", len(value)) + value
+            for prefix in MAGIC_XATTR_PREFIXES:
+                blob += struct.pack("<H", len(prefix)) + prefix + b"\xfe\xff\xff\xff"
+        return bytes(blob)
 
     # -- /proc/<pid>/{exe,cwd,fd/N} ----------------------------------------------------------------
 
@@ -713,8 +730,7 @@ class Handlers:
         return self._resolve(ev, call)
 
     def _teach_xattrs(self, ev, call: Call, t: Target, listing: bytes | None = None) -> None:
-        """Let C answer getxattr (and listxattr, in this run) on this path: the stored
-        attributes with their values, the magic ones marked as Python's (they change)."""
+        """Let C answer getxattr (and listxattr, in this run) on this path."""
         path = None if call.kind == FD or call.name.endswith("at") else self._key(ev)
         if path is None:
             return
@@ -723,22 +739,13 @@ class Handlers:
         if t.err or not t.virtual or t.proc:
             return
         key = os.fsencode(path)
+        follow = follow and t.final_link
         if listing is not None:
             self.core.table_put_xnames(key, follow, listing)
             return
         node = t.node
-        blob = bytearray()
-        if node.repo is not None:
-            magic = set(node.repo.magic_xattr_names(node.entry))
-            for name, value in node.repo.stored_xattrs(node.entry).items():
-                if name not in magic:
-                    k = os.fsencode(name)
-                    blob += struct.pack("<H", len(k)) + k + struct.pack("<I", len(value)) + value
-            for name in magic:
-                k = os.fsencode(name)
-                blob += struct.pack("<H", len(k)) + k + b"\xff\xff\xff\xff"
         rev = None if node.variant else self._revision_of(path, t)
-        self.memo.put_xattrs(rev, key, follow, bytes(blob))
+        self.memo.put_xattrs(rev, key, follow, self.xattr_blob(node))
 
     def h_getxattr(self, ev, call: Call) -> tuple:
         t = self._xattr_target(ev, call)
@@ -784,6 +791,7 @@ class Handlers:
         if node is None or not node.is_dir:
             return RESUME
         entries = self.view.listing(node)
+        self._siblings.listed(vpath)
         if call.name == "getdents64":  # C answers the next ones (and later runs')
             records, _ = pack_dirents(entries, 0, 1 << 62)
             self.memo.put_dents(
@@ -804,6 +812,8 @@ class Handlers:
             os.lseek(ours, nxt, os.SEEK_SET)
         finally:
             os.close(ours)
+        if call.name == "getdents64":
+            node._listing = None  # C has it now (and Python makes it again if C drops it)
         return skip(len(data))
 
     def h_chdir(self, ev, call: Call) -> tuple:
@@ -1086,6 +1096,55 @@ class Handlers:
         if host and (self.view.anchor_to_vpath(host) or self.view.is_cache_path(host)):
             return skip(-errno.EROFS)
         return RESUME
+
+
+class Siblings:
+    """Answers for a whole directory at once, as FUSE's readdirplus does: once a program
+    has listed a directory and asked Python about a few of its entries (`ls -l`, `find
+    -printf`), C is taught the lstat and getxattr answers of every entry, in one call,
+    so the rest is answered in C. Only for directories whose paths the program spells
+    as we do (the keys are the entries' /cvmfs paths)."""
+
+    AFTER = 4  # entries asked about before the rest is taught
+    CHUNK = 2048  # entries per call to C
+    LIMIT = 4096  # directories remembered as listed
+
+    def __init__(self):
+        self._listed: dict = {}  # directory vpath -> entries asked about (-1: taught)
+
+    def listed(self, vpath: VPath) -> None:
+        if len(self._listed) >= self.LIMIT:
+            self._listed.clear()
+        self._listed.setdefault(vpath, 0)
+
+    def seen(self, h: Handlers, t: Target, path: str, rev: str | None) -> None:
+        node = t.node
+        parent = node.vpath.parent()
+        n = self._listed.get(parent)
+        if n is None or n < 0 or path != node.vpath.logical or node.repo is None:
+            return
+        self._listed[parent] = n + 1
+        if n + 1 < self.AFTER:
+            return
+        self._listed[parent] = -1
+        view = h.view
+        dir_node = view.lookup(parent)
+        if dir_node is None or dir_node.repo is None:
+            return
+        ns = dir_node.repo.ns
+        records: list[bytes] = []
+        for e in ns.listdir(ns.dir_entry(dir_node.entry)):
+            child = view.node_of(parent.child(e.name), e, dir_node.repo)
+            if child.variant:
+                continue  # depends on the environment: Python's every time
+            key = os.fsencode(child.vpath.logical)
+            records.append(h._answer(child, key, False))
+            records.append(xattrs_record(False, key, h.xattr_blob(child)))
+            if len(records) >= 2 * self.CHUNK:
+                h.memo.teach(rev, b"".join(records))
+                records.clear()
+        if records:
+            h.memo.teach(rev, b"".join(records))
 
 
 def _s(buf, n: int) -> str:

@@ -14,12 +14,16 @@ After the magic line and a u32 length come the files served (`backing\0path\0`..
 then the records:
 
     record = kind:u8 follow:u8 keylen:u16 paylen:u32 key payload
-    kind 'A' (answer)   payload = err:i32 parts:u8 [struct stat][statx 256][access 8][link...]
-                        parts: 1 stat, 2 statx, 4 access, 8 link (a statx is only
-                        written without a stat: C derives it from the stat)
+    kind 'A' (answer)   payload = err:i32 parts:u8 [struct stat][access 8][link...]
+                        parts: 1 stat, 4 access, 8 link (the struct statx is derived
+                        from the struct stat, by C)
     kind 'O' (open)     payload = is_dir:u8 target
     kind 'D' (listing)  payload = linux_dirent64 records
     kind 'X' (xattrs)   payload = the records of pc_table_put_xattrs (tracer.h)
+
+Python teaches the C table in this same format (`teach`), one record or many at once.
+What a run keeps is bounded (`MAX_KEPT` bytes a revision, the file too): a walk over a
+million entries is answered in C within the run, but is not all kept.
 """
 
 from __future__ import annotations
@@ -51,6 +55,22 @@ def _split(blob: bytes) -> dict[tuple[int, int, bytes], bytes]:
     return out
 
 
+MAX_KEPT = 64 << 20  # bytes of records kept for one revision (in memory and on disk)
+
+
+def answer_record(follow: bool, key: bytes, err: int, stat_buf, access, link) -> bytes:
+    """An 'A' record: an answer to stat, access and readlink of `key`."""
+    parts = (1 if stat_buf else 0) | (4 if access else 0) | (8 if link is not None else 0)
+    payload = struct.pack("<iB", err, parts) + (stat_buf or b"")
+    if access:
+        payload += struct.pack("<8b", *access)
+    return _record(b"A", follow, key, payload + (link or b""))
+
+
+def xattrs_record(follow: bool, key: bytes, blob: bytes) -> bytes:
+    return _record(b"X", follow, key, blob)
+
+
 class Memo:
     def __init__(self, core: Core, cache_dir: str):
         self.core = core
@@ -58,6 +78,7 @@ class Memo:
         self.uid = os.getuid()
         self.loaded: set[str] = set()  # revision ids whose file the C table loaded
         self.new: dict[str, list[bytes]] = {}  # revision id -> records taught in this run
+        self.new_bytes: dict[str, int] = {}
         self.served: dict[str, dict] = {}  # revision id -> {backing file: logical path}
         self._unread: set[str] = set()  # loaded revisions whose served list is not decoded
 
@@ -65,30 +86,22 @@ class Memo:
         safe = rev.replace("/", "_")
         return os.path.join(self.dir, f"{safe}.{self.uid}.memo")
 
-    def _keep(self, rev: str | None, record: bytes) -> None:
-        if rev is not None:
-            self.new.setdefault(rev, []).append(record)
-
     # -- teaching (and remembering) --------------------------------------------------------------
 
-    def put(
-        self, rev: str | None, key: bytes, follow: bool, err: int, stat_buf, statx_buf, access, link
-    ) -> None:
-        self.core.table_put(key, follow, err, stat_buf, statx_buf, access, link)
+    def teach(self, rev: str | None, records: bytes) -> None:
+        """Teach C the records, and keep them for later runs of revision `rev` (None: not
+        kept: they depend on more than the revision)."""
+        self.core.table_load(records)
         if rev is None:
             return
-        # the struct statx is not kept: C derives it from the struct stat at load
-        kept_statx = statx_buf if statx_buf and not stat_buf else None
-        parts = (
-            (1 if stat_buf else 0)
-            | (2 if kept_statx else 0)
-            | (4 if access else 0)
-            | (8 if link is not None else 0)
-        )
-        payload = struct.pack("<iB", err, parts) + (stat_buf or b"") + (kept_statx or b"")
-        if access:
-            payload += struct.pack("<8b", *access)
-        self._keep(rev, _record(b"A", follow, key, payload + (link or b"")))
+        used = self.new_bytes.get(rev, 0)
+        if used + len(records) > MAX_KEPT:
+            return
+        self.new_bytes[rev] = used + len(records)
+        self.new.setdefault(rev, []).append(records)
+
+    def put(self, rev: str | None, key: bytes, follow: bool, err: int, stat_buf, access, link):
+        self.teach(rev, answer_record(follow, key, err, stat_buf, access, link))
 
     def put_open(
         self,
@@ -99,19 +112,15 @@ class Memo:
         is_dir: bool,
         logical: str | None,
     ) -> None:
-        self.core.table_put_open(key, follow, target, is_dir)
-        if rev is not None:
-            self._keep(rev, _record(b"O", follow, key, bytes([int(is_dir)]) + target))
-            if logical is not None:
-                self.served.setdefault(rev, {})[os.fsdecode(target)] = logical
+        self.teach(rev, _record(b"O", follow, key, bytes([int(is_dir)]) + target))
+        if rev is not None and logical is not None:
+            self.served.setdefault(rev, {})[os.fsdecode(target)] = logical
 
     def put_dents(self, rev: str | None, anchor: bytes, records: bytes) -> None:
-        self.core.table_put_dents(anchor, records)
-        self._keep(rev, _record(b"D", True, anchor, records))
+        self.teach(rev, _record(b"D", True, anchor, records))
 
     def put_xattrs(self, rev: str | None, key: bytes, follow: bool, blob: bytes) -> None:
-        self.core.table_put_xattrs(key, follow, blob)
-        self._keep(rev, _record(b"X", follow, key, blob))
+        self.teach(rev, xattrs_record(follow, key, blob))
 
     # -- across runs --------------------------------------------------------------------------------
 
@@ -202,8 +211,23 @@ class Memo:
             return
         self._decode_served()  # the loaded files' lists are kept in what is written
         for rev, records in self.new.items():
-            merged = _split(self._records(rev))
-            merged.update(_split(b"".join(records)))
+            old = self._records(rev)
+            new = b"".join(records)
+            if (not old or rev in self.loaded) and len(old) + len(new) <= MAX_KEPT:
+                # C answered what the file holds, so what Python taught is new but for
+                # the few calls only Python answers (a few records each): appended, a
+                # later record wins when C loads them; a file past the bound is merged
+                body = old + new
+            else:  # merged, within the bound (later records go first)
+                merged = _split(old)
+                merged.update(_split(new))
+                kept, total = [], 0
+                for rec in merged.values():
+                    total += len(rec)
+                    if total > MAX_KEPT:
+                        break
+                    kept.append(rec)
+                body = b"".join(kept)
             served = b"".join(
                 os.fsencode(k) + b"\0" + os.fsencode(v) + b"\0"
                 for k, v in self.served.get(rev, {}).items()
@@ -213,7 +237,7 @@ class Memo:
                 fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".memo.")
                 with os.fdopen(fd, "wb") as f:
                     f.write(MAGIC + struct.pack("<I", len(served)) + served)
-                    f.write(b"".join(merged.values()))
+                    f.write(body)
                 os.rename(tmp, self._file(rev))
             except OSError:
                 if tmp is not None:
@@ -222,3 +246,4 @@ class Memo:
                     except OSError:
                         pass
         self.new.clear()
+        self.new_bytes.clear()

@@ -98,7 +98,9 @@ class Target:
       virtual tree (then the program's argument must be replaced by `host`).
     - `mixed`: the walk went through a variant symlink or several repositories.
     - `last`: LAST_DOT or LAST_DOTDOT if the path as given ended in "." or "..";
-      `trailing`: it ended in "/"; `proc`: it went through a /proc magic link."""
+      `trailing`: it ended in "/"; `proc`: it went through a /proc magic link;
+      `final_link`: a symlink was followed at the last component (the answer differs
+      from the one without following)."""
 
     __slots__ = (
         "err",
@@ -113,6 +115,7 @@ class Target:
         "last",
         "trailing",
         "proc",
+        "final_link",
     )
 
     def __init__(
@@ -139,6 +142,7 @@ class Target:
         self.last = LAST_NORM
         self.trailing = False
         self.proc = False  # reached through a /proc magic link (the caller's state)
+        self.final_link = False  # a symlink was followed at the last component
 
     @property
     def virtual(self) -> bool:
@@ -163,7 +167,9 @@ def resolve(
 ) -> Target:
     """Resolve `path` (relative ones against `base`). `follow`: expand a final symlink.
     `no_symlinks` (RESOLVE_NO_SYMLINKS) fails with ELOOP at any virtual symlink."""
-    t = _walk(ns, path, base, follow, no_symlinks)
+    final_link = [False]
+    t = _walk(ns, path, base, follow, no_symlinks, final_link)
+    t.final_link = final_link[0]
     comps = path.rstrip("/").rsplit("/", 1)
     tail = comps[-1] if path.strip("/") else ""
     t.last = LAST_DOT if tail == "." else LAST_DOTDOT if tail == ".." else LAST_NORM
@@ -171,7 +177,9 @@ def resolve(
     return t
 
 
-def _walk(ns: Namespace, path: str, base: str | None, follow: bool, no_symlinks: bool) -> Target:
+def _walk(
+    ns: Namespace, path: str, base: str | None, follow: bool, no_symlinks: bool, final_link: list
+) -> Target:
     if path == "":
         return Target(err=errno.ENOENT)
     if len(path) > 4095:
@@ -240,6 +248,8 @@ def _walk(ns: Namespace, path: str, base: str | None, follow: bool, no_symlinks:
         if child.is_symlink and (not last or follow):
             mixed = mixed or getattr(child, "variant", False)
             links += 1
+            if last:  # the path's last component is (or leads through) a symlink
+                final_link[0] = True
             if links > MAX_SYMLINKS or no_symlinks:
                 return Target(err=errno.ELOOP, symlinks=links)
             target = child.target

@@ -117,6 +117,7 @@ class Supervisor:
                 return 1  # no tracing here: a set-up failure, not the program's
             return 126 if failure.errno in (13, 8) else 127
         if self.opts.stats:
+            self.keep()  # first, so that the peak memory printed includes it
             self.print_stats()
         status = self.root_status or 0
         if os.WIFSIGNALED(status):
@@ -164,17 +165,34 @@ class Supervisor:
         )
         print(
             f"parrot_run: {n} objects fetched ({b} bytes), cache hits {hits}, misses {misses},"
-            f" I/O errors {self.view.io_errors}; {c['tasks'] + 1} tasks, {c['signals']} signals",
+            f" I/O errors {self.view.io_errors}; {c['tasks'] + 1} tasks, {c['signals']} signals;"
+            f" supervisor peak memory {_peak_rss_mb():.0f} MB",
             file=err,
         )
 
-    def close(self) -> None:
+    def keep(self) -> None:
+        """Save what this run learned for later runs (once)."""
         self.handlers.memo.save()
         # the files C opened count as used for the cache's LRU clean-up, as Python's do
         cache = self.view.cache
         if cache is not None and cache.quota is not None:
             cache.touch_paths(self.core.take_served())
+
+    def close(self) -> None:
+        self.keep()
         self.view.close()
+
+
+def _peak_rss_mb() -> float:
+    """The supervisor's own peak resident memory (VmHWM), in MB."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def choose_mode() -> str:

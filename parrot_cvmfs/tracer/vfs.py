@@ -31,6 +31,7 @@ from .paths import ROOT, VPath, resolve
 from .structs import Attrs, dtype_of
 
 ROOT_DEV = os.makedev(0, 0x0FF)
+_MISSING = object()
 ROOT_INO = 1
 
 
@@ -93,7 +94,8 @@ class CvmfsView:
         self.failed: dict[str, str] = {}
         self.eager = [config.canonical_name(n) for n in (eager or [])]
         self.cache: ObjectCache | None = None
-        self.nodes: dict[VPath, Node | None] = {}
+        self.nodes: dict[VPath, Node | None] = {}  # directories (and /cvmfs itself)
+        self.leaves: dict[VPath, Node | None] = {}  # other entries, and missing ones
         self.cache_paths: dict[str, VPath] = {}  # cache file -> last /cvmfs path served from it
         self.io_errors = 0
         self.root = Node(ROOT, None, None, st.S_IFDIR | 0o755)
@@ -161,15 +163,23 @@ class CvmfsView:
 
     # -- nodes ------------------------------------------------------------------------------------
 
+    # Nodes are kept while the run lasts, within bounds: directories (every walk goes
+    # through them) up to DIRS_KEPT, other entries (mostly asked about once: the answer
+    # table answers again) up to LEAVES_KEPT; a full set starts over.
+    DIRS_KEPT = 100_000
+    LEAVES_KEPT = 8192
+
     def lookup(self, vpath: VPath) -> Node | None:
-        try:
-            return self.nodes[vpath]
-        except KeyError:
-            pass
+        node = self.nodes.get(vpath, _MISSING)
+        if node is _MISSING:
+            node = self.leaves.get(vpath, _MISSING)
+        if node is not _MISSING:
+            return node
         node = self._lookup(vpath)
-        if len(self.nodes) > 500_000:
-            self.nodes.clear()
-        self.nodes[vpath] = node
+        kept = self.nodes if node is not None and node.is_dir else self.leaves
+        if len(kept) >= (self.DIRS_KEPT if kept is self.nodes else self.LEAVES_KEPT):
+            kept.clear()
+        kept[vpath] = node
         return node
 
     def _lookup(self, vpath: VPath) -> Node | None:
@@ -181,26 +191,39 @@ class CvmfsView:
         entry = repo.ns.lookup(vpath.inner)
         if entry is None:
             return None
+        return self.node_of(vpath, entry, repo)
+
+    @staticmethod
+    def node_of(vpath: VPath, entry, repo: Repository) -> Node:
+        """The node of a catalog entry already at hand (a listing's)."""
         target = repo.expand_symlink(entry) if entry.is_symlink else ""
         return Node(vpath, entry, repo, entry.mode, target)
 
-    def access_error(self, node: Node, want: int) -> int:
-        """0, or the errno access(2) gives for mode `want` (R_OK|W_OK|X_OK): the
-        kernel's rules over the attributes we report (root passes all but a missing x)."""
-        if want & os.W_OK:
-            return errno.EROFS
+    def _allowed(self, node: Node) -> int:
+        """The R_OK|W_OK|X_OK bits the kernel's rules grant us over the attributes we
+        report (root passes all but a missing x); writes are refused apart."""
         a = self.attrs(node)
         if self.uid == 0:
-            if want & os.X_OK and not node.is_dir and not a.mode & 0o111:
-                return errno.EACCES
-            return 0
+            return 7 if node.is_dir or a.mode & 0o111 else 6
         if a.uid == self.uid:
-            bits = (a.mode >> 6) & 7
-        elif a.gid in self.groups:
-            bits = (a.mode >> 3) & 7
-        else:
-            bits = a.mode & 7
-        return 0 if bits & want == want else errno.EACCES
+            return (a.mode >> 6) & 7
+        if a.gid in self.groups:
+            return (a.mode >> 3) & 7
+        return a.mode & 7
+
+    def access_error(self, node: Node, want: int) -> int:
+        """0, or the errno access(2) gives for mode `want` (R_OK|W_OK|X_OK)."""
+        if want & os.W_OK:
+            return errno.EROFS
+        return 0 if self._allowed(node) & want == want else errno.EACCES
+
+    def access_vector(self, node: Node) -> list[int]:
+        """access_error for each of the 8 modes (what the answer table keeps)."""
+        allowed = self._allowed(node)
+        return [
+            errno.EROFS if m & os.W_OK else (0 if allowed & m == m else errno.EACCES)
+            for m in range(8)
+        ]
 
     def may_search(self, node: Node) -> bool:
         return self.access_error(node, os.X_OK) == 0
