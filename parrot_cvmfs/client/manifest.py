@@ -67,20 +67,29 @@ def _hash_field(fields: dict[str, str], key: str, what: str) -> ContentHash | No
     try:
         h = ContentHash.from_hex(value)
     except ValueError:
-        raise ManifestError(f"{what} is malformed: field {key} is not a hash ({value!r})") from None
+        raise ManifestError(
+            f"{what} is malformed: field {key} is not a hash ({value[:60]!r})"
+        ) from None
     return h
+
+
+def decimal(text: str) -> int | None:
+    """A non-negative decimal number below 2**63 in ASCII digits only (int() would also
+    take signs, blanks, underscores and other scripts' digits), else None."""
+    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
+        return None
+    n = int(text)
+    return n if n < 1 << 63 else None
 
 
 def _int_field(fields: dict[str, str], key: str, what: str) -> int | None:
     value = fields.get(key)
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ManifestError(
-            f"{what} is malformed: field {key} is not a number ({value!r})"
-        ) from None
+    n = decimal(value)
+    if n is None:
+        raise ManifestError(f"{what} is malformed: field {key} is not a number ({value[:40]!r})")
+    return n
 
 
 class Manifest(
@@ -123,8 +132,10 @@ class Manifest(
             if key not in fields:
                 raise ManifestError(f"{what} is incomplete: field {key} missing")
         if fields["R"] != ROOT_PATH_HASH:
-            raise ManifestError(f"{what}: root path hash {fields['R']!r} is not md5('')")
+            raise ManifestError(f"{what}: root path hash {fields['R'][:40]!r} is not md5('')")
         root = _hash_field(fields, "C", what)
+        if root is None:
+            raise ManifestError(f"{what} is incomplete: field C is empty")
         micro = fields.get("L", "")
         del micro  # reserved micro-catalog field: tolerated, never used
         return cls(

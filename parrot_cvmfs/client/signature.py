@@ -33,9 +33,11 @@ def load_public_key(path: str) -> rsa.RSAPublicKey:
             data = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read public key {path}: {e.strerror}") from None
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         key = serialization.load_pem_public_key(data)
-    except ValueError:
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ConfigError(f"public key {path} is not a PEM public key") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise ConfigError(f"public key {path} is not an RSA key")
@@ -86,11 +88,14 @@ def verify_manifest_signature(
     certificate: x509.Certificate, signed_text: bytes, signature: bytes
 ) -> bool:
     """True if the certificate's key signed `signed_text` (PKCS#1 v1.5, SHA-1)."""
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-    key = certificate.public_key()
+    try:
+        key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return False  # a key type cryptography cannot load signs nothing we accept
     if not isinstance(key, rsa.RSAPublicKey):
         return False
     try:
@@ -123,10 +128,11 @@ def sign_manifest(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
 def load_certificate(pem: bytes, source: str) -> x509.Certificate:
     """Parse the PEM certificate object; the error names where it came from."""
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
 
     try:
         return x509.load_pem_x509_certificate(pem)
-    except ValueError:
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise SignatureError(f"certificate {source} is not a PEM X.509 certificate") from None
 
 
