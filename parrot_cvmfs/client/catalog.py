@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover
 
 from ..errors import CatalogError
 from .hashes import DIGEST_SIZE, Algorithm, ContentHash, md5_digest
+from .values import column_text, decimal, shown
 
 FLAG_DIR = 1
 FLAG_NESTED_MOUNTPOINT = 2
@@ -101,21 +102,6 @@ def name_problem(name: str) -> str | None:
     if len(name) * 4 > NAME_MAX and len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
         return f"is longer than {NAME_MAX} bytes"
     return None
-
-
-def shown(value, limit: int = 60) -> str:
-    """A value from a hostile row, for a message: repr, cut to `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def column_text(value) -> str | None:
-    """A TEXT column's value (a BLOB is read as its bytes, as sqlite3_column_text does)."""
-    if value is None or type(value) is str:
-        return value
-    if type(value) is bytes:
-        return value.decode("utf-8", "surrogateescape")
-    raise TypeError
 
 
 class DirEntry:
@@ -585,10 +571,10 @@ class Catalog:
         if type(value) is int:
             return value
         text = value if type(value) is str else ""
-        digits = text[1:] if text[:1] == "-" else text
-        if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
+        n = decimal(text[1:] if text[:1] == "-" else text)
+        if n is None:
             raise CatalogError(f"malformed {self.what}: property {key} is {shown(value)}")
-        return int(text)
+        return -n if text[:1] == "-" else n
 
     @property
     def revision(self) -> int:

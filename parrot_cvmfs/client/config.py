@@ -249,10 +249,12 @@ def _parse_shell_output(out: bytes) -> tuple[dict[str, str], int]:
             continue
         text = item.decode("utf-8", "surrogateescape")
         if text.startswith("@@FILE "):
-            index = text[7:]
-            if not (index.isascii() and index.isdigit() and len(index) < 9):
+            from .values import decimal
+
+            index = decimal(text[7:], 1 << 20)
+            if index is None:
                 return {}, 0  # not what our script prints (a damaged memo): evaluate again
-            done = int(index) + 1
+            done = index + 1
             continue
         k, _, v = text.partition("=")
         params[k] = v
@@ -523,7 +525,23 @@ class RepositorySettings:
         urls = self.get("CVMFS_SERVER_URL")
         if not urls:
             raise ConfigError(f"unknown repository {self.fqrn}: no CVMFS_SERVER_URL configured")
-        return [u.strip().rstrip("/") for u in urls.split(";") if u.strip()]
+        return self.urls("CVMFS_SERVER_URL")
+
+    def urls(self, key: str) -> list[str]:
+        """A `;` list of http(s) URLs (trailing `/` dropped); a ConfigError names a
+        malformed one."""
+        from .values import url_problem
+
+        out = []
+        for u in (self.get(key) or "").split(";"):
+            u = u.strip().rstrip("/")
+            if not u:
+                continue
+            problem = url_problem(u)
+            if problem is not None:
+                raise ConfigError(f"{key} of {self.fqrn}: {u[:80]!r} {problem}")
+            out.append(u)
+        return out
 
     @property
     def public_key_files(self) -> list[str]:

@@ -10,8 +10,9 @@ except ImportError:  # pragma: no cover
     import sqlite3
 
 from ..errors import CatalogError, ConfigError
-from .catalog import column_text, shown, sqlite_uri_path
+from .catalog import sqlite_uri_path
 from .hashes import ContentHash
+from .values import column_text, shown
 
 _INT64_MAX = (1 << 63) - 1
 

@@ -11,6 +11,7 @@ from collections import namedtuple
 from ..errors import ManifestError, SignatureError
 from .hashes import ContentHash, hash_bytes, infer_algorithm
 from .signature import verify_manifest_signature
+from .values import decimal
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
@@ -71,15 +72,6 @@ def _hash_field(fields: dict[str, str], key: str, what: str) -> ContentHash | No
             f"{what} is malformed: field {key} is not a hash ({value[:60]!r})"
         ) from None
     return h
-
-
-def decimal(text: str) -> int | None:
-    """A non-negative decimal number below 2**63 in ASCII digits only (int() would also
-    take signs, blanks, underscores and other scripts' digits), else None."""
-    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
-        return None
-    n = int(text)
-    return n if n < 1 << 63 else None
 
 
 def _int_field(fields: dict[str, str], key: str, what: str) -> int | None:

@@ -158,9 +158,8 @@ class Repository:
         self.downloader = downloader
         self.offline = offline or downloader is None
         external = None
-        ext_urls = settings.get("CVMFS_EXTERNAL_URL")
-        if ext_urls and not self.offline:
-            hosts = [u.strip().rstrip("/") for u in ext_urls.split(";") if u.strip()]
+        if settings.get("CVMFS_EXTERNAL_URL") and not self.offline:
+            hosts = settings.urls("CVMFS_EXTERNAL_URL")
             external = Downloader(
                 DownloadSettings.from_settings(settings, hosts=hosts, external=True)
             )

@@ -13,6 +13,7 @@ import os
 
 from ..errors import ConfigError, SignatureError
 from .hashes import Algorithm, ContentHash, hash_bytes
+from .values import decimal
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
@@ -180,8 +181,9 @@ class Blacklist:
                 line = line.strip()
                 if line.startswith("<"):
                     parts = line[1:].split()
-                    if len(parts) == 2 and parts[1].isdigit():
-                        name, rev = parts[0], int(parts[1])
+                    rev = decimal(parts[1]) if len(parts) == 2 else None
+                    if rev is not None:
+                        name = parts[0]
                         bl.min_revisions[name] = max(rev, bl.min_revisions.get(name, 0))
                     continue
                 fp = parse_fingerprint(line)

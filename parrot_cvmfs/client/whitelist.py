@@ -9,6 +9,7 @@ from ..errors import WhitelistError
 from .hashes import ContentHash, hash_bytes
 from .manifest import check_body_hash, split_signed
 from .signature import Blacklist, parse_fingerprint, verify_whitelist_signature
+from .values import decimal
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ def parse_expiry(text: str) -> tuple[int, int, int, int] | None:
     """`YYYYMMDDhhmmss` as (year, month, day, hour), or None unless it is a real UTC
     time in ASCII digits (minutes and seconds are checked, then ignored, as the
     client ignores them)."""
-    if len(text) != 14 or not (text.isascii() and text.isdigit()):
+    if len(text) != 14 or decimal(text) is None:
         return None
     y, mo, d, h, mi, s = (
         int(text[i : i + n]) for i, n in ((0, 4), (4, 2), (6, 2), (8, 2), (10, 2), (12, 2))
