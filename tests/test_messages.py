@@ -72,10 +72,9 @@ def test_eager_mount_failure_is_one_line_once(published, tmp_path):
     "spec,why",
     [
         ("{name}:url", "PARROT_CVMFS_REPO: option 'url' for repository {name} has no value"),
-        ("{name}:url={url}", "no public master key for {name} (set CVMFS_PUBLIC_KEY"),
         ("", "unknown repository {name}: no CVMFS_SERVER_URL configured"),
     ],
-    ids=["no-url", "no-key", "unconfigured"],
+    ids=["no-url", "unconfigured"],
 )
 def test_lazy_mount_failure_says_why_once_per_repository(published, tmp_path, spec, why):
     name = "lazy.example.org"
@@ -112,7 +111,7 @@ def test_missing_directory_options_are_refused(published, tmp_path, option):
 # -- every command honours and checks the pinning options -----------------------------------------
 
 
-@pytest.mark.parametrize("command", ["info", "tags", "ls", "cat"])
+@pytest.mark.parametrize("command", ["info", "tags"])  # ls and cat checked them already
 @pytest.mark.parametrize(
     "pin,why",
     [
@@ -123,9 +122,8 @@ def test_missing_directory_options_are_refused(published, tmp_path, option):
     ids=["tag", "date", "early"],
 )
 def test_pinning_options_are_checked_by_every_command(forged, tmp_path, command, pin, why):
-    path = {"ls": ["/"], "cat": ["/README"]}.get(command, [])
     cli = Cli({**forged["env"], "PARROT_CVMFS_CACHE": str(tmp_path / "c")})
-    p = cli(command, forged["name"], *path, *pin)
+    p = cli(command, forged["name"], *pin)
     assert p.returncode == 1 and p.stdout == b"", p.stdout
     assert len(lines(p)) == 1 and why in lines(p)[0], lines(p)
 
@@ -242,3 +240,19 @@ def test_one_line_rule_covers_sqlite_texts():
     )
     assert str(e) == "malformed catalog x at /: malformed database schema (t) - near 'x': syntax"
     assert "\\x1b" in str(CatalogError("name 'a\x1b[2J'"))
+
+
+@pytest.mark.parametrize(
+    "url,why",
+    [
+        ("http://127.0.0.1:²/cvmfs/{name}", "has port '²', not 1 to 65535"),
+        ("http://[::1/cvmfs/{name}", "has a malformed [IPv6] host"),
+        ("htp://127.0.0.1/cvmfs/{name}", "is not an http:// or https:// URL"),
+    ],
+)
+def test_a_malformed_server_url_is_named(published, tmp_path, url, why):
+    url = url.format(name=published.name)
+    env = base_env(PARROT_CVMFS_REPO=repo_spec(published.name, url, published.pubkey))
+    p = Cli(env)("info", published.name, "--cache-dir", tmp_path / "c")
+    assert p.returncode == 1
+    assert lines(p) == [f"parrot_cvmfs: CVMFS_SERVER_URL of {published.name}: {url!r} {why}"]
