@@ -347,12 +347,13 @@ class Catalog:
         under its parent: then the row's key must be the md5 of that path)."""
         (rowid, name, mode, size, mtime, mtimens, flags, h, symlink, hardlinks, uid, gid, xattr,
          key1, key2) = row  # fmt: skip
-        try:
-            name = column_text(name) or ""
-            symlink = column_text(symlink) or ""
-        except TypeError:
-            raise self._bad_row(path, "field name or symlink is not text") from None
-        internal = self.internal_path(path)
+        if type(name) is not str or type(symlink) is not str:
+            try:
+                name = column_text(name) or ""
+                symlink = column_text(symlink) or ""
+            except TypeError:
+                raise self._bad_row(path, "field name or symlink is not text") from None
+        internal = self.prefix + path[len(self.mountpoint) :]
         if internal:
             problem = name_problem(name)
             if problem is not None:
@@ -361,17 +362,27 @@ class Catalog:
             listed and md5path(internal) != (key1, key2)
         ):
             raise self._bad_row(path, f"name {shown(name)} does not match its path key")
-        mode = self._int(path, "mode", mode, None, 0, 0o177777)
+        # the common case in one expression; a field out of its range is then named
+        if not (
+            type(mode) is int and 0 <= mode <= 0o177777 and type(flags) is int
+            and 0 <= flags <= _U32_MAX
+            and (size is None or (type(size) is int and 0 <= size))
+            and (mtime is None or type(mtime) is int)
+            and (mtimens is None or (type(mtimens) is int and 0 <= mtimens <= 999_999_999))
+            and (hardlinks is None or (type(hardlinks) is int and 0 <= hardlinks))
+            and (uid is None or (type(uid) is int and 0 <= uid <= _U32_MAX))
+            and (gid is None or (type(gid) is int and 0 <= gid <= _U32_MAX))
+        ):  # fmt: skip
+            self._int(path, "mode", mode, None, 0, 0o177777)
+            self._int(path, "flags", flags, None, 0, _U32_MAX)
+            self._int(path, "size", size, 0, 0, _INT64_MAX)
+            self._int(path, "mtime", mtime, 0, -_INT64_MAX - 1, _INT64_MAX)
+            self._int(path, "mtimens", mtimens, 0, 0, 999_999_999)
+            self._int(path, "hardlinks", hardlinks, 1, 0, _INT64_MAX)
+            self._int(path, "uid", uid, 0, 0, _U32_MAX)
+            self._int(path, "gid", gid, 0, 0, _U32_MAX)
         if st.S_IFMT(mode) not in _FILE_TYPES:
             raise self._bad_row(path, f"field mode {oct(mode)} is no file type")
-        flags = self._int(path, "flags", flags, None, 0, _U32_MAX)
-        size = self._int(path, "size", size, 0, 0, _INT64_MAX)
-        mtime = self._int(path, "mtime", mtime, 0, -_INT64_MAX, _INT64_MAX)
-        if mtimens is not None:
-            mtimens = self._int(path, "mtimens", mtimens, None, 0, 999_999_999)
-        hardlinks = self._int(path, "hardlinks", hardlinks, 1, 0, _INT64_MAX)
-        uid = self._int(path, "uid", uid, 0, 0, _U32_MAX)
-        gid = self._int(path, "gid", gid, 0, 0, _U32_MAX)
         if xattr is not None and type(xattr) is not bytes:
             if type(xattr) is not str:
                 raise self._bad_row(path, "field xattr is not a blob")
@@ -383,40 +394,35 @@ class Catalog:
                 len(symlink.encode("utf-8", "surrogateescape")) > SYMLINK_MAX
             ):
                 raise self._bad_row(path, f"symlink target is longer than {SYMLINK_MAX} bytes")
-        if st.S_ISREG(mode) and (flags >> FLAG_POS_COMPRESSION) & 7 not in _COMPRESSIONS:
+        elif st.S_ISREG(mode) and (flags >> FLAG_POS_COMPRESSION) & 7 not in _COMPRESSIONS:
             raise self._bad_row(
                 path, f"field flags: unknown compression {(flags >> FLAG_POS_COMPRESSION) & 7}"
             )
         content_hash = None
         if h or flags & FLAG_CHUNKED:
-            bits = (flags >> FLAG_POS_HASH) & 7
-            if self._legacy_hash:
-                algorithm = Algorithm.SHA1
-            elif bits <= _ALGORITHM_BITS_MAX:
-                algorithm = Algorithm(bits + 1)
-            else:
+            algorithm = self._algorithm(flags)
+            if algorithm is None:
+                bits = (flags >> FLAG_POS_HASH) & 7
                 raise self._bad_row(path, f"field flags: unknown hash algorithm {bits + 1}")
             if h:
-                if type(h) is str:
-                    h = h.encode("utf-8", "surrogateescape")
-                if type(h) is not bytes or len(h) != DIGEST_SIZE[algorithm]:
+                content_hash = self._digest(algorithm, h)
+                if content_hash is None:
                     raise self._bad_row(
                         path, f"field hash is not a {algorithm.name} digest ({shown(h)})"
                     )
-                content_hash = ContentHash(algorithm, h)
         return DirEntry(
             path,
             name,
             mode,
-            size,
-            mtime,
+            size or 0,
+            mtime or 0,
             mtimens,
             flags,
             content_hash,
             symlink,
-            hardlinks,
-            uid,
-            gid,
+            hardlinks if hardlinks is not None else 1,
+            uid or 0,
+            gid or 0,
             xattr,
             self,
             rowid,
