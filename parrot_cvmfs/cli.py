@@ -494,8 +494,15 @@ def cmd_demo(args) -> int:
 # -- entry point ---------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too (argparse prints the usage block first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {one_line_text(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="parrot_cvmfs",
         description="CernVM-FS client tools: inspect, publish and serve repositories.",
     )
@@ -661,7 +668,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             return EXIT_ERROR  # noqa: B012
     except Exception as e:
-        print(f"parrot_cvmfs: {one_line(e)}", file=sys.stderr)
+        text = one_line(e)
+        if isinstance(e, OSError) and not isinstance(e, CvmfsError) and e.filename is None:
+            text = f"{args.command}: {text}"  # what it was about, at least
+        print(f"parrot_cvmfs: {text}", file=sys.stderr)
         if args.debug:
             import traceback
 

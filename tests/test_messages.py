@@ -256,3 +256,12 @@ def test_a_malformed_server_url_is_named(published, tmp_path, url, why):
     p = Cli(env)("info", published.name, "--cache-dir", tmp_path / "c")
     assert p.returncode == 1
     assert lines(p) == [f"parrot_cvmfs: CVMFS_SERVER_URL of {published.name}: {url!r} {why}"]
+
+
+def test_usage_errors_are_one_line(published, tmp_path):
+    p = Cli(base_env())("ls", published.name, "--verify-at", "yesterday")
+    assert p.returncode == 2
+    assert lines(p) == [
+        "parrot_cvmfs ls: argument --verify-at: bad date 'yesterday' (expected e.g."
+        " 2024-05-01T12:00:00Z) (see parrot_cvmfs ls --help)"
+    ]

@@ -219,7 +219,11 @@ class DirEntry:
 
     @property
     def hash_algorithm(self) -> Algorithm:
-        return Algorithm(((self.flags >> FLAG_POS_HASH) & 7) + 1)
+        """The algorithm of the content (and chunk) hashes (checked when the row was read)."""
+        if self.hash is not None:
+            return self.hash.algorithm
+        algorithm = self.catalog._algorithm(self.flags)
+        return algorithm if algorithm is not None else Algorithm.SHA1
 
     @property
     def compression(self) -> int:
