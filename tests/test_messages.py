@@ -265,3 +265,21 @@ def test_usage_errors_are_one_line(published, tmp_path):
         "parrot_cvmfs ls: argument --verify-at: bad date 'yesterday' (expected e.g."
         " 2024-05-01T12:00:00Z) (see parrot_cvmfs ls --help)"
     ]
+
+
+def test_directory_options_an_unprivileged_user_cannot_reach(published, tmp_path):
+    locked = tmp_path / "locked"
+    (locked / "etc").mkdir(parents=True)
+    os.chmod(locked, 0o700)  # root's: nobody cannot look inside
+    target = str(locked / "etc")
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    env = base_env(HOME="/tmp", PARROT_CVMFS_CACHE="/tmp/parrot-cvmfs-nobody-cache")
+    p = subprocess.run(
+        [*as_nobody, *PARROT, "--config-dir", target, "--", "true"], env=env, capture_output=True
+    )
+    assert p.returncode == 1 and lines(p) == [
+        f"parrot_run: --config-dir {target}: Permission denied"
+    ]
+    (tmp_path / "file").write_text("")
+    p = Cli(base_env())("info", published.name, "--alien-cache", tmp_path / "file")
+    assert lines(p) == [f"parrot_cvmfs: --alien-cache {tmp_path / 'file'} is not a directory"]

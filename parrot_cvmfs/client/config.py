@@ -80,10 +80,19 @@ def check_directory_option(option: str, value: str) -> None:
     """A directory named on the command line (`--config-dir`, `--alien-cache`, a colon
     list) must exist: a typo silently ignored would have every node of a site
     configure nothing, or download everything."""
+    import stat
+
     for path in value.split(":"):
-        if path and not os.path.isdir(path):
-            what = "is not a directory" if os.path.exists(path) else "does not exist"
-            raise ConfigError(f"{option} {path} {what}")
+        if not path:
+            continue
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise ConfigError(f"{option} {path} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"{option} {path}: {e.strerror}") from None
+        if not stat.S_ISDIR(mode):
+            raise ConfigError(f"{option} {path} is not a directory")
 
 
 def is_on(value: str | None, default: bool = False) -> bool:
