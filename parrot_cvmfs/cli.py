@@ -220,7 +220,7 @@ _STDOUT_IS_TTY = False
 def cmd_info(args) -> int:
     with open_repository(args, args.name, attach=False) as repo:
         for k, v in repo.info().items():
-            _line(f"{k}: {v}")
+            _line(f"{k}: {one_line_text(v)}")  # a tag's name is the publisher's text
     return 0
 
 

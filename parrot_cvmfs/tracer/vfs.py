@@ -24,7 +24,7 @@ from collections.abc import Callable
 from ..client.cache import ObjectCache, make_layout
 from ..client.config import Configuration, normalize_name
 from ..client.repository import Repository, inode_of, open_cache
-from ..errors import ConfigError, CvmfsError
+from ..errors import ConfigError, CvmfsError, one_line_text
 from .paths import ROOT, VPath
 from .structs import Attrs, dtype_of
 
@@ -106,7 +106,7 @@ class CvmfsView:
         if message not in self._warned:
             if len(self._warned) < 10_000:
                 self._warned.add(message)
-            self._warn(message)
+            self._warn(one_line_text(message))
 
     # -- repositories ---------------------------------------------------------------------------
 
