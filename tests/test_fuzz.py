@@ -339,11 +339,12 @@ def _db_cases(rnd, samples: list[bytes], tables: list[str], n: int, tmp_path):
                 f.write(data)
             yield path, f"bytes case {k}"
             continue
-        with open(path, "wb") as f:
-            f.write(base)
-        db = sqlite3.connect(path)
+        db = sqlite3.connect(":memory:")
+        db.deserialize(base)  # edited in memory, written once
         _sql_mutate(rnd, db, tables)
         db.commit()
+        with open(path, "wb") as f:
+            f.write(db.serialize())
         db.close()
         yield path, f"sql case {k}"
 
