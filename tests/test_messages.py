@@ -41,6 +41,7 @@ def forged(published, tmp_path_factory):
     bits = 5 << FLAG_POS_HASH  # algorithm 6: no such algorithm
     forger.add_entry("/deep/a", "algo.txt", data=b"a\n", flags=FLAG_FILE | bits)
     forger.add_entry("", "bad-xattr.txt", data=b"x\n", xattr=b"\x01\x05\x03")
+    forger.add_entry("/empty-dir", "negative.txt", data=b"n\n", size=-1)
     forger.edit(lambda db: db.execute("UPDATE properties SET value = 'abc' WHERE key = 'revision'"))
     srv = StratumServer(pub.stratum)
     srv.start_background()
@@ -187,8 +188,24 @@ def test_find_json_reports_a_bad_xattr_list_for_that_entry_and_goes_on(forged, t
             f"parrot_cvmfs: {bad['error']}",
             f"parrot_cvmfs: malformed catalog {forged['root']} at /: entry '/deep/a/algo.txt':"
             " field flags: unknown hash algorithm 6",
+            f"parrot_cvmfs: {NEGATIVE.format(root=forged['root'])}",
         ]
     )
+
+
+NEGATIVE = (
+    "malformed catalog {root} at /: entry '/empty-dir/negative.txt':"
+    " field size is -1, not an integer 0..9223372036854775807"
+)
+
+
+def test_a_negative_size_is_eio_and_one_line_under_parrot_run(forged, tmp_path):
+    path = f"/cvmfs/{forged['name']}/empty-dir/negative.txt"
+    p = parrot(forged["env"], tmp_path / "c", "--", "sh", "-c", f"stat {path}; cat {path}")
+    assert p.returncode == 1
+    assert f"stat: cannot statx '{path}': Input/output error" in p.stderr.decode()
+    ours = [line for line in lines(p) if line.startswith("parrot_run:")]
+    assert ours == [f"parrot_run: {NEGATIVE.format(root=forged['root'])}"]
 
 
 # -- malformed trust chain: one line, never a traceback ------------------------------------------
