@@ -40,6 +40,7 @@ from .hashes import ContentHash, md5_digest
 from .manifest import Manifest
 from .namespace import Namespace
 from .signature import Blacklist, certificate_fingerprint, load_certificate, load_public_keys
+from .values import decimal
 from .whitelist import Whitelist
 from .xattrs import decode_xattrs
 
@@ -107,11 +108,8 @@ class Breadcrumb(namedtuple("Breadcrumb", "root_hash timestamp revision")):
             return None
         h, _, rest = text.partition("T")
         ts, _, rev = rest.partition("R")
-        try:
-            timestamp, revision = int(ts), int(rev or 0)
-        except ValueError:
-            return None
-        if not h or timestamp <= 0:
+        timestamp, revision = decimal(ts), decimal(rev or "0")
+        if not h or not timestamp or revision is None:
             return None
         return cls(h, timestamp, revision)
 
