@@ -357,7 +357,7 @@ class Catalog:
                 symlink = column_text(symlink) or ""
             except TypeError:
                 raise self._bad_row(path, "field name or symlink is not text") from None
-        internal = self.prefix + path[len(self.mountpoint) :]
+        internal = self.internal_path(path)
         if internal:
             problem = name_problem(name)
             if problem is not None:
