@@ -434,16 +434,10 @@ def test_fuzz_history(strata, tmp_path):
 def _real_xattr_blobs(strata) -> list[bytes]:
     out = []
     for data in objects("C", strata):
-        path = "/tmp/parrot-cvmfs-fuzz-xattr.db"
-        with open(path, "wb") as f:
-            f.write(data)
-        db = sqlite3.connect(path)
-        try:
-            out += [r[0] for r in db.execute("SELECT xattr FROM catalog WHERE xattr IS NOT NULL")]
-        except sqlite3.DatabaseError:
-            pass
+        db = sqlite3.connect(":memory:")
+        db.deserialize(data)
+        out += [r[0] for r in db.execute("SELECT xattr FROM catalog WHERE xattr IS NOT NULL")]
         db.close()
-        os.unlink(path)
     return out
 
 
