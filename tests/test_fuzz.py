@@ -436,7 +436,10 @@ def _real_xattr_blobs(strata) -> list[bytes]:
     for data in objects("C", strata):
         db = sqlite3.connect(":memory:")
         db.deserialize(data)
-        out += [r[0] for r in db.execute("SELECT xattr FROM catalog WHERE xattr IS NOT NULL")]
+        try:  # (catalogs older than schema revision 2 have no xattr column)
+            out += [r[0] for r in db.execute("SELECT xattr FROM catalog WHERE xattr IS NOT NULL")]
+        except sqlite3.OperationalError:
+            pass
         db.close()
     return out
 
