@@ -14,7 +14,7 @@ import sys
 import time
 
 from . import __version__
-from .errors import CvmfsError
+from .errors import CvmfsError, one_line, one_line_text
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -25,7 +25,7 @@ def _parse_when(text: str) -> float:
 
     try:
         return float(parse_repository_date(text))
-    except ValueError as e:
+    except CvmfsError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
@@ -68,9 +68,13 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
 
 
 def open_repository(args, name: str, attach: bool = True):
-    from .client.config import Configuration
+    from .client.config import Configuration, check_directory_option
     from .client.repository import Repository
 
+    if args.config_dir is not None:
+        check_directory_option("--config-dir", args.config_dir)
+    if args.alien_cache is not None:
+        check_directory_option("--alien-cache", args.alien_cache)
     config = Configuration(config_dir=args.config_dir, overrides=dict(args.option))
     return Repository.mount(
         name,
@@ -86,13 +90,137 @@ def open_repository(args, name: str, attach: bool = True):
     )
 
 
+# -- output -------------------------------------------------------------------------------------
+
+
+class OutputError(CvmfsError):
+    """Standard output cannot be written (a full disk, a closed descriptor)."""
+
+
+def _write(data: bytes) -> None:
+    try:
+        sys.stdout.buffer.write(data)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise OutputError(f"cannot write to standard output: {e.strerror or e}") from None
+
+
+def _line(text: str) -> None:
+    """One line to stdout; names are bytes on Linux and leave as the bytes they are."""
+    _write(text.encode("utf-8", "surrogateescape") + b"\n")
+
+
+def _flush() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise OutputError(f"cannot write to standard output: {e.strerror or e}") from None
+
+
+def _warn(text: str) -> None:
+    print(f"parrot_cvmfs: {text}", file=sys.stderr, flush=True)
+
+
+def _utc(t: int, fmt: str) -> str:
+    """A timestamp from a catalog as UTC text (the number itself if no calendar has it)."""
+    try:
+        return time.strftime(fmt, time.gmtime(t))
+    except (OverflowError, OSError, ValueError):
+        return str(t)
+
+
+# Terminal display of names as GNU ls shows them (--quoting-style=shell-escape, its
+# default on a terminal): a name a shell would read differently is quoted, control
+# characters become $'\n' escapes, so no name can move the cursor or recolour the
+# terminal; piped, names stay raw.
+_SHELL_SPECIAL = frozenset(" !\"$&'()*;<=>?[\\^`|")
+_DOUBLE_QUOTE_SAFE = frozenset(
+    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz %+,-./:@]_'"
+)
+_LETTER_ESCAPES = {7: "a", 8: "b", 9: "t", 10: "n", 11: "v", 12: "f", 13: "r"}
+_UNPRINTABLE = frozenset(("Cc", "Cn", "Cs", "Zl", "Zp"))
+
+
+def _locale_is_utf8(env=os.environ) -> bool:
+    value = env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or ""
+    return "utf-8" in value.lower() or "utf8" in value.lower()
+
+
+def quote_name(name: str, utf8: bool = True) -> str:
+    """`name` (surrogate escapes for non-UTF-8 bytes) as GNU ls prints it on a
+    terminal; `utf8`: the locale's characters beyond ASCII are printable."""
+    import unicodedata
+
+    units: list[tuple[str, bool]] = []  # (text, is an escape)
+    for c in name:
+        o = ord(c)
+        if 0x20 <= o < 0x7F or (
+            utf8 and o >= 0xA0 and not 0xDC80 <= o <= 0xDCFF
+            and unicodedata.category(c) not in _UNPRINTABLE
+        ):  # fmt: skip
+            units.append((c, False))
+        else:
+            escapes = [
+                "\\" + _LETTER_ESCAPES[b] if b in _LETTER_ESCAPES else f"\\{b:03o}"
+                for b in c.encode("utf-8", "surrogateescape")
+            ]
+            units.append(("".join(escapes), True))
+    escaped = any(esc for _, esc in units)
+    if not (
+        escaped
+        or name in ("{", "}")
+        or name[:1] in ("#", "~")
+        or any(c in _SHELL_SPECIAL for c in name)
+    ):
+        return name
+    quote = "'" in name
+    if quote and not escaped:
+        rest = name[1:] if name[:1] in ("#", "~") else name
+        if all(c in _DOUBLE_QUOTE_SAFE or ord(c) > 0x7F for c in rest):
+            return f'"{name}"'
+    # single quotes, $'...' around escapes, '\'' for a quote; as in GNU's quotearg, a
+    # name with a quote that ends in an escape starts as if in an escape (it measures
+    # the name first and keeps that pass's state)
+    pending = quote and units[-1][1]
+    out = ["'"]
+    for text, esc in units:
+        if esc:
+            if not pending:
+                out.append("'$'")
+                pending = True
+            out.append(text)
+        elif text == "'":
+            out.append("'\\''")
+            pending = False
+        else:
+            if pending:
+                out.append("''")
+                pending = False
+            out.append(text)
+    out.append("'")
+    return "".join(out)
+
+
+def _display(name: str) -> str:
+    """A name for stdout: quoted on a terminal, raw otherwise."""
+    if _STDOUT_IS_TTY:
+        return quote_name(name, _locale_is_utf8())
+    return name
+
+
+_STDOUT_IS_TTY = False
+
+
 # -- inspection ---------------------------------------------------------------------------------
 
 
 def cmd_info(args) -> int:
     with open_repository(args, args.name, attach=False) as repo:
         for k, v in repo.info().items():
-            print(f"{k}: {v}")
+            _line(f"{k}: {one_line_text(v)}")  # a tag's name is the publisher's text
     return 0
 
 
@@ -106,33 +234,35 @@ def cmd_ls(args) -> int:
         entries = repo.scandir(args.path) if entry.is_dir and not args.directory else [entry]
         for e in entries:
             name = e.name if entry.is_dir and not args.directory else (args.path or "/")
+            name = _display(name)
             if args.long:
                 s = repo.stat_entry(e)
-                when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(s.st_mtime))
-                link = f" -> {repo.expand_symlink(e)}" if e.is_symlink else ""
-                print(
+                when = _utc(s.st_mtime, "%Y-%m-%d %H:%M")
+                link = f" -> {_display(repo.expand_symlink(e))}" if e.is_symlink else ""
+                _line(
                     f"{_mode_string(s.st_mode)} {s.st_nlink:>3} {s.st_size:>12} {when} {name}{link}"
                 )
             else:
-                print(name)
+                _line(name)
     return 0
 
 
 def cmd_cat(args) -> int:
     with open_repository(args, args.name) as repo:
         path = repo.local_path(args.path)  # fully fetched and verified before a byte is written
-        out = sys.stdout.buffer
         with open(path, "rb") as f:
             while True:
                 block = f.read(1 << 20)
                 if not block:
                     break
-                out.write(block)
-        out.flush()
+                _write(block)
+        _flush()
     return 0
 
 
 def _entry_record(repo, e, with_sha256: bool = False) -> dict:
+    """The JSON record of an entry. A part that cannot be read (a malformed xattr
+    list, a chunk list, contents) is left out and named in `error`."""
     rec = {
         "path": e.path or "/",
         "type": e.kind,
@@ -146,17 +276,20 @@ def _entry_record(repo, e, with_sha256: bool = False) -> dict:
     if e.is_symlink:
         rec["symlink"] = e.symlink
     rec["hash"] = e.hash.hex if e.hash else None
-    chunks = repo.chunks(e)
-    rec["chunks"] = len(chunks) if chunks else (1 if e.is_regular else 0)
-    rec["xattrs"] = {k: v.hex() for k, v in sorted(repo.stored_xattrs(e).items())}
-    if with_sha256 and e.is_regular:
-        import hashlib
+    try:
+        chunks = repo.chunks(e)
+        rec["chunks"] = len(chunks) if chunks else (1 if e.is_regular else 0)
+        rec["xattrs"] = {k: v.hex() for k, v in sorted(repo.stored_xattrs(e).items())}
+        if with_sha256 and e.is_regular:
+            import hashlib
 
-        h = hashlib.sha256()
-        with open(repo.local_path(e), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        rec["sha256"] = h.hexdigest()
+            h = hashlib.sha256()
+            with open(repo.local_path(e), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            rec["sha256"] = h.hexdigest()
+    except CvmfsError as err:
+        rec["error"] = str(err)
     return rec
 
 
@@ -165,6 +298,8 @@ def cmd_stat(args) -> int:
         e = repo.resolve(args.path, follow=args.dereference)
         s = repo.stat_entry(e)
         rec = _entry_record(repo, e)
+        if "error" in rec:
+            raise CvmfsError(rec["error"])
         rec.update(
             inode=s.st_ino,
             uid=s.st_uid,
@@ -177,26 +312,37 @@ def cmd_stat(args) -> int:
             rec["target"] = repo.expand_symlink(e)
         rec["size"] = s.st_size
         if args.json:
-            print(json.dumps(rec, ensure_ascii=False))
+            _line(json.dumps(rec, ensure_ascii=False))
         else:
             for k, v in rec.items():
                 if k == "mode":
                     v = f"{v:o} ({_mode_string(v)})"
-                print(f"{k}: {v}")
+                elif k in ("path", "symlink", "target", "catalog"):
+                    v = _display(v)
+                _line(f"{k}: {v}")
     return 0
 
 
 def cmd_find(args) -> int:
+    """Every entry below PATH; an entry or directory that cannot be read is reported
+    (one line on stderr, `error` in its JSON record) and the walk goes on; exit 1."""
+    failures = 0
+
+    def report(e: CvmfsError) -> None:
+        nonlocal failures
+        failures += 1
+        _warn(str(e))
+
     with open_repository(args, args.name) as repo:
-        out = sys.stdout
-        for e in repo.walk(args.path):
+        for e in repo.walk(args.path, onerror=report):
             if args.json:
-                out.write(
-                    json.dumps(_entry_record(repo, e, args.sha256), ensure_ascii=False) + "\n"
-                )
+                rec = _entry_record(repo, e, args.sha256)
+                if "error" in rec:
+                    report(CvmfsError(rec["error"]))
+                _line(json.dumps(rec, ensure_ascii=False))
             else:
-                out.write((e.path or "/") + "\n")
-    return 0
+                _line(_display(e.path or "/"))
+    return EXIT_ERROR if failures else 0
 
 
 def cmd_tags(args) -> int:
@@ -204,7 +350,7 @@ def cmd_tags(args) -> int:
         tags = repo.tags()
         if args.json:
             for t in tags:
-                print(
+                _line(
                     json.dumps(
                         {
                             "name": t.name,
@@ -212,13 +358,16 @@ def cmd_tags(args) -> int:
                             "timestamp": t.timestamp,
                             "root_hash": t.root_hash.hex,
                             "description": t.description,
-                        }
+                        },
+                        ensure_ascii=False,
                     )
                 )
             return 0
         for t in tags:
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t.timestamp))
-            print(f"{t.name}\t{t.revision}\t{when}\t{t.root_hash.hex}\t{t.description}")
+            when = _utc(t.timestamp, "%Y-%m-%dT%H:%M:%SZ")
+            _line(
+                f"{_display(t.name)}\t{t.revision}\t{when}\t{t.root_hash.hex}\t{one_line_text(t.description)}"
+            )
     return 0
 
 
@@ -282,7 +431,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_preload(args) -> int:
-    from .client.config import Configuration
+    from .client.config import Configuration, check_directory_option
     from .client.preload import preload, tqdm_progress
 
     options = dict(args.option)
@@ -290,6 +439,8 @@ def cmd_preload(args) -> int:
         options["CVMFS_TIMEOUT"] = options["CVMFS_TIMEOUT_DIRECT"] = str(args.timeout)
     if args.retries is not None:
         options["CVMFS_MAX_RETRIES"] = str(args.retries)
+    if args.config_dir is not None:
+        check_directory_option("--config-dir", args.config_dir)
     config = Configuration(config_dir=args.config_dir, overrides=options)
     progress, done = tqdm_progress()
     try:
@@ -343,12 +494,20 @@ def cmd_demo(args) -> int:
 # -- entry point ---------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too (argparse prints the usage block first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {one_line_text(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="parrot_cvmfs",
         description="CernVM-FS client tools: inspect, publish and serve repositories.",
     )
     p.add_argument("--version", action="version", version=f"parrot_cvmfs {__version__}")
+    p.add_argument("--debug", action="store_true", help="with an error, show its traceback")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def client_cmd(name, func, help_, path=False, optional_path=False):
@@ -488,10 +647,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: its exit status, or 1 with one line on stderr naming what was
+    wrong (the traceback too with --debug)."""
+    global _STDOUT_IS_TTY
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        _STDOUT_IS_TTY = sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        _STDOUT_IS_TTY = False
+    try:
+        code = args.func(args)
+        _flush()
+        return code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -499,19 +667,16 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout = None  # type: ignore[assignment]
         finally:
             return EXIT_ERROR  # noqa: B012
-    except (CvmfsError, OSError, ValueError) as e:
-        print(f"parrot_cvmfs: {_one_line(e)}", file=sys.stderr)
+    except Exception as e:
+        text = one_line(e)
+        if isinstance(e, OSError) and not isinstance(e, CvmfsError) and e.filename is None:
+            text = f"{args.command}: {text}"  # what it was about, at least
+        print(f"parrot_cvmfs: {text}", file=sys.stderr)
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
         return EXIT_ERROR
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, CvmfsError):
-        text = str(e)
-    elif isinstance(e, OSError) and e.strerror:
-        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    else:
-        text = str(e) or type(e).__name__
-    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from parrot_cvmfs.client.catalog import FLAG_FILE, md5path
 from parrot_cvmfs.client.hashes import ContentHash, hash_bytes
 from parrot_cvmfs.client.manifest import Manifest, export_manifest_body
-from parrot_cvmfs.client.signature import sign_manifest
+from parrot_cvmfs.client.signature import certificate_fingerprint, sign_manifest, sign_raw_pkcs1
 from parrot_cvmfs.server.keys import ensure_keys
 from parrot_cvmfs.server.stratum import StratumStore
 
@@ -107,6 +107,20 @@ class Forger:
         os.rename(tmp, os.path.join(self.repo_dir, ".cvmfspublished"))
         return Manifest.parse(data)
 
+    def sign_whitelist(self, expires: str, *, created: str | None = None) -> bytes:
+        """A whitelist listing the repository's certificate, with this expiry text
+        (`YYYYMMDDhhmmss`, or anything), signed with the master key."""
+        old = self.manifest()
+        algorithm = old.root_hash.algorithm
+        created = created or time.strftime("%Y%m%d%H%M%S", time.gmtime())
+        fp = certificate_fingerprint(self.keys.certificate, algorithm).fingerprint()
+        body = f"{created}\nE{expires}\nN{self.name}\n{fp}\n".encode()
+        digest = hash_bytes(algorithm, body).hex.encode()
+        data = body + b"--\n" + digest + b"\n" + sign_raw_pkcs1(self.keys.master_key, digest)
+        with open(os.path.join(self.repo_dir, ".cvmfswhitelist"), "wb") as out:
+            out.write(data)
+        return data
+
     def put_object(self, data: bytes, compress: bool = True) -> ContentHash:
         return self.store.put(data, compress=compress)
 
@@ -122,10 +136,11 @@ class Forger:
         content_hash: str | None = None,
         mountpoint: str = "",
         path: str | None = None,
+        xattr: bytes | None = None,
     ) -> Manifest:
         """Insert one catalog row named `name` under directory `parent` (a repository
         path, "" for the root). Its path key is `path` (default parent + "/" + name),
-        so names no file system can hold can be planted."""
+        so names no file system can hold can be planted; `xattr` its raw xattr blob."""
         h = content_hash or self.put_object(data).hex
         key = path if path is not None else f"{parent}/{name}"
 
@@ -149,7 +164,7 @@ class Forger:
                 "symlink": "",
                 "uid": 0,
                 "gid": 0,
-                "xattr": None,
+                "xattr": xattr,
             }
             use = [c for c in cols if c in row]
             db.execute(

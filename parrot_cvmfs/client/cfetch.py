@@ -58,7 +58,9 @@ def _http_parts(url: str) -> tuple[str, int, str, str] | None:
         port_s = after[1:]
     else:
         host, _, port_s = hostport.partition(":")
-    if not host or (port_s and not (port_s.isdigit() and 0 < int(port_s) < 65536)):
+    if not host or (
+        port_s and not (port_s.isascii() and port_s.isdigit() and 0 < int(port_s) < 65536)
+    ):
         return None
     return host.lower(), int(port_s) if port_s else 80, netloc, path
 

@@ -43,6 +43,23 @@ DEFAULTS: dict[str, str] = {
     "CVMFS_BLACKLIST": "/etc/cvmfs/blacklist",
 }
 
+# The range of each numeric parameter: a value outside it is refused with its name
+# (not an OverflowError where it meets C, nor a negative count of retries).
+_DAY = 86400
+NUMBER_RANGES: dict[str, tuple[float, float]] = {
+    "TIMEOUT": (0, _DAY),
+    "TIMEOUT_DIRECT": (0, _DAY),
+    "LOW_SPEED_LIMIT": (0, 1 << 31),
+    "MAX_RETRIES": (0, 1000),
+    "BACKOFF_INIT": (0, _DAY),
+    "BACKOFF_MAX": (0, _DAY),
+    "HOST_RESET_AFTER": (0, 1 << 31),
+    "PROXY_RESET_AFTER": (0, 1 << 31),
+    "MAX_SERVERS": (0, 1 << 16),
+    "QUOTA_LIMIT": (-1, 1 << 40),  # MB; -1 is unlimited
+    "MAX_TTL": (0, 1 << 31),  # minutes
+}
+
 _TRUE = {"yes", "on", "1", "true"}
 _FALSE = {"no", "off", "0", "false"}
 
@@ -57,6 +74,25 @@ def package_config_mount_dir() -> str:
 def system_config_dir(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return env.get("PARROT_CVMFS_CONFIG_DIR", "/etc/cvmfs")
+
+
+def check_directory_option(option: str, value: str) -> None:
+    """A directory named on the command line (`--config-dir`, `--alien-cache`, a colon
+    list) must exist: a typo silently ignored would have every node of a site
+    configure nothing, or download everything."""
+    import stat
+
+    for path in value.split(":"):
+        if not path:
+            continue
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise ConfigError(f"{option} {path} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"{option} {path}: {e.strerror}") from None
+        if not stat.S_ISDIR(mode):
+            raise ConfigError(f"{option} {path} is not a directory")
 
 
 def is_on(value: str | None, default: bool = False) -> bool:
@@ -222,7 +258,12 @@ def _parse_shell_output(out: bytes) -> tuple[dict[str, str], int]:
             continue
         text = item.decode("utf-8", "surrogateescape")
         if text.startswith("@@FILE "):
-            done = int(text[7:]) + 1
+            from .values import decimal
+
+            index = decimal(text[7:], 1 << 20)
+            if index is None:
+                return {}, 0  # not what our script prints (a damaged memo): evaluate again
+            done = index + 1
             continue
         k, _, v = text.partition("=")
         params[k] = v
@@ -417,6 +458,11 @@ def parse_parrot_options(options: str, star: str, fqrn: str) -> dict[str, str]:
         value = _expand_star(value, star)
         key, value = _unescape(key).strip(), _unescape(value)
         if key in _PARROT_OPTION_MAP:
+            if not eq or not value.strip():
+                raise ConfigError(
+                    f"PARROT_CVMFS_REPO: option {key!r} for repository {fqrn} has no value"
+                    f" (expected {key}=VALUE)"
+                )
             params[_PARROT_OPTION_MAP[key]] = value
         elif key in _PARROT_IGNORED:
             continue
@@ -468,20 +514,43 @@ class RepositorySettings:
         return is_on(self.params.get(key), default)
 
     def number(self, key: str, default: float) -> float:
+        """A numeric parameter, within its range (NUMBER_RANGES, by the name after
+        `CVMFS_` or `CVMFS_EXTERNAL_`); a ConfigError names it otherwise."""
         v = self.get(key)
         if v is None:
             return default
         try:
-            return float(v)
+            n = float(v)
         except ValueError:
             raise ConfigError(f"{key}={v!r} for {self.fqrn} is not a number") from None
+        base = key.removeprefix("CVMFS_").removeprefix("EXTERNAL_")
+        lo, hi = NUMBER_RANGES.get(base, (-float(1 << 53), float(1 << 53)))
+        if not lo <= n <= hi:  # NaN compares false: refused too
+            raise ConfigError(f"{key}={v!r} for {self.fqrn} is out of range ({lo:g} to {hi:g})")
+        return n
 
     @property
     def server_urls(self) -> list[str]:
         urls = self.get("CVMFS_SERVER_URL")
         if not urls:
             raise ConfigError(f"unknown repository {self.fqrn}: no CVMFS_SERVER_URL configured")
-        return [u.strip().rstrip("/") for u in urls.split(";") if u.strip()]
+        return self.urls("CVMFS_SERVER_URL")
+
+    def urls(self, key: str) -> list[str]:
+        """A `;` list of http(s) URLs (trailing `/` dropped); a ConfigError names a
+        malformed one."""
+        from .values import url_problem
+
+        out = []
+        for u in (self.get(key) or "").split(";"):
+            u = u.strip().rstrip("/")
+            if not u:
+                continue
+            problem = url_problem(u)
+            if problem is not None:
+                raise ConfigError(f"{key} of {self.fqrn}: {u[:80]!r} {problem}")
+            out.append(u)
+        return out
 
     @property
     def public_key_files(self) -> list[str]:

@@ -127,17 +127,19 @@ class ContentHash:
 
 def _parse(text: str) -> tuple[Algorithm, bytes, str]:
     # hex (40, or 32 for MD5) [-rmd160|-shake128] [one capital letter]
+    if type(text) is not str:  # a hostile database's column of another type
+        raise ValueError(f"not a content hash: {text!r:.60}")
     suffix = text[-1:] if text[-1:].isascii() and text[-1:].isupper() else ""
     hexpart, dash, algo = text[: len(text) - len(suffix)].partition("-")
     algorithm = _ALGORITHM_BY_ID.get(dash + algo)
     if algorithm is None or not _HEX_DIGITS.issuperset(hexpart):
-        raise ValueError(f"not a content hash: {text!r}")
+        raise ValueError(f"not a content hash: {text!r:.80}")
     if len(hexpart) == 32 and not dash:
         algorithm = Algorithm.MD5
     elif len(hexpart) != 40:
-        raise ValueError(f"not a content hash: {text!r}")
+        raise ValueError(f"not a content hash: {text!r:.80}")
     if suffix and suffix not in _SUFFIXES:
-        raise ValueError(f"unknown object type suffix in {text!r}")
+        raise ValueError(f"unknown object type suffix in {text!r:.80}")
     return algorithm, bytes.fromhex(hexpart), suffix
 
 

@@ -9,9 +9,12 @@ try:  # the C module sqlite3 re-exports, without the datetime adapters its packa
 except ImportError:  # pragma: no cover
     import sqlite3
 
-from ..errors import CatalogError
+from ..errors import CatalogError, ConfigError
 from .catalog import sqlite_uri_path
 from .hashes import ContentHash
+from .values import column_text, shown
+
+_INT64_MAX = (1 << 63) - 1
 
 
 class Tag(namedtuple("Tag", "name root_hash revision timestamp description size branch")):
@@ -32,9 +35,10 @@ class History:
         try:
             uri = "file:" + sqlite_uri_path(db_path) + "?mode=ro&immutable=1"
             self._con = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._con.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
             self._columns = {r[1] for r in self._con.execute("PRAGMA table_info(tags)")}
             self.properties = dict(self._con.execute("SELECT key, value FROM properties"))
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # (a message of bad bytes)
             raise CatalogError(f"malformed {what}: {e}") from None
         if "name" not in self._columns or "hash" not in self._columns:
             raise CatalogError(f"malformed {what}: no tags table")
@@ -48,19 +52,46 @@ class History:
         )
         try:
             rows = self._con.execute(sql, args).fetchall()
-            return [
-                Tag(n, ContentHash.from_hex(h), r or 0, t or 0, d or "", s or 0, b or "")
-                for n, h, r, t, d, s, b in rows
-            ]
-        except (sqlite3.DatabaseError, ValueError) as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise CatalogError(f"malformed {self.what}: {e}") from None
+        return [self._tag(row) for row in rows]
+
+    def _tag(self, row) -> Tag:
+        """A tags row, checked field by field (a CatalogError names the tag and field)."""
+        name, h, revision, timestamp, description, size, branch = row
+        try:
+            name, description, branch = (
+                column_text(name),
+                column_text(description),
+                column_text(branch),
+            )
+        except TypeError:
+            raise CatalogError(
+                f"malformed {self.what}: tag {shown(name)}: a text field is not text"
+            ) from None
+        if not name:
+            raise CatalogError(f"malformed {self.what}: a tag has no name")
+        where = f"malformed {self.what}: tag {shown(name)}"
+        try:
+            root = ContentHash.from_hex(h)
+        except (ValueError, TypeError):
+            raise CatalogError(f"{where}: field hash {shown(h)} is not a hash") from None
+        fields = {"revision": revision, "timestamp": timestamp, "size": size}
+        for field, value in fields.items():
+            if value is not None and (type(value) is not int or not 0 <= value <= _INT64_MAX):
+                raise CatalogError(f"{where}: field {field} is {shown(value)}")
+        return Tag(
+            name, root, revision or 0, timestamp or 0, description or "", size or 0, branch or ""
+        )
 
     def tags(self) -> list[Tag]:
         """All tags, newest revision first."""
         return self._select("ORDER BY revision DESC, name", ())
 
     def get(self, name: str) -> Tag | None:
-        found = self._select("WHERE name = ?", (name,))
+        # as bytes: a name of undecodable bytes (surrogate escapes) binds as what it is
+        raw = name.encode("utf-8", "surrogateescape")
+        found = self._select("WHERE name = CAST(? AS TEXT)", (raw,))
         return found[0] if found else None
 
     def at(self, timestamp: int) -> Tag | None:
@@ -76,7 +107,8 @@ class History:
 
 
 def parse_repository_date(text: str) -> int:
-    """`YYYY-MM-DDTHH:MM:SSZ` (or a plain ISO date/time, taken as UTC) -> Unix time."""
+    """`YYYY-MM-DDTHH:MM:SSZ` (or a plain ISO date/time, taken as UTC) -> Unix time;
+    a ConfigError for anything else."""
     import datetime as dt
 
     t = text.strip()
@@ -84,10 +116,8 @@ def parse_repository_date(text: str) -> int:
         t = t[:-1] + "+00:00"
     try:
         d = dt.datetime.fromisoformat(t)
-    except ValueError:
-        raise ValueError(f"bad date {text!r} (expected e.g. 2024-05-01T12:00:00Z)") from None
-    if d.tzinfo is None:
-        import calendar
-
-        return calendar.timegm(d.timetuple())
-    return int(d.timestamp())
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=dt.timezone.utc)
+        return int(d.timestamp())
+    except (ValueError, OverflowError):
+        raise ConfigError(f"bad date {text[:40]!r} (expected e.g. 2024-05-01T12:00:00Z)") from None

@@ -11,6 +11,7 @@ from collections import namedtuple
 from ..errors import ManifestError, SignatureError
 from .hashes import ContentHash, hash_bytes, infer_algorithm
 from .signature import verify_manifest_signature
+from .values import decimal
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
@@ -67,7 +68,9 @@ def _hash_field(fields: dict[str, str], key: str, what: str) -> ContentHash | No
     try:
         h = ContentHash.from_hex(value)
     except ValueError:
-        raise ManifestError(f"{what} is malformed: field {key} is not a hash ({value!r})") from None
+        raise ManifestError(
+            f"{what} is malformed: field {key} is not a hash ({value[:60]!r})"
+        ) from None
     return h
 
 
@@ -75,12 +78,10 @@ def _int_field(fields: dict[str, str], key: str, what: str) -> int | None:
     value = fields.get(key)
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ManifestError(
-            f"{what} is malformed: field {key} is not a number ({value!r})"
-        ) from None
+    n = decimal(value)
+    if n is None:
+        raise ManifestError(f"{what} is malformed: field {key} is not a number ({value[:40]!r})")
+    return n
 
 
 class Manifest(
@@ -123,8 +124,10 @@ class Manifest(
             if key not in fields:
                 raise ManifestError(f"{what} is incomplete: field {key} missing")
         if fields["R"] != ROOT_PATH_HASH:
-            raise ManifestError(f"{what}: root path hash {fields['R']!r} is not md5('')")
+            raise ManifestError(f"{what}: root path hash {fields['R'][:40]!r} is not md5('')")
         root = _hash_field(fields, "C", what)
+        if root is None:
+            raise ManifestError(f"{what} is incomplete: field C is empty")
         micro = fields.get("L", "")
         del micro  # reserved micro-catalog field: tolerated, never used
         return cls(

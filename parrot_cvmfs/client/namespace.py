@@ -109,7 +109,8 @@ class Namespace:
             nested = entry.catalog.nested_catalogs().get(entry.path)
             if nested is None:
                 raise CatalogError(
-                    f"malformed {entry.catalog.what}: no nested catalog for {entry.path or '/'}"
+                    f"malformed {entry.catalog.what}: entry {entry.path or '/'!r}: a nested"
+                    " catalog's mountpoint, but none is listed for it"
                 )
             return self._mount(entry.path, *nested)
         return entry.catalog

@@ -19,7 +19,7 @@ import stat as st
 import time
 import zlib
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .. import __version__
 from ..errors import (
@@ -40,6 +40,7 @@ from .hashes import ContentHash, md5_digest
 from .manifest import Manifest
 from .namespace import Namespace
 from .signature import Blacklist, certificate_fingerprint, load_certificate, load_public_keys
+from .values import decimal
 from .whitelist import Whitelist
 from .xattrs import decode_xattrs
 
@@ -107,11 +108,8 @@ class Breadcrumb(namedtuple("Breadcrumb", "root_hash timestamp revision")):
             return None
         h, _, rest = text.partition("T")
         ts, _, rev = rest.partition("R")
-        try:
-            timestamp, revision = int(ts), int(rev or 0)
-        except ValueError:
-            return None
-        if not h or timestamp <= 0:
+        timestamp, revision = decimal(ts), decimal(rev or "0")
+        if not h or not timestamp or revision is None:
             return None
         return cls(h, timestamp, revision)
 
@@ -158,9 +156,8 @@ class Repository:
         self.downloader = downloader
         self.offline = offline or downloader is None
         external = None
-        ext_urls = settings.get("CVMFS_EXTERNAL_URL")
-        if ext_urls and not self.offline:
-            hosts = [u.strip().rstrip("/") for u in ext_urls.split(";") if u.strip()]
+        if settings.get("CVMFS_EXTERNAL_URL") and not self.offline:
+            hosts = settings.urls("CVMFS_EXTERNAL_URL")
             external = Downloader(
                 DownloadSettings.from_settings(settings, hosts=hosts, external=True)
             )
@@ -245,6 +242,8 @@ class Repository:
                 repo.verify()
             if attach:
                 repo.remount()
+            elif repo.is_pinned:
+                repo.root_hash = repo._select_root()  # a pin that names nothing is an error
         except BaseException:
             repo.close()
             raise
@@ -490,12 +489,12 @@ class Repository:
             self.tag = t
             return t.root_hash
         if self.pinned_date:
-            try:
-                from .history import parse_repository_date
+            from .history import parse_repository_date
 
+            try:
                 when = parse_repository_date(self.pinned_date)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+            except ConfigError as e:
+                raise ConfigError(f"cannot pin a revision of {self.fqrn}: {e}") from None
             hist = self.history()
             t = hist.at(when) if hist else None
             if t is None:
@@ -702,20 +701,31 @@ class Repository:
         with self.open(path) as f:
             return f.read()
 
-    def walk(self, path: str = "/") -> Iterator[DirEntry]:
-        """Every entry below path (itself first), depth first, names sorted."""
+    def walk(
+        self, path: str = "/", onerror: Callable[[CvmfsError], None] | None = None
+    ) -> Iterator[DirEntry]:
+        """Every entry below path (itself first), depth first, names sorted. A directory
+        that cannot be listed raises, or with `onerror` is passed to it and skipped."""
         ns = self._namespace()
         stack = [self.lookup(path)]
         while stack:
             e = stack.pop()
             yield e
             if e.is_dir:
-                stack.extend(sorted(ns.listdir(e), key=lambda c: c.name, reverse=True))
+                try:
+                    children = ns.listdir(e)
+                except CvmfsError as err:
+                    if onerror is None:
+                        raise
+                    onerror(err)
+                    continue
+                stack.extend(sorted(children, key=lambda c: c.name, reverse=True))
 
     # -- extended attributes ---------------------------------------------------------------------
 
     def stored_xattrs(self, entry: DirEntry) -> dict[str, bytes]:
-        return decode_xattrs(entry.xattr_blob, f"xattrs of {self.fqrn}:{entry.path}")
+        what = f"{entry.catalog.what}: entry {entry.path or '/'!r}: field xattr"
+        return decode_xattrs(entry.xattr_blob, what)
 
     def magic_xattr_names(self, entry: DirEntry) -> list[str]:
         names = [

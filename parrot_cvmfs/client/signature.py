@@ -13,6 +13,7 @@ import os
 
 from ..errors import ConfigError, SignatureError
 from .hashes import Algorithm, ContentHash, hash_bytes
+from .values import decimal
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
@@ -33,9 +34,11 @@ def load_public_key(path: str) -> rsa.RSAPublicKey:
             data = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read public key {path}: {e.strerror}") from None
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         key = serialization.load_pem_public_key(data)
-    except ValueError:
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ConfigError(f"public key {path} is not a PEM public key") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise ConfigError(f"public key {path} is not an RSA key")
@@ -86,11 +89,14 @@ def verify_manifest_signature(
     certificate: x509.Certificate, signed_text: bytes, signature: bytes
 ) -> bool:
     """True if the certificate's key signed `signed_text` (PKCS#1 v1.5, SHA-1)."""
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-    key = certificate.public_key()
+    try:
+        key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return False  # a key type cryptography cannot load signs nothing we accept
     if not isinstance(key, rsa.RSAPublicKey):
         return False
     try:
@@ -123,10 +129,11 @@ def sign_manifest(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
 def load_certificate(pem: bytes, source: str) -> x509.Certificate:
     """Parse the PEM certificate object; the error names where it came from."""
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
 
     try:
         return x509.load_pem_x509_certificate(pem)
-    except ValueError:
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise SignatureError(f"certificate {source} is not a PEM X.509 certificate") from None
 
 
@@ -174,8 +181,9 @@ class Blacklist:
                 line = line.strip()
                 if line.startswith("<"):
                     parts = line[1:].split()
-                    if len(parts) == 2 and parts[1].isdigit():
-                        name, rev = parts[0], int(parts[1])
+                    rev = decimal(parts[1]) if len(parts) == 2 else None
+                    if rev is not None:
+                        name = parts[0]
                         bl.min_revisions[name] = max(rev, bl.min_revisions.get(name, 0))
                     continue
                 fp = parse_fingerprint(line)

@@ -9,11 +9,29 @@ from ..errors import WhitelistError
 from .hashes import ContentHash, hash_bytes
 from .manifest import check_body_hash, split_signed
 from .signature import Blacklist, parse_fingerprint, verify_whitelist_signature
+from .values import decimal
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import rsa
+
+
+def parse_expiry(text: str) -> tuple[int, int, int, int] | None:
+    """`YYYYMMDDhhmmss` as (year, month, day, hour), or None unless it is a real UTC
+    time in ASCII digits (minutes and seconds are checked, then ignored, as the
+    client ignores them)."""
+    if len(text) != 14 or decimal(text) is None:
+        return None
+    y, mo, d, h, mi, s = (
+        int(text[i : i + n]) for i, n in ((0, 4), (4, 2), (6, 2), (8, 2), (10, 2), (12, 2))
+    )
+    if not (1 <= y and 1 <= mo <= 12 and 0 <= h <= 23 and 0 <= mi <= 59 and 0 <= s <= 60):
+        return None
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if not 1 <= d <= (31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[mo - 1]:
+        return None
+    return y, mo, d, h
 
 
 class Whitelist:
@@ -44,9 +62,9 @@ class Whitelist:
         if len(lines) < 2 or len(lines[0]) != 14 or len(lines[1]) != 15 or lines[1][0] != "E":
             raise WhitelistError(f"{what} is malformed (bad timestamp lines)")
         e = lines[1][1:]
-        if not e.isdigit():
+        expires = parse_expiry(e)
+        if expires is None:
             raise WhitelistError(f"{what} is malformed (bad expiry {lines[1]!r})")
-        expires = (int(e[0:4]), int(e[4:6]), int(e[6:8]), int(e[8:10]))
         fqrn = lines[2][1:] if len(lines) > 2 and lines[2].startswith("N") else ""
         wl = cls(created=lines[0], expires=expires, expires_text=e, fqrn=fqrn, raw=data)
         for line in lines[3:]:

@@ -8,11 +8,14 @@ XATTR_VERSION = 1
 
 
 def decode_xattrs(blob: bytes | None, what: str = "xattr list") -> dict[str, bytes]:
-    """u8 version=1, u8 count, then per entry u8 key length, u8 value length, key, value."""
-    if not blob:
+    """u8 version=1, u8 count, then per entry u8 key length, u8 value length, key, value.
+    Keys are non-empty and hold no NUL; a malformed list is a CatalogError naming `what`."""
+    if blob is None or blob == b"":
         return {}
     if isinstance(blob, str):
         blob = blob.encode("utf-8", "surrogateescape")
+    if not isinstance(blob, bytes):
+        raise CatalogError(f"malformed {what}: not a blob")
     if len(blob) < 2 or blob[0] != XATTR_VERSION:
         raise CatalogError(f"malformed {what}: unknown version")
     count = blob[1]
@@ -25,7 +28,10 @@ def decode_xattrs(blob: bytes | None, what: str = "xattr list") -> dict[str, byt
         pos += 2
         if klen == 0 or pos + klen + vlen > len(blob):
             raise CatalogError(f"malformed {what}: bad entry")
-        key = blob[pos : pos + klen].decode("utf-8", "surrogateescape")
+        raw_key = blob[pos : pos + klen]
+        if b"\0" in raw_key:
+            raise CatalogError(f"malformed {what}: a key holds NUL")
+        key = raw_key.decode("utf-8", "surrogateescape")
         out[key] = blob[pos + klen : pos + klen + vlen]
         pos += klen + vlen
     return out

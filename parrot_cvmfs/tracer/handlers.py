@@ -767,6 +767,8 @@ class Handlers:
             return skip(-errno.ENODATA)
         try:
             data = node.repo.getxattr(node.entry, name)
+        except CvmfsError:
+            raise  # EIO and one line for the user, from dispatch
         except OSError as e:
             return skip(-(e.errno or errno.ENODATA))
         return skip(self._xattr_reply(ev, data, value, size))

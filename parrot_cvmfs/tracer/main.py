@@ -98,8 +98,11 @@ def parse_args(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """parrot_run: the job's exit status, or 1 with one line on stderr for anything
+    that stops us first (with the traceback too under --debug), 2 for bad usage."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
     except UsageError as e:
         print(f"parrot_run: {e} (see parrot_run --help)", file=sys.stderr)
         return 2
@@ -109,54 +112,67 @@ def main(argv: list[str] | None = None) -> int:
     if args.get("version"):
         print(f"parrot_run {__version__}")
         return 0
-    cmd = args["command"]
-    if not cmd:
+    if not args["command"]:
         print(f"parrot_run: no command given ({USAGE[7:]})", file=sys.stderr)
         return 2
-    from ..client.config import Configuration
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        from ..errors import one_line
+
+        print(f"parrot_run: {one_line(e)}", file=sys.stderr)
+        if args.get("debug"):
+            import traceback
+
+            traceback.print_exc()
+        return 1
+
+
+def _run(args: dict) -> int:
+    from ..client.config import Configuration, check_directory_option
     from ..errors import CvmfsError
     from .supervisor import Options, Supervisor
 
-    try:
-        overrides = {}
-        for item in args["option"]:
-            if "=" not in item:
-                raise CvmfsError(f"-o expects KEY=VALUE, got {item!r}")
-            k, v = item.split("=", 1)
-            overrides[k.strip()] = v
-        verify_at = None
-        if args.get("verify_at"):
-            from ..client.history import parse_repository_date
+    overrides = {}
+    for item in args["option"]:
+        if "=" not in item:
+            raise CvmfsError(f"-o expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = v
+    verify_at = None
+    if args.get("verify_at"):
+        from ..client.history import parse_repository_date
 
-            try:
-                verify_at = float(parse_repository_date(args["verify_at"]))
-            except ValueError as e:
-                raise CvmfsError(str(e)) from None
-        names = [n for item in args["cvmfs"] for n in item.split(",") if n]
-        opts = Options(
-            command=cmd,
-            cvmfs=names,
-            cache_dir=args.get("cache_dir"),
-            alien_cache=args.get("alien_cache"),
-            verify_at=verify_at,
-            offline=bool(args.get("offline")),
-            stats=bool(args.get("stats")),
-            debug=bool(args.get("debug")),
-            config=Configuration(config_dir=args.get("config_dir"), overrides=overrides),
-        )
-        sup = Supervisor(opts)
-    except (CvmfsError, OSError) as e:
-        print(
-            f"parrot_run: {e.strerror if isinstance(e, OSError) and not isinstance(e, CvmfsError) else e}",
-            file=sys.stderr,
-        )
-        return 1
+        try:
+            verify_at = float(parse_repository_date(args["verify_at"]))
+        except CvmfsError as e:
+            raise CvmfsError(f"--verify-at: {e}") from None
+    for option in ("config_dir", "alien_cache"):
+        if args.get(option) is not None:
+            check_directory_option("--" + option.replace("_", "-"), args[option])
+    names = [n for item in args["cvmfs"] for n in item.split(",") if n]
+    opts = Options(
+        command=args["command"],
+        cvmfs=names,
+        cache_dir=args.get("cache_dir"),
+        alien_cache=args.get("alien_cache"),
+        verify_at=verify_at,
+        offline=bool(args.get("offline")),
+        stats=bool(args.get("stats")),
+        debug=bool(args.get("debug")),
+        config=Configuration(config_dir=args.get("config_dir"), overrides=overrides),
+    )
+    sup = Supervisor(opts)
     try:
         return sup.run()
     finally:
-        sup.close()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            sup.close()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
 
 
 def entry() -> None:

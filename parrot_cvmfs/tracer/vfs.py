@@ -25,7 +25,7 @@ from collections.abc import Callable
 from ..client.cache import ObjectCache, make_layout
 from ..client.config import Configuration, normalize_name
 from ..client.repository import Repository, inode_of, open_cache
-from ..errors import ConfigError, CvmfsError
+from ..errors import ConfigError, CvmfsError, one_line_text
 from .anchors import Anchors
 from .paths import ROOT, VPath, resolve
 from .structs import Attrs, dtype_of
@@ -83,7 +83,8 @@ class CvmfsView:
         self.alien = alien
         self.verify_at = verify_at
         self.offline = offline
-        self.warn = warn or (lambda m: print(f"parrot_run: {m}", file=sys.stderr, flush=True))
+        self._warn = warn or (lambda m: print(f"parrot_run: {m}", file=sys.stderr, flush=True))
+        self._warned: set[str] = set()
         make_layout(self.cache_dir)
         self.anchor_tree = Anchors(self.cache_dir)
         self.anchors = self.anchor_tree.root
@@ -102,6 +103,14 @@ class CvmfsView:
         self.on_mount: Callable[[str], None] | None = None  # teach kept answers
         # the /cvmfs path an earlier run served from a backing file (kept answers)
         self.kept_path: Callable[[str], str | None] | None = None
+
+    def warn(self, message: str) -> None:
+        """One line for the user, once: a program retrying a call that fails the same
+        way (a bad catalog entry, an object no server has) does not repeat it."""
+        if message not in self._warned:
+            if len(self._warned) < 10_000:
+                self._warned.add(message)
+            self._warn(one_line_text(message))
 
     # -- repositories ---------------------------------------------------------------------------
 
@@ -130,10 +139,7 @@ class CvmfsView:
             )
         except (CvmfsError, OSError) as e:
             self.failed[name] = str(e)
-            if (
-                not (isinstance(e, ConfigError) and "unknown repository" in str(e))
-                or name in self.eager
-            ):
+            if name not in self.eager:  # mount_eager's caller reports those
                 self.warn(f"cannot mount /cvmfs/{name}: {e}")
             return None
         self.repos[name] = repo
