@@ -18,7 +18,9 @@ import zlib
 import pytest
 import zstandard
 
-from .conftest import base_env, parse_sha256sum, repo_spec, sha256_tree
+from parrot_cvmfs.server.publisher import PublishOptions, publish
+
+from .conftest import REAL_REPOS, Cli, base_env, parse_sha256sum, repo_spec, sha256_tree
 from .forge import Forger
 from .servers import FaultyServer, dead_url
 from .test_preload import offline_sha256, run_preload, stored_objects_match
@@ -280,6 +282,34 @@ def test_oversized_manifest_member_is_refused_not_cut(bundled, tmp_path):
         assert_refused_everywhere(bundled, path, case, items[i][0].name, "above the limit")
 
 
+def on_small_disk(tmp_path, size: str, bundle, *args) -> tuple[str, str]:
+    """Unbundle onto a tmpfs of `size` in a mount namespace: (stdout: rc= and what is
+    left in the file system, stderr)."""
+    script = (
+        'mount -t tmpfs -o size="$0" tmpfs "$1" || exit 77; d=$1; shift; "$@"; echo "rc=$?"; '
+        'ls -A "$d"'
+    )
+    small = tmp_path / "small"
+    small.mkdir()
+    p = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, size]
+        + [str(small), *CLI, "unbundle", str(bundle), "-r", str(small / "site"), *args],
+        env=base_env(),
+        capture_output=True,
+        timeout=300,
+    )
+    if p.returncode == 77:
+        pytest.skip("cannot mount a tmpfs here")
+    return p.stdout.decode(), p.stderr.decode()
+
+
+def test_a_full_disk_is_one_line(bundled, tmp_path):
+    out, err = on_small_disk(tmp_path, "4m", bundled.bundle, "-k", bundled.pubkey)
+    assert out == "rc=1\n", (out, err)  # nothing left
+    assert err.count("\n") == 1 and "No space left on device" in err, err
+    assert f"into {tmp_path / 'small' / 'site'} failed" in err, err
+
+
 def test_zlib_bomb_is_refused_without_filling_the_disk(bundled, tmp_path):
     """An object whose zlib stream inflates to 256 MiB, unbundled onto a 48 MiB file
     system: refused by the size its catalog gives, long before the disk is full."""
@@ -290,28 +320,10 @@ def test_zlib_bomb_is_refused_without_filling_the_disk(bundled, tmp_path):
     items[i] = (items[i][0], bomb)
     path = tmp_path / "bomb.tar.zst"
     write_members(path, items)
-    script = (
-        'mount -t tmpfs -o size=48m tmpfs "$1" || exit 77; shift; "$@"; echo "rc=$?"; '
-        'ls -A "$(dirname "$0")"'
-    )
-    small = tmp_path / "small"
-    small.mkdir()
-    p = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
-        + [str(small / "site"), str(small)]
-        + [*CLI, "unbundle", str(path), "-r", str(small / "site"), "-k", bundled.pubkey],
-        env=base_env(),
-        capture_output=True,
-        timeout=300,
-    )
-    if p.returncode == 77:
-        pytest.skip("cannot mount a tmpfs here")
-    assert p.stdout.decode() == "rc=1\n", (p.stdout, p.stderr)  # and nothing left in it
-    assert_refused(
-        subprocess.CompletedProcess(p.args, 1, p.stdout, p.stderr),
-        items[i][0].name,
-        "inflates beyond its size of",
-    )
+    out, err = on_small_disk(tmp_path, "48m", path, "-k", bundled.pubkey)
+    assert out == "rc=1\n", (out, err)  # and nothing left
+    p = subprocess.CompletedProcess([], 1, b"", err.encode())
+    assert_refused(p, items[i][0].name, "inflates beyond its size of")
 
 
 def test_old_format_is_refused(bundled, tmp_path):
@@ -377,3 +389,57 @@ def test_unbundle_as_nobody_into_a_directory_nobody_does_not_own(bundled):
         assert not os.path.exists(new)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.mark.parametrize("name", ["ref-shake.test.org", "test.cern.ch"])
+def test_bundles_of_real_repositories(real_server, name, tmp_path):
+    """Written by the real cvmfs server tools: SHAKE-128 objects; the 2015 stratum with
+    nested catalogs, an expired whitelist (--verify-at) and a chunked file whose legacy
+    bulk object the bundle leaves out (its chunks are carried)."""
+    extra = ["--verify-at", "2015-06-20"] if name == "test.cern.ch" else []
+    pub = os.path.join(REAL_REPOS, name, f"{name}.pub")
+    pre, site, bundle = tmp_path / "pre", tmp_path / "site", tmp_path / "b.tar.zst"
+    p = run_preload(f"{real_server.url}/{name}", pre, "-k", pub, "--bundle", bundle, *extra)
+    assert p.returncode == 0, p.stderr
+    p = unbundle(bundle, site, "-k", pub, *extra)
+    assert p.returncode == 0, p.stderr
+    assert stored_objects_match(str(site), os.path.join(REAL_REPOS, name, "stratum")) > 5
+    cli = Cli(base_env(PARROT_CVMFS_REPO=repo_spec(name, dead_url(name), pub)))
+
+    def listing(d):
+        opts = ["--alien-cache", d, "--offline", "--cache-dir", tmp_path / f"c-{d.name}"]
+        return cli.find_json(name, "/", "--sha256", *opts, *extra)
+
+    files = listing(site)
+    assert any("sha256" in e for e in files) and files == listing(pre)
+
+
+def test_a_newer_revision_in_the_directory_is_kept(bundled, tmp_path):
+    """The objects of an older bundle are added, its revision files are not."""
+    mine = bundled.published.copy(str(tmp_path / "stratum"))
+    src = tmp_path / "src"
+    subprocess.run(["cp", "-a", mine.src, str(src)], check=True)
+    (src / "README").write_bytes(b"revision 2\n")
+    publish(
+        PublishOptions(source=str(src), name=mine.name, stratum=mine.stratum, keys_dir=mine.keys)
+    )
+    srv = FaultyServer(mine.stratum)
+    srv.start_background()
+    try:
+        newer = tmp_path / "newer.tar.zst"
+        url = f"{srv.url}/{mine.name}"
+        p = run_preload(url, tmp_path / "pre", "-k", mine.pubkey, "--bundle", newer)
+        assert p.returncode == 0, p.stderr
+    finally:
+        srv.shutdown()
+    site = tmp_path / "site"
+    assert unbundle(newer, site, "-k", mine.pubkey).returncode == 0
+    manifest = (site / f"manifest.{mine.name}").read_bytes()
+    p = unbundle(bundled.bundle, site, "-k", mine.pubkey)
+    err = p.stderr.decode()
+    assert p.returncode == 0 and f"kept the newer revision of {mine.name}" in err, err
+    assert b" 2 objects written" in p.stdout, p.stdout  # the first README, its root catalog
+    assert (site / f"manifest.{mine.name}").read_bytes() == manifest
+    mnt = f"/cvmfs/{mine.name}"
+    r = offline_sha256(mine, site, tmp_path / "cache", script=f"cat {mnt}/README")
+    assert r.stdout == b"revision 2\n", r.stderr

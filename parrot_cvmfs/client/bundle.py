@@ -58,13 +58,16 @@ _OLD_NAME = re.compile(
     rf"[0-9a-f]{{2}}/[0-9a-f]{{30,}}(-[a-z0-9]+)?|(manifest|whitelist|cvmfschecksum|dirtab)\.{_FQRN}"
 )
 
-SMALL_MAX = 1 << 20  # whitelist, manifest, dirtab; certificate and metainfo inflated
-CATALOG_MAX = 2 << 30  # a catalog whose size neither manifest nor parent states
+# the client's limits for what has no recorded size
+SMALL_MAX = 64 << 10  # whitelist, manifest, dirtab; certificate and metainfo inflated
+CATALOG_MAX = 1 << 30  # a catalog whose size neither manifest nor parent records
 OBJECT_MODE = 0o555  # as preload stores them: for every user of the site, executable
 DIR_MODE = 0o755
 META_MODE = 0o644
 _BLOCK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _MEMBER_MAX = 8**11 - 1  # what the octal size field holds
 _BATCH_BYTES = 256 << 20  # raw bytes staged at once while writing a bundle
 _BATCH_ITEMS = 4096
@@ -103,12 +106,16 @@ class _Object(NamedTuple):
 
     def limits(self) -> tuple[int, int, str]:
         """(inflated size, most bytes it can have as served, what the first is)."""
-        if self.size is not None:
+        if self.size is not None and (self.suffix != "C" or self.size <= CATALOG_MAX):
             size, bound = self.size, f"its size of {self.size} bytes"
         else:
             size = SMALL_MAX if self.suffix in "XM" else CATALOG_MAX
             bound = f"the limit of {size} bytes"
         return size, zlib_bound(size) if self.compressed else size, bound
+
+    def served_size(self) -> int | None:
+        """Its exact size as served, where known (not compressed)."""
+        return None if self.compressed else self.size
 
     def check_served_size(self, n: int) -> str | None:
         """Why `n` bytes as served cannot be this object, or None."""
@@ -121,8 +128,9 @@ class _Object(NamedTuple):
 
 
 def _root(manifest) -> _Object:
-    h = manifest.root_hash
-    return _Object(h, "C", True, manifest.root_size, f"root catalog {h.hex}", "")
+    h, size = manifest.root_hash, manifest.root_size
+    size = size if isinstance(size, int) and size > 0 else None  # B absent: not recorded
+    return _Object(h, "C", True, size, f"root catalog {h.hex}", "")
 
 
 def _contents(catalog: Catalog, select) -> tuple[list[_Object], list[_Object]]:
@@ -137,6 +145,7 @@ def _contents(catalog: Catalog, select) -> tuple[list[_Object], list[_Object]]:
             continue
         if not isinstance(size, int) or size < 0:
             raise CatalogError(f"{where}: nested catalog {mp} has size {size!r}")
+        # size 0: not recorded (schema 2.4 and older)
         nested.append(_Object(h, "C", True, size or None, f"catalog {h.hex} at {mp}", mp))
     objects = []
     for h, suffix, compressed, size in catalog.objects():
@@ -360,8 +369,9 @@ def _fetch_into(z, objs: list[_Object], cache, downloader, jobs: int, stamp: int
         batch = objs[start:end]
         tmps = [cache.temp_path("bundle") for _ in batch]
         try:
+            # raw: stored as served, verified against the name (not inflated)
             items = [
-                cfetch.Item(o.hash, o.suffix, False, None if o.compressed else o.size, t, None)
+                cfetch.Item(o.hash, o.suffix, False, o.served_size(), t, None)
                 for o, t in zip(batch, tmps, strict=True)
             ]
             got = cfetch.fetch(downloader, items, mode=0o600, jobs=jobs)
@@ -373,7 +383,7 @@ def _fetch_into(z, objs: list[_Object], cache, downloader, jobs: int, stamp: int
                             what=f"{o.where} ({o.hash.hex}{o.suffix})",
                             expected=o.hash,
                             decompress=False,
-                            size=None if o.compressed else o.size,
+                            size=o.served_size(),
                             out=out,
                         )
             for o, t in zip(batch, tmps, strict=True):
@@ -444,6 +454,12 @@ def unbundle(
                         check.member(member, reader)
             except (zstandard.ZstdError, EOFError) as e:
                 raise CvmfsError(f"bundle {path} is damaged: {e}") from None
+            except OSError as e:  # a full disk, an I/O error: named, not an errno repr
+                if isinstance(e, CvmfsError):
+                    raise
+                raise CacheError(
+                    f"unbundling {path} into {directory} failed: {e.strerror}"
+                ) from None
             check.finish()
             result = target.commit(check)
         except BaseException:
@@ -643,7 +659,7 @@ class _Check:
         inflater = zlib.decompressobj() if o.compressed else None
         produced, problem = 0, None
         too_big = f"inflates beyond {bound}"
-        with self.target.new_object(o.hash) as out:
+        with self.target.new_object(o) as out:
             while block := reader.read_data(_BLOCK):
                 hasher.update(block)
                 if problem:
@@ -721,10 +737,9 @@ class _Target:
         self.dir = directory
         self.made: list[str] = []  # directories made here, outermost first
         self.made_txn = False
-        self.dfd = self.txnfd = self.stagefd = -1
+        self.dfd = self.txnfd = self.stagefd = self.certfd = -1
         self.stage = ""
         self.subfds: dict[str, int] = {}  # DIR's object directories
-        self.stagefds: dict[str, int] = {}  # the staging directory's
         try:
             self._make_dirs(directory)
             self.dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -735,9 +750,8 @@ class _Target:
             self.stagefd = os.open(name, _DIR_FLAGS, dir_fd=self.txnfd)
             self.stage_name = name
             self.stage = f"/proc/self/fd/{self.stagefd}"  # a path for the few that need one
-            for sub in [f"{i:02x}" for i in range(256)] + ["txn"]:
+            for sub in ("ff", "txn"):  # what makes it a cache directory (see stage_cache)
                 os.mkdir(sub, 0o700, dir_fd=self.stagefd)
-                self.stagefds[sub] = os.open(sub, _DIR_FLAGS, dir_fd=self.stagefd)
         except OSError as e:
             self.abandon()
             if isinstance(e, CvmfsError):
@@ -770,23 +784,36 @@ class _Target:
 
     # -- staging -------------------------------------------------------------------------------
 
+    # Objects are staged flat, named by their hash; the certificate alone where a cache
+    # keeps it, for the chain's check to find it in the staging directory as a cache
+    # (whose layout is taken as made: `ff` exists).
+
     def stage_cache(self):
         from .cache import ObjectCache
 
         return ObjectCache(self.stage, object_mode=OBJECT_MODE, dir_mode=0o700)
 
     def staged_path(self, h: ContentHash) -> str:
-        return f"{self.stage}/{h.cache_name()}"
+        return f"{self.stage}/{h.hex}"
 
-    def new_object(self, h: ContentHash):
-        name = h.cache_name()
-        fd = os.open(
-            name[3:],
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            OBJECT_MODE,
-            dir_fd=self.stagefds[name[:2]],
-        )
-        os.fchmod(fd, OBJECT_MODE)
+    def _staged(self, o: _Object) -> tuple[int, str]:
+        """(directory descriptor, name) of a staged object; the certificate's directory
+        is made on the first call."""
+        if o.suffix != "X":
+            return self.stagefd, o.hash.hex
+        sub, rest = o.hash.cache_name().split("/")
+        if self.certfd < 0:
+            if sub != "ff":
+                os.mkdir(sub, 0o700, dir_fd=self.stagefd)
+            self.certfd = os.open(sub, _DIR_FLAGS, dir_fd=self.stagefd)
+        return self.certfd, rest
+
+    def new_object(self, o: _Object):
+        dfd, name = self._staged(o)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, OBJECT_MODE, dir_fd=dfd)
+        if _UMASK & OBJECT_MODE:
+            os.fchmod(fd, OBJECT_MODE)
         return open(fd, "wb")
 
     def write_meta(self, name: str, data: bytes) -> None:
@@ -866,7 +893,8 @@ class _Target:
                 return False
         except FileNotFoundError:
             pass
-        os.rename(rest, rest, src_dir_fd=self.stagefds[sub], dst_dir_fd=fd)
+        src_fd, src = self._staged(o)
+        os.rename(src, rest, src_dir_fd=src_fd, dst_dir_fd=fd)
         return True
 
     def _revision(self, name: str) -> int:
@@ -884,10 +912,12 @@ class _Target:
     def close(self) -> None:
         import shutil
 
-        for fds in (self.subfds, self.stagefds):
-            for fd in fds.values():
-                os.close(fd)
-            fds.clear()
+        for fd in self.subfds.values():
+            os.close(fd)
+        self.subfds.clear()
+        if self.certfd >= 0:
+            os.close(self.certfd)
+            self.certfd = -1
         if self.stagefd >= 0:
             os.close(self.stagefd)
             self.stagefd = -1
