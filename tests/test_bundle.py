@@ -352,6 +352,22 @@ def test_damaged_bundle_is_refused(bundled, tmp_path):
     assert_refused_everywhere(bundled, cut, tmp_path, str(cut))
 
 
+def test_links_planted_in_the_directory_are_not_followed(bundled, tmp_path):
+    """A link at txn/ or at an object directory of DIR is refused, nothing written
+    through it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for sub in ("txn", "3f"):
+        site = tmp_path / f"site-{sub}"
+        shutil.copytree(bundled.site, site, symlinks=True)
+        shutil.rmtree(site / sub)
+        os.symlink(elsewhere, site / sub)
+        before = snapshot(site)
+        p = unbundle(bundled.bundle, site, "-k", bundled.pubkey)
+        assert_refused(p, f"{site}/{sub} is not a directory")
+        assert snapshot(site) == before and os.listdir(elsewhere) == []
+
+
 def _nobody_python(scratch: str) -> tuple[str, dict[str, str]]:
     """An interpreter and environment with which nobody imports the package."""
     probe = [sys.executable, "-c", "import parrot_cvmfs.client.bundle, zstandard"]
