@@ -131,6 +131,13 @@ def assert_refused_everywhere(bundled, bundle, tmp_path, *words) -> str:
     return err
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
 def test_bundle_round_trip_then_offline(bundled, tmp_path):
     published = bundled.published
     stratum = os.path.join(published.stratum, published.name)
@@ -144,6 +151,9 @@ def test_bundle_round_trip_then_offline(bundled, tmp_path):
         if k not in ("lock_objects", "uuid") and not k.startswith("trust.")
     }
     assert {k: v for k, v in ours.items() if k != "uuid"} == theirs
+    # again, over what a killed unbundle left (its pid gone): that is removed
+    dead = _dead_pid()
+    (bundled.site / "txn" / f"unbundle.{dead}.0badc0de" / "ff").mkdir(parents=True)
     again = unbundle(bundled.bundle, bundled.site, "-k", bundled.pubkey)
     assert again.returncode == 0 and b" 0 objects written, " in again.stdout, again.stdout
     assert snapshot(bundled.site) == ours
