@@ -8,9 +8,11 @@ file). Prints medians: MB/s of stored (uncompressed) data and files/s, and the r
 of the two times. Then publishes a revision with one file changed and times an
 incremental preload into the same directory, with what it fetched and skipped.
 Target: >= 150 MB/s uncompressed on 2 cores; the incremental run fetches only the
-changed objects.
+changed objects. With --bundle, also a bundle round trip each round: the time
+`preload --bundle` adds to the preload (fetching the objects raw again and writing the
+archive) and an unbundle into an empty directory (verifying and inflating).
 
-    python bench/bench_preload.py [--synthetic | --venv | --tree DIR] [--rounds 3]
+    python bench/bench_preload.py [--synthetic | --venv | --tree DIR] [--rounds 3] [--bundle]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ sys.path.insert(0, HERE)
 
 from bench_client import make_synthetic, make_venv, tree_stats  # noqa: E402
 
+from parrot_cvmfs.client.bundle import unbundle  # noqa: E402
 from parrot_cvmfs.client.preload import DEFAULT_JOBS, preload  # noqa: E402
 from parrot_cvmfs.server.publisher import PublishOptions, publish  # noqa: E402
 from tests.servers import Nginx  # noqa: E402
@@ -64,6 +67,7 @@ def main() -> int:
     g.add_argument("--tree", help="publish this existing directory")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS)
+    ap.add_argument("--bundle", action="store_true", help="also time a bundle round trip")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-preload.")
     nginx = None
@@ -109,6 +113,29 @@ def main() -> int:
             f"(runs: {', '.join(f'{t:.2f}' for t in t_curl)})"
         )
         print(f"ratio preload / curl: {pre / base:.2f}   target: >= 150 MB/s stored")
+        if args.bundle:
+            t_bundle, t_unbundle = [], []
+            for _ in range(args.rounds):
+                b, site = os.path.join(work, "b.tar.zst"), os.path.join(work, "site")
+                os.sync()
+                t = time.monotonic()
+                res_b = preload(
+                    url, os.path.join(work, "bp"), pubkeys=pub, jobs=args.jobs, bundle=b
+                )
+                t_bundle.append(time.monotonic() - t - res_b.seconds)
+                os.sync()
+                t = time.monotonic()
+                unbundle(b, site, pubkeys=pub)
+                t_unbundle.append(time.monotonic() - t)
+                size = os.path.getsize(b)
+                shutil.rmtree(os.path.join(work, "bp"))
+                shutil.rmtree(site)
+                os.unlink(b)
+            print(
+                f"bundle: median {statistics.median(t_bundle):.2f} s ({size / 1e6:.1f} MB)  "
+                f"unbundle: median {statistics.median(t_unbundle):.2f} s  (runs: "
+                f"{', '.join(f'{a:.2f}+{u:.2f}' for a, u in zip(t_bundle, t_unbundle, strict=True))})"
+            )
         # incremental: one file changes
         changed = max(
             (os.path.join(dp, f) for dp, _, fs in os.walk(src) for f in fs), key=os.path.getsize

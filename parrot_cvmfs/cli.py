@@ -454,32 +454,38 @@ def cmd_preload(args) -> int:
             config=config,
             verify_at=args.verify_at,
             progress=progress,
+            bundle=args.bundle,
         )
     finally:
         done()
     print(r.summary(args.directory), flush=True)
-    if args.bundle:
-        from .client.bundle import write_bundle
-
-        n = write_bundle(args.directory, args.bundle)
+    if r.bundle is not None:
         print(
-            f"bundled {n} files of {args.directory} into {args.bundle} "
-            f"({os.path.getsize(args.bundle) / 1e6:.1f} MB)"
+            f"bundled revision {r.revision} of {r.fqrn} into {args.bundle}: "
+            f"{r.bundle.members} members ({r.bundle.bytes / 1e6:.1f} MB)"
         )
     return 0
 
 
 def cmd_unbundle(args) -> int:
     from .client.bundle import unbundle
+    from .client.config import Configuration
 
-    r = unbundle(args.bundle, args.directory)
-    print(
-        f"unbundled {args.bundle} into {args.directory}: {r.objects} objects written, "
-        f"{r.present} already present; revisions of {', '.join(r.repositories) or 'none'}"
+    config = Configuration(config_dir=args.config_dir, overrides=dict(args.option))
+    r = unbundle(
+        args.bundle,
+        args.directory,
+        pubkeys=args.pubkey,
+        config=config,
+        verify_at=args.verify_at,
     )
-    for fqrn in r.refused:
+    print(
+        f"unbundled revision {r.revision} of {r.fqrn} from {args.bundle} into "
+        f"{args.directory}: {r.objects} objects written, {r.present} already present"
+    )
+    if not r.taken:
         print(
-            f"parrot_cvmfs: kept the newer revision of {fqrn} already in {args.directory}",
+            f"parrot_cvmfs: kept the newer revision of {r.fqrn} already in {args.directory}",
             file=sys.stderr,
         )
     return 0
@@ -612,7 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("-t", "--timeout", type=int, metavar="SECONDS", help="network timeout")
     sp.add_argument("-a", "--retries", type=int, metavar="N", help="retries of a download")
-    sp.add_argument("--bundle", metavar="FILE.tar.zst", help="also write DIR as one archive")
+    sp.add_argument(
+        "--bundle",
+        metavar="FILE.tar.zst",
+        help="also write the preloaded revision as one verifiable archive (for unbundle)",
+    )
     sp.add_argument(
         "--verify-at",
         metavar="DATE",
@@ -633,11 +643,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser(
         "unbundle",
-        help="extract a preload bundle into a directory",
-        description="Extract FILE (from preload --bundle) into DIR.",
+        help="verify a preload bundle and install it into a directory",
+        description="Verify FILE (from preload --bundle) against the repository's signed "
+        "chain, every object against its name, and install it into DIR (made if missing). "
+        "A bundle that does not verify to its end is refused and DIR left as it was.",
     )
     sp.add_argument("bundle", metavar="FILE")
     sp.add_argument("-r", "--directory", required=True, metavar="DIR")
+    sp.add_argument(
+        "-k",
+        "--pubkey",
+        metavar="PUBKEY[:PUBKEY...]",
+        help="master public keys (default: the configured ones for the bundle's repository)",
+    )
+    sp.add_argument(
+        "--verify-at",
+        metavar="DATE",
+        type=_parse_when,
+        help="check whitelist expiry as of this UTC date",
+    )
+    sp.add_argument(
+        "-o",
+        "--option",
+        metavar="KEY=VALUE",
+        type=_kv,
+        action="append",
+        default=[],
+        help="set a CVMFS_* parameter (repeatable)",
+    )
+    sp.add_argument("--config-dir", metavar="DIR", help="cvmfs configuration directory")
     sp.set_defaults(func=cmd_unbundle)
 
     sp = sub.add_parser("demo", help="publish, serve and read the example repository (offline)")

@@ -4,12 +4,10 @@ interfaces), from a read-only directory."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import zlib
 
@@ -205,50 +203,6 @@ def test_incremental_preload_fetches_only_new_objects(published, tmp_path):
         assert r.stdout == b"a new revision\n", r.stderr
     finally:
         srv.shutdown()
-
-
-def test_bundle_and_unbundle(published, served, tmp_path):
-    d, d2, bundle = tmp_path / "preload", tmp_path / "site", tmp_path / "repo.tar.zst"
-    p = run_preload(f"{served.url}/{published.name}", d, "-k", published.pubkey, "--bundle", bundle)
-    assert p.returncode == 0, p.stderr
-    assert b"bundled " in p.stdout and bundle.stat().st_size > 1000
-    p = subprocess.run(
-        [*CLI, "unbundle", str(bundle), "-r", str(d2)], env=base_env(), capture_output=True
-    )
-    assert p.returncode == 0, p.stderr
-    assert f"revisions of {published.name}".encode() in p.stdout
-    n = stored_objects_match(str(d2), os.path.join(published.stratum, published.name))
-    assert n == stored_objects_match(str(d), os.path.join(published.stratum, published.name))
-    served.shutdown()
-    r = offline_sha256(published, d2, tmp_path / "cache")
-    assert r.returncode == 0 and parse_sha256sum(r.stdout) == sha256_tree(published.src), r.stderr
-    # a damaged bundle, and one with a member that would land outside the directory
-    damaged = tmp_path / "damaged.tar.zst"
-    damaged.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
-    p = subprocess.run(
-        [*CLI, "unbundle", str(damaged), "-r", str(tmp_path / "d3")],
-        env=base_env(),
-        capture_output=True,
-    )
-    assert p.returncode == 1 and p.stderr.decode().count("\n") == 1, p.stderr
-    assert b"is damaged" in p.stderr
-    assert not (tmp_path / "d3" / f"manifest.{published.name}").exists()
-    import zstandard
-
-    evil = tmp_path / "evil.tar.zst"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("../escaped")
-        info.size = 3
-        tar.addfile(info, io.BytesIO(b"bad"))
-    evil.write_bytes(zstandard.ZstdCompressor().compress(buf.getvalue()))
-    p = subprocess.run(
-        [*CLI, "unbundle", str(evil), "-r", str(tmp_path / "d4")],
-        env=base_env(),
-        capture_output=True,
-    )
-    assert p.returncode == 1 and b"unexpected member '../escaped'" in p.stderr
-    assert not (tmp_path / "escaped").exists()
 
 
 def test_preload_errors_are_one_line(published, served, tmp_path):

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import CvmfsError
 from . import cfetch
@@ -32,6 +32,9 @@ from .download import Downloader, DownloadSettings
 from .fetch import Fetcher
 from .hashes import ContentHash
 from .repository import Repository
+
+if TYPE_CHECKING:
+    from .bundle import BundleWritten
 
 DEFAULT_JOBS = 16
 OBJECT_MODE = 0o555  # read by every user of the site, and executable in place
@@ -48,6 +51,7 @@ class PreloadResult(NamedTuple):
     skipped: int  # objects already stored
     bytes_fetched: int  # stored (inflated) bytes of the fetched objects
     seconds: float
+    bundle: BundleWritten | None = None  # with `bundle`: what was written
 
     def summary(self, directory: str) -> str:
         rate = self.bytes_fetched / self.seconds / 1e6 if self.seconds > 0 else 0.0
@@ -77,11 +81,13 @@ def preload(
     config: Configuration | None = None,
     verify_at: float | None = None,
     progress: Callable[[int, int, int, int], None] | None = None,
+    bundle: str | None = None,
 ) -> PreloadResult:
     """Preload the repository served at `url` (`http://host/cvmfs/NAME`) into
     `directory`. `dirtab` is a dirtab file selecting subtrees; `pubkeys` colon-separated
     master key files (default: the configured keys for the name); `progress(done_files,
-    total_files, done_bytes, total_bytes)` is called as objects arrive."""
+    total_files, done_bytes, total_bytes)` is called as objects arrive; `bundle`: then
+    also write the preloaded revision to this file (`bundle.write_bundle`)."""
     started = time.monotonic()
     url = url.rstrip("/")
     fqrn = name or url.rsplit("/", 1)[-1]
@@ -101,12 +107,12 @@ def preload(
                 dirtab_text = f.read()
         except OSError as e:
             raise CvmfsError(f"cannot read dirtab {dirtab}: {e.strerror}") from None
-        select = RelaxedPathFilter(Dirtab(dirtab_text.decode("utf-8", "surrogateescape"), dirtab))
+        select = selection(dirtab_text, dirtab)
     cache = ObjectCache(directory, object_mode=OBJECT_MODE, dir_mode=DIR_MODE)
     downloader = Downloader(DownloadSettings.from_settings(settings))
     repo = Repository(settings, cache, downloader, config=config, verify_at=verify_at)
     repo.shared_cache = True  # closed here
-    walker = None
+    walker = bundled = None
     try:
         manifest = repo.verify(store=False)
         # another selection than last time: the stored catalogs are walked again
@@ -130,6 +136,23 @@ def preload(
         repo.store_trust()
         for meta in (f"manifest.{fqrn}", f"whitelist.{fqrn}", f"cvmfschecksum.{fqrn}"):
             os.chmod(os.path.join(cache.dir, meta), 0o644)  # for every user of the site
+        seconds = time.monotonic() - started
+        if bundle is not None:
+            from .bundle import write_bundle
+
+            manifest_raw, whitelist_raw = repo._trust_raw  # the bytes just verified
+            bundled = write_bundle(
+                bundle,
+                fqrn=fqrn,
+                manifest=manifest,
+                manifest_raw=manifest_raw,
+                whitelist_raw=whitelist_raw,
+                dirtab_text=dirtab_text,
+                select=select,
+                cache=cache,
+                downloader=repo.downloader,
+                jobs=jobs,
+            )
     finally:
         if walker is not None:
             walker.discard()
@@ -144,8 +167,14 @@ def preload(
         fetched,
         walker.skipped,
         nbytes,
-        time.monotonic() - started,
+        seconds,
+        bundled,
     )
+
+
+def selection(dirtab_text: bytes, what: str) -> RelaxedPathFilter:
+    """The nested catalogs a dirtab selects, with preload's semantics."""
+    return RelaxedPathFilter(Dirtab(dirtab_text.decode("utf-8", "surrogateescape"), what))
 
 
 class _Walker:
