@@ -22,8 +22,10 @@ then the records:
     kind 'X' (xattrs)   payload = the records of pc_table_put_xattrs (tracer.h)
 
 Python teaches the C table in this same format (`teach`), one record or many at once.
-What a run keeps is bounded (`MAX_KEPT` bytes a revision, the file too): a walk over a
-million entries is answered in C within the run, but is not all kept.
+What is kept is bounded (`MAX_KEPT` bytes a revision): a walk over a million entries is
+answered in C within the run, but only its first part is kept. A run appends what it
+taught to the file (C answered what the file held, so that is new but for the few calls
+only Python answers); a later record wins when C loads them.
 """
 
 from __future__ import annotations
@@ -41,21 +43,9 @@ def _record(kind: bytes, follow: bool, key: bytes, payload: bytes) -> bytes:
     return _HEAD.pack(kind[0], int(follow), len(key), len(payload)) + key + payload
 
 
-def _split(blob: bytes) -> dict[tuple[int, int, bytes], bytes]:
-    """The records of a blob by (kind, follow, key); a later record wins."""
-    out: dict[tuple[int, int, bytes], bytes] = {}
-    pos, n = 0, len(blob)
-    while pos + _HEAD.size <= n:
-        kind, follow, klen, plen = _HEAD.unpack_from(blob, pos)
-        end = pos + _HEAD.size + klen + plen
-        if end > n:
-            break
-        out[(kind, follow, blob[pos + _HEAD.size : pos + _HEAD.size + klen])] = blob[pos:end]
-        pos = end
-    return out
-
-
-MAX_KEPT = 64 << 20  # bytes of records kept for one revision (in memory and on disk)
+# bytes of records kept for one revision, the file and what a run adds to it alike (what
+# a file holds fits the C table's own bound, answers.c PC_ANSWERS_BYTES, when loaded)
+MAX_KEPT = 32 << 20
 
 
 def answer_record(follow: bool, key: bytes, err: int, stat_buf, access, link) -> bytes:
@@ -153,6 +143,8 @@ class Memo:
             if self.core.table_load_fd(fd, start) >= 0:
                 self.loaded.add(rev)
                 self._unread.add(rev)
+                # what this run may add: the room the file leaves
+                self.new_bytes[rev] = max(0, os.fstat(fd).st_size - start)
         finally:
             os.close(fd)
 
@@ -212,22 +204,16 @@ class Memo:
         self._decode_served()  # the loaded files' lists are kept in what is written
         for rev, records in self.new.items():
             old = self._records(rev)
-            new = b"".join(records)
-            if (not old or rev in self.loaded) and len(old) + len(new) <= MAX_KEPT:
-                # C answered what the file holds, so what Python taught is new but for
-                # the few calls only Python answers (a few records each): appended, a
-                # later record wins when C loads them; a file past the bound is merged
-                body = old + new
-            else:  # merged, within the bound (later records go first)
-                merged = _split(old)
-                merged.update(_split(new))
-                kept, total = [], 0
-                for rec in merged.values():
-                    total += len(rec)
-                    if total > MAX_KEPT:
-                        break
-                    kept.append(rec)
-                body = b"".join(kept)
+            room = MAX_KEPT - len(old)  # another run may have written it meanwhile
+            kept = []
+            for batch in records:
+                room -= len(batch)
+                if room < 0:
+                    break
+                kept.append(batch)
+            if not kept:
+                continue
+            body = old + b"".join(kept)
             served = b"".join(
                 os.fsencode(k) + b"\0" + os.fsencode(v) + b"\0"
                 for k, v in self.served.get(rev, {}).items()
