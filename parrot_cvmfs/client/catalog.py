@@ -399,7 +399,7 @@ class Catalog:
                 elif flags & FLAG_DIR:
                     out.append((ch, "L", compressed, None))
                 elif flags & FLAG_CHUNKED:
-                    out.append((ch, "", compressed, None))  # a legacy bulk object
+                    out.append((ch, "", compressed, size))  # a legacy bulk object: the file
                 else:
                     out.append((ch, "", compressed, size))
         return out
