@@ -136,6 +136,12 @@ class HostileServer(StratumServer):
                 return mode
         return None
 
+    def start_background(self) -> threading.Thread:
+        # a short poll: shutdown() waits for it (the default 0.5 s, per server per test)
+        t = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+        t.start()
+        return t
+
     def stop(self) -> None:
         self.stopping = True
         self.shutdown()

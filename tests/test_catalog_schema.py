@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import zlib
 
 import pytest
@@ -52,7 +53,7 @@ class Site:
         shutil.copytree(original[0], stratum, symlinks=True)
         self.forger = Forger(stratum, self.keys, NAME)
         self.server = StratumServer(stratum)
-        self.server.start_background()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         self.url = f"{self.server.url}/{NAME}"
         self.cache = tmp_path / "cache"
         pubkey = os.path.join(self.keys, f"{NAME}.pub")
