@@ -8,6 +8,8 @@ that the paths given a mode are answered as a hostile (or broken) server would:
     endless-zlib          200, chunked: a valid zlib stream of zeros that never ends
     trickle-headers       a status line and then header lines that never end, one byte
                           every `interval` seconds (less than the client's timeout)
+    endless-headers       header lines without end at 2 KB/s: fast enough for the
+                          low-speed rule, so only a deadline ends them (not in MODES)
 
 Every other path is passed through from the stratum. A hostile answer ends when the
 client goes away (or after `MAX_SECONDS`, so that a client that never stops cannot
@@ -91,6 +93,13 @@ class HostileHandler(StratumHandler):
             self._raw((head + line)[at : at + 1])
             i += 1
             self._sleep(self.server.interval)
+
+    def _endless_headers(self) -> None:
+        self._raw(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Filler: " + b"x" * (TRICKLE_RATE // 10 - 12) + b"\r\n"
+        while True:
+            self._raw(line)
+            self._sleep(0.1)
 
     # -- writing --------------------------------------------------------------------------------
 

@@ -15,8 +15,12 @@ import sys
 
 import pytest
 
+from parrot_cvmfs.client import cfetch
 from parrot_cvmfs.client.config import Configuration
+from parrot_cvmfs.client.download import Downloader, DownloadSettings
+from parrot_cvmfs.client.hashes import ContentHash
 from parrot_cvmfs.client.repository import Repository
+from parrot_cvmfs.errors import DownloadError
 from parrot_cvmfs.server.chunking import ChunkSizes
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
@@ -222,3 +226,28 @@ def test_fail_over_from_a_hostile_server(repo, hostile, good, mode, tmp_path):
         if t in want:
             assert p.stdout == want[t], t
     assert (tmp_path / "pl" / f"manifest.{NAME}").exists()
+
+
+def test_deadline_ends_headers_fast_enough_for_the_low_speed_rule(repo, hostile, tmp_path):
+    """Header lines without end at 2 KB/s pass the low-speed rule: the deadline of the
+    attempt (3 T + 100 bytes at 1 KB/s for an object of at most 100 bytes) ends them,
+    in the Python downloader and in the C fetcher (before its 16 KiB header limit)."""
+    srv = hostile("endless-headers", ("file",))
+    url = f"{srv.url}/{NAME}"
+    d = Downloader(DownloadSettings(hosts=[url], timeout=0.5, timeout_direct=0.5, max_retries=0))
+    server_path = repo.objects["file"][0]
+    rel = server_path[len(f"/cvmfs/{NAME}") :]
+    try:
+        with pytest.raises(DownloadError) as e:
+            d.fetch(rel, what="the file", limit=100)
+        assert str(e.value) == (
+            f"cannot download the file: {url}{rel}: no complete answer within 1.6 s"
+        )
+        h = ContentHash.from_hex(rel.replace("/data/", "").replace("/", ""))
+        tmp = str(tmp_path / "c-fetch")
+        item = cfetch.Item(h, "", True, None, 100, tmp, None)
+        (got,) = cfetch.fetch(d, [item], mode=0o600)
+        assert got == cfetch.Outcome(None, False)  # given up in time, not a too long header
+        assert not os.path.exists(tmp)
+    finally:
+        d.close()

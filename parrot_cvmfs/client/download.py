@@ -8,11 +8,12 @@ with back-off), switches proxy (proxy errors), or switches host (host errors,
 or once every proxy failed). Corrupted data is retried once with no-cache
 headers, then treated as a host error. Nothing unverified is ever returned.
 
-Every attempt is bounded before it starts (`Bounds`): a body is refused the moment it
-is longer than the object it claims to be can be (its recorded size, or a fixed cap),
-and every connect, read and write of the attempt, response headers included, obeys a
-deadline derived from that length and the low-speed rule (at least
-CVMFS_LOW_SPEED_LIMIT bytes in every CVMFS_TIMEOUT seconds, as curl applies it).
+Every attempt is bounded before it starts: a body is refused the moment it is longer
+than the object it claims to be can be (`wire_limit` of its recorded size or a fixed
+cap), and every connect, read and write of the attempt, response headers included,
+obeys a deadline derived from that length (`transfer_budget`) and the low-speed rule
+(at least CVMFS_LOW_SPEED_LIMIT bytes in every CVMFS_TIMEOUT seconds, as curl applies
+it), both kept by `_Budget` in the network backend under the HTTP client.
 """
 
 from __future__ import annotations
@@ -220,7 +221,9 @@ class _Budget:
         return min(self.timeout, left)
 
     def expired(self) -> _Failure:
-        return _Failure(self.kind, f"{self.where}: no complete answer within {self.seconds:.0f} s")
+        return _Failure(
+            self.kind, f"{self.where}: no complete answer within {round(self.seconds, 1):g} s"
+        )
 
     def over(self) -> bool:
         return time.monotonic() >= self.deadline
