@@ -161,6 +161,9 @@ ffibuilder.cdef(
         unsigned char digest[20];
         int compressed;
         int64_t size;
+        int64_t limit;
+        int64_t wire_limit;
+        int64_t budget_ms;
         int mode;
         int status;
         int http_status;
@@ -173,7 +176,7 @@ ffibuilder.cdef(
     } pc_fetch_progress;
     int pc_fetch_batch(const char *host, int port, const char *host_header,
                        pc_fetch_item *items, int n, int nthreads, int timeout_ms,
-                       pc_fetch_progress *progress);
+                       int64_t low_speed_limit, pc_fetch_progress *progress);
     """
 )
 ffibuilder.set_source(

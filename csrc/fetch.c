@@ -4,7 +4,13 @@
  * its digest and size are right. Used by preloads, where per-object work in Python
  * would be the bottleneck; whatever fails here (a dead server, a bad object, an
  * algorithm not done in C) is reported per item and retried by the Python
- * downloader, which knows every host, proxy and fail-over rule. Plain http:// only. */
+ * downloader, which knows every host, proxy and fail-over rule. Plain http:// only.
+ *
+ * Nothing a server sends is trusted to end: each item has a budget (a deadline for its
+ * whole transfer, connecting and headers included) and every wait is a poll bounded by
+ * the timeout and what is left of it; the low-speed rule (at least `low_speed` bytes per
+ * second over every timeout) applies from the request on; and a body is refused the
+ * moment it is longer than the item can be (`wire_limit` received, `limit` stored). */
 #define _GNU_SOURCE
 #include "fetch.h"
 
@@ -23,19 +29,21 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #define INBUF (64 * 1024)
 #define OUTBUF (256 * 1024)
 #define MAX_HEADER (16 * 1024)
+#define MAX_ERROR_BODY (64 * 1024)
 
 typedef struct {
     const char *host;
     int port;
     const char *host_header;
     int timeout_ms;
+    int64_t low_speed; /* bytes per second; 0: no low-speed rule */
     pc_fetch_item *items;
     int n;
     int next; /* atomically taken */
@@ -48,7 +56,59 @@ typedef struct {
     unsigned char in[INBUF];
     size_t start, end; /* unread bytes in `in` */
     unsigned char out[OUTBUF];
+    int timeout_ms;
+    int64_t low_speed;
+    /* the current item's bounds */
+    int64_t deadline;                   /* CLOCK_MONOTONIC milliseconds */
+    int64_t window_start, window_bytes; /* the low-speed window */
 } conn;
+
+static int64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* The bounds of the next transfer over `c`. */
+static void conn_budget(conn *c, int64_t budget_ms)
+{
+    int64_t now = now_ms();
+    c->deadline = now + (budget_ms > 0 ? budget_ms : c->timeout_ms);
+    c->window_start = now;
+    c->window_bytes = 0;
+}
+
+/* Until `fd` is ready for `events`: 0, or -1 once a timeout or the item's deadline
+ * passed first. */
+static int conn_wait(const conn *c, int fd, short events)
+{
+    for (;;) {
+        int64_t left = c->deadline - now_ms();
+        if (left <= 0)
+            return -1;
+        struct pollfd p = {fd, events, 0};
+        int rc = poll(&p, 1, left < c->timeout_ms ? (int)left : c->timeout_ms);
+        if (rc > 0)
+            return 0; /* ready, or an error the next call reports */
+        if (rc == 0 || errno != EINTR)
+            return -1;
+    }
+}
+
+/* Counts received bytes; 1 if the transfer is slower than the low-speed rule allows. */
+static int conn_too_slow(conn *c, size_t n)
+{
+    c->window_bytes += (int64_t)n;
+    int64_t now = now_ms(), elapsed = now - c->window_start;
+    if (c->low_speed <= 0 || elapsed < c->timeout_ms)
+        return 0;
+    if (c->window_bytes * 1000 < c->low_speed * elapsed)
+        return 1;
+    c->window_start = now;
+    c->window_bytes = 0;
+    return 0;
+}
 
 static void conn_close(conn *c)
 {
@@ -58,6 +118,7 @@ static void conn_close(conn *c)
     c->start = c->end = 0;
 }
 
+/* Connects (the socket stays non-blocking: every wait is a bounded poll). */
 static int conn_open(conn *c, const batch *b)
 {
     struct addrinfo hints = {0}, *res = NULL;
@@ -73,10 +134,9 @@ static int conn_open(conn *c, const batch *b)
             continue;
         int rc = connect(fd, a->ai_addr, a->ai_addrlen);
         if (rc < 0 && errno == EINPROGRESS) {
-            struct pollfd p = {fd, POLLOUT, 0};
             int err = 0;
             socklen_t len = sizeof err;
-            rc = poll(&p, 1, b->timeout_ms) == 1 &&
+            rc = conn_wait(c, fd, POLLOUT) == 0 &&
                          getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0
                      ? 0
                      : -1;
@@ -89,10 +149,6 @@ static int conn_open(conn *c, const batch *b)
     freeaddrinfo(res);
     if (fd < 0)
         return -1;
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-    struct timeval tv = {b->timeout_ms / 1000, (b->timeout_ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->fd = fd;
@@ -100,7 +156,8 @@ static int conn_open(conn *c, const batch *b)
     return 0;
 }
 
-/* More bytes into the buffer; 0 at end of stream, -1 on error or timeout. */
+/* More bytes into the buffer; 0 at end of stream, -1 on error, timeout, a transfer
+ * too slow or past its deadline. */
 static ssize_t conn_fill(conn *c)
 {
     if (c->start == c->end)
@@ -110,25 +167,35 @@ static ssize_t conn_fill(conn *c)
         c->end -= c->start;
         c->start = 0;
     }
-    ssize_t n;
-    do
-        n = recv(c->fd, c->in + c->end, INBUF - c->end, 0);
-    while (n < 0 && errno == EINTR);
-    if (n > 0)
-        c->end += (size_t)n;
-    return n;
+    for (;;) {
+        ssize_t n = recv(c->fd, c->in + c->end, INBUF - c->end, 0);
+        if (n > 0) {
+            c->end += (size_t)n;
+            return conn_too_slow(c, (size_t)n) ? -1 : n;
+        }
+        if (n == 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        if ((errno != EAGAIN && errno != EWOULDBLOCK) || conn_wait(c, c->fd, POLLIN) != 0)
+            return -1;
+    }
 }
 
-static int send_all(int fd, const char *p, size_t n)
+static int send_all(conn *c, const char *p, size_t n)
 {
     while (n) {
-        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        ssize_t k = send(c->fd, p, n, MSG_NOSIGNAL);
+        if (k > 0) {
+            p += k;
+            n -= (size_t)k;
+            continue;
+        }
         if (k < 0 && errno == EINTR)
             continue;
-        if (k <= 0)
+        if (k == 0 || (errno != EAGAIN && errno != EWOULDBLOCK) ||
+            conn_wait(c, c->fd, POLLOUT) != 0)
             return -1;
-        p += k;
-        n -= (size_t)k;
     }
     return 0;
 }
@@ -272,7 +339,8 @@ typedef struct {
     z_stream z;
     int compressed, inflating_done;
     int fd;
-    int64_t stored, limit;
+    int64_t stored, limit;          /* inflated bytes: stored, and the most it may be */
+    int64_t received, wire_limit;   /* body bytes: received, and the most there may be */
 } object_sink;
 
 #define SINK_BAD_DATA -10
@@ -295,6 +363,9 @@ static int write_all(int fd, const unsigned char *p, size_t n)
 static int object_piece(void *ctx, const unsigned char *p, size_t n)
 {
     object_sink *s = ctx;
+    s->received += (int64_t)n;
+    if (s->received > s->wire_limit)
+        return SINK_BAD_DATA; /* longer than the object can be: stop reading now */
     if (s->verified)
         pc_digest_update(&s->digest, p, n);
     if (!s->compressed) {
@@ -340,6 +411,8 @@ static int object_finish(object_sink *s)
         int rc = inflate(&s->z, Z_FINISH);
         size_t got = OUTBUF - s->z.avail_out;
         s->stored += (int64_t)got;
+        if (s->limit >= 0 && s->stored > s->limit)
+            return SINK_BAD_DATA;
         if (got && write_all(s->fd, s->c->out, got))
             return SINK_LOCAL;
         if (rc == Z_STREAM_END)
@@ -375,13 +448,14 @@ static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
     }
     response r;
     int attempt, rc = -1;
+    conn_budget(c, it->budget_ms);
     for (attempt = 0; attempt < 2; attempt++) { /* a kept-alive connection may have closed */
         int reused = c->fd >= 0;
         if (!reused && conn_open(c, b) != 0) {
             it->status = PC_FETCH_CONNECT;
             return;
         }
-        rc = send_all(c->fd, req, (size_t)len);
+        rc = send_all(c, req, (size_t)len);
         if (rc == 0)
             rc = read_head(c, &r);
         if (rc == 0)
@@ -396,22 +470,24 @@ static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
     }
     it->http_status = r.status;
     if (r.status != 200) {
-        if ((r.length >= 0 && r.length <= (1 << 20)) || r.chunked) {
-            if (read_body(c, &r, discard, NULL) != 0)
-                conn_close(c);
-        } else {
-            conn_close(c);
-        }
-        if (r.close)
+        /* a short error page is read to keep the connection; anything else closes it */
+        if (r.chunked || r.length < 0 || r.length > MAX_ERROR_BODY ||
+            read_body(c, &r, discard, NULL) != 0 || r.close)
             conn_close(c);
         it->status = PC_FETCH_HTTP;
+        return;
+    }
+    if (r.length > it->wire_limit) { /* announced longer than it can be: not read at all */
+        conn_close(c);
+        it->status = PC_FETCH_BAD_DATA;
         return;
     }
     object_sink s;
     memset(&s, 0, sizeof s);
     s.c = c;
     s.compressed = it->compressed;
-    s.limit = verified ? it->size : (1 << 20);
+    s.limit = it->limit >= 0 ? it->limit : it->size;
+    s.wire_limit = it->wire_limit;
     s.verified = verified;
     if (verified)
         pc_digest_init(&s.digest, it->algorithm);
@@ -472,6 +548,8 @@ static void *worker(void *arg)
         return NULL;
     c->fd = -1;
     c->start = c->end = 0;
+    c->timeout_ms = b->timeout_ms;
+    c->low_speed = b->low_speed;
     for (;;) {
         if (b->progress && __atomic_load_n(&b->progress->stop, __ATOMIC_RELAXED))
             break;
@@ -507,11 +585,12 @@ static mode_t current_umask(void)
 }
 
 int pc_fetch_batch(const char *host, int port, const char *host_header, pc_fetch_item *items,
-                   int n, int nthreads, int timeout_ms, pc_fetch_progress *progress)
+                   int n, int nthreads, int timeout_ms, int64_t low_speed_limit,
+                   pc_fetch_progress *progress)
 {
     mode_t mask = current_umask();
-    batch b = {host, port, host_header, timeout_ms > 0 ? timeout_ms : 10000, items, n, 0,
-               progress, mask};
+    batch b = {host,  port, host_header, timeout_ms > 0 ? timeout_ms : 10000, low_speed_limit,
+               items, n,    0,           progress,                            mask};
     for (int i = 0; i < n; i++)
         items[i].status = PC_FETCH_NOT_TRIED;
     if (nthreads < 1)

@@ -1,6 +1,8 @@
 /* The bulk fetcher (fetch.c): many objects from one HTTP server or proxy, verified
  * and stored by C threads; failures are reported per item for the Python
- * downloader to retry with its fail-over rules. */
+ * downloader to retry with its fail-over rules. Every item is bounded: its body by
+ * `wire_limit` and `limit`, its whole transfer (connecting and headers included) by
+ * `budget_ms` and the low-speed rule. */
 #ifndef PARROT_CVMFS_FETCH_H
 #define PARROT_CVMFS_FETCH_H
 
@@ -11,9 +13,9 @@ enum {
     PC_FETCH_PRESENT = 1,     /* `dest` existed already */
     PC_FETCH_NOT_TRIED = 2,   /* the batch was stopped first */
     PC_FETCH_CONNECT = 3,     /* cannot connect */
-    PC_FETCH_NETWORK = 4,     /* connection lost or timed out */
+    PC_FETCH_NETWORK = 4,     /* connection lost, timed out, too slow or past its budget */
     PC_FETCH_HTTP = 5,        /* a status other than 200 (in http_status) */
-    PC_FETCH_BAD_DATA = 6,    /* wrong digest or size, broken zlib or HTTP */
+    PC_FETCH_BAD_DATA = 6,    /* wrong digest or size, longer than it can be, broken zlib or HTTP */
     PC_FETCH_LOCAL = 7,       /* cannot write the file */
     PC_FETCH_UNSUPPORTED = 8, /* a hash algorithm not done in C, or an overlong request */
 };
@@ -24,11 +26,14 @@ typedef struct {
     const char *request; /* the request target: a path, or an absolute URL via a proxy */
     const char *tmp;     /* written (created exclusively), then renamed to... */
     const char *dest;    /* ...this, once digest and size are right (NULL: left at tmp) */
-    int algorithm;       /* PC_DIGEST_*, or PC_FETCH_UNVERIFIED (a file of at most 1 MiB
-                          * that the caller checks itself, such as a signed manifest) */
+    int algorithm;       /* PC_DIGEST_*, or PC_FETCH_UNVERIFIED (a file that the caller
+                          * checks itself, such as a signed manifest) */
     unsigned char digest[20];
     int compressed;      /* zlib: inflate before storing */
-    int64_t size;        /* expected stored size, -1 if unknown */
+    int64_t size;        /* exact stored size, -1 if unknown */
+    int64_t limit;       /* the most bytes it may store (the size, when known) */
+    int64_t wire_limit;  /* the most body bytes it may arrive as */
+    int64_t budget_ms;   /* its whole transfer, from connecting to the last byte */
     int mode;            /* of the stored file */
     int status;          /* out: PC_FETCH_* */
     int http_status;     /* out */
@@ -42,8 +47,11 @@ typedef struct {
 } pc_fetch_progress;
 
 /* Fetch items[0..n) over connections to host:port with `nthreads` threads; returns
- * when all are settled (or `progress->stop` was set). 0, or -1 if no thread ran. */
+ * when all are settled (or `progress->stop` was set). 0, or -1 if no thread ran.
+ * `timeout_ms` bounds each wait; a transfer must receive at least `low_speed_limit`
+ * bytes per second over every `timeout_ms` (0: no such rule). */
 int pc_fetch_batch(const char *host, int port, const char *host_header, pc_fetch_item *items,
-                   int n, int nthreads, int timeout_ms, pc_fetch_progress *progress);
+                   int n, int nthreads, int timeout_ms, int64_t low_speed_limit,
+                   pc_fetch_progress *progress);
 
 #endif

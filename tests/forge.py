@@ -64,9 +64,11 @@ class Forger:
         mountpoint: str = "",
         *,
         raw: Callable[[bytes], bytes] | None = None,
+        recorded_size: int | None = None,
     ) -> Manifest:
         """Apply `fn` to the catalog at `mountpoint` (then `raw` to its bytes, if given),
-        re-hash the catalogs above it and sign a new manifest."""
+        re-hash the catalogs above it and sign a new manifest. `recorded_size`: the size
+        its parent (or the manifest) records for it, instead of its real one."""
         chain = self._chain(mountpoint)
         mp, h = chain[-1]
         with _open_db(self._catalog_bytes(h)) as (db, path):
@@ -77,7 +79,8 @@ class Forger:
                 data = f.read()
         if raw is not None:
             data = raw(data)
-        new_hash, new_size = self.store.put(data, "C"), len(data)
+        new_hash = self.store.put(data, "C")
+        new_size = len(data) if recorded_size is None else recorded_size
         for parent_mp, parent_h in reversed(chain[:-1]):
             with _open_db(self._catalog_bytes(parent_h)) as (db, path):
                 db.execute(

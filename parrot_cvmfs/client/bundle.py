@@ -28,9 +28,8 @@ DIR/txn, and only a bundle verified to its end is moved into place: objects, cat
 (children first), then the revision files, the breadcrumb last. A refused bundle leaves
 DIR as it was.
 
-Objects whose inflated size no catalog states (legacy whole-file copies of chunked
-files, whose chunks are carried; hashed directories) are left out: nothing in a bundle
-is without a bound.
+Objects whose inflated size no catalog states (hashed directories) are left out:
+nothing in a bundle is without a bound.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from typing import NamedTuple
 
 from ..errors import CacheError, CatalogError, CvmfsError, IntegrityError
 from .catalog import Catalog
+from .download import MAX_DATABASE, MAX_SMALL, object_limit, wire_limit
 from .hashes import ContentHash, new_hasher
 from .repository import Breadcrumb
 
@@ -58,9 +58,6 @@ _OLD_NAME = re.compile(
     rf"[0-9a-f]{{2}}/[0-9a-f]{{30,}}(-[a-z0-9]+)?|(manifest|whitelist|cvmfschecksum|dirtab)\.{_FQRN}"
 )
 
-# the client's limits for what has no recorded size
-SMALL_MAX = 64 << 10  # whitelist, manifest, dirtab; certificate and metainfo inflated
-CATALOG_MAX = 1 << 30  # a catalog whose size neither manifest nor parent records
 OBJECT_MODE = 0o555  # as preload stores them: for every user of the site, executable
 DIR_MODE = 0o755
 META_MODE = 0o644
@@ -71,12 +68,6 @@ os.umask(_UMASK)
 _MEMBER_MAX = 8**11 - 1  # what the octal size field holds
 _BATCH_BYTES = 256 << 20  # raw bytes staged at once while writing a bundle
 _BATCH_ITEMS = 4096
-
-
-def zlib_bound(n: int) -> int:
-    """A generous bound on the zlib stream of `n` bytes (zlib's own deflateBound is
-    about n + n/4096 + n/16384 + 13)."""
-    return n + (n >> 8) + 1024
 
 
 class BundleWritten(NamedTuple):
@@ -105,13 +96,14 @@ class _Object(NamedTuple):
         return f"data/{self.hash.hex[:2]}/{self.hash.hex[2:]}{self.suffix}"
 
     def limits(self) -> tuple[int, int, str]:
-        """(inflated size, most bytes it can have as served, what the first is)."""
-        if self.size is not None and (self.suffix != "C" or self.size <= CATALOG_MAX):
+        """(inflated size, most bytes it can have as served, what the first is): the
+        client's own limits (download.py)."""
+        if self.size is not None and (self.suffix != "C" or self.size <= MAX_DATABASE):
             size, bound = self.size, f"its size of {self.size} bytes"
         else:
-            size = SMALL_MAX if self.suffix in "XM" else CATALOG_MAX
+            size = object_limit(self.suffix)
             bound = f"the limit of {size} bytes"
-        return size, zlib_bound(size) if self.compressed else size, bound
+        return size, wire_limit(size, self.compressed), bound
 
     def served_size(self) -> int | None:
         """Its exact size as served, where known (not compressed)."""
@@ -150,7 +142,7 @@ def _contents(catalog: Catalog, select) -> tuple[list[_Object], list[_Object]]:
     objects = []
     for h, suffix, compressed, size in catalog.objects():
         if size is None:
-            continue  # a legacy bulk copy (the chunks are carried) or a hashed directory
+            continue  # a hashed directory: no bound, and nothing reads it
         if not isinstance(size, int) or size < 0:
             raise CatalogError(f"{where}: object {h.hex}{suffix} has size {size!r}")
         objects.append(_Object(h, suffix, compressed, size, f"object of {where}"))
@@ -306,8 +298,8 @@ def write_bundle(
 
                 def small(name: str, data: bytes) -> None:
                     nonlocal members
-                    if len(data) > SMALL_MAX:  # a bundle no reader would take
-                        raise CvmfsError(f"{name} is above the limit of {SMALL_MAX} bytes")
+                    if len(data) > MAX_SMALL:  # a bundle no reader would take
+                        raise CvmfsError(f"{name} is above the limit of {MAX_SMALL} bytes")
                     z.write(_header(name, len(data), stamp))
                     z.write(data + bytes(-len(data) % 512))
                     members += 1
@@ -371,7 +363,7 @@ def _fetch_into(z, objs: list[_Object], cache, downloader, jobs: int, stamp: int
         try:
             # raw: stored as served, verified against the name (not inflated)
             items = [
-                cfetch.Item(o.hash, o.suffix, False, o.served_size(), t, None)
+                cfetch.Item(o.hash, o.suffix, False, o.served_size(), o.limits()[1], t, None)
                 for o, t in zip(batch, tmps, strict=True)
             ]
             got = cfetch.fetch(downloader, items, mode=0o600, jobs=jobs)
@@ -384,6 +376,7 @@ def _fetch_into(z, objs: list[_Object], cache, downloader, jobs: int, stamp: int
                             expected=o.hash,
                             decompress=False,
                             size=o.served_size(),
+                            limit=o.limits()[1],
                             out=out,
                         )
             for o, t in zip(batch, tmps, strict=True):
@@ -412,7 +405,7 @@ def _fetch_into(z, objs: list[_Object], cache, downloader, jobs: int, stamp: int
 def _batches(objs: list[_Object]):
     start = total = 0
     for i, o in enumerate(objs):
-        total += zlib_bound(o.size or 0)
+        total += wire_limit(o.size or 0, True)
         if i + 1 - start >= _BATCH_ITEMS or total >= _BATCH_BYTES:
             yield start, i + 1
             start, total = i + 1, 0
@@ -562,8 +555,8 @@ class _Check:
         self.phase = "whitelist"
 
     def _small(self, m: _Member, reader: _Reader) -> bytes:
-        if m.size > SMALL_MAX:
-            self.refuse(m.name, f"is {m.size} bytes, above the limit of {SMALL_MAX}")
+        if m.size > MAX_SMALL:
+            self.refuse(m.name, f"is {m.size} bytes, above the limit of {MAX_SMALL}")
         return reader.read_all()
 
     def _expect_certificate(self, name: str) -> None:

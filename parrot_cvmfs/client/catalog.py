@@ -2,21 +2,18 @@
 
 Columns differ between schema revisions, so the SELECT is built from the
 table's actual columns. Entries are keyed by the MD5 of their full path inside
-the repository (the root is the empty string).
+the repository (the root is the empty string). The database is opened through
+`database.Database`: refused unless its schema is one of the catalog schemas,
+every query bounded in time.
 """
 
 from __future__ import annotations
 
 import stat as st
 import struct
-import threading
-
-try:  # the C module sqlite3 re-exports, without the datetime adapters its package
-    import _sqlite3 as sqlite3  # registers at import (~2 ms of parrot_run's start-up)
-except ImportError:  # pragma: no cover
-    import sqlite3
 
 from ..errors import CatalogError
+from .database import Database
 from .hashes import DIGEST_SIZE, Algorithm, ContentHash, md5_digest
 from .values import column_text, decimal, shown
 
@@ -63,13 +60,22 @@ def md5path(path: str) -> tuple[int, int]:
     return _MD5_SPLIT.unpack(md5_digest(path.encode("utf-8", "surrogateescape")))
 
 
-def sqlite_uri_path(path: str) -> str:
-    """A file path for a `file:` SQLite URI (%, ? and # escaped)."""
-    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
-
-
-def _decode_text(b: bytes) -> str:
-    return b.decode("utf-8", "surrogateescape")
+# The tables a catalog of any schema (1.x to 2.5 revision 7) may hold: the columns
+# every revision has, and those only some have (2.0's `inode`, 2.1's `hardlinks`,
+# `uid`, `gid`, revision 2's `xattr`, 7's `mtimens`, revision 1's nested sizes).
+_F = frozenset
+CATALOG_SCHEMA = {
+    "properties": (_F({"key", "value"}), _F()),
+    "catalog": (
+        _F({"md5path_1", "md5path_2", "parent_1", "parent_2", "hash", "size", "mode", "mtime"})
+        | _F({"flags", "name", "symlink"}),
+        _F({"inode", "hardlinks", "uid", "gid", "xattr", "mtimens"}),
+    ),
+    "chunks": (_F({"md5path_1", "md5path_2", "offset", "size", "hash"}), _F()),
+    "nested_catalogs": (_F({"path"}), _F({"sha1", "size"})),
+    "bind_mountpoints": (_F({"path", "sha1", "size"}), _F()),
+    "statistics": (_F({"counter", "value"}), _F()),
+}
 
 
 # -- what a row may hold ------------------------------------------------------------------------
@@ -260,29 +266,28 @@ class Catalog:
         self.what = (
             f"catalog {content_hash.hex if content_hash else db_path} at /{mountpoint.lstrip('/')}"
         )
-        self._lock = threading.Lock()
+        self._db = Database(db_path, self.what, CATALOG_SCHEMA, ("properties", "catalog"))
         try:
-            uri = "file:" + sqlite_uri_path(db_path) + "?mode=ro&immutable=1"
-            self._con = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            self._con.text_factory = _decode_text
-            self.properties = dict(self._con.execute("SELECT key, value FROM properties"))
-            columns = {row[1] for row in self._con.execute("PRAGMA table_info(catalog)")}
-            tables = {
-                r[0] for r in self._con.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # (a message of bad bytes)
-            raise CatalogError(f"malformed {self.what}: {e}") from None
-        if "md5path_1" not in columns or "mode" not in columns:
-            raise CatalogError(f"malformed {self.what}: no catalog table")
-        try:
+            self._db.columns("properties")
+            self.properties = dict(self._query("SELECT key, value FROM properties", ()))
             self.schema = float(self.properties.get("schema", "1.0"))
             self.schema_revision = int(self.properties.get("schema_revision", "0"))
         except (ValueError, TypeError):
+            self._db.close()
             raise CatalogError(f"malformed {self.what}: bad schema property") from None
+        except BaseException:
+            self._db.close()
+            raise
         if self.schema >= 2.0 and not (
             abs(self.schema - 2.4) < 1e-6 or abs(self.schema - 2.5) < 1e-6
         ):
+            self._db.close()
             raise CatalogError(f"{self.what} has unsupported schema {self.schema}")
+        try:
+            columns = self._db.columns("catalog")
+        except BaseException:
+            self._db.close()
+            raise
         self.prefix = self.properties.get("root_prefix", "") if mountpoint else ""
         if self.prefix == "/":
             self.prefix = ""
@@ -304,16 +309,7 @@ class Catalog:
             + col("xattr", "NULL")
             + ", md5path_1, md5path_2 FROM catalog "
         )
-        self._has_chunks = "chunks" in tables
-        nested_sources = []
-        if "nested_catalogs" in tables:
-            ncols = {r[1] for r in self._con.execute("PRAGMA table_info(nested_catalogs)")}
-            if "sha1" in ncols:
-                size = "size" if "size" in ncols else "0"
-                nested_sources.append(f"SELECT path, sha1, {size} FROM nested_catalogs")
-        if "bind_mountpoints" in tables:
-            nested_sources.append("SELECT path, sha1, size FROM bind_mountpoints")
-        self._nested_sql = " UNION ALL ".join(nested_sources)
+        self._has_chunks = self._db.has("chunks")
         self._nested: dict[str, tuple[ContentHash, int]] | None = None
 
     # -- path mapping ---------------------------------------------------------------------
@@ -328,11 +324,7 @@ class Catalog:
     # -- queries --------------------------------------------------------------------------
 
     def _query(self, sql: str, args: tuple) -> list:
-        try:
-            with self._lock:
-                return self._con.execute(sql, args).fetchall()
-        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
-            raise CatalogError(f"malformed {self.what}: {e}") from None
+        return self._db.query(sql, args)
 
     def _bad_row(self, path: str, problem: str) -> CatalogError:
         return CatalogError(f"malformed {self.what}: entry {path or '/'!r}: {problem}")
@@ -473,6 +465,7 @@ class Catalog:
         """(offset, size, hash) of a chunked file, ordered by offset."""
         if not self._has_chunks:
             return []
+        self._db.columns("chunks")
         p1, p2 = md5path(self.internal_path(entry.path))
         rows = self._query(
             "SELECT offset, size, hash FROM chunks WHERE md5path_1=? AND md5path_2=? ORDER BY offset",
@@ -503,6 +496,7 @@ class Catalog:
             )
         ]
         if self._has_chunks:
+            self._db.columns("chunks")
             sources.append(
                 (
                     "SELECT chunks.hash, catalog.flags, chunks.size FROM chunks JOIN catalog"
@@ -528,7 +522,7 @@ class Catalog:
                 elif flags & FLAG_DIR:
                     out.append((ch, "L", compressed, None))
                 elif flags & FLAG_CHUNKED:
-                    out.append((ch, "", compressed, None))  # a legacy bulk object
+                    out.append((ch, "", compressed, size))  # a legacy bulk object: the file
                 else:
                     out.append((ch, "", compressed, size))
         return out
@@ -538,8 +532,16 @@ class Catalog:
         A mountpoint is a canonical path strictly below this catalog's root."""
         if self._nested is None:
             nested: dict[str, tuple[ContentHash, int]] = {}
-            if self._nested_sql:
-                for path, h, size in self._query(self._nested_sql, ()):
+            sources = []
+            ncols = self._db.columns("nested_catalogs")
+            if "sha1" in ncols:
+                size = "size" if "size" in ncols else "0"
+                sources.append(f"SELECT path, sha1, {size} FROM nested_catalogs")
+            if self._db.has("bind_mountpoints"):
+                self._db.columns("bind_mountpoints")
+                sources.append("SELECT path, sha1, size FROM bind_mountpoints")
+            if sources:
+                for path, h, size in self._query(" UNION ALL ".join(sources), ()):
                     try:
                         path = column_text(path)
                     except TypeError:
@@ -564,6 +566,7 @@ class Catalog:
 
     def counters(self) -> dict[str, int]:
         try:
+            self._db.columns("statistics")
             rows = self._query("SELECT counter, value FROM statistics", ())
         except CatalogError:
             return {}
@@ -608,8 +611,7 @@ class Catalog:
         return rows[0][0] or 0
 
     def close(self) -> None:
-        with self._lock:
-            self._con.close()
+        self._db.close()
 
 
 def _is_below(path: str, root: str) -> bool:

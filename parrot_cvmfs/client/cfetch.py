@@ -6,7 +6,9 @@ temporary file; whatever it cannot settle (a dead host, a 404, a corrupt object,
 an algorithm not done in C) is left to the Python downloader, which knows every
 host, proxy and fail-over rule. Used for preloads (many objects, many threads) and
 for single objects fetched on demand (the call releases the GIL: threads that fetch
-run in parallel).
+run in parallel). Each object is bounded as the Python downloader bounds it: the C
+fetcher refuses a body longer than the object can be and gives up at the deadline
+of `download.transfer_budget`, obeying the low-speed rule from the request on.
 """
 
 from __future__ import annotations
@@ -16,29 +18,35 @@ import threading
 from collections import namedtuple
 from collections.abc import Callable
 
-from .download import Downloader
+from .download import MAX_SMALL, Downloader, transfer_budget, wire_limit
 from .hashes import Algorithm, ContentHash
 
 _C_ALGORITHMS = (Algorithm.SHA1, Algorithm.SHAKE128)
 
 
-class Route(namedtuple("Route", "host port host_header prefix timeout_ms")):
+class Route(namedtuple("Route", "host port host_header prefix timeout low_speed_limit")):
     __slots__ = ()
 
     host: str  # where to connect
     port: int
     host_header: str
     prefix: str  # request target before the object path
-    timeout_ms: int
+    timeout: float  # seconds: connecting, each wait, the low-speed window
+    low_speed_limit: int  # bytes per second
+
+    def budget_ms(self, wire: int) -> int:
+        """The deadline of one object of at most `wire` body bytes, in milliseconds."""
+        return int(transfer_budget(wire, self.timeout, self.low_speed_limit) * 1000)
 
 
-class Item(namedtuple("Item", "hash suffix compressed size tmp dest")):
+class Item(namedtuple("Item", "hash suffix compressed size limit tmp dest")):
     __slots__ = ()
 
     hash: ContentHash
     suffix: str
     compressed: bool
-    size: int | None
+    size: int | None  # exact inflated size, if known
+    limit: int  # the most it may inflate to (the size, if known)
     tmp: str  # created by the fetcher
     dest: str | None  # renamed to when verified; None: left at `tmp` for the caller
 
@@ -77,9 +85,25 @@ def route(downloader: Downloader | None) -> Route | None:
         return None
     connect = p or h
     s = downloader.settings
-    timeout_ms = int((s.timeout if p else s.timeout_direct) * 1000) or 10000
+    timeout = (s.timeout if p else s.timeout_direct) or 10.0
     # through a proxy, the request names the whole URL
-    return Route(connect[0], connect[1], h[2], host if p else h[3], timeout_ms)
+    return Route(connect[0], connect[1], h[2], host if p else h[3], timeout, s.low_speed_limit)
+
+
+def _batch(r: Route, items, n: int, jobs: int, state) -> None:
+    from .._core import lib
+
+    lib.pc_fetch_batch(
+        r.host.encode(),
+        r.port,
+        r.host_header.encode(),
+        items,
+        n,
+        max(1, jobs),
+        int(r.timeout * 1000),
+        r.low_speed_limit,
+        state,
+    )
 
 
 class Outcome(namedtuple("Outcome", "stored bad_data")):
@@ -90,7 +114,7 @@ class Outcome(namedtuple("Outcome", "stored bad_data")):
 
 
 def fetch_unverified(downloader: Downloader, path: str, tmp: str) -> bytes | None:
-    """GET `path` (such as /.cvmfspublished, at most 1 MiB) from the downloader's
+    """GET `path` (such as /.cvmfspublished, at most MAX_SMALL) from the downloader's
     current host into `tmp` and return its bytes, or None if C could not get it with a
     200 (the caller then uses the Python downloader). Nothing is checked here: the
     caller must (a manifest is compared with, or verified as, a signed one)."""
@@ -105,10 +129,10 @@ def fetch_unverified(downloader: Downloader, path: str, tmp: str) -> bytes | Non
     item.request, item.tmp, item.dest = request, tmp_c, ffi.NULL
     item.algorithm = lib.PC_FETCH_UNVERIFIED
     item.size, item.mode = -1, 0o600
+    item.limit = item.wire_limit = MAX_SMALL
+    item.budget_ms = r.budget_ms(MAX_SMALL)
     state = ffi.new("pc_fetch_progress *")
-    lib.pc_fetch_batch(
-        r.host.encode(), r.port, r.host_header.encode(), item, 1, 1, r.timeout_ms, state
-    )
+    _batch(r, item, 1, 1, state)
     if item.status != lib.PC_FETCH_OK:
         return None
     try:
@@ -156,19 +180,13 @@ def fetch(
         it.request, it.tmp, it.dest = strings
         it.compressed = int(o.compressed)
         it.size = -1 if o.size is None else o.size
+        it.limit = o.limit
+        it.wire_limit = wire_limit(o.limit, o.compressed)
+        it.budget_ms = r.budget_ms(it.wire_limit)
         it.mode = mode
 
     def run(state) -> None:
-        lib.pc_fetch_batch(
-            r.host.encode(),
-            r.port,
-            r.host_header.encode(),
-            cdata,
-            len(items),
-            max(1, jobs),
-            r.timeout_ms,
-            state,
-        )
+        _batch(r, cdata, len(items), jobs, state)
 
     state = ffi.new("pc_fetch_progress *")
     if progress is None and jobs <= 1:

@@ -7,6 +7,13 @@ counters and, after a failure, either retries the same path (transfer errors,
 with back-off), switches proxy (proxy errors), or switches host (host errors,
 or once every proxy failed). Corrupted data is retried once with no-cache
 headers, then treated as a host error. Nothing unverified is ever returned.
+
+Every attempt is bounded before it starts: a body is refused the moment it is longer
+than the object it claims to be can be (`wire_limit` of its recorded size or a fixed
+cap), and every connect, read and write of the attempt, response headers included,
+obeys a deadline derived from that length (`transfer_budget`) and the low-speed rule
+(at least CVMFS_LOW_SPEED_LIMIT bytes in every CVMFS_TIMEOUT seconds, as curl applies
+it), both kept by `_Budget` in the network backend under the HTTP client.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start
 if TYPE_CHECKING:
     from typing import BinaryIO
 
-    import httpx
+    import httpcore
 
 # Failure kinds (cvmfs download failure classes, collapsed)
 HOST_HTTP = "host-http"
@@ -36,14 +43,50 @@ PROXY_HTTP = "proxy-http"
 PROXY_CONNECTION = "proxy-connection"
 PROXY_SLOW = "proxy-too-slow"
 PROXY_SHORT = "proxy-short-transfer"
-BAD_DATA = "bad-data"
-TOO_BIG = "too-big"
+BAD_DATA = "bad-data"  # corrupt, or longer than the object can be: a bad answer from the host
 
 _TRANSFER = {HOST_CONNECTION, HOST_SLOW, HOST_SHORT, PROXY_CONNECTION, PROXY_SLOW, PROXY_SHORT}
 _HOST = {HOST_HTTP, HOST_CONNECTION, HOST_SLOW, HOST_SHORT}
 _PROXY = {PROXY_HTTP, PROXY_CONNECTION, PROXY_SLOW, PROXY_SHORT}
 
 DIRECT = "DIRECT"
+
+# -- what a body may be ----------------------------------------------------------------------
+
+# A manifest, whitelist, certificate or metainfo: a few KB each in practice (the real
+# client allows 1 MiB in memory; 64 KiB keeps one trickled at 2 KB/s to half a minute).
+MAX_SMALL = 64 << 10
+MAX_DATABASE = 1 << 30  # a catalog or history database whose size nothing records
+
+
+def database_limit(recorded: int | None) -> int:
+    """The most bytes a catalog (or history database) may inflate to: the size its parent
+    catalog, the manifest (`B`) or a tag records, capped at MAX_DATABASE, which is also
+    the limit where none is recorded (schema 2.5 revision 0, 2.4 and older)."""
+    if not isinstance(recorded, int) or recorded <= 0:
+        return MAX_DATABASE
+    return min(recorded, MAX_DATABASE)
+
+
+def object_limit(suffix: str) -> int:
+    """The most bytes an object of no recorded size may inflate to, by its suffix."""
+    return MAX_SMALL if suffix in ("X", "M") else MAX_DATABASE
+
+
+def wire_limit(limit: int, compressed: bool) -> int:
+    """The most body bytes an object that stores at most `limit` bytes may arrive as.
+    Deflate's worst case for incompressible data is 5 bytes per stored block of up to
+    64 KiB plus 6 of zlib framing (zlib's compressBound allows n/4096 + n/16384 + 13);
+    n/256 + 1 KiB leaves room for any encoder."""
+    return limit + (limit >> 8) + 1024 if compressed else limit
+
+
+def transfer_budget(wire: int, timeout: float, low_speed_limit: int) -> float:
+    """Seconds one attempt may take in all: a timeout to connect, one for the response
+    headers, one of slack, and `wire` body bytes at the low-speed limit (what a transfer
+    that never trips the low-speed rule needs at most). The deadline of the Python
+    downloader and of the C fetcher alike."""
+    return 3 * timeout + wire / max(low_speed_limit, 1)
 
 
 def parse_proxy_groups(spec: str | None) -> list[list[str]]:
@@ -155,6 +198,122 @@ class _Failure(Exception):
         self.message = message
 
 
+class _Budget:
+    """One attempt's bounds on the wire: an overall deadline, and the low-speed rule
+    (at least `rate` bytes per second over every `timeout` seconds) from the moment the
+    request goes out, so that headers trickled a byte at a time end as a slow body does
+    (a read timeout alone restarts on every byte)."""
+
+    __slots__ = ("deadline", "seconds", "timeout", "rate", "kind", "where", "start", "got")
+
+    def __init__(self, seconds: float, timeout: float, rate: int, kind: str, where: str):
+        now = time.monotonic()
+        self.deadline = now + seconds
+        self.seconds, self.timeout, self.rate = seconds, timeout, rate
+        self.kind, self.where = kind, where
+        self.start, self.got = now, 0  # the current low-speed window
+
+    def wait(self) -> float:
+        """How long the next socket operation may block."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self.expired()
+        return min(self.timeout, left)
+
+    def expired(self) -> _Failure:
+        return _Failure(
+            self.kind, f"{self.where}: no complete answer within {round(self.seconds, 1):g} s"
+        )
+
+    def over(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def received(self, n: int) -> None:
+        self.got += n
+        now = time.monotonic()
+        elapsed = now - self.start
+        if elapsed >= self.timeout and self.rate > 0:
+            if self.got < self.rate * elapsed:
+                raise _Failure(self.kind, f"{self.where}: transfer slower than {self.rate} B/s")
+            self.start, self.got = now, 0
+
+
+# The budget of the attempt a thread is making; the sockets below the HTTP client obey it.
+_active = threading.local()
+
+
+class _BoundedStream:
+    """A network stream of the HTTP client (httpcore's interface) whose reads, writes
+    and TLS handshake wait no longer than the current attempt's budget allows."""
+
+    def __init__(self, stream):
+        self._s = stream
+
+    def _op(self, fn, *args, timeout: float | None = None):
+        b = getattr(_active, "budget", None)
+        if b is None:
+            return fn(*args, timeout)
+        try:
+            return fn(*args, b.wait())
+        except _timeouts() as e:
+            if b.over():
+                raise b.expired() from e
+            raise
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = self._op(self._s.read, max_bytes, timeout=timeout)
+        b = getattr(_active, "budget", None)
+        if b is not None:
+            b.received(len(data))
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._op(self._s.write, buffer, timeout=timeout)
+
+    def close(self) -> None:
+        self._s.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        return _BoundedStream(
+            self._op(self._s.start_tls, ssl_context, server_hostname, timeout=timeout)
+        )
+
+    def get_extra_info(self, info: str):
+        return self._s.get_extra_info(info)
+
+
+class _BoundedBackend:
+    """httpcore's synchronous network backend, its connections bounded by the budget."""
+
+    def __init__(self):
+        import httpcore
+
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        b = getattr(_active, "budget", None)
+        t = b.wait() if b is not None else timeout
+        try:
+            s = self._backend.connect_tcp(host, port, t, local_address, socket_options)
+        except _timeouts():
+            if b is not None and b.over():
+                raise b.expired() from None
+            raise
+        return _BoundedStream(s)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return _BoundedStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _timeouts() -> type[Exception]:
+    import httpcore
+
+    return httpcore.TimeoutException
+
+
 class NetworkPath:
     """The shared host chain and proxy groups, with switch-over and reset timers."""
 
@@ -241,7 +400,7 @@ class Downloader:
     def __init__(self, settings: DownloadSettings, sleep: Callable[[float], None] = time.sleep):
         self.settings = settings
         self.path = NetworkPath(settings)
-        self._clients: dict[str, httpx.HTTPTransport] = {}
+        self._clients: dict[str, httpcore.ConnectionPool] = {}
         self._clients_lock = threading.Lock()
         self._sleep = sleep
         self.n_downloads = 0
@@ -255,19 +414,24 @@ class Downloader:
             self.n_downloads += downloads
             self.bytes_received += nbytes
 
-    def _transport(self, proxy: str) -> httpx.HTTPTransport:
-        import httpx  # imported on first download: a warm start never needs it
+    def _transport(self, proxy: str) -> httpcore.ConnectionPool:
+        import httpcore  # imported on first download: a warm start never needs it
 
-        # The transport layer directly: the Client's request/response models cost
-        # several hundred microseconds per object, more than the transfer itself.
+        # httpcore directly: httpx's request/response models cost several hundred
+        # microseconds per object, more than the transfer itself; and its network
+        # backend is where every socket operation meets the attempt's budget.
         with self._clients_lock:
             t = self._clients.get(proxy)
             if t is None:
-                t = httpx.HTTPTransport(
-                    proxy=None if proxy == DIRECT else httpx.Proxy(proxy),
-                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-                    trust_env=False,
-                )
+                limits = {"max_connections": 64, "max_keepalive_connections": 32}
+                backend = _BoundedBackend()
+                if proxy == DIRECT:
+                    t = httpcore.ConnectionPool(network_backend=backend, **limits)
+                else:
+                    url, auth = _proxy_url(proxy)
+                    t = httpcore.HTTPProxy(
+                        proxy_url=url, proxy_auth=auth, network_backend=backend, **limits
+                    )
                 self._clients[proxy] = t
             return t
 
@@ -280,29 +444,40 @@ class Downloader:
     # -- one attempt -----------------------------------------------------------------------
 
     def _attempt(self, url: str, proxy: str, nocache: bool, sink: _Sink, headers: dict) -> None:
-        import httpx
+        import httpcore
 
+        s = self.settings
         direct = proxy == DIRECT
-        h = {"User-Agent": self.settings.user_agent, "Connection": "Keep-Alive", **headers}
+        h = {"User-Agent": s.user_agent, "Connection": "Keep-Alive", **headers}
         if nocache:
             h["Pragma"] = "no-cache"
             h["Cache-Control"] = "no-cache"
-        timeout = self.settings.timeout_direct if direct else self.settings.timeout
-        ext = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": None}}
+        timeout = s.timeout_direct if direct else s.timeout
         where = url if direct else f"{url} via proxy {proxy}"
+        sink.where = where
+        seconds = transfer_budget(sink.wire, timeout, s.low_speed_limit)
+        slow = HOST_SLOW if direct else PROXY_SLOW
+        budget = _Budget(seconds, timeout, s.low_speed_limit, slow, where)
+        ext = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": seconds}}
         transport = self._transport(proxy)
+        _active.budget = budget
         try:
             for _redirect in range(5):
+                host = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
                 resp = transport.handle_request(
-                    httpx.Request("GET", url, headers=h, extensions=ext)
+                    httpcore.Request(
+                        "GET", url, headers=[("Host", host), *h.items()], extensions=ext
+                    )
                 )
-                status = resp.status_code
-                if status in (301, 302, 303, 307, 308) and self.settings.follow_redirects:
-                    location = resp.headers.get("location")
+                status = resp.status
+                if status in (301, 302, 303, 307, 308) and s.follow_redirects:
+                    location = _header(resp, b"location")
                     resp.close()
                     if not location:
                         break
-                    url = str(httpx.URL(url).join(location))
+                    import urllib.parse
+
+                    url = urllib.parse.urljoin(url, location)
                     continue
                 break
             else:
@@ -311,8 +486,8 @@ class Downloader:
                 if status == 429:
                     raise _Failure(HOST_CONNECTION, f"{where}: HTTP 429 (too many requests)")
                 if not 200 <= status < 300:
-                    squid = "x-squid-error" in resp.headers or "error=" in resp.headers.get(
-                        "proxy-status", ""
+                    squid = _header(resp, b"x-squid-error") is not None or "error=" in (
+                        _header(resp, b"proxy-status") or ""
                     )
                     if squid and not direct:
                         kind = PROXY_HTTP
@@ -322,46 +497,36 @@ class Downloader:
                         kind = PROXY_HTTP
                     raise _Failure(kind, f"{where}: HTTP {status}")
                 sink.reset()
-                window_start, window_bytes = time.monotonic(), 0
-                limit = self.settings.low_speed_limit
+                sink.announced(_header(resp, b"content-length"))
                 for data in resp.stream:
                     sink.feed(data)
-                    window_bytes += len(data)
-                    now = time.monotonic()
-                    if now - window_start >= timeout:
-                        if window_bytes < limit * (now - window_start):
-                            raise _Failure(
-                                HOST_SLOW if direct else PROXY_SLOW,
-                                f"{where}: transfer slower than {limit} B/s",
-                            )
-                        window_start, window_bytes = now, 0
             finally:
                 resp.close()
             with self._stats_lock:
                 self.bytes_received += sink.received
-            sink.finish(where)
+            sink.finish()
         except _Failure:
             raise
-        except httpx.TimeoutException:
-            raise _Failure(
-                HOST_SLOW if direct else PROXY_SLOW, f"{where}: timed out after {timeout:g} s"
-            ) from None
-        except httpx.ProxyError as e:
-            raise _Failure(PROXY_CONNECTION, f"{where}: proxy error ({e})") from None
-        except httpx.ConnectError as e:
+        except httpcore.TimeoutException:
+            raise _Failure(slow, f"{where}: timed out after {timeout:g} s") from None
+        except httpcore.ProxyError as e:
+            raise _Failure(PROXY_CONNECTION, f"{where}: proxy error ({_short(e)})") from None
+        except httpcore.ConnectError as e:
             # through a proxy, a refused connection is the proxy's (curl: kFailProxyConnection)
             raise _Failure(
                 HOST_CONNECTION if direct else PROXY_CONNECTION,
                 f"{where}: cannot connect ({_short(e)})",
             ) from None
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+        except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
             raise _Failure(
                 HOST_SHORT if direct else PROXY_SHORT, f"{where}: transfer broken ({_short(e)})"
             ) from None
-        except httpx.HTTPError as e:
+        except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.UnsupportedProtocol) as e:
             raise _Failure(
                 HOST_CONNECTION if direct else PROXY_CONNECTION, f"{where}: {_short(e)}"
             ) from None
+        finally:
+            _active.budget = None
 
     # -- the fail-over loop --------------------------------------------------------------------
 
@@ -373,18 +538,20 @@ class Downloader:
         expected: ContentHash | None = None,
         decompress: bool = False,
         size: int | None = None,
+        limit: int = MAX_SMALL,
         out: BinaryIO | None = None,
-        max_size: int = 64 << 20,
         headers: dict | None = None,
         url_for: Callable[[str], str] | None = None,
         bad_data_seen: bool = False,
     ) -> bytes | None:
         """Download `rel_path` below the current host; verify the hash of the received
         bytes if `expected`, inflate if `decompress`, check the inflated `size` if given.
+        Without a `size`, the object may inflate to `limit` bytes at most (a body longer
+        than that is a bad answer from that host, as a corrupt one is).
         `bad_data_seen`: a first attempt (by the C fetcher) got bad data from the current
         host, so this one asks proxies for a fresh copy, as the retry would.
         Writes to `out` (truncated and rewritten on retries) or returns the bytes."""
-        sink = _Sink(expected, decompress, size, out, max_size)
+        sink = _Sink(expected, decompress, size, limit, out)
         s = self.settings
         used_hosts = used_proxies = 1
         retries = 0
@@ -402,8 +569,6 @@ class Downloader:
             except _Failure as f:
                 kind = f.kind
                 errors.append(f.message)
-            if kind == TOO_BIG:
-                break
             if kind in _TRANSFER and retries < s.max_retries and not nocache:
                 retries += 1
                 backoff = (
@@ -444,15 +609,19 @@ class Downloader:
 class _Sink:
     """Receives the body: hashes the raw bytes, inflates, writes; checks at the end.
 
-    A data problem found mid-stream (bad zlib, too many bytes) stops the output but
-    not the hashing, so that a tampered object is reported as a hash mismatch."""
+    A body longer than the object can be (more bytes than `wire`, more inflated bytes
+    than the size or limit, anything after the end of the zlib stream) stops the
+    transfer at once. A corrupt zlib stream stops the output but not the hashing, so
+    that a tampered object of a plausible length is reported as a hash mismatch."""
 
-    def __init__(self, expected, decompress, size, out, max_size):
+    def __init__(self, expected, decompress, size, limit, out):
         self.expected = expected
         self.decompress = decompress
         self.size = size
+        self.limit = size if size is not None else limit
+        self.wire = wire_limit(self.limit, decompress)
         self.out = out
-        self.max_size = max_size
+        self.where = ""
         self.reset()
 
     def reset(self) -> None:
@@ -466,37 +635,54 @@ class _Sink:
             self.out.seek(0)
             self.out.truncate()
 
+    def _too_long(self, text: str) -> _Failure:
+        return _Failure(BAD_DATA, f"{self.where}: {text}")
+
+    def announced(self, content_length: str | None) -> None:
+        """A Content-Length longer than the body can be is refused before the body."""
+        if content_length is not None and content_length.strip().isdigit():
+            n = int(content_length)
+            if n > self.wire:
+                raise self._too_long(f"Content-Length {n} is longer than the object can be")
+
     def _emit(self, data: bytes) -> None:
         if not data or self.problem:
             return
         self.produced += len(data)
-        if self.size is not None and self.produced > self.size:
-            self.problem = f"object is larger than its catalog size {self.size}"
-            return
+        if self.produced > self.limit:
+            if self.size is not None:
+                raise self._too_long(f"object is larger than its catalog size {self.size}")
+            raise self._too_long(f"object is larger than {self.limit} bytes, the most it can be")
         if self.out is not None:
             self.out.write(data)
         else:
-            if self.produced > self.max_size:
-                raise _Failure(TOO_BIG, f"response larger than {self.max_size} bytes")
             self.buf.append(data)
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)
+        if self.received > self.wire:
+            raise self._too_long(f"body is longer than {self.wire} bytes, more than it can be")
         if self.hasher is not None:
             self.hasher.update(data)
         if self.problem:
             return
-        if self.inflater is not None:
-            try:
-                self._emit(self.inflater.decompress(data, 1 << 22))
-                while self.inflater.unconsumed_tail and not self.problem:
-                    self._emit(self.inflater.decompress(self.inflater.unconsumed_tail, 1 << 22))
-            except zlib.error as e:
-                self.problem = f"corrupt zlib stream ({e})"
-        else:
+        if self.inflater is None:
             self._emit(data)
+            return
+        if self.inflater.eof:
+            raise self._too_long("bytes after the end of the zlib stream")
+        try:
+            self._emit(self.inflater.decompress(data, 1 << 22))
+            while self.inflater.unconsumed_tail and not self.problem:
+                self._emit(self.inflater.decompress(self.inflater.unconsumed_tail, 1 << 22))
+        except zlib.error as e:
+            self.problem = f"corrupt zlib stream ({e})"
+            return
+        if self.inflater.unused_data:
+            raise self._too_long("bytes after the end of the zlib stream")
 
-    def finish(self, where: str) -> None:
+    def finish(self) -> None:
+        where = self.where
         if self.hasher is not None and self.hasher.digest() != self.expected.digest:
             raise _Failure(BAD_DATA, f"{where}: hash mismatch (expected {self.expected.hex})")
         if self.inflater is not None and not self.problem:
@@ -517,8 +703,32 @@ class _Sink:
         return b"".join(self.buf)
 
 
+def _header(resp, name: bytes) -> str | None:
+    """A response header's value (the first of that name), or None."""
+    for k, v in resp.headers:
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+def _proxy_url(proxy: str) -> tuple[str, tuple[str, str] | None]:
+    """A proxy URL without its credentials, and those (user, password) if any."""
+    scheme, sep, rest = proxy.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at:
+        return proxy, None
+    import urllib.parse
+
+    user, _, password = userinfo.partition(":")
+    auth = (urllib.parse.unquote(user), urllib.parse.unquote(password))
+    return f"{scheme}{sep}{hostport}{slash}{path}", auth
+
+
 def _short(e: Exception) -> str:
     text = str(e) or type(e).__name__
+    if text.startswith("[Errno ") and "] " in text:  # the errno's text, not its repr
+        text = text.partition("] ")[2]
     if "Connection refused" in text or "ConnectionRefused" in text:
         return "connection refused"
     if "Name or service not known" in text or "No address associated" in text or "nodename" in text:

@@ -15,7 +15,7 @@ import threading
 from ..errors import CacheError, CvmfsError
 from . import cfetch
 from .cache import ObjectCache
-from .download import Downloader
+from .download import Downloader, object_limit
 from .hashes import Algorithm, ContentHash
 
 ASSEMBLED = ".file"  # cache name suffix of assembled chunked files
@@ -94,13 +94,18 @@ class Fetcher:
         *,
         compressed: bool = True,
         size: int | None = None,
+        limit: int | None = None,
         what: str,
         kind: int = 0,
         external_path: str | None = None,
         c_first: bool = True,
     ) -> str:
         """Local path of the verified, decompressed object; downloads it if needed (by the
-        C fetcher unless `c_first` is false, then by the Python downloader)."""
+        C fetcher unless `c_first` is false, then by the Python downloader). `size` is its
+        exact inflated size; without one it may inflate to `limit` bytes at most (default:
+        the cap for its suffix)."""
+        if limit is None:
+            limit = size if size is not None else object_limit(suffix)
         p = self.cache.find(h)
         if p is not None:
             return p
@@ -117,7 +122,7 @@ class Fetcher:
             if not external_path and c_first:
                 # the C fetcher first; the Python downloader for whatever it cannot get
                 tmp = self.cache.temp_path()
-                item = cfetch.Item(h, suffix, compressed, size, tmp, None)
+                item = cfetch.Item(h, suffix, compressed, size, limit, tmp, None)
                 got = cfetch.fetch(downloader, [item], mode=self.cache.object_mode)[0]
                 if got.stored is not None:
                     return self.cache.commit(tmp, h, kind=kind)
@@ -130,6 +135,7 @@ class Fetcher:
                     expected=h,
                     decompress=compressed,
                     size=size,
+                    limit=limit,
                     out=_RegionWriter(fd, 0, truncate=True),
                     url_for=_external_url(external_path),
                     bad_data_seen=bad_data,

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-try:  # the C module sqlite3 re-exports, without the datetime adapters its package
-    import _sqlite3 as sqlite3  # registers at import (~2 ms of parrot_run's start-up)
-except ImportError:  # pragma: no cover
-    import sqlite3
-
 from ..errors import CatalogError, ConfigError
-from .catalog import sqlite_uri_path
+from .database import Database
 from .hashes import ContentHash
 from .values import column_text, shown
 
 _INT64_MAX = (1 << 63) - 1
+
+# the tables of history schema 1.0 (revisions 0-3): what we read, what may be there
+_F = frozenset
+HISTORY_SCHEMA = {
+    "properties": (_F({"key", "value"}), _F()),
+    "tags": (
+        _F({"name", "hash", "revision", "timestamp", "description"}),
+        _F({"channel", "size", "branch"}),
+    ),
+    "branches": (_F({"branch"}), _F({"parent", "initial_revision"})),
+    "recycle_bin": (_F(), _F({"hash", "flags"})),
+}
 
 
 class Tag(namedtuple("Tag", "name root_hash revision timestamp description size branch")):
@@ -32,16 +39,14 @@ class Tag(namedtuple("Tag", "name root_hash revision timestamp description size 
 class History:
     def __init__(self, db_path: str, what: str = "history database"):
         self.what = what
+        self._db = Database(db_path, what, HISTORY_SCHEMA, ("properties", "tags"))
         try:
-            uri = "file:" + sqlite_uri_path(db_path) + "?mode=ro&immutable=1"
-            self._con = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            self._con.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
-            self._columns = {r[1] for r in self._con.execute("PRAGMA table_info(tags)")}
-            self.properties = dict(self._con.execute("SELECT key, value FROM properties"))
-        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # (a message of bad bytes)
-            raise CatalogError(f"malformed {what}: {e}") from None
-        if "name" not in self._columns or "hash" not in self._columns:
-            raise CatalogError(f"malformed {what}: no tags table")
+            self._columns = self._db.columns("tags")
+            self._db.columns("properties")
+            self.properties = dict(self._db.query("SELECT key, value FROM properties", ()))
+        except BaseException:
+            self._db.close()
+            raise
 
     def _select(self, where: str, args: tuple) -> list[Tag]:
         size = "size" if "size" in self._columns else "0"
@@ -50,11 +55,7 @@ class History:
             f"SELECT name, hash, revision, timestamp, description, {size}, {branch} FROM tags "
             + where
         )
-        try:
-            rows = self._con.execute(sql, args).fetchall()
-        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
-            raise CatalogError(f"malformed {self.what}: {e}") from None
-        return [self._tag(row) for row in rows]
+        return [self._tag(row) for row in self._db.query(sql, args)]
 
     def _tag(self, row) -> Tag:
         """A tags row, checked field by field (a CatalogError names the tag and field)."""
@@ -103,7 +104,7 @@ class History:
         return found[0] if found else None
 
     def close(self) -> None:
-        self._con.close()
+        self._db.close()
 
 
 def parse_repository_date(text: str) -> int:

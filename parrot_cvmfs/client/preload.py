@@ -28,7 +28,7 @@ from .cache import ObjectCache, write_atomic
 from .catalog import Catalog
 from .config import Configuration
 from .dirtab import Dirtab, RelaxedPathFilter
-from .download import Downloader, DownloadSettings
+from .download import Downloader, DownloadSettings, database_limit, object_limit
 from .fetch import Fetcher
 from .hashes import ContentHash
 from .repository import Repository
@@ -118,7 +118,7 @@ def preload(
         # another selection than last time: the stored catalogs are walked again
         rescan = cache.read_meta(f"dirtab.{fqrn}", search_alien=False) != dirtab_text
         walker = _Walker(cache, repo.fetcher, fqrn, select, rescan)
-        walker.visit(manifest.root_hash, "")
+        walker.visit(manifest.root_hash, "", manifest.root_size)
         fetched, nbytes = _fetch_all(repo.fetcher, fqrn, walker.objects, jobs, progress)
         for h, tmp in walker.pending:  # children before parents
             cache.commit(tmp, h, kind=1)
@@ -199,7 +199,8 @@ class _Walker:
     def _stored(self, h: ContentHash) -> bool:
         return os.path.exists(os.path.join(self.cache.dir, h.cache_name()))
 
-    def visit(self, h: ContentHash, mountpoint: str) -> None:
+    def visit(self, h: ContentHash, mountpoint: str, recorded: int | None) -> None:
+        """Walk the catalog `h` at `mountpoint`, of the size its parent `recorded`."""
         if h.hex in self._seen:
             return
         self._seen.add(h.hex)
@@ -211,13 +212,13 @@ class _Walker:
         if stored:
             path = self.cache.path(h)
         else:
-            path = self._download_catalog(h, where)
+            path = self._download_catalog(h, where, recorded)
             self.pulled += 1
         catalog = Catalog(path, h, mountpoint)
         try:
-            for mp, (nested, _size) in sorted(catalog.nested_catalogs().items()):
+            for mp, (nested, nested_size) in sorted(catalog.nested_catalogs().items()):
                 if self.select is None or self.select.matches(mp):
-                    self.visit(nested, mp)
+                    self.visit(nested, mp, nested_size)
             for ch, suffix, compressed, size in catalog.objects():
                 if ch.hex in self.objects:
                     continue
@@ -232,7 +233,7 @@ class _Walker:
         if not stored:
             self.pending.append((h, path))
 
-    def _download_catalog(self, h: ContentHash, where: str) -> str:
+    def _download_catalog(self, h: ContentHash, where: str, recorded: int | None) -> str:
         downloader = self.fetcher.downloader
         fd, tmp = self.cache.new_temp()
         try:
@@ -242,6 +243,7 @@ class _Walker:
                     what=f"catalog {h.hex} of {self.fqrn}:{where}",
                     expected=h,
                     decompress=True,
+                    limit=database_limit(recorded),
                     out=out,
                 )
         except BaseException:
@@ -327,6 +329,7 @@ def _fetch_in_c(
             o.suffix,
             o.compressed,
             o.size,
+            o.size if o.size is not None else object_limit(o.suffix),
             cache.temp_path("preload"),
             os.path.join(cache.dir, o.hash.cache_name()),
         )

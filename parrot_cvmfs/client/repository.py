@@ -34,7 +34,7 @@ from ..errors import (
 from .cache import ObjectCache, default_cache_dir
 from .catalog import COUNTERS, Catalog, DirEntry, expand_variant_symlink
 from .config import Configuration, RepositorySettings
-from .download import Downloader, DownloadSettings
+from .download import Downloader, DownloadSettings, database_limit
 from .fetch import Fetcher
 from .hashes import ContentHash, md5_digest
 from .manifest import Manifest
@@ -476,9 +476,11 @@ class Repository:
         hist = self.history()
         return hist.tags() if hist is not None else []
 
-    def _select_root(self) -> ContentHash:
+    def _select_root(self) -> tuple[ContentHash, int | None]:
+        """The root catalog to mount and the size recorded for it (the manifest's `B`,
+        the tag's size; none for a pinned hash)."""
         if self.pinned_root:
-            return _parse_root_hash(self.pinned_root)
+            return _parse_root_hash(self.pinned_root), None
         if self.manifest is None:
             self.verify()
         if self.pinned_tag:
@@ -487,7 +489,7 @@ class Repository:
             if t is None:
                 raise ConfigError(f"repository {self.fqrn} has no tag {self.pinned_tag!r}")
             self.tag = t
-            return t.root_hash
+            return t.root_hash, t.size
         if self.pinned_date:
             from .history import parse_repository_date
 
@@ -502,19 +504,27 @@ class Repository:
                     f"repository {self.fqrn} has no state as early as {self.pinned_date}"
                 )
             self.tag = t
-            return t.root_hash
-        return self.manifest.root_hash
+            return t.root_hash, t.size
+        return self.manifest.root_hash, self.manifest.root_size
 
-    def _load_catalog(self, h: ContentHash, mountpoint: str, size: int = 0) -> Catalog:
+    def _load_catalog(self, h: ContentHash, mountpoint: str, size: int | None = None) -> Catalog:
+        """Open the catalog `h` at `mountpoint`, fetched if needed; `size` is the one its
+        parent (or the manifest) records, the bound of what a server may send for it."""
         where = mountpoint or "/"
-        path = self.fetcher.fetch(h, "C", what=f"catalog {h.hex} of {self.fqrn}:{where}", kind=1)
+        path = self.fetcher.fetch(
+            h,
+            "C",
+            limit=database_limit(size),
+            what=f"catalog {h.hex} of {self.fqrn}:{where}",
+            kind=1,
+        )
         return Catalog(path, h, mountpoint)
 
     def remount(self) -> None:
         """Attach the selected revision's root catalog (again)."""
-        root = self._select_root()
+        root, size = self._select_root()
         self.root_hash = root
-        catalog = self._load_catalog(root, "")
+        catalog = self._load_catalog(root, "", size)
         if self.ns is not None:
             self.ns.close()
         self.ns = Namespace(catalog, self._load_catalog)
