@@ -151,7 +151,10 @@ int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
 /* respond.c: finishing a call, whichever way it arrived */
 int respond_result(pc_tracer *t, pc_call *c, int64_t result);
 int respond_continue(pc_tracer *t, pc_call *c);
-int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags);
+/* `size`: what the backing file of a regular file must hold (its kept stat answer);
+ * -1 for a directory's anchor */
+int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags,
+                 int64_t size);
 
 /* tracer.c */
 /* reopen: an open pointed at a cache file, made again if the file goes before the

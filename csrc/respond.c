@@ -114,23 +114,43 @@ int respond_continue(pc_tracer *t, pc_call *c)
 #define KEEP_FLAGS (O_NONBLOCK | O_NOATIME | O_DIRECT | O_LARGEFILE | O_NOCTTY | O_SYNC | \
                     O_DSYNC | O_DIRECTORY)
 
+/* Whether a cache file may back a regular file of `size` bytes: a regular file of
+ * that size, as Python's lookup requires (anything else, a link included, is
+ * Python's to fetch again or refuse). */
+static int fits(const struct stat *s, int64_t size)
+{
+    return S_ISREG(s->st_mode) && s->st_size == size;
+}
+
 /* An open of `target` in place of the program's path. A notification: we open it and
  * install the descriptor (one round trip). A ptrace stop: the path argument points
- * at `target`, written below the stack pointer (two stops). 1 if done. */
-int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags)
+ * at `target`, written below the stack pointer (two stops). 1 if done. `size` >= 0:
+ * a regular file's backing file, checked first (what C opens is what it checked). */
+int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags,
+                 int64_t size)
 {
+    struct stat s;
     if (c->notify) {
-        int fd = open(target, O_RDONLY | O_CLOEXEC | (int)(flags & KEEP_FLAGS));
+        int fd = open(target, O_RDONLY | O_CLOEXEC | (int)(flags & KEEP_FLAGS) |
+                                  (size >= 0 ? O_NOFOLLOW | O_NONBLOCK : 0));
         if (fd < 0)
             return 0; /* gone from the cache, say: let Python find out */
+        if (size >= 0 && (fstat(fd, &s) != 0 || !fits(&s, size))) {
+            close(fd);
+            return 0;
+        }
+        if (size >= 0 && !(flags & O_NONBLOCK))
+            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
         int n = pc_notif_addfd(t, c->notif_id, fd, (flags & O_CLOEXEC) != 0, c->tid);
         close(fd);
         if (n < 0 && n != -ENOENT) /* ENOENT: the program was interrupted meanwhile */
             pc_notif_reply(t, c->notif_id, n);
         return 1;
     }
-    /* a file a quota clean-up evicted since it was kept: Python fetches it again */
-    if (access(target, F_OK) != 0)
+    /* a file a quota clean-up evicted since it was kept, or one changed since: Python
+     * fetches it again (the kernel then opens it by name: a file replaced in between
+     * is a race within the cache's own user) */
+    if (size >= 0 ? lstat(target, &s) != 0 || !fits(&s, size) : access(target, F_OK) != 0)
         return 0;
     uint64_t addr = (reg_sp(c->regs) - RED_ZONE - (uint64_t)len - 1) & ~(uint64_t)15;
     if (pc_write(c->tid, addr, target, (size_t)len + 1) != len + 1)

@@ -14,7 +14,7 @@ import threading
 
 from ..errors import CacheError, CvmfsError
 from . import cfetch
-from .cache import ObjectCache
+from .cache import ObjectCache, open_regular
 from .download import Downloader
 from .hashes import Algorithm, ContentHash
 
@@ -101,7 +101,7 @@ class Fetcher:
     ) -> str:
         """Local path of the verified, decompressed object; downloads it if needed (by the
         C fetcher unless `c_first` is false, then by the Python downloader)."""
-        p = self.cache.find(h)
+        p = self.cache.find(h, size=size)
         if p is not None:
             return p
         downloader = self.external if external_path else self.downloader
@@ -110,7 +110,7 @@ class Fetcher:
         if downloader is None or self.offline:
             self._require_network(what, h)
         with self.cache.lock(h.hex):
-            p = self.cache.find(h)
+            p = self.cache.find(h, size=size)
             if p is not None:
                 return p
             bad_data = False
@@ -173,15 +173,16 @@ class Fetcher:
         if expect != total_size:
             raise CvmfsError(f"{what}: chunks cover {expect} bytes, file has {total_size}")
         key = chunk_list_key(chunks)
-        p = self.cache.find(key, ASSEMBLED)
+        p = self.cache.find(key, ASSEMBLED, size=total_size)
         if p is not None:
             return p
         if bulk is not None and not external_path:
-            p = self.cache.find(bulk)  # a preloaded whole-file object (legacy bulk chunk)
+            # a preloaded whole-file object (legacy bulk chunk)
+            p = self.cache.find(bulk, size=total_size)
             if p is not None:
                 return p
         with self.cache.lock(key.hex):
-            p = self.cache.find(key, ASSEMBLED)
+            p = self.cache.find(key, ASSEMBLED, size=total_size)
             if p is not None:
                 return p
             fd, tmp = self.cache.new_temp()
@@ -189,7 +190,7 @@ class Fetcher:
                 os.ftruncate(fd, total_size)
                 jobs = []
                 for i, (offset, size, ch) in enumerate(chunks):
-                    local = self.cache.find(ch)
+                    local = self.cache.find(ch, size=size)
                     if local is not None:
                         _copy_into(local, fd, offset, size, what)
                         continue
@@ -263,11 +264,15 @@ def _download_region(
 
 
 def _copy_into(src: str, fd: int, offset: int, size: int, what: str) -> None:
+    sfd = open_regular(src, f"cached chunk of {what}")
+    if sfd is None:
+        raise CacheError(f"cached chunk {src} of {what} went away")
     try:
-        with open(src, "rb") as f:
-            data = f.read(size + 1)
+        data = os.read(sfd, size + 1)
     except OSError as e:
         raise CacheError(f"cannot read cached chunk {src} of {what}: {e.strerror}") from None
+    finally:
+        os.close(sfd)
     if len(data) != size:
         raise CacheError(f"cached chunk {src} of {what} has the wrong size")
     os.pwrite(fd, data, offset)

@@ -319,12 +319,7 @@ class Repository:
             certificate = load_certificate(f.read(), f"{manifest.certificate.hex} of {fqrn}")
         manifest.verify(certificate, what)
         if self.offline:
-            wl_raw = None
-            try:
-                with open(os.path.join(stored_in, f"whitelist.{fqrn}"), "rb") as f:
-                    wl_raw = f.read()
-            except OSError:
-                pass
+            wl_raw = self.cache.read_meta_in(stored_in, f"whitelist.{fqrn}")
             if wl_raw is None:
                 raise CacheError(f"no stored whitelist of {fqrn} in {stored_in} (offline)")
             wl_what = f"whitelist of {fqrn} (stored copy)"
@@ -687,7 +682,7 @@ class Repository:
         from .hashes import Algorithm, hash_bytes
 
         h = hash_bytes(Algorithm.SHA1, b"")
-        p = self.cache.find(h)
+        p = self.cache.find(h, size=0)
         if p is None:
             fd, tmp = self.cache.new_temp()
             os.close(fd)
@@ -888,8 +883,8 @@ class Repository:
         if e.is_chunked:
             from .fetch import ASSEMBLED, chunk_list_key
 
-            return self.cache.find(chunk_list_key(self.chunks(e)), ASSEMBLED)
-        return self.cache.find(e.hash) if e.hash else None
+            return self.cache.find(chunk_list_key(self.chunks(e)), ASSEMBLED, size=e.size)
+        return self.cache.find(e.hash, size=e.size) if e.hash else None
 
     # -- misc -------------------------------------------------------------------------------------
 
