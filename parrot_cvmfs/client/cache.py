@@ -5,7 +5,11 @@ Layout follows the cvmfs posix cache (`00/`..`ff/`, `txn/`, files named
 `cvmfs_preload` or our own preload serves as a read-only "alien" tier that is
 consulted first.
 
-Sharing between concurrent processes of one user:
+A writable cache belongs to one user (its directories are 0700): `resolve_cache`
+refuses a directory owned by someone else, and uses a populated one it cannot write
+(a read-only file system) as an alien tier.
+
+Sharing between concurrent processes of that user:
 - objects are written under txn/ and renamed into place: readers never see
   partial files;
 - a download takes an open-file-description lock on one byte of `lock_objects`
@@ -30,6 +34,7 @@ import itertools
 import os
 import stat as st
 import struct
+import sys
 import threading
 import time
 
@@ -40,6 +45,10 @@ except ImportError:  # pragma: no cover
 
 from ..errors import CacheError
 from .hashes import ContentHash
+
+TYPE_CHECKING = False  # not typing's: parrot_run's start-up imports this module
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 OBJECT_MODE = 0o500  # read-only for everybody, executable so that exec works on it
 _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
@@ -58,6 +67,11 @@ def default_cache_dir() -> str:
     env = os.environ.get("PARROT_CVMFS_CACHE")
     if env:
         return env
+    return per_user_cache_dir()
+
+
+def per_user_cache_dir() -> str:
+    """`$XDG_CACHE_HOME/parrot-cvmfs`, else `~/.cache/parrot-cvmfs`."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "parrot-cvmfs")
 
@@ -77,12 +91,104 @@ def _kind(mode: int) -> str:
     return "a special file"
 
 
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 def _is_populated(directory: str) -> bool:
     """Whether a directory holds a cache's object layout (`ff/` is made last)."""
     try:
         return st.S_ISDIR(os.lstat(os.path.join(directory, "ff")).st_mode)
     except OSError:
         return False
+
+
+def cache_problem(directory: str) -> tuple[str, str] | None:
+    """Why `directory` cannot be this user's writable cache, or None (also when it does
+    not exist yet: creating it reports its own failure). A (kind, one line) pair: kind
+    "readonly" for a directory of ours that we cannot write, else "refused"."""
+    try:
+        s = os.stat(directory)  # the directory itself may be a link the user made
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return "refused", f"cannot use cache directory {directory}: {e.strerror}"
+    if not st.S_ISDIR(s.st_mode):
+        return "refused", f"cache directory {directory} is {_kind(s.st_mode)}, not a directory"
+    if s.st_uid != os.geteuid():
+        hint = f" (--alien-cache {directory} reads it without writing)"
+        return "refused", (
+            f"cache directory {directory} belongs to {_user(s.st_uid)}: a writable cache"
+            " belongs to one user; give --cache-dir a directory of your own"
+            + (hint if _is_populated(directory) else "")
+        )
+    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+        try:
+            read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = "on a read-only file system" if read_only else "not writable"
+        return "readonly", (
+            f"cache directory {directory} is {why}: give --cache-dir a directory you can write"
+        )
+    return None
+
+
+_noted: set[str] = set()
+
+
+def resolve_cache(
+    directory: str | None, alien: list[str], warn: Callable[[str], None] | None = None
+) -> tuple[str, list[str]]:
+    """The writable cache directory and the alien tiers to use for `--cache-dir` (else
+    PARROT_CVMFS_CACHE, CVMFS_CACHE_DIR from the environment, the per-user default) and
+    `--alien-cache`. A directory owned by someone else, or not writable, is refused with
+    one line (CacheError), except a populated cache we cannot write (read-only file
+    system): it becomes the first alien tier, the per-user cache takes what this process
+    writes, and `warn` (default: a line on stderr) is told so once."""
+    d = os.path.abspath(
+        directory
+        or os.environ.get("PARROT_CVMFS_CACHE")
+        or os.environ.get("CVMFS_CACHE_DIR")
+        or default_cache_dir()
+    )
+    aliens = [os.path.abspath(a) for a in alien]
+    problem = cache_problem(d)
+    if problem is None:
+        return d, aliens
+    kind, line = problem
+    if kind != "readonly" or not _is_populated(d):
+        raise CacheError(line)
+    own = os.path.abspath(per_user_cache_dir())
+    head = line.split(":", 1)[0]  # "cache directory D is on a read-only file system"
+    if os.path.realpath(own) == os.path.realpath(d):
+        raise CacheError(
+            f"{head}: give --cache-dir a directory you can write (and --alien-cache {d})"
+        )
+    second = cache_problem(own)
+    if second is None:
+        try:
+            make_layout(own)
+        except CacheError as e:
+            second = ("refused", str(e))
+    if second is not None:
+        raise CacheError(
+            f"{head}, and the per-user cache cannot be used ({second[1]}); give --cache-dir"
+            f" a directory you can write (and --alien-cache {d})"
+        )
+    if d not in _noted:
+        _noted.add(d)
+        note = f"{head}: reading its objects as an alien cache, writing to {own}"
+        if warn is None:
+            print(f"parrot_cvmfs: {note}", file=sys.stderr, flush=True)
+        else:
+            warn(note)
+    return own, [d, *[a for a in aliens if a != d]]
 
 
 def _mkdir(root: str, name: str, mode: int) -> None:
@@ -390,6 +496,14 @@ class ObjectCache:
 
     # -- writing ------------------------------------------------------------------------------
 
+    def store_error(self, e: OSError, what: str) -> CacheError:
+        """The one line for a failed write of `what` into this cache (a full disk, an
+        exhausted quota: the program sees EIO)."""
+        text = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            text += " (the cache's file system is full)"
+        return CacheError(f"cannot store {what} in cache {self.dir}: {text}")
+
     def temp_path(self, tag: str = "fetch") -> str:
         """A fresh name in txn/ (after our pid, so that a dead process's leftovers are
         recognised), for a file a caller creates there."""
@@ -413,7 +527,7 @@ class ObjectCache:
             except FileExistsError:
                 continue
             except OSError as e:
-                raise CacheError(f"cannot write to cache {self.dir}: {e.strerror}") from None
+                raise self.store_error(e, "a temporary file") from None
 
     def commit(self, tmp: str, h: ContentHash, variant: str = "", kind: int = 0) -> str:
         """Move a complete, verified temporary file into place (replacing whatever wrong
@@ -436,9 +550,7 @@ class ObjectCache:
                 pass
             if isinstance(e, CacheError):
                 raise
-            raise CacheError(
-                f"cannot store object {name} in cache {self.dir}: {e.strerror}"
-            ) from None
+            raise self.store_error(e, f"object {name}") from None
         if self.quota is not None:
             self.quota.insert(name, size, kind)
             if self.quota.over_limit():
@@ -503,7 +615,7 @@ class ObjectCache:
         try:
             write_atomic(os.path.join(self.dir, name), data)
         except OSError as e:
-            raise CacheError(f"cannot write {name} in cache {self.dir}: {e.strerror}") from None
+            raise self.store_error(e, name) from None
 
     def remove_stale_temporaries(self) -> int:
         """Delete txn/ files of processes that no longer exist."""

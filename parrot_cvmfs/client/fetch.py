@@ -21,6 +21,15 @@ from .hashes import Algorithm, ContentHash
 ASSEMBLED = ".file"  # cache name suffix of assembled chunked files
 
 
+class _StoreFailed(Exception):
+    """Writing into the cache failed (a full disk, say): not the transfer's fault, so
+    not an OSError the downloader could take for one; the fetcher names the cache."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error.strerror)
+        self.error = error
+
+
 class _RegionWriter:
     """Minimal file-like writer on a raw descriptor from `offset` on, with pwrite (no
     buffering, no lseek). Used for whole objects (offset 0, truncated on retries) and,
@@ -37,7 +46,10 @@ class _RegionWriter:
 
     def truncate(self) -> None:
         if self.may_truncate:
-            os.ftruncate(self.fd, self.pos)
+            try:
+                os.ftruncate(self.fd, self.pos)
+            except OSError as e:
+                raise _StoreFailed(e) from None
 
     def tell(self) -> int:
         return self.pos - self.base
@@ -45,7 +57,10 @@ class _RegionWriter:
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            n = os.pwrite(self.fd, view, self.pos)
+            try:
+                n = os.pwrite(self.fd, view, self.pos)
+            except OSError as e:
+                raise _StoreFailed(e) from None
             self.pos += n
             view = view[n:]
 
@@ -134,11 +149,13 @@ class Fetcher:
                     url_for=_external_url(external_path),
                     bad_data_seen=bad_data,
                 )
-            except BaseException:
+            except BaseException as e:
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
+                if isinstance(e, _StoreFailed):
+                    raise self.cache.store_error(e.error, what) from None
                 raise
             finally:
                 os.close(fd)
@@ -222,13 +239,15 @@ class Fetcher:
                         raise errors[0]
                 os.close(fd)
                 fd = -1
-            except BaseException:
+            except BaseException as e:
                 if fd >= 0:
                     os.close(fd)
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
+                if isinstance(e, _StoreFailed):
+                    raise self.cache.store_error(e.error, what) from None
                 raise
             return self.cache.commit(tmp, key, ASSEMBLED)
 
@@ -275,4 +294,7 @@ def _copy_into(src: str, fd: int, offset: int, size: int, what: str) -> None:
         os.close(sfd)
     if len(data) != size:
         raise CacheError(f"cached chunk {src} of {what} has the wrong size")
-    os.pwrite(fd, data, offset)
+    try:
+        os.pwrite(fd, data, offset)
+    except OSError as e:
+        raise _StoreFailed(e) from None

@@ -31,7 +31,7 @@ from ..errors import (
     RollbackError,
     SignatureError,
 )
-from .cache import ObjectCache, default_cache_dir
+from .cache import ObjectCache, resolve_cache
 from .catalog import COUNTERS, Catalog, DirEntry, expand_variant_symlink
 from .config import Configuration, RepositorySettings
 from .download import Downloader, DownloadSettings
@@ -45,6 +45,8 @@ from .xattrs import decode_xattrs
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .history import History, Tag
 
 MAX_SYMLINKS = 40
@@ -972,15 +974,17 @@ def _counters_csv(c: dict[str, int]) -> str:
 
 
 def open_cache(
-    settings: RepositorySettings, cache_dir: str | None, alien: str | None
+    settings: RepositorySettings,
+    cache_dir: str | None,
+    alien: str | None,
+    warn: Callable[[str], None] | None = None,
 ) -> ObjectCache:
     """The cache for a repository: --cache-dir, PARROT_CVMFS_CACHE, CVMFS_CACHE_DIR from the
-    environment, or the per-user default; alien tiers from --alien-cache / CVMFS_ALIEN_CACHE."""
-    directory = (
-        cache_dir or os.environ.get("PARROT_CVMFS_CACHE") or os.environ.get("CVMFS_CACHE_DIR")
-    )
-    directory = directory or default_cache_dir()
+    environment, or the per-user default; alien tiers from --alien-cache / CVMFS_ALIEN_CACHE
+    (see `resolve_cache`: a populated cache we cannot write is read as an alien tier, and
+    `warn` is told so)."""
     aliens = [a for a in ((alien or settings.get("CVMFS_ALIEN_CACHE") or "").split(":")) if a]
+    directory, aliens = resolve_cache(cache_dir, aliens, warn)
     quota_mb = settings.number("CVMFS_QUOTA_LIMIT", 4000)
     quota = int(quota_mb * 1024 * 1024) if quota_mb > 0 else None
     try:
