@@ -297,6 +297,24 @@ def test_alias_that_is_not_its_object_is_replaced(repo, tmp_path, kind):
         assert (s.st_dev, s.st_ino) == (o.st_dev, o.st_ino)
 
 
+def test_quota_cleanup_unlinks_only_objects(tmp_path):
+    """`cachedb` rows are hints: one naming a path outside the objects' directories is
+    dropped, nothing is unlinked there."""
+    from parrot_cvmfs.client.cache import ObjectCache
+
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep me\n")
+    cache = ObjectCache(str(tmp_path / "cache"), quota_bytes=1 << 20)
+    try:
+        rows = [("../outside", 10, 1.0, 0), ("00/../../outside", 10, 1.0, 0)]
+        cache.quota._write("INSERT INTO objects VALUES (?, ?, ?, ?)", rows)
+        cache.quota.cleanup(target=0)
+        assert outside.read_bytes() == b"keep me\n"
+        assert cache.quota._db.execute("SELECT count(*) FROM objects").fetchone()[0] == 0
+    finally:
+        cache.close()
+
+
 # -- parrot_run cat, twice ---------------------------------------------------------------------
 
 

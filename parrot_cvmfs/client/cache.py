@@ -731,6 +731,20 @@ def open_files_under(prefix: str) -> set[str]:
     return found
 
 
+def _is_object_name(name: object) -> bool:
+    """Whether a name from `cachedb` is one the cache gives objects (`xx/rest`): a row
+    is only a hint, never a path to unlink anywhere else."""
+    return (
+        isinstance(name, str)
+        and len(name) > 3
+        and name[2] == "/"
+        and all(c in "0123456789abcdef" for c in name[:2])
+        and "/" not in name[3:]
+        and "\0" not in name
+        and not name[3:].startswith(".")
+    )
+
+
 class Quota:
     """LRU bookkeeping in `cachedb`, shared by the processes using the cache."""
 
@@ -883,6 +897,9 @@ class Quota:
             ).fetchall():
                 if usage - freed <= target:
                     break
+                if not _is_object_name(name) or not isinstance(size, int):
+                    gone.append((name,))  # a row naming no object: dropped, nothing unlinked
+                    continue
                 path = os.path.join(self.dir, name)
                 if atime > recent or path in in_use:
                     continue
