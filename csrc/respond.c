@@ -125,22 +125,29 @@ static int fits(const struct stat *s, int64_t size)
 /* An open of `target` in place of the program's path. A notification: we open it and
  * install the descriptor (one round trip). A ptrace stop: the path argument points
  * at `target`, written below the stack pointer (two stops). 1 if done. `size` >= 0:
- * a regular file's backing file, checked first (what C opens is what it checked). */
+ * a regular file's backing file, served only if it fits (else 0: Python's). */
 int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags,
                  int64_t size)
 {
     struct stat s;
     if (c->notify) {
+        /* checked by name, then opened as the program would (no O_NOFOLLOW: it would
+         * show in the descriptor's flags), and the same inode must have been opened */
+        if (size >= 0 && (lstat(target, &s) != 0 || !fits(&s, size)))
+            return 0;
         int fd = open(target, O_RDONLY | O_CLOEXEC | (int)(flags & KEEP_FLAGS) |
-                                  (size >= 0 ? O_NOFOLLOW | O_NONBLOCK : 0));
+                                  (size >= 0 ? O_NONBLOCK : 0)); /* a fifo put there since */
         if (fd < 0)
             return 0; /* gone from the cache, say: let Python find out */
-        if (size >= 0 && (fstat(fd, &s) != 0 || !fits(&s, size))) {
-            close(fd);
-            return 0;
+        if (size >= 0) {
+            struct stat o;
+            if (fstat(fd, &o) != 0 || o.st_dev != s.st_dev || o.st_ino != s.st_ino) {
+                close(fd);
+                return 0;
+            }
+            if (!(flags & O_NONBLOCK)) /* the program's own status flags */
+                fcntl(fd, F_SETFL, (int)(flags & (O_DIRECT | O_NOATIME)));
         }
-        if (size >= 0 && !(flags & O_NONBLOCK))
-            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
         int n = pc_notif_addfd(t, c->notif_id, fd, (flags & O_CLOEXEC) != 0, c->tid);
         close(fd);
         if (n < 0 && n != -ENOENT) /* ENOENT: the program was interrupted meanwhile */

@@ -420,3 +420,22 @@ def test_preload_again_replaces_a_wrong_object(repo, tmp_path):
         assert not os.path.islink(obj)
         with open(obj, "rb") as f:
             assert f.read() == FILES[path]
+
+
+@pytest.mark.parametrize("mode", ["notify", "ptrace"])
+def test_parrot_run_replayed_open_has_the_programs_flags(repo, tmp_path, mode):
+    """The checks C makes before it replays an open leave nothing in the descriptor's
+    flags (fdinfo): they are those of a native open of a local file."""
+    local = os.path.join(repo.base, "src", "a.txt")
+    script = (
+        f"exec 3<{MNT}/b.txt; exec 4<{MNT}/a.txt; exec 5<{local};"
+        " grep ^flags /proc/self/fdinfo/4 /proc/self/fdinfo/5"
+    )
+    cmd = [*PARROT, "--cache-dir", str(tmp_path / "cache"), "--", "/bin/sh", "-c", script]
+    for _ in range(2):  # the second run's open of a.txt is replayed by C
+        p = subprocess.run(
+            cmd, env={**repo.env, "PARROT_CVMFS_MODE": mode}, capture_output=True, timeout=120
+        )
+        assert p.returncode == 0, p.stderr.decode()
+        flags = [line.split()[-1] for line in p.stdout.decode().splitlines()]
+        assert len(flags) == 2 and flags[0] == flags[1], p.stdout.decode()
