@@ -161,10 +161,13 @@ int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
 /* respond.c: finishing a call, whichever way it arrived */
 int respond_result(pc_tracer *t, pc_call *c, int64_t result);
 int respond_continue(pc_tracer *t, pc_call *c);
-int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags);
+/* `size`: what the backing file of a regular file must hold (its kept stat answer);
+ * -1 for a directory's anchor */
+int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags,
+                 int64_t size);
 /* open a file of our cache (anchor, object, alias) following no link below the cache
- * directory it is in, the last component included (O_NOFOLLOW: with O_PATH a link
- * itself is opened); -errno (-EXDEV if `path` is in none of them) */
+ * directory it is in, the last component included; -errno (-EXDEV if `path` is in none
+ * of them) */
 int open_backing(pc_tracer *t, const char *path, int flags);
 
 /* tracer.c */

@@ -149,6 +149,7 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
     int err = 0, done = 0;
     char target[PC_PATH_MAX + 1];
     int tlen = 0;
+    int64_t size = -1;
     if (a) {
         if (a->err)
             err = a->err;
@@ -157,7 +158,18 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
         else if (a->open_target && a->open_len <= PC_PATH_MAX) {
             tlen = a->open_len;
             memcpy(target, a->open_target, (size_t)tlen + 1);
-            if (!a->open_is_dir) /* a plain store under the read lock: any writer wins */
+            if (!a->open_is_dir) {
+                /* the size the file must have: Python's stat answer for the backing file */
+                answer *b = answer_find(t, 'F', target, (size_t)tlen);
+                if (b && b->has_stat) {
+                    struct stat sb;
+                    memcpy(&sb, b->stat, sizeof sb);
+                    size = sb.st_size;
+                } else {
+                    tlen = 0; /* nothing to check it against: Python answers */
+                }
+            }
+            if (tlen && !a->open_is_dir) /* a plain store under the read lock: any writer wins */
                 __atomic_store_n(&a->served, 1, __ATOMIC_RELAXED);
         }
     }
@@ -165,7 +177,7 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
     if (err)
         done = respond_result(t, c, -err) == 0;
     else if (tlen)
-        done = respond_open(t, c, target, tlen, flags);
+        done = respond_open(t, c, target, tlen, flags, size);
     return done;
 }
 

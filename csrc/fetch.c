@@ -426,7 +426,9 @@ static int object_finish(object_sink *s)
 static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
 {
     struct stat st;
-    if (it->dest && stat(it->dest, &st) == 0) {
+    /* already there: a regular file of the right size (the cache's rule, cache.py) */
+    if (it->dest && lstat(it->dest, &st) == 0 && S_ISREG(st.st_mode) &&
+        (it->size < 0 || st.st_size == it->size)) {
         it->status = PC_FETCH_PRESENT;
         it->stored = st.st_size;
         return;

@@ -124,46 +124,72 @@ int open_backing(pc_tracer *t, const char *path, int flags)
             continue;
         const char *rel = path + n + 1;
         if (!__atomic_load_n(&t->no_openat2, __ATOMIC_RELAXED)) {
-            /* a link anywhere below the cache directory is refused, not followed: what
-             * the kernel opens for the program is what we made there */
+            /* a link anywhere below the cache directory is refused, not followed, the
+             * last component's too (O_NOFOLLOW is not needed for that, and would show in
+             * the program's /proc/self/fdinfo): what the kernel opens is what we made */
             struct open_how how;
             memset(&how, 0, sizeof how);
-            how.flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC);
+            how.flags = (uint64_t)(flags | O_CLOEXEC);
             how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
             int fd = (int)syscall(SYS_openat2, t->prefix_fd[1][i], rel, &how, sizeof how);
             if (fd >= 0 || errno != ENOSYS)
                 return fd >= 0 ? fd : -errno;
             __atomic_store_n(&t->no_openat2, 1, __ATOMIC_RELAXED);
         }
-        /* before Linux 5.6: the last component at least (our own code makes the rest
-         * without following links, anchors.py) */
+        /* before Linux 5.6 (ptrace mode): the last component at least (our own code
+         * makes the rest without following links, anchors.py, cache.py) */
         int fd = openat(t->prefix_fd[1][i], rel, flags | O_NOFOLLOW | O_CLOEXEC);
         return fd >= 0 ? fd : -errno;
     }
     return -EXDEV;
 }
 
+/* Whether a cache file may back a regular file of `size` bytes: a regular file of
+ * that size, as Python's lookup requires (anything else is Python's to fetch again or
+ * refuse). */
+static int fits(int fd, int64_t size)
+{
+    struct stat s;
+    return fstat(fd, &s) == 0 && S_ISREG(s.st_mode) && s.st_size == size;
+}
+
 /* An open of `target` in place of the program's path. A notification: we open it and
  * install the descriptor (one round trip). A ptrace stop: the path argument points
- * at `target`, written below the stack pointer (two stops). 1 if done. */
-int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags)
+ * at `target`, written below the stack pointer (two stops). 1 if done. `size` >= 0:
+ * a regular file's backing file, served only if it fits (else 0: Python's). */
+int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags,
+                 int64_t size)
 {
     if (c->notify) {
-        int fd = open_backing(t, target, O_RDONLY | (int)(flags & KEEP_FLAGS));
+        /* a regular file's: non-blocking in case a fifo was put there since */
+        int fd = open_backing(t, target, O_RDONLY | (int)(flags & KEEP_FLAGS) |
+                                             (size >= 0 ? O_NONBLOCK : 0));
         if (fd < 0)
             return 0; /* gone from the cache (or not what we made): let Python see */
+        if (size >= 0) {
+            if (!fits(fd, size)) {
+                close(fd);
+                return 0;
+            }
+            if (!(flags & O_NONBLOCK)) /* the program's own status flags */
+                fcntl(fd, F_SETFL, (int)(flags & (O_DIRECT | O_NOATIME)));
+        }
         int n = pc_notif_addfd(t, c->notif_id, fd, (flags & O_CLOEXEC) != 0, c->tid);
         close(fd);
         if (n < 0 && n != -ENOENT) /* ENOENT: the program was interrupted meanwhile */
             pc_notif_reply(t, c->notif_id, n);
         return 1;
     }
-    /* a file a quota clean-up evicted since it was kept, or a link planted there:
-     * Python makes it again */
+    /* a file a quota clean-up evicted since it was kept, one changed since, or a link
+     * planted there: Python makes it again (the kernel then opens it by name: a file
+     * replaced in between is a race within the cache's own user) */
     int fd = open_backing(t, target, O_RDONLY | O_NONBLOCK | (int)(flags & O_DIRECTORY));
     if (fd < 0)
         return 0;
+    int ok = size < 0 || fits(fd, size);
     close(fd);
+    if (!ok)
+        return 0;
     uint64_t addr = (reg_sp(c->regs) - RED_ZONE - (uint64_t)len - 1) & ~(uint64_t)15;
     if (pc_write(c->tid, addr, target, (size_t)len + 1) != len + 1)
         return 0;

@@ -14,11 +14,20 @@ import threading
 
 from ..errors import CacheError, CvmfsError
 from . import cfetch
-from .cache import ObjectCache
+from .cache import ObjectCache, open_regular
 from .download import Downloader, object_limit
 from .hashes import Algorithm, ContentHash
 
 ASSEMBLED = ".file"  # cache name suffix of assembled chunked files
+
+
+class _StoreFailed(Exception):
+    """Writing into the cache failed (a full disk, say): not the transfer's fault, so
+    not an OSError the downloader could take for one; the fetcher names the cache."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error.strerror)
+        self.error = error
 
 
 class _RegionWriter:
@@ -37,7 +46,10 @@ class _RegionWriter:
 
     def truncate(self) -> None:
         if self.may_truncate:
-            os.ftruncate(self.fd, self.pos)
+            try:
+                os.ftruncate(self.fd, self.pos)
+            except OSError as e:
+                raise _StoreFailed(e) from None
 
     def tell(self) -> int:
         return self.pos - self.base
@@ -45,7 +57,10 @@ class _RegionWriter:
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            n = os.pwrite(self.fd, view, self.pos)
+            try:
+                n = os.pwrite(self.fd, view, self.pos)
+            except OSError as e:
+                raise _StoreFailed(e) from None
             self.pos += n
             view = view[n:]
 
@@ -102,11 +117,11 @@ class Fetcher:
     ) -> str:
         """Local path of the verified, decompressed object; downloads it if needed (by the
         C fetcher unless `c_first` is false, then by the Python downloader). `size` is its
-        exact inflated size; without one it may inflate to `limit` bytes at most (default:
-        the cap for its suffix)."""
+        exact inflated size (a cache file of another is never served); without one it may
+        inflate to `limit` bytes at most (default: the cap for its suffix)."""
         if limit is None:
             limit = size if size is not None else object_limit(suffix)
-        p = self.cache.find(h)
+        p = self.cache.find(h, size=size)
         if p is not None:
             return p
         downloader = self.external if external_path else self.downloader
@@ -115,7 +130,7 @@ class Fetcher:
         if downloader is None or self.offline:
             self._require_network(what, h)
         with self.cache.lock(h.hex):
-            p = self.cache.find(h)
+            p = self.cache.find(h, size=size)
             if p is not None:
                 return p
             bad_data = False
@@ -140,11 +155,13 @@ class Fetcher:
                     url_for=_external_url(external_path),
                     bad_data_seen=bad_data,
                 )
-            except BaseException:
+            except BaseException as e:
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
+                if isinstance(e, _StoreFailed):
+                    raise self.cache.store_error(e.error, what) from None
                 raise
             finally:
                 os.close(fd)
@@ -179,15 +196,16 @@ class Fetcher:
         if expect != total_size:
             raise CvmfsError(f"{what}: chunks cover {expect} bytes, file has {total_size}")
         key = chunk_list_key(chunks)
-        p = self.cache.find(key, ASSEMBLED)
+        p = self.cache.find(key, ASSEMBLED, size=total_size)
         if p is not None:
             return p
         if bulk is not None and not external_path:
-            p = self.cache.find(bulk)  # a preloaded whole-file object (legacy bulk chunk)
+            # a preloaded whole-file object (legacy bulk chunk)
+            p = self.cache.find(bulk, size=total_size)
             if p is not None:
                 return p
         with self.cache.lock(key.hex):
-            p = self.cache.find(key, ASSEMBLED)
+            p = self.cache.find(key, ASSEMBLED, size=total_size)
             if p is not None:
                 return p
             fd, tmp = self.cache.new_temp()
@@ -195,7 +213,7 @@ class Fetcher:
                 os.ftruncate(fd, total_size)
                 jobs = []
                 for i, (offset, size, ch) in enumerate(chunks):
-                    local = self.cache.find(ch)
+                    local = self.cache.find(ch, size=size)
                     if local is not None:
                         _copy_into(local, fd, offset, size, what)
                         continue
@@ -227,13 +245,15 @@ class Fetcher:
                         raise errors[0]
                 os.close(fd)
                 fd = -1
-            except BaseException:
+            except BaseException as e:
                 if fd >= 0:
                     os.close(fd)
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
+                if isinstance(e, _StoreFailed):
+                    raise self.cache.store_error(e.error, what) from None
                 raise
             return self.cache.commit(tmp, key, ASSEMBLED)
 
@@ -269,11 +289,18 @@ def _download_region(
 
 
 def _copy_into(src: str, fd: int, offset: int, size: int, what: str) -> None:
+    sfd = open_regular(src, f"cached chunk of {what}")
+    if sfd is None:
+        raise CacheError(f"cached chunk {src} of {what} went away")
     try:
-        with open(src, "rb") as f:
-            data = f.read(size + 1)
+        data = os.read(sfd, size + 1)
     except OSError as e:
         raise CacheError(f"cannot read cached chunk {src} of {what}: {e.strerror}") from None
+    finally:
+        os.close(sfd)
     if len(data) != size:
         raise CacheError(f"cached chunk {src} of {what} has the wrong size")
-    os.pwrite(fd, data, offset)
+    try:
+        os.pwrite(fd, data, offset)
+    except OSError as e:
+        raise _StoreFailed(e) from None

@@ -196,8 +196,9 @@ class _Walker:
         self.pulled = self.current = self.skipped = 0
         self._seen: set[str] = set()
 
-    def _stored(self, h: ContentHash) -> bool:
-        return os.path.exists(os.path.join(self.cache.dir, h.cache_name()))
+    def _stored(self, h: ContentHash, size: int | None = None) -> bool:
+        # the cache's own check: a link, a truncated file... counts as missing, fetched again
+        return self.cache.find(h, size=size) is not None
 
     def visit(self, h: ContentHash, mountpoint: str, recorded: int | None) -> None:
         """Walk the catalog `h` at `mountpoint`, of the size its parent `recorded`."""
@@ -222,7 +223,7 @@ class _Walker:
             for ch, suffix, compressed, size in catalog.objects():
                 if ch.hex in self.objects:
                     continue
-                if self._stored(ch):
+                if self._stored(ch, size):
                     if ch.hex not in self._seen:
                         self._seen.add(ch.hex)
                         self.skipped += 1

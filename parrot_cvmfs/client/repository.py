@@ -31,7 +31,7 @@ from ..errors import (
     RollbackError,
     SignatureError,
 )
-from .cache import ObjectCache, default_cache_dir
+from .cache import ObjectCache, resolve_cache
 from .catalog import COUNTERS, Catalog, DirEntry, expand_variant_symlink
 from .config import Configuration, RepositorySettings
 from .download import Downloader, DownloadSettings, database_limit
@@ -46,6 +46,8 @@ from .xattrs import decode_xattrs
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .history import History, Tag
 
 MAX_SYMLINKS = 40
@@ -318,12 +320,7 @@ class Repository:
             certificate = load_certificate(f.read(), f"{manifest.certificate.hex} of {fqrn}")
         manifest.verify(certificate, what)
         if self.offline:
-            wl_raw = None
-            try:
-                with open(os.path.join(stored_in, f"whitelist.{fqrn}"), "rb") as f:
-                    wl_raw = f.read()
-            except OSError:
-                pass
+            wl_raw = self.cache.read_meta_in(stored_in, f"whitelist.{fqrn}")
             if wl_raw is None:
                 raise CacheError(f"no stored whitelist of {fqrn} in {stored_in} (offline)")
             wl_what = f"whitelist of {fqrn} (stored copy)"
@@ -696,7 +693,7 @@ class Repository:
         from .hashes import Algorithm, hash_bytes
 
         h = hash_bytes(Algorithm.SHA1, b"")
-        p = self.cache.find(h)
+        p = self.cache.find(h, size=0)
         if p is None:
             fd, tmp = self.cache.new_temp()
             os.close(fd)
@@ -908,8 +905,8 @@ class Repository:
         if e.is_chunked:
             from .fetch import ASSEMBLED, chunk_list_key
 
-            return self.cache.find(chunk_list_key(self.chunks(e)), ASSEMBLED)
-        return self.cache.find(e.hash) if e.hash else None
+            return self.cache.find(chunk_list_key(self.chunks(e)), ASSEMBLED, size=e.size)
+        return self.cache.find(e.hash, size=e.size) if e.hash else None
 
     # -- misc -------------------------------------------------------------------------------------
 
@@ -997,15 +994,17 @@ def _counters_csv(c: dict[str, int]) -> str:
 
 
 def open_cache(
-    settings: RepositorySettings, cache_dir: str | None, alien: str | None
+    settings: RepositorySettings,
+    cache_dir: str | None,
+    alien: str | None,
+    warn: Callable[[str], None] | None = None,
 ) -> ObjectCache:
     """The cache for a repository: --cache-dir, PARROT_CVMFS_CACHE, CVMFS_CACHE_DIR from the
-    environment, or the per-user default; alien tiers from --alien-cache / CVMFS_ALIEN_CACHE."""
-    directory = (
-        cache_dir or os.environ.get("PARROT_CVMFS_CACHE") or os.environ.get("CVMFS_CACHE_DIR")
-    )
-    directory = directory or default_cache_dir()
+    environment, or the per-user default; alien tiers from --alien-cache / CVMFS_ALIEN_CACHE
+    (see `resolve_cache`: a populated cache we cannot write is read as an alien tier, and
+    `warn` is told so)."""
     aliens = [a for a in ((alien or settings.get("CVMFS_ALIEN_CACHE") or "").split(":")) if a]
+    directory, aliens = resolve_cache(cache_dir, aliens, warn)
     quota_mb = settings.number("CVMFS_QUOTA_LIMIT", 4000)
     quota = int(quota_mb * 1024 * 1024) if quota_mb > 0 else None
     try:

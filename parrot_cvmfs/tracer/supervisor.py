@@ -55,29 +55,25 @@ class Options:
 
 class Supervisor:
     def __init__(self, opts: Options):
-        from ..client.cache import default_cache_dir
+        from ..client.cache import resolve_cache
 
         self.opts = opts
         config = opts.config or Configuration()
-        cache_dir = (
-            opts.cache_dir
-            or os.environ.get("PARROT_CVMFS_CACHE")
-            or os.environ.get("CVMFS_CACHE_DIR")
-            or default_cache_dir()
-        )
+        aliens = [a for a in (opts.alien_cache or "").split(":") if a]
+        # a read-only populated --cache-dir comes back as the first alien tier
+        cache_dir, aliens = resolve_cache(opts.cache_dir, aliens, _note)
         if config.memo_dir is None:
             config.memo_dir = os.path.join(cache_dir, "config")
         self.view = CvmfsView(
             config,
             cache_dir,
-            alien=opts.alien_cache,
+            alien=":".join(aliens) or None,
             verify_at=opts.verify_at,
             offline=opts.offline,
             eager=opts.cvmfs,
         )
         self.arch = machine()
         calls = calls_for(self.arch)
-        aliens = [a for a in (opts.alien_cache or "").split(":") if a]
         self.mode = choose_mode()
         self.core = Core(
             calls,
@@ -213,3 +209,7 @@ def _spawn_message(e: OSError, program: str) -> str:
     if e.strerror and e.strerror.startswith("cannot"):
         return e.strerror
     return f"cannot run {program}: {os.strerror(e.errno) if e.errno else e}"
+
+
+def _note(message: str) -> None:
+    print(f"parrot_run: {message}", file=sys.stderr, flush=True)
