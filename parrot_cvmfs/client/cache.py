@@ -417,7 +417,7 @@ class ObjectCache:
         names = (alias_target(self.dir, p)[len(prefix) :] for p in paths if p.startswith(prefix))
         self.quota.touch_many([n for n in names if not n.startswith((ALIASES + "/", "txn/"))])
 
-    def _ensure_dir(self, rel: str) -> str:
+    def ensure_dir(self, rel: str) -> str:
         """`self.dir/rel` (a relative path of directories) as real directories of ours."""
         path = f"{self.dir}/{rel}"
         if path not in self._dirs_ok:
@@ -459,7 +459,7 @@ class ObjectCache:
             return alias
         tmp = f"{alias}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            self._ensure_dir(f"{ALIASES}/{os.path.dirname(rel)}")
+            self.ensure_dir(f"{ALIASES}/{os.path.dirname(rel)}")
             try:
                 os.link(path, tmp, follow_symlinks=False)
             except OSError as e:
@@ -560,7 +560,7 @@ class ObjectCache:
     def _quarantine(self, name: str) -> None:
         """Move what is at an object's name aside, into `quarantaine/` (as cvmfs does with
         corrupt cache files)."""
-        q = self._ensure_dir("quarantaine")
+        q = self.ensure_dir("quarantaine")
         os.rename(
             f"{self.dir}/{name}",
             f"{q}/{name.replace('/', '')}.{os.getpid()}.{next(_temp_counter)}",

@@ -4,9 +4,10 @@ live in /cvmfs, which the kernel would look for itself and not find."""
 from __future__ import annotations
 
 import os
+import stat as st
 import struct
 
-from ..client.cache import OBJECT_MODE, write_atomic
+from ..client.cache import OBJECT_MODE, ObjectCache, write_atomic
 
 BINPRM_BUF_SIZE = 256
 PT_INTERP = 3
@@ -61,7 +62,23 @@ def elf_interpreter(path: str) -> tuple[str, int] | None:
     return None
 
 
-def patched_binary(cache_dir: str, binary: str, interp_local: str) -> str:
+def cached_file(cache: ObjectCache, area: str, key: str, make) -> str:
+    """`<cache>/<area>/<key[:2]>/<key>`, a file derived from cache objects (its name is
+    a digest of what it is made from), made by `make()` -> bytes if it is not there as a
+    regular file of ours; nothing on the way is followed as a link."""
+    d = cache.ensure_dir(f"{area}/{key[:2]}")
+    dest = os.path.join(d, key)
+    try:
+        s = os.lstat(dest)
+        if st.S_ISREG(s.st_mode) and s.st_uid == os.getuid():
+            return dest
+    except FileNotFoundError:
+        pass
+    write_atomic(dest, make(), OBJECT_MODE)  # a rename: replaces a link, never writes through it
+    return dest
+
+
+def patched_binary(cache: ObjectCache, binary: str, interp_local: str) -> str:
     """A copy of `binary` whose PT_INTERP points at `interp_local`, made once per cache.
 
     The new name is appended to the file and only the PT_INTERP header's offset and
@@ -70,27 +87,38 @@ def patched_binary(cache_dir: str, binary: str, interp_local: str) -> str:
     import hashlib
 
     key = hashlib.sha1(f"{binary}\0{interp_local}".encode("utf-8", "surrogateescape")).hexdigest()
-    d = os.path.join(cache_dir, "patched", key[:2])
-    dest = os.path.join(d, key)
-    if os.path.exists(dest):
-        return dest
-    os.makedirs(d, exist_ok=True)
-    with open(binary, "rb") as f:
-        data = bytearray(f.read())
-    phoff = struct.unpack_from("<Q", data, 0x20)[0]
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    new = os.fsencode(interp_local) + b"\0"
-    offset = (len(data) + 7) & ~7
-    data += bytes(offset - len(data)) + new
-    for i in range(phnum):
-        base = phoff + i * phentsize
-        if base + ELF64_PHENTSIZE > len(data):  # a short table (elf_interpreter read it)
-            break
-        if struct.unpack_from("<I", data, base)[0] == PT_INTERP:
-            struct.pack_into("<Q", data, base + 8, offset)
-            struct.pack_into("<Q", data, base + 32, len(new))
-    write_atomic(dest, bytes(data), OBJECT_MODE)
-    return dest
+
+    def make() -> bytes:
+        with open(binary, "rb") as f:
+            data = bytearray(f.read())
+        phoff = struct.unpack_from("<Q", data, 0x20)[0]
+        phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+        new = os.fsencode(interp_local) + b"\0"
+        offset = (len(data) + 7) & ~7
+        data += bytes(offset - len(data)) + new
+        for i in range(phnum):
+            base = phoff + i * phentsize
+            if base + ELF64_PHENTSIZE > len(data):  # a short table (elf_interpreter read it)
+                break
+            if struct.unpack_from("<I", data, base)[0] == PT_INTERP:
+                struct.pack_into("<Q", data, base + 8, offset)
+                struct.pack_into("<Q", data, base + 32, len(new))
+        return bytes(data)
+
+    return cached_file(cache, "patched", key, make)
+
+
+def executable_copy(cache: ObjectCache, path: str) -> str:
+    """A copy of `path` we may execute (objects of a read-only alien cache may lack the x
+    bit), made once."""
+    import hashlib
+
+    def make() -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    key = hashlib.sha1(os.fsencode(path)).hexdigest() + ".exec"
+    return cached_file(cache, "patched", key, make)
 
 
 MAX_ARG_STRLEN = 32 * 4096  # the kernel's limit on one argument

@@ -932,27 +932,12 @@ class Handlers:
             if t.err or not t.virtual:
                 return errno.ENOENT if t.err else None
             loader = self.view.materialize(t.node)
-            path = ex.patched_binary(self.view.cache_dir, path, loader)
+            path = ex.patched_binary(self.view.cache, path, loader)
         elif path == program and argv is None and logical is None:
             return None
         if not os.access(path, os.X_OK):
-            path = self._executable_copy(path)
+            path = ex.executable_copy(self.view.cache, path)
         return path, argv, exe_logical
-
-    def _executable_copy(self, path: str) -> str:
-        """Objects of a read-only alien cache may lack the x bit: copy once locally."""
-        import hashlib
-        import shutil
-
-        key = hashlib.sha1(os.fsencode(path)).hexdigest()
-        dest = os.path.join(self.view.cache_dir, "patched", key[:2], key + ".exec")
-        if not os.path.exists(dest):
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            tmp = dest + f".{os.getpid()}"
-            shutil.copyfile(path, tmp)
-            os.chmod(tmp, 0o500)
-            os.rename(tmp, dest)
-        return dest
 
     # -- other path calls ------------------------------------------------------------------------
 
