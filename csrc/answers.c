@@ -17,9 +17,10 @@ static uint64_t fnv1a(const char *s, size_t n)
     return h;
 }
 
-answer *answer_find(pc_tracer *t, char follow, const char *path, size_t len)
+static answer *find_hashed(pc_tracer *t, char follow, const char *path, size_t len,
+                           uint64_t base)
 {
-    uint64_t h = fnv1a(path, len) ^ (uint64_t)follow;
+    uint64_t h = base ^ (uint64_t)follow;
     for (size_t i = h & (t->answers_cap - 1);; i = (i + 1) & (t->answers_cap - 1)) {
         answer *a = t->answers[i];
         if (!a)
@@ -54,12 +55,18 @@ static int answers(const answer *a, int fast)
     }
 }
 
+answer *answer_find(pc_tracer *t, char follow, const char *path, size_t len)
+{
+    return find_hashed(t, follow, path, len, fnv1a(path, len));
+}
+
 answer *answer_for_path(pc_tracer *t, int follow, const char *path, size_t len, int fast)
 {
-    answer *a = answer_find(t, follow ? 'F' : 'N', path, len);
+    uint64_t base = fnv1a(path, len); /* hashed once for both lookups */
+    answer *a = find_hashed(t, follow ? 'F' : 'N', path, len, base);
     if (!follow || (a && answers(a, fast)))
         return a;
-    answer *n = answer_find(t, 'N', path, len);
+    answer *n = find_hashed(t, 'N', path, len, base);
     return n && n->nolink && answers(n, fast) ? n : a;
 }
 
