@@ -36,6 +36,26 @@ def _kv(text: str) -> tuple[str, str]:
     return k.strip(), v
 
 
+def _add_trust_options(sp: argparse.ArgumentParser) -> None:
+    """--verify-at, -o and --config-dir of the commands that verify a chain offline."""
+    sp.add_argument(
+        "--verify-at",
+        metavar="DATE",
+        type=_parse_when,
+        help="check whitelist expiry as of this UTC date",
+    )
+    sp.add_argument(
+        "-o",
+        "--option",
+        metavar="KEY=VALUE",
+        type=_kv,
+        action="append",
+        default=[],
+        help="set a CVMFS_* parameter (repeatable)",
+    )
+    sp.add_argument("--config-dir", metavar="DIR", help="cvmfs configuration directory")
+
+
 def add_client_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("repository access")
     g.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: per-user cache)")
@@ -623,22 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.tar.zst",
         help="also write the preloaded revision as one verifiable archive (for unbundle)",
     )
-    sp.add_argument(
-        "--verify-at",
-        metavar="DATE",
-        type=_parse_when,
-        help="check whitelist expiry as of this UTC date",
-    )
-    sp.add_argument(
-        "-o",
-        "--option",
-        metavar="KEY=VALUE",
-        type=_kv,
-        action="append",
-        default=[],
-        help="set a CVMFS_* parameter (repeatable)",
-    )
-    sp.add_argument("--config-dir", metavar="DIR", help="cvmfs configuration directory")
+    _add_trust_options(sp)
     sp.set_defaults(func=cmd_preload)
 
     sp = sub.add_parser(
@@ -656,22 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PUBKEY[:PUBKEY...]",
         help="master public keys (default: the configured ones for the bundle's repository)",
     )
-    sp.add_argument(
-        "--verify-at",
-        metavar="DATE",
-        type=_parse_when,
-        help="check whitelist expiry as of this UTC date",
-    )
-    sp.add_argument(
-        "-o",
-        "--option",
-        metavar="KEY=VALUE",
-        type=_kv,
-        action="append",
-        default=[],
-        help="set a CVMFS_* parameter (repeatable)",
-    )
-    sp.add_argument("--config-dir", metavar="DIR", help="cvmfs configuration directory")
+    _add_trust_options(sp)
     sp.set_defaults(func=cmd_unbundle)
 
     sp = sub.add_parser("demo", help="publish, serve and read the example repository (offline)")
