@@ -43,6 +43,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
 #ifndef PTRACE_EVENT_STOP
 #define PTRACE_EVENT_STOP 128
 #endif
@@ -238,11 +244,79 @@ static int recv_fd(int sock)
     return fd;
 }
 
+/* ---- the reaper: the listener outlives us until the job is dead ------------------------
+ *
+ * When the last descriptor of a seccomp listener closes, the kernel answers every
+ * pending and every later notification of the job with ENOSYS. A supervisor killed
+ * with SIGKILL closes its files before the kernel sends the job the SIGKILL that
+ * PTRACE_O_EXITKILL promises (do_exit closes files before it releases tracees), and in
+ * between the job's calls fail with "Function not implemented" (thousands of them in
+ * a few milliseconds of an open loop). So a tiny process of ours holds another
+ * descriptor of the listener: it leaves once the supervisor has exited completely
+ * (its pidfd turns readable only after every thread has released its tracees, each
+ * then with SIGKILL pending, so no call of the job can return again), or once no task
+ * uses the filter any more (the listener hangs up). Until then an unanswered call
+ * just waits, and dies with its task. It is forked twice before we become a child
+ * subreaper, so that it is not our child (we wait for all of ours) and init reaps it. */
+
+static void reaper_main(int pidfd, int sock)
+{
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, NULL);
+    prctl(PR_SET_NAME, "parrot_reaper", 0, 0, 0);
+    /* nothing of ours is kept open (pipes of the caller, cache files), nor the cwd */
+    int lo = pidfd < sock ? pidfd : sock, hi = pidfd < sock ? sock : pidfd;
+    if (lo > 0)
+        syscall(SYS_close_range, 0, lo - 1, 0);
+    if (hi > lo + 1)
+        syscall(SYS_close_range, lo + 1, hi - 1, 0);
+    syscall(SYS_close_range, hi + 1, ~0U, 0);
+    if (chdir("/") < 0) {
+    }
+    int listener = recv_fd(sock); /* from the job, before it runs: see pc_spawn */
+    close(sock);
+    if (listener >= 0) {
+        /* events 0: woken by the hang-up only, not by every notification */
+        struct pollfd p[2] = {{pidfd, POLLIN, 0}, {listener, 0, 0}};
+        while (poll(p, 2, -1) < 0 && errno == EINTR) {
+        }
+    }
+    _exit(0);
+}
+
+/* The socket the job sends the listener to the reaper on, or -1 without a reaper. */
+static int start_reaper(void)
+{
+    int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    int s[2];
+    if (pidfd < 0)
+        return -1;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s) < 0) {
+        close(pidfd);
+        return -1;
+    }
+    pid_t mid = fork();
+    if (mid == 0) {
+        if (fork() == 0)
+            reaper_main(pidfd, s[1]);
+        _exit(0);
+    }
+    close(pidfd);
+    close(s[1]);
+    if (mid < 0 || waitpid(mid, NULL, 0) < 0) {
+        close(s[0]);
+        return -1;
+    }
+    return s[0];
+}
+
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                const void *filter, int filter_len, int notify, int *report_fd, char *err,
                int errlen)
 {
     int go[2], report[2], sock[2];
+    int reaper = notify ? start_reaper() : -1;
     /* orphaned grandchildren are reparented to us, and stay traced */
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     if (pipe2(go, O_CLOEXEC) < 0 || pipe2(report, O_CLOEXEC) < 0 ||
@@ -253,6 +327,8 @@ pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const e
     pid_t pid = fork();
     if (pid < 0) {
         snprintf(err, (size_t)errlen, "fork: %s", strerror(errno));
+        if (reaper >= 0)
+            close(reaper);
         return -1;
     }
     if (pid == 0) {
@@ -279,6 +355,10 @@ pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const e
                 e = errno;
             } else {
                 if (notify) {
+                    /* the reaper's copy first: in flight in its socket, it already
+                     * keeps the listener open */
+                    if (reaper >= 0)
+                        send_fd(reaper, (int)l);
                     send_fd(sock[1], (int)l);
                     close((int)l);
                 }
@@ -304,6 +384,8 @@ pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const e
         close(go[1]);
         close(report[0]);
         close(sock[0]);
+        if (reaper >= 0)
+            close(reaper);
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         snprintf(err, (size_t)errlen, "ptrace:%d", e);
@@ -325,6 +407,8 @@ pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const e
     if (notify) {
         /* the child sends the listener before exec (or fails, and the socket closes) */
         int listener = recv_fd(sock[0]);
+        if (reaper >= 0)
+            close(reaper); /* the job has sent it its copy, or failed */
         if (listener >= 0) {
             ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, 0);
             if (notify_start(t, listener) < 0)
