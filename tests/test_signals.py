@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+import zlib
 
 import pytest
 
 from parrot_cvmfs.server.publisher import PublishOptions, publish
-from parrot_cvmfs.server.serve import StratumServer
+from parrot_cvmfs.server.serve import StratumHandler, StratumServer
 
 from .conftest import base_env, repo_spec
 
@@ -164,12 +168,84 @@ def mode(request):
     return request.param
 
 
+class _HostileHandler(StratumHandler):
+    """Serves the stratum, except the object `server.target`, which gets the server's
+    `behaviour`: a download that never finishes."""
+
+    def _send_file(self, head_only: bool) -> None:
+        srv = self.server
+        if srv.behaviour and urllib.parse.urlsplit(self.path).path.endswith(srv.target):
+            srv.hit.set()
+            try:
+                getattr(self, "_" + srv.behaviour.replace("-", "_"))(srv.stop)
+            except OSError:
+                pass  # the client went away
+            self.close_connection = True
+            return
+        super()._send_file(head_only)
+
+    def _body(self, stop: threading.Event, length: str | None, data: bytes, pause: float):
+        self.send_response(200)
+        if length is not None:
+            self.send_header("Content-Length", length)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        while not stop.is_set():
+            self.wfile.write(data)
+            self.wfile.flush()
+            if pause:
+                stop.wait(pause)
+
+    def _endless_body(self, stop):  # no length: the body ends when the connection does
+        self._body(stop, None, os.urandom(1 << 16), 0)
+
+    def _huge_length(self, stop):
+        self._body(stop, "99999999999999", os.urandom(1 << 16), 0)
+
+    def _trickle_body(self, stop):  # 2 KB/s, above the low-speed limit, forever
+        self._body(stop, "99999999999999", os.urandom(200), 0.1)
+
+    def _endless_zlib(self, stop):  # a valid zlib stream that inflates forever
+        z = zlib.compressobj()
+        chunk = z.compress(bytes(1 << 20)) + z.flush(zlib.Z_SYNC_FLUSH)
+        self._body(stop, None, chunk, 0)
+
+    def _trickle_headers(self, stop):  # one byte of the status line every 2 s
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n":
+            if stop.wait(2):
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+        stop.wait()
+
+
+class HostileServer(StratumServer):
+    def __init__(self, root: str, target: str):
+        super().__init__(root)
+        self.RequestHandlerClass = _HostileHandler
+        self.target, self.behaviour = target, None
+        self.hit, self.stop = threading.Event(), threading.Event()
+
+    def misbehave(self, behaviour: str | None) -> None:
+        self.stop.set()  # whatever hangs from before ends
+        self.behaviour, self.hit, self.stop = behaviour, threading.Event(), threading.Event()
+
+
 @pytest.fixture(scope="module")
 def server(repo):
-    _, stratum, _ = repo
-    srv = StratumServer(stratum)
+    _, stratum, pubkey = repo
+    from parrot_cvmfs.client.config import Configuration
+    from parrot_cvmfs.client.repository import Repository
+
+    srv = HostileServer(stratum, "")
     srv.start_background()
+    env = base_env(PARROT_CVMFS_REPO=repo_spec(NAME, f"{srv.url}/{NAME}", pubkey))
+    probe = repo[0] / "probe"
+    with Repository.mount(NAME, cache_dir=str(probe), config=Configuration(env=env)) as r:
+        srv.target_hash = r.lookup("/hung.bin").hash
+        srv.target = srv.target_hash.object_path()
     yield srv
+    srv.misbehave(None)
     srv.shutdown()
 
 
@@ -195,6 +271,125 @@ def _wait_for(cond, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def _parrot(repo, server, mode, tmp_path, *cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*PARROT, "--cache-dir", str(tmp_path / "cache"), "--", *cmd],
+        env=_env(repo, server, mode),
+        capture_output=True,
+        timeout=120,
+        **kw,
+    )
+
+
+# -- the job's signal state, and signals sent to parrot_run ---------------------------------------
+
+
+def test_signal_dispositions_and_mask(repo, server, mode, tmp_path):
+    """The job starts with the signal dispositions and mask it would have natively:
+    neither the SIGPIPE/SIGXFSZ ignores of the supervisor's Python, nor its handlers, nor
+    the signals its threads block reach it."""
+
+    def state(run, **kw):
+        out = run("grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status", **kw).stdout.decode()
+        return dict(line.split(":\t") for line in out.splitlines())
+
+    def native(*cmd, **kw):
+        return subprocess.run(cmd, capture_output=True, **kw)
+
+    def traced(*cmd, **kw):
+        return _parrot(repo, server, mode, tmp_path, *cmd, **kw)
+
+    assert state(traced) == state(native)
+    # so a writer into a closed pipe dies of SIGPIPE quietly, as natively
+    p = traced("sh", "-c", "yes | head -n 1")
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"y\n", b"")
+    # what the user ignored or blocked stays so (nohup)
+    for pre in (
+        lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+        lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1}),
+    ):
+        assert state(traced, preexec_fn=pre) == state(native, preexec_fn=pre)
+    assert int(state(traced, preexec_fn=pre)["SigBlk"], 16) & 1 << (signal.SIGUSR1 - 1)
+
+
+TRAPS = (
+    "trap 'echo got INT' INT; trap 'echo got TERM; exit 3' TERM; echo ready; "
+    "while :; do sleep 0.05; done"
+)
+
+
+def test_signals_sent_to_parrot_run_reach_the_job(repo, server, mode, tmp_path):
+    """SIGINT and SIGTERM sent to parrot_run (kill) reach the job once each."""
+    job = subprocess.Popen(
+        [*PARROT, "--cache-dir", str(tmp_path / "cache"), "--", "sh", "-c", TRAPS],
+        env=_env(repo, server, mode),
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert job.stdout.readline() == b"ready\n"
+        job.send_signal(signal.SIGINT)
+        assert job.stdout.readline() == b"got INT\n"
+        assert job.poll() is None
+        job.send_signal(signal.SIGTERM)
+        out, _ = job.communicate(timeout=30)
+    finally:
+        job.kill()
+    assert (job.returncode, out) == (3, b"got TERM\n")
+
+
+def _on_a_terminal(repo, server, mode, tmp_path, *cmd) -> bytes:
+    """Run parrot_run as a terminal's session leader; press Ctrl-C once the job says
+    ready, then send parrot_run SIGTERM; all the terminal showed."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+
+    def session():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    job = subprocess.Popen(
+        [*PARROT, "--cache-dir", str(tmp_path / "cache"), "--", *cmd],
+        env=_env(repo, server, mode),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        preexec_fn=session,
+    )
+    os.close(slave)
+    out = b""
+
+    def read_until(what: bytes) -> None:
+        nonlocal out
+        deadline = time.monotonic() + 60
+        while what not in out and time.monotonic() < deadline:
+            out += os.read(master, 1024)
+
+    try:
+        read_until(b"ready")
+        os.write(master, b"\x03")  # the terminal's intr character: SIGINT to the group
+        time.sleep(0.5)
+        job.send_signal(signal.SIGTERM)
+        read_until(b"got TERM")
+        assert job.wait(30) == 3
+    finally:
+        job.kill()
+        os.close(master)
+    return out
+
+
+def test_ctrl_c_on_a_terminal(repo, server, mode, tmp_path):
+    """A terminal's Ctrl-C reaches the processes of the foreground process group, from
+    the kernel, as natively: the job once (parrot_run does not send it a second time),
+    and not a job that left the group (parrot_run, still in it, does not pass it on)."""
+    out = _on_a_terminal(repo, server, mode, tmp_path, "sh", "-c", TRAPS)
+    assert out.count(b"got INT") == 1, out
+    out = _on_a_terminal(repo, server, mode, tmp_path, "setsid", "sh", "-c", TRAPS)
+    assert b"got INT" not in out, out
 
 
 # -- SIGKILL ---------------------------------------------------------------------------------------
@@ -234,3 +429,85 @@ def test_sigkill_leaves_no_wrong_errors(repo, server, mode, sigjob, tmp_path):
                 wrong += [x for x in f.read().splitlines() if x != f"open {paths[-1]}: ENOENT"]
         wrong = [x for x in wrong if x != f"stat {paths[-1]}: ENOENT"]
     assert not wrong, f"{len(wrong)} calls failed while parrot_run was being killed: {wrong[:5]}"
+
+
+# -- SIGTERM, SIGINT, SIGHUP, SIGQUIT during a download that never finishes -------------------------
+
+# each signal and each kind of hostile server at least once (in each mode)
+CASES = [
+    ("TERM", "endless-body", ""),
+    ("INT", "trickle-headers", "r"),
+    ("HUP", "huge-length", ""),
+    ("QUIT", "trickle-body", "r"),
+    ("TERM", "endless-zlib", "r"),
+]
+
+
+@pytest.mark.parametrize("sig,behaviour,flags", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_signal_during_hung_download(repo, server, mode, sigjob, tmp_path, sig, behaviour, flags):
+    """The job, blocked in an open whose download never ends, gets the signal sent to
+    parrot_run within a fraction of a second; its call is answered; a /cvmfs file it
+    reads in its handler's wake is answered too (bytes or EIO); it dies of the signal
+    and parrot_run exits with 128+N within a few seconds."""
+    signum = getattr(signal, "SIG" + sig)
+    server.misbehave(behaviour)
+    log = tmp_path / "log"
+    cache = tmp_path / "cache"
+    cmd = [*PARROT, "--cache-dir", str(cache), "--stats", "--", sigjob, "wait", str(log), flags]
+    proc = subprocess.Popen(
+        [*cmd, f"{MNT}/hung.bin", f"{MNT}/other.txt"],
+        env=_env(repo, server, mode),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert server.hit.wait(60), "the download did not start"
+        time.sleep(0.2)  # well into it
+        assert proc.poll() is None
+        proc.send_signal(signum)
+        sent = time.monotonic()
+        _wait_for(lambda: f"signal {signum}" in log.read_text(), 3, f"the job to get SIG{sig}")
+        got = time.monotonic() - sent
+        rc = proc.wait(10)
+        err = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = log.read_text().splitlines()
+    assert rc == 128 + signum, (rc, lines, err)
+    assert lines[0] == "ready" and f"signal {signum}" in lines
+    opened = [x for x in lines if x.startswith("open: ")]
+    assert opened in (["open: EINTR"], ["open: EIO"]), lines
+    other = [x for x in lines if x.startswith("other: ")]
+    assert other in (["other: 22000 bytes"], ["other: EIO"]), lines
+    assert "Traceback" not in err, err
+    # the stuck download was abandoned: Python came back and ended cleanly (--stats)
+    assert "intercepted calls" in err, err
+    if opened == ["open: EIO"]:
+        assert f"after SIG{sig}, gave up waiting for the supervisor: {MNT}/hung.bin" in err, err
+    print(f"SIG{sig} reached the job after {got:.3f} s; {opened[0]}, {other[0]}")
+
+
+def test_parrot_run_leaves_when_the_job_is_gone(repo, server, sigjob, tmp_path):
+    """The job died of SIGTERM while the supervisor is stuck in something no shut-down
+    connection ends (here: waiting for the cache's lock on the object, which another
+    process holds): parrot_run does not wait for it, and exits with the job's status a
+    few seconds later."""
+    from parrot_cvmfs.client.cache import ObjectCache
+
+    server.misbehave(None)
+    log = tmp_path / "log"
+    cache = tmp_path / "cache"
+    cmd = [*PARROT, "--cache-dir", str(cache), "--", sigjob, "wait", str(log), ""]
+    with ObjectCache(str(cache)).lock(server.target_hash.hex):
+        proc = subprocess.Popen(
+            [*cmd, f"{MNT}/hung.bin", f"{MNT}/other.txt"], env=_env(repo, server, "ptrace")
+        )
+        try:
+            _wait_for(lambda: log.exists() and "ready" in log.read_text(), 60, "the job")
+            time.sleep(0.5)  # into the open, which waits for the lock
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 128 + signal.SIGTERM
+        finally:
+            proc.kill()
+            proc.wait()
+    assert log.read_text().splitlines()[1:] == ["signal 15", "open: EIO", "other: EIO"]

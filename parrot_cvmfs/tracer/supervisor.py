@@ -1,5 +1,5 @@
 """The supervisor: starts the job under the C core, runs the event loop, keeps
-per-process state, forwards signals, and returns the job's exit status."""
+per-process state, has signals forwarded, and returns the job's exit status."""
 
 from __future__ import annotations
 
@@ -89,7 +89,6 @@ class Supervisor:
         self.procs = Processes()
         self.handlers = Handlers(self.core, self.view, self.procs, opts.debug)
         self.root = 0
-        self.root_status: int | None = None
         self.exec_seen = False
 
     def run(self) -> int:
@@ -105,7 +104,7 @@ class Supervisor:
             return 1
         self.root = pid
         # in C, so that no Python (nor its signal module) sits between a kill and the job
-        lib.pc_forward_signals(pid)
+        self.core.forward_signals()
         try:
             self._loop()
         finally:
@@ -118,10 +117,7 @@ class Supervisor:
             return 126 if failure.errno in (13, 8) else 127
         if self.opts.stats:
             self.print_stats()
-        status = self.root_status or 0
-        if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
-        return os.WEXITSTATUS(status)
+        return self.core.exit_code()
 
     def _loop(self) -> None:
         core, ev, h, procs = self.core, self.core.ev, self.handlers, self.procs
@@ -139,11 +135,8 @@ class Supervisor:
                     self.exec_seen = True
             elif kind == lib.PC_EV_EXIT:
                 procs.on_exit(ev.tid)
-                if ev.tid == self.root:
-                    self.root_status = ev.status
             elif kind == lib.PC_EV_NOCHILD:
                 return
-            # PC_EV_INTERRUPTED: a signal was forwarded by C's handler; nothing to do
 
     def print_stats(self) -> None:
         c = self.core.stats()
