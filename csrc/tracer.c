@@ -821,9 +821,9 @@ static void on_wait_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
 
 static void serve(pc_tracer *t)
 {
-    pc_event *ev = malloc(sizeof *ev);
-    if (!ev)
-        return;
+    /* never returns: the thread's end would kill the job (PTRACE_O_EXITKILL) */
+    static pc_event event;
+    pc_event *ev = &event;
     int ptrace_mode = t->listener < 0, ticking = 0;
     long idle = t->spin; /* no spinning before the job's first stop (it is exec'ing) */
     int64_t next_tick = 0;

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -265,6 +266,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _children(pid: int, comm: str) -> list[int]:
+    """Processes named `comm` whose parent is `pid`."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                name, rest = f.read().split("(", 1)[1].rsplit(")", 1)
+        except (OSError, IndexError, ValueError):
+            continue
+        if name == comm and int(rest.split()[1]) == pid:
+            out.append(int(d))
+    return out
+
+
 def _wait_for(cond, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -418,12 +433,14 @@ def test_sigkill_leaves_no_wrong_errors(repo, server, mode, sigjob, tmp_path):
         proc = subprocess.Popen([*cmd, *paths], env=env)
         try:
             _wait_for(lambda d=logs: len(glob.glob(f"{d}/ready.*")) == 3, 60, "the first round")
+            reapers = _children(proc.pid, "parrot_reaper")
+            assert len(reapers) == (mode == "notify"), reapers
             time.sleep(0.02 * (k % 4))  # at different points of the loop
         finally:
             proc.kill()
             proc.wait()
-        pids = [int(p.rpartition(".")[2]) for p in glob.glob(f"{logs}/ready.*")]
-        _wait_for(lambda p=pids: not any(map(_alive, p)), 10, "the job to die with parrot_run")
+        pids = [int(p.rpartition(".")[2]) for p in glob.glob(f"{logs}/ready.*")] + reapers
+        _wait_for(lambda p=pids: not any(map(_alive, p)), 10, "the job (and reaper) to go too")
         for log in glob.glob(f"{logs}/err.*"):
             with open(log) as f:
                 wrong += [x for x in f.read().splitlines() if x != f"open {paths[-1]}: ENOENT"]
@@ -511,3 +528,74 @@ def test_parrot_run_leaves_when_the_job_is_gone(repo, server, sigjob, tmp_path):
             proc.kill()
             proc.wait()
     assert log.read_text().splitlines()[1:] == ["signal 15", "open: EIO", "other: EIO"]
+
+
+def test_as_an_unprivileged_user(repo, server, sigjob):
+    """As nobody (as users run it), in notify mode: the reaper holds the listener through
+    SIGKILLs, and SIGTERM during a download that never ends reaches the job."""
+    import shutil
+
+    from .test_unprivileged import AS_NOBODY, NOBODY, _copy_runtime, _interpreter_for_nobody
+
+    scratch = tempfile.mkdtemp(prefix="parrot-nobody-signals.")
+    try:
+        os.chmod(scratch, 0o755)
+        runtime = os.path.join(scratch, "runtime")
+        os.makedirs(runtime)
+        _copy_runtime(runtime)
+        for f in (sigjob, repo[2]):
+            shutil.copy(f, scratch)
+        subprocess.run(["chmod", "-R", "a+rX", scratch], check=True)
+        work = os.path.join(scratch, "work")
+        os.makedirs(work)
+        os.chown(work, NOBODY, NOBODY)
+        job = os.path.join(scratch, "sigjob")
+        env = base_env(
+            PARROT_CVMFS_REPO=repo_spec(
+                NAME, f"{server.url}/{NAME}", os.path.join(scratch, os.path.basename(repo[2]))
+            ),
+            PYTHONPATH=runtime,
+            HOME=work,
+            PARROT_CVMFS_MODE="notify",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
+        python = _interpreter_for_nobody()
+
+        def start(*args: str) -> subprocess.Popen:
+            cmd = [python, "-m", "parrot_cvmfs.tracer.main", "--cache-dir", f"{work}/cache"]
+            return subprocess.Popen([*AS_NOBODY, *cmd, "--", job, *args], env=env, cwd="/")
+
+        server.misbehave(None)
+        paths = [f"{MNT}/d/f{i}" for i in range(6)]
+        for k in range(4):
+            logs = os.path.join(work, f"run{k}")
+            os.mkdir(logs)
+            os.chown(logs, NOBODY, NOBODY)
+            proc = start("loop", logs, "3", *paths)
+            try:
+                _wait_for(lambda d=logs: len(glob.glob(f"{d}/ready.*")) == 3, 60, "the loop")
+                reapers = _children(proc.pid, "parrot_reaper")  # setpriv exec'd parrot_run
+                assert len(reapers) == 1, reapers
+                time.sleep(0.02 * k)
+            finally:
+                proc.kill()
+                proc.wait()
+            pids = [int(p.rpartition(".")[2]) for p in glob.glob(f"{logs}/ready.*")] + reapers
+            _wait_for(lambda p=pids: not any(map(_alive, p)), 10, "the job to die")
+            for log in glob.glob(f"{logs}/err.*"):
+                with open(log) as f:
+                    assert f.read() == "", log
+        server.misbehave("endless-body")
+        log = os.path.join(work, "log")
+        proc = start("wait", log, "", f"{MNT}/hung.bin", f"{MNT}/other.txt")
+        try:
+            assert server.hit.wait(60), "the download did not start"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 128 + signal.SIGTERM
+        finally:
+            proc.kill()
+            proc.wait()
+        with open(log) as f:
+            assert f.read().splitlines()[:3] == ["ready", "signal 15", "open: EINTR"]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
