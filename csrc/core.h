@@ -168,6 +168,9 @@ struct pc_tracer {
     int tracer_sleeping; /* it waits in poll: whoever gives it work writes tracer_wake */
     int python_wake[2];  /* pipe: an event for Python (see hand_over) */
     int python_sleeping;
+    int python_posted;   /* Python answered a ptrace stop since it last took an event */
+    int last_to_python;  /* tracer thread: the last stop went to Python */
+    int python_cpu, tracer_cpu; /* where each thread ran last (see spin_for) */
     int sigchld_fd;      /* signalfd for SIGCHLD: a traced task changed state */
     sigset_t saved_mask; /* the caller's signal mask, the job's */
     pthread_mutex_t cmdlock;

@@ -34,6 +34,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,12 +56,32 @@
 #define TICK_MS 50              /* how often, while something may be given up */
 #define LEAVE_NS 5000000000LL   /* a few seconds: Python's cleanup after the job's end */
 #define QUEUE_MIN 64
+/* How long one thread waits for the other before it sleeps, in ptrace mode, where the
+ * tracer thread and Python's take turns at every call handled in Python: a thread
+ * woken on an idle CPU costs 20-50 µs where idle CPUs halt (virtual machines), twice
+ * per call. Only while the two run on different CPUs (see spin_for); yielding instead
+ * cost 3 ms a call where another process shared the CPU (it took whole time slices). */
+#define PYTHON_SPIN_NS 50000LL
+#define TRACER_SPIN_NS 150000LL
 
 int64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Wait up to `ns` for `*flag` to turn non-zero; whether it did. Only while the thread
+ * that sets it runs on another CPU (`other`): a waiter sharing its CPU would only keep
+ * it from running, and a wake-up on the same CPU is cheap anyway. */
+static int spin_for(const int *flag, const int *other, int64_t ns)
+{
+    int64_t until = now_ns() + ns;
+    while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE)) {
+        if (sched_getcpu() == __atomic_load_n(other, __ATOMIC_RELAXED) || now_ns() >= until)
+            return 0;
+    }
+    return 1;
 }
 
 pc_tracer *pc_new(const pc_rule *rules, int nrules)
@@ -81,6 +102,7 @@ pc_tracer *pc_new(const pc_rule *rules, int nrules)
     t->spin = spin ? atol(spin) : 500;
     t->listener = t->sigchld_fd = t->root_pidfd = -1;
     t->tracer_wake[0] = t->tracer_wake[1] = t->python_wake[0] = t->python_wake[1] = -1;
+    t->python_cpu = t->tracer_cpu = -1;
     pthread_rwlock_init(&t->answers_lock, NULL);
     pthread_mutex_init(&t->qlock, NULL);
     pthread_cond_init(&t->spawned, NULL);
@@ -482,8 +504,10 @@ int pc_next(pc_tracer *t, pc_event *ev)
     for (;;) {
         if (t->qlen == 0) {
             pthread_mutex_unlock(&t->qlock);
-            /* no spinning here: the tracer thread spins for the job's next stop, and a
-             * third runnable thread costs more than a wake-up where CPUs are few */
+            /* ptrace mode, after an answer: the program's next call is microseconds away */
+            if (t->python_posted && t->listener < 0)
+                spin_for(&t->qwaiting, &t->tracer_cpu, PYTHON_SPIN_NS);
+            t->python_posted = 0;
             __atomic_store_n(&t->python_sleeping, 1, __ATOMIC_SEQ_CST);
             if (!__atomic_load_n(&t->qwaiting, __ATOMIC_SEQ_CST)) {
                 struct pollfd p = {t->python_wake[0], POLLIN, 0};
@@ -580,6 +604,8 @@ static int post(pc_tracer *t, uint64_t token, const command *c)
         return -ESRCH; /* given up meanwhile: C answered it */
     }
     t->cmds[t->ncmds++] = *c;
+    t->python_posted = 1;
+    __atomic_store_n(&t->python_cpu, sched_getcpu(), __ATOMIC_RELAXED);
     __atomic_store_n(&t->cmds_waiting, 1, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&t->cmdlock);
     if (__atomic_load_n(&t->tracer_sleeping, __ATOMIC_SEQ_CST))
@@ -810,8 +836,12 @@ static void sleep_until_woken(pc_tracer *t, int ticking)
 /* One wait status: settled here, or handed to Python. */
 static void on_wait_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
 {
-    if (!on_status(t, tid, status, ev))
+    if (!on_status(t, tid, status, ev)) {
+        t->last_to_python = 0;
         return;
+    }
+    t->last_to_python = ev->kind == PC_EV_SYSCALL;
+    __atomic_store_n(&t->tracer_cpu, sched_getcpu(), __ATOMIC_RELAXED);
     if (ev->kind == PC_EV_SYSCALL || ev->kind == PC_EV_SYSCALL_EXIT) {
         ev->notif_id = ++t->stops_handed; /* the token of Python's answer */
         t->stops_waiting++;
@@ -826,7 +856,7 @@ static void serve(pc_tracer *t)
     pc_event *ev = &event;
     int ptrace_mode = t->listener < 0, ticking = 0;
     long idle = t->spin; /* no spinning before the job's first stop (it is exec'ing) */
-    int64_t next_tick = 0;
+    int64_t next_tick = 0, waiting_since = 0;
     for (;;) {
         int busy = run_commands(t);
         int sig = __atomic_load_n(&t->signal_pending, __ATOMIC_RELAXED)
@@ -856,6 +886,7 @@ static void serve(pc_tracer *t)
         }
         if (busy) {
             idle = 0;
+            waiting_since = 0;
             continue;
         }
         if (ptrace_mode && !t->stops_waiting && !ticking && !t->gone_at) {
@@ -865,7 +896,7 @@ static void serve(pc_tracer *t)
              * sleep in waitpid, whose wake-up comes on the stopping task's CPU. A
              * termination signal meanwhile is taken at the next stop (no call is
              * waiting for Python: there is nothing to give up). */
-            if (idle++ < t->spin)
+            if (!t->last_to_python && idle++ < t->spin)
                 continue;
             idle = 0;
             int status;
@@ -875,6 +906,16 @@ static void serve(pc_tracer *t)
             continue;
         }
         idle = 0;
+        /* Python's answer usually comes within its 50-100 µs of work: look again (for
+         * it, and for the job's other tasks) a while before sleeping, as spin_for */
+        if (ptrace_mode && t->stops_waiting) {
+            int64_t now = now_ns();
+            if (!waiting_since)
+                waiting_since = now;
+            if (now < waiting_since + TRACER_SPIN_NS &&
+                sched_getcpu() != __atomic_load_n(&t->python_cpu, __ATOMIC_RELAXED))
+                continue;
+        }
         sleep_until_woken(t, ticking);
     }
 }
