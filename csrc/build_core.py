@@ -2,7 +2,7 @@
 
 Run by `pip install .` through setup.py's cffi_modules; every C source of the
 project is listed here: the publisher's chunker, the preload's bulk fetcher and the
-tracer's event loop.
+tracer (spawning the job, its event loop).
 """
 
 from cffi import FFI
@@ -44,7 +44,6 @@ ffibuilder.cdef(
     #define PC_EV_EXEC 4
     #define PC_EV_EXIT 5
     #define PC_EV_NOCHILD 6
-    #define PC_EV_INTERRUPTED 7
 
     typedef struct {
         int nr;
@@ -109,14 +108,17 @@ ffibuilder.cdef(
                    int errlen);
     int pc_open_backing(pc_tracer *t, const char *path, int flags);
     int pc_spawn_failure(int report_fd, char *err, int errlen);
-    void pc_forward_signals(int pid);
+    void pc_forward_signals(pc_tracer *t);
     int pc_next(pc_tracer *t, pc_event *ev);
-    int pc_resume(pc_tracer *t, int tid);
-    int pc_skip(pc_tracer *t, int tid, int64_t result);
-    int pc_set_args(pc_tracer *t, int tid, int narg, const int *args, const uint64_t *values,
-                    int report_exit, int is_exec);
-    int pc_finish_exit(pc_tracer *t, int tid, int set_result, int64_t result);
-    int pc_restart_exit(pc_tracer *t, int tid);
+    int pc_resume(pc_tracer *t, int tid, uint64_t token);
+    int pc_skip(pc_tracer *t, int tid, uint64_t token, int64_t result);
+    int pc_set_args(pc_tracer *t, int tid, uint64_t token, int narg, const int *args,
+                    const uint64_t *values, int report_exit, int is_exec);
+    int pc_finish_exit(pc_tracer *t, int tid, uint64_t token, int set_result, int64_t result);
+    int pc_restart_exit(pc_tracer *t, int tid, uint64_t token);
+    int pc_claim(pc_tracer *t, uint64_t token);
+    int pc_given_up(pc_tracer *t);
+    int pc_exit_code(pc_tracer *t);
     int pc_notif_reply(pc_tracer *t, uint64_t id, int64_t result);
     int pc_notif_continue(pc_tracer *t, uint64_t id);
     int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid);
@@ -187,6 +189,7 @@ ffibuilder.set_source(
         "csrc/digest.c",
         "csrc/fetch.c",
         "csrc/tracer.c",
+        "csrc/spawn.c",
         "csrc/tracee.c",
         "csrc/answers.c",
         "csrc/examine.c",

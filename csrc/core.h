@@ -104,9 +104,44 @@ typedef struct {
     pc_regs saved;
 } task_state;
 
+/* ---- what passes between the threads (tracer.c) ---------------------------------------- */
+
+/* An event waiting for Python. */
+typedef struct {
+    int64_t since; /* CLOCK_MONOTONIC ns: handed over */
+    int given_up;  /* C answered the call itself meanwhile (see give_up in tracer.c) */
+    pc_event ev;   /* allocated only up to `path` for the kinds that carry no paths */
+} queued;
+
+/* The event Python took last, until it asks for the next one. */
+typedef struct {
+    int active;
+    int kind, notify;
+    pid_t tid;
+    uint64_t token;         /* ev.notif_id: a notification's id, or a ptrace stop's number */
+    int64_t since, taken;   /* CLOCK_MONOTONIC ns */
+    int answered;           /* ANSWER_* */
+    const pc_event *ev;     /* Python's copy */
+} current;
+
+enum { ANSWER_NONE = 0, ANSWER_BY_C = 1, ANSWER_BY_PYTHON = 2 };
+
+/* How Python settles a ptrace stop; carried out by the tracer thread (the only one
+ * ptrace lets resume the job's tasks). */
+enum { CMD_RESUME = 1, CMD_SKIP, CMD_SET_ARGS, CMD_FINISH_EXIT, CMD_RESTART_EXIT };
+
+typedef struct {
+    int op;
+    pid_t tid;
+    int narg;
+    int args[6];
+    uint64_t values[6];
+    int report_exit, is_exec, set_result;
+    int64_t result;
+} command;
+
 /* ---- the tracer --------------------------------------------------------------------- */
 
-#define PC_QUEUE 64
 #define PC_MOUNT "/cvmfs"
 #define PC_ANSWERS_MIN (1 << 12)
 #define PC_ANSWERS_MAX (1 << 21) /* slots; then the table starts over */
@@ -121,11 +156,13 @@ struct pc_tracer {
     int prefix_fd[2][PC_MAX_PREFIXES]; /* O_PATH descriptors of the prefix directories */
     int nprefix[2];
     int no_openat2; /* the kernel has no openat2 (before 5.6) */
-    /* ptrace side: touched by the thread that seized the job only */
+    /* ptrace side: touched by the tracer thread only */
     task_state *tasks;
     size_t tasks_cap, tasks_used;
     int ntasks;
     long spin;
+    uint64_t stops_handed; /* numbers of ptrace stops handed to Python */
+    long stops_waiting;    /* of them, not answered yet */
     /* shared with the notification thread */
     pthread_rwlock_t answers_lock;
     answer **answers; /* open addressing, NULL: empty slot */
@@ -133,17 +170,45 @@ struct pc_tracer {
     size_t answers_bytes; /* what the answers hold, roughly (their allocations) */
     pc_stats stats; /* updated with atomic adds */
     uint64_t by_rule[PC_MAX_RULES + 1][3]; /* see pc_get_rule_stats; atomic adds */
+    /* the tracer thread (spawn.c starts it, tracer.c runs it) */
+    pthread_t tracer;
+    int tracer_started;
+    void *spawning;      /* spawn.c's request, while pc_spawn waits for the thread */
+    int tracer_wake[2];  /* pipe: a command from Python, or a signal to the supervisor */
+    int tracer_sleeping; /* it waits in poll: whoever gives it work writes tracer_wake */
+    int python_wake[2];  /* pipe: an event for Python (see hand_over) */
+    int python_sleeping;
+    int python_posted;   /* Python answered a ptrace stop since it last took an event */
+    int last_to_python;  /* tracer thread: the last stop went to Python */
+    int python_cpu, tracer_cpu; /* where each thread ran last (see spin_for) */
+    int sigchld_fd;      /* signalfd for SIGCHLD: a traced task changed state */
+    sigset_t saved_mask; /* the caller's signal mask, the job's */
+    pthread_mutex_t cmdlock;
+    command *cmds;
+    size_t ncmds, cmds_cap;
+    int cmds_waiting; /* atomic: commands wait (read without the lock) */
+    /* the job */
+    pid_t root;
+    int root_pidfd;  /* -1: signals go to the pid, while the root is not reaped */
+    int root_status; /* wait status, once root_done */
+    int root_done;
+    /* termination signals (see pc_forward_signals and give_up) */
+    int signal_pending;    /* set by the handler, taken by the tracer thread */
+    int signal_name;       /* the last one */
+    int64_t signal_at;     /* CLOCK_MONOTONIC ns */
+    int64_t gone_at;       /* no task left, NOCHILD queued */
+    int python_finished;   /* Python took NOCHILD */
     /* notification mode */
     int listener;   /* seccomp listener fd, -1 in ptrace-only mode */
-    int wake_fd;    /* eventfd: the notification thread queued an event */
-    int sigchld_fd; /* signalfd for SIGCHLD: a traced task changed state */
-    sigset_t saved_mask;
     pthread_t thread;
     int thread_started;
+    /* events for Python: a ring that grows (each task has one stopped call at most) */
     pthread_mutex_t qlock;
-    pthread_cond_t qspace;
-    pc_event *queue[PC_QUEUE];
-    int qhead, qlen;
+    pthread_cond_t spawned; /* with qlock: the tracer thread has started the job */
+    queued **queue;
+    size_t qcap, qhead, qlen;
+    int qwaiting; /* atomic copy of qlen, read without the lock */
+    current cur;
 };
 
 #define STAT_ADD(t, field) __atomic_fetch_add(&(t)->stats.field, 1, __ATOMIC_RELAXED)
@@ -177,8 +242,16 @@ int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *ar
                  const uint64_t *values, int report_exit, int is_exec, int reopen);
 void fill_event(pc_event *ev, const pc_call *c);
 
+/* tracer.c: the queue of events for Python (any thread), the tracer thread's loop */
+void hand_over(pc_tracer *t, const pc_event *ev);
+void *tracer_main(void *arg);
+void wake_tracer(pc_tracer *t);
+int64_t now_ns(void);
+
+/* spawn.c: starting the job from the tracer thread */
+int spawn_job(pc_tracer *t);
+
 /* notify.c */
 int notify_start(pc_tracer *t, int listener);
-int queue_pop(pc_tracer *t, pc_event *ev);
 
 #endif

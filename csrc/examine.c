@@ -182,7 +182,7 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
 }
 
 /* getxattr's answer from a path's attribute records (pc_table_put_xattrs): 1 and
- * *value/*vlen if the name has a value, 0 if it has none (ENODATA), -1 if Python
+ * *value and *vlen if the name has a value, 0 if it has none (ENODATA), -1 if Python
  * must answer. */
 static int xattr_value(const answer *a, const char *name, const unsigned char **value,
                        size_t *vlen)

@@ -2,7 +2,7 @@
  * SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP hands the CPU straight from the program to us
  * and back (no cross-CPU wake-ups), decides in C what it can, and queues the rest
  * for Python, which answers through pc_notif_*(). It never touches ptrace: that
- * belongs to the thread that seized the job. */
+ * belongs to the tracer thread, which seized the job. */
 #include "core.h"
 
 #include <errno.h>
@@ -20,42 +20,6 @@
 #else
 #define NATIVE_ARCH AUDIT_ARCH_AARCH64
 #endif
-
-static void queue_push(pc_tracer *t, const pc_event *ev)
-{
-    pc_event *copy = malloc(sizeof *copy);
-    if (!copy)
-        return;
-    memcpy(copy, ev, sizeof *copy);
-    pthread_mutex_lock(&t->qlock);
-    while (t->qlen == PC_QUEUE)
-        pthread_cond_wait(&t->qspace, &t->qlock);
-    t->queue[(t->qhead + t->qlen) % PC_QUEUE] = copy;
-    t->qlen++;
-    pthread_mutex_unlock(&t->qlock);
-    uint64_t one = 1;
-    if (write(t->wake_fd, &one, sizeof one) < 0) {
-    }
-}
-
-int queue_pop(pc_tracer *t, pc_event *ev)
-{
-    if (t->listener < 0)
-        return 0;
-    pthread_mutex_lock(&t->qlock);
-    if (t->qlen == 0) {
-        pthread_mutex_unlock(&t->qlock);
-        return 0;
-    }
-    pc_event *e = t->queue[t->qhead];
-    t->qhead = (t->qhead + 1) % PC_QUEUE;
-    t->qlen--;
-    pthread_cond_signal(&t->qspace);
-    pthread_mutex_unlock(&t->qlock);
-    memcpy(ev, e, sizeof *ev);
-    free(e);
-    return 1;
-}
 
 static void *notify_main(void *arg)
 {
@@ -121,7 +85,7 @@ static void *notify_main(void *arg)
         }
         TO_PYTHON(t, ri);
         fill_event(ev, &c);
-        queue_push(t, ev);
+        hand_over(t, ev);
     }
     free(req);
     free(ev);

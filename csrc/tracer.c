@@ -1,16 +1,10 @@
-/* parrot-cvmfs supervisor core: spawning the job and the event loop.
+/* parrot-cvmfs supervisor core: the tracer thread, its event loop, and what passes
+ * between it and Python.
  *
  * Contract with the Python side (parrot_cvmfs/tracer/supervisor.py):
  *
- * pc_spawn() forks the job. The child sets NO_NEW_PRIVS and waits on a pipe; the
- * parent seizes it (PTRACE_SEIZE with EXITKILL, TRACESECCOMP and fork/vfork/clone/
- * exec tracing), then the child installs the seccomp filter Python generated from
- * the system-call table and execs. In notification mode the filter also returns
- * SECCOMP_RET_USER_NOTIF for the frequent calls: the child passes the listener up
- * over a socket, and a thread of ours serves it (notify.c). Every other call runs
- * at native speed.
- *
- * pc_next() runs the loop and settles on its own, without entering Python:
+ * pc_spawn() (spawn.c) starts the job under the tracer thread, which alone may resume
+ * the job's tasks (ptrace's rule) and so never waits for Python. It settles on its own:
  *  - new tasks' first stops, fork/vfork/clone/exec events (reported afterwards),
  *    signal-delivery stops (the signal is passed on unchanged) and group stops
  *    (PTRACE_LISTEN: the task stays stopped until SIGCONT);
@@ -19,45 +13,77 @@
  *    opens of paths Python answered before, fstat of descriptors it handed out;
  *  - the exit stop of a call whose arguments were rewritten: the original registers
  *    are put back (compiled code may rely on them), the result kept.
- * Everything else comes back as a pc_event, its paths already read (and the base
- * directory of relative ones). The task waits until Python answers it: pc_resume(),
- * pc_skip() or pc_set_args() for a ptrace stop, pc_notif_*() for a notification.
+ * Everything else is queued for Python as a pc_event, its paths already read (and the
+ * base directory of relative ones), by this thread and the notification thread; pc_next()
+ * takes the next one. The task waits until Python answers it: pc_resume(), pc_skip() or
+ * pc_set_args() for a ptrace stop (commands this thread carries out), pc_notif_*() for a
+ * notification, each for the event Python took last (its token, ev.notif_id).
+ *
+ * A termination signal to the supervisor (spawn.c) ends the waits on a Python that is
+ * stuck in work it took before the signal (a download that never ends, a long query):
+ * a call still unanswered GIVE_UP_NS after the signal, or after it was made if later,
+ * gets EIO from here, with one line; Python's own answer to it is dropped, and the
+ * supervisor's network connections are shut down until Python is back (its download
+ * fails as a broken transfer, through its own error paths). Calls made once Python took
+ * new work wait for it as usual. When no task is left and Python is still busy, its
+ * connections are shut down too, and parrot_run leaves LEAVE_NS later at the latest,
+ * with the job's status.
  */
 #include "core.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
-#include <sys/uio.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef PTRACE_EVENT_STOP
 #define PTRACE_EVENT_STOP 128
 #endif
-#ifndef PTRACE_O_EXITKILL
-#define PTRACE_O_EXITKILL (1 << 20)
-#endif
 #ifndef PTRACE_LISTEN
 #define PTRACE_LISTEN 0x4208
 #endif
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
-#endif
+
+#define GIVE_UP_NS 250000000LL  /* a fraction of a second: Python normally answers in µs */
+#define TICK_MS 50              /* how often, while something may be given up */
+#define LEAVE_NS 5000000000LL   /* a few seconds: Python's cleanup after the job's end */
+#define QUEUE_MIN 64
+/* How long one thread waits for the other before it sleeps, in ptrace mode, where the
+ * tracer thread and Python's take turns at every call handled in Python: a thread
+ * woken on an idle CPU costs 20-50 µs where idle CPUs halt (virtual machines), twice
+ * per call. Only while the two run on different CPUs (see spin_for); yielding instead
+ * cost 3 ms a call where another process shared the CPU (it took whole time slices). */
+#define PYTHON_SPIN_NS 50000LL
+#define TRACER_SPIN_NS 150000LL
+
+int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Wait up to `ns` for `*flag` to turn non-zero; whether it did. Only while the thread
+ * that sets it runs on another CPU (`other`): a waiter sharing its CPU would only keep
+ * it from running, and a wake-up on the same CPU is cheap anyway. */
+static int spin_for(const int *flag, const int *other, int64_t ns)
+{
+    int64_t until = now_ns() + ns;
+    while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE)) {
+        if (sched_getcpu() == __atomic_load_n(other, __ATOMIC_RELAXED) || now_ns() >= until)
+            return 0;
+    }
+    return 1;
+}
 
 pc_tracer *pc_new(const pc_rule *rules, int nrules)
 {
@@ -75,17 +101,23 @@ pc_tracer *pc_new(const pc_rule *rules, int nrules)
             t->rule_of_nr[rules[i].nr] = (int16_t)i;
     const char *spin = getenv("PARROT_CVMFS_SPIN");
     t->spin = spin ? atol(spin) : 500;
-    t->listener = t->wake_fd = t->sigchld_fd = -1;
+    t->listener = t->sigchld_fd = t->root_pidfd = -1;
+    t->tracer_wake[0] = t->tracer_wake[1] = t->python_wake[0] = t->python_wake[1] = -1;
+    t->python_cpu = t->tracer_cpu = -1;
     pthread_rwlock_init(&t->answers_lock, NULL);
     pthread_mutex_init(&t->qlock, NULL);
-    pthread_cond_init(&t->qspace, NULL);
+    pthread_cond_init(&t->spawned, NULL);
+    pthread_mutex_init(&t->cmdlock, NULL);
     t->tasks_cap = 1024;
     t->tasks = calloc(t->tasks_cap, sizeof(task_state));
     t->answers_cap = PC_ANSWERS_MIN;
     t->answers = calloc(t->answers_cap, sizeof(answer *));
-    if (!t->tasks || !t->answers) {
+    t->qcap = QUEUE_MIN;
+    t->queue = calloc(t->qcap, sizeof(queued *));
+    if (!t->tasks || !t->answers || !t->queue) {
         free(t->tasks);
         free(t->answers);
+        free(t->queue);
         free(t);
         return NULL;
     }
@@ -96,13 +128,15 @@ void pc_free(pc_tracer *t)
 {
     if (!t)
         return;
-    /* A running notification thread may still hold the listener: the process is about
-     * to end, so the tracer is left allocated rather than freed under it. */
-    if (t->thread_started)
+    /* A running tracer or notification thread may still use it: the process is about
+     * to end, so the tracer is left allocated rather than freed under them. */
+    if (t->tracer_started || t->thread_started)
         return;
     pc_table_clear(t);
     free(t->answers);
     free(t->tasks);
+    free(t->queue);
+    free(t->cmds);
     for (int w = 0; w < 2; w++)
         for (int i = 0; i < t->nprefix[w]; i++) {
             free(t->prefixes[w][i]);
@@ -199,191 +233,7 @@ static void task_del(pc_tracer *t, pid_t tid)
     }
 }
 
-/* ---- spawning ------------------------------------------------------------------------ */
-
-static int send_fd(int sock, int fd)
-{
-    char buf[CMSG_SPACE(sizeof(int))];
-    char c = 'l';
-    struct iovec io = {&c, 1};
-    struct msghdr m;
-    memset(&m, 0, sizeof m);
-    memset(buf, 0, sizeof buf);
-    m.msg_iov = &io;
-    m.msg_iovlen = 1;
-    m.msg_control = buf;
-    m.msg_controllen = sizeof buf;
-    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
-    h->cmsg_level = SOL_SOCKET;
-    h->cmsg_type = SCM_RIGHTS;
-    h->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(h), &fd, sizeof fd);
-    return sendmsg(sock, &m, 0) < 0 ? -1 : 0;
-}
-
-static int recv_fd(int sock)
-{
-    char buf[CMSG_SPACE(sizeof(int))];
-    char c;
-    struct iovec io = {&c, 1};
-    struct msghdr m;
-    memset(&m, 0, sizeof m);
-    m.msg_iov = &io;
-    m.msg_iovlen = 1;
-    m.msg_control = buf;
-    m.msg_controllen = sizeof buf;
-    if (recvmsg(sock, &m, MSG_CMSG_CLOEXEC) <= 0)
-        return -1;
-    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
-    if (!h || h->cmsg_type != SCM_RIGHTS)
-        return -1;
-    int fd;
-    memcpy(&fd, CMSG_DATA(h), sizeof fd);
-    return fd;
-}
-
-pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
-               const void *filter, int filter_len, int notify, int *report_fd, char *err,
-               int errlen)
-{
-    int go[2], report[2], sock[2];
-    /* orphaned grandchildren are reparented to us, and stay traced */
-    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    if (pipe2(go, O_CLOEXEC) < 0 || pipe2(report, O_CLOEXEC) < 0 ||
-        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sock) < 0) {
-        snprintf(err, (size_t)errlen, "pipe: %s", strerror(errno));
-        return -1;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        snprintf(err, (size_t)errlen, "fork: %s", strerror(errno));
-        return -1;
-    }
-    if (pid == 0) {
-        close(go[1]);
-        close(report[0]);
-        close(sock[0]);
-        char c;
-        int stage = 0, e = 0;
-        /* Python ignores SIGPIPE and SIGXFSZ for itself; the job gets the defaults, as
-         * subprocess's restore_signals gives them (an ignored disposition survives exec) */
-        signal(SIGPIPE, SIG_DFL);
-        signal(SIGXFSZ, SIG_DFL);
-        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
-            stage = 1;
-            e = errno;
-        } else if (read(go[0], &c, 1) != 1) {
-            _exit(127); /* the supervisor could not trace us and said so */
-        } else {
-            struct sock_fprog prog = {(unsigned short)filter_len, (struct sock_filter *)filter};
-            long l = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
-                             notify ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0, &prog);
-            if (l < 0) {
-                stage = 2;
-                e = errno;
-            } else {
-                if (notify) {
-                    send_fd(sock[1], (int)l);
-                    close((int)l);
-                }
-                close(sock[1]);
-                execvpe(file, argv, envp);
-                stage = 3;
-                e = errno;
-            }
-        }
-        int msg[2] = {stage, e};
-        if (write(report[1], msg, sizeof msg) < 0) {
-        }
-        _exit(127);
-    }
-    close(go[0]);
-    close(report[1]);
-    close(sock[1]);
-    long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK |
-                PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP |
-                PTRACE_O_EXITKILL;
-    if (ptrace(PTRACE_SEIZE, pid, 0, (void *)opts) < 0) {
-        int e = errno;
-        close(go[1]);
-        close(report[0]);
-        close(sock[0]);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        snprintf(err, (size_t)errlen, "ptrace:%d", e);
-        return -1;
-    }
-    t->ntasks = 1;
-    if (notify) {
-        /* SIGCHLD is waited for through a signalfd, next to the notification queue */
-        sigset_t chld;
-        sigemptyset(&chld);
-        sigaddset(&chld, SIGCHLD);
-        pthread_sigmask(SIG_BLOCK, &chld, &t->saved_mask);
-        t->sigchld_fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-        t->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    }
-    if (write(go[1], "g", 1) != 1) {
-    }
-    close(go[1]);
-    if (notify) {
-        /* the child sends the listener before exec (or fails, and the socket closes) */
-        int listener = recv_fd(sock[0]);
-        if (listener >= 0) {
-            ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, 0);
-            if (notify_start(t, listener) < 0)
-                close(listener);
-        }
-    }
-    close(sock[0]);
-    /* The report pipe closes at exec, or carries why the child failed before it. The
-     * child's own execve is a traced call, so Python reads this once the loop runs. */
-    *report_fd = report[0];
-    return pid;
-}
-
-static volatile pid_t forward_to;
-
-static void forward_signal(int sig)
-{
-    int e = errno;
-    kill(forward_to, sig);
-    errno = e;
-}
-
-void pc_forward_signals(int pid)
-{
-    static const int forwarded[] = {SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM};
-    forward_to = pid;
-    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) {
-        struct sigaction old;
-        /* a signal the user had ignored (nohup) stays ignored, here and in the job */
-        if (sigaction(forwarded[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN)
-            continue;
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = forward_signal;
-        sigemptyset(&sa.sa_mask);
-        sigaction(forwarded[i], &sa, NULL);
-    }
-    /* the job gets these from the terminal itself; set after the fork, so the job
-     * keeps the dispositions it was given */
-    signal(SIGINT, SIG_IGN);
-    signal(SIGQUIT, SIG_IGN);
-}
-
-int pc_spawn_failure(int report_fd, char *err, int errlen)
-{
-    int msg[2];
-    ssize_t n = read(report_fd, msg, sizeof msg);
-    if (n != (ssize_t)sizeof msg)
-        return 0;
-    snprintf(err, (size_t)errlen, "%s:%d",
-             msg[0] == 1 ? "no_new_privs" : msg[0] == 2 ? "seccomp" : "exec", msg[1]);
-    return 1;
-}
-
-/* ---- the event loop ---------------------------------------------------------------------- */
+/* ---- the tracer thread's work: one wait status at a time --------------------------------- */
 
 void fill_event(pc_event *ev, const pc_call *c)
 {
@@ -433,6 +283,9 @@ static int on_seccomp_stop(pc_tracer *t, pid_t tid, pc_event *ev)
     return 1;
 }
 
+static int finish_exit_stop(pc_tracer *t, pid_t tid, int set_result, int64_t result);
+static int restart_exit_stop(pc_tracer *t, pid_t tid);
+
 /* The exit stop of a rewritten call: put the original arguments back. */
 static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
 {
@@ -448,7 +301,7 @@ static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
         return 0;
     }
     if (s->reopen && reg_ret(&cur) == -ENOENT) {
-        pc_restart_exit(t, tid); /* the next try finds the file gone, and Python fetches it */
+        restart_exit_stop(t, tid); /* the next try finds the file gone, and Python fetches it */
         return 0;
     }
     if (s->report_exit) {
@@ -460,16 +313,16 @@ static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
             ev->args[i] = get_arg(&s->saved, i);
         return 1; /* Python calls pc_finish_exit() */
     }
-    pc_finish_exit(t, tid, 0, 0);
+    finish_exit_stop(t, tid, 0, 0);
     return 0;
 }
 
-int pc_restart_exit(pc_tracer *t, pid_t tid)
+static int restart_exit_stop(pc_tracer *t, pid_t tid)
 {
     task_state *s = task_find(t, tid);
     pc_regs cur;
     if (!s || s->is_exec || get_regs(tid, &cur) < 0)
-        return pc_finish_exit(t, tid, 0, 0);
+        return finish_exit_stop(t, tid, 0, 0);
     restart_call(&cur, &s->saved);
     int rc = set_regs(tid, &cur);
     task_del(t, tid);
@@ -478,7 +331,7 @@ int pc_restart_exit(pc_tracer *t, pid_t tid)
     return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
 }
 
-int pc_finish_exit(pc_tracer *t, pid_t tid, int set_result, int64_t result)
+static int finish_exit_stop(pc_tracer *t, pid_t tid, int set_result, int64_t result)
 {
     task_state *s = task_find(t, tid);
     pc_regs cur;
@@ -505,6 +358,10 @@ static int on_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
     if (WIFEXITED(status) || WIFSIGNALED(status)) {
         task_del(t, tid);
         t->ntasks--;
+        if (tid == t->root) {
+            t->root_status = status;
+            __atomic_store_n(&t->root_done, 1, __ATOMIC_RELEASE);
+        }
         ev->kind = PC_EV_EXIT;
         ev->tid = tid;
         ev->status = status;
@@ -563,69 +420,6 @@ static int on_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
     return 0;
 }
 
-int pc_next(pc_tracer *t, pc_event *ev)
-{
-    for (;;) {
-        if (queue_pop(t, ev))
-            return ev->kind;
-        int status;
-        pid_t tid;
-        if (t->listener >= 0) {
-            /* notification mode: ptrace events arrive as SIGCHLD on a signalfd */
-            tid = waitpid(-1, &status, __WALL | WNOHANG);
-            if (tid == 0) {
-                struct pollfd p[2] = {{t->wake_fd, POLLIN, 0}, {t->sigchld_fd, POLLIN, 0}};
-                if (poll(p, 2, -1) < 0 && errno == EINTR) {
-                    ev->kind = PC_EV_INTERRUPTED;
-                    return ev->kind;
-                }
-                uint64_t v;
-                struct signalfd_siginfo si;
-                if (p[0].revents && read(t->wake_fd, &v, sizeof v) < 0) {
-                }
-                while (p[1].revents && read(t->sigchld_fd, &si, sizeof si) == sizeof si) {
-                }
-                continue;
-            }
-        } else {
-            /* Poll briefly before sleeping: a traced program stops again within
-             * microseconds, and a supervisor asleep in between pays a cross-CPU wake-up
-             * on every stop. */
-            tid = 0;
-            for (long i = 0; i < t->spin && tid == 0; i++)
-                tid = waitpid(-1, &status, __WALL | WNOHANG);
-            if (tid == 0)
-                tid = waitpid(-1, &status, __WALL);
-        }
-        if (tid < 0) {
-            if (errno == EINTR) {
-                ev->kind = PC_EV_INTERRUPTED;
-                return ev->kind;
-            }
-            ev->kind = PC_EV_NOCHILD;
-            return ev->kind;
-        }
-        int k = on_status(t, tid, status, ev);
-        if (k)
-            return k;
-    }
-}
-
-int pc_resume(pc_tracer *t, pid_t tid)
-{
-    (void)t;
-    return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
-}
-
-int pc_skip(pc_tracer *t, pid_t tid, int64_t result)
-{
-    (void)t;
-    pc_regs regs;
-    if (get_regs(tid, &regs) < 0 || skip_call(tid, &regs, result) < 0)
-        return -errno;
-    return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
-}
-
 int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
                  const uint64_t *values, int report_exit, int is_exec, int reopen)
 {
@@ -646,13 +440,498 @@ int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *ar
     return ptrace(PTRACE_SYSCALL, tid, 0, 0) < 0 ? -errno : 0;
 }
 
+
+/* ---- events for Python ------------------------------------------------------------------ */
+
+static size_t event_size(int kind)
+{
+    return kind == PC_EV_SYSCALL ? sizeof(pc_event) : offsetof(pc_event, path);
+}
+
+static void copy_string(char *dst, const char *src, int len)
+{
+    size_t n = len > 0 ? (size_t)(len < PC_PATH_MAX ? len : PC_PATH_MAX) : 0;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* The header, and of the paths what they hold (16 KB less to copy, twice per call). */
+static void copy_event(pc_event *dst, const pc_event *src)
+{
+    memcpy(dst, src, offsetof(pc_event, path));
+    if (src->kind != PC_EV_SYSCALL)
+        return;
+    copy_string(dst->path, src->path, src->path_len);
+    copy_string(dst->path2, src->path2, src->path2_len);
+    copy_string(dst->base, src->base, src->base_len);
+    copy_string(dst->base2, src->base2, src->base2_len);
+}
+
+/* Queue an event for Python (the tracer and notification threads). */
+void hand_over(pc_tracer *t, const pc_event *ev)
+{
+    size_t n = event_size(ev->kind);
+    queued *q = malloc(offsetof(queued, ev) + n);
+    if (!q)
+        return; /* the task waits; a termination signal still ends the wait */
+    q->since = now_ns();
+    q->given_up = 0;
+    copy_event(&q->ev, ev);
+    pthread_mutex_lock(&t->qlock);
+    if (t->qlen == t->qcap) {
+        queued **grown = calloc(t->qcap * 2, sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&t->qlock);
+            free(q);
+            return;
+        }
+        for (size_t i = 0; i < t->qlen; i++)
+            grown[i] = t->queue[(t->qhead + i) % t->qcap];
+        free(t->queue);
+        t->queue = grown;
+        t->qhead = 0;
+        t->qcap *= 2;
+    }
+    t->queue[(t->qhead + t->qlen) % t->qcap] = q;
+    t->qlen++;
+    __atomic_store_n(&t->qwaiting, (int)t->qlen, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&t->qlock);
+    /* a pipe: its wake-up is a synchronous one (the waker is about to wait) */
+    if (__atomic_load_n(&t->python_sleeping, __ATOMIC_SEQ_CST) &&
+        write(t->python_wake[1], "e", 1) < 0) {
+    }
+}
+
+int pc_next(pc_tracer *t, pc_event *ev)
+{
+    pthread_mutex_lock(&t->qlock);
+    t->cur.active = 0; /* Python is done with the last one */
+    for (;;) {
+        if (t->qlen == 0) {
+            pthread_mutex_unlock(&t->qlock);
+            /* ptrace mode, after an answer: the program's next call is microseconds away */
+            if (t->python_posted && t->listener < 0)
+                spin_for(&t->qwaiting, &t->tracer_cpu, PYTHON_SPIN_NS);
+            t->python_posted = 0;
+            __atomic_store_n(&t->python_sleeping, 1, __ATOMIC_SEQ_CST);
+            if (!__atomic_load_n(&t->qwaiting, __ATOMIC_SEQ_CST)) {
+                struct pollfd p = {t->python_wake[0], POLLIN, 0};
+                poll(&p, 1, -1);
+            }
+            __atomic_store_n(&t->python_sleeping, 0, __ATOMIC_SEQ_CST);
+            char buf[64];
+            while (read(t->python_wake[0], buf, sizeof buf) > 0) {
+            }
+            pthread_mutex_lock(&t->qlock);
+            continue;
+        }
+        queued *q = t->queue[t->qhead];
+        t->qhead = (t->qhead + 1) % t->qcap;
+        t->qlen--;
+        __atomic_store_n(&t->qwaiting, (int)t->qlen, __ATOMIC_RELEASE);
+        if (q->given_up && q->ev.kind == PC_EV_SYSCALL) {
+            free(q); /* answered here meanwhile: nothing left for Python */
+            continue;
+        }
+        copy_event(ev, &q->ev);
+        current c = {.active = 1, .kind = ev->kind, .notify = ev->notify, .tid = ev->tid,
+                     .token = ev->notif_id, .since = q->since, .taken = now_ns(),
+                     .answered = q->given_up ? ANSWER_BY_C : ANSWER_NONE, .ev = ev};
+        t->cur = c;
+        if (ev->kind == PC_EV_NOCHILD)
+            t->python_finished = 1;
+        pthread_mutex_unlock(&t->qlock);
+        free(q);
+        return ev->kind;
+    }
+}
+
+/* The current event, if `token` names it, is Python's to answer: 0 if C answered it
+ * already (`once`: or Python did). */
+static int claim(pc_tracer *t, int notify, uint64_t token, int once)
+{
+    int ok = 1;
+    pthread_mutex_lock(&t->qlock);
+    if (t->cur.active && t->cur.notify == notify && t->cur.token == token) {
+        if (t->cur.answered == ANSWER_BY_C || (once && t->cur.answered == ANSWER_BY_PYTHON))
+            ok = 0;
+        else
+            t->cur.answered = ANSWER_BY_PYTHON;
+    } else if (!notify) {
+        ok = 0; /* a ptrace stop is only ever answered while current */
+    }
+    pthread_mutex_unlock(&t->qlock);
+    return ok;
+}
+
+int pc_claim(pc_tracer *t, uint64_t token) { return claim(t, 1, token, 0); }
+
+int pc_given_up(pc_tracer *t)
+{
+    pthread_mutex_lock(&t->qlock);
+    int r = t->cur.active && t->cur.answered == ANSWER_BY_C;
+    pthread_mutex_unlock(&t->qlock);
+    return r;
+}
+
+int pc_exit_code(pc_tracer *t)
+{
+    if (!__atomic_load_n(&t->root_done, __ATOMIC_ACQUIRE))
+        return 0;
+    int st = t->root_status;
+    return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : WEXITSTATUS(st);
+}
+
+/* ---- Python's answers to ptrace stops, carried out by the tracer thread ------------------ */
+
+void wake_tracer(pc_tracer *t)
+{
+    if (write(t->tracer_wake[1], "w", 1) < 0) {
+    } /* async-signal-safe: the signal handler calls it */
+}
+
+/* One command per stop: the tracer thread counts the stops that wait for one. */
+static int post(pc_tracer *t, uint64_t token, const command *c)
+{
+    pthread_mutex_lock(&t->cmdlock);
+    if (t->ncmds == t->cmds_cap) {
+        size_t cap = t->cmds_cap ? t->cmds_cap * 2 : 16;
+        command *grown = realloc(t->cmds, cap * sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&t->cmdlock);
+            return -ENOMEM;
+        }
+        t->cmds = grown;
+        t->cmds_cap = cap;
+    }
+    if (!claim(t, 0, token, 1)) {
+        pthread_mutex_unlock(&t->cmdlock);
+        return -ESRCH; /* given up meanwhile: C answered it */
+    }
+    t->cmds[t->ncmds++] = *c;
+    t->python_posted = 1;
+    __atomic_store_n(&t->python_cpu, sched_getcpu(), __ATOMIC_RELAXED);
+    __atomic_store_n(&t->cmds_waiting, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&t->cmdlock);
+    if (__atomic_load_n(&t->tracer_sleeping, __ATOMIC_SEQ_CST))
+        wake_tracer(t);
+    return 0;
+}
+
+int pc_resume(pc_tracer *t, pid_t tid, uint64_t token)
+{
+    command c = {.op = CMD_RESUME, .tid = tid};
+    return post(t, token, &c);
+}
+
+int pc_skip(pc_tracer *t, pid_t tid, uint64_t token, int64_t result)
+{
+    command c = {.op = CMD_SKIP, .tid = tid, .result = result};
+    return post(t, token, &c);
+}
+
 /* Point arguments at data Python wrote below the stack pointer (past the red zone),
  * run the call, and restore the original registers at its exit stop. */
-int pc_set_args(pc_tracer *t, pid_t tid, int narg, const int *args, const uint64_t *values,
-                int report_exit, int is_exec)
+int pc_set_args(pc_tracer *t, pid_t tid, uint64_t token, int narg, const int *args,
+                const uint64_t *values, int report_exit, int is_exec)
+{
+    if (narg < 0 || narg > 6)
+        return -EINVAL;
+    command c = {.op = CMD_SET_ARGS, .tid = tid, .narg = narg, .report_exit = report_exit,
+                 .is_exec = is_exec};
+    memcpy(c.args, args, sizeof(int) * (size_t)narg);
+    memcpy(c.values, values, sizeof(uint64_t) * (size_t)narg);
+    return post(t, token, &c);
+}
+
+int pc_finish_exit(pc_tracer *t, pid_t tid, uint64_t token, int set_result, int64_t result)
+{
+    command c = {.op = CMD_FINISH_EXIT, .tid = tid, .set_result = set_result, .result = result};
+    return post(t, token, &c);
+}
+
+int pc_restart_exit(pc_tracer *t, pid_t tid, uint64_t token)
+{
+    command c = {.op = CMD_RESTART_EXIT, .tid = tid};
+    return post(t, token, &c);
+}
+
+static void skip_stop(pid_t tid, int64_t result)
 {
     pc_regs regs;
-    if (get_regs(tid, &regs) < 0)
-        return -errno;
-    return rewrite_args(t, tid, &regs, narg, args, values, report_exit, is_exec, 0);
+    if (get_regs(tid, &regs) == 0 && skip_call(tid, &regs, result) == 0)
+        ptrace(PTRACE_CONT, tid, 0, 0);
+}
+
+static void run(pc_tracer *t, const command *c)
+{
+    pc_regs regs;
+    t->stops_waiting--;
+    switch (c->op) {
+    case CMD_RESUME:
+        ptrace(PTRACE_CONT, c->tid, 0, 0);
+        break;
+    case CMD_SKIP:
+        skip_stop(c->tid, c->result);
+        break;
+    case CMD_SET_ARGS:
+        if (get_regs(c->tid, &regs) == 0 &&
+            rewrite_args(t, c->tid, &regs, c->narg, c->args, c->values, c->report_exit,
+                         c->is_exec, 0) < 0)
+            skip_stop(c->tid, -EFAULT); /* the new arguments could not be set */
+        break;
+    case CMD_FINISH_EXIT:
+        finish_exit_stop(t, c->tid, c->set_result, c->result);
+        break;
+    case CMD_RESTART_EXIT:
+        restart_exit_stop(t, c->tid);
+        break;
+    }
+}
+
+static int run_commands(pc_tracer *t)
+{
+    if (!__atomic_load_n(&t->cmds_waiting, __ATOMIC_SEQ_CST))
+        return 0;
+    pthread_mutex_lock(&t->cmdlock);
+    for (size_t i = 0; i < t->ncmds; i++)
+        run(t, &t->cmds[i]);
+    t->ncmds = 0;
+    __atomic_store_n(&t->cmds_waiting, 0, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&t->cmdlock);
+    return 1;
+}
+
+/* ---- giving up on a stuck Python, once a termination signal came ------------------------ */
+
+static const char *signal_name(int sig)
+{
+    switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGQUIT: return "SIGQUIT";
+    default: return "a signal";
+    }
+}
+
+/* One line for the user: which call of which process got EIO, and why. */
+static void say_given_up(pc_tracer *t, const pc_event *ev)
+{
+    char line[2 * PC_PATH_MAX + 256];
+    const char *path = ev->path_len ? ev->path : ev->base;
+    int rel = ev->path_len && ev->path[0] != '/' && ev->base_len;
+    int n = snprintf(line, sizeof line,
+                     "parrot_run: after %s, gave up waiting for the supervisor: %s%s%s: "
+                     "Input/output error (process %d)\n",
+                     signal_name(t->signal_name), rel ? ev->base : "", rel ? "/" : "", path,
+                     (int)ev->tid);
+    if (n > 0 && write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1) < 0) {
+    }
+}
+
+/* Answer a call Python has not answered: EIO for a call, the kept result for the exit
+ * stop of a rewritten one (Python still sees that event, for its bookkeeping). */
+static void give_up(pc_tracer *t, const pc_event *ev)
+{
+    if (!ev->notify)
+        t->stops_waiting--;
+    if (ev->kind == PC_EV_SYSCALL_EXIT) {
+        finish_exit_stop(t, ev->tid, 0, 0);
+        return;
+    }
+    int ok;
+    if (ev->notify) {
+        ok = pc_notif_reply(t, ev->notif_id, -EIO) == 0;
+    } else {
+        pc_regs regs;
+        ok = get_regs(ev->tid, &regs) == 0 && skip_call(ev->tid, &regs, -EIO) == 0 &&
+             ptrace(PTRACE_CONT, ev->tid, 0, 0) == 0;
+    }
+    if (ok)
+        say_given_up(t, ev);
+}
+
+/* A transfer that never ends holds Python: shut the supervisor's network connections
+ * down (every TCP socket of this process), and its download fails as a broken one. */
+static void cut_transfers(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name), domain = 0;
+        socklen_t len = sizeof domain;
+        struct stat st;
+        if (e->d_name[0] != '.' && fd != dirfd(d) && fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) &&
+            getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 &&
+            (domain == AF_INET || domain == AF_INET6))
+            shutdown(fd, SHUT_RDWR);
+    }
+    closedir(d);
+}
+
+static int overdue(int64_t since, int64_t from, int64_t now)
+{
+    return now >= (since > from ? since : from) + GIVE_UP_NS;
+}
+
+/* What the tracer thread checks every TICK_MS while a signal came or the job is gone;
+ * returns whether to keep checking. */
+static int check_stuck(pc_tracer *t)
+{
+    int64_t now = now_ns(), from = t->signal_at;
+    int cut = 0, again = 0;
+    pthread_mutex_lock(&t->qlock);
+    /* Python still on work it took before the signal: nothing waits for it any more */
+    if (from && t->cur.active && t->cur.taken < from) {
+        again = 1;
+        for (size_t i = 0; i < t->qlen; i++) {
+            queued *q = t->queue[(t->qhead + i) % t->qcap];
+            int call = q->ev.kind == PC_EV_SYSCALL || q->ev.kind == PC_EV_SYSCALL_EXIT;
+            if (call && !q->given_up && overdue(q->since, from, now)) {
+                q->given_up = 1;
+                give_up(t, &q->ev);
+            }
+        }
+        int call = t->cur.kind == PC_EV_SYSCALL || t->cur.kind == PC_EV_SYSCALL_EXIT;
+        if (call && t->cur.answered == ANSWER_NONE && overdue(t->cur.since, from, now)) {
+            t->cur.answered = ANSWER_BY_C;
+            give_up(t, t->cur.ev);
+        }
+        cut = now >= from + GIVE_UP_NS;
+    }
+    /* no task left, and Python busy with something for one of them */
+    if (t->gone_at && !t->python_finished) {
+        again = 1;
+        cut |= t->cur.active;
+        if (now >= t->gone_at + LEAVE_NS)
+            _exit(pc_exit_code(t)); /* what it does can only be for a job that is gone */
+    }
+    pthread_mutex_unlock(&t->qlock);
+    if (cut)
+        cut_transfers();
+    return again;
+}
+
+/* ---- the tracer thread ------------------------------------------------------------------- */
+
+static void drain(int fd, size_t size)
+{
+    char buf[sizeof(struct signalfd_siginfo) * 8];
+    while (read(fd, buf, sizeof buf / size * size) > 0) {
+    }
+}
+
+/* Wait for a wait status, a command or a signal; at most TICK_MS while `ticking`. */
+static void sleep_until_woken(pc_tracer *t, int ticking)
+{
+    __atomic_store_n(&t->tracer_sleeping, 1, __ATOMIC_SEQ_CST);
+    if (!__atomic_load_n(&t->cmds_waiting, __ATOMIC_SEQ_CST) &&
+        !__atomic_load_n(&t->signal_pending, __ATOMIC_SEQ_CST)) {
+        struct pollfd p[2] = {{t->tracer_wake[0], POLLIN, 0}, {t->sigchld_fd, POLLIN, 0}};
+        poll(p, t->gone_at ? 1 : 2, ticking ? TICK_MS : -1);
+    }
+    __atomic_store_n(&t->tracer_sleeping, 0, __ATOMIC_SEQ_CST);
+    drain(t->tracer_wake[0], 1);
+    drain(t->sigchld_fd, sizeof(struct signalfd_siginfo));
+}
+
+/* One wait status: settled here, or handed to Python. */
+static void on_wait_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
+{
+    if (!on_status(t, tid, status, ev)) {
+        t->last_to_python = 0;
+        return;
+    }
+    t->last_to_python = ev->kind == PC_EV_SYSCALL;
+    __atomic_store_n(&t->tracer_cpu, sched_getcpu(), __ATOMIC_RELAXED);
+    if (ev->kind == PC_EV_SYSCALL || ev->kind == PC_EV_SYSCALL_EXIT) {
+        ev->notif_id = ++t->stops_handed; /* the token of Python's answer */
+        t->stops_waiting++;
+    }
+    hand_over(t, ev);
+}
+
+static void serve(pc_tracer *t)
+{
+    /* never returns: the thread's end would kill the job (PTRACE_O_EXITKILL) */
+    static pc_event event;
+    pc_event *ev = &event;
+    int ptrace_mode = t->listener < 0, ticking = 0;
+    long idle = t->spin; /* no spinning before the job's first stop (it is exec'ing) */
+    int64_t next_tick = 0, waiting_since = 0;
+    for (;;) {
+        int busy = run_commands(t);
+        int sig = __atomic_load_n(&t->signal_pending, __ATOMIC_RELAXED)
+                      ? __atomic_exchange_n(&t->signal_pending, 0, __ATOMIC_SEQ_CST)
+                      : 0;
+        if (sig) {
+            t->signal_name = sig;
+            t->signal_at = now_ns();
+            ticking = 1;
+        }
+        if (!t->gone_at) {
+            int status;
+            pid_t tid = waitpid(-1, &status, __WALL | __WNOTHREAD | WNOHANG);
+            if (tid > 0) {
+                on_wait_status(t, tid, status, ev);
+                busy = 1;
+            } else if (tid < 0 && errno == ECHILD) {
+                ev->kind = PC_EV_NOCHILD;
+                hand_over(t, ev);
+                t->gone_at = now_ns();
+                ticking = 1;
+            }
+        }
+        if (ticking && now_ns() >= next_tick) {
+            ticking = check_stuck(t);
+            next_tick = now_ns() + TICK_MS * 1000000LL;
+        }
+        if (busy) {
+            idle = 0;
+            waiting_since = 0;
+            continue;
+        }
+        if (ptrace_mode && !t->stops_waiting && !ticking && !t->gone_at) {
+            /* Python owes us no answer: only the job can give us work. Poll briefly
+             * before sleeping (a traced program stops again within microseconds, and a
+             * thread asleep in between pays a cross-CPU wake-up on every stop), then
+             * sleep in waitpid, whose wake-up comes on the stopping task's CPU. A
+             * termination signal meanwhile is taken at the next stop (no call is
+             * waiting for Python: there is nothing to give up). */
+            if (!t->last_to_python && idle++ < t->spin)
+                continue;
+            idle = 0;
+            int status;
+            pid_t tid = waitpid(-1, &status, __WALL | __WNOTHREAD);
+            if (tid > 0)
+                on_wait_status(t, tid, status, ev);
+            continue;
+        }
+        idle = 0;
+        /* Python's answer usually comes within its 50-100 µs of work: look again (for
+         * it, and for the job's other tasks) a while before sleeping, as spin_for */
+        if (ptrace_mode && t->stops_waiting) {
+            int64_t now = now_ns();
+            if (!waiting_since)
+                waiting_since = now;
+            if (now < waiting_since + TRACER_SPIN_NS &&
+                sched_getcpu() != __atomic_load_n(&t->python_cpu, __ATOMIC_RELAXED))
+                continue;
+        }
+        sleep_until_woken(t, ticking);
+    }
+}
+
+void *tracer_main(void *arg)
+{
+    pc_tracer *t = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* the handlers run in Python's threads */
+    if (spawn_job(t) == 0)
+        serve(t);
+    return NULL;
 }

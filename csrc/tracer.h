@@ -68,13 +68,12 @@ enum {
     PC_EV_EXEC = 4,         /* a successful exec: tid, other (the former tid) */
     PC_EV_EXIT = 5,         /* a task is gone: tid, status (wait status) */
     PC_EV_NOCHILD = 6,      /* nothing left to trace */
-    PC_EV_INTERRUPTED = 7,  /* the wait was interrupted by a signal to the supervisor */
 };
 
 typedef struct {
     int kind;
     int notify;         /* PC_EV_SYSCALL only: 1 if it came as a seccomp notification */
-    uint64_t notif_id;
+    uint64_t notif_id;  /* the notification's id, or the ptrace stop's number */
     pid_t tid;
     pid_t other;
     int aux;
@@ -109,25 +108,33 @@ typedef struct pc_tracer pc_tracer;
 pc_tracer *pc_new(const pc_rule *rules, int nrules);
 void pc_free(pc_tracer *t);
 int pc_add_prefix(pc_tracer *t, int which, const char *prefix); /* 0: paths, 1: fd targets */
+/* Start the job under the tracer thread (see tracer.c and spawn.c). */
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                const void *filter, int filter_len, int notify, int *report_fd, char *err,
                int errlen);
-/* forward TERM, HUP, USR1, USR2 and ALRM to pid from a signal handler; ignore INT
- * and QUIT (call after pc_spawn) */
-void pc_forward_signals(int pid);
+/* From a C handler: forward TERM, INT, HUP, QUIT, USR1, USR2 and ALRM to the job's root
+ * (not those the kernel sent the whole process group: a terminal's); after TERM, INT,
+ * HUP or QUIT, calls stop waiting for a stuck Python (call after pc_spawn) */
+void pc_forward_signals(pc_tracer *t);
 int pc_spawn_failure(int report_fd, char *err, int errlen);
+/* The next event for Python (it waits); Python is done with the one before. */
 int pc_next(pc_tracer *t, pc_event *ev);
-int pc_resume(pc_tracer *t, pid_t tid);
-int pc_skip(pc_tracer *t, pid_t tid, int64_t result);
-int pc_set_args(pc_tracer *t, pid_t tid, int narg, const int *args, const uint64_t *values,
-                int report_exit, int is_exec);
-int pc_finish_exit(pc_tracer *t, pid_t tid, int set_result, int64_t result);
+/* Answers to the ptrace stop Python took last (`token`: its ev.notif_id), carried out by
+ * the tracer thread; -ESRCH if C answered it meanwhile (see give_up in tracer.c). */
+int pc_resume(pc_tracer *t, pid_t tid, uint64_t token);
+int pc_skip(pc_tracer *t, pid_t tid, uint64_t token, int64_t result);
+int pc_set_args(pc_tracer *t, pid_t tid, uint64_t token, int narg, const int *args,
+                const uint64_t *values, int report_exit, int is_exec);
+int pc_finish_exit(pc_tracer *t, pid_t tid, uint64_t token, int set_result, int64_t result);
 /* At the exit stop of a rewritten call: make the program run the call again, with its
  * own arguments (a new seccomp stop decides it afresh). */
-int pc_restart_exit(pc_tracer *t, pid_t tid);
-/* Answers to notifications (any thread): a result (or -errno), run the call as it is,
- * or install our descriptor `fd` as the call's result (an open; the caller `tid` is
- * held to our CPU meanwhile, so that the kernel wakes it here). */
+int pc_restart_exit(pc_tracer *t, pid_t tid, uint64_t token);
+/* Before Python answers a notification it took (`token`: its id): 0 if C already has. */
+int pc_claim(pc_tracer *t, uint64_t token);
+/* Whether C answered the event Python took last (it said so in one line). */
+int pc_given_up(pc_tracer *t);
+/* parrot_run's exit status: the root's (128+N if signal N killed it), 0 before its end. */
+int pc_exit_code(pc_tracer *t);
 int pc_notif_reply(pc_tracer *t, uint64_t id, int64_t result);
 int pc_notif_continue(pc_tracer *t, uint64_t id);
 int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid);
@@ -161,6 +168,8 @@ int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *n
 /* many answers at once: records in memo.py's format, from memory or from an open file
  * past `offset`; returns how many were taken */
 int pc_table_load(pc_tracer *t, const void *records, size_t len);
+/* open a file of the cache as C opens those it serves (respond.c open_backing) */
+int pc_open_backing(pc_tracer *t, const char *path, int flags);
 int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
 void pc_table_clear(pc_tracer *t);
 int pc_table_size(pc_tracer *t);

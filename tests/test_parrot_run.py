@@ -482,54 +482,6 @@ def test_exit_status_and_signals(exec_repo):
     assert p.stdout == b"/tmp\n"
 
 
-def test_signal_dispositions_and_forwarding(exec_repo):
-    parrot, _, _, _ = exec_repo
-
-    # the job starts with the dispositions it would have natively: neither the
-    # SIGPIPE/SIGXFSZ ignores of the supervisor's Python nor its own SIGINT/SIGQUIT
-    # ones reach it
-    def ignored(run, **kw):
-        out = run("grep", "SigIgn", "/proc/self/status", **kw).stdout
-        return int(out.split()[1], 16)
-
-    def native(*cmd, **kw):
-        return subprocess.run(cmd, capture_output=True, **kw)
-
-    assert ignored(parrot) == ignored(native)
-    # so a writer into a closed pipe dies of SIGPIPE quietly, as natively
-    p = parrot("sh", "-c", "yes | head -n 1")
-    assert (p.returncode, p.stdout, p.stderr) == (0, b"y\n", b"")
-    # what the user ignored stays ignored (nohup)
-    hup = {"preexec_fn": lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)}
-    assert ignored(parrot, **hup) == ignored(native, **hup)
-    assert ignored(parrot, **hup) & 1 << (signal.SIGHUP - 1)
-    # a signal sent to parrot_run reaches the job; SIGINT to parrot_run alone does not
-    job = subprocess.Popen(
-        [
-            *PARROT,
-            "--cache-dir",
-            parrot.cache,
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got INT' INT; trap 'echo got TERM; exit 3' TERM; echo ready; "
-            "while :; do sleep 0.05; done",
-        ],
-        env=parrot.env,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert job.stdout.readline() == b"ready\n"
-        job.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        assert job.poll() is None
-        job.send_signal(signal.SIGTERM)
-        out, _ = job.communicate(timeout=30)
-    finally:
-        job.kill()
-    assert (job.returncode, out) == (3, b"got TERM\n")
-
-
 def test_opens_leave_the_programs_cpu_affinity_alone(exec_repo):
     """An open's descriptor is handed over with the program held to the supervisor's
     CPU (respond.c); the program must never see that mask."""

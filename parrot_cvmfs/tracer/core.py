@@ -3,6 +3,7 @@ system-call table, the event loop, and the ways to finish a stopped call."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 from .._core import ffi, lib
@@ -85,33 +86,62 @@ class Core:
             return _spawn_error(ffi.string(err).decode())
         return None
 
+    def forward_signals(self) -> None:
+        """Signals to parrot_run go to the job from C from now on (see spawn.c)."""
+        lib.pc_forward_signals(self.t)
+
     def next(self) -> int:
+        """Wait for the next event (into self.ev); the one before is done with."""
         return lib.pc_next(self.t, self.ev)
 
+    def exit_code(self) -> int:
+        """The job's exit status as parrot_run's: the root's, 128+N if signal N killed it."""
+        return lib.pc_exit_code(self.t)
+
+    def given_up(self) -> bool:
+        """C answered the current event itself (a termination signal came while it waited
+        too long) and said so: Python's answer, and its own message, are not wanted."""
+        return bool(lib.pc_given_up(self.t))
+
+    # -- answering the current event: a ptrace stop (carried out by the tracer thread) -------
+
     def resume(self, tid: int) -> None:
-        lib.pc_resume(self.t, tid)
+        lib.pc_resume(self.t, tid, self.ev.notif_id)
 
     def skip(self, tid: int, result: int) -> None:
-        lib.pc_skip(self.t, tid, result)
+        lib.pc_skip(self.t, tid, self.ev.notif_id, result)
 
     def set_args(
         self, tid: int, values: dict[int, int], report_exit: bool = False, is_exec: bool = False
     ) -> int:
         idx = ffi.new("int[]", list(values))
         vals = ffi.new("uint64_t[]", [v & 0xFFFFFFFFFFFFFFFF for v in values.values()])
-        return lib.pc_set_args(self.t, tid, len(values), idx, vals, int(report_exit), int(is_exec))
+        return lib.pc_set_args(
+            self.t, tid, self.ev.notif_id, len(values), idx, vals, int(report_exit), int(is_exec)
+        )
 
-    # -- answering a notification (ev.notify) --------------------------------------------------
+    def finish_exit(self, tid: int, result: int | None = None) -> None:
+        lib.pc_finish_exit(self.t, tid, self.ev.notif_id, 0 if result is None else 1, result or 0)
+
+    def restart_exit(self, tid: int) -> None:
+        """At the exit stop of a rewritten call: the program makes the call again."""
+        lib.pc_restart_exit(self.t, tid, self.ev.notif_id)
+
+    # -- answering the current event: a notification (ev.notify) -------------------------------
 
     def notif_reply(self, notif_id: int, result: int) -> None:
-        lib.pc_notif_reply(self.t, notif_id, result)
+        if lib.pc_claim(self.t, notif_id):
+            lib.pc_notif_reply(self.t, notif_id, result)
 
     def notif_continue(self, notif_id: int) -> None:
-        lib.pc_notif_continue(self.t, notif_id)
+        if lib.pc_claim(self.t, notif_id):
+            lib.pc_notif_continue(self.t, notif_id)
 
     def notif_addfd(self, notif_id: int, fd: int, cloexec: bool, tid: int) -> int:
         """Install our descriptor as the call's result; returns the program's fd or -errno.
         (`tid`, the caller, is held to our CPU for the hand-off: see respond.c.)"""
+        if not lib.pc_claim(self.t, notif_id):
+            return -errno.ENOENT  # as for a program interrupted meanwhile
         return lib.pc_notif_addfd(self.t, notif_id, fd, int(cloexec), tid)
 
     def notif_valid(self, notif_id: int) -> bool:
@@ -119,13 +149,6 @@ class Core:
 
     def notifying(self) -> bool:
         return bool(lib.pc_notifying(self.t))
-
-    def finish_exit(self, tid: int, result: int | None = None) -> None:
-        lib.pc_finish_exit(self.t, tid, 0 if result is None else 1, result or 0)
-
-    def restart_exit(self, tid: int) -> None:
-        """At the exit stop of a rewritten call: the program makes the call again."""
-        lib.pc_restart_exit(self.t, tid)
 
     def read(self, tid: int, addr: int, size: int) -> bytes:
         buf = ffi.new("char[]", size)

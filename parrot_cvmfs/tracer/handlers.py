@@ -132,6 +132,8 @@ class Handlers:
         try:
             action = getattr(self, "h_" + call.handler)(ev, call)
         except CvmfsError as e:
+            if self.core.given_up():  # C answered it meanwhile (a termination signal)
+                return
             action = skip(self._io_error(e))
         except OSError as e:
             action = skip(-(e.errno or errno.EIO))

@@ -1,5 +1,5 @@
 """The supervisor: starts the job under the C core, runs the event loop, keeps
-per-process state, forwards signals, and returns the job's exit status."""
+per-process state, has signals forwarded, and returns the job's exit status."""
 
 from __future__ import annotations
 
@@ -85,7 +85,6 @@ class Supervisor:
         self.procs = Processes()
         self.handlers = Handlers(self.core, self.view, self.procs, opts.debug)
         self.root = 0
-        self.root_status: int | None = None
         self.exec_seen = False
 
     def run(self) -> int:
@@ -101,7 +100,7 @@ class Supervisor:
             return 1
         self.root = pid
         # in C, so that no Python (nor its signal module) sits between a kill and the job
-        lib.pc_forward_signals(pid)
+        self.core.forward_signals()
         try:
             self._loop()
         finally:
@@ -115,10 +114,7 @@ class Supervisor:
         if self.opts.stats:
             self.keep()  # first, so that the peak memory printed includes it
             self.print_stats()
-        status = self.root_status or 0
-        if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
-        return os.WEXITSTATUS(status)
+        return self.core.exit_code()
 
     def _loop(self) -> None:
         core, ev, h, procs = self.core, self.core.ev, self.handlers, self.procs
@@ -136,11 +132,8 @@ class Supervisor:
                     self.exec_seen = True
             elif kind == lib.PC_EV_EXIT:
                 procs.on_exit(ev.tid)
-                if ev.tid == self.root:
-                    self.root_status = ev.status
             elif kind == lib.PC_EV_NOCHILD:
                 return
-            # PC_EV_INTERRUPTED: a signal was forwarded by C's handler; nothing to do
 
     def print_stats(self) -> None:
         c = self.core.stats()
