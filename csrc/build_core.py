@@ -28,7 +28,7 @@ ffibuilder.cdef(
     #define PC_KIND_PATH2 2
     #define PC_KIND_FD 3
     #define PC_KIND_CWD 4
-    #define PC_KIND_ALWAYS 5
+    #define PC_KIND_SOCKADDR 5
     #define PC_FAST_NONE 0
     #define PC_FAST_STAT 1
     #define PC_FAST_STATX 2

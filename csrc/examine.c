@@ -17,39 +17,48 @@ static int has_prefix(pc_tracer *t, int which, const char *s)
     return 0;
 }
 
-static int is_proc_magic(const char *p)
+/* 1 if some component of `path` is exactly `name`. */
+static int has_component(const char *path, const char *name)
 {
-    if (strncmp(p, "/dev/fd/", 8) == 0 || strncmp(p, "/dev/std", 8) == 0)
-        return 1;
-    if (strncmp(p, "/proc/", 6) != 0)
-        return 0;
-    return strstr(p, "/exe") || strstr(p, "/cwd") || strstr(p, "/fd/") || strstr(p, "/root") ||
-           strstr(p, "/map_files");
-}
-
-/* 1 if some component of `path` is exactly "cvmfs". */
-static int has_cvmfs_component(const char *path)
-{
-    for (const char *p = path; (p = strstr(p, "cvmfs")) != NULL; p += 5)
-        if ((p == path || p[-1] == '/') && (p[5] == '\0' || p[5] == '/'))
+    size_t n = strlen(name);
+    for (const char *p = path; (p = strstr(p, name)) != NULL; p += n)
+        if ((p == path || p[-1] == '/') && (p[n] == '\0' || p[n] == '/'))
             return 1;
     return 0;
+}
+
+/* A path that may go through a /proc magic link, however it is spelled ("/proc/self/
+ * fd/3", "//proc/...", "proc/self/cwd" from "/", "../../proc"...): a component "proc"
+ * with a magic name after it, or /dev's fd and std* (handlers.py _may_name_proc: Python
+ * resolves them from where the link leads). */
+static int may_name_proc(const char *p)
+{
+    if (has_component(p, "proc"))
+        return strstr(p, "/exe") || strstr(p, "/cwd") || strstr(p, "/fd/") ||
+               strstr(p, "/root") || strstr(p, "/map_files");
+    return has_component(p, "dev") &&
+           (has_component(p, "fd") || has_component(p, "stdin") ||
+            has_component(p, "stdout") || has_component(p, "stderr"));
 }
 
 /* Any spelling of /cvmfs has a component "cvmfs" ("/cvmfs/..", "../../cvmfs",
  * "/proc/self/root/cvmfs"); anchor directories are listed as prefixes. */
 static int path_concerns(pc_tracer *t, const pc_rule *r, const char *path)
 {
-    if (has_cvmfs_component(path))
+    if (has_component(path, "cvmfs"))
         return 1;
-    if (path[0] == '/')
-        return has_prefix(t, 0, path) || (r->proc_sensitive && is_proc_magic(path));
-    return 0;
+    if (r->proc_sensitive && may_name_proc(path))
+        return 1;
+    return path[0] == '/' && has_prefix(t, 0, path);
 }
 
+/* A relative path's base: an anchor, or where relative names reach magic links. */
 static int base_concerns(pc_tracer *t, const pc_rule *r, const char *base)
 {
-    return has_prefix(t, 0, base) || (r->proc_sensitive && strncmp(base, "/proc", 5) == 0);
+    if (has_prefix(t, 0, base))
+        return 1;
+    return r->proc_sensitive && (strncmp(base, "/proc", 5) == 0 || strcmp(base, "/dev") == 0 ||
+                                 strcmp(base, "/dev/fd") == 0);
 }
 
 /* One path argument (and, if it is relative, its base). 1 if it concerns us. */
@@ -96,6 +105,34 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
     return path_concerns(t, r, path) || base_concerns(t, r, base);
 }
 
+/* A Unix socket's address: its path (not an abstract name, not unnamed) as a path
+ * argument would be; the kernel reports a bad address itself. */
+static int examine_sockaddr(pc_tracer *t, pc_call *c, pc_event *ev)
+{
+    const pc_rule *r = c->r;
+    unsigned char sa[2 + 108];
+    uint64_t len = c->args[r->size_arg];
+    if (len <= 2 || len > sizeof sa)
+        return 0;
+    if (pc_read(c->tid, c->args[r->path_arg], sa, (size_t)len) != (ssize_t)len)
+        return 0;
+    uint16_t family;
+    memcpy(&family, sa, 2);
+    if (family != 1 /* AF_UNIX */ || sa[2] == 0)
+        return 0;
+    size_t n = strnlen((const char *)sa + 2, (size_t)len - 2);
+    memcpy(ev->path, sa + 2, n);
+    ev->path[n] = '\0';
+    ev->path_len = (int)n;
+    if (ev->path[0] == '/')
+        return path_concerns(t, r, ev->path);
+    int m = proc_link(c->tid, "cwd", -1, ev->base, PC_PATH_MAX);
+    if (m < 0)
+        return 0;
+    ev->base_len = m;
+    return path_concerns(t, r, ev->path) || base_concerns(t, r, ev->base);
+}
+
 int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
 {
     const pc_rule *r = c->r;
@@ -129,8 +166,10 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
         ev->base_len = m;
         return has_prefix(t, 0, ev->base);
     }
+    case PC_KIND_SOCKADDR:
+        return examine_sockaddr(t, c, ev);
     default:
-        return 1;
+        return 0;
     }
 }
 

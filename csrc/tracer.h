@@ -17,7 +17,8 @@ enum {
     PC_KIND_PATH2 = 2,  /* two paths (rename, link): interesting if either may be */
     PC_KIND_FD = 3,     /* fd: interesting if it refers to something in our cache */
     PC_KIND_CWD = 4,    /* getcwd: interesting if the cwd is an anchor directory */
-    PC_KIND_ALWAYS = 5, /* always handed to Python */
+    PC_KIND_SOCKADDR = 5, /* bind: a struct sockaddr_un at `path_arg` of `size_arg` bytes,
+                           * interesting as its path would be */
 };
 
 /* What the C-side answer table can answer for a rule. */

@@ -27,9 +27,7 @@ NEWER = {
 }
 # calls that take a path but are not ours, and why
 NOT_OURS = {
-    "acct": "needs CAP_SYS_PACCT",
     "chroot": "needs CAP_SYS_CHROOT",
-    "mount": "needs CAP_SYS_ADMIN",
     "swapon": "needs CAP_SYS_ADMIN",
     "swapoff": "needs CAP_SYS_ADMIN",
     "quotactl": "names a block device, not a file",

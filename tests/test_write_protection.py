@@ -220,3 +220,53 @@ def test_a_symlink_planted_among_the_anchors_is_replaced(wrepo, mode, tmp_path):
         assert b"touch=1" in again.stdout
         assert sorted(os.listdir(victim)) == ["planted"]
         assert not os.path.islink(plant)
+
+
+ONLY_OURS = r"""
+import ctypes, errno, fcntl, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+R, HOST = sys.argv[1], sys.argv[2]
+
+def attempt(what, fn):
+    try:
+        fn()
+        print(f"{what}: ok")
+    except OSError as e:
+        print(f"{what}: {errno.errorcode.get(e.errno, e.errno)}")
+
+def call(n, *args):
+    if libc.syscall(n, *args) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+f = os.open(f"{R}/d/f", os.O_RDONLY)
+d = os.open(f"{R}/d", os.O_RDONLY | os.O_DIRECTORY)
+attempt("FS_IOC_SETFLAGS f", lambda: fcntl.ioctl(f, 0x40086602, struct.pack("l", 0x10)))
+attempt("FS_IOC_SETFLAGS d", lambda: fcntl.ioctl(d, 0x40086602, struct.pack("l", 0x10)))
+attempt("FS_IOC_FSSETXATTR f", lambda: fcntl.ioctl(f, 0x401C5820, bytes(28)))
+attempt("open_tree clone d", lambda: call(428, d, b"", 1 | 0x80000 | 0x1000))  # CLONE|CLOEXEC|EMPTY
+attempt("open_tree path", lambda: call(428, -100, os.fsencode(f"{R}/d"), 1))
+attempt("mount bind d", lambda: call(165, os.fsencode(f"{R}/d"), os.fsencode(HOST), b"", 4096, None))
+attempt("mount onto d", lambda: call(165, b"none", os.fsencode(f"{R}/d"), b"tmpfs", 0, None))
+attempt("acct f", lambda: call(163, os.fsencode(f"{R}/d/f")))
+"""
+
+
+def test_changes_without_a_path_refused(wrepo, mode, tmp_path):
+    """chattr's ioctls on our descriptors, open_tree, mount and acct of /cvmfs paths
+    (the last three need root): none reaches the cache's own files. ENOTTY for the
+    ioctls, as on a FUSE mount that does not implement them."""
+    src, _, keys, url = wrepo
+    parrot = _parrot(url, keys, str(tmp_path / "cache"), mode)
+    host = _host_dir(str(tmp_path / "h"))
+    p = parrot(sys.executable, "-c", ONLY_OURS, MNT, host)  # fills the cache
+    assert p.returncode == 0, p.stderr
+    before = snapshot(parrot.cache, BOOKKEEPING)
+    p = parrot(sys.executable, "-c", ONLY_OURS, MNT, host)
+    assert p.returncode == 0, p.stderr
+    got = dict(line.split(": ", 1) for line in p.stdout.decode().splitlines())
+    assert len(got) == 8, got
+    assert {k: v for k, v in got.items() if v == "ok"} == {}, got
+    assert got["FS_IOC_SETFLAGS f"] == got["FS_IOC_FSSETXATTR f"] == "ENOTTY"
+    assert snapshot(parrot.cache, BOOKKEEPING) == before
+    assert os.listdir(host) == ["hostfile"]

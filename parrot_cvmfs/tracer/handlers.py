@@ -338,6 +338,15 @@ class Handlers:
                 return t
         return resolve(self.view, self._path(ev), self._base(ev), f, **kw)
 
+    def _resolve_path(self, ev, path: str, base: str | None, follow: bool) -> Target:
+        """`resolve`, through /proc magic links as the kernel goes (for a call's second
+        path; `_resolve` for its first)."""
+        if path and _may_name_proc(path, base):
+            t = self._resolve_proc(ev, follow, path, base)
+            if t is not None:
+                return t
+        return resolve(self.view, path, base, follow)
+
     def _fd_target(self, ev, host: str | None, fd: int | None = None) -> Target | None:
         if not host:
             return None
@@ -465,33 +474,26 @@ class Handlers:
     # -- /proc/<pid>/{exe,cwd,fd/N} ----------------------------------------------------------------
 
     def _maybe_proc(self, ev) -> bool:
-        if not ev.path_len:
-            return False
-        p = self._path(ev)
-        if p.startswith("/"):
-            return p.startswith(("/proc/", "/dev/fd/", "/dev/std"))
-        return (self._base(ev) or "").startswith("/proc/")
+        return bool(ev.path_len) and _may_name_proc(self._path(ev), self._base(ev))
 
-    def _proc_link(self, ev) -> tuple[str, str | None, str] | None:
+    def _proc_link(
+        self, ev, path: str | None = None, base: str | None = None
+    ) -> tuple[str, str | None, str] | None:
         """For a path through a /proc magic link (/proc/PID/{exe,cwd,root,fd/N}, the
-        same under task/TID, /dev/fd/N, /dev/std*): (the kernel's link, the /cvmfs path
-        it stands for or None, the rest of the path after the link)."""
-        path = self._path(ev)
-        base = self._base(ev)
-        if not path.startswith("/") and base:
-            path = f"{base}/{path}"
-        if path.startswith("/dev/fd/"):
-            path = "/proc/self/fd/" + path[8:]
-        elif path.startswith(("/dev/stdin", "/dev/stdout", "/dev/stderr")):
-            name, _, rest = path[5:].partition("/")
-            std = ("stdin", "stdout", "stderr")
-            if name not in std:
-                return None
-            path = f"/proc/self/fd/{std.index(name)}" + (f"/{rest}" if rest else "")
-        parts = path.split("/")
-        if len(parts) < 4 or parts[1] != "proc":
+        same under task/TID, /dev/fd/N, /dev/std*), however it is spelled ("//proc",
+        "proc/self" from "/", "../../proc"): (the kernel's link, the /cvmfs path it
+        stands for or None, the rest of the path after the link). The call's path by
+        default."""
+        if path is None:
+            path, base = self._path(ev), self._base(ev)
+        parts = _lexical_parts(path if path.startswith("/") else f"{base or '/'}/{path}")
+        if parts[:2] == ["dev", "fd"]:
+            parts = ["proc", "self", "fd", *parts[2:]]
+        elif parts[:1] == ["dev"] and len(parts) >= 2 and parts[1] in _STD:
+            parts = ["proc", "self", "fd", str(_STD.index(parts[1])), *parts[2:]]
+        if len(parts) < 3 or parts[0] != "proc":
             return None
-        who, rest = parts[2], parts[3:]
+        who, rest = parts[1], parts[2:]
         if who == "self":
             pid = self.procs.tgid(ev.tid)
         elif who == "thread-self":
@@ -534,11 +536,13 @@ class Handlers:
             return None
         return p[0], p[1]
 
-    def _resolve_proc(self, ev, follow: bool, **kw) -> Target | None:
+    def _resolve_proc(
+        self, ev, follow: bool, path: str | None = None, base: str | None = None, **kw
+    ) -> Target | None:
         """A path through a /proc magic link, resolved from where the link leads (the
         kernel jumps there): into /cvmfs through an anchor or a file we served, or a
         host path that may enter /cvmfs. None if it is not such a path."""
-        p = self._proc_link(ev)
+        p = self._proc_link(ev, path, base)
         if p is None:
             return None
         link, logical, rest = p
@@ -1019,10 +1023,10 @@ class Handlers:
         elif ev.path_err:
             t1 = None
         else:
-            t1 = resolve(self.view, self._path(ev), self._base(ev), follow_old)
+            t1 = self._resolve_path(ev, self._path(ev), self._base(ev), follow_old)
         p2 = _s(ev.path2, ev.path2_len)
         b2 = _s(ev.base2, ev.base2_len) if ev.base2_len else None
-        t2 = None if ev.path2_err else resolve(self.view, p2, b2, False)
+        t2 = None if ev.path2_err else self._resolve_path(ev, p2, b2, False)
         return t1, t2
 
     @staticmethod
@@ -1071,6 +1075,43 @@ class Handlers:
         if not os.path.isdir(os.path.dirname(new_host.rstrip("/")) or "/"):
             return skip(-errno.ENOENT)
         return skip(-errno.EXDEV)
+
+    def h_ioctl_setattr(self, ev, call: Call) -> tuple:
+        """chattr and the like on a descriptor of ours: what a FUSE mount without ioctl
+        support answers."""
+        host = self._base(ev)
+        if host and (self.view.anchor_to_vpath(host) or self.view.is_cache_path(host)):
+            return skip(-errno.ENOTTY)
+        return RESUME
+
+    def h_bind(self, ev, call: Call) -> tuple:
+        """A Unix socket bound at a path: made like any name (mknod), so refused in /cvmfs
+        (an existing name: EADDRINUSE); through a symlink leading out, bound there."""
+        t = self._resolve(ev, call, False)
+        if t is None:
+            return RESUME
+        if t.virtual:
+            return skip(-errno.EADDRINUSE)
+        if t.err:
+            if t.err == errno.ENOENT and t.missing_last:
+                return skip(-errno.EROFS)
+            return skip(-t.err)
+        if not t.via_cvmfs:
+            return RESUME
+        path = os.fsencode(t.host)
+        if len(path) > 107:
+            return skip(-errno.ENAMETOOLONG)
+        addr = struct.pack("<H", 1) + path + b"\0"
+        sc = Scratch(self.core, ev.tid, ev.sp)
+        return ("args", {call.path: sc.put(addr), call.size: len(addr)}, False, False)
+
+    def h_mount(self, ev, call: Call) -> tuple:
+        """mount(2) of a /cvmfs path, or onto one: not something a FUSE-less /cvmfs can
+        give (a bind mount of an anchor would be writable)."""
+        t1, t2 = self._two(ev, call, True)
+        if self._in_cvmfs(t1) or self._in_cvmfs(t2):
+            return skip(-errno.EOPNOTSUPP)
+        return self._rewrite_two(ev, call, t1, t2)
 
     def _rewrite_two(self, ev, call: Call, t1, t2) -> tuple:
         values = {}
@@ -1134,6 +1175,33 @@ class Siblings:
                 records.clear()
         if records:
             h.memo.teach(rev, b"".join(records))
+
+
+_STD = ("stdin", "stdout", "stderr")
+
+
+def _may_name_proc(path: str, base: str | None) -> bool:
+    """Whether a path may go through a /proc magic link: a component "proc" (or "fd",
+    "stdin"... of /dev) anywhere, or a base there (the same test as C's, examine.c
+    path_may_name_proc, which decides what reaches Python)."""
+    if not path.startswith("/") and base and (base.startswith(("/proc", "/dev")) or base == "/"):
+        return True
+    comps = set(path.split("/"))
+    return "proc" in comps or ("dev" in comps and bool(comps & {"fd", *_STD}))
+
+
+def _lexical_parts(path: str) -> list[str]:
+    """The components of an absolute path, "." dropped and ".." applied lexically."""
+    out: list[str] = []
+    for c in path.split("/"):
+        if c in ("", "."):
+            continue
+        if c == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(c)
+    return out
 
 
 def _s(buf, n: int) -> str:

@@ -62,6 +62,14 @@ def build_filter(calls: list[Call], arch: str, notify: bool = False) -> bytes:
             ]
             continue
         action = RET_USER_NOTIF if notify and call.notify else RET_TRACE | i
+        if call.arg1_in:
+            # only some requests (ioctl): the rest of this call runs untouched
+            block = [(LD_W_ABS, 0, 0, OFF_ARGS + 8)]
+            for v in call.arg1_in:
+                block += [(JEQ, 0, 1, v), (RET, 0, 0, action)]
+            block.append((RET, 0, 0, RET_ALLOW))
+            prog += [(JEQ, 0, len(block), nr), *block]
+            continue
         prog += [(JEQ, 0, 1, nr), (RET, 0, 0, action)]
     prog.append((RET, 0, 0, RET_ALLOW))
     if len(prog) > 4096:

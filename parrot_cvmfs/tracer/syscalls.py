@@ -20,9 +20,12 @@ AT_EACCESS = 0x200
 AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
 O_NOFOLLOW = 0o400000
+# ioctl requests that change a file's attributes (FS_IOC_SETFLAGS, its 32-bit form,
+# FS_IOC_FSSETXATTR, FS_IOC_SETVERSION)
+FS_IOC_SET = (0x40086602, 0x40046602, 0x401C5820, 0x40087602)
 
 # How arguments are examined by the C core (tracer.h PC_KIND_*)
-PATH, PATH2, FD, CWD = 1, 2, 3, 4
+PATH, PATH2, FD, CWD, SOCKADDR = 1, 2, 3, 4, 5
 # When a path argument names the dirfd itself without AT_EMPTY_PATH (tracer.h PC_BARE_*)
 BARE_EMPTY, BARE_NULL = 1, 2
 # What the C answer table can replay (tracer.h PC_FAST_*)
@@ -42,7 +45,7 @@ BARE_EMPTY, BARE_NULL = 1, 2
 class Call(
     namedtuple(
         "Call",
-        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr rewrites notify bare",
+        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr rewrites notify bare arg1_in",
         defaults=(
             -1,
             -1,
@@ -62,6 +65,7 @@ class Call(
             False,
             False,
             0,
+            (),
         ),
     )
 ):
@@ -90,9 +94,16 @@ class Call(
     rewrites: bool  # the handler may point an argument elsewhere: two stops
     notify: bool  # served through seccomp user notifications when available
     bare: int  # BARE_EMPTY: "" names the dirfd (readlinkat); BARE_NULL: NULL does (utimensat)
+    arg1_in: tuple  # stop only when args[1] is one of these (ioctl requests), else always
 
     def number(self, arch: str) -> int | None:
         return getattr(self, arch)
+
+
+def _p2(name, x86, a64, handler, **kw):
+    """A call of two paths (rename, link, mount): through /proc magic links too."""
+    kw.setdefault("proc", True)
+    return Call(name, x86, a64, PATH2, handler, **kw)
 
 
 def _p(name, x86, a64, handler, **kw):
@@ -305,7 +316,7 @@ CALLS: list[Call] = [
     ),
     _p("utime", 132, None, "write_existing", path=0),
     _p("utimes", 235, None, "write_existing", path=0),
-    _p("futimesat", 261, None, "write_existing", **_AT),
+    _p("futimesat", 261, None, "write_existing", **_AT, bare=BARE_NULL),
     _p(
         "utimensat",
         280,
@@ -360,15 +371,12 @@ CALLS: list[Call] = [
     _p("rmdir", 84, None, "write_remove", path=0, follow=False),
     _p("unlink", 87, None, "write_remove", path=0, follow=False),
     _p("unlinkat", 263, 35, "write_remove", **_AT, follow=False),
-    Call("rename", 82, None, PATH2, "write_rename", path=0, path2=1, follow=False),
-    Call(
-        "renameat", 264, 38, PATH2, "write_rename", dirfd=0, path=1, dirfd2=2, path2=3, follow=False
-    ),
-    Call(
+    _p2("rename", 82, None, "write_rename", path=0, path2=1, follow=False),
+    _p2("renameat", 264, 38, "write_rename", dirfd=0, path=1, dirfd2=2, path2=3, follow=False),
+    _p2(
         "renameat2",
         316,
         276,
-        PATH2,
         "write_rename",
         dirfd=0,
         path=1,
@@ -376,12 +384,11 @@ CALLS: list[Call] = [
         path2=3,
         follow=False,
     ),
-    Call("link", 86, None, PATH2, "write_link", path=0, path2=1, follow=False),
-    Call(
+    _p2("link", 86, None, "write_link", path=0, path2=1, follow=False),
+    _p2(
         "linkat",
         265,
         37,
-        PATH2,
         "write_link",
         dirfd=0,
         path=1,
@@ -391,6 +398,24 @@ CALLS: list[Call] = [
         empty=AT_EMPTY_PATH,
         follow=False,
         follow_flag=AT_SYMLINK_FOLLOW,
+    ),
+    _p("acct", 163, 89, "write_existing", path=0),  # appends to the file it names
+    # the changes that do not go through a path, on descriptors of our files (chattr's
+    # FS_IOC_SETFLAGS sets flags on the cache's own inodes)
+    Call("ioctl", 16, 29, FD, "ioctl_setattr", path=0, arg1_in=FS_IOC_SET),
+    # a Unix socket made at its address
+    Call("bind", 49, 200, SOCKADDR, "bind", path=1, size=2, follow=False, proc=True, rewrites=True),
+    # mounts of /cvmfs or onto it (root only, or in a user namespace)
+    _p2("mount", 165, 40, "mount", path=0, path2=1),
+    _p(
+        "open_tree",
+        428,
+        428,
+        "unsupported",
+        **_AT,
+        flags=2,
+        empty=AT_EMPTY_PATH,
+        nofollow=AT_SYMLINK_NOFOLLOW,
     ),
     Call("fchmod", 91, 52, FD, "write_fd", path=0),
     Call("fchown", 93, 55, FD, "write_fd", path=0),

@@ -37,6 +37,25 @@ def linkat_empty(fd, new):
         raise OSError(e, os.strerror(e))
 
 
+def linkat_follow(old, new):
+    if libc.linkat(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), 0x400) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def futimesat_null(fd):
+    if libc.futimesat(fd, None, None) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def bind_unix(path):
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(path)
+
+
 R = ROOT
 d, f, link = f"{R}/d", f"{R}/d/f", f"{R}/l"
 W, RW, C, X, T = os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_EXCL, os.O_TRUNC
@@ -127,6 +146,18 @@ attempt("linkat empty f", lambda: linkat_empty(ffd, f"{HOST}/flinked"))
 attempt("linkat empty l", lambda: linkat_empty(lfd, f"{HOST}/llinked"))
 attempt("reopen f O_RDWR", lambda: os.open(f"/proc/self/fd/{ffd}", RW))
 attempt("reopen f O_WRONLY|O_TRUNC", lambda: os.open(f"/dev/fd/{ffd}", W | T))
+attempt("futimesat f NULL", lambda: futimesat_null(ffd))
+# -- /proc magic links however they are spelled ------------------------------------------
+for spell in ("//proc", "/./proc", "/proc/../proc"):
+    attempt(f"{spell} reopen f O_RDWR", lambda s=spell: os.open(f"{s}/self/fd/{ffd}", RW))
+    attempt(f"{spell} chmod f", lambda s=spell: os.chmod(f"{s}/self/fd/{ffd}", 0o777))
+    attempt(f"{spell} mkdir in d", lambda s=spell: os.mkdir(f"{s}/self/fd/{dfd}/x"))
+attempt("proc fd linkat f host", lambda: linkat_follow(f"/proc/self/fd/{ffd}", f"{HOST}/h1"))
+attempt("//proc fd linkat f host", lambda: linkat_follow(f"//proc/self/fd/{ffd}", f"{HOST}/h2"))
+# -- Unix sockets bound at a path --------------------------------------------------------
+attempt("bind d/sock", lambda: bind_unix(f"{d}/sock"))
+attempt("bind f", lambda: bind_unix(f))
+attempt("bind proc fd d/sock", lambda: bind_unix(f"/proc/self/fd/{dfd}/sock"))
 # -- relative to a dirfd -----------------------------------------------------------------
 attempt("dirfd unlink f", lambda: os.unlink("f", dir_fd=dfd))
 attempt("dirfd rmdir .", lambda: os.rmdir(".", dir_fd=dfd))
@@ -157,6 +188,10 @@ attempt("cwd mkfifo", lambda: os.mkfifo("fifo"))
 attempt("proc cwd unlink f", lambda: os.unlink("/proc/self/cwd/f"))
 attempt("proc cwd open new O_CREAT", lambda: os.open("/proc/self/cwd/new", W | C, 0o644))
 attempt("proc cwd mkdir", lambda: os.mkdir("/proc/self/cwd/newdir"))
+attempt("cwd bind sock", lambda: bind_unix("sock"))
 os.chdir(link)  # through the symlink: the kernel's cwd is the directory
 attempt("cwd-via-link unlink f", lambda: os.unlink("f"))
 attempt("cwd-via-link touch", lambda: os.open("new", W | C, 0o644))
+os.chdir("/")
+attempt("relative proc fd reopen f", lambda: os.open(f"proc/self/fd/{ffd}", RW))
+attempt("relative proc fd mkdir in d", lambda: os.mkdir(f"proc/self/fd/{dfd}/x"))
