@@ -270,3 +270,22 @@ def test_changes_without_a_path_refused(wrepo, mode, tmp_path):
     assert got["FS_IOC_SETFLAGS f"] == got["FS_IOC_FSSETXATTR f"] == "ENOTTY"
     assert snapshot(parrot.cache, BOOKKEEPING) == before
     assert os.listdir(host) == ["hostfile"]
+
+
+def test_the_supervisor_writes_through_no_link_in_the_cache(wrepo, tmp_path):
+    """memo/ and config/ (kept answers, the configuration's) replaced by links to a
+    host directory: parrot_run writes nothing there, and still runs."""
+    src, _, keys, url = wrepo
+    parrot = _parrot(url, keys, str(tmp_path / "cache"), "notify")
+    assert parrot("ls", f"{MNT}/d").returncode == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for name in ("memo", "config"):
+        kept = os.path.join(parrot.cache, name)
+        if os.path.isdir(kept):
+            shutil.rmtree(kept)
+        os.symlink(str(victim), kept)
+    for _ in range(2):
+        p = parrot("sh", "-c", f"ls {MNT}/d; cat {MNT}/d/f")
+        assert p.returncode == 0 and p.stdout == b"f\ndata\n", p.stderr
+    assert os.listdir(victim) == []

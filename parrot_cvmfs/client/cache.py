@@ -240,6 +240,45 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_subdir(path: str) -> int:
+    """A descriptor of a directory of the cache (memo/, config/), made if missing; a
+    link or anything else where it belongs is a CacheError (our files are written
+    relative to it, never through a link)."""
+    for _ in range(2):
+        try:
+            return os.open(path, _DIR_NOFOLLOW)
+        except FileNotFoundError:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise CacheError(f"{path} is not a directory of the cache (remove it)") from None
+            raise CacheError(f"cannot open {path}: {e.strerror}") from None
+    raise CacheError(f"cannot make {path}")
+
+
+def write_atomic_at(dfd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """write_atomic relative to a directory descriptor."""
+    tmp = f".tmp.{os.getpid()}.{next(_temp_counter)}.{name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dfd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), mode)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except OSError:
+            pass
+        raise
+
+
 def open_regular(path: str, where: str) -> int | None:
     """A read-only descriptor of the regular file at `path`, opened without following
     a link (nor blocking on a fifo); None if there is nothing there. Anything else is a

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ..errors import ConfigError
+from ..errors import ConfigError, CvmfsError
 
 CONFIG_REPOSITORY = "cvmfs-config.cern.ch"
 # `re` is kept off the start-up path of parrot_run (with enum, ~7 ms): names and
@@ -219,15 +219,21 @@ def _memo_key(
     return md5_digest(blob).hex()
 
 
-def _memo_file(memo_dir: str, key: str) -> str:
-    return os.path.join(memo_dir, f"{key}.{os.getuid()}")
+def _memo_name(key: str) -> str:
+    return f"{key}.{os.getuid()}"
 
 
 def _memo_read(memo_dir: str, key: str) -> bytes | None:
     """The stored answer, if this user wrote it (a shared cache's other users cannot
-    hand us parameters) and nobody else can change it."""
+    hand us parameters) and nobody else can change it. Nothing is followed as a link,
+    the directory included."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(_memo_file(memo_dir, key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        dfd = os.open(memo_dir, flags | os.O_DIRECTORY)
+        try:
+            fd = os.open(_memo_name(key), flags, dir_fd=dfd)
+        finally:
+            os.close(dfd)
     except OSError:
         return None
     try:
@@ -240,12 +246,15 @@ def _memo_read(memo_dir: str, key: str) -> bytes | None:
 
 
 def _memo_write(memo_dir: str, key: str, data: bytes) -> None:
-    from .cache import write_atomic  # a miss: off the start-up path
+    from .cache import open_subdir, write_atomic_at  # a miss: off the start-up path
 
     try:
-        os.makedirs(memo_dir, exist_ok=True)
-        write_atomic(_memo_file(memo_dir, key), data, 0o644)
-    except OSError:
+        dfd = open_subdir(memo_dir)
+        try:
+            write_atomic_at(dfd, _memo_name(key), data, 0o644)
+        finally:
+            os.close(dfd)
+    except (OSError, CvmfsError):
         pass  # not kept: evaluated again next time
 
 

@@ -72,9 +72,8 @@ class Memo:
         self.served: dict[str, dict] = {}  # revision id -> {backing file: logical path}
         self._unread: set[str] = set()  # loaded revisions whose served list is not decoded
 
-    def _file(self, rev: str) -> str:
-        safe = rev.replace("/", "_")
-        return os.path.join(self.dir, f"{safe}.{self.uid}.memo")
+    def _name(self, rev: str) -> str:
+        return f"{rev.replace('/', '_')}.{self.uid}.memo"
 
     # -- teaching (and remembering) --------------------------------------------------------------
 
@@ -116,8 +115,13 @@ class Memo:
 
     def _open(self, rev: str) -> tuple[int, int] | None:
         """(fd, offset of the records) of this user's memo file for `rev`, or None."""
-        try:
-            fd = os.open(self._file(rev), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:  # nothing followed as a link, the directory included
+            dfd = os.open(self.dir, flags | os.O_DIRECTORY)
+            try:
+                fd = os.open(self._name(rev), flags, dir_fd=dfd)
+            finally:
+                os.close(dfd)
         except OSError:
             return None
         try:
@@ -195,11 +199,12 @@ class Memo:
         """Write what this run added (atomically; a concurrent run may win, which is fine)."""
         if not self.new:
             return
-        import tempfile  # not on the start-up path
+        from ..client.cache import open_subdir, write_atomic_at  # not on the start-up path
+        from ..errors import CvmfsError
 
         try:
-            os.makedirs(self.dir, exist_ok=True)
-        except OSError:
+            dfd = open_subdir(self.dir)
+        except CvmfsError:
             return
         self._decode_served()  # the loaded files' lists are kept in what is written
         for rev, records in self.new.items():
@@ -218,18 +223,12 @@ class Memo:
                 os.fsencode(k) + b"\0" + os.fsencode(v) + b"\0"
                 for k, v in self.served.get(rev, {}).items()
             )
-            tmp = None
             try:
-                fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".memo.")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(MAGIC + struct.pack("<I", len(served)) + served)
-                    f.write(body)
-                os.rename(tmp, self._file(rev))
+                write_atomic_at(
+                    dfd, self._name(rev), MAGIC + struct.pack("<I", len(served)) + served + body
+                )
             except OSError:
-                if tmp is not None:
-                    try:
-                        os.unlink(tmp)
-                    except OSError:
-                        pass
+                pass  # not kept: taught again next time
+        os.close(dfd)
         self.new.clear()
         self.new_bytes.clear()
