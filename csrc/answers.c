@@ -304,8 +304,36 @@ int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *n
     return rc;
 }
 
+/* Whether a listing's linux_dirent64 records are what a kernel could return (kept
+ * answers are files of the cache: a record of length 0 would make fast_getdents loop,
+ * a name with a '/' reach a program): each within the blob, 8-aligned, its name
+ * NUL-terminated inside it, 1..255 bytes without '/', "." and ".." first and only. */
+static int dents_valid(const unsigned char *p, size_t len)
+{
+    size_t at = 0;
+    for (int i = 0; at < len; i++) {
+        if (len - at < 20)
+            return 0;
+        uint16_t reclen;
+        memcpy(&reclen, p + at + 16, 2);
+        if (reclen < 20 || reclen % 8 || reclen > len - at)
+            return 0;
+        const char *name = (const char *)p + at + 19;
+        size_t n = strnlen(name, reclen - 19);
+        if (n == 0 || n == reclen - 19u || n > 255 || memchr(name, '/', n))
+            return 0;
+        int dots = (n == 1 && name[0] == '.') || (n == 2 && name[0] == '.' && name[1] == '.');
+        if (dots != (i < 2) || (i < 2 && (int)n != i + 1))
+            return 0;
+        at += reclen;
+    }
+    return 1;
+}
+
 int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_t len)
 {
+    if (!dents_valid(records, len))
+        return -1; /* Python answers from the catalog */
     pthread_rwlock_wrlock(&t->answers_lock);
     answer *a = slot_locked(t, key, 1);
     int rc = a ? set_blob(t, &a->dents, &a->dents_len, records, len) : -1;

@@ -289,3 +289,29 @@ def test_the_supervisor_writes_through_no_link_in_the_cache(wrepo, tmp_path):
         p = parrot("sh", "-c", f"ls {MNT}/d; cat {MNT}/d/f")
         assert p.returncode == 0 and p.stdout == b"f\ndata\n", p.stderr
     assert os.listdir(victim) == []
+
+
+def test_kept_listings_are_checked(wrepo, tmp_path):
+    """A kept listing (memo/) whose names were edited ('f' -> '/', a record of length 0)
+    is not replayed by C: the program sees the catalog's names."""
+    import glob
+
+    src, _, keys, url = wrepo
+    parrot = _parrot(url, keys, str(tmp_path / "cache"), "notify")
+    script = f"{sys.executable} -c \"import os; print(sorted(os.listdir('{MNT}/d')))\""
+    first = parrot("sh", "-c", script)
+    assert first.stdout == b"['f']\n", first.stderr
+    (memo,) = glob.glob(os.path.join(parrot.cache, "memo", f"{NAME}@*.memo"))
+    data = bytearray(open(memo, "rb").read())
+    rec = data.find(b"\x08f\x00")  # d_type DT_REG, the name "f"
+    assert rec > 0
+    for edit in (b"\x08/\x00", None):
+        bad = bytearray(data)
+        if edit is None:  # the record's length (d_reclen, just before d_type) made 0
+            bad[rec - 2 : rec] = b"\x00\x00"
+        else:
+            bad[rec : rec + 3] = edit
+        with open(memo, "wb") as f:
+            f.write(bad)
+        p = parrot("sh", "-c", script, timeout=60)
+        assert p.returncode == 0 and p.stdout == b"['f']\n", (edit, p.stdout, p.stderr)
