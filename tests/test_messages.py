@@ -89,6 +89,16 @@ def test_lazy_mount_failure_says_why_once_per_repository(published, tmp_path, sp
     assert "No such file or directory" in p.stderr.decode()
 
 
+def test_names_that_are_no_repository_are_enoent_silently(tmp_path):
+    """git, pyenv and the like probe /cvmfs/.git, /cvmfs/.python-version: as under
+    autofs, ENOENT and nothing printed (a repository's name has dots between labels)."""
+    names = [".git", ".python-version", "README", "a..b", "x.", ".hidden.org"]
+    script = "; ".join(f"ls -d /cvmfs/{n} 2>/dev/null || echo no" for n in names)
+    p = parrot(base_env(), tmp_path / "c", "--", "sh", "-c", script)
+    assert p.stdout.decode().split() == ["no"] * len(names)
+    assert lines(p) == [], lines(p)
+
+
 # -- directories named on the command line must exist -------------------------------------------
 
 

@@ -39,6 +39,7 @@ def make_tree(src: str) -> None:
     with open(f"{src}/top", "w") as f:
         f.write("top\n")
     os.symlink("d", f"{src}/l")
+    os.symlink("loop", f"{src}/loop")
 
 
 @pytest.fixture(scope="module")

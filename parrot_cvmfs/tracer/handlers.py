@@ -338,6 +338,28 @@ class Handlers:
                 return t
         return resolve(self.view, self._path(ev), self._base(ev), f, **kw)
 
+    def _walk_to_last(self, ev, path: str, base: str | None) -> Target:
+        """_resolve_last for any path of the call."""
+        stripped = path.rstrip("/")
+        t = self._resolve_path(ev, stripped or path, base, False)
+        t.trailing = bool(stripped) and stripped != path
+        return t
+
+    def _resolve_last(self, ev, call: Call) -> Target | None:
+        """For calls that create or remove the last component (mkdir, unlink, rename,
+        link's new name, open with O_CREAT): the walk to it, with the last component
+        itself neither followed nor required to be a directory by a trailing "/" (the
+        kernel's filename_parentat); `trailing` says whether there was one."""
+        if ev.path_err:
+            return None
+        path = self._path(ev)
+        stripped = path.rstrip("/")
+        if not stripped or stripped == path or ev.empty_path:
+            return self._resolve(ev, call, False)
+        t = self._resolve_path(ev, stripped, self._base(ev), False)
+        t.trailing = True
+        return t
+
     def _resolve_path(self, ev, path: str, base: str | None, follow: bool) -> Target:
         """`resolve`, through /proc magic links as the kernel goes (for a call's second
         path; `_resolve` for its first)."""
@@ -577,6 +599,12 @@ class Handlers:
             flags = ev.args[call.flags]
             mode = int(ev.args[call.flags + 1])
         follow = not (flags & O_NOFOLLOW) and not (flags & O_CREAT and flags & O_EXCL)
+        path = self._path(ev)
+        if flags & O_CREAT and path.endswith("/") and path.strip("/") and not ev.path_err:
+            # open_last_lookups: "name/" with O_CREAT is EISDIR once the walk gets there
+            t = self._resolve_last(ev, call)
+            if t is not None and (t.virtual or self._in_cvmfs(t) or t.err):
+                return skip(-(t.err if t.err and not t.missing_last else errno.EISDIR))
         t = self._resolve(ev, call, follow, no_symlinks=bool(resolve_flags & RESOLVE_NO_SYMLINKS))
         if t is None:
             return RESUME
@@ -986,7 +1014,7 @@ class Handlers:
         return skip(-errno.EROFS)
 
     def h_write_create(self, ev, call: Call) -> tuple:
-        t = self._resolve(ev, call, False)
+        t = self._resolve_last(ev, call)
         if t is None:
             return RESUME
         if t.virtual:  # an existing name, or "." / ".." (filename_create: EEXIST)
@@ -1001,7 +1029,7 @@ class Handlers:
         return self._host(ev, call, t)
 
     def h_write_remove(self, ev, call: Call) -> tuple:
-        t = self._resolve(ev, call, False)
+        t = self._resolve_last(ev, call)
         if t is None:
             return RESUME
         if t.virtual or (t.err == errno.ENOENT and t.missing_last):
@@ -1022,11 +1050,13 @@ class Handlers:
             t1 = self._fd_target(ev, self._base(ev), int(ev.args[call.dirfd]))
         elif ev.path_err:
             t1 = None
+        elif call.handler == "write_rename":  # both names are the last of a parent walk
+            t1 = self._walk_to_last(ev, self._path(ev), self._base(ev))
         else:
             t1 = self._resolve_path(ev, self._path(ev), self._base(ev), follow_old)
         p2 = _s(ev.path2, ev.path2_len)
         b2 = _s(ev.base2, ev.base2_len) if ev.base2_len else None
-        t2 = None if ev.path2_err else self._resolve_path(ev, p2, b2, False)
+        t2 = None if ev.path2_err else self._walk_to_last(ev, p2, b2)
         return t1, t2
 
     @staticmethod

@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 
 from ..client.cache import ObjectCache, make_layout
-from ..client.config import Configuration, normalize_name
+from ..client.config import Configuration, valid_name
 from ..client.repository import Repository, inode_of, open_cache
-from ..errors import ConfigError, CvmfsError, one_line_text
+from ..errors import CvmfsError, one_line_text
 from .anchors import Anchors
 from .paths import ROOT, VPath, resolve
 from .structs import Attrs, dtype_of
@@ -124,9 +124,13 @@ class CvmfsView:
         repo = self.repos.get(name)
         if repo is not None or name in self.failed:
             return repo
+        labels = name.split(".")
+        if not valid_name(name) or len(labels) < 2 or not all(labels):
+            # not a repository's name (git's and pyenv's probes of /cvmfs/.git,
+            # /cvmfs/.python-version...): ENOENT, silently, as under autofs
+            self.failed[name] = f"{name} is not a repository name"
+            return None
         try:
-            if normalize_name(name, "") != name or "." not in name:
-                raise ConfigError(f"{name} is not a repository name")
             settings = self.config.settings(name)
             settings.server_urls  # noqa: B018 - raises for unknown repositories
             repo = Repository.mount(

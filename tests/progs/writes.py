@@ -4,7 +4,8 @@ Prints one line per attempt: what was tried, and `ok` or the errno's name.
 
     python3 writes.py ROOT HOSTDIR
 
-ROOT holds `d/` (with the file `d/f`), the symlink `l -> d` and the file `top`; HOSTDIR is
+ROOT holds `d/` (with the file `d/f`), the symlinks `l -> d` and `loop -> loop`, and the
+file `top`; HOSTDIR is
 a writable host directory holding the file `hostfile`. The tests run this natively on a
 read-only bind mount of a tree and under parrot_run on /cvmfs/<repo> (the same tree), and
 compare the lines.
@@ -129,6 +130,17 @@ attempt("truncate l", lambda: os.truncate(link, 0))
 attempt("setxattr f", lambda: os.setxattr(f, "user.x", b"1"))
 attempt("removexattr f", lambda: os.removexattr(f, "user.x"))
 
+# -- a trailing "/" on the last component, after a file or a looping link ----------------
+for spelled in ("d/f/", "loop/", "top/", "d/missing/"):
+    p = f"{R}/{spelled}"
+    attempt(f"mkdir {spelled}", lambda p=p: os.mkdir(p))
+    attempt(f"rmdir {spelled}", lambda p=p: os.rmdir(p))
+    attempt(f"unlink {spelled}", lambda p=p: os.unlink(p))
+    attempt(f"mkfifo {spelled}", lambda p=p: os.mkfifo(p))
+    attempt(f"symlink {spelled}", lambda p=p: os.symlink("x", p))
+    attempt(f"open O_CREAT {spelled}", lambda p=p: os.open(p, W | C, 0o644))
+    attempt(f"rename {spelled} host", lambda p=p: os.rename(p, f"{HOST}/moved"))
+    attempt(f"link host {spelled}", lambda p=p: os.link(f"{HOST}/hostfile", p))
 # -- descriptors -------------------------------------------------------------------------
 ffd = os.open(f, os.O_RDONLY)
 dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
