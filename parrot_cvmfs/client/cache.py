@@ -347,7 +347,7 @@ class ObjectCache:
         self.txn = os.path.join(self.dir, "txn")
         self._lockfile = os.path.join(self.dir, "lock_objects")
         self._tls = threading.local()
-        self._lockfds: list[int] = []
+        self._lockfds: set[int] = set()  # the threads' descriptors of lock_objects
         self._lockfds_guard = threading.Lock()
         self._dirs_ok: set[str] = set()  # directories found to be real ones
         self.quota = Quota(self.dir, quota_bytes) if quota_bytes and quota_bytes > 0 else None
@@ -572,13 +572,12 @@ class ObjectCache:
 
         An open-file-description lock on one byte of `lock_objects`; each thread has
         its own description, so threads exclude each other as processes do."""
-        fd = getattr(self._tls, "lockfd", None)
-        if fd is None:
-            fd = _open_lock_file(self._lockfile, self.dir)
-            self._tls.lockfd = fd
-            with self._lockfds_guard:
-                self._lockfds.append(fd)
-        return _ObjectLock(fd, int(key[:15], 16))
+        own = getattr(self._tls, "lockfile", None)
+        if own is None:
+            own = self._tls.lockfile = _ThreadLockFile(
+                _open_lock_file(self._lockfile, self.dir), self._lockfds, self._lockfds_guard
+            )
+        return _ObjectLock(own.fd, int(key[:15], 16))
 
     # -- small metadata files -------------------------------------------------------------------
 
@@ -642,12 +641,13 @@ class ObjectCache:
 
     def close(self) -> None:
         with self._lockfds_guard:
-            for fd in self._lockfds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._lockfds.clear()
+            fds, self._lockfds = self._lockfds, set()  # what threads still hold: now nothing
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        fds.clear()
         self._tls = threading.local()
         if self.quota is not None:
             self.quota.close()
@@ -666,6 +666,28 @@ def _open_lock_file(path: str, cache_dir: str) -> int:
         raise CacheError(
             f"cannot open {os.path.basename(path)} in cache {cache_dir}: {e.strerror}"
         ) from None
+
+
+class _ThreadLockFile:
+    """A thread's own description of `lock_objects`, closed when the thread ends (its
+    thread-local storage goes with it) or when the cache closes, whichever comes first:
+    a program that makes a thread per request must not keep a descriptor per thread."""
+
+    __slots__ = ("fd", "_fds", "_guard")
+    _close = staticmethod(os.close)  # still there when the interpreter is shutting down
+
+    def __init__(self, fd: int, fds: set[int], guard: threading.Lock):
+        self.fd, self._fds, self._guard = fd, fds, guard
+        with guard:
+            fds.add(fd)
+
+    def __del__(self) -> None:
+        # the cache's set of the time: once the cache closed them, not this one's to close
+        with self._guard:
+            mine = self.fd in self._fds
+            self._fds.discard(self.fd)
+        if mine:
+            self._close(self.fd)
 
 
 class _ObjectLock:
