@@ -12,9 +12,9 @@ by SQLite's progress handler, in case something still makes one run away.
 Each open database holds a descriptor, and a walk through a repository attaches one
 catalog per nested catalog it crosses (tens of thousands in some repositories). So no
 more than `open_limit()` connections stay open at once: past that, the one least
-recently used is closed (its checked schema kept), and reopened on its next query, its
-file asked for again (the cache may have evicted it once nobody held it open) and its
-schema checked again.
+recently used is closed (what was learned of its schema kept), and reopened on its next
+query, its file asked for again (the cache may have evicted it once nobody held it open)
+and refused unless its schema entries are the ones checked the first time.
 """
 
 from __future__ import annotations
@@ -144,8 +144,8 @@ class Database:
 
     The connection may be closed to keep the number of open databases bounded
     (`_OpenDatabases`): the next query reopens it, at the path `reopen()` gives (by
-    default the same path), and checks the schema entries and the columns already
-    checked again; a file that is not the one checked before is refused."""
+    default the same path); a file whose schema entries are not exactly those checked
+    the first time is refused."""
 
     def __init__(
         self,
@@ -195,11 +195,9 @@ class Database:
         path = self._reopen_path() if self._reopen_path is not None else self._path
         self._con = self._connect(path)
         try:
-            if self._check_entries() != self._tables:
-                raise self._refuse("its tables changed since it was first opened")
-            for table, columns in list(self._columns.items()):
-                if self._table_columns(table) != columns:
-                    raise self._refuse(f"table {table} changed since it was first opened")
+            # the schema is its entries' SQL: the same entries, the same checked columns
+            if self._entries() != self._master:
+                raise self._refuse("its schema changed since it was first opened")
         except BaseException:
             self._disconnect()
             raise
@@ -239,13 +237,15 @@ class Database:
         except (sqlite3.DatabaseError, UnicodeDecodeError) as e:  # (a message of bad bytes)
             raise self._failure(e) from None
 
+    def _entries(self) -> list:
+        # sqlite_master is always a table: nothing of the file's own runs to read it
+        return self._rows("SELECT type, name, rootpage, sql FROM sqlite_master", ())
+
     def _check_entries(self) -> frozenset[str]:
         """The plain tables; refused: views, triggers, virtual tables, missing tables."""
-        # sqlite_master is always a table: nothing of the file's own runs to read it
         tables = set()
-        for kind, name, rootpage, sql in self._rows(
-            "SELECT type, name, rootpage, sql FROM sqlite_master", ()
-        ):
+        self._master = self._entries()
+        for kind, name, rootpage, sql in self._master:
             if kind in ("view", "trigger"):
                 raise self._refuse(f"it holds a {kind} ({name}), which no catalog has")
             if kind == "table":
