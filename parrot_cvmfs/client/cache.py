@@ -577,7 +577,7 @@ class ObjectCache:
             own = self._tls.lockfile = _ThreadLockFile(
                 _open_lock_file(self._lockfile, self.dir), self._lockfds, self._lockfds_guard
             )
-        return _ObjectLock(own.fd, int(key[:15], 16))
+        return _ObjectLock(own, int(key[:15], 16))
 
     # -- small metadata files -------------------------------------------------------------------
 
@@ -694,10 +694,12 @@ class _ObjectLock:
     """One byte of the lock file, held for a `with` block (a class rather than a
     contextlib generator: contextlib is ~2 ms of parrot_run's start-up)."""
 
-    __slots__ = ("fd", "offset")
+    __slots__ = ("fd", "offset", "_file")
 
-    def __init__(self, fd: int, offset: int):
-        self.fd, self.offset = fd, offset
+    def __init__(self, file: _ThreadLockFile, offset: int):
+        # the thread's lock file stays open while this lock exists (even if the cache,
+        # and with it the thread's local storage, is gone meanwhile)
+        self.fd, self.offset, self._file = file.fd, offset, file
 
     def __enter__(self) -> None:
         fcntl.fcntl(
