@@ -128,15 +128,18 @@ def test_the_jobs_descriptor_limit_is_the_one_it_was_given(nest, mode, tmp_path)
 # -- the library: the bound, reopening, and what a reopen refuses ---------------------------------
 
 
-def _open_cache_files(cache: str) -> int:
-    """How many descriptors of this process point into `cache` (a directory)."""
+def _open_cache_files(cache: str, objects_only: bool = False) -> int:
+    """How many descriptors of this process point into `cache` (a directory), or only
+    to its objects (`xx/...`: here catalogs, as contents are not kept open)."""
     n = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith(cache + "/"):
-                n += 1
+            target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            pass
+            continue
+        if target.startswith(cache + "/"):
+            rel = target[len(cache) + 1 :]
+            n += not objects_only or (rel[2:3] == "/" and rel[:2] != "tx")
     return n
 
 
@@ -172,6 +175,40 @@ def test_catalogs_closed_past_the_bound_are_reopened(nest, tmp_path, monkeypatch
         ]
         assert sorted(t.name for t in repo.tags()) == ["first", "trunk"]
         assert _open_cache_files(cache) <= limit + 4
+
+
+def test_threads_share_the_bounded_catalogs(nest, tmp_path, monkeypatch):
+    """Threads looking up and listing across the catalogs, far more than may be open:
+    each gets the right answers while the others close and reopen catalogs."""
+    _, env = nest
+    limit = 8
+    monkeypatch.setattr(database, "OPEN_MAX", limit, raising=False)
+    cache = str(tmp_path / "c")
+    errors: list[str] = []
+    peaks: list[int] = []
+    with Repository.mount(NAME, cache_dir=cache, config=Configuration(env=env)) as repo:
+
+        def work(seed: int) -> None:
+            try:
+                for k in range(300):
+                    i = (seed * 7919 + k * 104729) % DIRS
+                    d = f"/d{i:04d}"
+                    assert sorted(repo.listdir(d)) == [".cvmfscatalog", "a", "b"], d
+                    e = repo.ns.children_catalog(repo.lookup(d)).lookup(d + "/b")
+                    assert e is not None and e.size == len(f"b{i}\n"), d
+                    if k % 50 == 0:
+                        peaks.append(_open_cache_files(cache, objects_only=True))
+            except Exception as e:  # reported below, with the thread's others
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        # a reopened catalog's connection is open before the sweep closes another
+        assert max(peaks) <= limit + len(threads)
 
 
 def _catalog_copy(nest, tmp_path) -> str:
