@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -281,6 +282,22 @@ static int start_job(pc_tracer *t, spawn_request *r)
     return 0;
 }
 
+/* The supervisor's soft limit of descriptors raised towards its hard limit, once the job
+ * was forked with the limits it was given (its children inherit the job's): what the
+ * supervisor holds is bounded anyway (open catalogs: database.py), this is a margin for
+ * a job started under a low soft limit. */
+#define NOFILE_WANTED 8192
+
+static void raise_nofile(void)
+{
+    struct rlimit l;
+    if (getrlimit(RLIMIT_NOFILE, &l) != 0 || l.rlim_cur >= NOFILE_WANTED ||
+        l.rlim_cur >= l.rlim_max)
+        return;
+    l.rlim_cur = l.rlim_max < NOFILE_WANTED ? l.rlim_max : NOFILE_WANTED;
+    setrlimit(RLIMIT_NOFILE, &l);
+}
+
 /* In the tracer thread, for pc_spawn, which waits until `done`. */
 int spawn_job(pc_tracer *t)
 {
@@ -336,6 +353,7 @@ pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const e
         pthread_cond_wait(&t->spawned, &t->qlock);
     pthread_mutex_unlock(&t->qlock);
     t->spawning = NULL;
+    raise_nofile(); /* the job is forked: its limits are its own */
     if (r.reaper >= 0)
         close(r.reaper); /* the job has sent it its copy, or failed */
     if (r.pid < 0) {

@@ -386,7 +386,7 @@ class ObjectCache:
         self.txn = os.path.join(self.dir, "txn")
         self._lockfile = os.path.join(self.dir, "lock_objects")
         self._tls = threading.local()
-        self._lockfds: list[int] = []
+        self._lockfds: set[int] = set()  # the threads' descriptors of lock_objects
         self._lockfds_guard = threading.Lock()
         self._dirs_ok: set[str] = set()  # directories found to be real ones
         self.quota = Quota(self.dir, quota_bytes) if quota_bytes and quota_bytes > 0 else None
@@ -611,13 +611,12 @@ class ObjectCache:
 
         An open-file-description lock on one byte of `lock_objects`; each thread has
         its own description, so threads exclude each other as processes do."""
-        fd = getattr(self._tls, "lockfd", None)
-        if fd is None:
-            fd = _open_lock_file(self._lockfile, self.dir)
-            self._tls.lockfd = fd
-            with self._lockfds_guard:
-                self._lockfds.append(fd)
-        return _ObjectLock(fd, int(key[:15], 16))
+        own = getattr(self._tls, "lockfile", None)
+        if own is None:
+            own = self._tls.lockfile = _ThreadLockFile(
+                _open_lock_file(self._lockfile, self.dir), self._lockfds, self._lockfds_guard
+            )
+        return _ObjectLock(own, int(key[:15], 16))
 
     # -- small metadata files -------------------------------------------------------------------
 
@@ -681,12 +680,13 @@ class ObjectCache:
 
     def close(self) -> None:
         with self._lockfds_guard:
-            for fd in self._lockfds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._lockfds.clear()
+            fds, self._lockfds = self._lockfds, set()  # what threads still hold: now nothing
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        fds.clear()
         self._tls = threading.local()
         if self.quota is not None:
             self.quota.close()
@@ -707,14 +707,38 @@ def _open_lock_file(path: str, cache_dir: str) -> int:
         ) from None
 
 
+class _ThreadLockFile:
+    """A thread's own description of `lock_objects`, closed when the thread ends (its
+    thread-local storage goes with it) or when the cache closes, whichever comes first:
+    a program that makes a thread per request must not keep a descriptor per thread."""
+
+    __slots__ = ("fd", "_fds", "_guard")
+    _close = staticmethod(os.close)  # still there when the interpreter is shutting down
+
+    def __init__(self, fd: int, fds: set[int], guard: threading.Lock):
+        self.fd, self._fds, self._guard = fd, fds, guard
+        with guard:
+            fds.add(fd)
+
+    def __del__(self) -> None:
+        # the cache's set of the time: once the cache closed them, not this one's to close
+        with self._guard:
+            mine = self.fd in self._fds
+            self._fds.discard(self.fd)
+        if mine:
+            self._close(self.fd)
+
+
 class _ObjectLock:
     """One byte of the lock file, held for a `with` block (a class rather than a
     contextlib generator: contextlib is ~2 ms of parrot_run's start-up)."""
 
-    __slots__ = ("fd", "offset")
+    __slots__ = ("fd", "offset", "_file")
 
-    def __init__(self, fd: int, offset: int):
-        self.fd, self.offset = fd, offset
+    def __init__(self, file: _ThreadLockFile, offset: int):
+        # the thread's lock file stays open while this lock exists (even if the cache,
+        # and with it the thread's local storage, is gone meanwhile)
+        self.fd, self.offset, self._file = file.fd, offset, file
 
     def __enter__(self) -> None:
         fcntl.fcntl(

@@ -4,7 +4,7 @@ Columns differ between schema revisions, so the SELECT is built from the
 table's actual columns. Entries are keyed by the MD5 of their full path inside
 the repository (the root is the empty string). The database is opened through
 `database.Database`: refused unless its schema is one of the catalog schemas,
-every query bounded in time.
+every query bounded in time, its connection one of a bounded number open at once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from ..errors import CatalogError
 from .database import Database
 from .hashes import DIGEST_SIZE, Algorithm, ContentHash, md5_digest
 from .values import column_text, decimal, shown
+
+TYPE_CHECKING = False  # not typing's: parrot_run's start-up imports this module
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 FLAG_DIR = 1
 FLAG_NESTED_MOUNTPOINT = 2
@@ -259,14 +263,24 @@ class Catalog:
     root catalog). Paths given to methods are logical.
     """
 
-    def __init__(self, db_path: str, content_hash: ContentHash | None, mountpoint: str = ""):
+    def __init__(
+        self,
+        db_path: str,
+        content_hash: ContentHash | None,
+        mountpoint: str = "",
+        reopen: Callable[[], str] | None = None,
+    ):
         self.db_path = db_path
         self.hash = content_hash
         self.mountpoint = mountpoint
         self.what = (
             f"catalog {content_hash.hex if content_hash else db_path} at /{mountpoint.lstrip('/')}"
         )
-        self._db = Database(db_path, self.what, CATALOG_SCHEMA, ("properties", "catalog"))
+        # the file may be closed while the catalog stays attached (database.py):
+        # `reopen` gives it again (fetched again if the cache evicted it meanwhile)
+        self._db = Database(
+            db_path, self.what, CATALOG_SCHEMA, ("properties", "catalog"), reopen=reopen
+        )
         try:
             self._db.columns("properties")
             self.properties = dict(self._query("SELECT key, value FROM properties", ()))

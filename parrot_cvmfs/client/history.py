@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Callable
 
 from ..errors import CatalogError, ConfigError
 from .database import Database
@@ -37,9 +38,14 @@ class Tag(namedtuple("Tag", "name root_hash revision timestamp description size 
 
 
 class History:
-    def __init__(self, db_path: str, what: str = "history database"):
+    """The tags of a history database; `reopen` gives its file again if the bound on
+    open databases closed it (database.py), by default the same path."""
+
+    def __init__(
+        self, db_path: str, what: str = "history database", reopen: Callable[[], str] | None = None
+    ):
         self.what = what
-        self._db = Database(db_path, what, HISTORY_SCHEMA, ("properties", "tags"))
+        self._db = Database(db_path, what, HISTORY_SCHEMA, ("properties", "tags"), reopen=reopen)
         try:
             self._columns = self._db.columns("tags")
             self._db.columns("properties")

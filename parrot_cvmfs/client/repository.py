@@ -463,10 +463,14 @@ class Repository:
             h = self.manifest.history if self.manifest else None
             if h is None:
                 return None
-            path = self.fetcher.fetch(h, "H", what=f"history database of {self.fqrn}")
+
+            def fetch() -> str:
+                return self.fetcher.fetch(h, "H", what=f"history database of {self.fqrn}")
+
             from .history import History  # tags only: kept off the start-up path
 
-            self._history = History(path, f"history database {h.hex} of {self.fqrn}")
+            what = f"history database {h.hex} of {self.fqrn}"
+            self._history = History(fetch(), what, reopen=fetch)
         return self._history
 
     def tags(self) -> list[Tag]:
@@ -508,14 +512,19 @@ class Repository:
         """Open the catalog `h` at `mountpoint`, fetched if needed; `size` is the one its
         parent (or the manifest) records, the bound of what a server may send for it."""
         where = mountpoint or "/"
-        path = self.fetcher.fetch(
-            h,
-            "C",
-            limit=database_limit(size),
-            what=f"catalog {h.hex} of {self.fqrn}:{where}",
-            kind=1,
-        )
-        return Catalog(path, h, mountpoint)
+
+        def fetch() -> str:
+            return self.fetcher.fetch(
+                h,
+                "C",
+                limit=database_limit(size),
+                what=f"catalog {h.hex} of {self.fqrn}:{where}",
+                kind=1,
+            )
+
+        # reopened through the fetcher when its file was closed (the catalogs open at
+        # once are bounded: database.py) and the cache evicted it meanwhile
+        return Catalog(fetch(), h, mountpoint, reopen=fetch)
 
     def remount(self) -> None:
         """Attach the selected revision's root catalog (again)."""
