@@ -36,36 +36,15 @@ def _kv(text: str) -> tuple[str, str]:
     return k.strip(), v
 
 
-def _add_trust_options(sp: argparse.ArgumentParser) -> None:
-    """--verify-at, -o and --config-dir of the commands that verify a chain offline."""
+def _add_trust_options(sp) -> None:
+    """--verify-at, -o and --config-dir: how a chain is verified (a parser or a group)."""
     sp.add_argument(
-        "--verify-at",
-        metavar="DATE",
-        type=_parse_when,
-        help="check whitelist expiry as of this UTC date",
-    )
-    sp.add_argument(
-        "-o",
-        "--option",
-        metavar="KEY=VALUE",
-        type=_kv,
-        action="append",
-        default=[],
-        help="set a CVMFS_* parameter (repeatable)",
-    )
-    sp.add_argument("--config-dir", metavar="DIR", help="cvmfs configuration directory")
-
-
-def add_client_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("repository access")
-    g.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: per-user cache)")
-    g.add_argument(
         "--verify-at",
         metavar="DATE",
         type=_parse_when,
         help="check whitelist expiry as of this UTC date (archived repositories)",
     )
-    g.add_argument(
+    sp.add_argument(
         "-o",
         "--option",
         metavar="KEY=VALUE",
@@ -74,9 +53,15 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
         default=[],
         help="set a CVMFS_* parameter (repeatable)",
     )
-    g.add_argument(
+    sp.add_argument(
         "--config-dir", metavar="DIR", help="cvmfs configuration directory (default /etc/cvmfs)"
     )
+
+
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("repository access")
+    g.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: per-user cache)")
+    _add_trust_options(g)
     g.add_argument("--alien-cache", metavar="DIR", help="read-only preloaded cache consulted first")
     g.add_argument(
         "--offline", action="store_true", help="use only the cache; never touch the network"
