@@ -18,8 +18,8 @@ import zlib
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from parrot_cvmfs.client.catalog import Catalog  # noqa: E402
-from parrot_cvmfs.client.hashes import ContentHash  # noqa: E402
+from parrot_cvmfs.format.catalog import Catalog  # noqa: E402
+from parrot_cvmfs.format.hashes import ContentHash  # noqa: E402
 from tests.conftest import REAL_REPOS  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def main() -> None:
             Catalog(path, h, "").close()
 
         print(f"open + close of the catalog: {per_op(open_close, range(200), args.repeat):.1f} us")
-        database = sys.modules["parrot_cvmfs.client.database"]
+        database = sys.modules["parrot_cvmfs.format.database"]
         if hasattr(database, "_open"):  # the bound on open databases
             cat = Catalog(path, h, "")
             cat.lookup("")

@@ -21,7 +21,7 @@ EXIT_USAGE = 2
 
 
 def _parse_when(text: str) -> float:
-    from .client.history import parse_repository_date
+    from .format.history import parse_repository_date
 
     try:
         return float(parse_repository_date(text))
@@ -380,7 +380,7 @@ def cmd_tags(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from .client.hashes import ALGORITHM_BY_NAME
+    from .format.hashes import ALGORITHM_BY_NAME
     from .server.chunking import ChunkSizes
     from .server.publisher import PublishOptions, publish
 

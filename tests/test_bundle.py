@@ -258,7 +258,7 @@ def test_hostile_member_names_and_types(bundled, tmp_path):
 def test_missing_extra_and_repeated_members_are_refused(bundled, tmp_path):
     items = members(bundled.bundle)
     junk = zlib.compress(b"nobody's object\n")
-    from parrot_cvmfs.client.hashes import Algorithm, hash_bytes
+    from parrot_cvmfs.format.hashes import Algorithm, hash_bytes
 
     h = hash_bytes(Algorithm.SHA1, junk).hex
     first = first_object(items)

@@ -14,8 +14,8 @@ import pytest
 
 from parrot_cvmfs.client.cache import ObjectCache, open_files_under
 from parrot_cvmfs.client.config import Configuration
-from parrot_cvmfs.client.hashes import Algorithm, hash_bytes
 from parrot_cvmfs.client.repository import Repository
+from parrot_cvmfs.format.hashes import Algorithm, hash_bytes
 
 from .conftest import base_env, repo_spec
 from .servers import FaultyServer

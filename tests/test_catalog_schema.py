@@ -18,10 +18,10 @@ import zlib
 
 import pytest
 
-from parrot_cvmfs.client import database
-from parrot_cvmfs.client.catalog import CATALOG_SCHEMA, Catalog
-from parrot_cvmfs.client.history import History
 from parrot_cvmfs.errors import CatalogError
+from parrot_cvmfs.format import database
+from parrot_cvmfs.format.catalog import CATALOG_SCHEMA, Catalog
+from parrot_cvmfs.format.history import History
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 

@@ -8,8 +8,8 @@ import zlib
 
 import pytest
 
-from parrot_cvmfs.client.dirtab import Dirtab, RelaxedPathFilter
 from parrot_cvmfs.errors import ConfigError
+from parrot_cvmfs.format.dirtab import Dirtab, RelaxedPathFilter
 from parrot_cvmfs.server.chunking import Chunker, ChunkSizes, chunk_boundaries
 
 from .conftest import REAL_REPOS

@@ -12,11 +12,11 @@ import zlib
 import pytest
 
 from parrot_cvmfs.client.config import Configuration
-from parrot_cvmfs.client.hashes import hash_bytes
-from parrot_cvmfs.client.manifest import Manifest, export_manifest_body, parse_fields
 from parrot_cvmfs.client.repository import Repository
-from parrot_cvmfs.client.signature import sign_raw_pkcs1
 from parrot_cvmfs.errors import CvmfsError
+from parrot_cvmfs.format.hashes import hash_bytes
+from parrot_cvmfs.format.manifest import Manifest, export_manifest_body, parse_fields
+from parrot_cvmfs.format.signature import sign_raw_pkcs1
 from parrot_cvmfs.server.keys import ensure_keys
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.stratum import StratumStore
@@ -65,7 +65,7 @@ class Setup:
         keys = ensure_keys(self.keys_dir, self.name)
         body = export_manifest_body(fields)
         digest = hash_bytes(self.manifest().root_hash.algorithm, body).hex.encode()
-        from parrot_cvmfs.client.signature import sign_manifest
+        from parrot_cvmfs.format.signature import sign_manifest
 
         sig = sign_manifest(sign_with or keys.key, digest)
         with open(os.path.join(self.repo_dir, ".cvmfspublished"), "wb") as f:

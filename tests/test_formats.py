@@ -12,18 +12,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as hs
 
-from parrot_cvmfs.client.catalog import expand_variant_symlink, md5path
-from parrot_cvmfs.client.hashes import (
+from parrot_cvmfs.errors import CatalogError, SignatureError, WhitelistError
+from parrot_cvmfs.format.catalog import expand_variant_symlink, md5path
+from parrot_cvmfs.format.hashes import (
     Algorithm,
     ContentHash,
     _Ripemd160,
     hash_bytes,
 )
-from parrot_cvmfs.client.manifest import Manifest
-from parrot_cvmfs.client.signature import load_public_keys, parse_fingerprint
-from parrot_cvmfs.client.whitelist import Whitelist
-from parrot_cvmfs.client.xattrs import decode_xattrs, encode_xattrs
-from parrot_cvmfs.errors import CatalogError, SignatureError, WhitelistError
+from parrot_cvmfs.format.manifest import Manifest
+from parrot_cvmfs.format.signature import load_public_keys, parse_fingerprint
+from parrot_cvmfs.format.whitelist import Whitelist
+from parrot_cvmfs.format.xattrs import decode_xattrs, encode_xattrs
 
 from .conftest import REAL_MANIFESTS, REAL_REPOS
 

@@ -18,22 +18,22 @@ import zlib
 import pytest
 
 from parrot_cvmfs.client import config as cfg
-from parrot_cvmfs.client.catalog import Catalog
-from parrot_cvmfs.client.dirtab import Dirtab, RelaxedPathFilter
-from parrot_cvmfs.client.hashes import Algorithm
-from parrot_cvmfs.client.history import History, parse_repository_date
-from parrot_cvmfs.client.manifest import Manifest
 from parrot_cvmfs.client.repository import Breadcrumb, Repository, inode_of
-from parrot_cvmfs.client.signature import (
+from parrot_cvmfs.errors import CvmfsError
+from parrot_cvmfs.format.catalog import Catalog
+from parrot_cvmfs.format.dirtab import Dirtab, RelaxedPathFilter
+from parrot_cvmfs.format.hashes import Algorithm
+from parrot_cvmfs.format.history import History, parse_repository_date
+from parrot_cvmfs.format.manifest import Manifest
+from parrot_cvmfs.format.signature import (
     Blacklist,
     certificate_fingerprint,
     load_certificate,
     load_public_key,
     verify_manifest_signature,
 )
-from parrot_cvmfs.client.whitelist import Whitelist
-from parrot_cvmfs.client.xattrs import decode_xattrs, encode_xattrs
-from parrot_cvmfs.errors import CvmfsError
+from parrot_cvmfs.format.whitelist import Whitelist
+from parrot_cvmfs.format.xattrs import decode_xattrs, encode_xattrs
 from parrot_cvmfs.tracer.structs import Attrs, pack_stat, pack_statx
 
 from .conftest import REAL_MANIFESTS, REAL_REPOS, SHARED

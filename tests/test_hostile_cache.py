@@ -60,7 +60,7 @@ def _object_names(env: dict[str, str], cache: str) -> dict[str, str]:
                 out["chunk"] = chunks[1][2].cache_name()
             elif e.hash is not None:
                 out[path] = e.hash.cache_name()
-        from parrot_cvmfs.client.hashes import Algorithm, hash_bytes
+        from parrot_cvmfs.format.hashes import Algorithm, hash_bytes
 
         out.setdefault("/empty", hash_bytes(Algorithm.SHA1, b"").cache_name())
         out["root catalog"] = repo.root_hash.cache_name()

@@ -18,9 +18,9 @@ import pytest
 from parrot_cvmfs.client import cfetch
 from parrot_cvmfs.client.config import Configuration
 from parrot_cvmfs.client.download import Downloader, DownloadSettings
-from parrot_cvmfs.client.hashes import ContentHash
 from parrot_cvmfs.client.repository import Repository
 from parrot_cvmfs.errors import DownloadError
+from parrot_cvmfs.format.hashes import ContentHash
 from parrot_cvmfs.server.chunking import ChunkSizes
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer

@@ -17,11 +17,11 @@ import threading
 
 import pytest
 
-from parrot_cvmfs.client import database
 from parrot_cvmfs.client.config import Configuration
-from parrot_cvmfs.client.database import Database
 from parrot_cvmfs.client.repository import Repository
 from parrot_cvmfs.errors import CatalogError
+from parrot_cvmfs.format import database
+from parrot_cvmfs.format.database import Database
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 
@@ -222,7 +222,7 @@ def _catalog_copy(nest, tmp_path) -> str:
 def test_a_reopened_database_is_checked_again(nest, tmp_path, monkeypatch):
     """A file replaced while its connection was closed is refused if it is no longer a
     database of the schema checked (here: a view where the catalog table was)."""
-    from parrot_cvmfs.client.catalog import CATALOG_SCHEMA
+    from parrot_cvmfs.format.catalog import CATALOG_SCHEMA
 
     monkeypatch.setattr(database, "OPEN_MAX", 4, raising=False)
     path = _catalog_copy(nest, tmp_path)

@@ -199,7 +199,7 @@ def test_republish_makes_new_revision_and_reuses_objects(published, tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["shake128", "rmd160"])
 def test_other_hash_algorithms_and_uncompressed(tmp_path, algorithm):
-    from parrot_cvmfs.client.hashes import ALGORITHM_BY_NAME
+    from parrot_cvmfs.format.hashes import ALGORITHM_BY_NAME
     from parrot_cvmfs.server.serve import StratumServer
 
     src = tmp_path / "src"

@@ -42,9 +42,9 @@ import zlib
 from typing import NamedTuple
 
 from ..errors import CacheError, CatalogError, CvmfsError, IntegrityError
-from .catalog import Catalog
+from ..format.catalog import Catalog
+from ..format.hashes import ContentHash, new_hasher
 from .download import MAX_DATABASE, MAX_SMALL, object_limit, wire_limit
-from .hashes import ContentHash, new_hasher
 from .repository import Breadcrumb
 
 FORMAT_MEMBER = "parrot-cvmfs-bundle"
@@ -560,7 +560,7 @@ class _Check:
         return reader.read_all()
 
     def _expect_certificate(self, name: str) -> None:
-        from .manifest import Manifest
+        from ..format.manifest import Manifest
 
         try:
             manifest = Manifest.parse(self.small["manifest"], f"manifest of {self.fqrn}")

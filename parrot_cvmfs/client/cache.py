@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover
     import sqlite3
 
 from ..errors import CacheError
-from .hashes import ContentHash
+from ..format.hashes import ContentHash
 
 TYPE_CHECKING = False  # not typing's: parrot_run's start-up imports this module
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ import threading
 from collections import namedtuple
 from collections.abc import Callable
 
+from ..format.hashes import Algorithm, ContentHash
 from .download import MAX_SMALL, Downloader, transfer_budget, wire_limit
-from .hashes import Algorithm, ContentHash
 
 _C_ALGORITHMS = (Algorithm.SHA1, Algorithm.SHAKE128)
 

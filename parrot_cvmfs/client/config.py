@@ -210,7 +210,7 @@ def _memo_key(
         if found & _READERS:
             return None
         words |= found
-    from .hashes import md5_digest
+    from ..format.hashes import md5_digest
 
     parts = [fqrn, "\0".join(f"{k}={v}" for k, v in seed.items())]
     parts += [f"{path}\0{text}" for path, text in texts]
@@ -267,7 +267,7 @@ def _parse_shell_output(out: bytes) -> tuple[dict[str, str], int]:
             continue
         text = item.decode("utf-8", "surrogateescape")
         if text.startswith("@@FILE "):
-            from .values import decimal
+            from ..format.values import decimal
 
             index = decimal(text[7:], 1 << 20)
             if index is None:
@@ -548,7 +548,7 @@ class RepositorySettings:
     def urls(self, key: str) -> list[str]:
         """A `;` list of http(s) URLs (trailing `/` dropped); a ConfigError names a
         malformed one."""
-        from .values import url_problem
+        from ..format.values import url_problem
 
         out = []
         for u in (self.get(key) or "").split(";"):
@@ -563,7 +563,7 @@ class RepositorySettings:
 
     @property
     def public_key_files(self) -> list[str]:
-        from .signature import public_key_files
+        from ..format.signature import public_key_files
 
         return public_key_files(self.get("CVMFS_PUBLIC_KEY"), self.get("CVMFS_KEYS_DIR"))
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from .. import __version__
 from ..errors import DownloadError
-from .hashes import ContentHash, new_hasher
+from ..format.hashes import ContentHash, new_hasher
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:

@@ -13,10 +13,10 @@ import os
 import threading
 
 from ..errors import CacheError, CvmfsError
+from ..format.hashes import Algorithm, ContentHash
 from . import cfetch
 from .cache import ObjectCache, open_regular
 from .download import Downloader, object_limit
-from .hashes import Algorithm, ContentHash
 
 ASSEMBLED = ".file"  # cache name suffix of assembled chunked files
 

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 
 from ..errors import CatalogError
-from .catalog import Catalog, DirEntry
-from .hashes import ContentHash
+from ..format.catalog import Catalog, DirEntry
+from ..format.hashes import ContentHash
 
 CatalogLoader = Callable[[ContentHash, str, int], Catalog]
 

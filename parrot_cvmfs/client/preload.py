@@ -23,14 +23,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import CvmfsError
+from ..format.catalog import Catalog
+from ..format.dirtab import Dirtab, RelaxedPathFilter
+from ..format.hashes import ContentHash
 from . import cfetch
 from .cache import ObjectCache, write_atomic
-from .catalog import Catalog
 from .config import Configuration
-from .dirtab import Dirtab, RelaxedPathFilter
 from .download import Downloader, DownloadSettings, database_limit, object_limit
 from .fetch import Fetcher
-from .hashes import ContentHash
 from .repository import Repository
 
 if TYPE_CHECKING:

@@ -31,24 +31,29 @@ from ..errors import (
     RollbackError,
     SignatureError,
 )
+from ..format.catalog import COUNTERS, Catalog, DirEntry, expand_variant_symlink
+from ..format.hashes import ContentHash, md5_digest
+from ..format.manifest import Manifest
+from ..format.signature import (
+    Blacklist,
+    certificate_fingerprint,
+    load_certificate,
+    load_public_keys,
+)
+from ..format.values import decimal
+from ..format.whitelist import Whitelist
+from ..format.xattrs import decode_xattrs
 from .cache import ObjectCache, resolve_cache
-from .catalog import COUNTERS, Catalog, DirEntry, expand_variant_symlink
 from .config import Configuration, RepositorySettings
 from .download import Downloader, DownloadSettings, database_limit
 from .fetch import Fetcher
-from .hashes import ContentHash, md5_digest
-from .manifest import Manifest
 from .namespace import Namespace
-from .signature import Blacklist, certificate_fingerprint, load_certificate, load_public_keys
-from .values import decimal
-from .whitelist import Whitelist
-from .xattrs import decode_xattrs
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .history import History, Tag
+    from ..format.history import History, Tag
 
 MAX_SYMLINKS = 40
 CVMFS_ROOT = "/cvmfs"
@@ -467,7 +472,7 @@ class Repository:
             def fetch() -> str:
                 return self.fetcher.fetch(h, "H", what=f"history database of {self.fqrn}")
 
-            from .history import History  # tags only: kept off the start-up path
+            from ..format.history import History  # tags only: kept off the start-up path
 
             what = f"history database {h.hex} of {self.fqrn}"
             self._history = History(fetch(), what, reopen=fetch)
@@ -492,7 +497,7 @@ class Repository:
             self.tag = t
             return t.root_hash, t.size
         if self.pinned_date:
-            from .history import parse_repository_date
+            from ..format.history import parse_repository_date
 
             try:
                 when = parse_repository_date(self.pinned_date)
@@ -699,7 +704,7 @@ class Repository:
         )
 
     def _empty_file(self) -> str:
-        from .hashes import Algorithm, hash_bytes
+        from ..format.hashes import Algorithm, hash_bytes
 
         h = hash_bytes(Algorithm.SHA1, b"")
         p = self.cache.find(h, size=0)
@@ -824,7 +829,7 @@ class Repository:
             p = self._cached_path(e)
             if p is None:
                 return "Not in cache"
-            from .hashes import new_hasher
+            from ..format.hashes import new_hasher
 
             h = new_hasher(e.hash.algorithm)
             with open(p, "rb") as f:

@@ -21,7 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..client.catalog import (
+from ..errors import ConfigError, CvmfsError
+from ..format.catalog import (
     COMPRESSION_NONE,
     COUNTERS,
     FLAG_CHUNKED,
@@ -35,13 +36,12 @@ from ..client.catalog import (
     FLAG_SPECIAL,
     Catalog,
 )
-from ..client.dirtab import Dirtab
-from ..client.hashes import Algorithm, ContentHash, hash_bytes
-from ..client.history import History
-from ..client.manifest import ROOT_PATH_HASH, Manifest, export_manifest_body
-from ..client.signature import certificate_fingerprint, sign_manifest, sign_raw_pkcs1
-from ..client.xattrs import encode_xattrs
-from ..errors import ConfigError, CvmfsError
+from ..format.dirtab import Dirtab
+from ..format.hashes import Algorithm, ContentHash, hash_bytes
+from ..format.history import History
+from ..format.manifest import ROOT_PATH_HASH, Manifest, export_manifest_body
+from ..format.signature import certificate_fingerprint, sign_manifest, sign_raw_pkcs1
+from ..format.xattrs import encode_xattrs
 from .catalog_writer import CatalogWriter, write_history
 from .chunking import Chunker, ChunkSizes
 from .keys import ensure_keys

@@ -11,7 +11,7 @@ import os
 import tempfile
 import zlib
 
-from ..client.hashes import Algorithm, ContentHash, new_hasher
+from ..format.hashes import Algorithm, ContentHash, new_hasher
 
 
 class StratumStore:

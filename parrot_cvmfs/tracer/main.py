@@ -143,7 +143,7 @@ def _run(args: dict) -> int:
         overrides[k.strip()] = v
     verify_at = None
     if args.get("verify_at"):
-        from ..client.history import parse_repository_date
+        from ..format.history import parse_repository_date
 
         try:
             verify_at = float(parse_repository_date(args["verify_at"]))
