@@ -19,11 +19,11 @@ import os
 from collections.abc import Mapping
 
 from ..errors import ConfigError, CvmfsError
+from ..format.values import valid_name
 
 CONFIG_REPOSITORY = "cvmfs-config.cern.ch"
 # `re` is kept off the start-up path of parrot_run (with enum, ~7 ms): names and
 # options are checked with str methods.
-_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 DEFAULTS: dict[str, str] = {
     "CVMFS_CONFIG_REPOSITORY": CONFIG_REPOSITORY,
@@ -109,11 +109,6 @@ def is_on(value: str | None, default: bool = False) -> bool:
 def expand_templates(value: str, fqrn: str) -> str:
     """`@fqrn@` -> fqrn, `@org@` -> first label; other @x@ stay as they are."""
     return value.replace("@fqrn@", fqrn).replace("@org@", fqrn.split(".", 1)[0])
-
-
-def valid_name(name: str) -> bool:
-    """1 to 60 letters, digits, `_`, `.` or `-`."""
-    return 0 < len(name) <= 60 and _NAME_CHARS.issuperset(name)
 
 
 def normalize_name(name: str, default_domain: str) -> str:

@@ -1,9 +1,17 @@
 """Values read from hostile input (manifests, whitelists, catalogs, configuration):
-numbers in ASCII digits only, text columns, URLs, and how a value is shown in a
+repository names, numbers in ASCII digits only, text columns, URLs, and how a value is shown in a
 message. Checked with str methods: `re` and `urllib.parse` stay off parrot_run's
 start-up path."""
 
 from __future__ import annotations
+
+# a repository name's letters (checked with str methods, not `re`)
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def valid_name(name: str) -> bool:
+    """A repository name: 1 to 60 letters, digits, `_`, `.` or `-`."""
+    return 0 < len(name) <= 60 and _NAME_CHARS.issuperset(name)
 
 
 def decimal(text: str, limit: int = 1 << 63) -> int | None:
