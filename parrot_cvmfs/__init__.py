@@ -1,13 +1,13 @@
 """parrot-cvmfs: a read-only /cvmfs for unmodified programs, without FUSE or root.
 
-The client library (`parrot_cvmfs.client`) reads CernVM-FS repositories:
+The client library (`parrot_cvmfs.client`, over the format in `parrot_cvmfs.format`)
+reads CernVM-FS repositories:
 signed manifests, SQLite catalogs, content-addressed objects in a shared
 local cache. See `Repository` for the Python API.
 """
 
-__version__ = "0.1.0"
-
-from .errors import CvmfsError  # noqa: E402
+from ._version import __version__
+from .errors import CvmfsError
 
 __all__ = ["CvmfsError", "Repository", "__version__"]
 

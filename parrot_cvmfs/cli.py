@@ -13,7 +13,7 @@ import stat as st
 import sys
 import time
 
-from . import __version__
+from ._version import __version__
 from .errors import CvmfsError, one_line, one_line_text
 
 EXIT_ERROR = 1

@@ -24,7 +24,7 @@ import zlib
 from collections import namedtuple
 from collections.abc import Callable
 
-from .. import __version__
+from .._version import __version__
 from ..errors import DownloadError
 from ..format.hashes import ContentHash, new_hasher
 

@@ -21,7 +21,7 @@ import zlib
 from collections import namedtuple
 from collections.abc import Callable, Iterator
 
-from .. import __version__
+from .._version import __version__
 from ..errors import (
     CacheError,
     CatalogError,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import __version__
+from .._version import __version__
 
 USAGE = "usage: parrot_run [options] [--] CMD [ARGS...]"
 HELP = f"""{USAGE}
