@@ -18,7 +18,8 @@ import zlib
 import pytest
 
 from parrot_cvmfs.client import config as cfg
-from parrot_cvmfs.client.repository import Breadcrumb, Repository, inode_of
+from parrot_cvmfs.client.repository import Repository, inode_of
+from parrot_cvmfs.client.trust import Breadcrumb
 from parrot_cvmfs.errors import CvmfsError
 from parrot_cvmfs.format.catalog import Catalog
 from parrot_cvmfs.format.dirtab import Dirtab, RelaxedPathFilter

@@ -45,7 +45,7 @@ from ..errors import CacheError, CatalogError, CvmfsError, IntegrityError
 from ..format.catalog import Catalog
 from ..format.hashes import ContentHash, new_hasher
 from .download import MAX_DATABASE, MAX_SMALL, object_limit, wire_limit
-from .repository import Breadcrumb
+from .trust import Breadcrumb
 
 FORMAT_MEMBER = "parrot-cvmfs-bundle"
 FORMAT = b"parrot-cvmfs bundle 2\n"

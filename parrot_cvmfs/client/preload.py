@@ -140,7 +140,7 @@ def preload(
         if bundle is not None:
             from .bundle import write_bundle
 
-            manifest_raw, whitelist_raw = repo._trust_raw  # the bytes just verified
+            manifest_raw, whitelist_raw = repo.trust.raw  # the bytes just verified
             bundled = write_bundle(
                 bundle,
                 fqrn=fqrn,

@@ -1,0 +1,187 @@
+"""The magic extended attributes (`user.fqrn`, `user.hash`, ...) that the cvmfs client
+computes for every entry: one table of name -> (which entries have it, getter), as the
+real client registers one class per attribute. The names listed and the values
+returned both come from it, in the order the table gives."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from .._version import __version__
+from ..errors import CacheError, DownloadError
+from ..format.catalog import COUNTERS, DirEntry
+from ..format.hashes import ContentHash
+
+TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
+if TYPE_CHECKING:
+    from .repository import Repository
+
+Getter = Callable[["Repository", DirEntry], "str | None"]
+
+
+def _every(e: DirEntry) -> bool:
+    return True
+
+
+def _has_hash(e: DirEntry) -> bool:
+    return e.hash is not None
+
+
+def _regular(e: DirEntry) -> bool:
+    return e.is_regular
+
+
+def _external(e: DirEntry) -> bool:
+    return e.is_regular and e.is_external
+
+
+def _symlink(e: DirEntry) -> bool:
+    return e.is_symlink
+
+
+def _cached_path(repo: Repository, e: DirEntry) -> str | None:
+    if e.is_chunked:
+        from .fetch import ASSEMBLED, chunk_list_key
+
+        return repo.cache.find(chunk_list_key(repo.chunks(e)), ASSEMBLED, size=e.size)
+    return repo.cache.find(e.hash, size=e.size) if e.hash else None
+
+
+def _lhash(repo: Repository, e: DirEntry) -> str:
+    p = _cached_path(repo, e)
+    if p is None:
+        return "Not in cache"
+    from ..format.hashes import new_hasher
+
+    h = new_hasher(e.hash.algorithm)
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return ContentHash(e.hash.algorithm, h.digest()).hex
+
+
+def _chunk_list(repo: Repository, e: DirEntry) -> str:
+    chunks = repo.chunks(e)
+    lines = ["hash,offset,size"]
+    if chunks:
+        lines += [f"{h.hex},{o},{s}" for o, s, h in chunks]
+    else:
+        lines.append(f"{e.hash.hex if e.hash else ''},0,{e.size}")
+    return "\n".join(lines) + "\n"
+
+
+def _expires(repo: Repository, e: DirEntry) -> str:
+    if repo.is_pinned or repo.offline:
+        return "never (fixed root catalog)"
+    return str(max(0, int((repo.mounted_at + repo.ttl - time.time()) // 60)))
+
+
+def _hitrate(repo: Repository, e: DirEntry) -> str:
+    total = repo.cache.hits + repo.cache.misses
+    return f"{100.0 * repo.cache.hits / total:.3f}" if total else "n/a"
+
+
+def _repo_counters(counters: dict[str, int]) -> str:
+    """Self and subtree counters added up, as CSV lines."""
+    return "".join(
+        f"{n},{counters.get('self_' + n, 0) + counters.get('subtree_' + n, 0)}\n" for n in COUNTERS
+    )
+
+
+def _catalog_counters(repo: Repository, e: DirEntry) -> str:
+    ns = repo._namespace()
+    cat = ns.children_catalog(e) if e.is_dir else e.catalog
+    head = f"catalog_hash: {cat.hash.hex if cat.hash else ''}\ncatalog_mountpoint: {cat.mountpoint or '/'}\n"
+    return head + _repo_counters(cat.counters())
+
+
+def _metainfo(repo: Repository, e: DirEntry) -> str:
+    if repo.manifest is None or repo.manifest.metainfo is None:
+        return "metainfo not available"
+    try:
+        p = repo.fetcher.fetch(repo.manifest.metainfo, "M", what=f"metainfo of {repo.fqrn}")
+    except (DownloadError, CacheError):
+        return "metainfo not available"
+    with open(p, "rb") as f:
+        return f.read(65536).decode("utf-8", "replace")
+
+
+def _pubkeys(repo: Repository, e: DirEntry) -> str:
+    out = []
+    for path in repo.settings.public_key_files:
+        try:
+            with open(path) as f:
+                out.append(f.read())
+        except OSError:
+            pass
+    return "".join(out)
+
+
+def _network(get: Callable, offline: str) -> Getter:
+    """A getter of the downloader's state, `offline` when there is no downloader."""
+    return lambda repo, e: get(repo.downloader) if repo.downloader else offline
+
+
+# name -> (which entries have it, its value; None: fall back to a stored attribute)
+MAGIC: dict[str, tuple[Callable[[DirEntry], bool], Getter]] = {
+    "user.fqrn": (_every, lambda repo, e: repo.fqrn),
+    "user.revision": (_every, lambda repo, e: str(repo.revision)),
+    "user.root_hash": (_every, lambda repo, e: repo.root_hash.hex if repo.root_hash else ""),
+    "user.host": (_every, _network(lambda dl: dl.path.current()[1], "internal error: no network")),
+    "user.host_list": (_every, _network(lambda dl: ";".join(dl.path.host_list()), "")),
+    "user.proxy": (_every, _network(lambda dl: dl.path.current()[2], "DIRECT")),
+    "user.proxy_list": (
+        _every,
+        _network(lambda dl: "\n".join(dl.path.proxy_list()) + "\n", "DIRECT\n"),
+    ),
+    "user.timeout": (_every, _network(lambda dl: str(int(dl.settings.timeout)), "0")),
+    "user.timeout_direct": (
+        _every,
+        _network(lambda dl: str(int(dl.settings.timeout_direct)), "0"),
+    ),
+    "user.expires": (_every, _expires),
+    "user.nclg": (_every, lambda repo, e: str(len(repo._namespace().mounted))),
+    "user.ndownload": (_every, _network(lambda dl: str(dl.n_downloads), "0")),
+    "user.hitrate": (_every, _hitrate),
+    "user.rx": (_every, _network(lambda dl: str(dl.bytes_received // 1024), "0")),
+    "user.version": (_every, lambda repo, e: __version__),
+    "user.tag": (_every, lambda repo, e: repo.trust.pinned_tag or ""),
+    "user.repo_counters": (
+        _every,
+        lambda repo, e: _repo_counters(repo._namespace().root.counters()),
+    ),
+    "user.catalog_counters": (_every, _catalog_counters),
+    "user.repo_metainfo": (_every, _metainfo),
+    "user.pubkeys": (_every, _pubkeys),
+    "user.pid": (_every, lambda repo, e: str(os.getpid())),
+    "user.nioerr": (_every, _network(lambda dl: str(dl.n_failures), "0")),
+    "user.hash": (_has_hash, lambda repo, e: e.hash.hex if e.hash else None),
+    "user.lhash": (_has_hash, _lhash),
+    "user.chunks": (_regular, lambda repo, e: str(len(repo.chunks(e)) or 1)),
+    "user.chunk_list": (_regular, _chunk_list),
+    "user.compression": (_regular, lambda repo, e: "zlib" if e.is_compressed else "none"),
+    "user.direct_io": (_regular, lambda repo, e: "1" if e.is_direct_io else "0"),
+    "user.external_file": (_regular, lambda repo, e: "1" if e.is_external else "0"),
+    "user.external_url": (
+        _external,
+        lambda repo, e: (repo.external.path.current()[1] + e.path) if repo.external else "",
+    ),
+    "user.rawlink": (_symlink, lambda repo, e: e.symlink),
+    "xfsroot.rawlink": (_symlink, lambda repo, e: e.symlink),
+}
+
+
+def magic_names(entry: DirEntry) -> list[str]:
+    """The magic attributes `entry` has, in the table's order."""
+    return [name for name, (has, _) in MAGIC.items() if has(entry)]
+
+
+def magic_value(repo: Repository, entry: DirEntry, name: str) -> str | None:
+    """The value of magic attribute `name` of `entry`; None if it has no such one (or
+    the getter has no value: a stored attribute of that name is then read)."""
+    row = MAGIC.get(name)
+    if row is None or not row[0](entry):
+        return None
+    return row[1](repo, entry)
