@@ -84,21 +84,52 @@ def _int_field(fields: dict[str, str], key: str, what: str) -> int | None:
     return n
 
 
+def _yes(fields: dict[str, str], key: str, what: str) -> bool:
+    return fields.get(key) == "yes"
+
+
+def _text(fields: dict[str, str], key: str, what: str) -> str | None:
+    return fields.get(key)
+
+
+# The manifest's fields, in the order the writer exports them: key, attribute (None: a
+# field checked or tolerated but not kept), how its value is read, and the value when
+# it is absent. Parsing, the Manifest's attributes and export all come from here.
+FIELDS = (
+    ("C", "root_hash", _hash_field, None),  # required, checked by parse
+    ("B", "root_size", _int_field, None),
+    ("R", None, _text, None),  # the root path hash: md5(""), checked by parse
+    ("D", "ttl", _int_field, 0),
+    ("S", "revision", _int_field, 0),
+    ("G", "garbage_collectable", _yes, False),
+    ("A", "has_alt_catalog_path", _yes, False),
+    ("L", None, _text, None),  # reserved micro-catalog field: tolerated, never used
+    ("N", "fqrn", _text, None),
+    ("X", "certificate", _hash_field, None),
+    ("H", "history", _hash_field, None),
+    ("T", "timestamp", _int_field, None),
+    ("M", "metainfo", _hash_field, None),
+    ("Y", "reflog", _hash_field, None),
+)
+_KEPT = [row for row in FIELDS if row[1] is not None]
+EXPORT_ORDER = "".join(row[0] for row in FIELDS)
+
+
 class Manifest(
     namedtuple(
         "Manifest",
-        "root_hash ttl revision root_size garbage_collectable has_alt_catalog_path fqrn certificate history timestamp metainfo reflog fields raw body hash_line signature",
-        defaults=(None, False, False, None, None, None, None, None, None, {}, b"", b"", b"", b""),
+        [row[1] for row in _KEPT] + ["fields", "raw", "body", "hash_line", "signature"],
+        defaults=[row[3] for row in _KEPT[1:]] + [{}, b"", b"", b"", b""],
     )
 ):
-    """Parsed manifest fields plus the signed parts."""
+    """Parsed manifest fields (FIELDS) plus the signed parts."""
 
     __slots__ = ()
 
     root_hash: ContentHash
+    root_size: int | None
     ttl: int
     revision: int
-    root_size: int | None
     garbage_collectable: bool
     has_alt_catalog_path: bool
     fqrn: str | None
@@ -125,24 +156,14 @@ class Manifest(
                 raise ManifestError(f"{what} is incomplete: field {key} missing")
         if fields["R"] != ROOT_PATH_HASH:
             raise ManifestError(f"{what}: root path hash {fields['R'][:40]!r} is not md5('')")
-        root = _hash_field(fields, "C", what)
-        if root is None:
-            raise ManifestError(f"{what} is incomplete: field C is empty")
-        micro = fields.get("L", "")
-        del micro  # reserved micro-catalog field: tolerated, never used
+        values = {}
+        for key, attr, read, default in _KEPT:
+            value = read(fields, key, what)
+            if value is None and key == "C":
+                raise ManifestError(f"{what} is incomplete: field C is empty")
+            values[attr] = default if value is None else value
         return cls(
-            root_hash=root,  # type: ignore[arg-type]
-            ttl=_int_field(fields, "D", what) or 0,
-            revision=_int_field(fields, "S", what) or 0,
-            root_size=_int_field(fields, "B", what),
-            garbage_collectable=fields.get("G") == "yes",
-            has_alt_catalog_path=fields.get("A") == "yes",
-            fqrn=fields.get("N"),
-            certificate=_hash_field(fields, "X", what),
-            history=_hash_field(fields, "H", what),
-            timestamp=_int_field(fields, "T", what),
-            metainfo=_hash_field(fields, "M", what),
-            reflog=_hash_field(fields, "Y", what),
+            **values,
             fields=fields,
             raw=data,
             body=body,
@@ -164,8 +185,7 @@ class Manifest(
 
 
 def export_manifest_body(fields: dict[str, str]) -> bytes:
-    """Serialize fields in the writer's order (C B R D S G A, then L N X H T M Y)."""
-    order = "CBRDSGALNXHTMY"
-    lines = [f"{k}{fields[k]}\n" for k in order if k in fields]
-    lines += [f"{k}{v}\n" for k, v in fields.items() if k not in order]
+    """Serialize fields in the writer's order (FIELDS), then any others."""
+    lines = [f"{k}{fields[k]}\n" for k in EXPORT_ORDER if k in fields]
+    lines += [f"{k}{v}\n" for k, v in fields.items() if k not in EXPORT_ORDER]
     return "".join(lines).encode()
