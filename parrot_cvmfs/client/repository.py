@@ -29,6 +29,7 @@ from .cache import ObjectCache, resolve_cache
 from .config import Configuration, RepositorySettings
 from .download import Downloader, DownloadSettings, database_limit
 from .fetch import Fetcher
+from .lookup import resolve
 from .magic import magic_names, magic_value
 from .namespace import Namespace
 from .trust import TrustChain, parse_root_hash, source_of
@@ -39,12 +40,7 @@ if TYPE_CHECKING:
     from ..format.manifest import Manifest
     from ..format.whitelist import Whitelist
 
-MAX_SYMLINKS = 40
 CVMFS_ROOT = "/cvmfs"
-
-
-def split_path(path: str) -> list[str]:
-    return [p for p in path.split("/") if p and p != "."]
 
 
 class Stat(
@@ -341,48 +337,14 @@ class Repository:
     def resolve(self, path: str, follow: bool = True) -> DirEntry:
         """The entry at path, following symlinks in every component (and the last one
         if `follow`). Symlinks leaving the repository raise an OSError(EXDEV)."""
-        ns = self._namespace()
-        todo = split_path(path)
-        todo.reverse()
-        cur = ""
-        entry = ns.lookup("")
-        if entry is None:
-            raise CatalogError(f"root catalog of {self.fqrn} has no root entry")
-        links = 0
-        while todo:
-            name = todo.pop()
-            if name == "..":
-                if not cur:
-                    raise OSError(errno.EXDEV, f"{path}: '..' leaves repository {self.fqrn}")
-                cur = cur[: cur.rfind("/")]
-                entry = ns.lookup(cur)
-                continue
-            if not entry.is_dir:
-                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
-            child = f"{cur}/{name}"
-            found = ns.lookup(child)
-            if found is None:
-                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-            if found.is_symlink and (todo or follow):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, "Too many levels of symbolic links", path)
-                target = self.expand_symlink(found)
-                if target.startswith("/"):
-                    inside = self._strip_mount(canonical_abs(target))
-                    if inside is None:
-                        raise OSError(
-                            errno.EXDEV,
-                            f"{path}: symlink {child} -> {target} leaves repository {self.fqrn}",
-                        )
-                    cur, entry = "", ns.lookup("")
-                    parts = split_path(inside)
-                else:
-                    parts = split_path(target)
-                todo.extend(reversed(parts))
-                continue
-            cur, entry = child, found
-        return entry
+        return resolve(
+            self._namespace(),
+            path,
+            follow,
+            fqrn=self.fqrn,
+            expand=self.expand_symlink,
+            inside=self._strip_mount,
+        )
 
     def lookup(self, path: str) -> DirEntry:
         """lstat-like: the entry itself, even if it is a symlink."""
@@ -582,20 +544,6 @@ class Repository:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def canonical_abs(path: str) -> str:
-    """Lexically normalize an absolute symlink target ('..' against its prefix)."""
-    out: list[str] = []
-    for p in path.split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if out:
-                out.pop()
-            continue
-        out.append(p)
-    return "/" + "/".join(out)
 
 
 def open_cache(
