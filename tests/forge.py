@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from parrot_cvmfs.format.catalog import FLAG_FILE, md5path
+from parrot_cvmfs.format.entry import FLAG_FILE, md5path
 from parrot_cvmfs.format.hashes import ContentHash, hash_bytes
 from parrot_cvmfs.format.manifest import Manifest, export_manifest_body
 from parrot_cvmfs.format.signature import certificate_fingerprint, sign_manifest, sign_raw_pkcs1

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as hs
 
 from parrot_cvmfs.errors import CatalogError, SignatureError, WhitelistError
-from parrot_cvmfs.format.catalog import expand_variant_symlink, md5path
+from parrot_cvmfs.format.catalog import expand_variant_symlink
+from parrot_cvmfs.format.entry import md5path
 from parrot_cvmfs.format.hashes import (
     Algorithm,
     ContentHash,

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from parrot_cvmfs.errors import CatalogError, WhitelistError
-from parrot_cvmfs.format.catalog import FLAG_FILE, FLAG_POS_HASH
+from parrot_cvmfs.format.entry import FLAG_FILE, FLAG_POS_HASH
 from parrot_cvmfs.format.whitelist import Whitelist
 from parrot_cvmfs.server.serve import StratumServer
 

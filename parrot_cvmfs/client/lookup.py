@@ -8,7 +8,7 @@ import errno
 from collections.abc import Callable
 
 from ..errors import CatalogError
-from ..format.catalog import DirEntry
+from ..format.entry import DirEntry
 from .namespace import Namespace
 
 MAX_SYMLINKS = 40

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from .._version import __version__
 from ..errors import CacheError, DownloadError
-from ..format.catalog import COUNTERS, DirEntry
+from ..format.catalog import COUNTERS
+from ..format.entry import DirEntry
 from ..format.hashes import ContentHash
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms

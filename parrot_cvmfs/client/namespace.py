@@ -11,7 +11,8 @@ import threading
 from collections.abc import Callable
 
 from ..errors import CatalogError
-from ..format.catalog import Catalog, DirEntry
+from ..format.catalog import Catalog
+from ..format.entry import DirEntry
 from ..format.hashes import ContentHash
 
 CatalogLoader = Callable[[ContentHash, str, int], Catalog]

@@ -22,7 +22,8 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator
 
 from ..errors import CacheError, CatalogError, CvmfsError
-from ..format.catalog import Catalog, DirEntry, expand_variant_symlink
+from ..format.catalog import Catalog, expand_variant_symlink
+from ..format.entry import DirEntry
 from ..format.hashes import ContentHash, md5_digest
 from ..format.xattrs import decode_xattrs
 from .cache import ObjectCache, resolve_cache

@@ -10,33 +10,26 @@ every query bounded in time, its connection one of a bounded number open at once
 from __future__ import annotations
 
 import stat as st
-import struct
 
 from ..errors import CatalogError
 from .database import Database
-from .hashes import DIGEST_SIZE, Algorithm, ContentHash, md5_digest
+from .entry import (
+    COMPRESSION_NONE,
+    COMPRESSION_ZLIB,
+    FLAG_CHUNKED,
+    FLAG_DIR,
+    FLAG_EXTERNAL,
+    FLAG_POS_COMPRESSION,
+    FLAG_POS_HASH,
+    DirEntry,
+    md5path,
+)
+from .hashes import DIGEST_SIZE, Algorithm, ContentHash
 from .values import column_text, decimal, shown
 
 TYPE_CHECKING = False  # not typing's: parrot_run's start-up imports this module
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-FLAG_DIR = 1
-FLAG_NESTED_MOUNTPOINT = 2
-FLAG_FILE = 4
-FLAG_LINK = 8
-FLAG_SPECIAL = 16
-FLAG_NESTED_ROOT = 32
-FLAG_CHUNKED = 64
-FLAG_EXTERNAL = 128
-FLAG_BIND_MOUNTPOINT = 0x4000
-FLAG_HIDDEN = 0x8000
-FLAG_DIRECT_IO = 0x10000
-FLAG_POS_HASH = 8
-FLAG_POS_COMPRESSION = 11
-
-COMPRESSION_ZLIB = 0
-COMPRESSION_NONE = 1
 
 DEFAULT_TTL = 240
 
@@ -55,14 +48,6 @@ COUNTERS = [
     "external",
     "external_file_size",
 ]
-
-_MD5_SPLIT = struct.Struct("<qq")
-
-
-def md5path(path: str) -> tuple[int, int]:
-    """The (md5path_1, md5path_2) key of a repository path ("" is the root)."""
-    return _MD5_SPLIT.unpack(md5_digest(path.encode("utf-8", "surrogateescape")))
-
 
 # The tables a catalog of any schema (1.x to 2.5 revision 7) may hold: the columns
 # every revision has, and those only some have (2.0's `inode`, 2.1's `hardlinks`,
@@ -112,147 +97,6 @@ def name_problem(name: str) -> str | None:
     if len(name) * 4 > NAME_MAX and len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
         return f"is longer than {NAME_MAX} bytes"
     return None
-
-
-class DirEntry:
-    """A catalog row, decoded. `path` is the logical path inside the repository."""
-
-    __slots__ = (
-        "path",
-        "name",
-        "mode",
-        "size",
-        "mtime",
-        "mtime_ns",
-        "flags",
-        "hash",
-        "symlink",
-        "linkcount",
-        "hardlink_group",
-        "uid",
-        "gid",
-        "xattr_blob",
-        "catalog",
-        "rowid",
-    )
-
-    def __init__(
-        self,
-        path,
-        name,
-        mode,
-        size,
-        mtime,
-        mtime_ns,
-        flags,
-        hash_,
-        symlink,
-        hardlinks,
-        uid,
-        gid,
-        xattr_blob,
-        catalog,
-        rowid,
-    ):
-        self.path = path
-        self.name = name
-        self.mode = mode
-        self.size = size
-        self.mtime = mtime
-        self.mtime_ns = mtime_ns
-        self.flags = flags
-        self.hash = hash_
-        self.symlink = symlink
-        self.linkcount = hardlinks & 0xFFFFFFFF
-        self.hardlink_group = hardlinks >> 32
-        self.uid = uid
-        self.gid = gid
-        self.xattr_blob = xattr_blob
-        self.catalog = catalog
-        self.rowid = rowid
-
-    # The type comes from the mode; the markers from the flags.
-    @property
-    def is_dir(self) -> bool:
-        return st.S_ISDIR(self.mode)
-
-    @property
-    def is_symlink(self) -> bool:
-        return st.S_ISLNK(self.mode)
-
-    @property
-    def is_regular(self) -> bool:
-        return st.S_ISREG(self.mode)
-
-    @property
-    def is_special(self) -> bool:
-        return not (self.is_dir or self.is_symlink or self.is_regular)
-
-    @property
-    def kind(self) -> str:
-        """'dir', 'file', 'symlink' or 'special'."""
-        if self.is_dir:
-            return "dir"
-        if self.is_regular:
-            return "file"
-        if self.is_symlink:
-            return "symlink"
-        return "special"
-
-    @property
-    def is_nested_mountpoint(self) -> bool:
-        return bool(self.flags & FLAG_NESTED_MOUNTPOINT)
-
-    @property
-    def is_bind_mountpoint(self) -> bool:
-        return bool(self.flags & FLAG_BIND_MOUNTPOINT)
-
-    @property
-    def is_nested_root(self) -> bool:
-        return bool(self.flags & FLAG_NESTED_ROOT)
-
-    @property
-    def is_chunked(self) -> bool:
-        return bool(self.flags & FLAG_CHUNKED)
-
-    @property
-    def is_external(self) -> bool:
-        return bool(self.flags & FLAG_EXTERNAL)
-
-    @property
-    def is_hidden(self) -> bool:
-        return bool(self.flags & FLAG_HIDDEN)
-
-    @property
-    def is_direct_io(self) -> bool:
-        return bool(self.flags & FLAG_DIRECT_IO)
-
-    @property
-    def hash_algorithm(self) -> Algorithm:
-        """The algorithm of the content (and chunk) hashes (checked when the row was read)."""
-        if self.hash is not None:
-            return self.hash.algorithm
-        algorithm = self.catalog._algorithm(self.flags)
-        return algorithm if algorithm is not None else Algorithm.SHA1
-
-    @property
-    def compression(self) -> int:
-        return (self.flags >> FLAG_POS_COMPRESSION) & 7
-
-    @property
-    def is_compressed(self) -> bool:
-        return self.compression == COMPRESSION_ZLIB
-
-    @property
-    def md5(self) -> tuple[int, int]:
-        return md5path(self.catalog.internal_path(self.path))
-
-    @property
-    def rdev(self) -> int:
-        return self.size if (st.S_ISCHR(self.mode) or st.S_ISBLK(self.mode)) else 0
-
-    def __repr__(self) -> str:
-        return f"DirEntry({self.path!r}, mode={oct(self.mode)}, size={self.size})"
 
 
 class Catalog:

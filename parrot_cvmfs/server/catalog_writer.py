@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from ..format.catalog import md5path
+from ..format.entry import md5path
 
 CATALOG_SCHEMA = [
     "CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key))",

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 from ..atomic import write_atomic
 from ..errors import ConfigError, CvmfsError
-from ..format.catalog import (
+from ..format.catalog import COUNTERS, Catalog
+from ..format.dirtab import Dirtab
+from ..format.entry import (
     COMPRESSION_NONE,
-    COUNTERS,
     FLAG_CHUNKED,
     FLAG_DIR,
     FLAG_FILE,
@@ -35,9 +36,7 @@ from ..format.catalog import (
     FLAG_POS_COMPRESSION,
     FLAG_POS_HASH,
     FLAG_SPECIAL,
-    Catalog,
 )
-from ..format.dirtab import Dirtab
 from ..format.hashes import Algorithm, ContentHash, hash_bytes
 from ..format.history import History
 from ..format.manifest import ROOT_PATH_HASH, Manifest, export_manifest_body
