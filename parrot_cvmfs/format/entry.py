@@ -33,6 +33,14 @@ def md5path(path: str) -> tuple[int, int]:
     return _MD5_SPLIT.unpack(md5_digest(path.encode("utf-8", "surrogateescape")))
 
 
+_KINDS = {st.S_IFDIR: "dir", st.S_IFREG: "file", st.S_IFLNK: "symlink"}
+
+
+def kind_of(mode: int) -> str:
+    """'dir', 'file', 'symlink' or 'special': an entry's kind by its mode's type bits."""
+    return _KINDS.get(st.S_IFMT(mode), "special")
+
+
 def _flag(bit: int) -> property:
     """A DirEntry property: whether its flags have `bit`."""
     return property(lambda self: bool(self.flags & bit))
@@ -115,13 +123,7 @@ class DirEntry:
     @property
     def kind(self) -> str:
         """'dir', 'file', 'symlink' or 'special'."""
-        if self.is_dir:
-            return "dir"
-        if self.is_regular:
-            return "file"
-        if self.is_symlink:
-            return "symlink"
-        return "special"
+        return kind_of(self.mode)
 
     is_nested_mountpoint = _flag(FLAG_NESTED_MOUNTPOINT)
     is_bind_mountpoint = _flag(FLAG_BIND_MOUNTPOINT)

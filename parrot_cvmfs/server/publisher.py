@@ -46,10 +46,9 @@ from ..format.xattrs import encode_xattrs
 from .catalog_writer import CatalogWriter, write_history
 from .chunking import Chunker, ChunkSizes
 from .keys import ensure_keys
+from .scan import AUTO_CATALOG_MARKER, Node, scan
 from .stratum import StratumStore, StreamingObject
 
-CATALOG_MARKER = ".cvmfscatalog"
-AUTO_CATALOG_MARKER = ".cvmfsautocatalog"
 NULL_HASH = "0" * 40
 _BLOCK = 1 << 20
 
@@ -88,115 +87,12 @@ class PublishResult:
     keys_created: list[str]
 
 
-class Node:
-    __slots__ = (
-        "path",
-        "name",
-        "lstat",
-        "kind",
-        "children",
-        "target",
-        "xattrs",
-        "nested",
-        "auto_marker",
-        "hash",
-        "chunks",
-        "flags_extra",
-    )
-
-    def __init__(self, path: str, name: str, lstat: os.stat_result, kind: str):
-        self.path = path
-        self.name = name
-        self.lstat = lstat
-        self.kind = kind
-        self.children: list[Node] = []
-        self.target = ""
-        self.xattrs: dict[str, bytes] = {}
-        self.nested = False
-        self.auto_marker = False
-        self.hash: ContentHash | None = None
-        self.chunks: list[tuple[int, int, ContentHash]] = []
-        self.flags_extra = 0
-
-
-def _kind(mode: int) -> str:
-    if st.S_ISDIR(mode):
-        return "dir"
-    if st.S_ISREG(mode):
-        return "file"
-    if st.S_ISLNK(mode):
-        return "symlink"
-    return "special"
-
-
 class Publisher:
     def __init__(self, options: PublishOptions, log=None):
         self.o = options
         self.log = log or (lambda msg: None)
         self.repo_dir = os.path.join(options.stratum, options.name)
         self.warnings: list[str] = []
-
-    # -- scanning -----------------------------------------------------------------------------
-
-    def _read_xattrs(self, src: str, path: str) -> dict[str, bytes]:
-        if not self.o.include_xattrs:
-            return {}
-        try:
-            names = os.listxattr(src, follow_symlinks=False)
-        except OSError:
-            return {}
-        out = {}
-        for n in names:
-            try:
-                v = os.getxattr(src, n, follow_symlinks=False)
-            except OSError:
-                continue
-            if len(n.encode()) > 255 or len(v) > 255:
-                self.warnings.append(
-                    f"{path or '/'}: extended attribute {n} too long for a catalog, left out"
-                )
-                continue
-            out[n] = v
-        return out
-
-    def scan(self, dirtab: Dirtab | None) -> Node:
-        src = os.path.abspath(self.o.source)
-        try:
-            root_st = os.lstat(src)
-        except OSError as e:
-            raise ConfigError(f"cannot read source {src}: {e.strerror}") from None
-        if not st.S_ISDIR(root_st.st_mode):
-            raise ConfigError(f"source {src} is not a directory")
-        root = Node("", "", root_st, "dir")
-        root.xattrs = self._read_xattrs(src, "")
-        stack = [(root, src)]
-        while stack:
-            node, real = stack.pop()
-            try:
-                entries = sorted(os.scandir(real), key=lambda e: e.name)
-            except OSError as e:
-                raise ConfigError(f"cannot list {real}: {e.strerror}") from None
-            for e in entries:
-                path = f"{node.path}/{e.name}"
-                try:
-                    s = e.stat(follow_symlinks=False)
-                except OSError as err:
-                    raise ConfigError(f"cannot stat {e.path}: {err.strerror}") from None
-                child = Node(path, e.name, s, _kind(s.st_mode))
-                if child.kind == "symlink":
-                    child.target = os.readlink(e.path)
-                child.xattrs = self._read_xattrs(e.path, path)
-                node.children.append(child)
-                if child.kind == "dir":
-                    stack.append((child, e.path))
-            if node.path:
-                marker = any(c.name == CATALOG_MARKER and c.kind == "file" for c in node.children)
-                if marker:
-                    node.nested = True
-                elif dirtab is not None and dirtab.matches(node.path):
-                    node.nested = True
-                    node.auto_marker = True
-        return root
 
     # -- previous revision ------------------------------------------------------------------------
 
@@ -368,7 +264,6 @@ class Publisher:
             xattr = encode_xattrs(n.xattrs)
             if xattr is not None:
                 self_c["xattr"] += 1
-            mtimens = s.st_mtime_ns % 1_000_000_000 or None
             if n.kind == "dir":
                 flags = FLAG_DIR
                 transition = n is not root and n.nested
@@ -385,22 +280,7 @@ class Publisher:
                     flags |= FLAG_NESTED_ROOT
                 nlink = 2 + sum(1 for c in n.children if c.kind == "dir")
                 self_c["dir"] += 1
-                w.add(
-                    n.path,
-                    parent,
-                    nlink,
-                    None,
-                    s.st_size,
-                    s.st_mode,
-                    int(s.st_mtime),
-                    mtimens,
-                    flags,
-                    n.name,
-                    "",
-                    s.st_uid,
-                    s.st_gid,
-                    xattr,
-                )
+                _add_row(w, n, parent, nlink, None, s.st_size, flags, xattr)
                 if n.auto_marker and not transition:
                     self_c["regular"] += 1
                     empty = store.put(b"", "", compress=self.o.compress)
@@ -433,60 +313,17 @@ class Publisher:
                     self_c["chunks"] += len(n.chunks)
                     for off, size, h in n.chunks:
                         w.add_chunk(n.path, off, size, h.digest)
-                w.add(
-                    n.path,
-                    parent,
-                    hardlinks,
-                    digest,
-                    s.st_size,
-                    s.st_mode,
-                    int(s.st_mtime),
-                    mtimens,
-                    flags,
-                    n.name,
-                    "",
-                    s.st_uid,
-                    s.st_gid,
-                    xattr,
-                )
+                _add_row(w, n, parent, hardlinks, digest, s.st_size, flags, xattr)
             elif n.kind == "symlink":
                 self_c["symlink"] += 1
                 size = len(n.target.encode("utf-8", "surrogateescape"))
-                w.add(
-                    n.path,
-                    parent,
-                    hardlinks,
-                    None,
-                    size,
-                    s.st_mode,
-                    int(s.st_mtime),
-                    mtimens,
-                    FLAG_FILE | FLAG_LINK,
-                    n.name,
-                    n.target,
-                    s.st_uid,
-                    s.st_gid,
-                    xattr,
-                )
+                flags = FLAG_FILE | FLAG_LINK
+                _add_row(w, n, parent, hardlinks, None, size, flags, xattr, n.target)
             else:
                 self_c["special"] += 1
                 size = s.st_rdev if (st.S_ISCHR(s.st_mode) or st.S_ISBLK(s.st_mode)) else 0
-                w.add(
-                    n.path,
-                    parent,
-                    hardlinks,
-                    None,
-                    size,
-                    s.st_mode,
-                    int(s.st_mtime),
-                    mtimens,
-                    FLAG_FILE | FLAG_SPECIAL,
-                    n.name,
-                    "",
-                    s.st_uid,
-                    s.st_gid,
-                    xattr,
-                )
+                flags = FLAG_FILE | FLAG_SPECIAL
+                _add_row(w, n, parent, hardlinks, None, size, flags, xattr)
 
         props = {
             "schema": "2.5",
@@ -558,7 +395,7 @@ class Publisher:
             revision = (prev_manifest.revision + 1) if prev_manifest else 1
             now = o.timestamp or int(time.time())
             self.log(f"scanning {o.source}")
-            root = self.scan(dirtab)
+            root = scan(o.source, dirtab, xattrs=o.include_xattrs, warnings=self.warnings)
 
             files: list[tuple[Node, str]] = []
             stack = [(root, os.path.abspath(o.source))]
@@ -668,6 +505,38 @@ class Publisher:
         body = f"{created}\nE{expires}\nN{self.o.name}\n{fp}\n".encode()
         digest = hash_bytes(self.o.hash_algorithm, body).hex.encode()
         return body + b"--\n" + digest + b"\n" + sign_raw_pkcs1(keys.master_key, digest)
+
+
+def _add_row(
+    w: CatalogWriter,
+    n: Node,
+    parent: str | None,
+    links: int,
+    digest: bytes | None,
+    size: int,
+    flags: int,
+    xattr: bytes | None,
+    target: str = "",
+) -> None:
+    """The catalog row of node `n`: what its lstat says, with these fields."""
+    s = n.lstat
+    mtimens = s.st_mtime_ns % 1_000_000_000 or None
+    w.add(
+        n.path,
+        parent,
+        links,
+        digest,
+        size,
+        s.st_mode,
+        int(s.st_mtime),
+        mtimens,
+        flags,
+        n.name,
+        target,
+        s.st_uid,
+        s.st_gid,
+        xattr,
+    )
 
 
 def _format_flags(o: PublishOptions) -> int:
