@@ -191,11 +191,10 @@ class Repository:
             downloader,
             config=config,
             verify_at=verify_at,
-            offline=offline,
             tag=tag,
             root_hash=root_hash,
             date=date,
-        )
+        )  # offline: without a downloader
         repo.shared_cache = shared
         try:
             if repo.trust.pinned_root:
@@ -503,20 +502,7 @@ class Repository:
         m = self.manifest
         out = {"fqrn": self.fqrn}
         if m is not None:
-            out.update(
-                revision=str(m.revision),
-                root_hash=m.root_hash.hex,
-                root_catalog_size=str(m.root_size) if m.root_size is not None else "",
-                ttl=str(m.ttl),
-                timestamp=str(m.timestamp or 0),
-                published=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(m.timestamp or 0)),
-                hash_algorithm=m.root_hash.algorithm.name.lower(),
-                certificate=m.certificate.hex if m.certificate else "",
-                certificate_fingerprint=self.certificate_fingerprint() or "",
-                history=m.history.hex if m.history else "",
-                metainfo=m.metainfo.hex if m.metainfo else "",
-                garbage_collectable="yes" if m.garbage_collectable else "no",
-            )
+            out.update(m.info(self.certificate_fingerprint() or ""))
         if self.whitelist is not None:
             y, mo, d, h = self.whitelist.expires
             out["whitelist_expires"] = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:00:00Z"

@@ -171,6 +171,26 @@ class Manifest(
             signature=signature,
         )
 
+    def info(self, certificate_fingerprint: str = "") -> dict[str, str]:
+        """The fields as `parrot_cvmfs info` shows them, in its order (a field of FIELDS
+        that is shown is shown here)."""
+        import time
+
+        return {
+            "revision": str(self.revision),
+            "root_hash": self.root_hash.hex,
+            "root_catalog_size": str(self.root_size) if self.root_size is not None else "",
+            "ttl": str(self.ttl),
+            "timestamp": str(self.timestamp or 0),
+            "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.timestamp or 0)),
+            "hash_algorithm": self.root_hash.algorithm.name.lower(),
+            "certificate": self.certificate.hex if self.certificate else "",
+            "certificate_fingerprint": certificate_fingerprint,
+            "history": self.history.hex if self.history else "",
+            "metainfo": self.metainfo.hex if self.metainfo else "",
+            "garbage_collectable": "yes" if self.garbage_collectable else "no",
+        }
+
     def check_name(self, fqrn: str, what: str = "manifest") -> None:
         if self.fqrn is not None and self.fqrn != fqrn:
             raise ManifestError(f"{what} is for repository {self.fqrn!r}, not {fqrn!r}")
