@@ -1,9 +1,9 @@
 """parrot-cvmfs: a read-only /cvmfs for unmodified programs, without FUSE or root.
 
-The client library (`parrot_cvmfs.client`, over the format in `parrot_cvmfs.format`)
-reads CernVM-FS repositories:
-signed manifests, SQLite catalogs, content-addressed objects in a shared
-local cache. See `Repository` for the Python API.
+The client library (`parrot_cvmfs.client`, over the repository format in
+`parrot_cvmfs.format`) reads CernVM-FS repositories: signed manifests, SQLite
+catalogs, content-addressed objects in a shared local cache. See `Repository`
+for the Python API.
 """
 
 from ._version import __version__
