@@ -9,7 +9,10 @@ from collections.abc import Callable
 
 from ..errors import CatalogError
 from ..format.entry import DirEntry
-from .namespace import Namespace
+
+TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
+if TYPE_CHECKING:
+    from .namespace import Namespace
 
 MAX_SYMLINKS = 40
 

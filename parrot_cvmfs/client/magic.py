@@ -15,11 +15,9 @@ from ..format.catalog import COUNTERS
 from ..format.entry import DirEntry
 from ..format.hashes import ContentHash
 
-TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
-if TYPE_CHECKING:
-    from .repository import Repository
-
-Getter = Callable[["Repository", DirEntry], "str | None"]
+# A getter takes the Repository (not imported here: repository.py imports this module)
+# and the entry.
+Getter = Callable[[object, DirEntry], "str | None"]
 
 
 def _every(e: DirEntry) -> bool:
@@ -42,7 +40,7 @@ def _symlink(e: DirEntry) -> bool:
     return e.is_symlink
 
 
-def _cached_path(repo: Repository, e: DirEntry) -> str | None:
+def _cached_path(repo, e: DirEntry) -> str | None:
     if e.is_chunked:
         from .fetch import ASSEMBLED, chunk_list_key
 
@@ -50,7 +48,7 @@ def _cached_path(repo: Repository, e: DirEntry) -> str | None:
     return repo.cache.find(e.hash, size=e.size) if e.hash else None
 
 
-def _lhash(repo: Repository, e: DirEntry) -> str:
+def _lhash(repo, e: DirEntry) -> str:
     p = _cached_path(repo, e)
     if p is None:
         return "Not in cache"
@@ -63,7 +61,7 @@ def _lhash(repo: Repository, e: DirEntry) -> str:
     return ContentHash(e.hash.algorithm, h.digest()).hex
 
 
-def _chunk_list(repo: Repository, e: DirEntry) -> str:
+def _chunk_list(repo, e: DirEntry) -> str:
     chunks = repo.chunks(e)
     lines = ["hash,offset,size"]
     if chunks:
@@ -73,13 +71,13 @@ def _chunk_list(repo: Repository, e: DirEntry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _expires(repo: Repository, e: DirEntry) -> str:
+def _expires(repo, e: DirEntry) -> str:
     if repo.is_pinned or repo.offline:
         return "never (fixed root catalog)"
     return str(max(0, int((repo.mounted_at + repo.ttl - time.time()) // 60)))
 
 
-def _hitrate(repo: Repository, e: DirEntry) -> str:
+def _hitrate(repo, e: DirEntry) -> str:
     total = repo.cache.hits + repo.cache.misses
     return f"{100.0 * repo.cache.hits / total:.3f}" if total else "n/a"
 
@@ -91,14 +89,14 @@ def _repo_counters(counters: dict[str, int]) -> str:
     )
 
 
-def _catalog_counters(repo: Repository, e: DirEntry) -> str:
+def _catalog_counters(repo, e: DirEntry) -> str:
     ns = repo._namespace()
     cat = ns.children_catalog(e) if e.is_dir else e.catalog
     head = f"catalog_hash: {cat.hash.hex if cat.hash else ''}\ncatalog_mountpoint: {cat.mountpoint or '/'}\n"
     return head + _repo_counters(cat.counters())
 
 
-def _metainfo(repo: Repository, e: DirEntry) -> str:
+def _metainfo(repo, e: DirEntry) -> str:
     if repo.manifest is None or repo.manifest.metainfo is None:
         return "metainfo not available"
     try:
@@ -109,7 +107,7 @@ def _metainfo(repo: Repository, e: DirEntry) -> str:
         return f.read(65536).decode("utf-8", "replace")
 
 
-def _pubkeys(repo: Repository, e: DirEntry) -> str:
+def _pubkeys(repo, e: DirEntry) -> str:
     out = []
     for path in repo.settings.public_key_files:
         try:
@@ -179,7 +177,7 @@ def magic_names(entry: DirEntry) -> list[str]:
     return [name for name, (has, _) in MAGIC.items() if has(entry)]
 
 
-def magic_value(repo: Repository, entry: DirEntry, name: str) -> str | None:
+def magic_value(repo, entry: DirEntry, name: str) -> str | None:
     """The value of magic attribute `name` of `entry`; None if it has no such one (or
     the getter has no value: a stored attribute of that name is then read)."""
     row = MAGIC.get(name)
