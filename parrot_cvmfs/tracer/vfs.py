@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable
 
 from ..client.cache import ObjectCache, make_layout
-from ..client.config import Configuration, valid_name
+from ..client.config import Configuration
 from ..client.repository import Repository, inode_of, open_cache
 from ..errors import CvmfsError, one_line_text
+from ..format.values import valid_name
 from .anchors import Anchors
 from .paths import ROOT, VPath, resolve
 from .structs import Attrs, dtype_of
