@@ -41,6 +41,7 @@ import stat as st
 import zlib
 from typing import NamedTuple
 
+from ..atomic import discard
 from ..errors import CacheError, CatalogError, CvmfsError, IntegrityError
 from .catalog import Catalog
 from .download import MAX_DATABASE, MAX_SMALL, object_limit, wire_limit
@@ -315,10 +316,7 @@ def write_bundle(
                 z.write(bytes(1024))
         os.rename(tmp, out_path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        discard(tmp)
         if isinstance(e, OSError) and not isinstance(e, CvmfsError):
             raise CvmfsError(f"cannot write bundle {out_path}: {e.strerror}") from None
         raise
@@ -395,10 +393,7 @@ def _fetch_into(z, objs: list[_Object], cache, downloader, jobs: int, stamp: int
                 count += 1
         finally:
             for t in tmps:
-                try:
-                    os.unlink(t)
-                except OSError:
-                    pass
+                discard(t)
     return count
 
 
@@ -944,10 +939,10 @@ def _remove_stale_stages(txnfd: int) -> None:
     """Staging directories of unbundles that were killed."""
     import shutil
 
-    from .cache import _pid_alive
+    from .cache import pid_alive
 
     for name in os.listdir(txnfd):
         parts = name.split(".")
         if len(parts) == 3 and parts[0] == "unbundle" and parts[1].isdigit():
-            if not _pid_alive(int(parts[1])):
+            if not pid_alive(int(parts[1])):
                 shutil.rmtree(name, dir_fd=txnfd, ignore_errors=True)

@@ -246,7 +246,8 @@ def _memo_read(memo_dir: str, key: str) -> bytes | None:
 
 
 def _memo_write(memo_dir: str, key: str, data: bytes) -> None:
-    from .cache import open_subdir, write_atomic_at  # a miss: off the start-up path
+    from ..atomic import write_atomic_at  # a miss: off the start-up path
+    from .cache import open_subdir
 
     try:
         dfd = open_subdir(memo_dir)

@@ -22,9 +22,10 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..atomic import discard, write_atomic
 from ..errors import CvmfsError
 from . import cfetch
-from .cache import ObjectCache, write_atomic
+from .cache import ObjectCache
 from .catalog import Catalog
 from .config import Configuration
 from .dirtab import Dirtab, RelaxedPathFilter
@@ -248,20 +249,14 @@ class _Walker:
                     out=out,
                 )
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            discard(tmp)
             raise
         return tmp
 
     def discard(self) -> None:
         """Remove the catalogs not committed (after a failure)."""
         for _h, tmp in self.pending:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            discard(tmp)
 
 
 def _fetch_all(

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from ..client.cache import write_atomic
+from ..atomic import write_atomic
 from ..errors import ConfigError
 
 

@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..atomic import write_atomic
 from ..client.catalog import (
     COMPRESSION_NONE,
     COUNTERS,
@@ -634,8 +635,8 @@ class Publisher:
             manifest_bytes = self._sign_manifest(fields, keys)
             whitelist_bytes = self._whitelist(keys)
             open(os.path.join(self.repo_dir, ".cvmfs_master_replica"), "a").close()
-            _write_atomic(os.path.join(self.repo_dir, ".cvmfswhitelist"), whitelist_bytes)
-            _write_atomic(os.path.join(self.repo_dir, ".cvmfspublished"), manifest_bytes)
+            write_atomic(os.path.join(self.repo_dir, ".cvmfswhitelist"), whitelist_bytes, 0o644)
+            write_atomic(os.path.join(self.repo_dir, ".cvmfspublished"), manifest_bytes, 0o644)
             manifest = Manifest.parse(manifest_bytes)
             for w in self.warnings:
                 print(f"warning: {w}", file=sys.stderr)
@@ -675,20 +676,6 @@ def _format_flags(o: PublishOptions) -> int:
     """Catalog flag bits for the content hash algorithm and the compression."""
     comp = 0 if o.compress else COMPRESSION_NONE << FLAG_POS_COMPRESSION
     return ((o.hash_algorithm - 1) << FLAG_POS_HASH) | comp
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def publish(options: PublishOptions, log=None) -> PublishResult:
