@@ -34,11 +34,12 @@ class CacheTiers:
     recognise as the cache's files, and where the kept configuration goes, come from
     here."""
 
-    __slots__ = ("own", "aliens")
+    __slots__ = ("own", "aliens", "_prefixes")
 
     def __init__(self, own: str, aliens: list[str]):
         self.own = own
         self.aliens = aliens
+        self._prefixes = (own + "/", *(a.rstrip("/") + "/" for a in aliens))
 
     def dirs(self) -> list[str]:
         """Every tier, the writable one first (the supervisor's prefixes of cache files)."""
@@ -54,9 +55,7 @@ class CacheTiers:
 
     def holds(self, path: str) -> bool:
         """Whether `path` is a file of one of the tiers."""
-        if path.startswith(self.own + "/"):
-            return True
-        return any(path.startswith(a.rstrip("/") + "/") for a in self.aliens)
+        return path.startswith(self._prefixes)  # one call: asked of every write's path
 
 
 def split_aliens(alien: str | None) -> list[str]:
