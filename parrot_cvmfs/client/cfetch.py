@@ -18,8 +18,9 @@ import threading
 from collections import namedtuple
 from collections.abc import Callable
 
-from .download import MAX_SMALL, Downloader, transfer_budget, wire_limit
+from .download import Downloader
 from .hashes import Algorithm, ContentHash
+from .limits import MAX_SMALL, transfer_budget, wire_limit
 
 _C_ALGORITHMS = (Algorithm.SHA1, Algorithm.SHAKE128)
 

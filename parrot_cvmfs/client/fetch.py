@@ -16,8 +16,9 @@ from ..atomic import discard
 from ..errors import CacheError, CvmfsError
 from . import cfetch
 from .cache import ObjectCache, open_regular
-from .download import Downloader, object_limit
+from .download import Downloader
 from .hashes import Algorithm, ContentHash
+from .limits import object_limit
 
 ASSEMBLED = ".file"  # cache name suffix of assembled chunked files
 

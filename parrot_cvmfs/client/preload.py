@@ -29,9 +29,11 @@ from .cache import ObjectCache
 from .catalog import Catalog
 from .config import Configuration
 from .dirtab import Dirtab, RelaxedPathFilter
-from .download import Downloader, DownloadSettings, database_limit, object_limit
+from .download import Downloader
 from .fetch import Fetcher
 from .hashes import ContentHash
+from .limits import database_limit, object_limit
+from .network import DownloadSettings
 from .repository import Repository
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ from typing import NamedTuple
 
 from ...errors import CatalogError, CvmfsError
 from ..catalog import Catalog
-from ..download import MAX_DATABASE, object_limit, wire_limit
 from ..hashes import ContentHash
+from ..limits import MAX_DATABASE, object_limit, wire_limit
 
 FORMAT_MEMBER = "parrot-cvmfs-bundle"
 FORMAT = b"parrot-cvmfs bundle 2\n"

@@ -10,8 +10,8 @@ import zlib
 
 from ...errors import CacheError, CvmfsError, IntegrityError
 from ..catalog import Catalog
-from ..download import MAX_SMALL
 from ..hashes import ContentHash, new_hasher
+from ..limits import MAX_SMALL
 from ..repository import Breadcrumb
 from .members import (
     BLOCK,

@@ -7,7 +7,7 @@ import os
 from ...atomic import discard
 from ...errors import CacheError, CvmfsError, IntegrityError
 from ..catalog import Catalog
-from ..download import MAX_SMALL, wire_limit
+from ..limits import MAX_SMALL, wire_limit
 from .members import (
     BLOCK,
     FORMAT,
