@@ -27,11 +27,7 @@ from collections.abc import Callable
 
 from ..errors import DownloadError
 from .hashes import ContentHash
-from .limits import (
-    MAX_SMALL,
-    database_limit,
-    transfer_budget,
-)
+from .limits import MAX_SMALL, database_limit
 from .network import (
     DIRECT,
     DownloadSettings,
@@ -43,24 +39,14 @@ from .network import (
 )
 from .transfer import (
     BAD_DATA,
-    HOST_CONNECTION,
     HOST_HTTP,
     HOST_KINDS,
-    HOST_SHORT,
-    HOST_SLOW,
-    PROXY_CONNECTION,
-    PROXY_HTTP,
     PROXY_KINDS,
-    PROXY_SHORT,
-    PROXY_SLOW,
     TRANSFER_KINDS,
     BoundedBackend,
-    Budget,
     Failure,
     Sink,
-    active,
-    header_value,
-    short_reason,
+    attempt,
 )
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
@@ -126,93 +112,21 @@ class Downloader:
                 c.close()
             self._clients.clear()
 
-    # -- one attempt -----------------------------------------------------------------------
-
     def _attempt(self, url: str, proxy: str, nocache: bool, sink: Sink, headers: dict) -> None:
-        import httpcore
+        attempt(
+            self._transport(proxy),
+            self.settings,
+            url,
+            proxy,
+            nocache,
+            sink,
+            headers,
+            self._received,
+        )
 
-        s = self.settings
-        direct = proxy == DIRECT
-        h = {"User-Agent": s.user_agent, "Connection": "Keep-Alive", **headers}
-        if nocache:
-            h["Pragma"] = "no-cache"
-            h["Cache-Control"] = "no-cache"
-        timeout = s.timeout_direct if direct else s.timeout
-        where = url if direct else f"{url} via proxy {proxy}"
-        sink.where = where
-        seconds = transfer_budget(sink.wire, timeout, s.low_speed_limit)
-        slow = HOST_SLOW if direct else PROXY_SLOW
-        budget = Budget(seconds, timeout, s.low_speed_limit, slow, where)
-        ext = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": seconds}}
-        transport = self._transport(proxy)
-        active.budget = budget
-        try:
-            for _redirect in range(5):
-                host = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
-                resp = transport.handle_request(
-                    httpcore.Request(
-                        "GET", url, headers=[("Host", host), *h.items()], extensions=ext
-                    )
-                )
-                status = resp.status
-                if status in (301, 302, 303, 307, 308) and s.follow_redirects:
-                    location = header_value(resp, b"location")
-                    resp.close()
-                    if not location:
-                        break
-                    import urllib.parse
-
-                    url = urllib.parse.urljoin(url, location)
-                    continue
-                break
-            else:
-                raise Failure(HOST_CONNECTION, f"{where}: too many redirects")
-            try:
-                if status == 429:
-                    raise Failure(HOST_CONNECTION, f"{where}: HTTP 429 (too many requests)")
-                if not 200 <= status < 300:
-                    squid = header_value(resp, b"x-squid-error") is not None or "error=" in (
-                        header_value(resp, b"proxy-status") or ""
-                    )
-                    if squid and not direct:
-                        kind = PROXY_HTTP
-                    elif direct or 300 <= status < 400 or status in (400, 404) or status >= 500:
-                        kind = HOST_HTTP
-                    else:
-                        kind = PROXY_HTTP
-                    raise Failure(kind, f"{where}: HTTP {status}")
-                sink.reset()
-                sink.announced(header_value(resp, b"content-length"))
-                for data in resp.stream:
-                    sink.feed(data)
-            finally:
-                resp.close()
-            with self._stats_lock:
-                self.bytes_received += sink.received
-            sink.finish()
-        except Failure:
-            raise
-        except httpcore.TimeoutException:
-            raise Failure(slow, f"{where}: timed out after {timeout:g} s") from None
-        except httpcore.ProxyError as e:
-            raise Failure(PROXY_CONNECTION, f"{where}: proxy error ({short_reason(e)})") from None
-        except httpcore.ConnectError as e:
-            # through a proxy, a refused connection is the proxy's (curl: kFailProxyConnection)
-            raise Failure(
-                HOST_CONNECTION if direct else PROXY_CONNECTION,
-                f"{where}: cannot connect ({short_reason(e)})",
-            ) from None
-        except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
-            raise Failure(
-                HOST_SHORT if direct else PROXY_SHORT,
-                f"{where}: transfer broken ({short_reason(e)})",
-            ) from None
-        except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.UnsupportedProtocol) as e:
-            raise Failure(
-                HOST_CONNECTION if direct else PROXY_CONNECTION, f"{where}: {short_reason(e)}"
-            ) from None
-        finally:
-            active.budget = None
+    def _received(self, n: int) -> None:
+        with self._stats_lock:
+            self.bytes_received += n
 
     # -- the fail-over loop --------------------------------------------------------------------
 

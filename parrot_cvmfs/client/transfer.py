@@ -1,6 +1,7 @@
 """One bounded transfer: the failure kinds of an attempt, its budget on the wire (an
 overall deadline and the low-speed rule, kept in the network backend under the HTTP
-client) and the sink that hashes, inflates and refuses a body longer than it can be."""
+client), the sink that hashes, inflates and refuses a body longer than it can be, and
+`attempt`, which makes one request and names its failure's kind."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import time
 import zlib
 
 from .hashes import new_hasher
-from .limits import wire_limit
+from .limits import transfer_budget, wire_limit
+from .network import DIRECT
+
+TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .network import DownloadSettings
 
 # Failure kinds (cvmfs download failure classes, collapsed)
 # Failure kinds (cvmfs download failure classes, collapsed)
@@ -265,3 +273,97 @@ def short_reason(e: Exception) -> str:
     if "Name or service not known" in text or "No address associated" in text or "nodename" in text:
         return "host name does not resolve"
     return text.splitlines()[0][:200]
+
+
+def attempt(
+    transport,
+    s: DownloadSettings,
+    url: str,
+    proxy: str,
+    nocache: bool,
+    sink: Sink,
+    headers: dict,
+    received: Callable[[int], None],
+) -> None:
+    """One request of `url` through `transport` (via `proxy`, or DIRECT) into `sink`,
+    bounded by its budget; every failure is a Failure of its kind. `received` is told
+    the body bytes that arrived."""
+    import httpcore
+
+    direct = proxy == DIRECT
+    h = {"User-Agent": s.user_agent, "Connection": "Keep-Alive", **headers}
+    if nocache:
+        h["Pragma"] = "no-cache"
+        h["Cache-Control"] = "no-cache"
+    timeout = s.timeout_direct if direct else s.timeout
+    where = url if direct else f"{url} via proxy {proxy}"
+    sink.where = where
+    seconds = transfer_budget(sink.wire, timeout, s.low_speed_limit)
+    slow = HOST_SLOW if direct else PROXY_SLOW
+    budget = Budget(seconds, timeout, s.low_speed_limit, slow, where)
+    ext = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": seconds}}
+    active.budget = budget
+    try:
+        for _redirect in range(5):
+            host = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+            resp = transport.handle_request(
+                httpcore.Request("GET", url, headers=[("Host", host), *h.items()], extensions=ext)
+            )
+            status = resp.status
+            if status in (301, 302, 303, 307, 308) and s.follow_redirects:
+                location = header_value(resp, b"location")
+                resp.close()
+                if not location:
+                    break
+                import urllib.parse
+
+                url = urllib.parse.urljoin(url, location)
+                continue
+            break
+        else:
+            raise Failure(HOST_CONNECTION, f"{where}: too many redirects")
+        try:
+            if status == 429:
+                raise Failure(HOST_CONNECTION, f"{where}: HTTP 429 (too many requests)")
+            if not 200 <= status < 300:
+                squid = header_value(resp, b"x-squid-error") is not None or "error=" in (
+                    header_value(resp, b"proxy-status") or ""
+                )
+                if squid and not direct:
+                    kind = PROXY_HTTP
+                elif direct or 300 <= status < 400 or status in (400, 404) or status >= 500:
+                    kind = HOST_HTTP
+                else:
+                    kind = PROXY_HTTP
+                raise Failure(kind, f"{where}: HTTP {status}")
+            sink.reset()
+            sink.announced(header_value(resp, b"content-length"))
+            for data in resp.stream:
+                sink.feed(data)
+        finally:
+            resp.close()
+        received(sink.received)
+        sink.finish()
+    except Failure:
+        raise
+    except httpcore.TimeoutException:
+        raise Failure(slow, f"{where}: timed out after {timeout:g} s") from None
+    except httpcore.ProxyError as e:
+        raise Failure(PROXY_CONNECTION, f"{where}: proxy error ({short_reason(e)})") from None
+    except httpcore.ConnectError as e:
+        # through a proxy, a refused connection is the proxy's (curl: kFailProxyConnection)
+        raise Failure(
+            HOST_CONNECTION if direct else PROXY_CONNECTION,
+            f"{where}: cannot connect ({short_reason(e)})",
+        ) from None
+    except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
+        raise Failure(
+            HOST_SHORT if direct else PROXY_SHORT,
+            f"{where}: transfer broken ({short_reason(e)})",
+        ) from None
+    except (httpcore.ProtocolError, httpcore.NetworkError, httpcore.UnsupportedProtocol) as e:
+        raise Failure(
+            HOST_CONNECTION if direct else PROXY_CONNECTION, f"{where}: {short_reason(e)}"
+        ) from None
+    finally:
+        active.budget = None
