@@ -33,6 +33,14 @@ def open_no_link(path: str, flags: int, where: str, mode: int = 0o600) -> int:
         raise
 
 
+def cache_error(e: OSError, what: str) -> CacheError:
+    """`e` if it is a CacheError already (it names what was wrong), else the one line
+    `what: <strerror>`."""
+    if isinstance(e, CacheError):
+        return e
+    return CacheError(f"{what}: {e.strerror}")
+
+
 def make_dir(root: str, name: str, mode: int) -> None:
     """`root/name` as a real directory of ours: made, or found (never a link)."""
     path = f"{root}/{name}"
@@ -97,9 +105,7 @@ def open_regular(path: str, where: str) -> int | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
-        if isinstance(e, CacheError):
-            raise
-        raise CacheError(f"cannot read {path} in {where}: {e.strerror}") from None
+        raise cache_error(e, f"cannot read {path} in {where}") from None
     mode = os.fstat(fd).st_mode
     if not st.S_ISREG(mode):
         os.close(fd)
@@ -125,9 +131,7 @@ def read_regular(path: str, where: str, limit: int = META_MAX) -> bytes | None:
             buf += b
         raise CacheError(f"{where}: {os.path.basename(path)} is larger than {limit} bytes")
     except OSError as e:
-        if isinstance(e, CacheError):
-            raise
-        raise CacheError(f"cannot read {path} in {where}: {e.strerror}") from None
+        raise cache_error(e, f"cannot read {path} in {where}") from None
     finally:
         os.close(fd)
 

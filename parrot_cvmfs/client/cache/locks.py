@@ -9,8 +9,7 @@ import os
 import struct
 import threading
 
-from ...errors import CacheError
-from .files import open_no_link
+from .files import cache_error, open_no_link
 
 _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 _F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)
@@ -22,11 +21,7 @@ def open_lock_file(path: str, cache_dir: str) -> int:
     try:
         return open_no_link(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, f"cache {cache_dir}")
     except OSError as e:
-        if isinstance(e, CacheError):
-            raise
-        raise CacheError(
-            f"cannot open {os.path.basename(path)} in cache {cache_dir}: {e.strerror}"
-        ) from None
+        raise cache_error(e, f"cannot open {os.path.basename(path)} in cache {cache_dir}") from None
 
 
 class ThreadLockFile:

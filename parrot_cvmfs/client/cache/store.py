@@ -14,7 +14,7 @@ import threading
 from ...atomic import discard, write_atomic
 from ...errors import CacheError, file_kind
 from ..hashes import ContentHash
-from .files import make_dir, pid_alive, read_regular, unlink_matching
+from .files import cache_error, make_dir, pid_alive, read_regular, unlink_matching
 from .layout import ALIASES, QUARANTINE, TXN, CacheTiers, alias_target, make_layout
 from .locks import ObjectLock, ObjectLocks
 from .quota import Quota
@@ -87,9 +87,7 @@ class ObjectCache:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
-            if isinstance(e, CacheError):
-                raise
-            raise CacheError(f"cannot read {where} {root}: {e.strerror}") from None
+            raise cache_error(e, f"cannot read {where} {root}") from None
 
     def find(self, h: ContentHash, variant: str = "", size: int | None = None) -> str | None:
         """Local path of a cached object (alien tiers first), or None.
