@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
+    def command(name, func, help_):
+        """A command whose --help describes it with its function's docstring."""
+        sp = sub.add_parser(name, help=help_, description=func.__doc__)
+        sp.set_defaults(func=func)
+        return sp
+
     client_cmd("info", cmd_info, "print the verified manifest (key: value lines)")
     sp = client_cmd("ls", cmd_ls, "list a directory", optional_path=True)
     sp.add_argument("-l", "--long", action="store_true", help="long format")
@@ -73,12 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = client_cmd("tags", cmd_tags, "list the repository's tags")
     sp.add_argument("--json", action="store_true")
 
-    sp = sub.add_parser(
-        "publish",
-        help="publish a directory as a signed repository",
-        description="Publish SRC as repository NAME into stratum directory DIR "
-        "(a new revision if it exists). Keys are created in KEYDIR when missing.",
-    )
+    sp = command("publish", cmd_publish, "publish a directory as a signed repository")
     sp.add_argument("source", metavar="SRC")
     sp.add_argument("--name", required=True)
     sp.add_argument("--stratum", required=True, metavar="DIR")
@@ -99,28 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-xattrs", action="store_true")
     sp.add_argument("-j", "--jobs", type=int, default=0)
     sp.add_argument("-v", "--verbose", action="store_true")
-    sp.set_defaults(func=cmd_publish)
 
-    sp = sub.add_parser(
-        "serve",
-        help="serve stratum directories over HTTP",
-        description="Serve DIR so that http://HOST:PORT/cvmfs/NAME/ is repository NAME.",
-    )
+    sp = command("serve", cmd_serve, "serve stratum directories over HTTP")
     sp.add_argument("directory", metavar="DIR")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("-v", "--verbose", action="store_true")
-    sp.set_defaults(func=cmd_serve)
 
     from .client.preload import DEFAULT_JOBS
 
-    sp = sub.add_parser(
-        "preload",
-        help="fill a directory to use as a read-only alien cache (cvmfs_preload)",
-        description="Verify the repository at URL and download its catalogs and objects "
-        "(the part a dirtab selects) into DIR, for clients using DIR as an alien cache with "
-        "no network (parrot_run --alien-cache DIR --offline). A rerun fetches only what DIR "
-        "does not have.",
+    sp = command(
+        "preload", cmd_preload, "fill a directory to use as a read-only alien cache (cvmfs_preload)"
     )
     sp.add_argument("-u", "--url", required=True, help="http://HOST/cvmfs/NAME (a stratum 0 or 1)")
     sp.add_argument("-r", "--directory", required=True, metavar="DIR")
@@ -143,20 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the preloaded revision as one verifiable archive (for unbundle)",
     )
     add_trust_options(sp)
-    sp.set_defaults(func=cmd_preload)
 
-    sp = sub.add_parser(
-        "unbundle",
-        help="verify a preload bundle and install it into a directory",
-        description="Verify FILE (from preload --bundle) against the repository's signed "
-        "chain, every object against its name, and install it into DIR (made if missing). "
-        "A bundle that does not verify to its end is refused and DIR left as it was.",
+    sp = command(
+        "unbundle", cmd_unbundle, "verify a preload bundle and install it into a directory"
     )
     sp.add_argument("bundle", metavar="FILE")
     sp.add_argument("-r", "--directory", required=True, metavar="DIR")
     add_pubkey_option(sp, "the bundle's repository")
     add_trust_options(sp)
-    sp.set_defaults(func=cmd_unbundle)
 
     sp = sub.add_parser("demo", help="publish, serve and read the example repository (offline)")
     sp.add_argument("--keep", action="store_true", help="keep the temporary stratum and cache")

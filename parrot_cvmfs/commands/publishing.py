@@ -9,6 +9,8 @@ from ..errors import CvmfsError
 
 
 def cmd_publish(args) -> int:
+    """Publish SRC as repository NAME into stratum directory DIR (a new revision if it
+    exists). Keys are created in KEYDIR when missing."""
     from ..client.hashes import ALGORITHM_BY_NAME
     from ..server.chunking import ChunkSizes
     from ..server.publisher import PublishOptions, publish
@@ -46,6 +48,7 @@ def cmd_publish(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    """Serve DIR so that http://HOST:PORT/cvmfs/NAME/ is repository NAME."""
     from ..server.serve import StratumServer
 
     if not os.path.isdir(args.directory):
@@ -65,6 +68,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_preload(args) -> int:
+    """Verify the repository at URL and download its catalogs and objects (the part a
+    dirtab selects) into DIR, for clients using DIR as an alien cache with no
+    network (parrot_run --alien-cache DIR --offline). A rerun fetches only what DIR
+    does not have."""
     from ..client.config import Configuration, check_directory_option
     from ..client.preload import preload, tqdm_progress
 
@@ -102,6 +109,9 @@ def cmd_preload(args) -> int:
 
 
 def cmd_unbundle(args) -> int:
+    """Verify FILE (from preload --bundle) against the repository's signed chain, every
+    object against its name, and install it into DIR (made if missing). A bundle
+    that does not verify to its end is refused and DIR left as it was."""
     from ..client.bundle import unbundle
     from ..client.config import Configuration
 
