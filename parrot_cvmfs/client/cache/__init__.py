@@ -29,37 +29,22 @@ The rooms: `layout` (where a cache is, its tiers and names), `files` (opening wh
 found there), `locks`, `quota` (LRU eviction), `store` (ObjectCache).
 """
 
-from .files import META_MAX, open_regular, open_subdir, pid_alive, read_regular
-from .layout import (
-    CONFIG,
-    CacheTiers,
-    cache_problem,
-    default_cache_dir,
-    make_layout,
-    per_user_cache_dir,
-    resolve_cache,
-    resolve_tiers,
-    split_aliens,
-)
-from .quota import Quota, open_files_under
+from .files import open_regular, open_subdir, pid_alive
+from .layout import CONFIG, CacheTiers, make_layout, resolve_cache, resolve_tiers, split_aliens
+from .quota import open_files_under
 from .store import OBJECT_MODE, ObjectCache
 
+# what the rest of the package asks of the cache
 __all__ = [
     "CONFIG",
-    "META_MAX",
     "OBJECT_MODE",
     "CacheTiers",
     "ObjectCache",
-    "Quota",
-    "cache_problem",
-    "default_cache_dir",
     "make_layout",
     "open_files_under",
     "open_regular",
     "open_subdir",
-    "per_user_cache_dir",
     "pid_alive",
-    "read_regular",
     "resolve_cache",
     "resolve_tiers",
     "split_aliens",
