@@ -91,3 +91,13 @@ def one_line(e: BaseException) -> str:
     else:
         text = f"internal error: {type(e).__name__}" + (f": {e}" if str(e) else "")
     return one_line_text(text)
+
+
+# what messages call a file of each type (stat.S_IFMT of its mode)
+_FILE_KINDS = {0o120000: "a symbolic link", 0o040000: "a directory", 0o010000: "a fifo"}
+_FILE_KINDS[0o100000] = "a regular file"
+
+
+def file_kind(mode: int) -> str:
+    """What a file of `mode` (st_mode) is, for a message: "a symbolic link", "a fifo"..."""
+    return _FILE_KINDS.get(mode & 0o170000, "a special file")

@@ -114,7 +114,7 @@ def test_quota_cleanup_spares_open_files(tmp_path):
             assert holder.stdout.readline() == b"open\n"
         time.sleep(0.01)
     try:
-        import parrot_cvmfs.client.cache as cache_mod
+        import parrot_cvmfs.client.cache.quota as cache_mod
 
         cache_mod_grace = cache_mod._RECENT_GRACE
         cache_mod._RECENT_GRACE = 0.0

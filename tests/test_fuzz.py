@@ -18,6 +18,7 @@ import zlib
 import pytest
 
 from parrot_cvmfs.client import config as cfg
+from parrot_cvmfs.client import config_files
 from parrot_cvmfs.client.repository import Repository, inode_of
 from parrot_cvmfs.client.trust import Breadcrumb
 from parrot_cvmfs.errors import CvmfsError
@@ -542,10 +543,10 @@ def test_fuzz_configuration(tmp_path):
     for _ in range(1500):
         data = mutate(rnd, rnd.choice(confs), confs)
         text = data.decode("utf-8", "surrogateescape")
-        expect_clean(cfg.assigned_names, text, case=data)
-        expect_clean(cfg._memo_key, "a.b", [("f", text)], {}, {"PATH": "/bin"}, case=data)
+        expect_clean(config_files.assigned_names, text, case=data)
+        expect_clean(config_files._memo_key, "a.b", [("f", text)], {}, {"PATH": "/bin"}, case=data)
         out = mutate(rnd, outputs[0], outputs)
-        expect_clean(cfg._parse_shell_output, out, case=out)
+        expect_clean(config_files._parse_shell_output, out, case=out)
     # a few whole evaluations through /bin/sh, of mutated files in a configuration dir
     d = tmp_path / "etc"
     (d / "config.d").mkdir(parents=True)

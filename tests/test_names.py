@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from parrot_cvmfs.cli import quote_name
+from parrot_cvmfs.commands.output import quote_name
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 

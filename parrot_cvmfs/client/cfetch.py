@@ -19,7 +19,8 @@ from collections import namedtuple
 from collections.abc import Callable
 
 from ..format.hashes import Algorithm, ContentHash
-from .download import MAX_SMALL, Downloader, transfer_budget, wire_limit
+from .download import Downloader
+from .limits import MAX_SMALL, transfer_budget, wire_limit
 
 _C_ALGORITHMS = (Algorithm.SHA1, Algorithm.SHAKE128)
 

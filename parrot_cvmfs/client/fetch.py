@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import threading
 
+from ..atomic import discard
 from ..errors import CacheError, CvmfsError
 from ..format.hashes import Algorithm, ContentHash
 from . import cfetch
 from .cache import ObjectCache, open_regular
-from .download import Downloader, object_limit
+from .download import Downloader
+from .limits import object_limit
 
 ASSEMBLED = ".file"  # cache name suffix of assembled chunked files
 
@@ -156,16 +158,18 @@ class Fetcher:
                     bad_data_seen=bad_data,
                 )
             except BaseException as e:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                if isinstance(e, _StoreFailed):
-                    raise self.cache.store_error(e.error, what) from None
+                self._abandon(tmp, e, what)
                 raise
             finally:
                 os.close(fd)
             return self.cache.commit(tmp, h, kind=kind)
+
+    def _abandon(self, tmp: str, e: BaseException, what: str) -> None:
+        """Remove the temporary file of a fetch that failed with `e`; a failed write
+        into the cache is raised as the cache's one line instead."""
+        discard(tmp)
+        if isinstance(e, _StoreFailed):
+            raise self.cache.store_error(e.error, what) from None
 
     def _executor(self):
         from concurrent.futures import ThreadPoolExecutor
@@ -248,12 +252,7 @@ class Fetcher:
             except BaseException as e:
                 if fd >= 0:
                     os.close(fd)
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                if isinstance(e, _StoreFailed):
-                    raise self.cache.store_error(e.error, what) from None
+                self._abandon(tmp, e, what)
                 raise
             return self.cache.commit(tmp, key, ASSEMBLED)
 

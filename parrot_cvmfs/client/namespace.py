@@ -64,15 +64,6 @@ class Namespace:
             p = p[: p.rfind("/")]
         return None
 
-    def catalog_for(self, path: str) -> Catalog:
-        """The catalog that holds path's entry, attaching nested catalogs on the way."""
-        cat = self._deepest_catalog(path)
-        while True:
-            hit = self._nested_for(cat, path)
-            if hit is None or hit[0] == path:
-                return cat
-            cat = self._mount(*hit)
-
     # -- entries ----------------------------------------------------------------------------
 
     def lookup(self, path: str) -> DirEntry | None:

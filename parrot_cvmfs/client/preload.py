@@ -22,15 +22,18 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..atomic import discard, write_atomic
 from ..errors import CvmfsError
 from ..format.catalog import Catalog
 from ..format.dirtab import Dirtab, RelaxedPathFilter
 from ..format.hashes import ContentHash
 from . import cfetch
-from .cache import ObjectCache, write_atomic
+from .cache import ObjectCache
 from .config import Configuration
-from .download import Downloader, DownloadSettings, database_limit, object_limit
+from .download import Downloader
 from .fetch import Fetcher
+from .limits import database_limit, object_limit
+from .network import DownloadSettings
 from .repository import Repository
 
 if TYPE_CHECKING:
@@ -248,20 +251,14 @@ class _Walker:
                     out=out,
                 )
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            discard(tmp)
             raise
         return tmp
 
     def discard(self) -> None:
         """Remove the catalogs not committed (after a failure)."""
         for _h, tmp in self.pending:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            discard(tmp)
 
 
 def _fetch_all(

@@ -11,6 +11,7 @@ import os
 import tempfile
 import zlib
 
+from ..atomic import discard
 from ..format.hashes import Algorithm, ContentHash, new_hasher
 
 
@@ -63,8 +64,7 @@ class StratumStore:
                 f.write(stored)
             self.commit(tmp, ch, suffix)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            discard(tmp)
             raise
         return ch
 
@@ -105,5 +105,4 @@ class StreamingObject:
     def abort(self) -> None:
         with contextlib.suppress(OSError):
             self.f.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
+        discard(self.tmp)

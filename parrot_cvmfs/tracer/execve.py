@@ -7,7 +7,8 @@ import os
 import stat as st
 import struct
 
-from ..client.cache import OBJECT_MODE, ObjectCache, write_atomic
+from ..atomic import write_atomic
+from ..client.cache import OBJECT_MODE, ObjectCache
 
 BINPRM_BUF_SIZE = 256
 PT_INTERP = 3

@@ -199,7 +199,8 @@ class Memo:
         """Write what this run added (atomically; a concurrent run may win, which is fine)."""
         if not self.new:
             return
-        from ..client.cache import open_subdir, write_atomic_at  # not on the start-up path
+        from ..atomic import write_atomic_at  # not on the start-up path
+        from ..client.cache import open_subdir
         from ..errors import CvmfsError
 
         try:

@@ -55,19 +55,18 @@ class Options:
 
 class Supervisor:
     def __init__(self, opts: Options):
-        from ..client.cache import resolve_cache
+        from ..client.cache import CONFIG, resolve_tiers
 
         self.opts = opts
         config = opts.config or Configuration()
-        aliens = [a for a in (opts.alien_cache or "").split(":") if a]
         # a read-only populated --cache-dir comes back as the first alien tier
-        cache_dir, aliens = resolve_cache(opts.cache_dir, aliens, _note)
+        tiers = resolve_tiers(opts.cache_dir, opts.alien_cache, _note)
         if config.memo_dir is None:
-            config.memo_dir = os.path.join(cache_dir, "config")
+            config.memo_dir = tiers.under(CONFIG)
         self.view = CvmfsView(
             config,
-            cache_dir,
-            alien=":".join(aliens) or None,
+            tiers.own,
+            alien=tiers.alien_list(),
             verify_at=opts.verify_at,
             offline=opts.offline,
             eager=opts.cvmfs,
@@ -79,7 +78,7 @@ class Supervisor:
             calls,
             self.arch,
             self.view.anchors,
-            [self.view.cache_dir] + aliens,
+            tiers.dirs(),
             notify=self.mode == "notify",
         )
         self.procs = Processes()

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from ..client.cache import ObjectCache, make_layout
+from ..client.cache import CacheTiers, ObjectCache, make_layout, split_aliens
 from ..client.config import Configuration
 from ..client.repository import Repository, inode_of, open_cache
 from ..errors import CvmfsError, one_line_text
@@ -82,6 +82,7 @@ class CvmfsView:
         self.config = config
         self.cache_dir = os.path.abspath(cache_dir)
         self.alien = alien
+        self.tiers = CacheTiers(self.cache_dir, split_aliens(alien))
         self.verify_at = verify_at
         self.offline = offline
         self._warn = warn or (lambda m: print(f"parrot_run: {m}", file=sys.stderr, flush=True))
@@ -326,11 +327,7 @@ class CvmfsView:
         return path
 
     def is_cache_path(self, host: str) -> bool:
-        if host.startswith(self.cache_dir + "/"):
-            return True
-        return bool(self.alien) and any(
-            host.startswith(a.rstrip("/") + "/") for a in self.alien.split(":") if a
-        )
+        return self.tiers.holds(host)
 
     def vpath_of_host(self, host: str) -> VPath | None:
         """The /cvmfs path behind an anchor or a cache file we served."""
