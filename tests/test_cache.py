@@ -51,6 +51,7 @@ def env_for(published, srv) -> dict[str, str]:
     )
 
 
+@pytest.mark.slow
 def test_concurrent_processes_share_one_cache(published, server, tmp_path):
     cache = str(tmp_path / "cache")
     env = env_for(published, server)

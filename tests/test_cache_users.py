@@ -25,6 +25,8 @@ from .conftest import base_env, repo_spec
 from .servers import dead_url
 from .test_unprivileged import AS_NOBODY, NOBODY, _copy_runtime, _interpreter_for_nobody
 
+pytestmark = [pytest.mark.tracer, pytest.mark.unprivileged]
+
 NAME = "users.test.org"
 MNT = f"/cvmfs/{NAME}"
 SMALL = b"a small file\n"

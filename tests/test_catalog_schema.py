@@ -179,6 +179,7 @@ def _inflated(path: str, tmp_path, name: str) -> str:
     return str(out)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_real_catalogs_and_histories_open(tmp_path):
     catalogs = glob.glob(os.path.join(REAL_REPOS, "*", "stratum", "data", "*", "*C"))
     histories = glob.glob(os.path.join(REAL_REPOS, "*", "stratum", "data", "*", "*H"))

@@ -314,6 +314,7 @@ def test_dead_proxy_fails_over_to_next(setup):
     assert "cannot connect" in err(p)
 
 
+@pytest.mark.slow
 def test_slow_server_times_out_and_fails_over(setup, tmp_path):
     setup.server.delays[".cvmfspublished"] = 3.0
     t = time.monotonic()

@@ -28,6 +28,8 @@ from parrot_cvmfs.server.serve import StratumServer
 from .conftest import base_env, repo_spec
 from .hostile import MODES, HostileServer
 
+pytestmark = pytest.mark.tracer
+
 NAME = "hostile.test.org"
 CLI = [sys.executable, "-m", "parrot_cvmfs"]
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]

@@ -19,6 +19,8 @@ from .conftest import base_env, parse_sha256sum, repo_spec, sha256_tree
 from .servers import FaultyServer
 from .test_preload import stored_objects_match
 
+pytestmark = pytest.mark.tracer
+
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 
 

@@ -21,6 +21,8 @@ from parrot_cvmfs.server.serve import StratumServer
 
 from .conftest import REAL_REPOS, base_env, repo_spec
 
+pytestmark = pytest.mark.tracer
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 

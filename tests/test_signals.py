@@ -23,6 +23,8 @@ from parrot_cvmfs.server.serve import StratumHandler, StratumServer
 
 from .conftest import base_env, repo_spec
 
+pytestmark = pytest.mark.tracer
+
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 NAME = "signals.test.org"
 MNT = f"/cvmfs/{NAME}"
