@@ -31,8 +31,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from parrot_cvmfs.server.publisher import PublishOptions, publish  # noqa: E402
-from parrot_cvmfs.server.serve import StratumServer  # noqa: E402
+from bench.common import publish_and_serve  # noqa: E402
 
 NAME = "syscalls.bench.org"
 TREE_FILES = 3000  # as in statloop.c
@@ -79,15 +78,7 @@ def main() -> int:
             for i in range(TREE_FILES):  # statloop's names
                 with open(os.path.join(tree, str(i)), "wb") as f:
                     f.write(str(i).encode())
-        stratum, keys = os.path.join(work, "stratum"), os.path.join(work, "keys")
-        publish(PublishOptions(source=src, name=NAME, stratum=stratum, keys_dir=keys))
-        srv = StratumServer(stratum)
-        srv.start_background()
-        env = dict(os.environ)
-        env["PARROT_CVMFS_REPO"] = f"{NAME}:url={srv.url}/{NAME},pubkey={keys}/{NAME}.pub"
-        env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent"
-        if args.mode:
-            env["PARROT_CVMFS_MODE"] = args.mode
+        srv, env, _ = publish_and_serve(src, work, NAME, args.mode)
         parrot = [
             sys.executable,
             "-m",

@@ -32,8 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from parrot_cvmfs.server.publisher import PublishOptions, publish  # noqa: E402
-from parrot_cvmfs.server.serve import StratumServer  # noqa: E402
+from bench.common import publish_and_serve  # noqa: E402
 
 IMPORTS = (
     "import numpy, scipy.linalg, scipy.sparse, scipy.optimize, json, email.mime.text, http.client"
@@ -72,16 +71,8 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="bench-workload.")
     try:
         tree = args.tree or make_venv(os.path.join(work, "tree"))
-        stratum, keys = os.path.join(work, "stratum"), os.path.join(work, "keys")
-        r = publish(PublishOptions(source=tree, name=NAME, stratum=stratum, keys_dir=keys))
+        srv, env, r = publish_and_serve(tree, work, NAME, args.mode)
         print(f"published {tree}: {r.files} files")
-        srv = StratumServer(stratum)
-        srv.start_background()
-        env = dict(os.environ)
-        env["PARROT_CVMFS_REPO"] = f"{NAME}:url={srv.url}/{NAME},pubkey={keys}/{NAME}.pub"
-        env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent"
-        if args.mode:
-            env["PARROT_CVMFS_MODE"] = args.mode
         cache = os.path.join(work, "cache")
         # the installed launcher, as users run it (python -m adds runpy's imports)
         launcher = os.path.join(os.path.dirname(sys.executable), "parrot_run")
