@@ -11,7 +11,7 @@ import pytest
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 
-from .servers import FaultyServer, Nginx
+from .servers import FaultyServer, Nginx, serving
 from .treegen import make_tree
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,6 +86,29 @@ def base_env(**extra) -> dict[str, str]:
     return env
 
 
+def failed_with_one_line(p: subprocess.CompletedProcess) -> str:
+    """The one line a failed run wrote to stderr (asserting that it failed and wrote
+    exactly one)."""
+    assert p.returncode != 0, (p.returncode, p.stderr)
+    lines = p.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def read_pty(primary: int) -> bytes:
+    """All a pty's other side writes until it is closed (then the read fails with EIO)."""
+    out = b""
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        out += data
+    return out
+
+
 def sha256_tree(src: str) -> dict[str, str]:
     """sha256 of every regular file below `src`, by path relative to it."""
     import hashlib
@@ -115,6 +138,15 @@ def parse_sha256sum(out: bytes, root: str = ".") -> dict[str, str]:
 def repo_spec(name: str, url: str, pubkey: str, **opts) -> str:
     extra = "".join(f",{k}={v}" for k, v in opts.items())
     return f"{name}:url={url},pubkey={pubkey}{extra}"
+
+
+def published_env(published: Published, url: str, **opts) -> dict[str, str]:
+    """A clean environment naming the published repository, served at `url`."""
+    return base_env(
+        PARROT_CVMFS_REPO=repo_spec(
+            published.name, f"{url}/{published.name}", published.pubkey, **opts
+        )
+    )
 
 
 class Cli:
@@ -153,10 +185,8 @@ def real_strata(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_server(real_strata):
-    srv = StratumServer(real_strata)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
+    with serving(StratumServer(real_strata)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")
@@ -215,10 +245,8 @@ def published(source_tree, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def published_server(published):
-    srv = FaultyServer(published.stratum)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
+    with serving(FaultyServer(published.stratum)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from parrot_cvmfs.client.config import Configuration
 from parrot_cvmfs.client.hashes import Algorithm, hash_bytes
 from parrot_cvmfs.client.repository import Repository
 
-from .conftest import base_env, repo_spec
-from .servers import FaultyServer
+from .conftest import base_env, published_env, repo_spec
+from .servers import FaultyServer, serving
 
 READER = r"""
 import hashlib, json, sys
@@ -37,18 +37,12 @@ print(json.dumps(out))
 
 @pytest.fixture
 def server(published):
-    srv = FaultyServer(published.stratum)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
+    with serving(FaultyServer(published.stratum)) as srv:
+        yield srv
 
 
 def env_for(published, srv) -> dict[str, str]:
-    return base_env(
-        PARROT_CVMFS_REPO=repo_spec(
-            published.name, f"{srv.url}/{published.name}", published.pubkey, CVMFS_QUOTA_LIMIT="-1"
-        )
-    )
+    return published_env(published, srv.url, CVMFS_QUOTA_LIMIT="-1")
 
 
 @pytest.mark.slow

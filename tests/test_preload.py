@@ -15,8 +15,16 @@ import pytest
 
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 
-from .conftest import REAL_REPOS, Cli, base_env, parse_sha256sum, repo_spec, sha256_tree
-from .servers import FaultyServer, dead_url
+from .conftest import (
+    REAL_REPOS,
+    Cli,
+    base_env,
+    parse_sha256sum,
+    read_pty,
+    repo_spec,
+    sha256_tree,
+)
+from .servers import FaultyServer, dead_url, serving
 
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 CLI = [sys.executable, "-m", "parrot_cvmfs"]
@@ -52,10 +60,8 @@ def stored_objects_match(directory: str, repo_stratum: str) -> int:
 
 @pytest.fixture
 def served(published):
-    srv = FaultyServer(published.stratum)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
+    with serving(FaultyServer(published.stratum)) as srv:
+        yield srv
 
 
 def run_preload(url, directory, *args, env=None, timeout=600):
@@ -334,15 +340,7 @@ def test_progress_bar_on_a_terminal(published, served, tmp_path):
         stderr=subprocess.PIPE,
     )
     os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the other side is closed
-            break
-        if not chunk:
-            break
-        out += chunk
+    out = read_pty(master)
     os.close(master)
     assert p.wait(timeout=600) == 0, p.stderr.read()
     text = out.decode("utf-8", "replace")
