@@ -138,6 +138,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
+@pytest.mark.tracer
 def test_bundle_round_trip_then_offline(bundled, tmp_path):
     published = bundled.published
     stratum = os.path.join(published.stratum, published.name)
