@@ -52,6 +52,7 @@ FIXTURE_MARKERS = {
     "nginx_published": "nginx",
     "nginx_pair": "nginx",
     "squids": "squid",
+    "bundled": "slow",  # a preload and a bundle of the published tree, then unbundled
 }
 
 

@@ -138,6 +138,7 @@ def test_every_query_is_bounded(site, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("mountpoint", ["", "/nested"])
+@pytest.mark.slow
 def test_catalog_bomb_is_refused_and_not_stored(site, mountpoint):
     """A valid catalog padded with 256 MB of zeros (a few hundred KB compressed), in a
     re-signed revision that records its old size: refused at that size (here already

@@ -144,6 +144,7 @@ def test_tampered_catalog(setup):
     assert not os.path.exists(os.path.join(setup.cache, h.cache_name()))
 
 
+@pytest.mark.slow
 def test_forged_manifest(setup):
     path = os.path.join(setup.repo_dir, ".cvmfspublished")
     with open(path, "rb") as f:
@@ -202,6 +203,7 @@ def test_expired_whitelist(setup):
     assert setup.cli("info", setup.name, "--verify-at", "2020-01-01T12:00:00Z").returncode == 1
 
 
+@pytest.mark.slow
 def test_rollback(setup, tmp_path):
     old = str(tmp_path / "old-rev")
     subprocess.run(["cp", "-a", setup.repo_dir, old], check=True)
