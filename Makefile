@@ -1,15 +1,20 @@
-# The two commands of the README: `make demo` and `make test`.
+# The two commands of the README: `make demo` and `make test`; `make test-unit` runs the
+# pure tests (no tracer, real data, servers or root) in seconds.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup bench lint clean
+.PHONY: demo test test-unit setup bench lint clean
 
 demo: setup
 	$(BIN)/parrot_cvmfs demo
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+UNIT := not tracer and not real_data and not nginx and not squid and not unprivileged and not slow and not fuzz
+test-unit: setup
+	$(BIN)/python -m pytest -q -m "$(UNIT)"
 
 setup: $(VENV)/.installed
 

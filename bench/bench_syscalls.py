@@ -26,13 +26,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from parrot_cvmfs.server.publisher import PublishOptions, publish  # noqa: E402
-from parrot_cvmfs.server.serve import StratumServer  # noqa: E402
+from bench.common import published_and_served, workdir  # noqa: E402
 
 NAME = "syscalls.bench.org"
 TREE_FILES = 3000  # as in statloop.c
@@ -65,9 +63,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--mode", choices=["notify", "ptrace"], help="force parrot_run's mode")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="bench-syscalls.")
-    srv = None
-    try:
+    with workdir("bench-syscalls.") as work:
         statloop, mini = build(work)
         src = os.path.join(work, "tree")
         os.makedirs(os.path.join(src, "dir"))
@@ -79,76 +75,69 @@ def main() -> int:
             for i in range(TREE_FILES):  # statloop's names
                 with open(os.path.join(tree, str(i)), "wb") as f:
                     f.write(str(i).encode())
-        stratum, keys = os.path.join(work, "stratum"), os.path.join(work, "keys")
-        publish(PublishOptions(source=src, name=NAME, stratum=stratum, keys_dir=keys))
-        srv = StratumServer(stratum)
-        srv.start_background()
-        env = dict(os.environ)
-        env["PARROT_CVMFS_REPO"] = f"{NAME}:url={srv.url}/{NAME},pubkey={keys}/{NAME}.pub"
-        env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent"
-        if args.mode:
-            env["PARROT_CVMFS_MODE"] = args.mode
-        parrot = [
-            sys.executable,
-            "-m",
-            "parrot_cvmfs.tracer.main",
-            "--cache-dir",
-            os.path.join(work, "cache"),
-            "--",
-        ]
-        cv, local, n = f"/cvmfs/{NAME}/dir/file", os.path.join(work, "local-file"), str(args.calls)
-        ltree = os.path.join(work, "local-tree")
-        runs = {
-            "parrot_run stat /cvmfs": parrot + [statloop, "stat", cv, n],
-            "mini ptrace stat /cvmfs": [mini, "--", statloop, "stat", cv, n],
-            "mini notify stat /cvmfs": [mini, "--notify", "--", statloop, "stat", cv, n],
-            "parrot_run stat local": parrot + [statloop, "stat", local, n],
-            "native stat local": [statloop, "stat", local, n],
-            "parrot_run fstat /cvmfs": parrot + [statloop, "fstat", cv, n],
-            "native fstat local": [statloop, "fstat", local, n],
-            "parrot_run open /cvmfs": parrot + [statloop, "open", cv, str(args.calls // 10)],
-            "native open local": [statloop, "open", local, str(args.calls // 10)],
-            "parrot_run stat /cvmfs tree": parrot + [statloop, "tree", f"/cvmfs/{NAME}/tree", n],
-            "parrot_run stat local tree": parrot + [statloop, "tree", ltree, n],
-            "native stat local tree": [statloop, "tree", ltree, n],
-        }
-        per_call(runs["parrot_run open /cvmfs"], env)  # warm: fetched, answers kept
-        per_call(runs["parrot_run stat /cvmfs tree"], env)
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for k, cmd in runs.items():
-                times[k].append(per_call(cmd, env))
-        med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"{args.calls} calls a run, {args.rounds} rounds, medians (us per call):")
-        for k, v in med.items():
-            print(f"  {k:<26} {v:8.2f}   (min {min(times[k]):.2f}, max {max(times[k]):.2f})")
-        p = med["parrot_run stat /cvmfs"]
-        print(
-            f"(1) parrot_run / one-stop ptrace tracer: {p / med['mini ptrace stat /cvmfs']:.2f}"
-            "  (target <= 1.3)"
-        )
-        print(
-            f"    parrot_run / one-stop notification tracer: {p / med['mini notify stat /cvmfs']:.2f}"
-        )
-        loc, nat = med["parrot_run stat local"], med["native stat local"]
-        print(
-            f"(2) a call that is not ours: {loc:.2f} us under parrot_run, {nat:.2f} us native "
-            f"(+{loc - nat:.2f} us, {loc / nat:.1f}x)"
-        )
-        print(
-            f"    fstat of a /cvmfs descriptor: {med['parrot_run fstat /cvmfs']:.2f} us "
-            f"(native {med['native fstat local']:.2f}); open+close of a /cvmfs file: "
-            f"{med['parrot_run open /cvmfs']:.2f} us (native {med['native open local']:.2f})"
-        )
-        print(
-            f"    stat over {TREE_FILES} different paths: answered from /cvmfs"
-            f" {med['parrot_run stat /cvmfs tree']:.2f} us, handed back to the kernel"
-            f" {med['parrot_run stat local tree']:.2f} us, native {med['native stat local tree']:.2f} us"
-        )
-    finally:
-        if srv is not None:
-            srv.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
+        with published_and_served(src, work, NAME, args.mode) as (env, _):
+            parrot = [
+                sys.executable,
+                "-m",
+                "parrot_cvmfs.tracer.main",
+                "--cache-dir",
+                os.path.join(work, "cache"),
+                "--",
+            ]
+            cv, local, n = (
+                f"/cvmfs/{NAME}/dir/file",
+                os.path.join(work, "local-file"),
+                str(args.calls),
+            )
+            ltree = os.path.join(work, "local-tree")
+            runs = {
+                "parrot_run stat /cvmfs": parrot + [statloop, "stat", cv, n],
+                "mini ptrace stat /cvmfs": [mini, "--", statloop, "stat", cv, n],
+                "mini notify stat /cvmfs": [mini, "--notify", "--", statloop, "stat", cv, n],
+                "parrot_run stat local": parrot + [statloop, "stat", local, n],
+                "native stat local": [statloop, "stat", local, n],
+                "parrot_run fstat /cvmfs": parrot + [statloop, "fstat", cv, n],
+                "native fstat local": [statloop, "fstat", local, n],
+                "parrot_run open /cvmfs": parrot + [statloop, "open", cv, str(args.calls // 10)],
+                "native open local": [statloop, "open", local, str(args.calls // 10)],
+                "parrot_run stat /cvmfs tree": parrot
+                + [statloop, "tree", f"/cvmfs/{NAME}/tree", n],
+                "parrot_run stat local tree": parrot + [statloop, "tree", ltree, n],
+                "native stat local tree": [statloop, "tree", ltree, n],
+            }
+            per_call(runs["parrot_run open /cvmfs"], env)  # warm: fetched, answers kept
+            per_call(runs["parrot_run stat /cvmfs tree"], env)
+            times: dict[str, list[float]] = {k: [] for k in runs}
+            for _ in range(args.rounds):
+                for k, cmd in runs.items():
+                    times[k].append(per_call(cmd, env))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(f"{args.calls} calls a run, {args.rounds} rounds, medians (us per call):")
+            for k, v in med.items():
+                print(f"  {k:<26} {v:8.2f}   (min {min(times[k]):.2f}, max {max(times[k]):.2f})")
+            p = med["parrot_run stat /cvmfs"]
+            print(
+                f"(1) parrot_run / one-stop ptrace tracer: {p / med['mini ptrace stat /cvmfs']:.2f}"
+                "  (target <= 1.3)"
+            )
+            print(
+                f"    parrot_run / one-stop notification tracer: {p / med['mini notify stat /cvmfs']:.2f}"
+            )
+            loc, nat = med["parrot_run stat local"], med["native stat local"]
+            print(
+                f"(2) a call that is not ours: {loc:.2f} us under parrot_run, {nat:.2f} us native "
+                f"(+{loc - nat:.2f} us, {loc / nat:.1f}x)"
+            )
+            print(
+                f"    fstat of a /cvmfs descriptor: {med['parrot_run fstat /cvmfs']:.2f} us "
+                f"(native {med['native fstat local']:.2f}); open+close of a /cvmfs file: "
+                f"{med['parrot_run open /cvmfs']:.2f} us (native {med['native open local']:.2f})"
+            )
+            print(
+                f"    stat over {TREE_FILES} different paths: answered from /cvmfs"
+                f" {med['parrot_run stat /cvmfs tree']:.2f} us, handed back to the kernel"
+                f" {med['parrot_run stat local tree']:.2f} us, native {med['native stat local tree']:.2f} us"
+            )
     return 0
 
 

@@ -26,14 +26,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from parrot_cvmfs.server.publisher import PublishOptions, publish  # noqa: E402
-from parrot_cvmfs.server.serve import StratumServer  # noqa: E402
+from bench.common import published_and_served, workdir  # noqa: E402
 
 IMPORTS = (
     "import numpy, scipy.linalg, scipy.sparse, scipy.optimize, json, email.mime.text, http.client"
@@ -69,86 +67,76 @@ def main() -> int:
     )
     ap.add_argument("--mode", choices=["notify", "ptrace"], help="force parrot_run's mode")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="bench-workload.")
-    try:
+    with workdir("bench-workload.") as work:
         tree = args.tree or make_venv(os.path.join(work, "tree"))
-        stratum, keys = os.path.join(work, "stratum"), os.path.join(work, "keys")
-        r = publish(PublishOptions(source=tree, name=NAME, stratum=stratum, keys_dir=keys))
-        print(f"published {tree}: {r.files} files")
-        srv = StratumServer(stratum)
-        srv.start_background()
-        env = dict(os.environ)
-        env["PARROT_CVMFS_REPO"] = f"{NAME}:url={srv.url}/{NAME},pubkey={keys}/{NAME}.pub"
-        env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent"
-        if args.mode:
-            env["PARROT_CVMFS_MODE"] = args.mode
-        cache = os.path.join(work, "cache")
-        # the installed launcher, as users run it (python -m adds runpy's imports)
-        launcher = os.path.join(os.path.dirname(sys.executable), "parrot_run")
-        if not os.access(launcher, os.X_OK):
-            launcher = shutil.which("parrot_run")
-        parrot = [
-            *([launcher] if launcher else [sys.executable, "-m", "parrot_cvmfs.tracer.main"]),
-            "--cache-dir",
-            cache,
-            "--",
-            f"/cvmfs/{NAME}/venv/bin/python",
-            "-c",
-            IMPORTS,
-        ]
-        native = [os.path.join(tree, "venv", "bin", "python"), "-c", IMPORTS]
-        parrot_local = [*parrot[: parrot.index("--") + 1], *native]
-        proot_exe = shutil.which("proot")
-        proot = (
-            [
-                proot_exe,
-                "-b",
-                f"{tree}:/cvmfs/{NAME}",
+        with published_and_served(tree, work, NAME, args.mode) as (env, r):
+            print(f"published {tree}: {r.files} files")
+            cache = os.path.join(work, "cache")
+            # the installed launcher, as users run it (python -m adds runpy's imports)
+            launcher = os.path.join(os.path.dirname(sys.executable), "parrot_run")
+            if not os.access(launcher, os.X_OK):
+                launcher = shutil.which("parrot_run")
+            parrot = [
+                *([launcher] if launcher else [sys.executable, "-m", "parrot_cvmfs.tracer.main"]),
+                "--cache-dir",
+                cache,
+                "--",
                 f"/cvmfs/{NAME}/venv/bin/python",
                 "-c",
                 IMPORTS,
             ]
-            if proot_exe
-            else None
-        )
-        t = timed(parrot, env)
-        print(f"cold run under parrot_run (downloads everything): {t:.2f} s")
-        timed(parrot, env)  # warm: objects and kept answers in the cache
-        # what the filter stops in a warm run, and who answers (parrot_run --stats)
-        counted = [*parrot[: parrot.index("--")], "--stats", *parrot[parrot.index("--") :]]
-        p = subprocess.run(counted, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for line in p.stderr.decode().splitlines():
-            if "intercepted calls" in line or "by call" in line:
-                print(line)
-        runs = {"native": native, "parrot_run": parrot, "parrot_run, local venv": parrot_local}
-        if proot:
-            runs["proot"] = proot
-        results: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(args.runs):
-            for k, cmd in runs.items():
-                results[k].append(timed(cmd, env))
-        med = {k: statistics.median(v) for k, v in results.items()}
-        low = {k: min(v) for k, v in results.items()}
-        for k, v in results.items():
-            print(
-                f"{k:>22}: median {med[k]:.3f} s  (min {low[k]:.3f}, max {max(v):.3f}, n={len(v)})"
+            native = [os.path.join(tree, "venv", "bin", "python"), "-c", IMPORTS]
+            parrot_local = [*parrot[: parrot.index("--") + 1], *native]
+            proot_exe = shutil.which("proot")
+            proot = (
+                [
+                    proot_exe,
+                    "-b",
+                    f"{tree}:/cvmfs/{NAME}",
+                    f"/cvmfs/{NAME}/venv/bin/python",
+                    "-c",
+                    IMPORTS,
+                ]
+                if proot_exe
+                else None
             )
-        print(f"ratio parrot_run / native: {med['parrot_run'] / med['native']:.2f} (target <= 1.3)")
-        print(f"  the same ratio of minimums: {low['parrot_run'] / low['native']:.2f}")
-        local = "parrot_run, local venv"
-        print(
-            f"  of parrot_run's {1000 * (med['parrot_run'] - med['native']):.0f} ms over native:"
-            f" interception {1000 * (med[local] - med['native']):.0f} ms (the local-venv run),"
-            f" answering from /cvmfs {1000 * (med['parrot_run'] - med[local]):.0f} ms"
-        )
-        if proot:
-            print(f"ratio proot / native: {med['proot'] / med['native']:.2f}")
-            print(f"parrot_run is {med['proot'] / med['parrot_run']:.2f}x faster than PRoot")
-        else:
-            print("proot not installed: no PRoot comparison")
-        srv.shutdown()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            t = timed(parrot, env)
+            print(f"cold run under parrot_run (downloads everything): {t:.2f} s")
+            timed(parrot, env)  # warm: objects and kept answers in the cache
+            # what the filter stops in a warm run, and who answers (parrot_run --stats)
+            counted = [*parrot[: parrot.index("--")], "--stats", *parrot[parrot.index("--") :]]
+            p = subprocess.run(counted, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for line in p.stderr.decode().splitlines():
+                if "intercepted calls" in line or "by call" in line:
+                    print(line)
+            runs = {"native": native, "parrot_run": parrot, "parrot_run, local venv": parrot_local}
+            if proot:
+                runs["proot"] = proot
+            results: dict[str, list[float]] = {k: [] for k in runs}
+            for _ in range(args.runs):
+                for k, cmd in runs.items():
+                    results[k].append(timed(cmd, env))
+            med = {k: statistics.median(v) for k, v in results.items()}
+            low = {k: min(v) for k, v in results.items()}
+            for k, v in results.items():
+                print(
+                    f"{k:>22}: median {med[k]:.3f} s  (min {low[k]:.3f}, max {max(v):.3f}, n={len(v)})"
+                )
+            print(
+                f"ratio parrot_run / native: {med['parrot_run'] / med['native']:.2f} (target <= 1.3)"
+            )
+            print(f"  the same ratio of minimums: {low['parrot_run'] / low['native']:.2f}")
+            local = "parrot_run, local venv"
+            print(
+                f"  of parrot_run's {1000 * (med['parrot_run'] - med['native']):.0f} ms over native:"
+                f" interception {1000 * (med[local] - med['native']):.0f} ms (the local-venv run),"
+                f" answering from /cvmfs {1000 * (med['parrot_run'] - med[local]):.0f} ms"
+            )
+            if proot:
+                print(f"ratio proot / native: {med['proot'] / med['native']:.2f}")
+                print(f"parrot_run is {med['proot'] / med['parrot_run']:.2f}x faster than PRoot")
+            else:
+                print("proot not installed: no PRoot comparison")
     return 0
 
 

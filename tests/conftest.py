@@ -11,30 +11,65 @@ import pytest
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 
-from .servers import FaultyServer, Nginx
+from .servers import FaultyServer, Nginx, serving
 from .treegen import make_tree
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _find_shared() -> str:
-    """The real CernVM-FS data (../shared/cvmfs-data beside the checkout)."""
-    candidates = [
-        os.environ.get("PARROT_CVMFS_SHARED_DATA", ""),
-        os.path.join(HERE, "..", "..", "shared", "cvmfs-data"),
-        "/work/shared/cvmfs-data",
-    ]
+def _find_shared() -> str | None:
+    """The real CernVM-FS data (../shared/cvmfs-data beside the checkout), or None.
+
+    PARROT_CVMFS_SHARED_DATA, when set, is the only place looked at (set it to a
+    missing directory to run without the real data)."""
+    env = os.environ.get("PARROT_CVMFS_SHARED_DATA")
+    candidates = (
+        [env]
+        if env is not None
+        else [os.path.join(HERE, "..", "..", "shared", "cvmfs-data"), "/work/shared/cvmfs-data"]
+    )
     for c in candidates:
         if c and os.path.isdir(os.path.join(c, "real-repos")):
             return os.path.normpath(c)
-    raise RuntimeError(
-        "real CernVM-FS test data not found: set PARROT_CVMFS_SHARED_DATA to the cvmfs-data directory"
-    )
+    return None
 
 
-SHARED = _find_shared()
+# Paths below the real data; they name nothing when it is missing, and the tests that
+# read them ask for the `shared_data` fixture (which skips them then).
+_SHARED = _find_shared()
+SHARED = _SHARED or "/nonexistent-parrot-cvmfs-shared-data"
 REAL_REPOS = os.path.join(SHARED, "real-repos")
 REAL_MANIFESTS = os.path.join(SHARED, "real-manifests")
+NO_SHARED_DATA = (
+    "real CernVM-FS test data not found: set PARROT_CVMFS_SHARED_DATA to the cvmfs-data directory"
+)
+
+# A test that uses one of these fixtures gets the marker: `-m "not nginx"` etc. select
+# by what a test needs, and a new test needing nginx is marked by asking for it.
+FIXTURE_MARKERS = {
+    "shared_data": "real_data",
+    "mode": "tracer",  # "notify" / "ptrace": the two ways parrot_run answers
+    "nginx_published": "nginx",
+    "nginx_pair": "nginx",
+    "squids": "squid",
+    "bundled": "slow",  # a preload and a bundle of the published tree, then unbundled
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> str:
+    """The real data directory; skips the test when it is missing."""
+    if _SHARED is None:
+        pytest.skip(NO_SHARED_DATA)
+    return _SHARED
 
 
 def base_env(**extra) -> dict[str, str]:
@@ -50,6 +85,29 @@ def base_env(**extra) -> dict[str, str]:
     env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent-parrot-cvmfs-config"
     env.update(extra)
     return env
+
+
+def failed_with_one_line(p: subprocess.CompletedProcess) -> str:
+    """The one line a failed run wrote to stderr (asserting that it failed and wrote
+    exactly one)."""
+    assert p.returncode != 0, (p.returncode, p.stderr)
+    lines = p.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def read_pty(primary: int) -> bytes:
+    """All a pty's other side writes until it is closed (then the read fails with EIO)."""
+    out = b""
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        out += data
+    return out
 
 
 def sha256_tree(src: str) -> dict[str, str]:
@@ -83,6 +141,15 @@ def repo_spec(name: str, url: str, pubkey: str, **opts) -> str:
     return f"{name}:url={url},pubkey={pubkey}{extra}"
 
 
+def published_env(published: Published, url: str, **opts) -> dict[str, str]:
+    """A clean environment naming the published repository, served at `url`."""
+    return base_env(
+        PARROT_CVMFS_REPO=repo_spec(
+            published.name, f"{url}/{published.name}", published.pubkey, **opts
+        )
+    )
+
+
 class Cli:
     """Runs `python -m parrot_cvmfs` as a subprocess, as a user would."""
 
@@ -109,7 +176,7 @@ class Cli:
 
 
 @pytest.fixture(scope="session")
-def real_strata(tmp_path_factory):
+def real_strata(shared_data, tmp_path_factory):
     """A directory serving the real repositories under their names."""
     d = tmp_path_factory.mktemp("real-strata")
     for name in ("ref.test.org", "ref-shake.test.org", "test.cern.ch"):
@@ -119,10 +186,8 @@ def real_strata(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_server(real_strata):
-    srv = StratumServer(real_strata)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
+    with serving(StratumServer(real_strata)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")
@@ -181,10 +246,8 @@ def published(source_tree, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def published_server(published):
-    srv = FaultyServer(published.stratum)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
+    with serving(FaultyServer(published.stratum)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

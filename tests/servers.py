@@ -4,6 +4,7 @@ fault injection and request counting, nginx, and a small forward proxy."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import os
 import shutil
@@ -16,6 +17,18 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from parrot_cvmfs.server.serve import StratumHandler, StratumServer
+
+
+@contextlib.contextmanager
+def serving(srv: StratumServer):
+    """`srv` answering in the background for the block; shut down and closed after it
+    (its loop looks for the shutdown every 50 ms, so a test does not wait 0.5 s for it)."""
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def free_port() -> int:

@@ -138,6 +138,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
+@pytest.mark.tracer
 def test_bundle_round_trip_then_offline(bundled, tmp_path):
     published = bundled.published
     stratum = os.path.join(published.stratum, published.name)
@@ -231,6 +232,7 @@ def first_object(items) -> int:
     )
 
 
+@pytest.mark.slow
 def test_hostile_member_names_and_types(bundled, tmp_path):
     items = members(bundled.bundle)
     first = first_object(items)
@@ -255,6 +257,7 @@ def test_hostile_member_names_and_types(bundled, tmp_path):
     assert not (tmp_path / "escaped").exists() and not os.path.exists("/tmp/escaped-abs")
 
 
+@pytest.mark.slow
 def test_missing_extra_and_repeated_members_are_refused(bundled, tmp_path):
     items = members(bundled.bundle)
     junk = zlib.compress(b"nobody's object\n")
@@ -394,6 +397,7 @@ def _nobody_python(scratch: str) -> tuple[str, dict[str, str]]:
     return _interpreter_for_nobody(), base_env(PYTHONPATH=runtime)
 
 
+@pytest.mark.unprivileged
 def test_unbundle_as_nobody_into_a_directory_nobody_does_not_own(bundled):
     scratch = tempfile.mkdtemp(prefix="bundle-nobody.")
     try:
@@ -440,6 +444,7 @@ def test_bundles_of_real_repositories(real_server, name, tmp_path):
     assert any("sha256" in e for e in files) and files == listing(pre)
 
 
+@pytest.mark.slow
 def test_a_newer_revision_in_the_directory_is_kept(bundled, tmp_path):
     """The objects of an older bundle are added, its revision files are not."""
     mine = bundled.published.copy(str(tmp_path / "stratum"))

@@ -17,8 +17,8 @@ from parrot_cvmfs.client.config import Configuration
 from parrot_cvmfs.client.repository import Repository
 from parrot_cvmfs.format.hashes import Algorithm, hash_bytes
 
-from .conftest import base_env, repo_spec
-from .servers import FaultyServer
+from .conftest import base_env, published_env, repo_spec
+from .servers import FaultyServer, serving
 
 READER = r"""
 import hashlib, json, sys
@@ -37,20 +37,15 @@ print(json.dumps(out))
 
 @pytest.fixture
 def server(published):
-    srv = FaultyServer(published.stratum)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
+    with serving(FaultyServer(published.stratum)) as srv:
+        yield srv
 
 
 def env_for(published, srv) -> dict[str, str]:
-    return base_env(
-        PARROT_CVMFS_REPO=repo_spec(
-            published.name, f"{srv.url}/{published.name}", published.pubkey, CVMFS_QUOTA_LIMIT="-1"
-        )
-    )
+    return published_env(published, srv.url, CVMFS_QUOTA_LIMIT="-1")
 
 
+@pytest.mark.slow
 def test_concurrent_processes_share_one_cache(published, server, tmp_path):
     cache = str(tmp_path / "cache")
     env = env_for(published, server)

@@ -18,12 +18,14 @@ import tempfile
 import pytest
 
 from parrot_cvmfs.server.chunking import ChunkSizes
-from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 
 from .conftest import base_env, repo_spec
 from .servers import dead_url
 from .test_unprivileged import AS_NOBODY, NOBODY, _copy_runtime, _interpreter_for_nobody
+from .treegen import publish_files
+
+pytestmark = [pytest.mark.tracer, pytest.mark.unprivileged]
 
 NAME = "users.test.org"
 MNT = f"/cvmfs/{NAME}"
@@ -68,25 +70,8 @@ class Site:
 def site():
     scratch = tempfile.mkdtemp(prefix="parrot-users.")
     os.chmod(scratch, 0o755)
-    src = os.path.join(scratch, "tree")
-    os.makedirs(src)
-    for name, data in (
-        ("small.txt", SMALL),
-        ("whole.bin", _data(WHOLE, 1)),
-        ("chunked.bin", _data(CHUNKED, 2)),
-    ):
-        with open(os.path.join(src, name), "wb") as f:
-            f.write(data)
-    stratum, keys = os.path.join(scratch, "stratum"), os.path.join(scratch, "keys")
-    publish(
-        PublishOptions(
-            source=src,
-            name=NAME,
-            stratum=stratum,
-            keys_dir=keys,
-            chunk_sizes=ChunkSizes(1 << 20, 2 << 20, 4 << 20),
-        )
-    )
+    files = {"small.txt": SMALL, "whole.bin": _data(WHOLE, 1), "chunked.bin": _data(CHUNKED, 2)}
+    stratum, keys = publish_files(scratch, NAME, files, ChunkSizes(1 << 20, 2 << 20, 4 << 20))
     runtime = os.path.join(scratch, "runtime")
     os.makedirs(runtime)
     _copy_runtime(runtime)

@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
 import zlib
 
 import pytest
@@ -25,8 +24,9 @@ from parrot_cvmfs.format.history import History
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 
-from .conftest import REAL_REPOS, base_env, repo_spec
+from .conftest import REAL_REPOS, base_env, failed_with_one_line, repo_spec
 from .forge import Forger
+from .servers import serving
 
 NAME = "schema.test.org"
 CLI = [sys.executable, "-m", "parrot_cvmfs"]
@@ -52,8 +52,7 @@ class Site:
         stratum, self.keys = str(tmp_path / "stratum"), original[1]
         shutil.copytree(original[0], stratum, symlinks=True)
         self.forger = Forger(stratum, self.keys, NAME)
-        self.server = StratumServer(stratum)
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.server = StratumServer(stratum)  # started by the fixture
         self.url = f"{self.server.url}/{NAME}"
         self.cache = tmp_path / "cache"
         pubkey = os.path.join(self.keys, f"{NAME}.pub")
@@ -67,23 +66,17 @@ class Site:
             timeout=timeout,
         )
 
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def site(original, tmp_path):
     s = Site(original, tmp_path)
-    yield s
-    s.stop()
+    with serving(s.server):
+        yield s
 
 
 def one_line(p) -> str:
     assert p.returncode == 1, (p.returncode, p.stderr)
-    lines = p.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
+    return failed_with_one_line(p)
 
 
 ENDLESS_VIEW = [
@@ -145,6 +138,7 @@ def test_every_query_is_bounded(site, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("mountpoint", ["", "/nested"])
+@pytest.mark.slow
 def test_catalog_bomb_is_refused_and_not_stored(site, mountpoint):
     """A valid catalog padded with 256 MB of zeros (a few hundred KB compressed), in a
     re-signed revision that records its old size: refused at that size (here already
@@ -179,6 +173,7 @@ def _inflated(path: str, tmp_path, name: str) -> str:
     return str(out)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_real_catalogs_and_histories_open(tmp_path):
     catalogs = glob.glob(os.path.join(REAL_REPOS, "*", "stratum", "data", "*", "*C"))
     histories = glob.glob(os.path.join(REAL_REPOS, "*", "stratum", "data", "*", "*H"))

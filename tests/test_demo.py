@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import base_env
+
+pytestmark = pytest.mark.tracer
 
 
 def test_demo_runs_the_job(tmp_path):

@@ -92,6 +92,7 @@ def _reassemble_real_40mib() -> bytes:
     return bytes(out), rows
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_chunker_cuts_where_the_real_server_cut(tmp_path):
     data, rows = _reassemble_real_40mib()
     f = tmp_path / "big"

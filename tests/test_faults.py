@@ -22,7 +22,8 @@ from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.stratum import StratumStore
 
 from .conftest import Cli, base_env, repo_spec
-from .servers import FaultyServer, ForwardProxy, dead_url
+from .conftest import failed_with_one_line as err
+from .servers import FaultyServer, ForwardProxy, dead_url, serving
 
 FAST = {"CVMFS_BACKOFF_INIT": "0.01", "CVMFS_BACKOFF_MAX": "0.02"}
 
@@ -36,8 +37,7 @@ class Setup:
         self.root = str(tmp_path / "stratum")
         subprocess.run(["cp", "-a", published.stratum, self.root], check=True)
         self.repo_dir = os.path.join(self.root, self.name)
-        self.server = FaultyServer(self.root)
-        self.server.start_background()
+        self.server = FaultyServer(self.root)  # started by the fixture
         self.url = f"{self.server.url}/{self.name}"
         self.cache = str(tmp_path / "cache")
         self.pubkey = published.pubkey
@@ -85,23 +85,12 @@ class Setup:
     def hits(self, server, h, suffix="") -> int:
         return server.requests[f"/cvmfs/{self.name}{h.object_path(suffix)}"]
 
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def setup(published, tmp_path):
     s = Setup(published, tmp_path)
-    yield s
-    s.stop()
-
-
-def err(p) -> str:
-    assert p.returncode != 0
-    lines = p.stderr.decode().strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
+    with serving(s.server):
+        yield s
 
 
 def cache_objects(cache: str) -> list[str]:
@@ -155,6 +144,7 @@ def test_tampered_catalog(setup):
     assert not os.path.exists(os.path.join(setup.cache, h.cache_name()))
 
 
+@pytest.mark.slow
 def test_forged_manifest(setup):
     path = os.path.join(setup.repo_dir, ".cvmfspublished")
     with open(path, "rb") as f:
@@ -213,6 +203,7 @@ def test_expired_whitelist(setup):
     assert setup.cli("info", setup.name, "--verify-at", "2020-01-01T12:00:00Z").returncode == 1
 
 
+@pytest.mark.slow
 def test_rollback(setup, tmp_path):
     old = str(tmp_path / "old-rev")
     subprocess.run(["cp", "-a", setup.repo_dir, old], check=True)
@@ -314,6 +305,7 @@ def test_dead_proxy_fails_over_to_next(setup):
     assert "cannot connect" in err(p)
 
 
+@pytest.mark.slow
 def test_slow_server_times_out_and_fails_over(setup, tmp_path):
     setup.server.delays[".cvmfspublished"] = 3.0
     t = time.monotonic()

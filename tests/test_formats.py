@@ -159,6 +159,7 @@ def test_variant_symlinks():
     assert expand_variant_symlink("plain", env) == "plain"
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_emscripten_manifests_and_whitelists_verify():
     d = os.path.join(REAL_MANIFESTS, "emscripten.cvmfs.io")
     keys = load_public_keys([os.path.join(d, "emscripten.cvmfs.io.pub")])
@@ -181,6 +182,7 @@ def test_emscripten_manifests_and_whitelists_verify():
             wl.verify("other.cvmfs.io", keys, now=inside)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_broken_signature_manifests_refused():
     from cryptography import x509
 
@@ -197,6 +199,7 @@ def test_broken_signature_manifests_refused():
             man.verify(cert)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_real_manifest_signature_and_whitelist(tmp_path):
     from cryptography import x509
 

@@ -40,7 +40,7 @@ from parrot_cvmfs.tracer.structs import Attrs, pack_stat, pack_statx
 
 from .conftest import REAL_MANIFESTS, REAL_REPOS, SHARED
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.usefixtures("shared_data")]
 
 NOW = 1_700_000_000.0  # inside every real whitelist's validity but test.cern.ch's
 

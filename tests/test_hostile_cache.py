@@ -22,11 +22,11 @@ from parrot_cvmfs.client.config import Configuration
 from parrot_cvmfs.client.fetch import ASSEMBLED, chunk_list_key
 from parrot_cvmfs.client.repository import Repository
 from parrot_cvmfs.server.chunking import ChunkSizes
-from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 
 from .conftest import Cli, base_env, repo_spec
 from .servers import dead_url
+from .treegen import publish_files
 
 NAME = "hostile-cache.test.org"
 MNT = f"/cvmfs/{NAME}"
@@ -70,21 +70,8 @@ def _object_names(env: dict[str, str], cache: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("hostile-cache"))
-    src = os.path.join(base, "src")
-    os.makedirs(src)
-    for path, data in FILES.items():
-        with open(src + path, "wb") as f:
-            f.write(data)
-    stratum, keys = os.path.join(base, "stratum"), os.path.join(base, "keys")
-    publish(
-        PublishOptions(
-            source=src,
-            name=NAME,
-            stratum=stratum,
-            keys_dir=keys,
-            chunk_sizes=ChunkSizes(1024, 2048, 4096),  # chunked.bin: many chunks
-        )
-    )
+    # chunked.bin: many chunks
+    stratum, keys = publish_files(base, NAME, FILES, ChunkSizes(1024, 2048, 4096))
     pubkey = os.path.join(keys, f"{NAME}.pub")
     srv = StratumServer(stratum)
     srv.start_background()

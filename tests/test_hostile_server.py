@@ -27,6 +27,9 @@ from parrot_cvmfs.server.serve import StratumServer
 
 from .conftest import base_env, repo_spec
 from .hostile import MODES, HostileServer
+from .servers import serving
+
+pytestmark = pytest.mark.tracer
 
 NAME = "hostile.test.org"
 CLI = [sys.executable, "-m", "parrot_cvmfs"]
@@ -99,11 +102,8 @@ def repo(tmp_path_factory) -> Repo:
 
 @pytest.fixture(scope="module")
 def good(repo):
-    srv = StratumServer(repo.stratum)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(StratumServer(repo.stratum)) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from parrot_cvmfs.server.serve import StratumServer
 from .conftest import base_env, repo_spec
 from .test_parrot_run import Parrot
 
+pytestmark = pytest.mark.tracer
+
 NAME = "huge.test.org"
 N = 100_000
 PEAK_MB = 300

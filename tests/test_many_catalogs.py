@@ -28,6 +28,8 @@ from parrot_cvmfs.server.serve import StratumServer
 from .conftest import base_env, repo_spec
 from .test_parrot_run import Parrot
 
+pytestmark = pytest.mark.slow  # a repository of 1,100 catalogs, walked several ways
+
 NAME = "nest.test.org"
 DIRS = 1100  # each with a .cvmfscatalog: 1,100 nested catalogs below the root
 SOFT = 256

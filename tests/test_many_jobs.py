@@ -15,9 +15,11 @@ import pytest
 
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 
-from .conftest import base_env, parse_sha256sum, repo_spec, sha256_tree
-from .servers import FaultyServer
+from .conftest import base_env, parse_sha256sum, published_env, repo_spec, sha256_tree
+from .servers import FaultyServer, serving
 from .test_preload import stored_objects_match
+
+pytestmark = pytest.mark.tracer
 
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 
@@ -32,84 +34,73 @@ def job(env, cache, script, **kw):
     )
 
 
-def test_eight_jobs_one_cold_cache(published, tmp_path):
-    srv = FaultyServer(published.stratum)
-    srv.start_background()
-    try:
-        env = base_env(
-            PARROT_CVMFS_REPO=repo_spec(
-                published.name, f"{srv.url}/{published.name}", published.pubkey
-            )
-        )
-        mnt = f"/cvmfs/{published.name}"
-        expect = sha256_tree(published.src)
-        files = sorted(expect)
-        cache = tmp_path / "cache"
-        procs = []
-        for k in range(8):  # overlapping: every job reads every file, each in its own order
-            mine = files[:]
-            random.Random(k).shuffle(mine)
-            listing = tmp_path / f"list{k}"
-            listing.write_bytes(b"\0".join(f"{mnt}/{f}".encode() for f in mine) + b"\0")
-            procs.append(job(env, cache, f"xargs -0 sha256sum --zero < {listing}"))
-        for p in procs:
-            out, err = p.communicate(timeout=600)
-            assert p.returncode == 0, err
-            assert parse_sha256sum(out, mnt) == expect
-        counts = srv.data_requests()
-        assert counts and max(counts.values()) <= 2, sorted(counts.items(), key=lambda x: -x[1])[:5]
-        assert stored_objects_match(str(cache), os.path.join(published.stratum, published.name))
-    finally:
-        srv.shutdown()
+@pytest.fixture
+def srv(published):
+    """A server of the published tree of the test's own (tests set its faults)."""
+    with serving(FaultyServer(published.stratum)) as srv:
+        yield srv
 
 
-def test_job_killed_in_a_download_leaves_no_partial_object(published, tmp_path):
-    srv = FaultyServer(published.stratum)
-    srv.start_background()
-    try:
-        env = base_env(
-            PARROT_CVMFS_REPO=repo_spec(
-                published.name, f"{srv.url}/{published.name}", published.pubkey
-            )
-        )
-        big = f"/cvmfs/{published.name}/large/big.bin"
-        cache = tmp_path / "cache"
-        subprocess.run(
-            [*PARROT, "--cache-dir", str(cache), "--", "ls", "/cvmfs/" + published.name],
-            env=env,
-            check=True,
-            capture_output=True,
-        )  # mounted, catalogs cached
-        srv.throttles["P"] = 512 * 1024  # chunks trickle in
-        p = job(env, cache, f"cat {big} > /dev/null", start_new_session=True)
-        txn = cache / "txn"
-        deadline = time.time() + 60
-        while time.time() < deadline and not any(
-            (txn / n).stat().st_size > 0 for n in os.listdir(txn) if n.startswith("fetch.")
-        ):
-            time.sleep(0.02)
-        assert any(n.startswith("fetch.") for n in os.listdir(txn)), "no download in progress"
-        os.kill(p.pid, signal.SIGKILL)  # the supervisor; the job goes with it
-        p.wait()
-        deadline = time.time() + 10
-        while subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True).returncode == 0:
-            assert time.time() < deadline, "the job outlived its killed supervisor"
-            time.sleep(0.05)
-        srv.throttles.clear()
-        stratum = os.path.join(published.stratum, published.name)
-        assert stored_objects_match(str(cache), stratum)  # complete objects only
-        r = subprocess.run(
-            [*PARROT, "--cache-dir", str(cache), "--", "sha256sum", big],
-            env=env,
-            capture_output=True,
-            timeout=300,
-        )
-        with open(os.path.join(published.src, "large", "big.bin"), "rb") as f:
-            assert r.stdout.split()[0].decode() == hashlib.sha256(f.read()).hexdigest()
-        assert not [n for n in os.listdir(txn) if f".{p.pid}." in n]  # the dead one's temporaries
-        assert stored_objects_match(str(cache), stratum)
-    finally:
-        srv.shutdown()
+def test_eight_jobs_one_cold_cache(published, srv, tmp_path):
+    env = published_env(published, srv.url)
+    mnt = f"/cvmfs/{published.name}"
+    expect = sha256_tree(published.src)
+    files = sorted(expect)
+    cache = tmp_path / "cache"
+    procs = []
+    for k in range(8):  # overlapping: every job reads every file, each in its own order
+        mine = files[:]
+        random.Random(k).shuffle(mine)
+        listing = tmp_path / f"list{k}"
+        listing.write_bytes(b"\0".join(f"{mnt}/{f}".encode() for f in mine) + b"\0")
+        procs.append(job(env, cache, f"xargs -0 sha256sum --zero < {listing}"))
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        assert parse_sha256sum(out, mnt) == expect
+    counts = srv.data_requests()
+    assert counts and max(counts.values()) <= 2, sorted(counts.items(), key=lambda x: -x[1])[:5]
+    assert stored_objects_match(str(cache), os.path.join(published.stratum, published.name))
+
+
+def test_job_killed_in_a_download_leaves_no_partial_object(published, srv, tmp_path):
+    env = published_env(published, srv.url)
+    big = f"/cvmfs/{published.name}/large/big.bin"
+    cache = tmp_path / "cache"
+    subprocess.run(
+        [*PARROT, "--cache-dir", str(cache), "--", "ls", "/cvmfs/" + published.name],
+        env=env,
+        check=True,
+        capture_output=True,
+    )  # mounted, catalogs cached
+    srv.throttles["P"] = 512 * 1024  # chunks trickle in
+    p = job(env, cache, f"cat {big} > /dev/null", start_new_session=True)
+    txn = cache / "txn"
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(
+        (txn / n).stat().st_size > 0 for n in os.listdir(txn) if n.startswith("fetch.")
+    ):
+        time.sleep(0.02)
+    assert any(n.startswith("fetch.") for n in os.listdir(txn)), "no download in progress"
+    os.kill(p.pid, signal.SIGKILL)  # the supervisor; the job goes with it
+    p.wait()
+    deadline = time.time() + 10
+    while subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "the job outlived its killed supervisor"
+        time.sleep(0.05)
+    srv.throttles.clear()
+    stratum = os.path.join(published.stratum, published.name)
+    assert stored_objects_match(str(cache), stratum)  # complete objects only
+    r = subprocess.run(
+        [*PARROT, "--cache-dir", str(cache), "--", "sha256sum", big],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    with open(os.path.join(published.src, "large", "big.bin"), "rb") as f:
+        assert r.stdout.split()[0].decode() == hashlib.sha256(f.read()).hexdigest()
+    assert not [n for n in os.listdir(txn) if f".{p.pid}." in n]  # the dead one's temporaries
+    assert stored_objects_match(str(cache), stratum)
 
 
 @pytest.mark.parametrize("mode", ["notify", "ptrace"])

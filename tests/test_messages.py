@@ -19,6 +19,8 @@ from .conftest import Cli, base_env, repo_spec
 from .forge import Forger
 from .servers import dead_url
 
+pytestmark = pytest.mark.tracer
+
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 
 
@@ -294,6 +296,7 @@ def test_usage_errors_are_one_line(published, tmp_path):
     ]
 
 
+@pytest.mark.unprivileged
 def test_directory_options_an_unprivileged_user_cannot_reach(published, tmp_path):
     locked = tmp_path / "locked"
     (locked / "etc").mkdir(parents=True)

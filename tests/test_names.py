@@ -17,7 +17,7 @@ from parrot_cvmfs.commands.output import quote_name
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 
-from .conftest import Cli, base_env, repo_spec
+from .conftest import Cli, base_env, read_pty, repo_spec
 from .forge import Forger
 
 NAME = "names.test.org"
@@ -54,15 +54,7 @@ def run_pty(cmd: list[str], env: dict[str, str]) -> bytes:
     primary, secondary = pty.openpty()
     p = subprocess.Popen(cmd, stdin=secondary, stdout=secondary, stderr=subprocess.PIPE, env=env)
     os.close(secondary)
-    out = b""
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:  # EIO: the other side is closed
-            break
-        if not data:
-            break
-        out += data
+    out = read_pty(primary)
     p.wait(timeout=60)
     os.close(primary)
     return out.replace(b"\r\n", b"\n")

@@ -19,7 +19,10 @@ import pytest
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 
-from .conftest import REAL_REPOS, base_env, repo_spec
+from .conftest import REAL_REPOS, base_env, published_env, repo_spec
+from .servers import serving
+
+pytestmark = pytest.mark.tracer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
@@ -49,20 +52,13 @@ def mode(request):
 
 @pytest.fixture(scope="module")
 def round_server(published):
-    srv = StratumServer(published.stratum)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
+    with serving(StratumServer(published.stratum)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def parrot(published, round_server, tmp_path_factory, mode):
-    env = base_env(
-        PARROT_CVMFS_REPO=repo_spec(
-            published.name, f"{round_server.url}/{published.name}", published.pubkey
-        ),
-        **mode,
-    )
+    env = {**published_env(published, round_server.url), **mode}
     return Parrot(env, str(tmp_path_factory.mktemp("parrot-cache")))
 
 

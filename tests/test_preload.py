@@ -15,8 +15,16 @@ import pytest
 
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 
-from .conftest import REAL_REPOS, Cli, base_env, parse_sha256sum, repo_spec, sha256_tree
-from .servers import FaultyServer, dead_url
+from .conftest import (
+    REAL_REPOS,
+    Cli,
+    base_env,
+    parse_sha256sum,
+    read_pty,
+    repo_spec,
+    sha256_tree,
+)
+from .servers import FaultyServer, dead_url, serving
 
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 CLI = [sys.executable, "-m", "parrot_cvmfs"]
@@ -52,10 +60,8 @@ def stored_objects_match(directory: str, repo_stratum: str) -> int:
 
 @pytest.fixture
 def served(published):
-    srv = FaultyServer(published.stratum)
-    srv.start_background()
-    yield srv
-    srv.shutdown()
+    with serving(FaultyServer(published.stratum)) as srv:
+        yield srv
 
 
 def run_preload(url, directory, *args, env=None, timeout=600):
@@ -90,6 +96,7 @@ def offline_sha256(published, directory, cache, prefix=(), script=None):
     return subprocess.run(cmd, env=env, capture_output=True, timeout=600)
 
 
+@pytest.mark.tracer
 def test_preload_then_offline_without_network_from_read_only_dir(published, served, tmp_path):
     d = tmp_path / "preload"
     url = f"{served.url}/{published.name}"
@@ -117,6 +124,7 @@ def test_preload_then_offline_without_network_from_read_only_dir(published, serv
     assert not (d / "probe").exists()
 
 
+@pytest.mark.tracer
 def test_dirtab_subset_and_a_file_outside_it(published, served, tmp_path):
     d = tmp_path / "preload"
     tab = tmp_path / "dirtab"
@@ -141,6 +149,7 @@ def test_dirtab_subset_and_a_file_outside_it(published, served, tmp_path):
     assert len(lines) == 1 and ":/nested/inner " in lines[0] and "offline" in lines[0], err
 
 
+@pytest.mark.slow
 def test_interrupted_preload_resumes(published, served, tmp_path):
     d = tmp_path / "preload"
     url = f"{served.url}/{published.name}"
@@ -173,6 +182,7 @@ def test_interrupted_preload_resumes(published, served, tmp_path):
     assert total > partial and not os.listdir(d / "txn")
 
 
+@pytest.mark.tracer
 def test_incremental_preload_fetches_only_new_objects(published, tmp_path):
     mine = published.copy(str(tmp_path / "stratum"))
     srv = FaultyServer(mine.stratum)
@@ -205,6 +215,7 @@ def test_incremental_preload_fetches_only_new_objects(published, tmp_path):
         srv.shutdown()
 
 
+@pytest.mark.slow
 def test_preload_errors_are_one_line(published, served, tmp_path):
     url = f"{served.url}/{published.name}"
     other_key = tmp_path / "keys"
@@ -235,6 +246,7 @@ def test_preload_errors_are_one_line(published, served, tmp_path):
     assert not (tmp_path / "a" / f"manifest.{published.name}").exists()
 
 
+@pytest.mark.slow
 def test_bad_objects_and_missing_ones_fail_over_or_fail(published, tmp_path):
     """The C fetcher hands whatever it cannot get to the Python downloader: an object
     missing on the first server comes from the second; a corrupt one everywhere is an
@@ -302,6 +314,7 @@ def test_preload_real_repositories(real_server, name, tmp_path):
         assert {e["path"]: e["sha256"] for e in files} == want
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal(published, served, tmp_path):
     """On a terminal the preload shows files, bytes and rate as it goes."""
     import fcntl
@@ -327,15 +340,7 @@ def test_progress_bar_on_a_terminal(published, served, tmp_path):
         stderr=subprocess.PIPE,
     )
     os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the other side is closed
-            break
-        if not chunk:
-            break
-        out += chunk
+    out = read_pty(master)
     os.close(master)
     assert p.wait(timeout=600) == 0, p.stderr.read()
     text = out.decode("utf-8", "replace")

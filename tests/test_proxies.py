@@ -14,6 +14,8 @@ import pytest
 from .conftest import base_env, parse_sha256sum, sha256_tree
 from .servers import Nginx, Squid
 
+pytestmark = pytest.mark.tracer
+
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 
 

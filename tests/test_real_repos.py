@@ -14,6 +14,8 @@ from parrot_cvmfs.client.repository import Repository
 
 from .conftest import REAL_REPOS, Cli
 
+pytestmark = pytest.mark.usefixtures("shared_data")
+
 
 def load_tree(name: str, version: str) -> dict[str, dict]:
     with open(os.path.join(REAL_REPOS, name, f"tree-{version}.jsonl")) as f:

@@ -42,7 +42,7 @@ def env_for(published, url: str) -> dict[str, str]:
     )
 
 
-@pytest.fixture(params=["builtin", "nginx"])
+@pytest.fixture(params=["builtin", pytest.param("nginx", marks=pytest.mark.nginx)])
 def served(request, published, published_server):
     if request.param == "builtin":
         return published_server.url
@@ -105,6 +105,7 @@ def test_api_matches_source(published, served, tmp_path):
         assert repo.tags()[0].name in ("first", "trunk")
 
 
+@pytest.mark.slow
 def test_cli_matches_source(published, served, tmp_path):
     cli = Cli(env_for(published, served))
     cache = ["--cache-dir", tmp_path / "c"]

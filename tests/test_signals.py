@@ -23,6 +23,8 @@ from parrot_cvmfs.server.serve import StratumHandler, StratumServer
 
 from .conftest import base_env, repo_spec
 
+pytestmark = pytest.mark.tracer
+
 PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 NAME = "signals.test.org"
 MNT = f"/cvmfs/{NAME}"
@@ -315,6 +317,21 @@ def _parrot(repo, server, mode, tmp_path, *cmd, **kw) -> subprocess.CompletedPro
     )
 
 
+def _kill_mid_loop(proc, logs: str, reapers: int, pause: float, what: str) -> None:
+    """Kill parrot_run `pause` s after its three jobs report ready in `logs` (with
+    `reapers` reapers beside it), then wait for the jobs and reapers to go too."""
+    try:
+        _wait_for(lambda: len(glob.glob(f"{logs}/ready.*")) == 3, 60, what)
+        found = _children(proc.pid, "parrot_reaper")
+        assert len(found) == reapers, found
+        time.sleep(pause)
+    finally:
+        proc.kill()
+        proc.wait()
+    pids = [int(p.rpartition(".")[2]) for p in glob.glob(f"{logs}/ready.*")] + found
+    _wait_for(lambda: not any(map(_alive, pids)), 10, "the job (and reaper) to go too")
+
+
 # -- the job's signal state, and signals sent to parrot_run ---------------------------------------
 
 
@@ -448,16 +465,8 @@ def test_sigkill_leaves_no_wrong_errors(repo, server, mode, sigjob, tmp_path):
             "3",
         ]
         proc = subprocess.Popen([*cmd, *paths], env=env)
-        try:
-            _wait_for(lambda d=logs: len(glob.glob(f"{d}/ready.*")) == 3, 60, "the first round")
-            reapers = _children(proc.pid, "parrot_reaper")
-            assert len(reapers) == (mode == "notify"), reapers
-            time.sleep(0.02 * (k % 4))  # at different points of the loop
-        finally:
-            proc.kill()
-            proc.wait()
-        pids = [int(p.rpartition(".")[2]) for p in glob.glob(f"{logs}/ready.*")] + reapers
-        _wait_for(lambda p=pids: not any(map(_alive, p)), 10, "the job (and reaper) to go too")
+        # at different points of the loop
+        _kill_mid_loop(proc, logs, mode == "notify", 0.02 * (k % 4), "the first round")
         for log in glob.glob(f"{logs}/err.*"):
             with open(log) as f:
                 wrong += [x for x in f.read().splitlines() if x != f"open {paths[-1]}: ENOENT"]
@@ -589,16 +598,7 @@ def test_as_an_unprivileged_user(repo, server, sigjob):
             os.mkdir(logs)
             os.chown(logs, NOBODY, NOBODY)
             proc = start("loop", logs, "3", *paths)
-            try:
-                _wait_for(lambda d=logs: len(glob.glob(f"{d}/ready.*")) == 3, 60, "the loop")
-                reapers = _children(proc.pid, "parrot_reaper")  # setpriv exec'd parrot_run
-                assert len(reapers) == 1, reapers
-                time.sleep(0.02 * k)
-            finally:
-                proc.kill()
-                proc.wait()
-            pids = [int(p.rpartition(".")[2]) for p in glob.glob(f"{logs}/ready.*")] + reapers
-            _wait_for(lambda p=pids: not any(map(_alive, p)), 10, "the job to die")
+            _kill_mid_loop(proc, logs, 1, 0.02 * k, "the loop")  # setpriv exec'd parrot_run
             for log in glob.glob(f"{logs}/err.*"):
                 with open(log) as f:
                     assert f.read() == "", log

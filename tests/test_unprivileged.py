@@ -22,6 +22,8 @@ from parrot_cvmfs.server.serve import StratumServer
 
 from .conftest import base_env, repo_spec
 
+pytestmark = [pytest.mark.tracer, pytest.mark.unprivileged]
+
 NOBODY = 65534
 NAME = "perm.test.org"
 # what the copied runtime needs: the package and what it imports at run time

@@ -26,6 +26,8 @@ from .conftest import base_env, repo_spec
 from .forge import Forger
 from .test_parrot_run import Parrot
 
+pytestmark = pytest.mark.tracer
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WRITES = os.path.join(HERE, "progs", "writes.py")
 NAME = "writes.test.org"

@@ -6,6 +6,8 @@ import os
 import random
 import stat
 
+from parrot_cvmfs.server.publisher import PublishOptions, publish
+
 BIG_SIZE = 22 * 1024 * 1024 + 12345  # above the 4 MiB chunking threshold, several chunks
 
 ODD_NAMES = [
@@ -120,6 +122,22 @@ def make_tree(root: str, *, big: bool = True, seed: int = 7) -> str:
     return root
 
 
+def publish_files(base: str, name: str, files: dict[str, bytes], chunk_sizes) -> tuple[str, str]:
+    """`files` (path below the root: contents) written below base/src and published as
+    `name` with `chunk_sizes` to base/stratum, keys in base/keys: (stratum, keys)."""
+    src = os.path.join(base, "src")
+    for path, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(src, path.lstrip("/"))), exist_ok=True)
+        with open(os.path.join(src, path.lstrip("/")), "wb") as f:
+            f.write(data)
+    stratum, keys = os.path.join(base, "stratum"), os.path.join(base, "keys")
+    options = PublishOptions(
+        source=src, name=name, stratum=stratum, keys_dir=keys, chunk_sizes=chunk_sizes
+    )
+    publish(options)
+    return stratum, keys
+
+
 def source_entries(root: str):
     """(repository path, lstat) for every entry, '/' first, like `find`."""
     out = [("/", os.lstat(root))]
@@ -131,11 +149,9 @@ def source_entries(root: str):
     return out
 
 
+KINDS = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
+
+
 def kind_of(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "special"
+    """The catalog's kind of an entry of this mode."""
+    return KINDS.get(stat.S_IFMT(mode), "special")
