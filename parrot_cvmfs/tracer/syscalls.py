@@ -45,7 +45,7 @@ BARE_EMPTY, BARE_NULL = 1, 2
 class Call(
     namedtuple(
         "Call",
-        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr rewrites notify bare arg1_in",
+        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr notify bare arg1_in",
         defaults=(
             -1,
             -1,
@@ -62,7 +62,6 @@ class Call(
             -1,
             -1,
             -1,
-            False,
             False,
             0,
             (),
@@ -91,7 +90,6 @@ class Call(
     mode: int  # argument index of an access mode
     size: int  # argument index of a buffer size
     attr: int  # argument index of an extended attribute's name
-    rewrites: bool  # the handler may point an argument elsewhere: two stops
     notify: bool  # served through seccomp user notifications when available
     bare: int  # BARE_EMPTY: "" names the dirfd (readlinkat); BARE_NULL: NULL does (utimensat)
     arg1_in: tuple  # stop only when args[1] is one of these (ioctl requests), else always
@@ -115,12 +113,17 @@ def _p(name, x86, a64, handler, **kw):
 
 _AT = dict(dirfd=0, path=1)
 
+
+def _at(flags: int, **kw) -> dict:
+    """The layout of an *at call whose flags word (argument `flags`) takes AT_EMPTY_PATH
+    and AT_SYMLINK_NOFOLLOW."""
+    return dict(_AT, flags=flags, empty=AT_EMPTY_PATH, nofollow=AT_SYMLINK_NOFOLLOW, **kw)
+
+
 CALLS: list[Call] = [
     # -- opening ---------------------------------------------------------------------------
-    _p(
-        "open", 2, None, "open", path=0, flags=1, nofollow=O_NOFOLLOW, rewrites=True, fast=FAST_OPEN
-    ),
-    _p("creat", 85, None, "open", path=0, rewrites=True),
+    _p("open", 2, None, "open", path=0, flags=1, nofollow=O_NOFOLLOW, fast=FAST_OPEN),
+    _p("creat", 85, None, "open", path=0),
     _p(
         "openat",
         257,
@@ -129,10 +132,9 @@ CALLS: list[Call] = [
         **_AT,
         flags=2,
         nofollow=O_NOFOLLOW,
-        rewrites=True,
         fast=FAST_OPEN,
     ),
-    _p("openat2", 437, 437, "open", **_AT, rewrites=True),
+    _p("openat2", 437, 437, "open", **_AT),
     # -- attributes ------------------------------------------------------------------------
     _p("stat", 4, None, "stat", path=0, out=1, proc=True, fast=FAST_STAT),
     _p("lstat", 6, None, "stat", path=0, out=1, follow=False, proc=True, fast=FAST_STAT),
@@ -142,11 +144,8 @@ CALLS: list[Call] = [
         262,
         79,
         "stat",
-        **_AT,
+        **_at(3),
         out=2,
-        flags=3,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
         proc=True,
         fast=FAST_STAT,
     ),
@@ -155,11 +154,8 @@ CALLS: list[Call] = [
         332,
         291,
         "stat",
-        **_AT,
-        flags=2,
+        **_at(2),
         out=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
         proc=True,
         fast=FAST_STATX,
     ),
@@ -170,11 +166,8 @@ CALLS: list[Call] = [
         439,
         439,
         "access",
-        **_AT,
+        **_at(3),
         mode=2,
-        flags=3,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
         proc=True,
         fast=FAST_ACCESS,
     ),
@@ -230,43 +223,33 @@ CALLS: list[Call] = [
         464,
         464,
         "getxattr",
-        **_AT,
-        flags=2,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
+        **_at(2),
     ),
     _p(
         "listxattrat",
         465,
         465,
         "listxattr",
-        **_AT,
-        flags=2,
+        **_at(2),
         out=3,
         size=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
     ),
     # -- exec and the working directory -------------------------------------------------------
-    _p("execve", 59, 221, "execve", path=0, rewrites=True),
+    _p("execve", 59, 221, "execve", path=0),
     _p(
         "execveat",
         322,
         281,
         "execve",
-        **_AT,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-        rewrites=True,
+        **_at(4),
     ),
-    _p("chdir", 80, 49, "chdir", path=0, rewrites=True),
+    _p("chdir", 80, 49, "chdir", path=0),
     Call("getcwd", 79, 17, CWD, "getcwd", out=0, size=1),
     # -- directory listings -------------------------------------------------------------------
     Call("getdents64", 217, 61, FD, "getdents", path=0, out=1, size=2, fast=FAST_GETDENTS),
     Call("getdents", 78, None, FD, "getdents", path=0, out=1, size=2),
     # -- watching and handles -----------------------------------------------------------------
-    _p("inotify_add_watch", 254, 27, "inotify", path=1, rewrites=True),
+    _p("inotify_add_watch", 254, 27, "inotify", path=1),
     _p(
         "name_to_handle_at",
         303,
@@ -283,10 +266,7 @@ CALLS: list[Call] = [
         468,
         468,
         "unsupported",
-        **_AT,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
+        **_at(4),
     ),
     # -- writes: EROFS (or ENOENT / EEXIST / EXDEV, in the kernel's order) ----------------------
     _p("truncate", 76, 45, "write_existing", path=0),
@@ -297,10 +277,7 @@ CALLS: list[Call] = [
         452,
         452,
         "write_existing",
-        **_AT,
-        flags=3,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
+        **_at(3),
     ),
     _p("chown", 92, None, "write_existing", path=0),
     _p("lchown", 94, None, "write_existing", path=0, follow=False),
@@ -309,10 +286,7 @@ CALLS: list[Call] = [
         260,
         54,
         "write_existing",
-        **_AT,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
+        **_at(4),
     ),
     _p("utime", 132, None, "write_existing", path=0),
     _p("utimes", 235, None, "write_existing", path=0),
@@ -322,10 +296,7 @@ CALLS: list[Call] = [
         280,
         88,
         "write_existing",
-        **_AT,
-        flags=3,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
+        **_at(3),
         bare=BARE_NULL,
     ),
     _p("setxattr", 188, 5, "write_existing", path=0),
@@ -337,30 +308,21 @@ CALLS: list[Call] = [
         463,
         463,
         "write_existing",
-        **_AT,
-        flags=2,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
+        **_at(2),
     ),
     _p(
         "removexattrat",
         466,
         466,
         "write_existing",
-        **_AT,
-        flags=2,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
+        **_at(2),
     ),
     _p(
         "file_setattr",
         469,
         469,
         "write_existing",
-        **_AT,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
+        **_at(4),
     ),
     _p("mkdir", 83, None, "write_create", path=0),
     _p("mkdirat", 258, 34, "write_create", **_AT),
@@ -404,7 +366,7 @@ CALLS: list[Call] = [
     # FS_IOC_SETFLAGS sets flags on the cache's own inodes)
     Call("ioctl", 16, 29, FD, "ioctl_setattr", path=0, arg1_in=FS_IOC_SET),
     # a Unix socket made at its address
-    Call("bind", 49, 200, SOCKADDR, "bind", path=1, size=2, follow=False, proc=True, rewrites=True),
+    Call("bind", 49, 200, SOCKADDR, "bind", path=1, size=2, follow=False, proc=True),
     # mounts of /cvmfs or onto it (root only, or in a user namespace)
     _p2("mount", 165, 40, "mount", path=0, path2=1),
     _p(
@@ -412,10 +374,7 @@ CALLS: list[Call] = [
         428,
         428,
         "unsupported",
-        **_AT,
-        flags=2,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
+        **_at(2),
     ),
     Call("fchmod", 91, 52, FD, "write_fd", path=0),
     Call("fchown", 93, 55, FD, "write_fd", path=0),
@@ -476,7 +435,3 @@ def calls_for(arch: str | None = None) -> list[Call]:
     if arch not in AUDIT_ARCH:
         raise OSError(f"parrot_run does not support the {arch} architecture")
     return [c for c in CALLS if c.number(arch) is not None]
-
-
-def by_name() -> dict[str, Call]:
-    return {c.name: c for c in CALLS}
