@@ -147,9 +147,6 @@ class Core:
     def notif_valid(self, notif_id: int) -> bool:
         return bool(lib.pc_notif_valid(self.t, notif_id))
 
-    def notifying(self) -> bool:
-        return bool(lib.pc_notifying(self.t))
-
     def read(self, tid: int, addr: int, size: int) -> bytes:
         buf = ffi.new("char[]", size)
         n = lib.pc_read(tid, addr, buf, size)
@@ -184,9 +181,6 @@ class Core:
     def table_load_fd(self, fd: int, offset: int) -> int:
         """Load the records of an open memo file from `offset` on (-1: unreadable)."""
         return lib.pc_table_load_fd(self.t, fd, offset)
-
-    def table_clear(self) -> None:
-        lib.pc_table_clear(self.t)
 
     def stats(self) -> dict[str, int]:
         s = lib.pc_get_stats(self.t)
