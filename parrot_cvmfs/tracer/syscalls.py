@@ -3,7 +3,7 @@
 Each row says, per architecture, the call's number, how its arguments are laid
 out (which are paths, dirfds, flags, buffers), whether the last path component
 is followed, and which handler answers it. The seccomp filter (seccomp.py), the
-C fast path's rules (core.py) and the Python dispatch (handlers.py) are all
+C fast path's rules (core.py) and the Python dispatch (handlers/dispatch.py) are all
 generated from these rows, so no call can be filtered and then forgotten, or
 handled but never stopped on.
 """
