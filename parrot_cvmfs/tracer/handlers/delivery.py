@@ -76,11 +76,8 @@ class Delivery:
                 values, report = self._ptrace_open(c, *action[1:])
                 is_exec = False
             elif kind == "host":
-                values, report, is_exec = (
-                    {c.call.path: c.scratch().put_str(action[1])},
-                    False,
-                    False,
-                )
+                values = {c.call.path: c.scratch().put_str(action[1])}
+                report = is_exec = False
             else:
                 _, values, report, is_exec = action
             if core.set_args(tid, values, report, is_exec) < 0:
