@@ -4,6 +4,7 @@ struct statx, struct statfs, directory entries. Layouts per architecture."""
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from collections import namedtuple
 
@@ -131,24 +132,19 @@ def pack_statfs(blocks: int, free: int, files: int, fsid: int) -> bytes:
     )
 
 
-def dtype_of(mode: int) -> int:
-    import stat
+_DTYPES = {
+    stat.S_IFDIR: DT_DIR,
+    stat.S_IFREG: DT_REG,
+    stat.S_IFLNK: DT_LNK,
+    stat.S_IFIFO: DT_FIFO,
+    stat.S_IFCHR: DT_CHR,
+    stat.S_IFBLK: DT_BLK,
+    stat.S_IFSOCK: DT_SOCK,
+}
 
-    if stat.S_ISDIR(mode):
-        return DT_DIR
-    if stat.S_ISREG(mode):
-        return DT_REG
-    if stat.S_ISLNK(mode):
-        return DT_LNK
-    if stat.S_ISFIFO(mode):
-        return DT_FIFO
-    if stat.S_ISCHR(mode):
-        return DT_CHR
-    if stat.S_ISBLK(mode):
-        return DT_BLK
-    if stat.S_ISSOCK(mode):
-        return DT_SOCK
-    return DT_UNKNOWN
+
+def dtype_of(mode: int) -> int:
+    return _DTYPES.get(stat.S_IFMT(mode), DT_UNKNOWN)
 
 
 def pack_dirents(
