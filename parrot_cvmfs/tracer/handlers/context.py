@@ -9,8 +9,10 @@ A handler returns what to do with the call (delivery.py carries it out):
   opened following no link below the cache;
 - ("host", path): the program's path left /cvmfs again; the call happens on `path`
   (ptrace: argument rewritten; notification: done here on the program's behalf);
-- ("args", {arg: value}, report_exit, is_exec): ptrace only, pointer arguments
-  replaced (exec, chdir), the original registers put back at the exit.
+- ("args", {arg: value}, report_exit, is_exec): ptrace only, arguments replaced (exec,
+  chdir), the original registers put back at the exit; a value is the register's (int)
+  or what it is to point at: a string (str), bytes, or an array of strings (list,
+  argv), which delivery writes below the program's stack pointer.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import errno
 import os
 import stat as st
 
-from ..core import Core, Event, Scratch
+from ..core import Core, Event
+from ..memo import Memo
 from ..paths import Target, resolve, vpath_of_logical
 from ..syscalls import Call
 from ..vfs import CvmfsView, Node
@@ -32,6 +35,7 @@ _UNSET = object()  # the key not computed yet
 
 
 def skip(result: int) -> tuple:
+    """The action: the call is not run, the program sees `result`."""
     return ("skip", result)
 
 
@@ -58,7 +62,8 @@ class Context(Event):
 
     __slots__ = ("core", "view", "procs", "memo", "siblings", "arch", "call", "follow", "_key")
 
-    def __init__(self, core: Core, view: CvmfsView, procs: Processes, memo, siblings):
+    def __init__(self, core: Core, view: CvmfsView, procs: Processes, memo: Memo, siblings):
+        # siblings: answers.Siblings (answers.py builds on this module)
         self.core, self.view, self.procs = core, view, procs
         self.memo, self.siblings, self.arch = memo, siblings, core.arch
 
@@ -94,10 +99,6 @@ class Context(Event):
         except OSError:
             return None
         return logical + "/" + path
-
-    def scratch(self) -> Scratch:
-        """Memory below the program's stack pointer for rewritten arguments (ptrace)."""
-        return Scratch(self.core, self.tid, self.sp)
 
     # -- where the call's paths lead ----------------------------------------------------------
 

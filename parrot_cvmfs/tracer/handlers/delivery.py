@@ -13,7 +13,7 @@ import os
 import struct
 
 from ...errors import CvmfsError
-from ..core import Core
+from ..core import Core, Scratch
 from ..paths import VPath
 from ..structs import pack_stat, pack_statx, stat_attrs
 from ..vfs import CvmfsView
@@ -76,15 +76,22 @@ class Delivery:
                 values, report = self._ptrace_open(c, *action[1:])
                 is_exec = False
             elif kind == "host":
-                values = {c.call.path: c.scratch().put_str(action[1])}
+                values = {c.call.path: Scratch(core, tid, c.sp).put_str(action[1])}
                 report = is_exec = False
             else:
                 _, values, report, is_exec = action
+                try:
+                    values = _written(Scratch(core, tid, c.sp), values)
+                except OSError as e:  # as for a handler's OSError (dispatch)
+                    if is_exec:
+                        self.procs.pending_exec.pop(tid, None)
+                    core.skip(tid, -(e.errno or errno.EIO))
+                    return
             if core.set_args(tid, values, report, is_exec) < 0:
                 core.skip(tid, -errno.EFAULT)
 
     def _ptrace_open(self, c: Context, path, flags, mode, vpath, how, backing):
-        sc = c.scratch()
+        sc = Scratch(self.core, c.tid, c.sp)
         values = {c.call.path: sc.put_str(path)}
         if how is not None:
             struct.pack_into("<Q", how, 16, 0)  # resolution rules were applied here
@@ -142,6 +149,21 @@ class Delivery:
             return
         self._reopens.pop(tid, None)
         self.core.finish_exit(tid)
+
+
+def _written(sc: Scratch, values: dict) -> dict[int, int]:
+    """The registers of an "args" action: what a value points at written below the
+    stack pointer, in the order given (context.py says what a value can be)."""
+    out = {}
+    for arg, v in values.items():
+        if type(v) is int:
+            out[arg] = v
+        elif type(v) is list:  # argv: the strings, then the NULL-terminated pointers
+            ptrs = [sc.put_str(a) for a in v]
+            out[arg] = sc.put(struct.pack(f"<{len(ptrs) + 1}Q", *ptrs, 0))
+        else:
+            out[arg] = sc.put_str(v) if type(v) is str else sc.put(v)
+    return out
 
 
 def _emulate(c: Context, host: str) -> int:

@@ -53,7 +53,7 @@ def h_chdir(c: Context) -> tuple:
     denied = c.can(t.node, X_OK)
     if denied:
         return skip(-denied)
-    return ("args", {c.call.path: c.scratch().put_str(c.view.anchor(t.node))}, False, False)
+    return ("args", {c.call.path: c.view.anchor(t.node)}, False, False)
 
 
 def h_getcwd(c: Context) -> tuple:
@@ -74,4 +74,4 @@ def h_inotify(c: Context) -> tuple:
         return outside
     node = t.node
     backing = c.view.materialize(node) if node.is_regular else c.view.anchor(node)
-    return ("args", {c.call.path: c.scratch().put_str(backing)}, False, False)
+    return ("args", {c.call.path: backing}, False, False)

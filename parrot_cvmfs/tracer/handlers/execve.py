@@ -183,14 +183,12 @@ def h_execve(c: Context) -> tuple:
     if isinstance(plan, int):
         return skip(-plan)
     exe_path, new_argv, exe_logical = plan
-    sc = c.scratch()
-    values = {c.call.path: sc.put_str(exe_path)}
+    values: dict = {c.call.path: exe_path}
     if is_at:
         values[0] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
         values[4] = 0
     if new_argv is not None:
-        ptrs = [sc.put_str(a) for a in new_argv]
-        values[argv_arg] = sc.put(struct.pack(f"<{len(ptrs) + 1}Q", *ptrs, 0))
+        values[argv_arg] = new_argv
     c.procs.pending_exec[c.tid] = exe_logical
     return ("args", values, False, True)
 

@@ -91,10 +91,9 @@ def _two(c: Context, follow_old: bool) -> tuple[Target | None, Target | None]:
 
 def _rewrite_two(c: Context, t1: Target | None, t2: Target | None) -> tuple:
     values = {}
-    sc = c.scratch()
     for t, arg in ((t1, c.call.path), (t2, c.call.path2)):
         if t is not None and t.host is not None and t.via_cvmfs:
-            values[arg] = sc.put_str(t.host)
+            values[arg] = t.host
     return ("args", values, False, False) if values else RESUME
 
 
@@ -177,7 +176,7 @@ def h_bind(c: Context) -> tuple:
     if len(path) > 107:
         return skip(-errno.ENAMETOOLONG)
     addr = struct.pack("<H", 1) + path + b"\0"
-    values = {c.call.path: c.scratch().put(addr), c.call.size: len(addr)}
+    values = {c.call.path: addr, c.call.size: len(addr)}
     return ("args", values, False, False)
 
 
