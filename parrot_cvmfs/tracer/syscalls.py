@@ -112,6 +112,11 @@ def _p(name, x86, a64, handler, **kw):
 
 
 _AT = dict(dirfd=0, path=1)
+_AT2 = dict(dirfd=0, path=1, dirfd2=2, path2=3)  # renameat, linkat
+_GETX = dict(path=0, attr=1, out=2, size=3)  # getxattr(path, name, value, size)
+_LISTX = dict(path=0, out=1, size=2)  # listxattr(path, list, size)
+# flags take AT_EMPTY_PATH, and the last link is followed only with AT_SYMLINK_FOLLOW
+_FOLLOW_IF_ASKED = dict(empty=AT_EMPTY_PATH, follow=False, follow_flag=AT_SYMLINK_FOLLOW)
 
 
 def _at(flags: int, **kw) -> dict:
@@ -151,25 +156,12 @@ CALLS: list[Call] = [
     _p("statfs", 137, 43, "statfs", path=0, out=1),
     Call("fstatfs", 138, 44, FD, "statfs", path=0, out=1),
     # -- extended attributes -----------------------------------------------------------------
-    _p("getxattr", 191, 8, "getxattr", path=0, attr=1, out=2, size=3, fast=FAST_GETXATTR),
-    _p(
-        "lgetxattr",
-        192,
-        9,
-        "getxattr",
-        path=0,
-        attr=1,
-        out=2,
-        size=3,
-        follow=False,
-        fast=FAST_GETXATTR,
-    ),
+    _p("getxattr", 191, 8, "getxattr", **_GETX, fast=FAST_GETXATTR),
+    _p("lgetxattr", 192, 9, "getxattr", **_GETX, follow=False, fast=FAST_GETXATTR),
     Call("fgetxattr", 193, 10, FD, "getxattr", path=0, out=2, size=3),
-    _p("listxattr", 194, 11, "listxattr", path=0, out=1, size=2, fast=FAST_LISTXATTR),
-    _p(
-        "llistxattr", 195, 12, "listxattr", path=0, out=1, size=2, follow=False, fast=FAST_LISTXATTR
-    ),
-    Call("flistxattr", 196, 13, FD, "listxattr", path=0, out=1, size=2),
+    _p("listxattr", 194, 11, "listxattr", **_LISTX, fast=FAST_LISTXATTR),
+    _p("llistxattr", 195, 12, "listxattr", **_LISTX, follow=False, fast=FAST_LISTXATTR),
+    Call("flistxattr", 196, 13, FD, "listxattr", **_LISTX),
     _p("getxattrat", 464, 464, "getxattr", **_at(2)),
     _p("listxattrat", 465, 465, "listxattr", **_at(2), out=3, size=4),
     # -- exec and the working directory -------------------------------------------------------
@@ -182,17 +174,7 @@ CALLS: list[Call] = [
     Call("getdents", 78, None, FD, "getdents", path=0, out=1, size=2),
     # -- watching and handles -----------------------------------------------------------------
     _p("inotify_add_watch", 254, 27, "inotify", path=1),
-    _p(
-        "name_to_handle_at",
-        303,
-        264,
-        "unsupported",
-        **_AT,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        follow=False,
-        follow_flag=AT_SYMLINK_FOLLOW,
-    ),
+    _p("name_to_handle_at", 303, 264, "unsupported", **_AT, flags=4, **_FOLLOW_IF_ASKED),
     _p("file_getattr", 468, 468, "unsupported", **_at(4)),
     # -- writes: EROFS (or ENOENT / EEXIST / EXDEV, in the kernel's order) ----------------------
     _p("truncate", 76, 45, "write_existing", path=0),
@@ -223,23 +205,10 @@ CALLS: list[Call] = [
     _p("unlink", 87, None, "write_remove", path=0, follow=False),
     _p("unlinkat", 263, 35, "write_remove", **_AT, follow=False),
     _p2("rename", 82, None, "write_rename", path=0, path2=1, follow=False),
-    _p2("renameat", 264, 38, "write_rename", dirfd=0, path=1, dirfd2=2, path2=3, follow=False),
-    _p2("renameat2", 316, 276, "write_rename", dirfd=0, path=1, dirfd2=2, path2=3, follow=False),
+    _p2("renameat", 264, 38, "write_rename", **_AT2, follow=False),
+    _p2("renameat2", 316, 276, "write_rename", **_AT2, follow=False),
     _p2("link", 86, None, "write_link", path=0, path2=1, follow=False),
-    _p2(
-        "linkat",
-        265,
-        37,
-        "write_link",
-        dirfd=0,
-        path=1,
-        dirfd2=2,
-        path2=3,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        follow=False,
-        follow_flag=AT_SYMLINK_FOLLOW,
-    ),
+    _p2("linkat", 265, 37, "write_link", **_AT2, flags=4, **_FOLLOW_IF_ASKED),
     _p("acct", 163, 89, "write_existing", path=0),  # appends to the file it names
     # the changes that do not go through a path, on descriptors of our files (chattr's
     # FS_IOC_SETFLAGS sets flags on the cache's own inodes)
