@@ -30,7 +30,7 @@ from .processes import Processes
 from .procfs import may_name_proc, proc_link, resolve_proc
 
 RESUME = ("resume",)
-R_OK, W_OK, X_OK = 4, 2, 1
+R_OK, X_OK = 4, 1  # access(2) modes
 _UNSET = object()  # the key not computed yet
 
 

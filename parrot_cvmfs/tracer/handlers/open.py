@@ -12,7 +12,7 @@ from ..paths import Target
 from .answers import remember, teach_open
 from .context import R_OK, RESUME, Context, in_cvmfs, skip
 
-O_WRONLY, O_RDWR, O_ACCMODE = 0o1, 0o2, 0o3
+O_WRONLY, O_ACCMODE = 0o1, 0o3
 O_CREAT, O_EXCL, O_TRUNC = 0o100, 0o200, 0o1000
 O_DIRECTORY, O_NOFOLLOW, O_PATH = 0o200000, 0o400000, 0o10000000
 O_TMPFILE = 0o20000000 | O_DIRECTORY
