@@ -290,23 +290,6 @@ class Core:
         }
 
 
-class Scratch:
-    """Memory below the stopped thread's stack pointer for rewritten arguments."""
-
-    def __init__(self, core: Core, tid: int, sp: int):
-        self.core, self.tid, self.cur = core, tid, sp
-
-    def put(self, data: bytes) -> int:
-        addr = (self.cur - len(data)) & ~15
-        if not self.core.write(self.tid, addr, data):
-            raise OSError(14, "cannot write below the program's stack pointer")
-        self.cur = addr
-        return addr
-
-    def put_str(self, s: str | bytes) -> int:
-        return self.put((os.fsencode(s) if isinstance(s, str) else s) + b"\0")
-
-
 def _spawn_error(text: str) -> OSError:
     stage, _, num = text.partition(":")
     code = int(num) if num.isdigit() else 0

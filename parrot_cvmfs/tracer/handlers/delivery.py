@@ -13,7 +13,7 @@ import os
 import struct
 
 from ...errors import CvmfsError
-from ..core import Core, Scratch
+from ..core import Core
 from ..paths import VPath
 from ..structs import pack_stat, pack_statx, stat_attrs
 from ..vfs import CvmfsView
@@ -38,6 +38,23 @@ def io_error(view: CvmfsView, e: CvmfsError) -> int:
     view.io_errors += 1
     view.warn(str(e))
     return -errno.EIO
+
+
+class Scratch:
+    """Memory below the stopped thread's stack pointer for rewritten arguments."""
+
+    def __init__(self, core: Core, tid: int, sp: int):
+        self.core, self.tid, self.cur = core, tid, sp
+
+    def put(self, data: bytes) -> int:
+        addr = (self.cur - len(data)) & ~15
+        if not self.core.write(self.tid, addr, data):
+            raise OSError(14, "cannot write below the program's stack pointer")
+        self.cur = addr
+        return addr
+
+    def put_str(self, s: str | bytes) -> int:
+        return self.put((os.fsencode(s) if isinstance(s, str) else s) + b"\0")
 
 
 class Delivery:
