@@ -10,7 +10,7 @@ import ptrace.syscall.linux.x86_64 as ptrace_x86_64
 import pytest
 from ptrace.syscall.prototypes import SYSCALL_PROTOTYPES
 
-from parrot_cvmfs.tracer.handlers import Handlers
+from parrot_cvmfs.tracer.handlers import HANDLERS
 from parrot_cvmfs.tracer.seccomp import build_filter
 from parrot_cvmfs.tracer.syscalls import CALLS, calls_for
 
@@ -100,4 +100,9 @@ def test_filter_and_dispatch_cover_every_row(arch, notify):
     consts = _jeq_constants(build_filter(calls, arch, notify))
     for call in calls:
         assert call.number(arch) in consts, (arch, call.name)
-        assert callable(getattr(Handlers, "h_" + call.handler, None)), call.handler
+        assert callable(HANDLERS.get(call.handler)), call.handler
+
+
+def test_handler_map_matches_the_table():
+    """Every row's handler is in the dispatch map, and the map has no handler no row names."""
+    assert {c.handler for c in CALLS} == set(HANDLERS)

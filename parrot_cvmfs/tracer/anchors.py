@@ -29,7 +29,7 @@ import os
 import stat as st
 
 from ..errors import CacheError
-from .paths import MOUNT, ROOT, VPath
+from .paths import MOUNT, ROOT, VPath, lexical_parts
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _aside = itertools.count()
@@ -212,13 +212,5 @@ def _absolute_target(vpath: VPath, target: str) -> str:
         return "/nonexistent"  # an empty target: ENOENT, never the anchor's directory
     if not target.startswith("/"):
         target = f"{MOUNT}/{vpath.repo}{vpath.inner.rsplit('/', 1)[0]}/{target}"
-    out: list[str] = []
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if out:
-                out.pop()
-            continue
-        out.append(part)
+    out = lexical_parts(target)
     return "/" + "/".join(out) + ("/" if target.endswith("/") and out else "")

@@ -10,6 +10,37 @@ from .._core import ffi, lib
 from .seccomp import build_filter
 from .syscalls import Call
 
+# What next() reports (tracer.h PC_EV_*)
+EV_SYSCALL, EV_SYSCALL_EXIT = lib.PC_EV_SYSCALL, lib.PC_EV_SYSCALL_EXIT
+EV_NEWTASK, EV_EXEC, EV_EXIT, EV_NOCHILD = (
+    lib.PC_EV_NEWTASK,
+    lib.PC_EV_EXEC,
+    lib.PC_EV_EXIT,
+    lib.PC_EV_NOCHILD,
+)
+
+
+class Event:
+    """An intercepted call as the handlers see it, filled by Core.decode once per call
+    (only this module reads the C event)."""
+
+    __slots__ = (
+        "rule",  # index of the call's row
+        "tid",
+        "notify",  # it came as a seccomp notification (else: a ptrace stop)
+        "notif_id",
+        "args",  # the six argument registers
+        "sp",  # rewritten arguments go below it
+        "path",  # the path argument, "" if none
+        "base",  # the cwd or dirfd target a relative path starts from, or the fd's target
+        "path_err",  # 0, or -errno reading the path
+        "empty_path",  # AT_EMPTY_PATH: the call is on the dirfd itself
+    )
+
+
+def _s(buf, n: int) -> str:
+    return os.fsdecode(ffi.buffer(buf, n)[:]) if n else ""
+
 
 def _rule(call: Call, arch: str):
     return {
@@ -94,6 +125,37 @@ class Core:
         """Wait for the next event (into self.ev); the one before is done with."""
         return lib.pc_next(self.t, self.ev)
 
+    # HOT PATH: runs once for every call Python answers
+    def decode(self, e: Event) -> None:
+        """Fill `e` from the current PC_EV_SYSCALL event."""
+        ev = self.ev
+        e.rule = ev.rule
+        e.tid = ev.tid
+        e.notify = ev.notify
+        e.notif_id = ev.notif_id
+        e.args = tuple(ev.args)
+        e.sp = ev.sp
+        e.path = _s(ev.path, ev.path_len)
+        e.base = _s(ev.base, ev.base_len) if ev.base_len else None
+        e.path_err = ev.path_err
+        e.empty_path = ev.empty_path
+
+    def second_path(self) -> tuple[str | None, str | None]:
+        """The current two-path call's second path and its base (None, None: unreadable)."""
+        ev = self.ev
+        if ev.path2_err:
+            return None, None
+        return _s(ev.path2, ev.path2_len), _s(ev.base2, ev.base2_len) if ev.base2_len else None
+
+    def task(self) -> tuple[int, int]:
+        """(tid, other) of the current task event: parent and child (EV_NEWTASK), new and
+        former tid (EV_EXEC); other is meaningless for EV_EXIT."""
+        return self.ev.tid, self.ev.other
+
+    def exit_result(self) -> tuple[int, int]:
+        """(tid, the call's result) of the current EV_SYSCALL_EXIT."""
+        return self.ev.tid, self.ev.ret
+
     def exit_code(self) -> int:
         """The job's exit status as parrot_run's: the root's, 128+N if signal N killed it."""
         return lib.pc_exit_code(self.t)
@@ -147,15 +209,26 @@ class Core:
     def notif_valid(self, notif_id: int) -> bool:
         return bool(lib.pc_notif_valid(self.t, notif_id))
 
-    def notifying(self) -> bool:
-        return bool(lib.pc_notifying(self.t))
-
     def read(self, tid: int, addr: int, size: int) -> bytes:
         buf = ffi.new("char[]", size)
         n = lib.pc_read(tid, addr, buf, size)
         if n < 0:
             raise OSError(ffi.errno, "cannot read the program's memory")
         return ffi.buffer(buf, n)[:]
+
+    def read_cstr(self, tid: int, addr: int, limit: int = 4096) -> str:
+        """A NUL-terminated string of the program's, read in pieces that end at 256-byte
+        boundaries (so one ending just before an unmapped page is read)."""
+        out = b""
+        while len(out) < limit:
+            piece = self.read(tid, addr + len(out), 256 - ((addr + len(out)) & 255))
+            if not piece:
+                break
+            if b"\0" in piece:
+                out += piece.split(b"\0", 1)[0]
+                break
+            out += piece
+        return os.fsdecode(out)
 
     def write(self, tid: int, addr: int, data: bytes) -> bool:
         return lib.pc_write(tid, addr, data, len(data)) == len(data)
@@ -184,9 +257,6 @@ class Core:
     def table_load_fd(self, fd: int, offset: int) -> int:
         """Load the records of an open memo file from `offset` on (-1: unreadable)."""
         return lib.pc_table_load_fd(self.t, fd, offset)
-
-    def table_clear(self) -> None:
-        lib.pc_table_clear(self.t)
 
     def stats(self) -> dict[str, int]:
         s = lib.pc_get_stats(self.t)
@@ -218,23 +288,6 @@ class Core:
             for i in range(n + 1)
             if out[3 * i] or out[3 * i + 1] or out[3 * i + 2]
         }
-
-
-class Scratch:
-    """Memory below the stopped thread's stack pointer for rewritten arguments."""
-
-    def __init__(self, core: Core, tid: int, sp: int):
-        self.core, self.tid, self.cur = core, tid, sp
-
-    def put(self, data: bytes) -> int:
-        addr = (self.cur - len(data)) & ~15
-        if not self.core.write(self.tid, addr, data):
-            raise OSError(14, "cannot write below the program's stack pointer")
-        self.cur = addr
-        return addr
-
-    def put_str(self, s: str | bytes) -> int:
-        return self.put((os.fsencode(s) if isinstance(s, str) else s) + b"\0")
 
 
 def _spawn_error(text: str) -> OSError:

@@ -4,6 +4,7 @@ struct statx, struct statfs, directory entries. Layouts per architecture."""
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from collections import namedtuple
 
@@ -35,18 +36,38 @@ class Attrs(
     mtime_nsec: int
 
 
-# x86_64 struct stat: 144 bytes
-_STAT_X86 = struct.Struct("<QQQIIIiQqqqqqqqqq24x")
-# aarch64 (asm-generic) struct stat: 128 bytes
-_STAT_A64 = struct.Struct("<QQIIIIQQqiiqqQqQqQII")
+def stat_attrs(s, rdev: int, mtime: int, mtime_nsec: int) -> Attrs:
+    """The Attrs of a stat result (os.stat_result or a repository entry's stat)."""
+    return Attrs(
+        s.st_dev,
+        s.st_ino,
+        s.st_mode,
+        s.st_nlink,
+        s.st_uid,
+        s.st_gid,
+        rdev,
+        s.st_size,
+        s.st_blksize,
+        s.st_blocks,
+        mtime,
+        mtime_nsec,
+    )
+
+
+# struct stat, padding and the fields cvmfs leaves zero as "x" bytes (the values: Attrs
+# order, x86_64's nlink before mode, atime and ctime after)
+# x86_64: 144 bytes
+_STAT_X86 = struct.Struct("<QQQIII4xQqqqqqqqqq24x")
+# aarch64 (asm-generic): 128 bytes
+_STAT_A64 = struct.Struct("<QQIIIIQ8xqi4xqqQqQqQ8x")
 _STATX_HEAD = struct.Struct("<IIQIIIHHQQQQ")
 _TS = struct.Struct("<qIi")
 _STATX_TAIL = struct.Struct("<IIIIQII")
-_STATFS_X86 = struct.Struct("<qqqqqqqiiqqq32x")
-_STATFS_A64 = _STATFS_X86  # the generic 64-bit struct statfs has the same layout
+_STATFS = struct.Struct("<qqqqqqqiiqqq32x")  # the generic 64-bit struct statfs: both arches
 
 
 def pack_stat(a: Attrs, arch: str) -> bytes:
+    m, n = a.mtime, a.mtime_nsec  # atime and ctime too
     if arch == "x86_64":
         return _STAT_X86.pack(
             a.dev,
@@ -55,40 +76,18 @@ def pack_stat(a: Attrs, arch: str) -> bytes:
             a.mode,
             a.uid,
             a.gid,
-            0,
             a.rdev,
             a.size,
             a.blksize,
             a.blocks,
-            a.mtime,
-            a.mtime_nsec,
-            a.mtime,
-            a.mtime_nsec,
-            a.mtime,
-            a.mtime_nsec,
+            m,
+            n,
+            m,
+            n,
+            m,
+            n,
         )
-    return _STAT_A64.pack(
-        a.dev,
-        a.ino,
-        a.mode,
-        a.nlink,
-        a.uid,
-        a.gid,
-        a.rdev,
-        0,
-        a.size,
-        a.blksize,
-        0,
-        a.blocks,
-        a.mtime,
-        a.mtime_nsec,
-        a.mtime,
-        a.mtime_nsec,
-        a.mtime,
-        a.mtime_nsec,
-        0,
-        0,
-    )
+    return _STAT_A64.pack(*a, m, n, m, n)
 
 
 def pack_statx(a: Attrs) -> bytes:
@@ -117,7 +116,7 @@ def pack_statx(a: Attrs) -> bytes:
 
 def pack_statfs(blocks: int, free: int, files: int, fsid: int) -> bytes:
     """What a FUSE-mounted cvmfs reports: read-only, nosuid, nodev."""
-    return _STATFS_X86.pack(
+    return _STATFS.pack(
         FUSE_SUPER_MAGIC,
         4096,
         blocks,
@@ -133,24 +132,19 @@ def pack_statfs(blocks: int, free: int, files: int, fsid: int) -> bytes:
     )
 
 
-def dtype_of(mode: int) -> int:
-    import stat
+_DTYPES = {
+    stat.S_IFDIR: DT_DIR,
+    stat.S_IFREG: DT_REG,
+    stat.S_IFLNK: DT_LNK,
+    stat.S_IFIFO: DT_FIFO,
+    stat.S_IFCHR: DT_CHR,
+    stat.S_IFBLK: DT_BLK,
+    stat.S_IFSOCK: DT_SOCK,
+}
 
-    if stat.S_ISDIR(mode):
-        return DT_DIR
-    if stat.S_ISREG(mode):
-        return DT_REG
-    if stat.S_ISLNK(mode):
-        return DT_LNK
-    if stat.S_ISFIFO(mode):
-        return DT_FIFO
-    if stat.S_ISCHR(mode):
-        return DT_CHR
-    if stat.S_ISBLK(mode):
-        return DT_BLK
-    if stat.S_ISSOCK(mode):
-        return DT_SOCK
-    return DT_UNKNOWN
+
+def dtype_of(mode: int) -> int:
+    return _DTYPES.get(stat.S_IFMT(mode), DT_UNKNOWN)
 
 
 def pack_dirents(

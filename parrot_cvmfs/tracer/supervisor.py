@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .._core import lib
 from ..client.config import Configuration
-from .core import Core
+from .core import EV_EXEC, EV_EXIT, EV_NEWTASK, EV_NOCHILD, EV_SYSCALL, EV_SYSCALL_EXIT, Core
 from .handlers import Handlers, Processes
 from .syscalls import calls_for, machine
 from .vfs import CvmfsView
@@ -116,22 +115,23 @@ class Supervisor:
         return self.core.exit_code()
 
     def _loop(self) -> None:
-        core, ev, h, procs = self.core, self.core.ev, self.handlers, self.procs
+        core, h, procs = self.core, self.handlers, self.procs
         while True:
             kind = core.next()
-            if kind == lib.PC_EV_SYSCALL:
+            if kind == EV_SYSCALL:
                 h.dispatch()
-            elif kind == lib.PC_EV_SYSCALL_EXIT:
+            elif kind == EV_SYSCALL_EXIT:
                 h.on_exit()
-            elif kind == lib.PC_EV_NEWTASK:
-                procs.on_newtask(ev.tid, ev.other)
-            elif kind == lib.PC_EV_EXEC:
-                procs.on_exec(ev.tid, ev.other)
-                if ev.tid == self.root:
+            elif kind == EV_NEWTASK:
+                procs.on_newtask(*core.task())
+            elif kind == EV_EXEC:
+                tid, former = core.task()
+                procs.on_exec(tid, former)
+                if tid == self.root:
                     self.exec_seen = True
-            elif kind == lib.PC_EV_EXIT:
-                procs.on_exit(ev.tid)
-            elif kind == lib.PC_EV_NOCHILD:
+            elif kind == EV_EXIT:
+                procs.on_exit(core.task()[0])
+            elif kind == EV_NOCHILD:
                 return
 
     def print_stats(self) -> None:

@@ -3,7 +3,7 @@
 Each row says, per architecture, the call's number, how its arguments are laid
 out (which are paths, dirfds, flags, buffers), whether the last path component
 is followed, and which handler answers it. The seccomp filter (seccomp.py), the
-C fast path's rules (core.py) and the Python dispatch (handlers.py) are all
+C fast path's rules (core.py) and the Python dispatch (handlers/dispatch.py) are all
 generated from these rows, so no call can be filtered and then forgotten, or
 handled but never stopped on.
 """
@@ -45,7 +45,7 @@ BARE_EMPTY, BARE_NULL = 1, 2
 class Call(
     namedtuple(
         "Call",
-        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr rewrites notify bare arg1_in",
+        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr notify bare arg1_in",
         defaults=(
             -1,
             -1,
@@ -62,7 +62,6 @@ class Call(
             -1,
             -1,
             -1,
-            False,
             False,
             0,
             (),
@@ -91,7 +90,6 @@ class Call(
     mode: int  # argument index of an access mode
     size: int  # argument index of a buffer size
     attr: int  # argument index of an extended attribute's name
-    rewrites: bool  # the handler may point an argument elsewhere: two stops
     notify: bool  # served through seccomp user notifications when available
     bare: int  # BARE_EMPTY: "" names the dirfd (readlinkat); BARE_NULL: NULL does (utimensat)
     arg1_in: tuple  # stop only when args[1] is one of these (ioctl requests), else always
@@ -114,82 +112,35 @@ def _p(name, x86, a64, handler, **kw):
 
 
 _AT = dict(dirfd=0, path=1)
+_AT2 = dict(dirfd=0, path=1, dirfd2=2, path2=3)  # renameat, linkat
+_GETX = dict(path=0, attr=1, out=2, size=3)  # getxattr(path, name, value, size)
+_LISTX = dict(path=0, out=1, size=2)  # listxattr(path, list, size)
+# flags take AT_EMPTY_PATH, and the last link is followed only with AT_SYMLINK_FOLLOW
+_FOLLOW_IF_ASKED = dict(empty=AT_EMPTY_PATH, follow=False, follow_flag=AT_SYMLINK_FOLLOW)
+
+
+def _at(flags: int, **kw) -> dict:
+    """The layout of an *at call whose flags word (argument `flags`) takes AT_EMPTY_PATH
+    and AT_SYMLINK_NOFOLLOW."""
+    return dict(_AT, flags=flags, empty=AT_EMPTY_PATH, nofollow=AT_SYMLINK_NOFOLLOW, **kw)
+
 
 CALLS: list[Call] = [
     # -- opening ---------------------------------------------------------------------------
-    _p(
-        "open", 2, None, "open", path=0, flags=1, nofollow=O_NOFOLLOW, rewrites=True, fast=FAST_OPEN
-    ),
-    _p("creat", 85, None, "open", path=0, rewrites=True),
-    _p(
-        "openat",
-        257,
-        56,
-        "open",
-        **_AT,
-        flags=2,
-        nofollow=O_NOFOLLOW,
-        rewrites=True,
-        fast=FAST_OPEN,
-    ),
-    _p("openat2", 437, 437, "open", **_AT, rewrites=True),
+    _p("open", 2, None, "open", path=0, flags=1, nofollow=O_NOFOLLOW, fast=FAST_OPEN),
+    _p("creat", 85, None, "open", path=0),
+    _p("openat", 257, 56, "open", **_AT, flags=2, nofollow=O_NOFOLLOW, fast=FAST_OPEN),
+    _p("openat2", 437, 437, "open", **_AT),
     # -- attributes ------------------------------------------------------------------------
-    _p("stat", 4, None, "stat", path=0, out=1, proc=True, fast=FAST_STAT),
-    _p("lstat", 6, None, "stat", path=0, out=1, follow=False, proc=True, fast=FAST_STAT),
+    _p("stat", 4, None, "stat", path=0, out=1, fast=FAST_STAT),
+    _p("lstat", 6, None, "stat", path=0, out=1, follow=False, fast=FAST_STAT),
     Call("fstat", 5, 80, FD, "stat", path=0, out=1, fast=FAST_STAT),
-    _p(
-        "newfstatat",
-        262,
-        79,
-        "stat",
-        **_AT,
-        out=2,
-        flags=3,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-        proc=True,
-        fast=FAST_STAT,
-    ),
-    _p(
-        "statx",
-        332,
-        291,
-        "stat",
-        **_AT,
-        flags=2,
-        out=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-        proc=True,
-        fast=FAST_STATX,
-    ),
-    _p("access", 21, None, "access", path=0, mode=1, proc=True, fast=FAST_ACCESS),
-    _p("faccessat", 269, 48, "access", **_AT, mode=2, proc=True, fast=FAST_ACCESS),
-    _p(
-        "faccessat2",
-        439,
-        439,
-        "access",
-        **_AT,
-        mode=2,
-        flags=3,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-        proc=True,
-        fast=FAST_ACCESS,
-    ),
-    _p(
-        "readlink",
-        89,
-        None,
-        "readlink",
-        path=0,
-        out=1,
-        size=2,
-        follow=False,
-        proc=True,
-        fast=FAST_READLINK,
-    ),
+    _p("newfstatat", 262, 79, "stat", **_at(3), out=2, fast=FAST_STAT),
+    _p("statx", 332, 291, "stat", **_at(2), out=4, fast=FAST_STATX),
+    _p("access", 21, None, "access", path=0, mode=1, fast=FAST_ACCESS),
+    _p("faccessat", 269, 48, "access", **_AT, mode=2, fast=FAST_ACCESS),
+    _p("faccessat2", 439, 439, "access", **_at(3), mode=2, fast=FAST_ACCESS),
+    _p("readlink", 89, None, "readlink", path=0, out=1, size=2, follow=False, fast=FAST_READLINK),
     _p(
         "readlinkat",
         267,
@@ -199,169 +150,51 @@ CALLS: list[Call] = [
         out=2,
         size=3,
         follow=False,
-        proc=True,
         fast=FAST_READLINK,
         bare=BARE_EMPTY,
     ),
     _p("statfs", 137, 43, "statfs", path=0, out=1),
     Call("fstatfs", 138, 44, FD, "statfs", path=0, out=1),
     # -- extended attributes -----------------------------------------------------------------
-    _p("getxattr", 191, 8, "getxattr", path=0, attr=1, out=2, size=3, fast=FAST_GETXATTR),
-    _p(
-        "lgetxattr",
-        192,
-        9,
-        "getxattr",
-        path=0,
-        attr=1,
-        out=2,
-        size=3,
-        follow=False,
-        fast=FAST_GETXATTR,
-    ),
+    _p("getxattr", 191, 8, "getxattr", **_GETX, fast=FAST_GETXATTR),
+    _p("lgetxattr", 192, 9, "getxattr", **_GETX, follow=False, fast=FAST_GETXATTR),
     Call("fgetxattr", 193, 10, FD, "getxattr", path=0, out=2, size=3),
-    _p("listxattr", 194, 11, "listxattr", path=0, out=1, size=2, fast=FAST_LISTXATTR),
-    _p(
-        "llistxattr", 195, 12, "listxattr", path=0, out=1, size=2, follow=False, fast=FAST_LISTXATTR
-    ),
-    Call("flistxattr", 196, 13, FD, "listxattr", path=0, out=1, size=2),
-    _p(
-        "getxattrat",
-        464,
-        464,
-        "getxattr",
-        **_AT,
-        flags=2,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-    ),
-    _p(
-        "listxattrat",
-        465,
-        465,
-        "listxattr",
-        **_AT,
-        flags=2,
-        out=3,
-        size=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-    ),
+    _p("listxattr", 194, 11, "listxattr", **_LISTX, fast=FAST_LISTXATTR),
+    _p("llistxattr", 195, 12, "listxattr", **_LISTX, follow=False, fast=FAST_LISTXATTR),
+    Call("flistxattr", 196, 13, FD, "listxattr", **_LISTX),
+    _p("getxattrat", 464, 464, "getxattr", **_at(2)),
+    _p("listxattrat", 465, 465, "listxattr", **_at(2), out=3, size=4),
     # -- exec and the working directory -------------------------------------------------------
-    _p("execve", 59, 221, "execve", path=0, rewrites=True),
-    _p(
-        "execveat",
-        322,
-        281,
-        "execve",
-        **_AT,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-        rewrites=True,
-    ),
-    _p("chdir", 80, 49, "chdir", path=0, rewrites=True),
+    _p("execve", 59, 221, "execve", path=0),
+    _p("execveat", 322, 281, "execve", **_at(4)),
+    _p("chdir", 80, 49, "chdir", path=0),
     Call("getcwd", 79, 17, CWD, "getcwd", out=0, size=1),
     # -- directory listings -------------------------------------------------------------------
     Call("getdents64", 217, 61, FD, "getdents", path=0, out=1, size=2, fast=FAST_GETDENTS),
     Call("getdents", 78, None, FD, "getdents", path=0, out=1, size=2),
     # -- watching and handles -----------------------------------------------------------------
-    _p("inotify_add_watch", 254, 27, "inotify", path=1, rewrites=True),
-    _p(
-        "name_to_handle_at",
-        303,
-        264,
-        "unsupported",
-        **_AT,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        follow=False,
-        follow_flag=AT_SYMLINK_FOLLOW,
-    ),
-    _p(
-        "file_getattr",
-        468,
-        468,
-        "unsupported",
-        **_AT,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-    ),
+    _p("inotify_add_watch", 254, 27, "inotify", path=1),
+    _p("name_to_handle_at", 303, 264, "unsupported", **_AT, flags=4, **_FOLLOW_IF_ASKED),
+    _p("file_getattr", 468, 468, "unsupported", **_at(4)),
     # -- writes: EROFS (or ENOENT / EEXIST / EXDEV, in the kernel's order) ----------------------
     _p("truncate", 76, 45, "write_existing", path=0),
     _p("chmod", 90, None, "write_existing", path=0),
     _p("fchmodat", 268, 53, "write_existing", **_AT),
-    _p(
-        "fchmodat2",
-        452,
-        452,
-        "write_existing",
-        **_AT,
-        flags=3,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-    ),
+    _p("fchmodat2", 452, 452, "write_existing", **_at(3)),
     _p("chown", 92, None, "write_existing", path=0),
     _p("lchown", 94, None, "write_existing", path=0, follow=False),
-    _p(
-        "fchownat",
-        260,
-        54,
-        "write_existing",
-        **_AT,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-    ),
+    _p("fchownat", 260, 54, "write_existing", **_at(4)),
     _p("utime", 132, None, "write_existing", path=0),
     _p("utimes", 235, None, "write_existing", path=0),
     _p("futimesat", 261, None, "write_existing", **_AT, bare=BARE_NULL),
-    _p(
-        "utimensat",
-        280,
-        88,
-        "write_existing",
-        **_AT,
-        flags=3,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-        bare=BARE_NULL,
-    ),
+    _p("utimensat", 280, 88, "write_existing", **_at(3), bare=BARE_NULL),
     _p("setxattr", 188, 5, "write_existing", path=0),
     _p("lsetxattr", 189, 6, "write_existing", path=0, follow=False),
     _p("removexattr", 197, 14, "write_existing", path=0),
     _p("lremovexattr", 198, 15, "write_existing", path=0, follow=False),
-    _p(
-        "setxattrat",
-        463,
-        463,
-        "write_existing",
-        **_AT,
-        flags=2,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-    ),
-    _p(
-        "removexattrat",
-        466,
-        466,
-        "write_existing",
-        **_AT,
-        flags=2,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-    ),
-    _p(
-        "file_setattr",
-        469,
-        469,
-        "write_existing",
-        **_AT,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-    ),
+    _p("setxattrat", 463, 463, "write_existing", **_at(2)),
+    _p("removexattrat", 466, 466, "write_existing", **_at(2)),
+    _p("file_setattr", 469, 469, "write_existing", **_at(4)),
     _p("mkdir", 83, None, "write_create", path=0),
     _p("mkdirat", 258, 34, "write_create", **_AT),
     _p("mknod", 133, None, "write_create", path=0),
@@ -372,51 +205,19 @@ CALLS: list[Call] = [
     _p("unlink", 87, None, "write_remove", path=0, follow=False),
     _p("unlinkat", 263, 35, "write_remove", **_AT, follow=False),
     _p2("rename", 82, None, "write_rename", path=0, path2=1, follow=False),
-    _p2("renameat", 264, 38, "write_rename", dirfd=0, path=1, dirfd2=2, path2=3, follow=False),
-    _p2(
-        "renameat2",
-        316,
-        276,
-        "write_rename",
-        dirfd=0,
-        path=1,
-        dirfd2=2,
-        path2=3,
-        follow=False,
-    ),
+    _p2("renameat", 264, 38, "write_rename", **_AT2, follow=False),
+    _p2("renameat2", 316, 276, "write_rename", **_AT2, follow=False),
     _p2("link", 86, None, "write_link", path=0, path2=1, follow=False),
-    _p2(
-        "linkat",
-        265,
-        37,
-        "write_link",
-        dirfd=0,
-        path=1,
-        dirfd2=2,
-        path2=3,
-        flags=4,
-        empty=AT_EMPTY_PATH,
-        follow=False,
-        follow_flag=AT_SYMLINK_FOLLOW,
-    ),
+    _p2("linkat", 265, 37, "write_link", **_AT2, flags=4, **_FOLLOW_IF_ASKED),
     _p("acct", 163, 89, "write_existing", path=0),  # appends to the file it names
     # the changes that do not go through a path, on descriptors of our files (chattr's
     # FS_IOC_SETFLAGS sets flags on the cache's own inodes)
     Call("ioctl", 16, 29, FD, "ioctl_setattr", path=0, arg1_in=FS_IOC_SET),
     # a Unix socket made at its address
-    Call("bind", 49, 200, SOCKADDR, "bind", path=1, size=2, follow=False, proc=True, rewrites=True),
+    Call("bind", 49, 200, SOCKADDR, "bind", path=1, size=2, follow=False, proc=True),
     # mounts of /cvmfs or onto it (root only, or in a user namespace)
     _p2("mount", 165, 40, "mount", path=0, path2=1),
-    _p(
-        "open_tree",
-        428,
-        428,
-        "unsupported",
-        **_AT,
-        flags=2,
-        empty=AT_EMPTY_PATH,
-        nofollow=AT_SYMLINK_NOFOLLOW,
-    ),
+    _p("open_tree", 428, 428, "unsupported", **_at(2)),
     Call("fchmod", 91, 52, FD, "write_fd", path=0),
     Call("fchown", 93, 55, FD, "write_fd", path=0),
     Call("fsetxattr", 190, 7, FD, "write_fd", path=0),
@@ -476,7 +277,3 @@ def calls_for(arch: str | None = None) -> list[Call]:
     if arch not in AUDIT_ARCH:
         raise OSError(f"parrot_run does not support the {arch} architecture")
     return [c for c in CALLS if c.number(arch) is not None]
-
-
-def by_name() -> dict[str, Call]:
-    return {c.name: c for c in CALLS}

@@ -29,7 +29,7 @@ from ..errors import CvmfsError, one_line_text
 from ..format.values import valid_name
 from .anchors import Anchors
 from .paths import ROOT, VPath, resolve
-from .structs import Attrs, dtype_of
+from .structs import Attrs, dtype_of, stat_attrs
 
 ROOT_DEV = os.makedev(0, 0x0FF)
 _MISSING = object()
@@ -249,20 +249,8 @@ class CvmfsView:
                 )
             else:
                 s = node.repo.stat_entry(node.entry)
-                node._attrs = Attrs(
-                    s.st_dev,
-                    s.st_ino,
-                    s.st_mode,
-                    s.st_nlink,
-                    s.st_uid,
-                    s.st_gid,
-                    s.st_rdev if node.entry.rdev else 0,
-                    s.st_size,
-                    s.st_blksize,
-                    s.st_blocks,
-                    s.st_mtime,
-                    s.st_mtime_nsec,
-                )
+                rdev = s.st_rdev if node.entry.rdev else 0
+                node._attrs = stat_attrs(s, rdev, s.st_mtime, s.st_mtime_nsec)
         return node._attrs
 
     def listing(self, node: Node) -> list[tuple[int, int, int, bytes]]:

@@ -1,14 +1,18 @@
-"""What exec needs beyond the kernel: `#!` interpreters and ELF interpreters that
-live in /cvmfs, which the kernel would look for itself and not find."""
+"""execve and execveat, and what exec needs beyond the kernel: `#!` interpreters and ELF
+interpreters that live in /cvmfs, which the kernel would look for itself and not find."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as st
 import struct
 
-from ..atomic import write_atomic
-from ..client.cache import OBJECT_MODE, ObjectCache
+from ...atomic import write_atomic
+from ...client.cache import OBJECT_MODE, ObjectCache
+from ..paths import MOUNT, resolve
+from ..syscalls import AT_FDCWD
+from .context import RESUME, X_OK, Context, skip
 
 BINPRM_BUF_SIZE = 256
 PT_INTERP = 3
@@ -147,3 +151,111 @@ def read_string_array(read, addr: int, limit: int = 1 << 16) -> list[bytes]:
         out.append(chunk.split(b"\0", 1)[0][:MAX_ARG_STRLEN])
         addr += 8
     return out
+
+
+def h_execve(c: Context) -> tuple:
+    is_at = c.call.name == "execveat"
+    argv_arg = 2 if is_at else 1
+    if c.empty_path:  # fexecve: the program is the descriptor
+        t = c.fd_target(c.base, int(c.args[0]))
+    else:
+        t = c.resolve()
+    if t is None:
+        return RESUME
+    if t.err:
+        return skip(-t.err)
+    given = c.path if not c.empty_path else t.vpath.logical
+    if t.virtual:
+        node = t.node
+        if not node.is_regular:
+            return skip(-errno.EACCES)
+        denied = c.can(node, X_OK)
+        if denied:
+            return skip(-denied)
+        program = c.view.materialize(node)
+        logical = node.vpath.logical
+    else:
+        program, logical = t.host, None
+        if not _may_need_us(program):
+            return c.host(t)
+    plan = _plan_exec(c, program, logical, given, argv_arg)
+    if plan is None:  # a host program that needs nothing from /cvmfs
+        return c.host(t)
+    if isinstance(plan, int):
+        return skip(-plan)
+    exe_path, new_argv, exe_logical = plan
+    values: dict = {c.call.path: exe_path}
+    if is_at:
+        values[0] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
+        values[4] = 0
+    if new_argv is not None:
+        values[argv_arg] = new_argv
+    c.procs.pending_exec[c.tid] = exe_logical
+    return ("args", values, False, True)
+
+
+def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_arg: int):
+    """(path to exec, new argv or None, logical exe) / an errno / None (nothing to do)."""
+    argv: list[bytes] | None = None
+    exe_logical = logical or program  # what /proc/self/exe is to show
+    path = program
+    view = c.view
+    for _depth in range(MAX_INTERPRETER_DEPTH + 1):
+        try:
+            head = read_head(path)
+        except OSError as e:
+            return None if logical is None else e.errno
+        sb = parse_shebang(head)
+        if sb is None:
+            break
+        interp, arg = sb
+        if argv is None:
+            argv = read_string_array(lambda a, n: c.core.read(c.tid, a, n), c.args[argv_arg])
+        # the kernel's rule: interpreter, its argument, the file as exec was given it
+        argv = (
+            [os.fsencode(interp)]
+            + ([os.fsencode(arg)] if arg else [])
+            + [os.fsencode(given)]
+            + argv[1:]
+        )
+        given = interp
+        t = resolve(view, interp, None, True)
+        if t.err:
+            return t.err
+        if t.virtual:
+            if not t.node.is_regular:
+                return errno.EACCES
+            path, exe_logical = view.materialize(t.node), t.node.vpath.logical
+        else:
+            path = exe_logical = t.host
+    else:
+        return errno.ELOOP
+    interp = elf_interpreter(path) if head[:4] == b"\x7fELF" else None
+    if interp is not None and (interp[0] == MOUNT or interp[0].startswith(MOUNT + "/")):
+        t = resolve(view, interp[0], None, True)
+        if t.err or not t.virtual:
+            return errno.ENOENT if t.err else None
+        loader = view.materialize(t.node)
+        path = patched_binary(view.cache, path, loader)
+    elif path == program and argv is None and logical is None:
+        return None
+    if not os.access(path, os.X_OK):
+        path = executable_copy(view.cache, path)
+    return path, argv, exe_logical
+
+
+def _may_need_us(path: str) -> bool:
+    """Whether exec of a host file involves /cvmfs (a #! or ELF interpreter there)."""
+    try:
+        head = read_head(path)
+    except OSError:
+        return False
+    if head.startswith(b"#!"):
+        return MOUNT.encode() in head.split(b"\n", 1)[0]
+    if head[:4] == b"\x7fELF":
+        try:
+            interp = elf_interpreter(path)
+        except OSError:
+            return False
+        return interp is not None and interp[0].startswith(MOUNT + "/")
+    return False

@@ -1,0 +1,63 @@
+"""Per-process state the handlers keep: which /cvmfs program each process runs and which
+/cvmfs file each of its descriptors came from (for /proc/self/exe and /proc/PID/fd/N)."""
+
+from __future__ import annotations
+
+from ..paths import VPath
+
+
+class Processes:
+    """Per-process state: the /cvmfs program each process runs (for /proc/self/exe) and
+    which /cvmfs file each descriptor it opened came from."""
+
+    def __init__(self):
+        self.tgid_of: dict[int, int] = {}
+        self.exe: dict[int, str] = {}
+        self.pending_exec: dict[int, str | None] = {}
+        self.fds: dict[int, dict[int, tuple[str, VPath]]] = {}
+
+    def tgid(self, tid: int) -> int:
+        t = self.tgid_of.get(tid)
+        if t is None:
+            t = _read_tgid(tid)
+            self.tgid_of[tid] = t
+        return t
+
+    def on_newtask(self, parent: int, child: int) -> None:
+        ptgid = self.tgid(parent)
+        ctgid = _read_tgid(child)
+        self.tgid_of[child] = ctgid
+        if ctgid != ptgid:  # a new process: it runs the same program, has the same fds
+            if ptgid in self.exe:
+                self.exe[ctgid] = self.exe[ptgid]
+            if ptgid in self.fds:
+                self.fds[ctgid] = dict(self.fds[ptgid])
+
+    def on_exec(self, tid: int, former: int) -> None:
+        logical = self.pending_exec.pop(former, None)
+        self.pending_exec.pop(tid, None)
+        for t in [t for t, g in self.tgid_of.items() if g == tid and t != tid]:
+            del self.tgid_of[t]
+        self.tgid_of[tid] = tid
+        if logical:
+            self.exe[tid] = logical
+        else:
+            self.exe.pop(tid, None)
+
+    def on_exit(self, tid: int) -> None:
+        tgid = self.tgid_of.pop(tid, tid)
+        self.pending_exec.pop(tid, None)
+        if tgid == tid:
+            self.exe.pop(tid, None)
+            self.fds.pop(tid, None)
+
+
+def _read_tgid(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return tid

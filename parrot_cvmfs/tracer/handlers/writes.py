@@ -1,0 +1,189 @@
+"""Every write, refused: /cvmfs is a read-only mount, and each call fails with the errno
+the kernel gives for the first check that fails (fs/namei.c, fs/open.c): walk errors,
+then the last component's kind ("." and ".."), then existence, then EROFS
+(mnt_want_write). Also bind (a socket made at a path), mount, the attribute-setting
+ioctls and the calls a FUSE-less /cvmfs does not support."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+
+from ..paths import LAST_DOT, LAST_NORM, Target
+from ..syscalls import AT_REMOVEDIR, AT_SYMLINK_FOLLOW
+from .context import RESUME, Context, in_cvmfs, skip
+
+
+def _refuse(c: Context, err: int) -> tuple:
+    """Fail a call on a /cvmfs path with `err`; hand any other back to the kernel."""
+    t = c.resolve()
+    outside = c.outside(t)
+    return outside if outside is not None else skip(-err)
+
+
+def h_unsupported(c: Context) -> tuple:
+    return _refuse(c, errno.EOPNOTSUPP)
+
+
+def h_write_existing(c: Context) -> tuple:
+    if c.empty_path:  # the dirfd itself (AT_EMPTY_PATH, futimens)
+        return h_write_fd(c)
+    t = c.resolve()
+    outside = c.outside(t)
+    if outside is not None:
+        return outside
+    if c.call.name == "truncate":  # vfs_truncate: the type before the mount
+        if t.node.is_dir:
+            return skip(-errno.EISDIR)
+        if not t.node.is_regular:
+            return skip(-errno.EINVAL)
+    return skip(-errno.EROFS)
+
+
+def h_write_create(c: Context) -> tuple:
+    t = c.resolve_last()
+    if t is None:
+        return RESUME
+    if t.virtual:  # an existing name, or "." / ".." (filename_create: EEXIST)
+        return skip(-errno.EEXIST)
+    if t.err:
+        if t.err == errno.ENOENT and t.missing_last:
+            # "name/" asks for a directory: only mkdir may create one
+            if t.trailing and not c.call.name.startswith("mkdir"):
+                return skip(-errno.ENOENT)
+            return skip(-errno.EROFS)
+        return skip(-t.err)
+    return c.host(t)
+
+
+def h_write_remove(c: Context) -> tuple:
+    t = c.resolve_last()
+    if t is None:
+        return RESUME
+    if t.virtual or (t.err == errno.ENOENT and t.missing_last):
+        if t.last != LAST_NORM:
+            name = c.call.name
+            rmdir = name == "rmdir" or (name == "unlinkat" and c.args[2] & AT_REMOVEDIR)
+            if not rmdir:
+                return skip(-errno.EISDIR)
+            return skip(-(errno.EINVAL if t.last == LAST_DOT else errno.ENOTEMPTY))
+        return skip(-errno.EROFS)  # the kernel checks the mount before the name
+    if t.err:
+        return skip(-t.err)
+    return c.host(t)
+
+
+def _two(c: Context, follow_old: bool) -> tuple[Target | None, Target | None]:
+    call = c.call
+    if c.empty_path:  # linkat(fd, "", ..., AT_EMPTY_PATH): the descriptor itself
+        t1 = c.fd_target(c.base, int(c.args[call.dirfd]))
+    elif c.path_err:
+        t1 = None
+    elif call.handler == "write_rename":  # both names are the last of a parent walk
+        t1 = c.walk_to_last(c.path, c.base)
+    else:
+        t1 = c.resolve_path(c.path, c.base, follow_old)
+    p2, b2 = c.core.second_path()
+    t2 = None if p2 is None else c.walk_to_last(p2, b2)
+    return t1, t2
+
+
+def _rewrite_two(c: Context, t1: Target | None, t2: Target | None) -> tuple:
+    values = {}
+    for t, arg in ((t1, c.call.path), (t2, c.call.path2)):
+        if t is not None and t.host is not None and t.via_cvmfs:
+            values[arg] = t.host
+    return ("args", values, False, False) if values else RESUME
+
+
+def h_write_rename(c: Context) -> tuple:
+    t1, t2 = _two(c, False)
+    v1, v2 = in_cvmfs(t1), in_cvmfs(t2)
+    if not (v1 or v2):
+        return _rewrite_two(c, t1, t2)
+    for t in (t1, t2):  # both parents are walked first
+        if t is not None and t.err and not t.missing_last:
+            return skip(-t.err)
+    if v1 != v2:
+        return skip(-errno.EXDEV)
+    if any(t is not None and t.last != LAST_NORM for t in (t1, t2)):
+        return skip(-errno.EBUSY)
+    return skip(-errno.EROFS)
+
+
+def h_write_link(c: Context) -> tuple:
+    call = c.call
+    follow = bool(call.flags >= 0 and c.args[call.flags] & AT_SYMLINK_FOLLOW)
+    t1, t2 = _two(c, follow)
+    v1, v2 = in_cvmfs(t1), in_cvmfs(t2)
+    if not (v1 or v2):
+        return _rewrite_two(c, t1, t2)
+    # do_linkat: the old name is looked up, the new one created (filename_create:
+    # its walk, ".", "..", an existing name, then the mount), and only then are the
+    # two mounts compared
+    if t1 is not None and t1.err:
+        return skip(-t1.err)
+    if t2 is None:
+        return RESUME
+    if t2.virtual:
+        return skip(-errno.EEXIST)
+    if t2.err and not t2.missing_last:
+        return skip(-t2.err)
+    if t2.missing_last and t2.trailing:
+        return skip(-errno.ENOENT)
+    if v2:
+        return skip(-errno.EROFS)
+    new_host = t2.host or ""
+    if os.path.lexists(new_host):
+        return skip(-errno.EEXIST)
+    if not os.path.isdir(os.path.dirname(new_host.rstrip("/")) or "/"):
+        return skip(-errno.ENOENT)
+    return skip(-errno.EXDEV)
+
+
+def _ours(c: Context) -> bool:
+    """Whether the call's descriptor is an anchor or a cache file."""
+    host = c.base
+    return bool(host) and bool(c.view.anchor_to_vpath(host) or c.view.is_cache_path(host))
+
+
+def h_write_fd(c: Context) -> tuple:
+    return skip(-errno.EROFS) if _ours(c) else RESUME
+
+
+def h_ioctl_setattr(c: Context) -> tuple:
+    """chattr and the like on a descriptor of ours: what a FUSE mount without ioctl
+    support answers."""
+    return skip(-errno.ENOTTY) if _ours(c) else RESUME
+
+
+def h_bind(c: Context) -> tuple:
+    """A Unix socket bound at a path: made like any name (mknod), so refused in /cvmfs
+    (an existing name: EADDRINUSE); through a symlink leading out, bound there."""
+    t = c.resolve(False)
+    if t is None:
+        return RESUME
+    if t.virtual:
+        return skip(-errno.EADDRINUSE)
+    if t.err:
+        if t.err == errno.ENOENT and t.missing_last:
+            return skip(-errno.EROFS)
+        return skip(-t.err)
+    if not t.via_cvmfs:
+        return RESUME
+    path = os.fsencode(t.host)
+    if len(path) > 107:
+        return skip(-errno.ENAMETOOLONG)
+    addr = struct.pack("<H", 1) + path + b"\0"
+    values = {c.call.path: addr, c.call.size: len(addr)}
+    return ("args", values, False, False)
+
+
+def h_mount(c: Context) -> tuple:
+    """mount(2) of a /cvmfs path, or onto one: not something a FUSE-less /cvmfs can
+    give (a bind mount of an anchor would be writable)."""
+    t1, t2 = _two(c, True)
+    if in_cvmfs(t1) or in_cvmfs(t2):
+        return skip(-errno.EOPNOTSUPP)
+    return _rewrite_two(c, t1, t2)
