@@ -28,8 +28,9 @@ import itertools
 import os
 import stat as st
 
+from ..client.lookup import lexical_parts
 from ..errors import CacheError
-from .paths import MOUNT, ROOT, VPath, lexical_parts
+from .paths import MOUNT, ROOT, VPath
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _aside = itertools.count()

@@ -149,20 +149,6 @@ class Target:
         return self.vpath is not None
 
 
-def lexical_parts(path: str) -> list[str]:
-    """The components of an absolute path, "." dropped and ".." applied lexically."""
-    out: list[str] = []
-    for c in path.split("/"):
-        if c in ("", "."):
-            continue
-        if c == "..":
-            if out:
-                out.pop()
-            continue
-        out.append(c)
-    return out
-
-
 def _join(host: str, name: str) -> str:
     if name == "..":
         if host == "/":

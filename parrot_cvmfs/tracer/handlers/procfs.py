@@ -8,7 +8,8 @@ from __future__ import annotations
 import errno
 import os
 
-from ..paths import Target, lexical_parts, resolve, vpath_of_logical
+from ...client.lookup import lexical_parts
+from ..paths import Target, resolve, vpath_of_logical
 from ..vfs import CvmfsView
 from .processes import Processes
 
