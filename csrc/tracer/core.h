@@ -159,7 +159,6 @@ struct pc_tracer {
     /* ptrace side: touched by the tracer thread only */
     task_state *tasks;
     size_t tasks_cap, tasks_used;
-    int ntasks;
     long spin;
     uint64_t stops_handed; /* numbers of ptrace stops handed to Python */
     long stops_waiting;    /* of them, not answered yet */
@@ -225,7 +224,6 @@ int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
 
 /* respond.c: finishing a call, whichever way it arrived */
 int respond_result(pc_tracer *t, pc_call *c, int64_t result);
-int respond_continue(pc_tracer *t, pc_call *c);
 /* `size`: what the backing file of a regular file must hold (its kept stat answer);
  * -1 for a directory's anchor */
 int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags,

@@ -1,5 +1,17 @@
 /* parrot-cvmfs supervisor core: the event loop and the per-call fast path.
- * See tracer.c for the contract with the Python side. */
+ * See tracer.c for the contract with the Python side.
+ *
+ * Calls between the files go one way (no file calls one that calls it back):
+ *   spawn.c  -> tracer.c, notify.c, queue.c, tasks.c
+ *   tracer.c -> examine.c, respond.c, queue.c, tasks.c
+ *   notify.c -> examine.c, respond.c, queue.c
+ *   examine.c -> respond.c, answers.c
+ *   respond.c -> tasks.c, tracee.c
+ *   queue.c   (the events for Python, and Python's answers to ptrace stops)
+ *   answers.c, tasks.c, tracee.c call no other file.
+ *
+ * The part between the cdef markers is what build_core.py hands to cffi: plain
+ * declarations, enums and `#define NAME <literal>` only. */
 #ifndef PARROT_CVMFS_TRACER_H
 #define PARROT_CVMFS_TRACER_H
 
@@ -7,6 +19,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* cdef: begin */
 #define PC_PATH_MAX 4096
 #define PC_MAX_RULES 128
 #define PC_MAX_PREFIXES 8
@@ -149,7 +162,6 @@ const pc_stats *pc_get_stats(pc_tracer *t);
  * with no rule): resumed by C (not ours), answered from the C table, handed to Python.
  * `out` holds 3 * (nrules + 1) counts. */
 void pc_get_rule_stats(pc_tracer *t, uint64_t *out);
-int pc_ntasks(pc_tracer *t);
 
 /* The answer table: results Python computed, replayed by C for identical calls.
  * key: an absolute path as the program wrote it; follow: 1 or 0.
@@ -173,10 +185,10 @@ int pc_table_load(pc_tracer *t, const void *records, size_t len);
 int pc_open_backing(pc_tracer *t, const char *path, int flags);
 int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
 void pc_table_clear(pc_tracer *t);
-int pc_table_size(pc_tracer *t);
 /* The backing files of the opens answered from the table since the last call, as
  * NUL-terminated paths in buf (as many as fit: call again until it returns 0). Python
  * records them as used in the cache's LRU, which only sees the opens it answers. */
 size_t pc_table_take_served(pc_tracer *t, char *buf, size_t len);
+/* cdef: end */
 
 #endif

@@ -105,13 +105,6 @@ int respond_result(pc_tracer *t, pc_call *c, int64_t result)
     return ptrace(PTRACE_CONT, c->tid, 0, 0) < 0 ? -errno : 0;
 }
 
-int respond_continue(pc_tracer *t, pc_call *c)
-{
-    if (c->notify)
-        return pc_notif_continue(t, c->notif_id);
-    return ptrace(PTRACE_CONT, c->tid, 0, 0) < 0 ? -errno : 0;
-}
-
 /* Flags of the program's open that describe the open file itself. */
 #define KEEP_FLAGS (O_NONBLOCK | O_NOATIME | O_DIRECT | O_LARGEFILE | O_NOCTTY | O_SYNC | \
                     O_DSYNC | O_DIRECTORY)

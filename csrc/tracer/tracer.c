@@ -166,7 +166,6 @@ void pc_get_rule_stats(pc_tracer *t, uint64_t *out)
             out[3 * i + k] =
                 __atomic_load_n(&t->by_rule[i < t->nrules ? i : PC_MAX_RULES][k], __ATOMIC_RELAXED);
 }
-int pc_ntasks(pc_tracer *t) { return t->ntasks; }
 
 /* ---- per-task state of rewritten calls: open addressing, backward-shift deletion --- */
 
@@ -357,7 +356,6 @@ static int on_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
 {
     if (WIFEXITED(status) || WIFSIGNALED(status)) {
         task_del(t, tid);
-        t->ntasks--;
         if (tid == t->root) {
             t->root_status = status;
             __atomic_store_n(&t->root_done, 1, __ATOMIC_RELEASE);
@@ -380,7 +378,6 @@ static int on_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
         unsigned long child = 0;
         ptrace(PTRACE_GETEVENTMSG, tid, 0, &child);
         ptrace(PTRACE_CONT, tid, 0, 0);
-        t->ntasks++;
         STAT_ADD(t, tasks);
         ev->kind = PC_EV_NEWTASK;
         ev->tid = tid;

@@ -105,7 +105,6 @@ void pc_table_clear(pc_tracer *t)
     pthread_rwlock_unlock(&t->answers_lock);
 }
 
-int pc_table_size(pc_tracer *t) { return (int)t->answers_used; }
 
 size_t pc_table_take_served(pc_tracer *t, char *buf, size_t len)
 {

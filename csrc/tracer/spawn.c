@@ -258,7 +258,6 @@ static int start_job(pc_tracer *t, spawn_request *r)
         snprintf(r->err, sizeof r->err, "ptrace:%d", e);
         return -1;
     }
-    t->ntasks = 1;
     t->root = pid;
     /* signals to the job go through a pidfd: no reused pid ever gets one */
     t->root_pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
