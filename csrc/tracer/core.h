@@ -218,11 +218,21 @@ struct pc_tracer {
 #define ANSWERED(t, ri) OUTCOME(t, ri, 1)
 #define TO_PYTHON(t, ri) OUTCOME(t, ri, 2)
 
-/* examine.c: whether a call concerns us (fills the event's paths), and the fast path */
+/* How long one thread waits for the other before it sleeps, in ptrace mode, where the
+ * tracer thread and Python's take turns at every call handled in Python: a thread
+ * woken on an idle CPU costs 20-50 us where idle CPUs halt (virtual machines), twice
+ * per call. Only while the two run on different CPUs (see spin_for); yielding instead
+ * cost 3 ms a call where another process shared the CPU (it took whole time slices). */
+#define PYTHON_SPIN_NS 50000LL
+#define TRACER_SPIN_NS 150000LL
+
+/* examine.c: whether a call concerns us (fills the event's paths), the fast path, and
+ * the event for Python of a call it leaves */
 int examine_call(pc_tracer *t, pc_call *c, pc_event *ev);
 int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
+void fill_event(pc_event *ev, const pc_call *c);
 
-/* respond.c: finishing a call, whichever way it arrived */
+/* respond.c: every way of finishing a call, whichever way it arrived */
 int respond_result(pc_tracer *t, pc_call *c, int64_t result);
 /* `size`: what the backing file of a regular file must hold (its kept stat answer);
  * -1 for a directory's anchor */
@@ -232,22 +242,28 @@ int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t
  * directory it is in, the last component included; -errno (-EXDEV if `path` is in none
  * of them) */
 int open_backing(pc_tracer *t, const char *path, int flags);
-
-/* tracer.c */
 /* reopen: an open pointed at a cache file, made again if the file goes before the
- * kernel opens it (see on_exit_stop) */
+ * kernel opens it (see tracer.c on_exit_stop) */
 int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
                  const uint64_t *values, int report_exit, int is_exec, int reopen);
-void fill_event(pc_event *ev, const pc_call *c);
+/* at the exit stop of a rewritten call: its registers back (and `result`), or the call
+ * made again; at a seccomp stop: the call skipped with `result` (1 if done) */
+int finish_exit_stop(pc_tracer *t, pid_t tid, int set_result, int64_t result);
+int restart_exit_stop(pc_tracer *t, pid_t tid);
+int skip_stop(pid_t tid, int64_t result);
 
-/* tracer.c: the queue of events for Python (any thread), the tracer thread's loop */
+/* tasks.c: the state of rewritten calls in flight, per task */
+task_state *task_find(pc_tracer *t, pid_t tid);
+task_state *task_add(pc_tracer *t, pid_t tid);
+void task_del(pc_tracer *t, pid_t tid);
+
+/* queue.c: the events for Python (any thread), waking the tracer thread */
 void hand_over(pc_tracer *t, const pc_event *ev);
-void *tracer_main(void *arg);
 void wake_tracer(pc_tracer *t);
 int64_t now_ns(void);
 
-/* spawn.c: starting the job from the tracer thread */
-int spawn_job(pc_tracer *t);
+/* tracer.c: the tracer thread's loop, once the job runs */
+void tracer_serve(pc_tracer *t);
 
 /* notify.c */
 int notify_start(pc_tracer *t, int listener);

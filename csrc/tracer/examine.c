@@ -453,6 +453,21 @@ static int fast_getdents(pc_tracer *t, pc_call *c, const char *anchor, int len)
     return respond_result(t, c, result) == 0;
 }
 
+/* ---- the tracer thread's work: one wait status at a time --------------------------------- */
+
+void fill_event(pc_event *ev, const pc_call *c)
+{
+    ev->kind = PC_EV_SYSCALL;
+    ev->notify = c->notify;
+    ev->notif_id = c->notif_id;
+    ev->tid = c->tid;
+    ev->rule = c->rule;
+    ev->nr = c->nr;
+    for (int i = 0; i < 6; i++)
+        ev->args[i] = c->args[i];
+    ev->sp = c->regs ? reg_sp(c->regs) - RED_ZONE : 0;
+}
+
 int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev)
 {
     const pc_rule *r = c->r;

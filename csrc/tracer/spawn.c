@@ -298,7 +298,7 @@ static void raise_nofile(void)
 }
 
 /* In the tracer thread, for pc_spawn, which waits until `done`. */
-int spawn_job(pc_tracer *t)
+static int spawn_job(pc_tracer *t)
 {
     spawn_request *r = t->spawning;
     int rc = start_job(t, r);
@@ -307,6 +307,18 @@ int spawn_job(pc_tracer *t)
     pthread_cond_broadcast(&t->spawned);
     pthread_mutex_unlock(&t->qlock);
     return rc;
+}
+
+/* The tracer thread: it starts the job, then serves it (tracer.c) until the end. */
+static void *tracer_main(void *arg)
+{
+    pc_tracer *t = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* the handlers run in Python's threads */
+    if (spawn_job(t) == 0)
+        tracer_serve(t);
+    return NULL;
 }
 
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
