@@ -230,7 +230,7 @@ struct pc_tracer {
  * the event for Python of a call it leaves */
 int examine_call(pc_tracer *t, pc_call *c, pc_event *ev);
 int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
-void fill_event(pc_event *ev, const pc_call *c);
+void fill_event(pc_tracer *t, pc_event *ev, const pc_call *c);
 
 /* respond.c: every way of finishing a call, whichever way it arrived */
 int respond_result(pc_tracer *t, pc_call *c, int64_t result);

@@ -84,7 +84,7 @@ static void *notify_main(void *arg)
             continue;
         }
         TO_PYTHON(t, ri);
-        fill_event(ev, &c);
+        fill_event(t, ev, &c);
         hand_over(t, ev);
     }
     free(req);

@@ -56,6 +56,7 @@ static void copy_event(pc_event *dst, const pc_event *src)
     copy_string(dst->path2, src->path2, src->path2_len);
     copy_string(dst->base, src->base, src->base_len);
     copy_string(dst->base2, src->base2, src->base2_len);
+    copy_string(dst->key, src->key, src->key_len);
 }
 
 /* Queue an event for Python (the tracer and notification threads). */

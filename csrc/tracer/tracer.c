@@ -171,7 +171,7 @@ static int on_seccomp_stop(pc_tracer *t, pid_t tid, pc_event *ev)
         return 0;
     }
     TO_PYTHON(t, ri);
-    fill_event(ev, &c);
+    fill_event(t, ev, &c);
     return 1;
 }
 

@@ -104,10 +104,14 @@ typedef struct {
     int base_len;       /* 0: the path is absolute or the base is irrelevant */
     int base2_len;
     int empty_path;     /* the call uses AT_EMPTY_PATH on its dirfd */
+    int key_len;        /* PC_EV_SYSCALL: the answer table's key of `path`, -1 if none */
     char path[PC_PATH_MAX + 1];
     char path2[PC_PATH_MAX + 1];
     char base[PC_PATH_MAX + 1];  /* cwd or dirfd target for a relative path, or the fd target */
     char base2[PC_PATH_MAX + 1];
+    /* the path as the table keys it: itself when absolute; for a path relative to a
+     * directory anchor, its /cvmfs spelling (examine.c relative_key) */
+    char key[PC_PATH_MAX + 1];
 } pc_event;
 
 typedef struct {
@@ -173,8 +177,10 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
  * is the index of the next record, so a descriptor's file position is its cursor */
 int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_t len);
 /* a path's extended attributes: records name_len:u16 name value_len:u32 value, where
- * value_len 0xFFFFFFFF marks a name only Python can answer (cvmfs magic attributes)
- * and 0xFFFFFFFE a prefix ("user.") under which every name not listed is Python's */
+ * value_len PC_XATTR_PYTHON marks a name only Python can answer (cvmfs magic attributes)
+ * and PC_XATTR_PREFIX a prefix ("user.") under which every name not listed is Python's */
+#define PC_XATTR_PYTHON 0xFFFFFFFF
+#define PC_XATTR_PREFIX 0xFFFFFFFE
 int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob, size_t len);
 /* the answer of listxattr: the names, each NUL-terminated */
 int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *names, size_t len);
