@@ -265,6 +265,17 @@ int64_t now_ns(void);
 /* tracer.c: the tracer thread's loop, once the job runs */
 void tracer_serve(pc_tracer *t);
 
+/* Start a detached thread: 0, or the error number of pthread_create. */
+static inline int start_detached(pthread_t *thread, void *(*main)(void *), void *arg)
+{
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(thread, &attr, main, arg);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
 /* notify.c */
 int notify_start(pc_tracer *t, int listener);
 

@@ -347,11 +347,7 @@ pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const e
     }
     r.reaper = notify ? start_reaper() : -1;
     t->spawning = &r;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t->tracer, &attr, tracer_main, t);
-    pthread_attr_destroy(&attr);
+    int rc = start_detached(&t->tracer, tracer_main, t);
     if (rc != 0) {
         if (r.reaper >= 0)
             close(r.reaper);
