@@ -94,7 +94,7 @@ answer *answer_for_path(pc_tracer *t, int follow, const char *path, size_t len, 
 /* the struct statx that structs.pack_statx makes for the attributes of a struct stat */
 void statx_of_stat(const struct stat *s, unsigned char out[256]);
 
-/* ---- per-task state of a rewritten call in flight (tracer.c) --------------------------- */
+/* ---- per-task state of a rewritten call in flight (tasks.c) ---------------------------- */
 
 typedef struct {
     pid_t tid; /* 0: empty slot */
@@ -102,6 +102,8 @@ typedef struct {
     int is_exec;
     int reopen; /* an open C pointed at a cache file: made again if the file is gone */
     pc_regs saved;
+    int at_exit; /* `cur` holds the registers of its exit stop, read once there */
+    pc_regs cur;
 } task_state;
 
 /* ---- what passes between the threads (tracer.c) ---------------------------------------- */

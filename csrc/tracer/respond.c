@@ -203,6 +203,7 @@ int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *ar
     s->report_exit = report_exit;
     s->is_exec = is_exec;
     s->reopen = reopen;
+    s->at_exit = 0;
     for (int i = 0; i < narg; i++)
         set_arg(regs, args[i], values[i]);
     if (set_regs(tid, regs) < 0) {
@@ -213,11 +214,21 @@ int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *ar
     return ptrace(PTRACE_SYSCALL, tid, 0, 0) < 0 ? -errno : 0;
 }
 
+/* The registers of the exit stop the task is at: read once there (on_exit_stop). */
+static int exit_regs(const task_state *s, pid_t tid, pc_regs *cur)
+{
+    if (s->at_exit) {
+        *cur = s->cur;
+        return 0;
+    }
+    return get_regs(tid, cur);
+}
+
 int restart_exit_stop(pc_tracer *t, pid_t tid)
 {
     task_state *s = task_find(t, tid);
     pc_regs cur;
-    if (!s || s->is_exec || get_regs(tid, &cur) < 0)
+    if (!s || s->is_exec || exit_regs(s, tid, &cur) < 0)
         return finish_exit_stop(t, tid, 0, 0);
     restart_call(&cur, &s->saved);
     int rc = set_regs(tid, &cur);
@@ -231,7 +242,7 @@ int finish_exit_stop(pc_tracer *t, pid_t tid, int set_result, int64_t result)
 {
     task_state *s = task_find(t, tid);
     pc_regs cur;
-    if (!s || get_regs(tid, &cur) < 0) {
+    if (!s || exit_regs(s, tid, &cur) < 0) {
         if (s)
             task_del(t, tid);
         return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;

@@ -184,12 +184,13 @@ static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
         ptrace(PTRACE_CONT, tid, 0, 0);
         return 0;
     }
-    pc_regs cur;
-    if (get_regs(tid, &cur) < 0) {
+    if (get_regs(tid, &s->cur) < 0) {
         task_del(t, tid);
         return 0;
     }
-    if (s->reopen && reg_ret(&cur) == -ENOENT) {
+    s->at_exit = 1; /* what settles the stop uses these, here or from Python's command */
+    const pc_regs *cur = &s->cur;
+    if (s->reopen && reg_ret(cur) == -ENOENT) {
         restart_exit_stop(t, tid); /* the next try finds the file gone, and Python fetches it */
         return 0;
     }
@@ -197,7 +198,7 @@ static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
         ev->kind = PC_EV_SYSCALL_EXIT;
         ev->notify = 0;
         ev->tid = tid;
-        ev->ret = reg_ret(&cur);
+        ev->ret = reg_ret(cur);
         for (int i = 0; i < 6; i++)
             ev->args[i] = get_arg(&s->saved, i);
         return 1; /* Python calls pc_finish_exit() */
