@@ -2,13 +2,14 @@
  * See tracer.c for the contract with the Python side.
  *
  * Calls between the files go one way (no file calls one that calls it back):
- *   spawn.c  -> tracer.c, notify.c, queue.c, tasks.c
- *   tracer.c -> examine.c, respond.c, queue.c, tasks.c
- *   notify.c -> examine.c, respond.c, queue.c
- *   examine.c -> respond.c, answers.c
- *   respond.c -> tasks.c, tracee.c
- *   queue.c   (the events for Python, and Python's answers to ptrace stops)
- *   answers.c, tasks.c, tracee.c call no other file.
+ *   spawn.c   -> tracer.c, notify.c, queue.c     (starting the job and the threads)
+ *   tracer.c  -> examine.c, respond.c, queue.c, tasks.c, answers.c, tracee.c
+ *   notify.c  -> examine.c, respond.c, queue.c   (the notification thread's loop)
+ *   examine.c -> respond.c, answers.c, tracee.c  (whether a call is ours; the fast path)
+ *   respond.c -> tasks.c, tracee.c               (every way of finishing a call)
+ *   queue.c, answers.c, tasks.c, tracee.c call no other file (events for Python and
+ *   its answers; the answer table; rewritten calls in flight; a task's memory and
+ *   registers).
  *
  * The part between the cdef markers is what build_core.py hands to cffi: plain
  * declarations, enums and `#define NAME <literal>` only. */
