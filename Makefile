@@ -18,7 +18,7 @@ test-unit: setup
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.py csrc/*/*.c csrc/*/*.h)
 	sh .ci/system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

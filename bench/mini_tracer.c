@@ -28,12 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
-#endif
+#include "../csrc/tracer/kernel.h"
 
 static struct stat canned;
 
@@ -80,6 +75,21 @@ static int recv_fd(int sock)
     return fd;
 }
 
+/* The filter of the program: stat and newfstatat get `action`, the rest runs. */
+static struct sock_fprog stat_filter(unsigned action)
+{
+    static struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_newfstatat, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_stat, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, 0),
+    };
+    f[4].k = action;
+    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+    return prog;
+}
+
 static int run_notify(char **cmd)
 {
     int sv[2];
@@ -87,14 +97,7 @@ static int run_notify(char **cmd)
         return 1;
     pid_t pid = fork();
     if (pid == 0) {
-        struct sock_filter f[] = {
-            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_newfstatat, 2, 0),
-            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_stat, 1, 0),
-            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-        };
-        struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+        struct sock_fprog prog = stat_filter(SECCOMP_RET_USER_NOTIF);
         prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         int l = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
                              SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
@@ -136,14 +139,7 @@ static int run_ptrace(char **cmd, long poll)
         return 1;
     pid_t pid = fork();
     if (pid == 0) {
-        struct sock_filter f[] = {
-            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_newfstatat, 2, 0),
-            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_stat, 1, 0),
-            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRACE),
-        };
-        struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+        struct sock_fprog prog = stat_filter(SECCOMP_RET_TRACE);
         char c;
         prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         if (read(go[0], &c, 1) != 1)

@@ -105,7 +105,6 @@ void pc_table_clear(pc_tracer *t)
     pthread_rwlock_unlock(&t->answers_lock);
 }
 
-int pc_table_size(pc_tracer *t) { return (int)t->answers_used; }
 
 size_t pc_table_take_served(pc_tracer *t, char *buf, size_t len)
 {
@@ -286,22 +285,29 @@ static int set_blob(pc_tracer *t, unsigned char **field, size_t *flen, const voi
     return 0;
 }
 
-int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob, size_t len)
+/* Set one blob of the answer for (key, follow): which one by its offset in `answer`. */
+static int put_blob(pc_tracer *t, const char *key, int follow, size_t field, size_t flen,
+                    const void *data, size_t len)
 {
     pthread_rwlock_wrlock(&t->answers_lock);
     answer *a = slot_locked(t, key, follow);
-    int rc = a ? set_blob(t, &a->xattrs, &a->xattrs_len, blob, len) : -1;
+    int rc = a ? set_blob(t, (unsigned char **)((char *)a + field), (size_t *)((char *)a + flen),
+                          data, len)
+               : -1;
     pthread_rwlock_unlock(&t->answers_lock);
     return rc;
 }
 
+int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob, size_t len)
+{
+    return put_blob(t, key, follow, offsetof(answer, xattrs), offsetof(answer, xattrs_len), blob,
+                    len);
+}
+
 int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *names, size_t len)
 {
-    pthread_rwlock_wrlock(&t->answers_lock);
-    answer *a = slot_locked(t, key, follow);
-    int rc = a ? set_blob(t, &a->xnames, &a->xnames_len, names, len) : -1;
-    pthread_rwlock_unlock(&t->answers_lock);
-    return rc;
+    return put_blob(t, key, follow, offsetof(answer, xnames), offsetof(answer, xnames_len), names,
+                    len);
 }
 
 /* Whether a listing's linux_dirent64 records are what a kernel could return (kept

@@ -94,7 +94,7 @@ answer *answer_for_path(pc_tracer *t, int follow, const char *path, size_t len, 
 /* the struct statx that structs.pack_statx makes for the attributes of a struct stat */
 void statx_of_stat(const struct stat *s, unsigned char out[256]);
 
-/* ---- per-task state of a rewritten call in flight (tracer.c) --------------------------- */
+/* ---- per-task state of a rewritten call in flight (tasks.c) ---------------------------- */
 
 typedef struct {
     pid_t tid; /* 0: empty slot */
@@ -102,6 +102,8 @@ typedef struct {
     int is_exec;
     int reopen; /* an open C pointed at a cache file: made again if the file is gone */
     pc_regs saved;
+    int at_exit; /* `cur` holds the registers of its exit stop, read once there */
+    pc_regs cur;
 } task_state;
 
 /* ---- what passes between the threads (tracer.c) ---------------------------------------- */
@@ -159,7 +161,6 @@ struct pc_tracer {
     /* ptrace side: touched by the tracer thread only */
     task_state *tasks;
     size_t tasks_cap, tasks_used;
-    int ntasks;
     long spin;
     uint64_t stops_handed; /* numbers of ptrace stops handed to Python */
     long stops_waiting;    /* of them, not answered yet */
@@ -219,13 +220,22 @@ struct pc_tracer {
 #define ANSWERED(t, ri) OUTCOME(t, ri, 1)
 #define TO_PYTHON(t, ri) OUTCOME(t, ri, 2)
 
-/* examine.c: whether a call concerns us (fills the event's paths), and the fast path */
+/* How long one thread waits for the other before it sleeps, in ptrace mode, where the
+ * tracer thread and Python's take turns at every call handled in Python: a thread
+ * woken on an idle CPU costs 20-50 us where idle CPUs halt (virtual machines), twice
+ * per call. Only while the two run on different CPUs (see spin_for); yielding instead
+ * cost 3 ms a call where another process shared the CPU (it took whole time slices). */
+#define PYTHON_SPIN_NS 50000LL
+#define TRACER_SPIN_NS 150000LL
+
+/* examine.c: whether a call concerns us (fills the event's paths), the fast path, and
+ * the event for Python of a call it leaves */
 int examine_call(pc_tracer *t, pc_call *c, pc_event *ev);
 int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
+void fill_event(pc_tracer *t, pc_event *ev, const pc_call *c);
 
-/* respond.c: finishing a call, whichever way it arrived */
+/* respond.c: every way of finishing a call, whichever way it arrived */
 int respond_result(pc_tracer *t, pc_call *c, int64_t result);
-int respond_continue(pc_tracer *t, pc_call *c);
 /* `size`: what the backing file of a regular file must hold (its kept stat answer);
  * -1 for a directory's anchor */
 int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags,
@@ -234,22 +244,39 @@ int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t
  * directory it is in, the last component included; -errno (-EXDEV if `path` is in none
  * of them) */
 int open_backing(pc_tracer *t, const char *path, int flags);
-
-/* tracer.c */
 /* reopen: an open pointed at a cache file, made again if the file goes before the
- * kernel opens it (see on_exit_stop) */
+ * kernel opens it (see tracer.c on_exit_stop) */
 int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
                  const uint64_t *values, int report_exit, int is_exec, int reopen);
-void fill_event(pc_event *ev, const pc_call *c);
+/* at the exit stop of a rewritten call: its registers back (and `result`), or the call
+ * made again; at a seccomp stop: the call skipped with `result` (1 if done) */
+int finish_exit_stop(pc_tracer *t, pid_t tid, int set_result, int64_t result);
+int restart_exit_stop(pc_tracer *t, pid_t tid);
+int skip_stop(pid_t tid, int64_t result);
 
-/* tracer.c: the queue of events for Python (any thread), the tracer thread's loop */
+/* tasks.c: the state of rewritten calls in flight, per task */
+task_state *task_find(pc_tracer *t, pid_t tid);
+task_state *task_add(pc_tracer *t, pid_t tid);
+void task_del(pc_tracer *t, pid_t tid);
+
+/* queue.c: the events for Python (any thread), waking the tracer thread */
 void hand_over(pc_tracer *t, const pc_event *ev);
-void *tracer_main(void *arg);
 void wake_tracer(pc_tracer *t);
 int64_t now_ns(void);
 
-/* spawn.c: starting the job from the tracer thread */
-int spawn_job(pc_tracer *t);
+/* tracer.c: the tracer thread's loop, once the job runs */
+void tracer_serve(pc_tracer *t);
+
+/* Start a detached thread: 0, or the error number of pthread_create. */
+static inline int start_detached(pthread_t *thread, void *(*main)(void *), void *arg)
+{
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(thread, &attr, main, arg);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
 
 /* notify.c */
 int notify_start(pc_tracer *t, int listener);

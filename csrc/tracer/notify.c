@@ -84,7 +84,7 @@ static void *notify_main(void *arg)
             continue;
         }
         TO_PYTHON(t, ri);
-        fill_event(ev, &c);
+        fill_event(t, ev, &c);
         hand_over(t, ev);
     }
     free(req);
@@ -95,11 +95,7 @@ static void *notify_main(void *arg)
 int notify_start(pc_tracer *t, int listener)
 {
     t->listener = listener;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t->thread, &attr, notify_main, t);
-    pthread_attr_destroy(&attr);
+    int rc = start_detached(&t->thread, notify_main, t);
     if (rc != 0) {
         t->listener = -1;
         return -rc;

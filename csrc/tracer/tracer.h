@@ -1,5 +1,18 @@
 /* parrot-cvmfs supervisor core: the event loop and the per-call fast path.
- * See tracer.c for the contract with the Python side. */
+ * See tracer.c for the contract with the Python side.
+ *
+ * Calls between the files go one way (no file calls one that calls it back):
+ *   spawn.c   -> tracer.c, notify.c, queue.c     (starting the job and the threads)
+ *   tracer.c  -> examine.c, respond.c, queue.c, tasks.c, answers.c, tracee.c
+ *   notify.c  -> examine.c, respond.c, queue.c   (the notification thread's loop)
+ *   examine.c -> respond.c, answers.c, tracee.c  (whether a call is ours; the fast path)
+ *   respond.c -> tasks.c, tracee.c               (every way of finishing a call)
+ *   queue.c, answers.c, tasks.c, tracee.c call no other file (events for Python and
+ *   its answers; the answer table; rewritten calls in flight; a task's memory and
+ *   registers).
+ *
+ * The part between the cdef markers is what build_core.py hands to cffi: plain
+ * declarations, enums and `#define NAME <literal>` only. */
 #ifndef PARROT_CVMFS_TRACER_H
 #define PARROT_CVMFS_TRACER_H
 
@@ -7,6 +20,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/* cdef: begin */
 #define PC_PATH_MAX 4096
 #define PC_MAX_RULES 128
 #define PC_MAX_PREFIXES 8
@@ -91,10 +105,14 @@ typedef struct {
     int base_len;       /* 0: the path is absolute or the base is irrelevant */
     int base2_len;
     int empty_path;     /* the call uses AT_EMPTY_PATH on its dirfd */
+    int key_len;        /* PC_EV_SYSCALL: the answer table's key of `path`, -1 if none */
     char path[PC_PATH_MAX + 1];
     char path2[PC_PATH_MAX + 1];
     char base[PC_PATH_MAX + 1];  /* cwd or dirfd target for a relative path, or the fd target */
     char base2[PC_PATH_MAX + 1];
+    /* the path as the table keys it: itself when absolute; for a path relative to a
+     * directory anchor, its /cvmfs spelling (examine.c relative_key) */
+    char key[PC_PATH_MAX + 1];
 } pc_event;
 
 typedef struct {
@@ -149,7 +167,6 @@ const pc_stats *pc_get_stats(pc_tracer *t);
  * with no rule): resumed by C (not ours), answered from the C table, handed to Python.
  * `out` holds 3 * (nrules + 1) counts. */
 void pc_get_rule_stats(pc_tracer *t, uint64_t *out);
-int pc_ntasks(pc_tracer *t);
 
 /* The answer table: results Python computed, replayed by C for identical calls.
  * key: an absolute path as the program wrote it; follow: 1 or 0.
@@ -161,8 +178,10 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
  * is the index of the next record, so a descriptor's file position is its cursor */
 int pc_table_put_dents(pc_tracer *t, const char *key, const void *records, size_t len);
 /* a path's extended attributes: records name_len:u16 name value_len:u32 value, where
- * value_len 0xFFFFFFFF marks a name only Python can answer (cvmfs magic attributes)
- * and 0xFFFFFFFE a prefix ("user.") under which every name not listed is Python's */
+ * value_len PC_XATTR_PYTHON marks a name only Python can answer (cvmfs magic attributes)
+ * and PC_XATTR_PREFIX a prefix ("user.") under which every name not listed is Python's */
+#define PC_XATTR_PYTHON 0xFFFFFFFF
+#define PC_XATTR_PREFIX 0xFFFFFFFE
 int pc_table_put_xattrs(pc_tracer *t, const char *key, int follow, const void *blob, size_t len);
 /* the answer of listxattr: the names, each NUL-terminated */
 int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *names, size_t len);
@@ -173,10 +192,10 @@ int pc_table_load(pc_tracer *t, const void *records, size_t len);
 int pc_open_backing(pc_tracer *t, const char *path, int flags);
 int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
 void pc_table_clear(pc_tracer *t);
-int pc_table_size(pc_tracer *t);
 /* The backing files of the opens answered from the table since the last call, as
  * NUL-terminated paths in buf (as many as fit: call again until it returns 0). Python
  * records them as used in the cache's LRU, which only sees the opens it answers. */
 size_t pc_table_take_served(pc_tracer *t, char *buf, size_t len);
+/* cdef: end */
 
 #endif

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* cdef: begin */
 typedef struct {
     uint64_t min_size, avg_size, max_size;
     uint64_t last_cut; /* absolute offset where the current chunk starts */
@@ -22,5 +23,6 @@ void pc_chunker_init(pc_chunker *c, uint64_t min_size, uint64_t avg_size, uint64
  * suffices) and returns how many were written. */
 size_t pc_chunker_feed(pc_chunker *c, const uint8_t *buf, size_t len, uint64_t *cuts,
                        size_t max_cuts);
+/* cdef: end */
 
 #endif

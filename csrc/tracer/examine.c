@@ -133,12 +133,17 @@ static int examine_sockaddr(pc_tracer *t, pc_call *c, pc_event *ev)
     return path_concerns(t, r, ev->path) || base_concerns(t, r, ev->base);
 }
 
+#define KEY_UNKNOWN (-2) /* ev->key not composed yet */
+
+/* HOT PATH: runs for every intercepted call with a rule (both modes): reads its
+ * paths and decides whether it concerns /cvmfs; keep it free of allocation and locks */
 int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
 {
     const pc_rule *r = c->r;
     ev->path_len = ev->path2_len = ev->base_len = ev->base2_len = 0;
     ev->path_err = ev->path2_err = ev->empty_path = 0;
-    ev->path[0] = ev->path2[0] = ev->base[0] = ev->base2[0] = '\0';
+    ev->key_len = KEY_UNKNOWN;
+    ev->path[0] = ev->path2[0] = ev->base[0] = ev->base2[0] = ev->key[0] = '\0';
     switch (r->kind) {
     case PC_KIND_PATH:
         return examine_path(t, c, r->dirfd_arg, r->path_arg, ev->path, &ev->path_len,
@@ -178,6 +183,7 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
 #define O_WRITE_BITS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE_BIT)
 
 /* Replay a read-only open Python performed before: the same backing file. */
+/* HOT PATH: a read-only open answered from the table, per such call */
 static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
 {
     uint64_t flags = c->args[c->r->flags_arg];
@@ -236,13 +242,13 @@ static int xattr_value(const answer *a, const char *name, const unsigned char **
         uint32_t vl;
         memcpy(&vl, k + kl, 4);
         const unsigned char *v = k + kl + 4;
-        int marker = vl >= 0xFFFFFFFEu;
+        int marker = vl >= PC_XATTR_PREFIX;
         if (!marker && v + vl > a->xattrs + a->xattrs_len)
             return -1;
-        if (vl == 0xFFFFFFFEu && kl <= nlen && memcmp(k, name, kl) == 0)
+        if (vl == PC_XATTR_PREFIX && kl <= nlen && memcmp(k, name, kl) == 0)
             python = 1;
         else if (kl == nlen && memcmp(k, name, nlen) == 0) {
-            if (vl == 0xFFFFFFFFu)
+            if (vl == PC_XATTR_PYTHON)
                 return -1;
             *value = v;
             *vlen = vl;
@@ -254,6 +260,8 @@ static int xattr_value(const answer *a, const char *name, const unsigned char **
 }
 
 /* `key` is the absolute path of a path call, or the target of a descriptor. */
+/* HOT PATH: a metadata call answered from the table (stat, access, readlink,
+ * xattrs), per such call: one read lock, one hash lookup, one write to the program */
 static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int by_fd)
 {
     const pc_rule *r = c->r;
@@ -407,6 +415,24 @@ static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char
     return (int)klen;
 }
 
+/* The answer table's key of the call's path into ev->key, composed once per call (the
+ * fast path and Python's handlers use the same): its length, -1 if it has none. */
+static int event_key(pc_tracer *t, const pc_call *c, pc_event *ev)
+{
+    if (ev->key_len != KEY_UNKNOWN)
+        return ev->key_len;
+    if (ev->empty_path || ev->path_len <= 0)
+        ev->key_len = -1;
+    else if (ev->path[0] == '/') {
+        memcpy(ev->key, ev->path, (size_t)ev->path_len + 1);
+        ev->key_len = ev->path_len;
+    } else
+        ev->key_len = relative_key(t, c, ev, ev->key);
+    if (ev->key_len < 0)
+        ev->key[0] = '\0';
+    return ev->key_len;
+}
+
 /* getdents64 on a descriptor of a directory anchor whose listing Python taught us.
  * The descriptor's own file position is the cursor (the index of the next record),
  * moved through a copy of the descriptor so that lseek/rewinddir keep working. */
@@ -453,6 +479,24 @@ static int fast_getdents(pc_tracer *t, pc_call *c, const char *anchor, int len)
     return respond_result(t, c, result) == 0;
 }
 
+/* ---- the tracer thread's work: one wait status at a time --------------------------------- */
+
+void fill_event(pc_tracer *t, pc_event *ev, const pc_call *c)
+{
+    event_key(t, c, ev);
+    ev->kind = PC_EV_SYSCALL;
+    ev->notify = c->notify;
+    ev->notif_id = c->notif_id;
+    ev->tid = c->tid;
+    ev->rule = c->rule;
+    ev->nr = c->nr;
+    for (int i = 0; i < 6; i++)
+        ev->args[i] = c->args[i];
+    ev->sp = c->regs ? reg_sp(c->regs) - RED_ZONE : 0;
+}
+
+/* HOT PATH: runs for every call examine_call kept: the answer table first, Python
+ * only if it has nothing */
 int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev)
 {
     const pc_rule *r = c->r;
@@ -467,11 +511,10 @@ int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev)
         return 0;
     const char *key = ev->path;
     int len = ev->path_len;
-    char rel[PC_PATH_MAX + 1];
     if (ev->path[0] != '/') {
-        if ((len = relative_key(t, c, ev, rel)) < 0)
+        if ((len = event_key(t, c, ev)) < 0)
             return 0;
-        key = rel;
+        key = ev->key;
     }
     if (r->fast == PC_FAST_OPEN)
         return fast_open(t, c, key, len);

@@ -30,24 +30,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-#ifndef SYS_pidfd_send_signal
-#define SYS_pidfd_send_signal 424
-#endif
-#ifndef SYS_close_range
-#define SYS_close_range 436
-#endif
-#ifndef PTRACE_O_EXITKILL
-#define PTRACE_O_EXITKILL (1 << 20)
-#endif
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
-#endif
+#include "kernel.h"
 
 /* What pc_spawn asks of the tracer thread, and what comes back. */
 typedef struct {
@@ -258,7 +241,6 @@ static int start_job(pc_tracer *t, spawn_request *r)
         snprintf(r->err, sizeof r->err, "ptrace:%d", e);
         return -1;
     }
-    t->ntasks = 1;
     t->root = pid;
     /* signals to the job go through a pidfd: no reused pid ever gets one */
     t->root_pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -299,7 +281,7 @@ static void raise_nofile(void)
 }
 
 /* In the tracer thread, for pc_spawn, which waits until `done`. */
-int spawn_job(pc_tracer *t)
+static int spawn_job(pc_tracer *t)
 {
     spawn_request *r = t->spawning;
     int rc = start_job(t, r);
@@ -308,6 +290,18 @@ int spawn_job(pc_tracer *t)
     pthread_cond_broadcast(&t->spawned);
     pthread_mutex_unlock(&t->qlock);
     return rc;
+}
+
+/* The tracer thread: it starts the job, then serves it (tracer.c) until the end. */
+static void *tracer_main(void *arg)
+{
+    pc_tracer *t = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* the handlers run in Python's threads */
+    if (spawn_job(t) == 0)
+        tracer_serve(t);
+    return NULL;
 }
 
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
@@ -336,11 +330,7 @@ pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const e
     }
     r.reaper = notify ? start_reaper() : -1;
     t->spawning = &r;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t->tracer, &attr, tracer_main, t);
-    pthread_attr_destroy(&attr);
+    int rc = start_detached(&t->tracer, tracer_main, t);
     if (rc != 0) {
         if (r.reaper >= 0)
             close(r.reaper);

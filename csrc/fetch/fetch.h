@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 
+/* cdef: begin */
 enum {
     PC_FETCH_OK = 0,
     PC_FETCH_PRESENT = 1,     /* `dest` existed already */
@@ -20,7 +21,7 @@ enum {
     PC_FETCH_UNSUPPORTED = 8, /* a hash algorithm not done in C, or an overlong request */
 };
 
-#define PC_FETCH_UNVERIFIED (-1)
+#define PC_FETCH_UNVERIFIED -1
 
 typedef struct {
     const char *request; /* the request target: a path, or an absolute URL via a proxy */
@@ -53,5 +54,6 @@ typedef struct {
 int pc_fetch_batch(const char *host, int port, const char *host_header, pc_fetch_item *items,
                    int n, int nthreads, int timeout_ms, int64_t low_speed_limit,
                    pc_fetch_progress *progress);
+/* cdef: end */
 
 #endif

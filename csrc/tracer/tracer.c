@@ -57,33 +57,6 @@
 #define TICK_MS 50              /* how often, while something may be given up */
 #define LEAVE_NS 5000000000LL   /* a few seconds: Python's cleanup after the job's end */
 #define QUEUE_MIN 64
-/* How long one thread waits for the other before it sleeps, in ptrace mode, where the
- * tracer thread and Python's take turns at every call handled in Python: a thread
- * woken on an idle CPU costs 20-50 µs where idle CPUs halt (virtual machines), twice
- * per call. Only while the two run on different CPUs (see spin_for); yielding instead
- * cost 3 ms a call where another process shared the CPU (it took whole time slices). */
-#define PYTHON_SPIN_NS 50000LL
-#define TRACER_SPIN_NS 150000LL
-
-int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-/* Wait up to `ns` for `*flag` to turn non-zero; whether it did. Only while the thread
- * that sets it runs on another CPU (`other`): a waiter sharing its CPU would only keep
- * it from running, and a wake-up on the same CPU is cheap anyway. */
-static int spin_for(const int *flag, const int *other, int64_t ns)
-{
-    int64_t until = now_ns() + ns;
-    while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE)) {
-        if (sched_getcpu() == __atomic_load_n(other, __ATOMIC_RELAXED) || now_ns() >= until)
-            return 0;
-    }
-    return 1;
-}
 
 pc_tracer *pc_new(const pc_rule *rules, int nrules)
 {
@@ -166,87 +139,6 @@ void pc_get_rule_stats(pc_tracer *t, uint64_t *out)
             out[3 * i + k] =
                 __atomic_load_n(&t->by_rule[i < t->nrules ? i : PC_MAX_RULES][k], __ATOMIC_RELAXED);
 }
-int pc_ntasks(pc_tracer *t) { return t->ntasks; }
-
-/* ---- per-task state of rewritten calls: open addressing, backward-shift deletion --- */
-
-static size_t tslot(pc_tracer *t, pid_t tid) { return ((size_t)tid * 2654435761u) & (t->tasks_cap - 1); }
-
-static task_state *task_find(pc_tracer *t, pid_t tid)
-{
-    for (size_t i = tslot(t, tid);; i = (i + 1) & (t->tasks_cap - 1)) {
-        if (t->tasks[i].tid == tid)
-            return &t->tasks[i];
-        if (t->tasks[i].tid == 0)
-            return NULL;
-    }
-}
-
-static task_state *task_add(pc_tracer *t, pid_t tid)
-{
-    task_state *s = task_find(t, tid);
-    if (s)
-        return s;
-    if ((t->tasks_used + 1) * 2 > t->tasks_cap) {
-        size_t old = t->tasks_cap;
-        task_state *o = t->tasks;
-        task_state *n = calloc(old * 2, sizeof *n);
-        if (!n)
-            return NULL;
-        t->tasks = n;
-        t->tasks_cap = old * 2;
-        t->tasks_used = 0;
-        for (size_t i = 0; i < old; i++)
-            if (o[i].tid) {
-                task_state *d = task_add(t, o[i].tid);
-                *d = o[i];
-            }
-        free(o);
-    }
-    size_t i = tslot(t, tid);
-    while (t->tasks[i].tid)
-        i = (i + 1) & (t->tasks_cap - 1);
-    memset(&t->tasks[i], 0, sizeof t->tasks[i]);
-    t->tasks[i].tid = tid;
-    t->tasks_used++;
-    return &t->tasks[i];
-}
-
-static void task_del(pc_tracer *t, pid_t tid)
-{
-    size_t mask = t->tasks_cap - 1;
-    size_t i = tslot(t, tid);
-    while (t->tasks[i].tid != tid) {
-        if (t->tasks[i].tid == 0)
-            return;
-        i = (i + 1) & mask;
-    }
-    t->tasks[i].tid = 0;
-    t->tasks_used--;
-    for (size_t j = (i + 1) & mask; t->tasks[j].tid; j = (j + 1) & mask) {
-        size_t home = tslot(t, t->tasks[j].tid);
-        if (((j - home) & mask) >= ((j - i) & mask)) {
-            t->tasks[i] = t->tasks[j];
-            t->tasks[j].tid = 0;
-            i = j;
-        }
-    }
-}
-
-/* ---- the tracer thread's work: one wait status at a time --------------------------------- */
-
-void fill_event(pc_event *ev, const pc_call *c)
-{
-    ev->kind = PC_EV_SYSCALL;
-    ev->notify = c->notify;
-    ev->notif_id = c->notif_id;
-    ev->tid = c->tid;
-    ev->rule = c->rule;
-    ev->nr = c->nr;
-    for (int i = 0; i < 6; i++)
-        ev->args[i] = c->args[i];
-    ev->sp = c->regs ? reg_sp(c->regs) - RED_ZONE : 0;
-}
 
 static int on_seccomp_stop(pc_tracer *t, pid_t tid, pc_event *ev)
 {
@@ -279,12 +171,9 @@ static int on_seccomp_stop(pc_tracer *t, pid_t tid, pc_event *ev)
         return 0;
     }
     TO_PYTHON(t, ri);
-    fill_event(ev, &c);
+    fill_event(t, ev, &c);
     return 1;
 }
-
-static int finish_exit_stop(pc_tracer *t, pid_t tid, int set_result, int64_t result);
-static int restart_exit_stop(pc_tracer *t, pid_t tid);
 
 /* The exit stop of a rewritten call: put the original arguments back. */
 static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
@@ -295,12 +184,13 @@ static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
         ptrace(PTRACE_CONT, tid, 0, 0);
         return 0;
     }
-    pc_regs cur;
-    if (get_regs(tid, &cur) < 0) {
+    if (get_regs(tid, &s->cur) < 0) {
         task_del(t, tid);
         return 0;
     }
-    if (s->reopen && reg_ret(&cur) == -ENOENT) {
+    s->at_exit = 1; /* what settles the stop uses these, here or from Python's command */
+    const pc_regs *cur = &s->cur;
+    if (s->reopen && reg_ret(cur) == -ENOENT) {
         restart_exit_stop(t, tid); /* the next try finds the file gone, and Python fetches it */
         return 0;
     }
@@ -308,7 +198,7 @@ static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
         ev->kind = PC_EV_SYSCALL_EXIT;
         ev->notify = 0;
         ev->tid = tid;
-        ev->ret = reg_ret(&cur);
+        ev->ret = reg_ret(cur);
         for (int i = 0; i < 6; i++)
             ev->args[i] = get_arg(&s->saved, i);
         return 1; /* Python calls pc_finish_exit() */
@@ -317,47 +207,11 @@ static int on_exit_stop(pc_tracer *t, pid_t tid, pc_event *ev)
     return 0;
 }
 
-static int restart_exit_stop(pc_tracer *t, pid_t tid)
-{
-    task_state *s = task_find(t, tid);
-    pc_regs cur;
-    if (!s || s->is_exec || get_regs(tid, &cur) < 0)
-        return finish_exit_stop(t, tid, 0, 0);
-    restart_call(&cur, &s->saved);
-    int rc = set_regs(tid, &cur);
-    task_del(t, tid);
-    if (rc < 0)
-        return -errno;
-    return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
-}
-
-static int finish_exit_stop(pc_tracer *t, pid_t tid, int set_result, int64_t result)
-{
-    task_state *s = task_find(t, tid);
-    pc_regs cur;
-    if (!s || get_regs(tid, &cur) < 0) {
-        if (s)
-            task_del(t, tid);
-        return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
-    }
-    int64_t ret = reg_ret(&cur);
-    /* After a successful exec the registers belong to the new program. */
-    if (!(s->is_exec && ret == 0)) {
-        restore_args(&cur, &s->saved);
-        if (set_result && !(ret <= -512 && ret >= -516))
-            set_ret(&cur, result);
-        set_regs(tid, &cur);
-    }
-    task_del(t, tid);
-    return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
-}
-
 /* One wait status; returns an event kind for Python, or 0 if settled here. */
 static int on_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
 {
     if (WIFEXITED(status) || WIFSIGNALED(status)) {
         task_del(t, tid);
-        t->ntasks--;
         if (tid == t->root) {
             t->root_status = status;
             __atomic_store_n(&t->root_done, 1, __ATOMIC_RELEASE);
@@ -380,7 +234,6 @@ static int on_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
         unsigned long child = 0;
         ptrace(PTRACE_GETEVENTMSG, tid, 0, &child);
         ptrace(PTRACE_CONT, tid, 0, 0);
-        t->ntasks++;
         STAT_ADD(t, tasks);
         ev->kind = PC_EV_NEWTASK;
         ev->tid = tid;
@@ -420,247 +273,12 @@ static int on_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
     return 0;
 }
 
-int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
-                 const uint64_t *values, int report_exit, int is_exec, int reopen)
-{
-    task_state *s = task_add(t, tid);
-    if (!s)
-        return -ENOMEM;
-    s->saved = *regs;
-    s->report_exit = report_exit;
-    s->is_exec = is_exec;
-    s->reopen = reopen;
-    for (int i = 0; i < narg; i++)
-        set_arg(regs, args[i], values[i]);
-    if (set_regs(tid, regs) < 0) {
-        int e = errno;
-        task_del(t, tid);
-        return -e;
-    }
-    return ptrace(PTRACE_SYSCALL, tid, 0, 0) < 0 ? -errno : 0;
-}
-
-
-/* ---- events for Python ------------------------------------------------------------------ */
-
-static size_t event_size(int kind)
-{
-    return kind == PC_EV_SYSCALL ? sizeof(pc_event) : offsetof(pc_event, path);
-}
-
-static void copy_string(char *dst, const char *src, int len)
-{
-    size_t n = len > 0 ? (size_t)(len < PC_PATH_MAX ? len : PC_PATH_MAX) : 0;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
-/* The header, and of the paths what they hold (16 KB less to copy, twice per call). */
-static void copy_event(pc_event *dst, const pc_event *src)
-{
-    memcpy(dst, src, offsetof(pc_event, path));
-    if (src->kind != PC_EV_SYSCALL)
-        return;
-    copy_string(dst->path, src->path, src->path_len);
-    copy_string(dst->path2, src->path2, src->path2_len);
-    copy_string(dst->base, src->base, src->base_len);
-    copy_string(dst->base2, src->base2, src->base2_len);
-}
-
-/* Queue an event for Python (the tracer and notification threads). */
-void hand_over(pc_tracer *t, const pc_event *ev)
-{
-    size_t n = event_size(ev->kind);
-    queued *q = malloc(offsetof(queued, ev) + n);
-    if (!q)
-        return; /* the task waits; a termination signal still ends the wait */
-    q->since = now_ns();
-    q->given_up = 0;
-    copy_event(&q->ev, ev);
-    pthread_mutex_lock(&t->qlock);
-    if (t->qlen == t->qcap) {
-        queued **grown = calloc(t->qcap * 2, sizeof *grown);
-        if (!grown) {
-            pthread_mutex_unlock(&t->qlock);
-            free(q);
-            return;
-        }
-        for (size_t i = 0; i < t->qlen; i++)
-            grown[i] = t->queue[(t->qhead + i) % t->qcap];
-        free(t->queue);
-        t->queue = grown;
-        t->qhead = 0;
-        t->qcap *= 2;
-    }
-    t->queue[(t->qhead + t->qlen) % t->qcap] = q;
-    t->qlen++;
-    __atomic_store_n(&t->qwaiting, (int)t->qlen, __ATOMIC_SEQ_CST);
-    pthread_mutex_unlock(&t->qlock);
-    /* a pipe: its wake-up is a synchronous one (the waker is about to wait) */
-    if (__atomic_load_n(&t->python_sleeping, __ATOMIC_SEQ_CST) &&
-        write(t->python_wake[1], "e", 1) < 0) {
-    }
-}
-
-int pc_next(pc_tracer *t, pc_event *ev)
-{
-    pthread_mutex_lock(&t->qlock);
-    t->cur.active = 0; /* Python is done with the last one */
-    for (;;) {
-        if (t->qlen == 0) {
-            pthread_mutex_unlock(&t->qlock);
-            /* ptrace mode, after an answer: the program's next call is microseconds away */
-            if (t->python_posted && t->listener < 0)
-                spin_for(&t->qwaiting, &t->tracer_cpu, PYTHON_SPIN_NS);
-            t->python_posted = 0;
-            __atomic_store_n(&t->python_sleeping, 1, __ATOMIC_SEQ_CST);
-            if (!__atomic_load_n(&t->qwaiting, __ATOMIC_SEQ_CST)) {
-                struct pollfd p = {t->python_wake[0], POLLIN, 0};
-                poll(&p, 1, -1);
-            }
-            __atomic_store_n(&t->python_sleeping, 0, __ATOMIC_SEQ_CST);
-            char buf[64];
-            while (read(t->python_wake[0], buf, sizeof buf) > 0) {
-            }
-            pthread_mutex_lock(&t->qlock);
-            continue;
-        }
-        queued *q = t->queue[t->qhead];
-        t->qhead = (t->qhead + 1) % t->qcap;
-        t->qlen--;
-        __atomic_store_n(&t->qwaiting, (int)t->qlen, __ATOMIC_RELEASE);
-        if (q->given_up && q->ev.kind == PC_EV_SYSCALL) {
-            free(q); /* answered here meanwhile: nothing left for Python */
-            continue;
-        }
-        copy_event(ev, &q->ev);
-        current c = {.active = 1, .kind = ev->kind, .notify = ev->notify, .tid = ev->tid,
-                     .token = ev->notif_id, .since = q->since, .taken = now_ns(),
-                     .answered = q->given_up ? ANSWER_BY_C : ANSWER_NONE, .ev = ev};
-        t->cur = c;
-        if (ev->kind == PC_EV_NOCHILD)
-            t->python_finished = 1;
-        pthread_mutex_unlock(&t->qlock);
-        free(q);
-        return ev->kind;
-    }
-}
-
-/* The current event, if `token` names it, is Python's to answer: 0 if C answered it
- * already (`once`: or Python did). */
-static int claim(pc_tracer *t, int notify, uint64_t token, int once)
-{
-    int ok = 1;
-    pthread_mutex_lock(&t->qlock);
-    if (t->cur.active && t->cur.notify == notify && t->cur.token == token) {
-        if (t->cur.answered == ANSWER_BY_C || (once && t->cur.answered == ANSWER_BY_PYTHON))
-            ok = 0;
-        else
-            t->cur.answered = ANSWER_BY_PYTHON;
-    } else if (!notify) {
-        ok = 0; /* a ptrace stop is only ever answered while current */
-    }
-    pthread_mutex_unlock(&t->qlock);
-    return ok;
-}
-
-int pc_claim(pc_tracer *t, uint64_t token) { return claim(t, 1, token, 0); }
-
-int pc_given_up(pc_tracer *t)
-{
-    pthread_mutex_lock(&t->qlock);
-    int r = t->cur.active && t->cur.answered == ANSWER_BY_C;
-    pthread_mutex_unlock(&t->qlock);
-    return r;
-}
-
 int pc_exit_code(pc_tracer *t)
 {
     if (!__atomic_load_n(&t->root_done, __ATOMIC_ACQUIRE))
         return 0;
     int st = t->root_status;
     return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : WEXITSTATUS(st);
-}
-
-/* ---- Python's answers to ptrace stops, carried out by the tracer thread ------------------ */
-
-void wake_tracer(pc_tracer *t)
-{
-    if (write(t->tracer_wake[1], "w", 1) < 0) {
-    } /* async-signal-safe: the signal handler calls it */
-}
-
-/* One command per stop: the tracer thread counts the stops that wait for one. */
-static int post(pc_tracer *t, uint64_t token, const command *c)
-{
-    pthread_mutex_lock(&t->cmdlock);
-    if (t->ncmds == t->cmds_cap) {
-        size_t cap = t->cmds_cap ? t->cmds_cap * 2 : 16;
-        command *grown = realloc(t->cmds, cap * sizeof *grown);
-        if (!grown) {
-            pthread_mutex_unlock(&t->cmdlock);
-            return -ENOMEM;
-        }
-        t->cmds = grown;
-        t->cmds_cap = cap;
-    }
-    if (!claim(t, 0, token, 1)) {
-        pthread_mutex_unlock(&t->cmdlock);
-        return -ESRCH; /* given up meanwhile: C answered it */
-    }
-    t->cmds[t->ncmds++] = *c;
-    t->python_posted = 1;
-    __atomic_store_n(&t->python_cpu, sched_getcpu(), __ATOMIC_RELAXED);
-    __atomic_store_n(&t->cmds_waiting, 1, __ATOMIC_SEQ_CST);
-    pthread_mutex_unlock(&t->cmdlock);
-    if (__atomic_load_n(&t->tracer_sleeping, __ATOMIC_SEQ_CST))
-        wake_tracer(t);
-    return 0;
-}
-
-int pc_resume(pc_tracer *t, pid_t tid, uint64_t token)
-{
-    command c = {.op = CMD_RESUME, .tid = tid};
-    return post(t, token, &c);
-}
-
-int pc_skip(pc_tracer *t, pid_t tid, uint64_t token, int64_t result)
-{
-    command c = {.op = CMD_SKIP, .tid = tid, .result = result};
-    return post(t, token, &c);
-}
-
-/* Point arguments at data Python wrote below the stack pointer (past the red zone),
- * run the call, and restore the original registers at its exit stop. */
-int pc_set_args(pc_tracer *t, pid_t tid, uint64_t token, int narg, const int *args,
-                const uint64_t *values, int report_exit, int is_exec)
-{
-    if (narg < 0 || narg > 6)
-        return -EINVAL;
-    command c = {.op = CMD_SET_ARGS, .tid = tid, .narg = narg, .report_exit = report_exit,
-                 .is_exec = is_exec};
-    memcpy(c.args, args, sizeof(int) * (size_t)narg);
-    memcpy(c.values, values, sizeof(uint64_t) * (size_t)narg);
-    return post(t, token, &c);
-}
-
-int pc_finish_exit(pc_tracer *t, pid_t tid, uint64_t token, int set_result, int64_t result)
-{
-    command c = {.op = CMD_FINISH_EXIT, .tid = tid, .set_result = set_result, .result = result};
-    return post(t, token, &c);
-}
-
-int pc_restart_exit(pc_tracer *t, pid_t tid, uint64_t token)
-{
-    command c = {.op = CMD_RESTART_EXIT, .tid = tid};
-    return post(t, token, &c);
-}
-
-static void skip_stop(pid_t tid, int64_t result)
-{
-    pc_regs regs;
-    if (get_regs(tid, &regs) == 0 && skip_call(tid, &regs, result) == 0)
-        ptrace(PTRACE_CONT, tid, 0, 0);
 }
 
 static void run(pc_tracer *t, const command *c)
@@ -744,9 +362,7 @@ static void give_up(pc_tracer *t, const pc_event *ev)
     if (ev->notify) {
         ok = pc_notif_reply(t, ev->notif_id, -EIO) == 0;
     } else {
-        pc_regs regs;
-        ok = get_regs(ev->tid, &regs) == 0 && skip_call(ev->tid, &regs, -EIO) == 0 &&
-             ptrace(PTRACE_CONT, ev->tid, 0, 0) == 0;
+        ok = skip_stop(ev->tid, -EIO);
     }
     if (ok)
         say_given_up(t, ev);
@@ -854,7 +470,7 @@ static void on_wait_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
     hand_over(t, ev);
 }
 
-static void serve(pc_tracer *t)
+void tracer_serve(pc_tracer *t)
 {
     /* never returns: the thread's end would kill the job (PTRACE_O_EXITKILL) */
     static pc_event event;
@@ -925,13 +541,3 @@ static void serve(pc_tracer *t)
     }
 }
 
-void *tracer_main(void *arg)
-{
-    pc_tracer *t = arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL); /* the handlers run in Python's threads */
-    if (spawn_job(t) == 0)
-        serve(t);
-    return NULL;
-}

@@ -105,13 +105,6 @@ int respond_result(pc_tracer *t, pc_call *c, int64_t result)
     return ptrace(PTRACE_CONT, c->tid, 0, 0) < 0 ? -errno : 0;
 }
 
-int respond_continue(pc_tracer *t, pc_call *c)
-{
-    if (c->notify)
-        return pc_notif_continue(t, c->notif_id);
-    return ptrace(PTRACE_CONT, c->tid, 0, 0) < 0 ? -errno : 0;
-}
-
 /* Flags of the program's open that describe the open file itself. */
 #define KEEP_FLAGS (O_NONBLOCK | O_NOATIME | O_DIRECT | O_LARGEFILE | O_NOCTTY | O_SYNC | \
                     O_DSYNC | O_DIRECTORY)
@@ -196,6 +189,81 @@ int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t
     int arg = c->r->path_arg;
     /* and if the file goes before the kernel opens it, the call is made again */
     return rewrite_args(t, c->tid, c->regs, 1, &arg, &addr, 0, 0, 1) == 0;
+}
+
+/* ---- a ptrace stop's call with its arguments rewritten, and its exit stop ---------- */
+
+int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
+                 const uint64_t *values, int report_exit, int is_exec, int reopen)
+{
+    task_state *s = task_add(t, tid);
+    if (!s)
+        return -ENOMEM;
+    s->saved = *regs;
+    s->report_exit = report_exit;
+    s->is_exec = is_exec;
+    s->reopen = reopen;
+    s->at_exit = 0;
+    for (int i = 0; i < narg; i++)
+        set_arg(regs, args[i], values[i]);
+    if (set_regs(tid, regs) < 0) {
+        int e = errno;
+        task_del(t, tid);
+        return -e;
+    }
+    return ptrace(PTRACE_SYSCALL, tid, 0, 0) < 0 ? -errno : 0;
+}
+
+/* The registers of the exit stop the task is at: read once there (on_exit_stop). */
+static int exit_regs(const task_state *s, pid_t tid, pc_regs *cur)
+{
+    if (s->at_exit) {
+        *cur = s->cur;
+        return 0;
+    }
+    return get_regs(tid, cur);
+}
+
+int restart_exit_stop(pc_tracer *t, pid_t tid)
+{
+    task_state *s = task_find(t, tid);
+    pc_regs cur;
+    if (!s || s->is_exec || exit_regs(s, tid, &cur) < 0)
+        return finish_exit_stop(t, tid, 0, 0);
+    restart_call(&cur, &s->saved);
+    int rc = set_regs(tid, &cur);
+    task_del(t, tid);
+    if (rc < 0)
+        return -errno;
+    return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
+}
+
+int finish_exit_stop(pc_tracer *t, pid_t tid, int set_result, int64_t result)
+{
+    task_state *s = task_find(t, tid);
+    pc_regs cur;
+    if (!s || exit_regs(s, tid, &cur) < 0) {
+        if (s)
+            task_del(t, tid);
+        return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
+    }
+    int64_t ret = reg_ret(&cur);
+    /* After a successful exec the registers belong to the new program. */
+    if (!(s->is_exec && ret == 0)) {
+        restore_args(&cur, &s->saved);
+        if (set_result && !(ret <= -512 && ret >= -516))
+            set_ret(&cur, result);
+        set_regs(tid, &cur);
+    }
+    task_del(t, tid);
+    return ptrace(PTRACE_CONT, tid, 0, 0) < 0 ? -errno : 0;
+}
+
+int skip_stop(pid_t tid, int64_t result)
+{
+    pc_regs regs;
+    return get_regs(tid, &regs) == 0 && skip_call(tid, &regs, result) == 0 &&
+           ptrace(PTRACE_CONT, tid, 0, 0) == 0;
 }
 
 /* For Python: the same rule for the opens it answers itself. */

@@ -1,0 +1,241 @@
+/* What passes between the C threads and Python: the queue of events for Python
+ * (pc_next), whose answers to notifications it claims first (pc_claim), and its
+ * answers to ptrace stops, posted as commands for the tracer thread to carry out
+ * (pc_resume, pc_skip, pc_set_args, ...; the tracer thread runs them, tracer.c). */
+#include "core.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Wait up to `ns` for `*flag` to turn non-zero; whether it did. Only while the thread
+ * that sets it runs on another CPU (`other`): a waiter sharing its CPU would only keep
+ * it from running, and a wake-up on the same CPU is cheap anyway. */
+static int spin_for(const int *flag, const int *other, int64_t ns)
+{
+    int64_t until = now_ns() + ns;
+    while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE)) {
+        if (sched_getcpu() == __atomic_load_n(other, __ATOMIC_RELAXED) || now_ns() >= until)
+            return 0;
+    }
+    return 1;
+}
+
+/* ---- events for Python ------------------------------------------------------------------ */
+
+static size_t event_size(int kind)
+{
+    return kind == PC_EV_SYSCALL ? sizeof(pc_event) : offsetof(pc_event, path);
+}
+
+static void copy_string(char *dst, const char *src, int len)
+{
+    size_t n = len > 0 ? (size_t)(len < PC_PATH_MAX ? len : PC_PATH_MAX) : 0;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* The header, and of the paths what they hold (16 KB less to copy, twice per call). */
+static void copy_event(pc_event *dst, const pc_event *src)
+{
+    memcpy(dst, src, offsetof(pc_event, path));
+    if (src->kind != PC_EV_SYSCALL)
+        return;
+    copy_string(dst->path, src->path, src->path_len);
+    copy_string(dst->path2, src->path2, src->path2_len);
+    copy_string(dst->base, src->base, src->base_len);
+    copy_string(dst->base2, src->base2, src->base2_len);
+    copy_string(dst->key, src->key, src->key_len);
+}
+
+/* Queue an event for Python (the tracer and notification threads). */
+void hand_over(pc_tracer *t, const pc_event *ev)
+{
+    size_t n = event_size(ev->kind);
+    queued *q = malloc(offsetof(queued, ev) + n);
+    if (!q)
+        return; /* the task waits; a termination signal still ends the wait */
+    q->since = now_ns();
+    q->given_up = 0;
+    copy_event(&q->ev, ev);
+    pthread_mutex_lock(&t->qlock);
+    if (t->qlen == t->qcap) {
+        queued **grown = calloc(t->qcap * 2, sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&t->qlock);
+            free(q);
+            return;
+        }
+        for (size_t i = 0; i < t->qlen; i++)
+            grown[i] = t->queue[(t->qhead + i) % t->qcap];
+        free(t->queue);
+        t->queue = grown;
+        t->qhead = 0;
+        t->qcap *= 2;
+    }
+    t->queue[(t->qhead + t->qlen) % t->qcap] = q;
+    t->qlen++;
+    __atomic_store_n(&t->qwaiting, (int)t->qlen, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&t->qlock);
+    /* a pipe: its wake-up is a synchronous one (the waker is about to wait) */
+    if (__atomic_load_n(&t->python_sleeping, __ATOMIC_SEQ_CST) &&
+        write(t->python_wake[1], "e", 1) < 0) {
+    }
+}
+
+int pc_next(pc_tracer *t, pc_event *ev)
+{
+    pthread_mutex_lock(&t->qlock);
+    t->cur.active = 0; /* Python is done with the last one */
+    for (;;) {
+        if (t->qlen == 0) {
+            pthread_mutex_unlock(&t->qlock);
+            /* ptrace mode, after an answer: the program's next call is microseconds away */
+            if (t->python_posted && t->listener < 0)
+                spin_for(&t->qwaiting, &t->tracer_cpu, PYTHON_SPIN_NS);
+            t->python_posted = 0;
+            __atomic_store_n(&t->python_sleeping, 1, __ATOMIC_SEQ_CST);
+            if (!__atomic_load_n(&t->qwaiting, __ATOMIC_SEQ_CST)) {
+                struct pollfd p = {t->python_wake[0], POLLIN, 0};
+                poll(&p, 1, -1);
+            }
+            __atomic_store_n(&t->python_sleeping, 0, __ATOMIC_SEQ_CST);
+            char buf[64];
+            while (read(t->python_wake[0], buf, sizeof buf) > 0) {
+            }
+            pthread_mutex_lock(&t->qlock);
+            continue;
+        }
+        queued *q = t->queue[t->qhead];
+        t->qhead = (t->qhead + 1) % t->qcap;
+        t->qlen--;
+        __atomic_store_n(&t->qwaiting, (int)t->qlen, __ATOMIC_RELEASE);
+        if (q->given_up && q->ev.kind == PC_EV_SYSCALL) {
+            free(q); /* answered here meanwhile: nothing left for Python */
+            continue;
+        }
+        copy_event(ev, &q->ev);
+        current c = {.active = 1, .kind = ev->kind, .notify = ev->notify, .tid = ev->tid,
+                     .token = ev->notif_id, .since = q->since, .taken = now_ns(),
+                     .answered = q->given_up ? ANSWER_BY_C : ANSWER_NONE, .ev = ev};
+        t->cur = c;
+        if (ev->kind == PC_EV_NOCHILD)
+            t->python_finished = 1;
+        pthread_mutex_unlock(&t->qlock);
+        free(q);
+        return ev->kind;
+    }
+}
+
+/* The current event, if `token` names it, is Python's to answer: 0 if C answered it
+ * already (`once`: or Python did). */
+static int claim(pc_tracer *t, int notify, uint64_t token, int once)
+{
+    int ok = 1;
+    pthread_mutex_lock(&t->qlock);
+    if (t->cur.active && t->cur.notify == notify && t->cur.token == token) {
+        if (t->cur.answered == ANSWER_BY_C || (once && t->cur.answered == ANSWER_BY_PYTHON))
+            ok = 0;
+        else
+            t->cur.answered = ANSWER_BY_PYTHON;
+    } else if (!notify) {
+        ok = 0; /* a ptrace stop is only ever answered while current */
+    }
+    pthread_mutex_unlock(&t->qlock);
+    return ok;
+}
+
+int pc_claim(pc_tracer *t, uint64_t token) { return claim(t, 1, token, 0); }
+
+int pc_given_up(pc_tracer *t)
+{
+    pthread_mutex_lock(&t->qlock);
+    int r = t->cur.active && t->cur.answered == ANSWER_BY_C;
+    pthread_mutex_unlock(&t->qlock);
+    return r;
+}
+
+/* ---- Python's answers to ptrace stops, carried out by the tracer thread ------------------ */
+
+void wake_tracer(pc_tracer *t)
+{
+    if (write(t->tracer_wake[1], "w", 1) < 0) {
+    } /* async-signal-safe: the signal handler calls it */
+}
+
+/* One command per stop: the tracer thread counts the stops that wait for one. */
+static int post(pc_tracer *t, uint64_t token, const command *c)
+{
+    pthread_mutex_lock(&t->cmdlock);
+    if (t->ncmds == t->cmds_cap) {
+        size_t cap = t->cmds_cap ? t->cmds_cap * 2 : 16;
+        command *grown = realloc(t->cmds, cap * sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&t->cmdlock);
+            return -ENOMEM;
+        }
+        t->cmds = grown;
+        t->cmds_cap = cap;
+    }
+    if (!claim(t, 0, token, 1)) {
+        pthread_mutex_unlock(&t->cmdlock);
+        return -ESRCH; /* given up meanwhile: C answered it */
+    }
+    t->cmds[t->ncmds++] = *c;
+    t->python_posted = 1;
+    __atomic_store_n(&t->python_cpu, sched_getcpu(), __ATOMIC_RELAXED);
+    __atomic_store_n(&t->cmds_waiting, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&t->cmdlock);
+    if (__atomic_load_n(&t->tracer_sleeping, __ATOMIC_SEQ_CST))
+        wake_tracer(t);
+    return 0;
+}
+
+int pc_resume(pc_tracer *t, pid_t tid, uint64_t token)
+{
+    command c = {.op = CMD_RESUME, .tid = tid};
+    return post(t, token, &c);
+}
+
+int pc_skip(pc_tracer *t, pid_t tid, uint64_t token, int64_t result)
+{
+    command c = {.op = CMD_SKIP, .tid = tid, .result = result};
+    return post(t, token, &c);
+}
+
+/* Point arguments at data Python wrote below the stack pointer (past the red zone),
+ * run the call, and restore the original registers at its exit stop. */
+int pc_set_args(pc_tracer *t, pid_t tid, uint64_t token, int narg, const int *args,
+                const uint64_t *values, int report_exit, int is_exec)
+{
+    if (narg < 0 || narg > 6)
+        return -EINVAL;
+    command c = {.op = CMD_SET_ARGS, .tid = tid, .narg = narg, .report_exit = report_exit,
+                 .is_exec = is_exec};
+    memcpy(c.args, args, sizeof(int) * (size_t)narg);
+    memcpy(c.values, values, sizeof(uint64_t) * (size_t)narg);
+    return post(t, token, &c);
+}
+
+int pc_finish_exit(pc_tracer *t, pid_t tid, uint64_t token, int set_result, int64_t result)
+{
+    command c = {.op = CMD_FINISH_EXIT, .tid = tid, .set_result = set_result, .result = result};
+    return post(t, token, &c);
+}
+
+int pc_restart_exit(pc_tracer *t, pid_t tid, uint64_t token)
+{
+    command c = {.op = CMD_RESTART_EXIT, .tid = tid};
+    return post(t, token, &c);
+}
