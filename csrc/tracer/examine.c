@@ -29,7 +29,7 @@ static int has_component(const char *path, const char *name)
 
 /* A path that may go through a /proc magic link, however it is spelled ("/proc/self/
  * fd/3", "//proc/...", "proc/self/cwd" from "/", "../../proc"...): a component "proc"
- * with a magic name after it, or /dev's fd and std* (handlers.py _may_name_proc: Python
+ * with a magic name after it, or /dev's fd and std* (handlers/procfs.py may_name_proc: Python
  * resolves them from where the link leads). */
 static int may_name_proc(const char *p)
 {

@@ -1,4 +1,4 @@
-"""The C bulk fetcher (csrc/fetch.c) as the client uses it.
+"""The C bulk fetcher (csrc/fetch/) as the client uses it.
 
 It speaks plain HTTP to one place: the host and proxy a downloader is using now.
 Each object is hashed as it arrives, inflated, size-checked and written to a

@@ -1,4 +1,4 @@
-"""The C core (csrc/tracer.c) as the supervisor uses it: rules generated from the
+"""The C core (csrc/tracer/) as the supervisor uses it: rules generated from the
 system-call table, the event loop, and the ways to finish a stopped call."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ EV_NEWTASK, EV_EXEC, EV_EXIT, EV_NOCHILD = (
     lib.PC_EV_EXIT,
     lib.PC_EV_NOCHILD,
 )
+# The record C answers getxattr for a name prefix with "ask Python" (answers.c)
+XATTR_PREFIX_TAG = int(lib.PC_XATTR_PREFIX).to_bytes(4, "little")
 
 
 class Event:
@@ -139,6 +141,11 @@ class Core:
         e.base = _s(ev.base, ev.base_len) if ev.base_len else None
         e.path_err = ev.path_err
         e.empty_path = ev.empty_path
+
+    def event_key(self) -> str | None:
+        """The answer table's key C composed for the current event's path (None: none)."""
+        ev = self.ev
+        return _s(ev.key, ev.key_len) if ev.key_len >= 0 else None
 
     def second_path(self) -> tuple[str | None, str | None]:
         """The current two-path call's second path and its base (None, None: unreadable)."""

@@ -1,6 +1,6 @@
 """Teaching the C answer table: the only module that writes its records.
 
-What Python found out about a path is taught to C (csrc/answers.c, which these records
+What Python found out about a path is taught to C (csrc/tracer/answers.c, which these records
 mirror: answer_for_path, the 'A', 'O', 'D' and 'X' records of memo.py) so that the next
 call on the same path is answered in C, in this run and, through the memo, in later ones.
 Keys are the call's path as C composes it (Context.key)."""
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 
+from ..core import XATTR_PREFIX_TAG
 from ..memo import answer_record, xattrs_record
 from ..paths import MOUNT, Target, VPath
 from ..structs import pack_stat
@@ -114,7 +115,7 @@ def xattr_blob(node: Node) -> bytes:
                 k = os.fsencode(name)
                 blob += struct.pack("<H", len(k)) + k + struct.pack("<I", len(value)) + value
         for prefix in MAGIC_XATTR_PREFIXES:
-            blob += struct.pack("<H", len(prefix)) + prefix + b"\xfe\xff\xff\xff"
+            blob += struct.pack("<H", len(prefix)) + prefix + XATTR_PREFIX_TAG
     return bytes(blob)
 
 

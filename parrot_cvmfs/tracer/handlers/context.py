@@ -18,8 +18,6 @@ A handler returns what to do with the call (delivery.py carries it out):
 from __future__ import annotations
 
 import errno
-import os
-import stat as st
 
 from ..core import Core, Event
 from ..memo import Memo
@@ -75,30 +73,13 @@ class Context(Event):
         self._key = _UNSET
 
     def key(self) -> str | None:
-        """The answer table's key for the call's path: the path itself when absolute;
-        for a path relative to a directory anchor (cwd or dirfd in /cvmfs), the absolute
-        /cvmfs spelling C composes the same way (examine.c relative_key)."""
+        """The answer table's key for the call's path, as C composed it (examine.c
+        event_key): the path itself when absolute; for a path relative to a directory
+        anchor (cwd or dirfd in /cvmfs), its absolute /cvmfs spelling; None otherwise."""
         k = self._key
         if k is _UNSET:
-            k = self._key = self._compose_key()
+            k = self._key = self.core.event_key()
         return k
-
-    def _compose_key(self) -> str | None:
-        path = self.path
-        if self.empty_path or not path:
-            return None
-        if path.startswith("/"):
-            return path
-        base = self.base
-        logical = self.view.anchor_tree.logical(base) if base else None
-        if logical is None:
-            return None
-        try:
-            if not st.S_ISDIR(os.lstat(base).st_mode):
-                return None  # the anchor of a symlink or fifo: ENOTDIR, never kept
-        except OSError:
-            return None
-        return logical + "/" + path
 
     # -- where the call's paths lead ----------------------------------------------------------
 
