@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from parrot_cvmfs._core import ffi, lib
 
-from parrot_cvmfs.tracer import execve, syscalls
+from parrot_cvmfs.tracer import core, syscalls
+from parrot_cvmfs.tracer.handlers import execve
 
 
 @pytest.mark.parametrize(
@@ -61,6 +62,8 @@ def test_rules_fit() -> None:
 
 
 def test_xattr_record_tags() -> None:
-    """The value lengths that mark an attribute record as Python's (pc_table_put_xattrs)."""
+    """The value lengths that mark an attribute record as Python's (pc_table_put_xattrs):
+    the prefix records Python writes carry C's tag."""
     assert lib.PC_XATTR_PYTHON == 0xFFFFFFFF
     assert lib.PC_XATTR_PREFIX == 0xFFFFFFFE
+    assert core.XATTR_PREFIX_TAG == lib.PC_XATTR_PREFIX.to_bytes(4, "little")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..atomic import discard, write_atomic
 from ..errors import CvmfsError
 from ..format.catalog import Catalog
-from ..format.dirtab import Dirtab, RelaxedPathFilter
+from ..format.dirtab import RelaxedPathFilter, selection
 from ..format.hashes import ContentHash
 from . import cfetch
 from .cache import ObjectCache
@@ -173,11 +173,6 @@ def preload(
         seconds,
         bundled,
     )
-
-
-def selection(dirtab_text: bytes, what: str) -> RelaxedPathFilter:
-    """The nested catalogs a dirtab selects, with preload's semantics."""
-    return RelaxedPathFilter(Dirtab(dirtab_text.decode("utf-8", "surrogateescape"), what))
 
 
 class _Walker:

@@ -131,3 +131,8 @@ class RelaxedPathFilter:
         if any(r.matches(path) for r in self.implied):
             return True
         return any(r.matches(a) for a in self._ancestors(path) for r in self.explicit)
+
+
+def selection(dirtab_text: bytes, what: str) -> RelaxedPathFilter:
+    """The nested catalogs a dirtab selects, with preload's semantics (preload and unbundle alike)."""
+    return RelaxedPathFilter(Dirtab(dirtab_text.decode("utf-8", "surrogateescape"), what))

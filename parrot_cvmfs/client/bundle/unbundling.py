@@ -232,7 +232,7 @@ class _Check:
         self.catalogs[root.hash.hex] = root
 
     def _selection(self, name: str):
-        from ..preload import selection
+        from ...format.dirtab import selection
 
         try:
             return selection(self.small["dirtab"], name)

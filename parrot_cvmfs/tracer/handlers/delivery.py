@@ -24,7 +24,7 @@ from .xattrs import xattr_reply
 # The one rule for an object another job's quota clean-up evicted between our lookup and
 # the open (once open, it is ours): the open fails with ENOENT, and the object is fetched
 # again and the open made again, REFETCHES times at most for one call. (C applies it to
-# the opens it answers itself: respond.c respond_open, tracer.c pc_restart_exit.)
+# the opens it answers itself: respond.c respond_open, queue.c pc_restart_exit.)
 REFETCHES = 2
 
 
