@@ -16,7 +16,8 @@ obeys a deadline derived from that length (`transfer_budget`) and the low-speed 
 it), both kept by `Budget` in the network backend under the HTTP client.
 
 The rooms: `network` (settings, hosts and proxies), `transfer` (one bounded attempt),
-`limits` (what a body may be); this module is the fail-over loop over them.
+`limits` (what a body may be); this module is the fail-over loop over them. `transfer`
+is imported with the first download: a warm start of parrot_run makes none.
 """
 
 from __future__ import annotations
@@ -37,23 +38,14 @@ from .network import (
     strip_direct,
     uniform,
 )
-from .transfer import (
-    BAD_DATA,
-    HOST_HTTP,
-    HOST_KINDS,
-    PROXY_KINDS,
-    TRANSFER_KINDS,
-    BoundedBackend,
-    Failure,
-    Sink,
-    attempt,
-)
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
 if TYPE_CHECKING:
     from typing import BinaryIO
 
     import httpcore
+
+    from .transfer import Sink
 
 # what other modules import from here (the settings and limits live in network and limits)
 __all__ = [
@@ -88,6 +80,8 @@ class Downloader:
     def _transport(self, proxy: str) -> httpcore.ConnectionPool:
         import httpcore  # imported on first download: a warm start never needs it
 
+        from .transfer import BoundedBackend
+
         # httpcore directly: httpx's request/response models cost several hundred
         # microseconds per object, more than the transfer itself; and its network
         # backend is where every socket operation meets the attempt's budget.
@@ -113,6 +107,8 @@ class Downloader:
             self._clients.clear()
 
     def _attempt(self, url: str, proxy: str, nocache: bool, sink: Sink, headers: dict) -> None:
+        from .transfer import attempt
+
         attempt(
             self._transport(proxy),
             self.settings,
@@ -151,6 +147,17 @@ class Downloader:
         `bad_data_seen`: a first attempt (by the C fetcher) got bad data from the current
         host, so this one asks proxies for a fresh copy, as the retry would.
         Writes to `out` (truncated and rewritten on retries) or returns the bytes."""
+        # one bounded attempt's code is loaded with the first download, off the start path
+        from .transfer import (
+            BAD_DATA,
+            HOST_HTTP,
+            HOST_KINDS,
+            PROXY_KINDS,
+            TRANSFER_KINDS,
+            Failure,
+            Sink,
+        )
+
         sink = Sink(expected, decompress, size, limit, out)
         s = self.settings
         used_hosts = used_proxies = 1

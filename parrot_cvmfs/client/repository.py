@@ -31,7 +31,6 @@ from .config import Configuration, RepositorySettings
 from .download import Downloader, DownloadSettings, database_limit
 from .fetch import Fetcher
 from .lookup import resolve
-from .magic import magic_names, magic_value
 from .namespace import Namespace
 from .trust import TrustChain, parse_root_hash, source_of
 
@@ -468,7 +467,9 @@ class Repository:
         return decode_xattrs(entry.xattr_blob, what)
 
     def magic_xattr_names(self, entry: DirEntry) -> list[str]:
-        """The magic attributes of `entry` (magic.py)."""
+        """The magic attributes of `entry` (magic.py, loaded with the first question)."""
+        from .magic import magic_names
+
         return magic_names(entry)
 
     def listxattr(self, entry: DirEntry) -> list[str]:
@@ -483,6 +484,8 @@ class Repository:
 
     def getxattr(self, entry: DirEntry, name: str) -> bytes:
         """Magic attributes shadow stored ones; ENODATA if neither exists."""
+        from .magic import magic_value
+
         value = magic_value(self, entry, name)
         if value is not None:
             return value.encode("utf-8", "surrogateescape")
