@@ -12,6 +12,9 @@ import os
 
 _temp_counter = itertools.count()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# temporary names tried before giving up: each taken one was left by a dead process of
+# our pid (another pid namespace), or planted by someone who may write the directory
+_TRIES = 100
 
 
 def discard(path: str, dir_fd: int | None = None) -> None:
@@ -25,14 +28,15 @@ def discard(path: str, dir_fd: int | None = None) -> None:
 def write_atomic_at(dfd: int, name: str, data: bytes, mode: int = 0o600) -> None:
     """Replace `name` in the directory `dfd` by a file of `data` with `mode` (whatever the
     umask), never following a link; the temporary file goes on failure."""
-    while True:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for tries in range(_TRIES):
         tmp = f".tmp.{os.getpid()}.{next(_temp_counter)}.{name[:128]}"
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(tmp, flags, mode, dir_fd=dfd)
             break
         except FileExistsError:  # a dead process of the same pid left it
-            continue
+            if tries == _TRIES - 1:
+                raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -382,6 +382,11 @@ static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char
     size_t alen = t->prefix_len[0][0];
     if (strncmp(ev->base, anchors, alen) != 0 || (ev->base[alen] != '/' && ev->base[alen] != '\0'))
         return -1;
+    /* a cwd removed meanwhile reads "<anchor> (deleted)": no key (the walk is Python's) */
+    static const char deleted[] = " (deleted)";
+    size_t dlen = sizeof deleted - 1;
+    if ((size_t)ev->base_len >= dlen && memcmp(ev->base + ev->base_len - dlen, deleted, dlen) == 0)
+        return -1;
     const char *rest = ev->base + alen; /* "" or "/fqrn@hash[/path]" */
     size_t rlen = (size_t)ev->base_len - alen;
     const char *at = NULL, *slash = NULL;
