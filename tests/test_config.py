@@ -7,7 +7,7 @@ import os
 import pytest
 
 from parrot_cvmfs.client.config import Configuration, expand_templates, parse_parrot_repos
-from parrot_cvmfs.client.download import parse_proxy_groups, strip_direct
+from parrot_cvmfs.client.network import parse_proxy_groups, strip_direct
 from parrot_cvmfs.errors import ConfigError
 
 from .conftest import base_env

@@ -512,7 +512,7 @@ NUMERIC = [
 
 
 def test_fuzz_configuration(tmp_path):
-    from parrot_cvmfs.client.download import DownloadSettings
+    from parrot_cvmfs.client.network import DownloadSettings
 
     rnd = random.Random(9)
     names = ["ref.test.org", "x.example.org", "a.b", "alice.cern.ch"]

@@ -17,7 +17,8 @@ import pytest
 
 from parrot_cvmfs.client import cfetch
 from parrot_cvmfs.client.config import Configuration
-from parrot_cvmfs.client.download import Downloader, DownloadSettings
+from parrot_cvmfs.client.download import Downloader
+from parrot_cvmfs.client.network import DownloadSettings
 from parrot_cvmfs.client.repository import Repository
 from parrot_cvmfs.errors import DownloadError
 from parrot_cvmfs.format.hashes import ContentHash

@@ -8,7 +8,7 @@ host, proxy and fail-over rule. Used for preloads (many objects, many threads) a
 for single objects fetched on demand (the call releases the GIL: threads that fetch
 run in parallel). Each object is bounded as the Python downloader bounds it: the C
 fetcher refuses a body longer than the object can be and gives up at the deadline
-of `download.transfer_budget`, obeying the low-speed rule from the request on.
+of `limits.transfer_budget`, obeying the low-speed rule from the request on.
 """
 
 from __future__ import annotations

@@ -28,14 +28,12 @@ from collections.abc import Callable
 
 from ..errors import DownloadError
 from ..format.hashes import ContentHash
-from .limits import MAX_SMALL, database_limit
+from .limits import MAX_SMALL
 from .network import (
     DIRECT,
     DownloadSettings,
     NetworkPath,
-    parse_proxy_groups,
     proxy_url,
-    strip_direct,
     uniform,
 )
 
@@ -46,15 +44,6 @@ if TYPE_CHECKING:
     import httpcore
 
     from .transfer import Sink
-
-# what other modules import from here (the settings and limits live in network and limits)
-__all__ = [
-    "Downloader",
-    "DownloadSettings",
-    "database_limit",
-    "parse_proxy_groups",
-    "strip_direct",
-]
 
 
 class Downloader:

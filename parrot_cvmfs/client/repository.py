@@ -28,10 +28,12 @@ from ..format.hashes import ContentHash, md5_digest
 from ..format.xattrs import decode_xattrs
 from .cache import ObjectCache, resolve_cache
 from .config import Configuration, RepositorySettings
-from .download import Downloader, DownloadSettings, database_limit
+from .download import Downloader
 from .fetch import Fetcher
+from .limits import database_limit
 from .lookup import resolve
 from .namespace import Namespace
+from .network import DownloadSettings
 from .trust import TrustChain, parse_root_hash, source_of
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
