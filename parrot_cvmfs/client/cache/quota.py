@@ -12,12 +12,8 @@ import stat as st
 import threading
 import time
 
-try:  # the C module sqlite3 re-exports, without the datetime adapters its package
-    import _sqlite3 as sqlite3  # registers at import (~2 ms of parrot_run's start-up)
-except ImportError:  # pragma: no cover
-    import sqlite3
-
 from ...errors import CacheError, file_kind
+from ...format.database import sqlite3  # the start-up-cheap sqlite3, chosen there
 from .layout import alias_target, remove_aliases
 from .locks import open_lock_file
 
