@@ -107,13 +107,10 @@ def _memo_read(memo_dir: str, key: str) -> bytes | None:
     """The stored answer, if this user wrote it (a shared cache's other users cannot
     hand us parameters) and nobody else can change it. Nothing is followed as a link,
     the directory included."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    from .cache import open_in_dir
+
     try:
-        dfd = os.open(memo_dir, flags | os.O_DIRECTORY)
-        try:
-            fd = os.open(_memo_name(key), flags, dir_fd=dfd)
-        finally:
-            os.close(dfd)
+        fd = open_in_dir(memo_dir, _memo_name(key))
     except OSError:
         return None
     try:

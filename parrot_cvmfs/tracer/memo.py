@@ -115,13 +115,10 @@ class Memo:
 
     def _open(self, rev: str) -> tuple[int, int] | None:
         """(fd, offset of the records) of this user's memo file for `rev`, or None."""
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+        from ..client.cache import open_in_dir
+
         try:  # nothing followed as a link, the directory included
-            dfd = os.open(self.dir, flags | os.O_DIRECTORY)
-            try:
-                fd = os.open(self._name(rev), flags, dir_fd=dfd)
-            finally:
-                os.close(dfd)
+            fd = open_in_dir(self.dir, self._name(rev))
         except OSError:
             return None
         try:

@@ -29,7 +29,7 @@ The rooms: `layout` (where a cache is, its tiers and names), `files` (opening wh
 found there), `locks`, `quota` (LRU eviction), `store` (ObjectCache).
 """
 
-from .files import open_regular, open_subdir, pid_alive
+from .files import open_in_dir, open_regular, open_subdir, pid_alive
 from .layout import CONFIG, CacheTiers, make_layout, resolve_cache, resolve_tiers, split_aliens
 from .quota import open_files_under
 from .store import OBJECT_MODE, ObjectCache
@@ -43,6 +43,7 @@ __all__ = [
     "make_layout",
     "open_files_under",
     "open_regular",
+    "open_in_dir",
     "open_subdir",
     "pid_alive",
     "resolve_cache",

@@ -54,6 +54,16 @@ def make_dir(root: str, name: str, mode: int) -> None:
         raise CacheError(f"cache {root}: {name} is {file_kind(mode)}, not a directory (remove it)")
 
 
+def open_in_dir(directory: str, name: str) -> int:
+    """A read-only descriptor of `directory/name`, neither the directory nor the file
+    followed as a link (OSError otherwise, a link's included)."""
+    dfd = os.open(directory, _DIR_NOFOLLOW)
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
 def open_subdir(path: str) -> int:
     """A descriptor of a directory of the cache (memo/, config/), made if missing; a
     link or anything else where it belongs is a CacheError (our files are written
