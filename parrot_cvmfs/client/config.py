@@ -268,7 +268,15 @@ class Configuration:
         return settings
 
     def variant_env(self, settings: RepositorySettings) -> dict[str, str]:
-        """Values for `$(VAR)` symlinks: the client's parameters, then its environment."""
-        env = dict(settings.params)
-        env.update(self.env)
-        return env
+        """Values for `$(VAR)` symlinks (see symlink_variables)."""
+        return symlink_variables(settings.params, self.env)
+
+
+def symlink_variables(params: dict[str, str], env) -> dict[str, str]:
+    """Values for `$(VAR)` symlinks: the client's global parameters (CVMFS_ARCH from
+    `uname -m`, as mountpoint.cc SetupGlobalEnvironmentParams sets it before any
+    configuration is read), then the repository's parameters, then the environment."""
+    out = {"CVMFS_ARCH": os.uname().machine}
+    out.update(params)
+    out.update(env)
+    return out

@@ -27,7 +27,7 @@ from ..format.entry import DirEntry
 from ..format.hashes import ContentHash, md5_digest
 from ..format.xattrs import decode_xattrs
 from .cache import ObjectCache, resolve_cache
-from .config import Configuration, RepositorySettings
+from .config import Configuration, RepositorySettings, symlink_variables
 from .download import Downloader
 from .fetch import Fetcher
 from .limits import database_limit
@@ -146,7 +146,7 @@ class Repository:
         self.variant_env = (
             config.variant_env(settings)
             if config is not None
-            else {**settings.params, **os.environ}
+            else symlink_variables(settings.params, os.environ)
         )
 
     # -- construction ---------------------------------------------------------------------------
