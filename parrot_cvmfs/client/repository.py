@@ -25,7 +25,7 @@ from ..errors import CacheError, CatalogError, CvmfsError
 from ..format.catalog import Catalog, expand_variant_symlink
 from ..format.entry import DirEntry
 from ..format.hashes import ContentHash, md5_digest
-from ..format.xattrs import decode_xattrs
+from ..format.xattrs import decode_xattrs, reaches
 from .cache import ObjectCache, resolve_cache
 from .config import Configuration, RepositorySettings, symlink_variables
 from .download import Downloader
@@ -475,6 +475,8 @@ class Repository:
         return magic_names(entry)
 
     def listxattr(self, entry: DirEntry) -> list[str]:
+        """The names a program lists: the stored ones, then the magic ones as far as
+        CVMFS_MAGIC_XATTRS_VISIBILITY shows them; none a getxattr could not reach."""
         names = list(self.stored_xattrs(entry))
         vis = (self.settings.get("CVMFS_MAGIC_XATTRS_VISIBILITY") or "rootonly").lower()
         hide = self.settings.get("CVMFS_HIDE_MAGIC_XATTRS")
@@ -482,12 +484,15 @@ class Repository:
             vis = "never" if self.settings.flag("CVMFS_HIDE_MAGIC_XATTRS") else "always"
         if vis == "always" or (vis == "rootonly" and entry.path == ""):
             names += [n for n in self.magic_xattr_names(entry) if n not in names]
-        return names
+        return [n for n in names if reaches(entry, n)]
 
     def getxattr(self, entry: DirEntry, name: str) -> bytes:
-        """Magic attributes shadow stored ones; ENODATA if neither exists."""
+        """Magic attributes shadow stored ones; ENODATA if neither exists, or if the
+        kernel would not pass the question on (format/xattrs.reaches)."""
         from .magic import magic_value
 
+        if not reaches(entry, name):
+            raise OSError(errno.ENODATA, "No data available", name)
         value = magic_value(self, entry, name)
         if value is not None:
             return value.encode("utf-8", "surrogateescape")

@@ -5,6 +5,19 @@ from __future__ import annotations
 from ..errors import CatalogError
 
 XATTR_VERSION = 1
+USER_PREFIX = "user."
+
+TYPE_CHECKING = False  # not typing's: parrot_run's start-up imports this module
+if TYPE_CHECKING:
+    from .entry import DirEntry
+
+
+def reaches(entry: DirEntry, name: str) -> bool:
+    """Whether a getxattr of `name` (or of a name under the prefix `name`) on `entry`
+    reaches the file system at all: the kernel answers ENODATA itself for `user.*` on
+    anything but a regular file or a directory (fs/xattr.c xattr_permission), so a
+    FUSE client never sees `getfattr -h -n user.fqrn link`."""
+    return not name.startswith(USER_PREFIX) or entry.is_regular or entry.is_dir
 
 
 def decode_xattrs(blob: bytes | None, what: str = "xattr list") -> dict[str, bytes]:

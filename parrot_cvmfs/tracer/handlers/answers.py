@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 
+from ...format.xattrs import reaches
 from ..core import XATTR_PREFIX_TAG
 from ..memo import answer_record, xattrs_record
 from ..paths import MOUNT, Target, VPath
@@ -106,16 +107,19 @@ def teach_xattrs(c: Context, t: Target, listing: bytes | None = None) -> None:
 def xattr_blob(node: Node) -> bytes:
     """What C needs to answer getxattr on an entry: its stored attributes with their
     values, and prefix records for the magic ones (cvmfs's `user.*` and `xfsroot.*`,
-    which change: Python answers them)."""
+    which change: Python answers them). Names the kernel keeps from the file system
+    (reaches) have no record: C answers ENODATA for them."""
     blob = bytearray()
     if node.repo is not None:
-        magic = set(node.repo.magic_xattr_names(node.entry))
-        for name, value in node.repo.stored_xattrs(node.entry).items():
-            if name not in magic:
+        entry = node.entry
+        magic = set(node.repo.magic_xattr_names(entry))
+        for name, value in node.repo.stored_xattrs(entry).items():
+            if name not in magic and reaches(entry, name):
                 k = os.fsencode(name)
                 blob += struct.pack("<H", len(k)) + k + struct.pack("<I", len(value)) + value
         for prefix in MAGIC_XATTR_PREFIXES:
-            blob += struct.pack("<H", len(prefix)) + prefix + XATTR_PREFIX_TAG
+            if reaches(entry, prefix.decode()):
+                blob += struct.pack("<H", len(prefix)) + prefix + XATTR_PREFIX_TAG
     return bytes(blob)
 
 
