@@ -83,16 +83,21 @@ def _hitrate(repo, e: DirEntry) -> str:
 
 
 def _repo_counters(counters: dict[str, int]) -> str:
-    """Self and subtree counters added up, as CSV lines."""
+    """Self and subtree counters added up, as CSV lines in the names' order (the map of
+    catalog_counters.cc GetCsvMap)."""
     return "".join(
-        f"{n},{counters.get('self_' + n, 0) + counters.get('subtree_' + n, 0)}\n" for n in COUNTERS
+        f"{n},{counters.get('self_' + n, 0) + counters.get('subtree_' + n, 0)}\n"
+        for n in sorted(COUNTERS)
     )
 
 
 def _catalog_counters(repo, e: DirEntry) -> str:
     ns = repo._namespace()
     cat = ns.children_catalog(e) if e.is_dir else e.catalog
-    head = f"catalog_hash: {cat.hash.hex if cat.hash else ''}\ncatalog_mountpoint: {cat.mountpoint or '/'}\n"
+    # the root catalog's mountpoint is the empty path, as LookupCounters gives it
+    head = (
+        f"catalog_hash: {cat.hash.hex if cat.hash else ''}\ncatalog_mountpoint: {cat.mountpoint}\n"
+    )
     return head + _repo_counters(cat.counters())
 
 
