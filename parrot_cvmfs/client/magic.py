@@ -5,6 +5,7 @@ returned both come from it, in the order the table gives."""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -40,25 +41,53 @@ def _symlink(e: DirEntry) -> bool:
     return e.is_symlink
 
 
-def _cached_path(repo, e: DirEntry) -> str | None:
-    if e.is_chunked:
-        from .fetch import ASSEMBLED, chunk_list_key
-
-        return repo.cache.find(chunk_list_key(repo.chunks(e)), ASSEMBLED, size=e.size)
-    return repo.cache.find(e.hash, size=e.size) if e.hash else None
+LHASH_MEMO = 1024  # objects whose lhash is remembered (per repository)
 
 
 def _lhash(repo, e: DirEntry) -> str:
-    p = _cached_path(repo, e)
-    if p is None:
-        return "Not in cache"
-    from ..format.hashes import new_hasher
+    """The hash of the cached object as the real cache re-makes it: its bytes
+    compressed with zlib at the default level while hashing (cache.cc ChecksumFd), so a
+    zlib object's lhash is its `user.hash`. A chunked file's whole object is never
+    cached, only its chunks: "Not in cache", as there. Computed when asked, from at most
+    the catalog's size, and remembered per cached file."""
+    import zlib
 
-    h = new_hasher(e.hash.algorithm)
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return ContentHash(e.hash.algorithm, h.digest()).hex
+    from .cache.files import open_regular
+
+    try:
+        fd = open_regular(repo.cache.find(e.hash, size=e.size) or "", repo.cache.dir)
+    except CacheError:
+        fd = None
+    if fd is None:
+        return "Not in cache"
+    try:
+        s = os.fstat(fd)
+        key = (e.hash.hex, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns)
+        memo = repo.lhash_memo
+        if key in memo:
+            return memo[key]
+        from ..format.hashes import new_hasher
+
+        h = new_hasher(e.hash.algorithm)
+        z = zlib.compressobj()
+        left = e.size
+        while left > 0:
+            block = os.read(fd, min(left, 1 << 20))
+            if not block:
+                break
+            left -= len(block)
+            h.update(z.compress(block))
+        if left:
+            return f"I/O error ({-errno.EIO})"
+        h.update(z.flush())
+    except OSError as err:
+        return f"I/O error ({-(err.errno or errno.EIO)})"
+    finally:
+        os.close(fd)
+    if len(memo) >= LHASH_MEMO:
+        memo.clear()
+    memo[key] = ContentHash(e.hash.algorithm, h.digest()).hex
+    return memo[key]
 
 
 def _chunk_list(repo, e: DirEntry) -> str:

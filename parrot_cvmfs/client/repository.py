@@ -139,6 +139,7 @@ class Repository:
         self.ns: Namespace | None = None
         self.mounted_at = 0.0
         self.shared_cache = False
+        self.lhash_memo: dict[tuple, str] = {}  # magic.py's, per cached file
         self.uid = os.getuid() if settings.flag("CVMFS_CLAIM_OWNERSHIP", True) else None
         self.gid = os.getgid() if settings.flag("CVMFS_CLAIM_OWNERSHIP", True) else None
         self.dev = device_of(self.fqrn)
