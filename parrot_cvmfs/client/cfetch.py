@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import namedtuple
 from collections.abc import Callable
 
@@ -190,6 +191,7 @@ def fetch(
         _batch(r, cdata, len(items), jobs, state)
 
     state = ffi.new("pc_fetch_progress *")
+    started = time.monotonic()
     if progress is None and jobs <= 1:
         run(state)  # inline: one object on demand
     else:
@@ -216,5 +218,5 @@ def fetch(
             out.append(Outcome(cdata[i].stored, False))
         else:
             out.append(Outcome(None, status == lib.PC_FETCH_BAD_DATA))
-    downloader.record(done, nbytes)
+    downloader.record(done, nbytes, time.monotonic() - started)
     return out

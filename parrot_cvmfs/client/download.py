@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from ..errors import DownloadError
@@ -58,13 +59,16 @@ class Downloader:
         self.n_downloads = 0
         self.bytes_received = 0
         self.n_failures = 0
+        self.transfer_seconds = 0.0  # time spent in transfers (user.speed)
+        self.failures: deque[tuple[float, str]] = deque(maxlen=10)  # (time, message)
         self._stats_lock = threading.Lock()
 
-    def record(self, downloads: int, nbytes: int) -> None:
+    def record(self, downloads: int, nbytes: int, seconds: float = 0.0) -> None:
         """Count transfers made on this downloader's behalf (by the C bulk fetcher)."""
         with self._stats_lock:
             self.n_downloads += downloads
             self.bytes_received += nbytes
+            self.transfer_seconds += seconds
 
     def _transport(self, proxy: str) -> httpcore.ConnectionPool:
         import httpcore  # imported on first download: a warm start never needs it
@@ -157,14 +161,18 @@ class Downloader:
         while True:
             host_idx, host, proxy = self.path.current()
             url = url_for(host) if url_for else host + rel_path
+            started = time.monotonic()
             try:
                 self._attempt(url, proxy, nocache, sink, headers or {})
                 with self._stats_lock:
                     self.n_downloads += 1
+                    self.transfer_seconds += time.monotonic() - started
                 return None if out is not None else sink.value()
             except Failure as f:
                 kind = f.kind
                 errors.append(f.message)
+                with self._stats_lock:
+                    self.transfer_seconds += time.monotonic() - started
             if kind in TRANSFER_KINDS and retries < s.max_retries and not nocache:
                 retries += 1
                 backoff = (
@@ -195,8 +203,10 @@ class Downloader:
                 used_hosts += 1
                 continue
             break
-        with self._stats_lock:
-            self.n_failures += 1
         last = errors[-1] if errors else "no attempt"
         tried = f" ({len(errors)} attempts)" if len(errors) > 1 else ""
-        raise DownloadError(f"cannot download {what}: {last}{tried}")
+        message = f"cannot download {what}: {last}{tried}"
+        with self._stats_lock:
+            self.n_failures += 1
+            self.failures.append((time.time(), message))
+        raise DownloadError(message)

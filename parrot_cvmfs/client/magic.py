@@ -1,7 +1,8 @@
 """The magic extended attributes (`user.fqrn`, `user.hash`, ...) that the cvmfs client
 computes for every entry: one table of name -> (which entries have it, getter), as the
-real client registers one class per attribute. The names listed and the values
-returned both come from it, in the order the table gives."""
+real client registers one class per attribute (magic_xattr.cc, and cvmfs.cc for expires,
+inode_max, maxfd, pid, uptime). The names listed and the values returned both come
+from it; names are listed in their own order, as the real client's map of them is."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _regular(e: DirEntry) -> bool:
     return e.is_regular
 
 
-def _external(e: DirEntry) -> bool:
+def _external_file(e: DirEntry) -> bool:
     return e.is_regular and e.is_external
 
 
@@ -157,7 +158,76 @@ def _network(get: Callable, offline: str) -> Getter:
     return lambda repo, e: get(repo.downloader) if repo.downloader else offline
 
 
-# name -> (which entries have it, its value; None: fall back to a stored attribute)
+def _proxy_list(path) -> str:
+    return "\n".join(path.proxy_list()) + "\n"
+
+
+def _external_settings(repo):
+    """The external downloader's settings; without CVMFS_EXTERNAL_URL the real client's
+    external manager has no host, and its timeouts and proxies are still the configured ones."""
+    if repo.external is not None:
+        return repo.external.settings
+    from .network import DownloadSettings
+
+    return DownloadSettings.from_settings(repo.settings, hosts=[], external=True)
+
+
+def _external_host(repo, e: DirEntry) -> str:
+    if repo.external is None:
+        return "internal error: no hosts defined"
+    return repo.external.path.current()[1]
+
+
+def _external_proxies(repo, e: DirEntry) -> str:
+    if repo.external is not None:
+        return _proxy_list(repo.external.path)
+    from .network import parse_proxy_groups
+
+    groups = parse_proxy_groups(_external_settings(repo).proxy)
+    return "\n".join([p for g in groups for p in g] or ["DIRECT"]) + "\n"
+
+
+def _speed(dl) -> str:
+    """Average KB/s of the downloads, as SpeedMagicXattr computes it."""
+    ms = dl.transfer_seconds * 1000
+    return str(int(1000 * (dl.bytes_received // 1024) / ms)) if ms > 0 else "n/a"
+
+
+def _last_ioerr(dl) -> str:
+    return str(int(dl.failures[-1][0])) if dl.failures else "0"
+
+
+def _logbuffer(dl) -> str:
+    """The recent failures, newest first, as `[local time] message` lines."""
+    return "".join(
+        f"[{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(t))}] {msg}\n"
+        for t, msg in reversed(dl.failures)
+    )
+
+
+def _ncleanup24(repo, e: DirEntry) -> str:
+    """Cache clean-ups of the last 24 hours; -1 for an unmanaged cache (no quota)."""
+    quota = repo.cache.quota
+    if quota is None:
+        return "-1"
+    since = time.time() - 24 * 3600
+    return str(sum(1 for t in quota.cleanup_times if t >= since))
+
+
+def _maxfd(repo, e: DirEntry) -> str:
+    """The descriptors the client may use for files: its limit less the 512 that the real
+    client keeps for itself (cvmfs.cc kNumReservedFd)."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return str(max(0, soft - 512)) if soft != resource.RLIM_INFINITY else str(1 << 20)
+
+
+# The largest inode number this client gives: inodes are 63-bit hashes (inode_of).
+INODE_MAX = (1 << 63) - 1
+
+# name -> (which entries have it, its value; None: fall back to a stored attribute).
+# Listed in the names' order, as the real client's std::map of them is.
 MAGIC: dict[str, tuple[Callable[[DirEntry], bool], Getter]] = {
     "user.fqrn": (_every, lambda repo, e: repo.fqrn),
     "user.revision": (_every, lambda repo, e: str(repo.revision)),
@@ -165,20 +235,24 @@ MAGIC: dict[str, tuple[Callable[[DirEntry], bool], Getter]] = {
     "user.host": (_every, _network(lambda dl: dl.path.current()[1], "internal error: no network")),
     "user.host_list": (_every, _network(lambda dl: ";".join(dl.path.host_list()), "")),
     "user.proxy": (_every, _network(lambda dl: dl.path.current()[2], "DIRECT")),
-    "user.proxy_list": (
-        _every,
-        _network(lambda dl: "\n".join(dl.path.proxy_list()) + "\n", "DIRECT\n"),
-    ),
+    "user.proxy_list": (_every, _network(lambda dl: _proxy_list(dl.path), "DIRECT\n")),
     "user.timeout": (_every, _network(lambda dl: str(int(dl.settings.timeout)), "0")),
     "user.timeout_direct": (
         _every,
         _network(lambda dl: str(int(dl.settings.timeout_direct)), "0"),
     ),
+    "user.external_host": (_every, _external_host),
+    "user.external_timeout": (
+        _every,
+        lambda repo, e: str(int(_external_settings(repo).timeout_direct)),
+    ),
+    "user.proxy_list_external": (_every, _external_proxies),
     "user.expires": (_every, _expires),
     "user.nclg": (_every, lambda repo, e: str(len(repo._namespace().mounted))),
     "user.ndownload": (_every, _network(lambda dl: str(dl.n_downloads), "0")),
     "user.hitrate": (_every, _hitrate),
     "user.rx": (_every, _network(lambda dl: str(dl.bytes_received // 1024), "0")),
+    "user.speed": (_every, _network(_speed, "n/a")),
     "user.version": (_every, lambda repo, e: __version__),
     "user.tag": (_every, lambda repo, e: repo.trust.pinned_tag or ""),
     "user.repo_counters": (
@@ -189,7 +263,19 @@ MAGIC: dict[str, tuple[Callable[[DirEntry], bool], Getter]] = {
     "user.repo_metainfo": (_every, _metainfo),
     "user.pubkeys": (_every, _pubkeys),
     "user.pid": (_every, lambda repo, e: str(os.getpid())),
+    "user.uptime": (_every, lambda repo, e: str(int(time.time() - repo.mounted_at) // 60)),
     "user.nioerr": (_every, _network(lambda dl: str(dl.n_failures), "0")),
+    "user.timestamp_last_ioerr": (_every, _network(_last_ioerr, "0")),
+    "user.logbuffer": (_every, _network(_logbuffer, "")),
+    "user.ncleanup24": (_every, _ncleanup24),
+    # opens and listings the client served (the job's kernel then reads the cache file:
+    # the client holds no descriptor per open file or directory, usedfd/useddirp 0)
+    "user.nopen": (_every, lambda repo, e: str(repo.n_open)),
+    "user.ndiropen": (_every, lambda repo, e: str(repo.ns.n_listed if repo.ns else 0)),
+    "user.usedfd": (_every, lambda repo, e: "0"),
+    "user.useddirp": (_every, lambda repo, e: "0"),
+    "user.maxfd": (_every, _maxfd),
+    "user.inode_max": (_every, lambda repo, e: str(INODE_MAX)),
     "user.hash": (_has_hash, lambda repo, e: e.hash.hex if e.hash else None),
     "user.lhash": (_has_hash, _lhash),
     "user.chunks": (_regular, lambda repo, e: str(len(repo.chunks(e)) or 1)),
@@ -198,17 +284,18 @@ MAGIC: dict[str, tuple[Callable[[DirEntry], bool], Getter]] = {
     "user.direct_io": (_regular, lambda repo, e: "1" if e.is_direct_io else "0"),
     "user.external_file": (_regular, lambda repo, e: "1" if e.is_external else "0"),
     "user.external_url": (
-        _external,
+        _external_file,
         lambda repo, e: (repo.external.path.current()[1] + e.path) if repo.external else "",
     ),
     "user.rawlink": (_symlink, lambda repo, e: e.symlink),
     "xfsroot.rawlink": (_symlink, lambda repo, e: e.symlink),
 }
+LISTED = sorted(MAGIC)
 
 
 def magic_names(entry: DirEntry) -> list[str]:
-    """The magic attributes `entry` has, in the table's order."""
-    return [name for name, (has, _) in MAGIC.items() if has(entry)]
+    """The magic attributes `entry` has, in the order the real client lists them."""
+    return [name for name in LISTED if MAGIC[name][0](entry)]
 
 
 def magic_value(repo, entry: DirEntry, name: str) -> str | None:

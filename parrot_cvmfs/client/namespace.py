@@ -29,6 +29,7 @@ class Namespace:
         self.mounted: dict[str, Catalog] = {"": root}
         self._entries: dict[str, DirEntry | None] = {}
         self._lock = threading.RLock()
+        self.n_listed = 0  # directory listings served (user.ndiropen)
 
     # -- catalogs ---------------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class Namespace:
 
     def listdir(self, entry: DirEntry, include_hidden: bool = False) -> list[DirEntry]:
         """Children of a directory entry (without '.' and '..')."""
+        self.n_listed += 1
         children = self.children_catalog(entry).listing(entry.path)
         if not include_hidden:
             children = [c for c in children if not c.is_hidden]

@@ -139,6 +139,7 @@ class Repository:
         self.ns: Namespace | None = None
         self.mounted_at = 0.0
         self.shared_cache = False
+        self.n_open = 0  # files this client opened for a reader (user.nopen)
         self.lhash_memo: dict[tuple, str] = {}  # magic.py's, per cached file
         self.uid = os.getuid() if settings.flag("CVMFS_CLAIM_OWNERSHIP", True) else None
         self.gid = os.getgid() if settings.flag("CVMFS_CLAIM_OWNERSHIP", True) else None
@@ -405,6 +406,7 @@ class Repository:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", e.path or "/")
         if not e.is_regular:
             raise OSError(errno.EINVAL, "not a regular file", e.path)
+        self.n_open += 1
         what = f"{self.fqrn}:{e.path}"
         ext = e.path if e.is_external else None
         if e.is_chunked:

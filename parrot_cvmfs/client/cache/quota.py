@@ -11,6 +11,7 @@ import os
 import stat as st
 import threading
 import time
+from collections import deque
 
 from ...errors import CacheError, file_kind
 from ...format.database import sqlite3  # the start-up-cheap sqlite3, chosen there
@@ -78,6 +79,7 @@ class Quota:
         self._touched: dict[str, float] = {}
         self._last_flush = time.monotonic()
         self.cleanups = 0
+        self.cleanup_times: deque[float] = deque(maxlen=1000)  # user.ncleanup24
         self.evicted = 0
         path = os.path.join(cache_dir, "cachedb")
         fresh = True
@@ -238,6 +240,7 @@ class Quota:
             if gone:
                 self._write("DELETE FROM objects WHERE name = ?", gone)
             self.cleanups += 1
+            self.cleanup_times.append(time.time())
             self.evicted += len(gone)
             return freed
         finally:
