@@ -56,8 +56,9 @@ def _lhash(repo, e: DirEntry) -> str:
     from .cache.files import open_regular
 
     try:
-        fd = open_regular(repo.cache.find(e.hash, size=e.size) or "", repo.cache.dir)
-    except CacheError:
+        path = repo.cache.find(e.hash, size=e.size)
+        fd = open_regular(path, repo.cache.dir) if path is not None else None
+    except CacheError:  # an unfit copy in an alien tier: not served, so not cached here
         fd = None
     if fd is None:
         return "Not in cache"
