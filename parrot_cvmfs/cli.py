@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     detect_terminal()
+    if args.debug:  # the network path's findings (PAC files, Geo-API) too
+        from .client.network import set_debug_log
+
+        set_debug_log(lambda line: print(f"parrot_cvmfs: {line}", file=sys.stderr, flush=True))
     try:
         code = args.func(args)
         flush()
