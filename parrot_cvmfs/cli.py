@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("-v", "--verbose", action="store_true")
+    sp.add_argument(
+        "--geo-order", metavar="HOST,HOST", help="Geo-API: these host names first, in this order"
+    )
+    sp.add_argument(
+        "--geo-places",
+        metavar="FILE",
+        help="Geo-API: order by distance, from lines NAME LATITUDE LONGITUDE (`client`: default)",
+    )
 
     from .client.preload import DEFAULT_JOBS
 
@@ -154,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     detect_terminal()
+    if args.debug:  # the network path's findings (PAC files, Geo-API) too
+        from .client.network import set_debug_log
+
+        set_debug_log(lambda line: print(f"parrot_cvmfs: {line}", file=sys.stderr, flush=True))
     try:
         code = args.func(args)
         flush()

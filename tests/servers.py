@@ -57,6 +57,19 @@ def dead_url(name: str = "") -> str:
 
 
 class FaultyHandler(StratumHandler):
+    def do_GET(self):  # noqa: N802
+        srv = self.server
+        for pattern, body in srv.answers.items():  # a fixed answer: a PAC file, a Geo-API
+            if pattern in self.path:
+                with srv.lock:
+                    srv.requests[self.path] += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+        super().do_GET()
+
     def _send_file(self, head_only: bool) -> None:
         srv = self.server
         path = urllib.parse.urlsplit(self.path).path
@@ -100,14 +113,15 @@ class FaultyHandler(StratumHandler):
 class FaultyServer(StratumServer):
     """StratumServer whose responses can be delayed, replaced or rewritten per path."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, host: str = "127.0.0.1"):
         self.lock = threading.Lock()
         self.requests: collections.Counter = collections.Counter()
+        self.answers: dict[str, bytes] = {}  # path pattern -> the whole body of a 200
         self.delays: dict[str, float] = {}
         self.statuses: dict[str, int] = {}
         self.rewrites: dict = {}
         self.throttles: dict[str, int] = {}  # path pattern -> bytes per second
-        ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), FaultyHandler)
+        ThreadingHTTPServer.__init__(self, (host, 0), FaultyHandler)
         self.root = os.path.abspath(root)
         self.verbose = False
 

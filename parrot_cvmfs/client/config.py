@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from ..errors import ConfigError
 from ..format.values import valid_name
-from .config_files import config_files, evaluate_config_files
+from .config_files import assigns, config_files, evaluate_config_files
 from .parrot_repo import parse_parrot_repos
 
 CONFIG_REPOSITORY = "cvmfs-config.cern.ch"
@@ -41,7 +41,15 @@ DEFAULTS: dict[str, str] = {
     "CVMFS_MAGIC_XATTRS_VISIBILITY": "rootonly",
     "CVMFS_KEYS_DIR": "/etc/cvmfs/keys",
     "CVMFS_BLACKLIST": "/etc/cvmfs/blacklist",
+    # the package's default.conf: the config repository's default.conf replaces it by
+    # its list of site WPAD URLs only while it is this one
+    "CVMFS_PAC_URLS": "http://wpad/wpad.dat",
+    "CVMFS_USE_GEOAPI": "no",
 }
+
+# Parameters of the environment the configuration files see (not only override after
+# them): common.conf decides the proxies, the CDN and the server URLs from them.
+SHELL_SEEDED = ("CVMFS_CLIENT_PROFILE", "CVMFS_USE_CDN", "CVMFS_PAC_URLS")
 
 # The range of each numeric parameter: a value outside it is refused with its name
 # (not an OverflowError where it meets C, nor a negative count of retries).
@@ -223,11 +231,14 @@ class Configuration:
         return list(dict.fromkeys(names))
 
     def _http_proxy_seed(self) -> str:
+        return self._env_proxy() or "DIRECT"
+
+    def _env_proxy(self) -> str | None:
         for k in ("CVMFS_HTTP_PROXY", "http_proxy", "HTTP_PROXY"):
             v = self.env.get(k)
             if v:
                 return v
-        return "DIRECT"
+        return None
 
     def settings(self, name: str) -> RepositorySettings:
         """All parameters for a repository (cached per name)."""
@@ -239,15 +250,26 @@ class Configuration:
         mount_dir = package_config_mount_dir()
         seed = dict(DEFAULTS)
         seed["CVMFS_MOUNT_DIR"] = mount_dir
-        seed["CVMFS_HTTP_PROXY"] = self._http_proxy_seed()
+        for k in SHELL_SEEDED:
+            if self.env.get(k):
+                seed[k] = self.env[k]
         config_repo = self.env.get("CVMFS_CONFIG_REPOSITORY", CONFIG_REPOSITORY)
         repo_etc = os.path.join(mount_dir, config_repo, "etc", "cvmfs")
         if not os.path.isdir(repo_etc) or config_repo == fqrn:
             repo_etc = None
         files = config_files(fqrn, self.sysdir, repo_etc)
+        # Parrot's default proxy, DIRECT, stands for a proxy nobody configured; a client
+        # profile configures one (common.conf: `single` is `auto;DIRECT` when the files
+        # leave CVMFS_HTTP_PROXY empty), so with a profile the files see it empty
+        proxy = self._env_proxy()
+        if proxy is None and not (
+            self.env.get("CVMFS_CLIENT_PROFILE") or assigns(files, "CVMFS_CLIENT_PROFILE")
+        ):
+            proxy = "DIRECT"
+        if proxy is not None:
+            seed["CVMFS_HTTP_PROXY"] = proxy
         file_params, read = evaluate_config_files(fqrn, files, seed, self.env, self.memo_dir)
         params.update(file_params)
-        params.setdefault("CVMFS_HTTP_PROXY", seed["CVMFS_HTTP_PROXY"])
         for k, v in self.env.items():
             if k.startswith("CVMFS_") and k != "CVMFS_MOUNT_DIR":
                 params[k] = v

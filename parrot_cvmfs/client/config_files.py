@@ -34,6 +34,19 @@ def assigned_names(text: str) -> list[str]:
     return names
 
 
+def assigns(files: list[str], name: str) -> bool:
+    """Whether one of the (existing, readable) `files` assigns parameter `name`."""
+    for path in files:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read(1 << 20)
+        except OSError:
+            continue
+        if name in text and name in assigned_names(text):
+            return True
+    return False
+
+
 def config_files(fqrn: str, sysdir: str, config_repo_etc: str | None) -> list[str]:
     """The files the client sources for `fqrn`, in order (missing ones included)."""
     domain = fqrn.split(".", 1)[1] if "." in fqrn else ""

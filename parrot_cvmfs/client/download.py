@@ -52,7 +52,7 @@ class Downloader:
 
     def __init__(self, settings: DownloadSettings, sleep: Callable[[float], None] = time.sleep):
         self.settings = settings
-        self.path = NetworkPath(settings)
+        self.path = NetworkPath(settings, self.get)
         self._clients: dict[str, httpcore.ConnectionPool] = {}
         self._clients_lock = threading.Lock()
         self._sleep = sleep
@@ -112,6 +112,19 @@ class Downloader:
             headers,
             self._received,
         )
+
+    def get(self, url: str, proxy: str, limit: int) -> bytes:
+        """One bounded GET of the absolute `url` through `proxy` (or DIRECT), at most
+        `limit` bytes, outside the fail-over loop (the network path settling itself:
+        PAC files, the Geo-API); a DownloadError names what went wrong."""
+        from .transfer import Failure, Sink
+
+        sink = Sink(None, False, None, limit, None)
+        try:
+            self._attempt(url, proxy, False, sink, {})
+        except Failure as f:
+            raise DownloadError(f.message) from None
+        return sink.value()
 
     def _received(self, n: int) -> None:
         with self._stats_lock:

@@ -1,6 +1,15 @@
 """The network path: the download settings, the host chain (stratum 1s) with a current
 host, and proxy groups (`a|b;c`: groups in fail-over order, proxies in a group
-load-balanced) with a current proxy, shared by the requests of a downloader."""
+load-balanced) with a current proxy, shared by the requests of a downloader.
+
+The path is settled once, before its first use (not at start-up: a warm start of
+parrot_run downloads nothing), in the real client's order (`mountpoint.cc`): an
+`auto` group is replaced by the proxies of the site's PAC file (`pac`), the regular
+and fallback groups are installed (every DIRECT dropped when there are fallback
+proxies), then with CVMFS_USE_GEOAPI a stratum 1 orders the hosts and the fallback
+groups (`geo`), then CVMFS_MAX_SERVERS cuts the host list. Both the Python downloader
+and the C fetcher take their host and proxy from here, so they use the same result.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +18,42 @@ import time
 from collections import namedtuple
 
 from .._version import __version__
-from ..errors import DownloadError
+from ..errors import CvmfsError, DownloadError
+
+TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    # one bounded GET of an absolute URL through a proxy (or DIRECT), at most `limit`
+    # bytes; a CvmfsError names what went wrong
+    Getter = Callable[[str, str, int], bytes]
 
 DIRECT = "DIRECT"
+AUTO = "auto"  # a whole `;` group: the proxies of the site's PAC file (`pac`)
+
+_debug_log: Callable[[str], None] | None = None
 
 
-def parse_proxy_groups(spec: str | None) -> list[list[str]]:
-    """`a|b;c|DIRECT` -> [["http://a", "http://b"], ["http://c", "DIRECT"]]."""
+def set_debug_log(write: Callable[[str], None] | None) -> None:
+    """Where the network path's debug lines go (parrot_run and parrot_cvmfs --debug)."""
+    global _debug_log
+    _debug_log = write
+
+
+def parse_proxy_groups(spec: str | None, keep_auto: bool = False) -> list[list[str]]:
+    """`a|b;c|DIRECT` -> [["http://a", "http://b"], ["http://c", "DIRECT"]]. A group
+    that is just `auto` stays as [AUTO] with `keep_auto` (the real client replaces
+    only a whole group); an `auto` among other proxies is no proxy name."""
     groups = []
     for g in (spec or "").split(";"):
+        if g.strip().lower() == AUTO:
+            if keep_auto:
+                groups.append([AUTO])
+            continue
         members = []
         for p in g.split("|"):
             p = p.strip()
-            if not p or p.lower() == "auto":  # WPAD/PAC discovery is not supported
+            if not p or p.lower() == AUTO:
                 continue
             if p.upper() == DIRECT:
                 members.append(DIRECT)
@@ -55,7 +87,7 @@ def uniform(a: float, b: float) -> float:
 class DownloadSettings(
     namedtuple(
         "DownloadSettings",
-        "hosts proxy fallback_proxy timeout timeout_direct low_speed_limit max_retries backoff_init backoff_max host_reset_after proxy_reset_after follow_redirects max_servers user_agent",
+        "hosts proxy fallback_proxy timeout timeout_direct low_speed_limit max_retries backoff_init backoff_max host_reset_after proxy_reset_after follow_redirects max_servers user_agent pac_urls use_geoapi proxy_template",
         defaults=(
             DIRECT,
             None,
@@ -70,6 +102,9 @@ class DownloadSettings(
             False,
             0,
             f"cvmfs parrot-cvmfs {__version__}",
+            None,
+            False,
+            None,
         ),
     )
 ):
@@ -89,6 +124,9 @@ class DownloadSettings(
     follow_redirects: bool
     max_servers: int
     user_agent: str
+    pac_urls: str | None  # CVMFS_PAC_URLS, for an `auto` proxy group
+    use_geoapi: bool  # CVMFS_USE_GEOAPI: a stratum 1 orders hosts and fallback proxies
+    proxy_template: str | None  # CVMFS_PROXY_TEMPLATE: the Geo-API's name of us
 
     @classmethod
     def from_settings(
@@ -113,27 +151,44 @@ class DownloadSettings(
             proxy_reset_after=s.number("CVMFS_PROXY_RESET_AFTER", 300),
             follow_redirects=s.flag("CVMFS_FOLLOW_REDIRECTS"),
             max_servers=int(s.number(pre + "MAX_SERVERS", 0)),
+            pac_urls=s.get("CVMFS_PAC_URLS"),
+            # the external data's servers are not stratum 1s: no Geo-API to ask
+            use_geoapi=False if external else s.flag("CVMFS_USE_GEOAPI"),
+            proxy_template=s.get("CVMFS_PROXY_TEMPLATE"),
         )
 
 
 class NetworkPath:
     """The shared host chain and proxy groups, with switch-over and reset timers."""
 
-    def __init__(self, settings: DownloadSettings):
-        hosts = list(settings.hosts)
-        if settings.max_servers > 0:
-            hosts = hosts[: settings.max_servers]
-        if not hosts:
+    def __init__(self, settings: DownloadSettings, get: Getter | None = None):
+        if not settings.hosts:
             raise DownloadError("no server URL configured")
+        self.settings = settings
+        self.notes: list[str] = []  # what settling the path found wrong (debug lines)
+        self._lock = threading.Lock()
+        self._get = get
+        self._settle_lock = threading.Lock()
+        self._problem: CvmfsError | None = None
+        regular = parse_proxy_groups(settings.proxy, keep_auto=get is not None)
+        self._unsettled = get is not None and ([AUTO] in regular or settings.use_geoapi)
+        if self._unsettled:
+            self._spec = regular
+            regular = [g for g in regular if g != [AUTO]]  # until settled: without it
+        self._install(list(settings.hosts), regular, parse_proxy_groups(settings.fallback_proxy))
+
+    def _install(
+        self, hosts: list[str], regular: list[list[str]], fallback: list[list[str]]
+    ) -> None:
+        """The host chain and the proxy groups, from the first of each on."""
+        if self.settings.max_servers > 0:
+            hosts = hosts[: self.settings.max_servers]
         self.hosts = hosts
-        regular = parse_proxy_groups(settings.proxy)
-        fallback = parse_proxy_groups(settings.fallback_proxy)
         if fallback:
             regular, fallback = strip_direct(regular), strip_direct(fallback)
         self.groups = regular + fallback or [[DIRECT]]
+        self.num_regular = len(self.groups) - len(fallback)  # the fallback groups follow
         self.num_proxies = sum(len(g) for g in self.groups)
-        self.settings = settings
-        self._lock = threading.Lock()
         self.host_index = 0
         self._host_switched = 0.0
         self.group_index = 0
@@ -141,8 +196,81 @@ class NetworkPath:
         self._proxy_switched = 0.0
         self.proxy = _choice(self.groups[0])
 
+    def note(self, line: str) -> None:
+        """One debug line about the network path."""
+        self.notes.append(line)
+        if _debug_log is not None:
+            _debug_log(line)
+
+    def settle(self) -> None:
+        """Resolve `auto` and ask the Geo-API, once, before the path is first used (a
+        no-op after). A failure of either leaves the configured order, with a debug
+        line; only `auto` standing alone, with no PAC file giving a proxy, is an error
+        (the real client then refuses to mount), for this and every later use."""
+        if not self._unsettled:
+            if self._problem is not None:
+                raise self._problem
+            return
+        with self._settle_lock:
+            if self._unsettled:
+                try:
+                    self._settle()
+                except CvmfsError as e:
+                    self._problem = e
+                finally:
+                    self._unsettled = False
+        if self._problem is not None:
+            raise self._problem
+
+    def _settle(self) -> None:
+        s, get = self.settings, self._get
+        assert get is not None
+        regular = self._spec
+        if [AUTO] in regular:
+            from .pac import discover
+
+            # PAC files are fetched DIRECT: no proxy is known yet
+            found = discover(
+                lambda url, limit: get(url, DIRECT, limit),
+                s.pac_urls,
+                s.hosts,
+                s.timeout_direct,
+                self.note,
+            )
+            groups = parse_proxy_groups(found)
+            regular = [g for a in regular for g in (groups if a == [AUTO] else [a])]
+            if not regular:  # the real client refuses to mount, fallback proxies or not
+                raise DownloadError(
+                    f"CVMFS_HTTP_PROXY={s.proxy}: failed to discover HTTP proxy servers"
+                    " (no PAC file of CVMFS_PAC_URLS gave a proxy)"
+                )
+        fallback = parse_proxy_groups(s.fallback_proxy)
+        hosts = list(s.hosts)
+        with self._lock:
+            self._install(hosts, regular, fallback)
+        if s.use_geoapi:
+            from .geo import geo_order, host_name
+
+            fallback = self.groups[self.num_regular :]
+            # through the regular proxy in use, never a fallback one (it is being ordered)
+            via = self.proxy if self.num_regular else DIRECT
+            who = s.proxy_template or (host_name(via) if via != DIRECT else "x")
+            ordered = geo_order(
+                lambda url, limit: get(url, via, limit),
+                who,
+                hosts,
+                self.num_regular == 0,
+                fallback,
+                self.note,
+            )
+            if ordered is not None:
+                with self._lock:
+                    self._install(ordered[0], self.groups[: self.num_regular], ordered[1])
+
     def current(self) -> tuple[int, str, str]:
         """(host index, host, proxy), applying the reset-after timers."""
+        if self._unsettled or self._problem is not None:
+            self.settle()
         with self._lock:
             now = time.monotonic()
             s = self.settings
@@ -190,9 +318,11 @@ class NetworkPath:
         self.proxy = _choice(self.groups[0])
 
     def host_list(self) -> list[str]:
+        self.settle()
         return self.hosts[self.host_index :] + self.hosts[: self.host_index]
 
     def proxy_list(self) -> list[str]:
+        self.settle()
         return [p for g in self.groups for p in g]
 
 

@@ -49,12 +49,14 @@ def cmd_publish(args) -> int:
 
 def cmd_serve(args) -> int:
     """Serve DIR so that http://HOST:PORT/cvmfs/NAME/ is repository NAME."""
+    from ..server.geo import geo_config
     from ..server.serve import StratumServer
 
     if not os.path.isdir(args.directory):
         raise CvmfsError(f"stratum directory {args.directory} does not exist")
+    geo = geo_config(args.geo_order, args.geo_places)
     try:
-        srv = StratumServer(args.directory, args.host, args.port, verbose=args.verbose)
+        srv = StratumServer(args.directory, args.host, args.port, verbose=args.verbose, geo=geo)
     except OSError as e:
         raise CvmfsError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     print(f"serving {os.path.abspath(args.directory)} at {srv.url}/<name>", flush=True)

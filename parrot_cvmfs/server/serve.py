@@ -13,6 +13,8 @@ import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .geo import GeoConfig, answer
+
 
 class StratumHandler(BaseHTTPRequestHandler):
     server_version = "parrot-cvmfs-stratum"
@@ -63,6 +65,14 @@ class StratumHandler(BaseHTTPRequestHandler):
                 shutil.copyfileobj(f, self.wfile, 1 << 16)
 
     def do_GET(self):  # noqa: N802
+        geo = answer(self.server.geo, self.path)  # the Geo-API (server/geo.py)
+        if geo is not None:
+            self.send_response(geo[0])
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(geo[1])))
+            self.end_headers()
+            self.wfile.write(geo[1])
+            return
         self._send_file(False)
 
     def do_HEAD(self):  # noqa: N802
@@ -72,10 +82,19 @@ class StratumHandler(BaseHTTPRequestHandler):
 class StratumServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    geo: GeoConfig | None = None  # how the Geo-API orders (None: as asked)
 
-    def __init__(self, root: str, host: str = "127.0.0.1", port: int = 0, verbose: bool = False):
+    def __init__(
+        self,
+        root: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        verbose: bool = False,
+        geo: GeoConfig | None = None,
+    ):
         self.root = os.path.abspath(root)
         self.verbose = verbose
+        self.geo = geo
         super().__init__((host, port), StratumHandler)
 
     def handle_error(self, request, client_address):

@@ -152,6 +152,10 @@ def _run(args: dict) -> int:
     for option in ("config_dir", "alien_cache"):
         if args.get(option) is not None:
             check_directory_option("--" + option.replace("_", "-"), args[option])
+    if args.get("debug"):  # the network path's findings (PAC files, Geo-API) too
+        from ..client.network import set_debug_log
+
+        set_debug_log(lambda line: print(f"parrot_run: {line}", file=sys.stderr, flush=True))
     names = [n for item in args["cvmfs"] for n in item.split(",") if n]
     opts = Options(
         command=args["command"],
