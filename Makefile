@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-unit setup bench lint clean
+.PHONY: demo test test-unit setup bench lint man clean
 
 demo: setup
 	$(BIN)/parrot_cvmfs demo
@@ -30,6 +30,10 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# the man pages, made from the commands' help (tests/test_parrot_habits.py checks them)
+man: setup
+	$(BIN)/python -m parrot_cvmfs.commands.manpage man
 
 clean:
 	rm -rf $(VENV) build *.egg-info parrot_cvmfs/_core*.so

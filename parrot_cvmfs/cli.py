@@ -31,10 +31,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {one_line_text(message)} (see {self.prog} --help)\n")
 
 
+EXAMPLES = """\
+  parrot_cvmfs ls -l alice.cern.ch /
+  parrot_cvmfs find --json atlas.cern.ch /repo/sw/tools
+  parrot_cvmfs preload -u http://s1.example.org/cvmfs/NAME -r /scratch/preload -k NAME.pub
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .client.config import ENVIRONMENT_HELP
+
     p = _Parser(
         prog="parrot_cvmfs",
         description="CernVM-FS client tools: inspect, publish and serve repositories.",
+        epilog=f"environment:\n{ENVIRONMENT_HELP}\nexamples:\n{EXAMPLES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"parrot_cvmfs {__version__}")
     p.add_argument("--debug", action="store_true", help="with an error, show its traceback")
@@ -57,11 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    client_cmd("info", cmd_info, "print the verified manifest (key: value lines)")
+    sp = client_cmd("info", cmd_info, "print the verified manifest (key: value lines)")
+    sp.add_argument("--json", action="store_true", help="one JSON object")
     sp = client_cmd("ls", cmd_ls, "list a directory", optional_path=True)
     sp.add_argument("-l", "--long", action="store_true", help="long format")
     sp.add_argument(
         "-d", "--directory", action="store_true", help="list the entry, not its contents"
+    )
+    sp.add_argument(
+        "--json", action="store_true", help="one JSON object an entry, as find's, with name"
     )
     client_cmd("cat", cmd_cat, "write a file's verified contents to stdout", path=True)
     sp = client_cmd("stat", cmd_stat, "show an entry's attributes", path=True)
