@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -23,8 +24,8 @@ CLI = [sys.executable, "-m", "parrot_cvmfs"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(cmd, env, **kw):
-    return subprocess.run(cmd, env=env, capture_output=True, timeout=300, **kw)
+def run(cmd, env, timeout=300, **kw):
+    return subprocess.run(cmd, env=env, capture_output=True, timeout=timeout, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +297,41 @@ def test_man_pages_are_current():
     )
     if p.returncode == 0:
         assert b"--cvmfs-repos" in p.stdout
+
+
+# -- 15: a quiet build ------------------------------------------------------------------------
+
+
+def _pip_noise(line: str) -> bool:
+    """pip's own notes about this machine's index configuration, not the project's."""
+    return "is ignored: it is neither a file nor a directory" in line
+
+
+@pytest.mark.slow
+def test_install_is_quiet_and_ships_the_man_pages(tmp_path):
+    """pip install of the project into a fresh venv: not one warning from setuptools
+    (license metadata, package discovery, deprecated calls), and the man pages land in
+    share/man/man1."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "*.egg-info", "__pycache__", "*.so", ".pytest_cache"
+        ),
+    )
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    env = base_env()
+    p = run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q"]
+        + ["--no-deps", "--no-warn-script-location", str(src)],
+        env,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    lines = (p.stdout + p.stderr).decode().splitlines()
+    noisy = [x for x in lines if re.search(r"warn|deprecat", x, re.I) and not _pip_noise(x)]
+    assert noisy == [], "\n".join(noisy)
+    for page in ("parrot_run.1", "parrot_cvmfs.1"):
+        assert (venv / "share" / "man" / "man1" / page).is_file(), page
