@@ -235,6 +235,15 @@ class Configuration:
         # sets it inside its cache; None: evaluate every time)
         self.memo_dir: str | None = None
 
+    def with_overrides(self, extra: Mapping[str, str]) -> Configuration:
+        """This configuration with more overrides (later ones winning), everything
+        else kept: the environment, the directory, the Parrot entries however given."""
+        derived = Configuration(self.env, self.sysdir, {**self.overrides, **extra}, parrot_repos="")
+        derived.parrot_entries = self.parrot_entries
+        derived.parrot_globals = self.parrot_globals
+        derived.memo_dir = self.memo_dir
+        return derived
+
     # -- what is not per repository ---------------------------------------------------------
 
     def run_cache_dir(self, given: str | None) -> str | None:
