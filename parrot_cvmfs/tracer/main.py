@@ -116,8 +116,10 @@ def parse_args(argv: list[str]) -> dict:
             args["version"] = True
             return args
         name, eq, inline = a.partition("=") if a.startswith("--") else (a, "", "")
-        if len(name) > 2 and not name.startswith("--") and _OPTIONS.get(name[:2], "ab")[1]:
-            name, eq, inline = name[:2], "=", name[2:]  # -oKEY=VALUE, -dall
+        if len(name) > 2 and not name.startswith("--"):
+            short = _OPTIONS.get(name[:2])
+            if short is not None and short[1] is True:
+                name, eq, inline = name[:2], "=", name[2:]  # -oKEY=VALUE, -dall
         spec = _OPTIONS.get(name)
         if spec is None:
             raise UsageError(f"unknown option {name}")
