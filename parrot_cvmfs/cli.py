@@ -7,6 +7,7 @@ non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ._version import __version__
@@ -163,10 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion (`eval "$(register-python-argcomplete parrot_cvmfs)"`), asked by
+    the shell through _ARGCOMPLETE: argcomplete, the optional extra `completion`, is
+    imported only then; without it there is nothing to complete."""
+    try:
+        import argcomplete
+    except ImportError:
+        sys.exit(1)
+    argcomplete.autocomplete(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command: its exit status, or 1 with one line on stderr naming what was
     wrong (the traceback too with --debug)."""
     parser = build_parser()
+    if argv is None and "_ARGCOMPLETE" in os.environ:
+        _complete(parser)
     args = parser.parse_args(argv)
     detect_terminal()
     try:
