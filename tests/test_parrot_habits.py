@@ -80,6 +80,10 @@ def test_cvmfs_repos_option_replaces_parrot_cvmfs_repo(published, server, tmp_pa
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout == b"parrot-cvmfs test tree\n"
+    # parrot_cvmfs takes it the same way
+    q = Cli(env)("cat", published.name, "/README", *option, "--cache-dir", tmp_path / "c")
+    assert q.returncode == 0, q.stderr
+    assert q.stdout == b"parrot-cvmfs test tree\n"
 
 
 @pytest.mark.tracer
@@ -335,3 +339,31 @@ def test_install_is_quiet_and_ships_the_man_pages(tmp_path):
     assert noisy == [], "\n".join(noisy)
     for page in ("parrot_run.1", "parrot_cvmfs.1"):
         assert (venv / "share" / "man" / "man1" / page).is_file(), page
+
+
+def test_shell_completion_of_parrot_cvmfs(tmp_path):
+    """What bash's completion hook asks (argcomplete's protocol): the options of ls."""
+    pytest.importorskip("argcomplete")
+    out = tmp_path / "completions"
+    line = "parrot_cvmfs ls --js"
+    env = base_env(
+        _ARGCOMPLETE="2",  # `python -m parrot_cvmfs`: the words start after "python"
+        _ARGCOMPLETE_STDOUT_FILENAME=str(out),
+        COMP_LINE=f"python {line}",
+        COMP_POINT=str(len(line) + 7),
+    )
+    run([*CLI], env)
+    assert out.read_text().split("\v") == ["--json "]
+
+
+def test_derived_configuration_keeps_the_parrot_entries():
+    """A configuration given more overrides (a preload, a mount with options) keeps the
+    repositories of -r, not PARROT_CVMFS_REPO's again."""
+    from parrot_cvmfs.client.config import Configuration
+
+    given = "x.test.org:url=http://a.example/cvmfs/x.test.org"
+    env = {"PARROT_CVMFS_REPO": "x.test.org:url=http://elsewhere/cvmfs/x.test.org"}
+    config = Configuration(env=env, parrot_repos=given).with_overrides({"CVMFS_TIMEOUT": "3"})
+    settings = config.settings("x.test.org")
+    assert settings.get("CVMFS_SERVER_URL") == "http://a.example/cvmfs/x.test.org"
+    assert settings.get("CVMFS_TIMEOUT") == "3"
