@@ -75,7 +75,8 @@ ENVIRONMENT_HELP = """\
                         max_ttl, proxies, log_file (parrot_run's --debug-file);
                         nofiles, syslog_level and quota_threshold are refused
   PARROT_CVMFS_ALIEN_CACHE
-                        the same as --alien-cache
+                        the same as --alien-cache: read, never written (unlike
+                        Parrot); fill it with parrot_cvmfs preload
   PARROT_CVMFS_CACHE    cache directory (below --cache-dir)
   PARROT_CVMFS_CONFIG_DIR
                         cvmfs configuration directory (below --config-dir)
