@@ -220,6 +220,14 @@ def test_unknown_debug_subsystem_and_bad_debug_file(tmp_path):
     p = run([*PARROT, "--debug-file", str(tmp_path / "no" / "log"), "--", "true"], base_env())
     line = failed_with_one_line(p)
     assert "--debug-file" in line and "No such file or directory" in line, line
+    # a configuration that cannot be read: one line, and under --debug its traceback
+    env = base_env(PARROT_CVMFS_CONFIG="syslog_level=1")
+    p = run([*PARROT, "--debug", "--", "true"], env)
+    assert p.returncode == 1 and p.stderr.startswith(b"parrot_run: PARROT_CVMFS_CONFIG: ")
+    assert b"Traceback" in p.stderr
+    env = base_env(PARROT_CVMFS_CONFIG=f"log_file={tmp_path / 'no' / 'log'}")
+    line = failed_with_one_line(run([*PARROT, "--", "true"], env))
+    assert line.startswith("parrot_run: PARROT_CVMFS_CONFIG log_file "), line
 
 
 # -- 12: CVMFS_REPOSITORIES from the configuration files -------------------------------------

@@ -170,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = None
     try:
+        debug = _debug_stream(args.get("debug_file"), bool(args["debug_flags"]))
         config = _configuration(args)
-        debug = _debug_stream(args, config.parrot_globals.debug_file)
+        if args.get("debug_file") is None and config.parrot_globals.debug_file:
+            debug = _debug_stream(
+                config.parrot_globals.debug_file, True, "PARROT_CVMFS_CONFIG log_file"
+            )
         return _run(args, config, debug)
     except KeyboardInterrupt:
         return 130
@@ -189,20 +193,19 @@ def main(argv: list[str] | None = None) -> int:
             debug.close()
 
 
-def _debug_stream(args: dict, configured: str | None):
-    """Where the debug log goes: None (no debugging), stderr, or the --debug-file (else
+def _debug_stream(path: str | None, wanted: bool, source: str = "--debug-file"):
+    """Where the debug log goes: None (not `wanted`), stderr, or the --debug-file (else
     PARROT_CVMFS_CONFIG's log_file), which is the user's own path, opened as asked
     (appended to, created, links followed) but close-on-exec, so that the job can
     neither write to it nor find it open."""
-    path = args.get("debug_file") or configured
     if path is None:
-        return sys.stderr if args["debug_flags"] else None
+        return sys.stderr if wanted else None
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
         from ..errors import CvmfsError
 
-        raise CvmfsError(f"--debug-file {path}: {e.strerror}") from None
+        raise CvmfsError(f"{source} {path}: {e.strerror}") from None
     return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
 
 
