@@ -63,12 +63,14 @@ def help_text() -> str:
     return HELP.replace("{environment}", ENVIRONMENT_HELP)
 
 
-# Parrot's debugging subsystems (cctools' debug flags): -d NAME turns on our one debug
-# log for any of them; a name outside them is a typo, refused.
+# Parrot's debugging subsystems (the flag table of cctools' dttools/src/debug.c, old and
+# new names): -d NAME turns on our one debug log for any of them; another is a typo.
 PARROT_DEBUG_FLAGS = frozenset(
-    "all syscall notice channel process resolve libcall local dns tcp auth irods cvmfs"
-    " http ftp nest chirp dcap rfio glite lfc gfal grow pstree alloc cache poll hdfs"
-    " bxgrid debug login sqlite s3 user xrootd remote ext fatal time".split()
+    "all clear fatal error notice debug syscall channel process resolve libcall tcp dns"
+    " auth local http ftp nest chirp cvmfs multi landlord dcap rfio glite lfc gfal grow"
+    " pstree alloc cache poll hdfs bxgrid login irods wq mpi user xrootd remote batch"
+    " rmonitor makeflow makeflow_run makeflow_alloc makeflow_lexer makeflow_parser"
+    " makeflow_hook ext confuga vine tlq jx ssl bucketing time pid".split()
 )
 
 # option -> (attribute, takes a value, repeatable); a value that is a string: the
