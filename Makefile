@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-unit setup bench lint clean
+.PHONY: demo test test-unit setup bench lint man clean
 
 demo: setup
 	$(BIN)/parrot_cvmfs demo
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.py csrc/*/*.c csrc
 	sh .ci/system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --config-settings editable_mode=compat -e '.[test]'
+	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 bench: setup
@@ -30,6 +30,10 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# the man pages, made from the commands' help (tests/test_parrot_habits.py checks them)
+man: setup
+	$(BIN)/python -m parrot_cvmfs.commands.manpage man
 
 clean:
 	rm -rf $(VENV) build *.egg-info parrot_cvmfs/_core*.so

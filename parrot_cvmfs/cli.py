@@ -7,6 +7,7 @@ non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ._version import __version__
@@ -31,10 +32,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {one_line_text(message)} (see {self.prog} --help)\n")
 
 
+EXAMPLES = """\
+  parrot_cvmfs ls -l alice.cern.ch /
+  parrot_cvmfs find --json atlas.cern.ch /repo/sw/tools
+  parrot_cvmfs preload -u http://s1.example.org/cvmfs/NAME -r /scratch/preload -k NAME.pub
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .client.config import ENVIRONMENT_HELP
+
     p = _Parser(
         prog="parrot_cvmfs",
         description="CernVM-FS client tools: inspect, publish and serve repositories.",
+        epilog=f"environment:\n{ENVIRONMENT_HELP}\nexamples:\n{EXAMPLES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"parrot_cvmfs {__version__}")
     p.add_argument("--debug", action="store_true", help="with an error, show its traceback")
@@ -57,11 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    client_cmd("info", cmd_info, "print the verified manifest (key: value lines)")
+    sp = client_cmd("info", cmd_info, "print the verified manifest (key: value lines)")
+    sp.add_argument("--json", action="store_true", help="one JSON object")
     sp = client_cmd("ls", cmd_ls, "list a directory", optional_path=True)
     sp.add_argument("-l", "--long", action="store_true", help="long format")
     sp.add_argument(
         "-d", "--directory", action="store_true", help="list the entry, not its contents"
+    )
+    sp.add_argument(
+        "--json", action="store_true", help="one JSON object an entry, as find's, with name"
     )
     client_cmd("cat", cmd_cat, "write a file's verified contents to stdout", path=True)
     sp = client_cmd("stat", cmd_stat, "show an entry's attributes", path=True)
@@ -156,10 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion (`eval "$(register-python-argcomplete parrot_cvmfs)"`), asked by
+    the shell through _ARGCOMPLETE: argcomplete, the optional extra `completion`, is
+    imported only then; without it there is nothing to complete."""
+    try:
+        import argcomplete
+    except ImportError:
+        sys.exit(1)
+    argcomplete.autocomplete(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command: its exit status, or 1 with one line on stderr naming what was
     wrong (the traceback too with --debug)."""
     parser = build_parser()
+    if argv is None and "_ARGCOMPLETE" in os.environ:
+        _complete(parser)
     args = parser.parse_args(argv)
     detect_terminal()
     if args.debug:  # the network path's findings (PAC files, Geo-API) too

@@ -7,10 +7,15 @@ Sources, later ones winning:
    domain.d/<domain>.conf, config.d/<fqrn>.conf and their .local overrides).
    The configuration repository is the copy of cvmfs-config.cern.ch shipped
    as package data, so the main domains work with no setup at all;
-3. CVMFS_* variables of the environment;
-4. Parrot's PARROT_CVMFS_REPO entries (`NAME:url=U1;U2,pubkey=K,proxies=P`);
+3. CVMFS_* variables of the environment (and PARROT_CVMFS_OFFLINE);
+4. Parrot's PARROT_CVMFS_CONFIG (libcvmfs global options: the parameters of every
+   repository), then its PARROT_CVMFS_REPO entries (`NAME:url=U1;U2,pubkey=K,proxies=P`,
+   or `-r` of parrot_run);
 5. explicit overrides (command-line options, API arguments).
 Values then get `@fqrn@` and `@org@` substituted.
+
+What is not per repository (the repositories listed in /cvmfs, the default domain)
+comes from the same layers without the domain and repository files: `global_params`.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from collections.abc import Mapping
 
 from ..errors import ConfigError
 from ..format.values import valid_name
-from .config_files import assigns, config_files, evaluate_config_files
-from .parrot_repo import parse_parrot_repos
+from .config_files import assigns, config_files, default_config_files, evaluate_config_files
+from .parrot_repo import ParrotGlobals, parse_parrot_config, parse_parrot_repos
 
 CONFIG_REPOSITORY = "cvmfs-config.cern.ch"
 
@@ -67,6 +72,29 @@ NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "QUOTA_LIMIT": (-1, 1 << 40),  # MB; -1 is unlimited
     "MAX_TTL": (0, 1 << 31),  # minutes
 }
+
+# The variables the client reads, for the --help (and man page) of both commands: one
+# list, next to where they are read. (parrot_run adds its own: PARROT_CVMFS_MODE.)
+ENVIRONMENT_HELP = """\
+  PARROT_CVMFS_REPO     repositories and their options, Parrot's syntax:
+                        NAME:url=U1;U2,pubkey=KEY,proxies=P ... (* wildcards)
+  PARROT_CVMFS_CONFIG   libcvmfs global options: cache_directory, alien_cache,
+                        alien_cachedir, quota_limit, timeout, timeout_direct,
+                        max_ttl, proxies, log_file (parrot_run's --debug-file);
+                        nofiles, syslog_level and quota_threshold are refused
+  PARROT_CVMFS_ALIEN_CACHE
+                        the same as --alien-cache: read, never written (unlike
+                        Parrot); fill it with parrot_cvmfs preload
+  PARROT_CVMFS_CACHE    cache directory (below --cache-dir)
+  PARROT_CVMFS_CONFIG_DIR
+                        cvmfs configuration directory (below --config-dir)
+  PARROT_CVMFS_OFFLINE  yes: the same as --offline
+  PARROT_ALLOW_SWITCHING_CVMFS_REPOSITORIES
+                        accepted: every repository is always available at once
+  CVMFS_*               any cvmfs client parameter (CVMFS_HTTP_PROXY,
+                        CVMFS_REPOSITORIES, ...), above the configuration files
+  XDG_CACHE_HOME        the per-user cache is $XDG_CACHE_HOME/parrot-cvmfs
+"""
 
 _TRUE = {"yes", "on", "1", "true"}
 _FALSE = {"no", "off", "0", "false"}
@@ -208,27 +236,83 @@ class Configuration:
         self.overrides = dict(overrides or {})
         spec = parrot_repos if parrot_repos is not None else self.env.get("PARROT_CVMFS_REPO", "")
         self.parrot_entries = parse_parrot_repos(spec) if spec else []
+        global_spec = self.env.get("PARROT_CVMFS_CONFIG", "")
+        self.parrot_globals = parse_parrot_config(global_spec) if global_spec else ParrotGlobals()
         self._cache: dict[str, RepositorySettings] = {}
+        self._global: dict[str, str] | None = None
         # where the shell's answers for the configuration files are kept (parrot_run
         # sets it inside its cache; None: evaluate every time)
         self.memo_dir: str | None = None
 
+    def with_overrides(self, extra: Mapping[str, str]) -> Configuration:
+        """This configuration with more overrides (later ones winning), everything
+        else kept: the environment, the directory, the Parrot entries however given."""
+        derived = Configuration(self.env, self.sysdir, {**self.overrides, **extra}, parrot_repos="")
+        derived.parrot_entries = self.parrot_entries
+        derived.parrot_globals = self.parrot_globals
+        derived.memo_dir = self.memo_dir
+        return derived
+
+    # -- what is not per repository ---------------------------------------------------------
+
+    def run_cache_dir(self, given: str | None) -> str | None:
+        """The writable cache asked for: `given` (--cache-dir), else PARROT_CVMFS_CONFIG's
+        cache_directory; None: the cache module's default (PARROT_CVMFS_CACHE...)."""
+        return given or self.parrot_globals.cache_dir
+
+    def run_alien_cache(self, given: str | None) -> str | None:
+        """The alien caches asked for: `given` (--alien-cache), else
+        PARROT_CVMFS_ALIEN_CACHE, else PARROT_CVMFS_CONFIG's alien cache; a directory
+        named that does not exist is refused with the name of where it came from."""
+        for source, value in (
+            ("--alien-cache", given),
+            ("PARROT_CVMFS_ALIEN_CACHE", self.env.get("PARROT_CVMFS_ALIEN_CACHE")),
+            ("PARROT_CVMFS_CONFIG alien cache", self.parrot_globals.alien_cache),
+        ):
+            if value:
+                check_directory_option(source, value)
+                return value
+        return None
+
+    def global_params(self) -> dict[str, str]:
+        """The parameters of no repository in particular: the default files
+        (default.conf, default.d, the configuration repository's default.conf,
+        default.local), then the CVMFS_* environment, then the overrides."""
+        if self._global is None:
+            seed = dict(DEFAULTS)
+            seed["CVMFS_MOUNT_DIR"] = package_config_mount_dir()
+            files = default_config_files(self.sysdir, self._config_repo_etc(""))
+            params = dict(DEFAULTS)
+            params.update(evaluate_config_files("", files, seed, self.env, self.memo_dir)[0])
+            params.update((k, v) for k, v in self.env.items() if k.startswith("CVMFS_"))
+            params.update(self.overrides)
+            self._global = params
+        return self._global
+
     @property
     def default_domain(self) -> str:
-        return self.overrides.get("CVMFS_DEFAULT_DOMAIN") or self.env.get(
-            "CVMFS_DEFAULT_DOMAIN", DEFAULTS["CVMFS_DEFAULT_DOMAIN"]
-        )
+        return self.global_params().get("CVMFS_DEFAULT_DOMAIN") or ""
 
     def canonical_name(self, name: str) -> str:
-        return normalize_name(name, self.default_domain)
+        # a dotted name needs no default domain (and no configuration files read for it)
+        return normalize_name(name, "" if "." in name else self.default_domain)
 
     def configured_names(self) -> list[str]:
-        """Repositories named explicitly: PARROT_CVMFS_REPO entries and CVMFS_REPOSITORIES."""
+        """Repositories named explicitly: PARROT_CVMFS_REPO entries and CVMFS_REPOSITORIES
+        (configuration files, environment or -o, as every parameter)."""
         names = [e.pattern for e in self.parrot_entries if not e.is_wildcard]
-        for n in (self.env.get("CVMFS_REPOSITORIES") or "").split(","):
+        for n in (self.global_params().get("CVMFS_REPOSITORIES") or "").split(","):
             if n.strip():
                 names.append(self.canonical_name(n.strip()))
         return list(dict.fromkeys(names))
+
+    def _config_repo_etc(self, fqrn: str) -> str | None:
+        """The shipped configuration repository's etc/cvmfs (None for itself)."""
+        config_repo = self.env.get("CVMFS_CONFIG_REPOSITORY", CONFIG_REPOSITORY)
+        repo_etc = os.path.join(package_config_mount_dir(), config_repo, "etc", "cvmfs")
+        if not os.path.isdir(repo_etc) or config_repo == fqrn:
+            return None
+        return repo_etc
 
     def _http_proxy_seed(self) -> str:
         return self._env_proxy() or "DIRECT"
@@ -253,11 +337,7 @@ class Configuration:
         for k in SHELL_SEEDED:
             if self.env.get(k):
                 seed[k] = self.env[k]
-        config_repo = self.env.get("CVMFS_CONFIG_REPOSITORY", CONFIG_REPOSITORY)
-        repo_etc = os.path.join(mount_dir, config_repo, "etc", "cvmfs")
-        if not os.path.isdir(repo_etc) or config_repo == fqrn:
-            repo_etc = None
-        files = config_files(fqrn, self.sysdir, repo_etc)
+        files = config_files(fqrn, self.sysdir, self._config_repo_etc(fqrn))
         # Parrot's default proxy, DIRECT, stands for a proxy nobody configured; a client
         # profile configures one (common.conf: `single` is `auto;DIRECT` when the files
         # leave CVMFS_HTTP_PROXY empty), so with a profile the files see it empty
@@ -271,8 +351,9 @@ class Configuration:
         file_params, read = evaluate_config_files(fqrn, files, seed, self.env, self.memo_dir)
         params.update(file_params)
         for k, v in self.env.items():
-            if k.startswith("CVMFS_") and k != "CVMFS_MOUNT_DIR":
+            if (k.startswith("CVMFS_") and k != "CVMFS_MOUNT_DIR") or k == "PARROT_CVMFS_OFFLINE":
                 params[k] = v
+        params.update(self.parrot_globals.params)
         matched = False
         for entry in self.parrot_entries:  # later entries take precedence
             opts = entry.match(fqrn)

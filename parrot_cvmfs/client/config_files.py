@@ -47,9 +47,9 @@ def assigns(files: list[str], name: str) -> bool:
     return False
 
 
-def config_files(fqrn: str, sysdir: str, config_repo_etc: str | None) -> list[str]:
-    """The files the client sources for `fqrn`, in order (missing ones included)."""
-    domain = fqrn.split(".", 1)[1] if "." in fqrn else ""
+def default_config_files(sysdir: str, config_repo_etc: str | None) -> list[str]:
+    """The files the client sources for every repository, in order (missing ones
+    included): what `cvmfs_config` reads CVMFS_REPOSITORIES from."""
     files = [os.path.join(sysdir, "default.conf")]
     try:
         dropins = os.listdir(os.path.join(sysdir, "default.d"))
@@ -63,6 +63,13 @@ def config_files(fqrn: str, sysdir: str, config_repo_etc: str | None) -> list[st
     if config_repo_etc:
         files.append(os.path.join(config_repo_etc, "default.conf"))
     files.append(os.path.join(sysdir, "default.local"))
+    return files
+
+
+def config_files(fqrn: str, sysdir: str, config_repo_etc: str | None) -> list[str]:
+    """The files the client sources for `fqrn`, in order (missing ones included)."""
+    domain = fqrn.split(".", 1)[1] if "." in fqrn else ""
+    files = default_config_files(sysdir, config_repo_etc)
     if domain:
         if config_repo_etc:
             files.append(os.path.join(config_repo_etc, "domain.d", f"{domain}.conf"))

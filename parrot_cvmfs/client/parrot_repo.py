@@ -1,5 +1,6 @@
-"""Parrot's PARROT_CVMFS_REPO: `NAME:url=U1;U2,pubkey=K,proxies=P` entries, wildcards
-included, as Parrot parses them."""
+"""Parrot's variables: PARROT_CVMFS_REPO (`NAME:url=U1;U2,pubkey=K,proxies=P` entries,
+wildcards included, as Parrot parses them) and PARROT_CVMFS_CONFIG (libcvmfs's global
+options, `cvmfs_init` in cvmfs's libcvmfs_legacy.cc)."""
 
 from __future__ import annotations
 
@@ -159,3 +160,104 @@ def parse_parrot_repos(spec: str) -> list[ParrotEntry]:
             raise ConfigError(f"PARROT_CVMFS_REPO: deep mounts ({head}) are not supported")
         entries.append(ParrotEntry(head, options))
     return entries
+
+
+# PARROT_CVMFS_CONFIG: libcvmfs's global options (and the repository options Parrot
+# users put there), each mapped to what does the same here, or refused with why.
+# value: ("param", CVMFS_X) a parameter of every repository; ("global", key) a
+# setting of the whole run (ParrotGlobals); ("flag", key) the same without a value;
+# ("ignored", "") accepted without effect (a tweak of libcvmfs's own process);
+# ("refused", why).
+_GLOBAL_OPTIONS: dict[str, tuple[str, str]] = {
+    "cache_directory": ("global", "cache_dir"),
+    "cachedir": ("global", "cache_dir"),
+    "alien_cachedir": ("global", "alien_cache"),
+    "alien_cache": ("flag", "alien_cache"),
+    "quota_limit": ("param", "CVMFS_QUOTA_LIMIT"),
+    "timeout": ("param", "CVMFS_TIMEOUT"),
+    "timeout_direct": ("param", "CVMFS_TIMEOUT_DIRECT"),
+    "max_ttl": ("param", "CVMFS_MAX_TTL"),
+    "proxies": ("param", "CVMFS_HTTP_PROXY"),
+    "logfile": ("global", "debug_file"),
+    "log_file": ("global", "debug_file"),
+    "lock_directory": ("ignored", ""),
+    "change_to_cache_directory": ("ignored", ""),
+    "log_prefix": ("ignored", ""),
+    "rebuild_cachedb": ("ignored", ""),
+    "quota_threshold": (
+        "refused",
+        "the cache always cleans up down to half of quota_limit (libcvmfs ignores it too)",
+    ),
+    "nofiles": (
+        "refused",
+        "cached files are opened by the job itself, so its own limit applies (ulimit -n)",
+    ),
+    "max_open_files": (
+        "refused",
+        "cached files are opened by the job itself, so its own limit applies (ulimit -n)",
+    ),
+    "syslog_level": (
+        "refused",
+        "nothing is logged to syslog (--debug-file FILE keeps a debug log)",
+    ),
+    "log_syslog_level": (
+        "refused",
+        "nothing is logged to syslog (--debug-file FILE keeps a debug log)",
+    ),
+}
+
+
+class ParrotGlobals:
+    """What PARROT_CVMFS_CONFIG sets for the whole run: `params` for every repository
+    (below PARROT_CVMFS_REPO's own), and the run's cache, alien cache and debug log."""
+
+    __slots__ = ("params", "cache_dir", "alien_cache", "debug_file")
+
+    def __init__(self) -> None:
+        self.params: dict[str, str] = {}
+        self.cache_dir: str | None = None
+        self.alien_cache: str | None = None
+        self.debug_file: str | None = None
+
+
+def parse_parrot_config(options: str) -> ParrotGlobals:
+    """PARROT_CVMFS_CONFIG (`opt=value,opt,...`, `\\` escapes, libcvmfs's syntax);
+    a ConfigError names an unknown or refused option, or one missing its value."""
+    out = ParrotGlobals()
+    alien_flag = False
+    for item in _split_unescaped(options.strip(), ","):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        key, value = _unescape(key).strip(), _unescape(value)
+        kind, target = _GLOBAL_OPTIONS.get(key, ("", ""))
+        if not kind:
+            raise ConfigError(
+                f"PARROT_CVMFS_CONFIG: unknown option {key!r} (libcvmfs global options:"
+                f" {', '.join(sorted(_GLOBAL_OPTIONS))})"
+            )
+        if kind == "refused":
+            raise ConfigError(f"PARROT_CVMFS_CONFIG: option {key} is not supported: {target}")
+        if kind == "flag":
+            if eq:
+                raise ConfigError(f"PARROT_CVMFS_CONFIG: option {key} takes no value")
+            alien_flag = True
+            continue
+        if kind == "ignored":
+            continue
+        if not eq or not value.strip():
+            raise ConfigError(
+                f"PARROT_CVMFS_CONFIG: option {key!r} has no value (expected {key}=VALUE)"
+            )
+        if kind == "param":
+            out.params[target] = value
+        else:
+            setattr(out, target, value)
+    if alien_flag:
+        # libcvmfs: the cache directory is an alien cache. Here an alien cache is read
+        # as a tier before our own writable cache (which stays the default one).
+        if out.cache_dir is None:
+            raise ConfigError("PARROT_CVMFS_CONFIG: alien_cache needs cache_directory=DIR")
+        out.alien_cache = out.alien_cache or out.cache_dir
+        out.cache_dir = None
+    return out

@@ -100,7 +100,7 @@ def preload(
     if pubkeys:
         overrides["CVMFS_PUBLIC_KEY"] = pubkeys
     base = config or Configuration()
-    config = Configuration(base.env, base.sysdir, {**base.overrides, **overrides})
+    config = base.with_overrides(overrides)
     settings = config.settings(fqrn)
     select = None
     dirtab_text = None

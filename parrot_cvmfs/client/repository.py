@@ -178,7 +178,7 @@ class Repository:
         if config is None:
             config = Configuration(overrides=options)
         elif options:
-            config = Configuration(config.env, config.sysdir, {**config.overrides, **options})
+            config = config.with_overrides(options)
         settings = config.settings(name)
         shared = cache is not None
         if cache is None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import stat as st
 
 from ..errors import CvmfsError, one_line_text
 from . import EXIT_ERROR
 from .options import open_repository
-from .output import display, flush, line, utc, warn, write
+from .output import display, flush, json_line, line, utc, warn, write
 
 
 def cmd_info(args) -> int:
     with open_repository(args, args.name, attach=False) as repo:
-        for k, v in repo.info().items():
+        info = repo.info()
+        if args.json:
+            json_line(info)
+            return 0
+        for k, v in info.items():
             line(f"{k}: {one_line_text(v)}")  # a tag's name is the publisher's text
     return 0
 
@@ -23,11 +26,22 @@ def mode_string(mode: int) -> str:
 
 
 def cmd_ls(args) -> int:
+    """The entries of a directory (or the entry itself); with --json one record a line
+    as find's, with `name`: an entry that cannot be read is named in its `error` and on
+    stderr, and the exit status is 1."""
+    failures = 0
     with open_repository(args, args.name) as repo:
         entry = repo.resolve(args.path)
         entries = repo.scandir(args.path) if entry.is_dir and not args.directory else [entry]
         for e in entries:
             name = e.name if entry.is_dir and not args.directory else (args.path or "/")
+            if args.json:
+                rec = {"name": name, **_entry_record(repo, e)}
+                if "error" in rec:
+                    failures += 1
+                    warn(rec["error"])
+                json_line(rec)
+                continue
             name = display(name)
             if args.long:
                 s = repo.stat_entry(e)
@@ -38,7 +52,7 @@ def cmd_ls(args) -> int:
                 )
             else:
                 line(name)
-    return 0
+    return EXIT_ERROR if failures else 0
 
 
 def cmd_cat(args) -> int:
@@ -106,7 +120,7 @@ def cmd_stat(args) -> int:
             rec["target"] = repo.expand_symlink(e)
         rec["size"] = s.st_size
         if args.json:
-            line(json.dumps(rec, ensure_ascii=False))
+            json_line(rec)
         else:
             for k, v in rec.items():
                 if k == "mode":
@@ -133,7 +147,7 @@ def cmd_find(args) -> int:
                 rec = _entry_record(repo, e, args.sha256)
                 if "error" in rec:
                     report(CvmfsError(rec["error"]))
-                line(json.dumps(rec, ensure_ascii=False))
+                json_line(rec)
             else:
                 line(display(e.path or "/"))
     return EXIT_ERROR if failures else 0
@@ -144,17 +158,14 @@ def cmd_tags(args) -> int:
         tags = repo.tags()
         if args.json:
             for t in tags:
-                line(
-                    json.dumps(
-                        {
-                            "name": t.name,
-                            "revision": t.revision,
-                            "timestamp": t.timestamp,
-                            "root_hash": t.root_hash.hex,
-                            "description": t.description,
-                        },
-                        ensure_ascii=False,
-                    )
+                json_line(
+                    {
+                        "name": t.name,
+                        "revision": t.revision,
+                        "timestamp": t.timestamp,
+                        "root_hash": t.root_hash.hex,
+                        "description": t.description,
+                    }
                 )
             return 0
         for t in tags:

@@ -59,7 +59,18 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("repository access")
     g.add_argument("--cache-dir", metavar="DIR", help="cache directory (default: per-user cache)")
     add_trust_options(g)
-    g.add_argument("--alien-cache", metavar="DIR", help="read-only preloaded cache consulted first")
+    g.add_argument(
+        "--alien-cache",
+        "--cvmfs-alien-cache",
+        metavar="DIR",
+        help="read-only preloaded cache consulted first (default $PARROT_CVMFS_ALIEN_CACHE)",
+    )
+    g.add_argument(
+        "-r",
+        "--cvmfs-repos",
+        metavar="REPOS",
+        help="repositories in PARROT_CVMFS_REPO's syntax (replaces $PARROT_CVMFS_REPO)",
+    )
     g.add_argument(
         "--offline", action="store_true", help="use only the cache; never touch the network"
     )
@@ -75,18 +86,18 @@ def open_repository(args, name: str, attach: bool = True):
 
     if args.config_dir is not None:
         check_directory_option("--config-dir", args.config_dir)
-    if args.alien_cache is not None:
-        check_directory_option("--alien-cache", args.alien_cache)
-    config = Configuration(config_dir=args.config_dir, overrides=dict(args.option))
+    config = Configuration(
+        config_dir=args.config_dir, overrides=dict(args.option), parrot_repos=args.cvmfs_repos
+    )
     return Repository.mount(
         name,
-        cache_dir=args.cache_dir,
+        cache_dir=config.run_cache_dir(args.cache_dir),
         config=config,
         tag=args.tag,
         date=args.date,
         root_hash=args.root_hash,
         verify_at=args.verify_at,
         offline=args.offline or None,
-        alien_cache=args.alien_cache,
+        alien_cache=config.run_alien_cache(args.alien_cache),
         attach=attach,
     )

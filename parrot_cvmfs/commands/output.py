@@ -34,6 +34,14 @@ def line(text: str) -> None:
     write(text.encode("utf-8", "surrogateescape") + b"\n")
 
 
+def json_line(record: dict) -> None:
+    """One JSON object a line, the form of every command's --json (names as the
+    characters they are, non-UTF-8 bytes as surrogate escapes)."""
+    import json
+
+    line(json.dumps(record, ensure_ascii=False))
+
+
 def flush() -> None:
     """Flush stdout (where a full disk shows)."""
     _stdout(sys.stdout.flush)

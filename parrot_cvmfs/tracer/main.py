@@ -26,14 +26,55 @@ options:
   --offline             no network: stored manifests and cached objects only
   --verify-at DATE      check whitelist expiry as of this UTC date
   -o, --option KEY=VALUE
-                        set a CVMFS_* parameter (repeatable)
+                        set a CVMFS_* parameter (repeatable); not Parrot's -o FILE,
+                        which is --debug-file here
   --config-dir DIR      cvmfs configuration directory (default /etc/cvmfs)
   --stats               print interception and transfer counts at exit
-  --debug               print every call handled in Python
+  --debug               print every call handled in Python (on stderr)
+  --debug-file FILE     append the debug log to FILE instead of stderr (implies
+                        --debug; the job never sees FILE)
   --version             show program's version number and exit
+
+Parrot's options:
+  -r, --cvmfs-repos REPOS
+                        repositories in PARROT_CVMFS_REPO's syntax (replaces it)
+  --cvmfs-repo-switching
+                        accepted: every repository is always available at once
+  --cvmfs-alien-cache DIR
+                        the same as --alien-cache
+  -d, --debug=SUBSYSTEM
+                        the same as --debug, whichever of Parrot's subsystems is
+                        named (all, cvmfs, syscall, process, ...; repeatable)
+
+environment:
+{{environment}}  PARROT_CVMFS_MODE     notify or ptrace: force the interception mode
+
+examples:
+  parrot_run ls /cvmfs/alice.cern.ch
+  parrot_run --cvmfs atlas.cern.ch -o CVMFS_HTTP_PROXY=http://squid:3128 ./job.sh
+  PARROT_CVMFS_ALIEN_CACHE=/scratch/preload parrot_run --offline ./job.sh
 """
 
-# option -> (attribute, takes a value, repeatable)
+
+def help_text() -> str:
+    """--help: HELP with the client's environment variables (the source of the man page)."""
+    from ..client.config import ENVIRONMENT_HELP
+
+    return HELP.replace("{environment}", ENVIRONMENT_HELP)
+
+
+# Parrot's debugging subsystems (the flag table of cctools' dttools/src/debug.c, old and
+# new names): -d NAME turns on our one debug log for any of them; another is a typo.
+PARROT_DEBUG_FLAGS = frozenset(
+    "all clear fatal error notice debug syscall channel process resolve libcall tcp dns"
+    " auth local http ftp nest chirp cvmfs multi landlord dcap rfio glite lfc gfal grow"
+    " pstree alloc cache poll hdfs bxgrid login irods wq mpi user xrootd remote batch"
+    " rmonitor makeflow makeflow_run makeflow_alloc makeflow_lexer makeflow_parser"
+    " makeflow_hook ext confuga vine tlq jx ssl bucketing time pid".split()
+)
+
+# option -> (attribute, takes a value, repeatable); a value that is a string: the
+# option's value may be given inline only (--debug=cvmfs), that string otherwise
 _OPTIONS = {
     "--cvmfs": ("cvmfs", True, True),
     "--cache-dir": ("cache_dir", True, False),
@@ -44,7 +85,14 @@ _OPTIONS = {
     "--option": ("option", True, True),
     "--config-dir": ("config_dir", True, False),
     "--stats": ("stats", False, False),
-    "--debug": ("debug", False, False),
+    "--debug": ("debug_flags", "all", True),
+    "--debug-file": ("debug_file", True, False),
+    # Parrot's
+    "-r": ("cvmfs_repos", True, False),
+    "--cvmfs-repos": ("cvmfs_repos", True, False),
+    "--cvmfs-repo-switching": ("repo_switching", False, False),
+    "--cvmfs-alien-cache": ("alien_cache", True, False),
+    "-d": ("debug_flags", True, True),
 }
 
 
@@ -54,7 +102,7 @@ class UsageError(Exception):
 
 def parse_args(argv: list[str]) -> dict:
     """Options up to the first operand (or `--`); the rest is the command, untouched."""
-    args: dict = {"cvmfs": [], "option": [], "command": []}
+    args: dict = {"cvmfs": [], "option": [], "debug_flags": [], "command": []}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -70,8 +118,10 @@ def parse_args(argv: list[str]) -> dict:
             args["version"] = True
             return args
         name, eq, inline = a.partition("=") if a.startswith("--") else (a, "", "")
-        if name.startswith("-o") and len(name) > 2 and not name.startswith("--"):
-            name, eq, inline = "-o", "=", name[2:]  # -oKEY=VALUE
+        if len(name) > 2 and not name.startswith("--"):
+            short = _OPTIONS.get(name[:2])
+            if short is not None and short[1] is True:
+                name, eq, inline = name[:2], "=", name[2:]  # -oKEY=VALUE, -dall
         spec = _OPTIONS.get(name)
         if spec is None:
             raise UsageError(f"unknown option {name}")
@@ -79,6 +129,8 @@ def parse_args(argv: list[str]) -> dict:
         if takes_value:
             if eq:
                 value = inline
+            elif takes_value is not True:
+                value = takes_value
             else:
                 i += 1
                 if i >= len(argv):
@@ -94,6 +146,9 @@ def parse_args(argv: list[str]) -> dict:
             args[attr] = True
         i += 1
     args["command"] = argv[i:]
+    for flag in args["debug_flags"]:
+        if flag not in PARROT_DEBUG_FLAGS:
+            raise UsageError(f"unknown debugging subsystem {flag!r} for -d/--debug (try all)")
     return args
 
 
@@ -107,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parrot_run: {e} (see parrot_run --help)", file=sys.stderr)
         return 2
     if args.get("help"):
-        sys.stdout.write(HELP)
+        sys.stdout.write(help_text())
         return 0
     if args.get("version"):
         print(f"parrot_run {__version__}")
@@ -115,25 +170,51 @@ def main(argv: list[str] | None = None) -> int:
     if not args["command"]:
         print(f"parrot_run: no command given ({USAGE[7:]})", file=sys.stderr)
         return 2
+    debug = None
     try:
-        return _run(args)
+        debug = _debug_stream(args.get("debug_file"), bool(args["debug_flags"]))
+        config = _configuration(args)
+        if args.get("debug_file") is None and config.parrot_globals.debug_file:
+            debug = _debug_stream(
+                config.parrot_globals.debug_file, True, "PARROT_CVMFS_CONFIG log_file"
+            )
+        return _run(args, config, debug)
     except KeyboardInterrupt:
         return 130
     except Exception as e:
         from ..errors import one_line
 
         print(f"parrot_run: {one_line(e)}", file=sys.stderr)
-        if args.get("debug"):
+        if debug is not None:
             import traceback
 
-            traceback.print_exc()
+            traceback.print_exc(file=debug)
         return 1
+    finally:
+        if debug is not None and debug is not sys.stderr:
+            debug.close()
 
 
-def _run(args: dict) -> int:
+def _debug_stream(path: str | None, wanted: bool, source: str = "--debug-file"):
+    """Where the debug log goes: None (not `wanted`), stderr, or the --debug-file (else
+    PARROT_CVMFS_CONFIG's log_file), which is the user's own path, opened as asked
+    (appended to, created, links followed) but close-on-exec, so that the job can
+    neither write to it nor find it open."""
+    if path is None:
+        return sys.stderr if wanted else None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        from ..errors import CvmfsError
+
+        raise CvmfsError(f"{source} {path}: {e.strerror}") from None
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+
+
+def _configuration(args: dict):
+    """The client configuration: -o overrides, --config-dir, -r (else PARROT_CVMFS_REPO)."""
     from ..client.config import Configuration, check_directory_option
     from ..errors import CvmfsError
-    from .supervisor import Options, Supervisor
 
     overrides = {}
     for item in args["option"]:
@@ -141,6 +222,19 @@ def _run(args: dict) -> int:
             raise CvmfsError(f"-o expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k.strip()] = v
+    if args.get("config_dir") is not None:
+        check_directory_option("--config-dir", args["config_dir"])
+    return Configuration(
+        config_dir=args.get("config_dir"),
+        overrides=overrides,
+        parrot_repos=args.get("cvmfs_repos"),
+    )
+
+
+def _run(args: dict, config, debug) -> int:
+    from ..errors import CvmfsError
+    from .supervisor import Options, Supervisor
+
     verify_at = None
     if args.get("verify_at"):
         from ..format.history import parse_repository_date
@@ -149,24 +243,21 @@ def _run(args: dict) -> int:
             verify_at = float(parse_repository_date(args["verify_at"]))
         except CvmfsError as e:
             raise CvmfsError(f"--verify-at: {e}") from None
-    for option in ("config_dir", "alien_cache"):
-        if args.get(option) is not None:
-            check_directory_option("--" + option.replace("_", "-"), args[option])
-    if args.get("debug"):  # the network path's findings (PAC files, Geo-API) too
+    if debug is not None:  # the network path's findings (PAC files, Geo-API) too
         from ..client.network import set_debug_log
 
-        set_debug_log(lambda line: print(f"parrot_run: {line}", file=sys.stderr, flush=True))
+        set_debug_log(lambda line: print(f"parrot_run: {line}", file=debug, flush=True))
     names = [n for item in args["cvmfs"] for n in item.split(",") if n]
     opts = Options(
         command=args["command"],
         cvmfs=names,
-        cache_dir=args.get("cache_dir"),
-        alien_cache=args.get("alien_cache"),
+        cache_dir=config.run_cache_dir(args.get("cache_dir")),
+        alien_cache=config.run_alien_cache(args.get("alien_cache")),
         verify_at=verify_at,
         offline=bool(args.get("offline")),
         stats=bool(args.get("stats")),
-        debug=bool(args.get("debug")),
-        config=Configuration(config_dir=args.get("config_dir"), overrides=overrides),
+        debug=debug,
+        config=config,
     )
     sup = Supervisor(opts)
     try:

@@ -38,7 +38,7 @@ class Options:
         verify_at: float | None = None,
         offline: bool = False,
         stats: bool = False,
-        debug: bool = False,
+        debug=None,
         config: Configuration | None = None,
     ):
         self.command = command

@@ -203,7 +203,7 @@ class _Check:
         self.target.write_meta(f"manifest.{fqrn}", self.small["manifest"])
         base = self.config or Configuration()
         overrides = {"CVMFS_PUBLIC_KEY": self.pubkeys} if self.pubkeys else {}
-        config = Configuration(base.env, base.sysdir, {**base.overrides, **overrides})
+        config = base.with_overrides(overrides)
         try:
             settings = config.settings(fqrn)
         except CvmfsError as e:

@@ -4,7 +4,6 @@ the handler its row names (HANDLERS) decides, delivery carries the decision out.
 from __future__ import annotations
 
 import errno
-import sys
 
 from ...errors import CvmfsError
 from ..core import Core
@@ -61,7 +60,7 @@ HANDLERS = {
 
 
 class Handlers:
-    def __init__(self, core: Core, view: CvmfsView, procs: Processes, debug: bool = False):
+    def __init__(self, core: Core, view: CvmfsView, procs: Processes, debug=None):
         self.core = core
         self.memo = Memo(core, view.cache_dir)
         view.on_mount = self.memo.load
@@ -69,7 +68,7 @@ class Handlers:
         self.view = view
         self.procs = procs
         self.calls = core.calls
-        self.debug = debug
+        self.debug = debug  # the debug log's stream (stderr, --debug-file), or None
         self.context = Context(core, view, procs, self.memo, Siblings())
         self.delivery = Delivery(core, view, procs)
         self._handler_of = [HANDLERS[c.handler] for c in self.calls]  # by rule index
@@ -96,11 +95,11 @@ class Handlers:
             if self.debug:
                 import traceback
 
-                traceback.print_exc()
+                traceback.print_exc(file=self.debug)
             action = skip(-errno.EIO)
         if self.debug:
             via = "notify" if c.notify else "ptrace"
-            print(f"[{c.tid}] {call.name}({c.path!r}) via {via} -> {action}", file=sys.stderr)
+            print(f"[{c.tid}] {call.name}({c.path!r}) via {via} -> {action}", file=self.debug)
         self.delivery.apply(c, action)
 
     def on_exit(self) -> None:
