@@ -58,7 +58,7 @@ def begin(what: str) -> None:
 
 
 def end(stored: int | None) -> None:
-    """The download begun last by this caller ended: `stored` bytes, None if it failed."""
+    """A download that began ended: it stored `stored` bytes (None: it failed)."""
     global _active, _busy_total, _idle_since, _objects, _bytes, _failures, _last_failure
     global _burst_objects, _burst_bytes
     now = time.monotonic()
