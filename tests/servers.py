@@ -70,11 +70,35 @@ class FaultyHandler(StratumHandler):
                 return
         super().do_GET()
 
+    def handle(self) -> None:
+        """Requests over one kept-alive connection; with `per_connection` set, the one
+        after that many answers is read and the connection closed without an answer
+        (a server that drops idle kept-alive connections, caught in the race)."""
+        answered = 0
+        self.close_connection = False
+        while not self.close_connection:
+            limit = self.server.per_connection
+            if limit is not None and answered >= limit:
+                self.rfile.readline()
+                return
+            self.handle_one_request()
+            answered += 1
+
     def _send_file(self, head_only: bool) -> None:
         srv = self.server
         path = urllib.parse.urlsplit(self.path).path
         with srv.lock:
             srv.requests[path] += 1
+            srv.in_flight += 1
+            srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        try:
+            self._send_faulty(path, head_only)
+        finally:
+            with srv.lock:
+                srv.in_flight -= 1
+
+    def _send_faulty(self, path: str, head_only: bool) -> None:
+        srv = self.server
         for pattern, delay in srv.delays.items():
             if pattern in path:
                 time.sleep(delay)
@@ -121,9 +145,17 @@ class FaultyServer(StratumServer):
         self.statuses: dict[str, int] = {}
         self.rewrites: dict = {}
         self.throttles: dict[str, int] = {}  # path pattern -> bytes per second
+        self.accepts = 0  # TCP connections accepted
+        self.per_connection: int | None = None  # answers per connection, then it is dropped
+        self.in_flight = self.max_in_flight = 0  # requests being answered (at most)
         ThreadingHTTPServer.__init__(self, (host, 0), FaultyHandler)
         self.root = os.path.abspath(root)
         self.verbose = False
+
+    def process_request(self, request, client_address):
+        with self.lock:
+            self.accepts += 1
+        super().process_request(request, client_address)
 
     def data_requests(self) -> dict[str, int]:
         with self.lock:

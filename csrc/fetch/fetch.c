@@ -35,6 +35,107 @@
 #include <zlib.h>
 
 
+static pc_fetch_counters totals;
+
+void pc_fetch_counters_get(pc_fetch_counters *out)
+{
+    out->objects = __atomic_load_n(&totals.objects, __ATOMIC_RELAXED);
+    out->bytes = __atomic_load_n(&totals.bytes, __ATOMIC_RELAXED);
+    out->connects = __atomic_load_n(&totals.connects, __ATOMIC_RELAXED);
+    out->reuses = __atomic_load_n(&totals.reuses, __ATOMIC_RELAXED);
+    out->active = __atomic_load_n(&totals.active, __ATOMIC_RELAXED);
+}
+
+/* The idle kept-alive connections: few (each holds its buffers), the oldest evicted. */
+#define POOL_MAX 8
+#define POOL_HOST 256
+
+typedef struct {
+    conn *c;
+    char host[POOL_HOST];
+    int port;
+} pooled;
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pooled pool[POOL_MAX];
+static int pool_n;
+
+/* A connection that the server closed (or that holds bytes nobody asked for) while
+ * idle: readable before any request. */
+static int conn_stale(const conn *c)
+{
+    struct pollfd p = {c->fd, POLLIN, 0};
+    return c->end != c->start || poll(&p, 1, 0) != 0;
+}
+
+/* An idle connection to host:port from the pool, or a new unconnected one (NULL if
+ * out of memory). */
+static conn *conn_take(const char *host, int port)
+{
+    for (;;) {
+        conn *c = NULL;
+        pthread_mutex_lock(&pool_lock);
+        for (int i = pool_n - 1; i >= 0; i--)
+            if (pool[i].port == port && strcmp(pool[i].host, host) == 0) {
+                c = pool[i].c;
+                memmove(&pool[i], &pool[i + 1], (size_t)(pool_n - i - 1) * sizeof *pool);
+                pool_n--;
+                break;
+            }
+        pthread_mutex_unlock(&pool_lock);
+        if (!c)
+            break;
+        if (!conn_stale(c))
+            return c;
+        conn_close(c);
+        free(c);
+    }
+    conn *c = malloc(sizeof *c);
+    if (c) {
+        c->fd = -1;
+        c->start = c->end = 0;
+    }
+    return c;
+}
+
+/* Back to the pool if it is still connected (the oldest idle one makes room). */
+static void conn_give(conn *c, const char *host, int port)
+{
+    conn *evicted = NULL;
+    if (c->fd >= 0 && strlen(host) < POOL_HOST) {
+        pthread_mutex_lock(&pool_lock);
+        if (pool_n == POOL_MAX) {
+            evicted = pool[0].c;
+            memmove(&pool[0], &pool[1], (size_t)(POOL_MAX - 1) * sizeof *pool);
+            pool_n--;
+        }
+        pool[pool_n].c = c;
+        strcpy(pool[pool_n].host, host);
+        pool[pool_n].port = port;
+        pool_n++;
+        pthread_mutex_unlock(&pool_lock);
+        c = evicted;
+    }
+    if (c) {
+        conn_close(c);
+        free(c);
+    }
+}
+
+void pc_fetch_pool_clear(void)
+{
+    pthread_mutex_lock(&pool_lock);
+    int n = pool_n;
+    pooled taken[POOL_MAX];
+    memcpy(taken, pool, (size_t)n * sizeof *pool);
+    pool_n = 0;
+    pthread_mutex_unlock(&pool_lock);
+    for (int i = 0; i < n; i++) {
+        conn_close(taken[i].c);
+        free(taken[i].c);
+    }
+}
+
 typedef struct {
     const char *host;
     int port;
@@ -56,6 +157,7 @@ typedef struct {
     z_stream z;
     int compressed, inflating_done;
     int fd;
+    int64_t pos;                    /* where the next bytes go in fd; -1: appended */
     int64_t stored, limit;          /* inflated bytes: stored, and the most it may be */
     int64_t received, wire_limit;   /* body bytes: received, and the most there may be */
 } object_sink;
@@ -63,10 +165,12 @@ typedef struct {
 #define SINK_BAD_DATA -10
 #define SINK_LOCAL -11
 
-static int write_all(int fd, const unsigned char *p, size_t n)
+static int write_all(int fd, int64_t *pos, const unsigned char *p, size_t n)
 {
     while (n) {
-        ssize_t k = write(fd, p, n);
+        ssize_t k = *pos < 0 ? write(fd, p, n) : pwrite(fd, p, n, (off_t)*pos);
+        if (k > 0 && *pos >= 0)
+            *pos += k;
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0)
@@ -92,7 +196,7 @@ static int inflate_some(object_sink *s, int flush, int *rc, size_t *got)
     s->stored += (int64_t)*got;
     if (s->limit >= 0 && s->stored > s->limit)
         return SINK_BAD_DATA;
-    if (*got && write_all(s->fd, s->c->out, *got))
+    if (*got && write_all(s->fd, &s->pos, s->c->out, *got))
         return SINK_LOCAL;
     return 0;
 }
@@ -109,7 +213,7 @@ static int object_piece(void *ctx, const unsigned char *p, size_t n)
         s->stored += (int64_t)n;
         if (s->limit >= 0 && s->stored > s->limit)
             return SINK_BAD_DATA;
-        return write_all(s->fd, p, n) ? SINK_LOCAL : 0;
+        return write_all(s->fd, &s->pos, p, n) ? SINK_LOCAL : 0;
     }
     if (s->inflating_done)
         return n ? SINK_BAD_DATA : 0; /* bytes after the end of the zlib stream */
@@ -180,18 +284,24 @@ static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
     conn_budget(c, it->budget_ms);
     for (attempt = 0; attempt < 2; attempt++) { /* a kept-alive connection may have closed */
         int reused = c->fd >= 0;
-        if (!reused && conn_open(c, b->host, b->port) != 0) {
-            it->status = PC_FETCH_CONNECT;
-            return;
+        if (!reused) {
+            if (conn_open(c, b->host, b->port) != 0) {
+                it->status = PC_FETCH_CONNECT;
+                return;
+            }
+            __atomic_fetch_add(&totals.connects, 1, __ATOMIC_RELAXED);
         }
         rc = send_all(c, req, (size_t)len);
         if (rc == 0)
             rc = read_head(c, &r);
-        if (rc == 0)
+        if (rc == 0) {
+            if (reused)
+                __atomic_fetch_add(&totals.reuses, 1, __ATOMIC_RELAXED);
             break;
+        }
         conn_close(c);
-        if (!reused)
-            break;
+        if (!reused || rc == -2)
+            break; /* garbage is the server's answer, not a closed connection */
     }
     if (rc != 0) {
         it->status = rc == -2 ? PC_FETCH_BAD_DATA : PC_FETCH_NETWORK;
@@ -224,7 +334,12 @@ static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
         it->status = PC_FETCH_LOCAL;
         return;
     }
-    s.fd = open(it->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, it->mode);
+    s.pos = -1;
+    if (!it->tmp) { /* into the caller's file, which it discards unless all went well */
+        s.fd = it->fd;
+        s.pos = it->offset;
+    } else
+        s.fd = open(it->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, it->mode);
     if (s.fd < 0) {
         if (s.compressed)
             inflateEnd(&s.z);
@@ -233,14 +348,14 @@ static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
         conn_close(c);
         return;
     }
-    if (b->umask & (mode_t)it->mode)
+    if (it->tmp && (b->umask & (mode_t)it->mode))
         fchmod(s.fd, (mode_t)it->mode); /* what the umask took away */
     rc = read_body(c, &r, object_piece, &s);
     if (rc == 0)
         rc = object_finish(&s);
     if (s.compressed)
         inflateEnd(&s.z);
-    int closed = close(s.fd);
+    int closed = it->tmp ? close(s.fd) : 0;
     unsigned char got[20];
     if (verified)
         pc_digest_final(&s.digest, got);
@@ -252,10 +367,11 @@ static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
         rc = SINK_BAD_DATA;
     if (rc == 0 && s.compressed && !s.inflating_done)
         rc = SINK_BAD_DATA;
-    if (rc == 0 && it->dest && rename(it->tmp, it->dest) != 0)
+    if (rc == 0 && it->tmp && it->dest && rename(it->tmp, it->dest) != 0)
         rc = SINK_LOCAL;
     if (rc != 0) {
-        unlink(it->tmp);
+        if (it->tmp)
+            unlink(it->tmp);
         if (rc == -1 || rc == -2 || rc == SINK_BAD_DATA)
             conn_close(c); /* the rest of the body is unknown: start afresh */
         it->status = rc == SINK_LOCAL ? PC_FETCH_LOCAL
@@ -266,17 +382,16 @@ static void fetch_one(conn *c, const batch *b, pc_fetch_item *it)
     if (r.close)
         conn_close(c);
     it->stored = s.stored;
+    it->received = s.received;
     it->status = PC_FETCH_OK;
 }
 
 static void *worker(void *arg)
 {
     batch *b = arg;
-    conn *c = malloc(sizeof *c);
+    conn *c = conn_take(b->host, b->port);
     if (!c)
         return NULL;
-    c->fd = -1;
-    c->start = c->end = 0;
     c->timeout_ms = b->timeout_ms;
     c->low_speed = b->low_speed;
     for (;;) {
@@ -286,15 +401,20 @@ static void *worker(void *arg)
         if (i >= b->n)
             break;
         pc_fetch_item *it = &b->items[i];
+        __atomic_fetch_add(&totals.active, 1, __ATOMIC_RELAXED);
         fetch_one(c, b, it);
+        __atomic_fetch_sub(&totals.active, 1, __ATOMIC_RELAXED);
+        if (it->status == PC_FETCH_OK) {
+            __atomic_fetch_add(&totals.objects, 1, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&totals.bytes, it->stored, __ATOMIC_RELAXED);
+        }
         if (b->progress) {
             __atomic_fetch_add(&b->progress->done, 1, __ATOMIC_RELAXED);
             if (it->status == PC_FETCH_OK)
                 __atomic_fetch_add(&b->progress->bytes, it->stored, __ATOMIC_RELAXED);
         }
     }
-    conn_close(c);
-    free(c);
+    conn_give(c, b->host, b->port);
     return NULL;
 }
 

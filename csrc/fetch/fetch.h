@@ -27,6 +27,8 @@ typedef struct {
     const char *request; /* the request target: a path, or an absolute URL via a proxy */
     const char *tmp;     /* written (created exclusively), then renamed to... */
     const char *dest;    /* ...this, once digest and size are right (NULL: left at tmp) */
+    int fd;              /* tmp NULL: written into this open file instead, from... */
+    int64_t offset;      /* ...this offset on (a chunk into its assembled file) */
     int algorithm;       /* PC_DIGEST_*, or PC_FETCH_UNVERIFIED (a file that the caller
                           * checks itself, such as a signed manifest) */
     unsigned char digest[20];
@@ -39,6 +41,7 @@ typedef struct {
     int status;          /* out: PC_FETCH_* */
     int http_status;     /* out */
     int64_t stored;      /* out: bytes stored */
+    int64_t received;    /* out: body bytes received */
 } pc_fetch_item;
 
 typedef struct {
@@ -47,8 +50,25 @@ typedef struct {
     int stop;      /* set to stop taking new items */
 } pc_fetch_progress;
 
+/* What this process's fetchers did, counted since it started (atomically; read by
+ * the client's download counters). */
+typedef struct {
+    int64_t objects;     /* stored (PC_FETCH_OK) */
+    int64_t bytes;       /* stored bytes of those */
+    int64_t connects;    /* connections opened */
+    int64_t reuses;      /* requests answered over a kept-alive connection */
+    int64_t active;      /* transfers in progress now */
+} pc_fetch_counters;
+
+void pc_fetch_counters_get(pc_fetch_counters *out);
+/* Close the idle kept-alive connections (the next fetch connects afresh). */
+void pc_fetch_pool_clear(void);
+
 /* Fetch items[0..n) over connections to host:port with `nthreads` threads; returns
  * when all are settled (or `progress->stop` was set). 0, or -1 if no thread ran.
+ * Connections are taken from, and given back to, a bounded pool of idle kept-alive
+ * connections shared by every batch of the process (keyed by host and port), so
+ * that objects fetched one by one on demand do not each pay a connection.
  * `timeout_ms` bounds each wait; a transfer must receive at least `low_speed_limit`
  * bytes per second over every `timeout_ms` (0: no such rule). */
 int pc_fetch_batch(const char *host, int port, const char *host_header, pc_fetch_item *items,

@@ -41,7 +41,9 @@ class Route(namedtuple("Route", "host port host_header prefix timeout low_speed_
         return int(transfer_budget(wire, self.timeout, self.low_speed_limit) * 1000)
 
 
-class Item(namedtuple("Item", "hash suffix compressed size limit tmp dest")):
+class Item(
+    namedtuple("Item", "hash suffix compressed size limit tmp dest fd offset", defaults=(-1, 0))
+):
     __slots__ = ()
 
     hash: ContentHash
@@ -49,8 +51,10 @@ class Item(namedtuple("Item", "hash suffix compressed size limit tmp dest")):
     compressed: bool
     size: int | None  # exact inflated size, if known
     limit: int  # the most it may inflate to (the size, if known)
-    tmp: str  # created by the fetcher
+    tmp: str | None  # created by the fetcher; None: written into `fd` at `offset`
     dest: str | None  # renamed to when verified; None: left at `tmp` for the caller
+    fd: int  # with no `tmp`: an open file the caller discards unless the item is OK
+    offset: int
 
 
 def _http_parts(url: str) -> tuple[str, int, str, str] | None:
@@ -175,11 +179,12 @@ def fetch(
             ffi.memmove(it.digest, o.hash.digest, 20)
         strings = [
             ffi.new("char[]", (r.prefix + o.hash.object_path(o.suffix)).encode()),
-            ffi.new("char[]", o.tmp.encode()),
+            ffi.new("char[]", o.tmp.encode()) if o.tmp is not None else ffi.NULL,
             ffi.new("char[]", o.dest.encode()) if o.dest is not None else ffi.NULL,
         ]
         keep.append(strings)
         it.request, it.tmp, it.dest = strings
+        it.fd, it.offset = o.fd, o.offset
         it.compressed = int(o.compressed)
         it.size = -1 if o.size is None else o.size
         it.limit = o.limit
@@ -213,7 +218,7 @@ def fetch(
         if status == lib.PC_FETCH_OK:
             out.append(Outcome(cdata[i].stored, False))
             done += 1
-            nbytes += cdata[i].stored
+            nbytes += cdata[i].received
         elif status == lib.PC_FETCH_PRESENT:
             out.append(Outcome(cdata[i].stored, False))
         else:

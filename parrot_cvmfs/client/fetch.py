@@ -15,7 +15,7 @@ import threading
 from ..atomic import discard
 from ..errors import CacheError, CvmfsError
 from ..format.hashes import Algorithm, ContentHash
-from . import cfetch
+from . import cfetch, progress
 from .cache import ObjectCache, open_regular
 from .download import Downloader
 from .limits import object_limit
@@ -135,34 +135,58 @@ class Fetcher:
             p = self.cache.find(h, size=size)
             if p is not None:
                 return p
-            bad_data = False
-            if not external_path and c_first:
-                # the C fetcher first; the Python downloader for whatever it cannot get
-                tmp = self.cache.temp_path()
-                item = cfetch.Item(h, suffix, compressed, size, limit, tmp, None)
-                got = cfetch.fetch(downloader, [item], mode=self.cache.object_mode)[0]
-                if got.stored is not None:
-                    return self.cache.commit(tmp, h, kind=kind)
-                bad_data = got.bad_data
-            fd, tmp = self.cache.new_temp()
+            progress.begin(what)
+            p = None
             try:
-                downloader.fetch(
-                    h.object_path(suffix),
-                    what=what,
-                    expected=h,
-                    decompress=compressed,
-                    size=size,
-                    limit=limit,
-                    out=_RegionWriter(fd, 0, truncate=True),
-                    url_for=_external_url(external_path),
-                    bad_data_seen=bad_data,
+                p = self._download(
+                    h, suffix, compressed, size, limit, what, kind, external_path, c_first
                 )
-            except BaseException as e:
-                self._abandon(tmp, e, what)
-                raise
+                return p
             finally:
-                os.close(fd)
-            return self.cache.commit(tmp, h, kind=kind)
+                progress.end(None if p is None else _stored_size(p, size))
+
+    def _download(
+        self,
+        h: ContentHash,
+        suffix: str,
+        compressed: bool,
+        size: int | None,
+        limit: int,
+        what: str,
+        kind: int,
+        external_path: str | None,
+        c_first: bool,
+    ) -> str:
+        """`fetch` of an object known to be missing (its lock held): its cache path."""
+        downloader = self.external if external_path else self.downloader
+        bad_data = False
+        if not external_path and c_first:
+            # the C fetcher first; the Python downloader for whatever it cannot get
+            tmp = self.cache.temp_path()
+            item = cfetch.Item(h, suffix, compressed, size, limit, tmp, None)
+            got = cfetch.fetch(downloader, [item], mode=self.cache.object_mode)[0]
+            if got.stored is not None:
+                return self.cache.commit(tmp, h, kind=kind)
+            bad_data = got.bad_data
+        fd, tmp = self.cache.new_temp()
+        try:
+            downloader.fetch(
+                h.object_path(suffix),
+                what=what,
+                expected=h,
+                decompress=compressed,
+                size=size,
+                limit=limit,
+                out=_RegionWriter(fd, 0, truncate=True),
+                url_for=_external_url(external_path),
+                bad_data_seen=bad_data,
+            )
+        except BaseException as e:
+            self._abandon(tmp, e, what)
+            raise
+        finally:
+            os.close(fd)
+        return self.cache.commit(tmp, h, kind=kind)
 
     def _abandon(self, tmp: str, e: BaseException, what: str) -> None:
         """Remove the temporary file of a fetch that failed with `e`; a failed write
@@ -230,23 +254,14 @@ class Fetcher:
                         {"Range": f"bytes={offset}-{offset + size - 1}"} if external_path else None
                     )
                     jobs.append((downloader, ch, offset, size, f"chunk {i} of {what}", headers))
-                if len(jobs) == 1:
-                    _download_region(fd, *jobs[0], compressed, external_path)
-                elif jobs:
-                    futures = [
-                        self._executor().submit(
-                            _download_region, fd, *job, compressed, external_path
-                        )
-                        for job in jobs
-                    ]
-                    errors = []
-                    for fut in futures:
-                        try:
-                            fut.result()
-                        except Exception as e:  # keep the first, but wait for all writers
-                            errors.append(e)
-                    if errors:
-                        raise errors[0]
+                if jobs:
+                    progress.begin(what)
+                    try:
+                        self._download_chunks(fd, jobs, compressed, external_path)
+                    except BaseException:
+                        progress.end(None)
+                        raise
+                    progress.end(sum(job[3] for job in jobs))
                 os.close(fd)
                 fd = -1
             except BaseException as e:
@@ -256,10 +271,56 @@ class Fetcher:
                 raise
             return self.cache.commit(tmp, key, ASSEMBLED)
 
+    def _download_chunks(self, fd: int, jobs: list, compressed: bool, external_path) -> None:
+        """The missing chunks into their regions of `fd`: all at once by the C fetcher
+        (at most `parallel` threads, each verified), then by the Python downloader, in
+        parallel too, whatever C could not get."""
+        bad = set()
+        if not external_path:
+            items = [
+                cfetch.Item(ch, "P", compressed, size, size, None, None, fd, offset)
+                for _d, ch, offset, size, _w, _h in jobs
+            ]
+            got = cfetch.fetch(jobs[0][0], items, mode=0o600, jobs=min(self._parallel, len(items)))
+            left = []
+            for job, outcome in zip(jobs, got, strict=True):
+                if outcome.stored is None:
+                    left.append(job)
+                    if outcome.bad_data:
+                        bad.add(job[2])
+            jobs = left
+        if len(jobs) == 1:
+            _download_region(fd, *jobs[0], compressed, external_path, jobs[0][2] in bad)
+        elif jobs:
+            futures = [
+                self._executor().submit(
+                    _download_region, fd, *job, compressed, external_path, job[2] in bad
+                )
+                for job in jobs
+            ]
+            errors = []
+            for fut in futures:
+                try:
+                    fut.result()
+                except Exception as e:  # keep the first, but wait for all writers
+                    errors.append(e)
+            if errors:
+                raise errors[0]
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _stored_size(path: str, size: int | None) -> int:
+    """The bytes a download stored at `path` (its catalog size when known)."""
+    if size is not None:
+        return size
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
 
 
 def _external_url(path: str | None):
@@ -273,7 +334,16 @@ def _external_url(path: str | None):
 
 
 def _download_region(
-    fd, downloader: Downloader, ch, offset, size, what, headers, compressed, external_path
+    fd,
+    downloader: Downloader,
+    ch,
+    offset,
+    size,
+    what,
+    headers,
+    compressed,
+    external_path,
+    bad_data_seen=False,
 ):
     downloader.fetch(
         ch.object_path("P"),
@@ -284,6 +354,7 @@ def _download_region(
         out=_RegionWriter(fd, offset),
         headers=headers,
         url_for=_external_url(external_path),
+        bad_data_seen=bad_data_seen,
     )
 
 

@@ -306,9 +306,15 @@ def attempt(
     try:
         for _redirect in range(5):
             host = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
-            resp = transport.handle_request(
-                httpcore.Request("GET", url, headers=[("Host", host), *h.items()], extensions=ext)
+            request = httpcore.Request(
+                "GET", url, headers=[("Host", host), *h.items()], extensions=ext
             )
+            try:
+                resp = transport.handle_request(request)
+            except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError):
+                # a kept-alive connection the server closed meanwhile fails before any
+                # answer: once more at once (the pool opens a fresh one), same budget
+                resp = transport.handle_request(request)
             status = resp.status
             if status in (301, 302, 303, 307, 308) and s.follow_redirects:
                 location = header_value(resp, b"location")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..client import progress
 from ..client.config import Configuration
 from .core import EV_EXEC, EV_EXIT, EV_NEWTASK, EV_NOCHILD, EV_SYSCALL, EV_SYSCALL_EXIT, Core
 from .handlers import Handlers, Processes
@@ -99,9 +100,12 @@ class Supervisor:
         self.root = pid
         # in C, so that no Python (nor its signal module) sits between a kill and the job
         self.core.forward_signals()
+        if not self.opts.debug:  # the debug log's lines are never cut by the progress line
+            progress.terminal_line()
         try:
             self._loop()
         finally:
+            progress.finish()  # erased before anything else is printed, and before exit
             failure = self.core.spawn_failure(report)
             os.close(report)
         if failure is not None and not self.exec_seen:
