@@ -107,9 +107,8 @@ class FaultyServer(StratumServer):
         self.statuses: dict[str, int] = {}
         self.rewrites: dict = {}
         self.throttles: dict[str, int] = {}  # path pattern -> bytes per second
-        ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), FaultyHandler)
-        self.root = os.path.abspath(root)
-        self.verbose = False
+        super().__init__(root)
+        self.RequestHandlerClass = FaultyHandler
 
     def data_requests(self) -> dict[str, int]:
         with self.lock:
