@@ -272,22 +272,25 @@ class StratumHandler:
 
     def _read_head(self) -> bytes | None:
         """Bytes up to the blank line that ends a request head (LF-only lines too)."""
-        sock, buf, deadline = self.connection, self._buf, 0.0
+        sock, buf = self.connection, self._buf
+        # one deadline for all of a head from its first byte (blank lines before it count)
+        deadline = time.monotonic() + self.server.head_deadline if buf else 0.0
         while True:
+            if buf[:1] in (b"\r", b"\n"):  # blank lines before a request are ignored
+                del buf[: len(buf) - len(buf.lstrip(b"\r\n"))]
             end, gap = buf.find(b"\r\n\r\n"), 4
-            if end < 0:
-                end, gap = buf.find(b"\n\n"), 2
+            lf = buf.find(b"\n\n", 0, end if end >= 0 else len(buf))
+            if lf >= 0:  # a head of LF-only lines ends first
+                end, gap = lf, 2
             if end > MAX_HEAD or end < 0 and len(buf) > MAX_HEAD:
                 raise _BadRequest(431)
             if end >= 0:
                 head = bytes(buf[:end])
                 del buf[: end + gap]
-                return head.lstrip(b"\r\n") or None
-            if not buf:  # between requests: the idle keep-alive limit
+                return head
+            if not deadline:  # between requests: the idle keep-alive limit
                 sock.settimeout(self.server.idle_timeout)
-            else:  # within a head: one deadline for all of it
-                if not deadline:
-                    deadline = time.monotonic() + self.server.head_deadline
+            else:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise _BadRequest(408)
@@ -295,11 +298,13 @@ class StratumHandler:
             try:
                 data = sock.recv(65536)
             except TimeoutError:
-                if buf:
+                if deadline:
                     raise _BadRequest(408) from None
                 return None
             if not data:
                 return None
+            if not deadline:
+                deadline = time.monotonic() + self.server.head_deadline
             buf += data
 
     # -- answers -----------------------------------------------------------------------------
@@ -325,7 +330,12 @@ class StratumHandler:
                         query,
                         self.headers,
                     )
-                    self._send_answer(route(request), head_only)
+                    try:
+                        answer = route(request)
+                    except Exception as e:  # a route's defect costs its request, no more
+                        sys.stderr.write(f"serve: {self.path}: {type(e).__name__}: {e}\n")
+                        answer = Answer(500, b"500 Internal Server Error\n")
+                    self._send_answer(answer, head_only)
                     return
         self._send_file(head_only)
 
