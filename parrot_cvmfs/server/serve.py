@@ -92,6 +92,16 @@ class _Clock:
 
 
 _clock = _Clock()
+_mtimes: dict[int, str] = {}  # Last-Modified dates of the files served, bounded below
+
+
+def _last_modified(mtime: int) -> str:
+    d = _mtimes.get(mtime)
+    if d is None:
+        if len(_mtimes) > 4096:  # a stratum's objects share few mtimes; never many kept
+            _mtimes.clear()
+        d = _mtimes[mtime] = http_date(mtime)
+    return d
 
 
 # -- ranges, as nginx's range filter reads them ----------------------------------------------
@@ -404,7 +414,7 @@ class StratumHandler:
         content_type = "application/x-cvmfs" if name.startswith(".cvmfs") else None
         max_age = META_MAX_AGE if content_type else OBJECT_MAX_AGE
         content_type = content_type or "application/octet-stream"
-        last_modified = http_date(mtime)
+        last_modified = _last_modified(mtime)
         etag = f'"{mtime:x}-{size:x}"'  # as nginx makes it: so If-Range and proxies agree
         h = self.headers
         if self._not_modified(etag, last_modified):
