@@ -257,7 +257,12 @@ def test_bounded_request_heads(ours):
     )
     huge = f"GET {OBJ} HTTP/1.1\r\nX: {'y' * 40000}\r\n\r\n".encode()
     assert raw_exchange(port, huge).startswith(b"HTTP/1.1 431")
-    for bad in (b"GARBAGE\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"GET\xff / HTTP/1.1\r\n\r\n"):
+    for bad in (
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET\xff / HTTP/1.1\r\n\r\n",
+        b"GET /cvmfs/\x1b[2J HTTP/1.1\r\n\r\n",
+    ):
         assert re.match(rb"HTTP/1.1 (400|505) ", raw_exchange(port, bad)), bad
     out = raw_exchange(port, f"POST {OBJ} HTTP/1.1\r\nContent-Length: 0\r\n\r\n".encode())
     assert out.startswith(b"HTTP/1.1 405")

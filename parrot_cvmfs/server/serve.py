@@ -259,6 +259,8 @@ class StratumHandler:
             self.command, self.path, self.request_version = (w.decode("ascii") for w in words)
         except UnicodeDecodeError:
             raise _BadRequest(400) from None
+        if not (self.command.isprintable() and self.path.isprintable()):
+            raise _BadRequest(400)  # control characters: never into a path or a log line
         if self.request_version not in ("HTTP/1.1", "HTTP/1.0"):
             raise _BadRequest(505 if self.request_version.startswith("HTTP/") else 400)
         if len(lines) > MAX_HEADER_LINES + 1:
