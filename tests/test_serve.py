@@ -238,6 +238,28 @@ def test_slow_clients_hold_no_one_else_and_time_out(strata):
         sink.close()
 
 
+def test_idle_kept_alive_connections_make_room(strata):
+    """With every slot held by a kept-alive connection waiting for its next request,
+    a new client is answered at once (the oldest idle one is closed, as nginx does),
+    not after the idle timeout."""
+    srv = StratumServer(strata, max_connections=2)
+    srv.idle_timeout = 600  # far beyond the client's patience below
+    with serving(srv):
+        port = port_of(srv)
+        kept = []
+        for _ in range(2):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", OBJ)
+            assert c.getresponse().read() == BODY
+            kept.append(c)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", OBJ)
+        assert c.getresponse().read() == BODY
+        assert kept[0].sock.recv(1) == b""  # the oldest was closed for it
+        for k in (*kept, c):
+            k.close()
+
+
 def test_concurrent_clients_do_not_queue(ours):
     """A client that connected and sent nothing does not delay another."""
     idle = [socket.create_connection(("127.0.0.1", port_of(ours))) for _ in range(5)]

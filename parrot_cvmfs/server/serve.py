@@ -8,7 +8,8 @@ Every connection has its own thread, at most `max_connections` of them; every re
 and write has a deadline (an idle kept-alive connection, a request head that trickles
 in, a client that stops reading), and request heads are bounded in size and lines, so
 a slow or hostile client holds one thread for a bounded time and never another
-client's. Entries of DIR are the operator's repositories (a symlink there is the
+client's; when every slot is taken, the connection idle longest between requests is
+closed to make room (as nginx does). Entries of DIR are the operator's repositories (a symlink there is the
 operator's choice, as an `alias` in nginx); beneath them, no symlink is followed.
 
 Other answers plug in by one call: `server.add_route(prefix, handler)` answers the
@@ -307,12 +308,17 @@ class StratumHandler:
                 if left <= 0:
                     raise _BadRequest(408)
                 sock.settimeout(left)
+            if not deadline:
+                self.server.idle(sock, True)
             try:
                 data = sock.recv(65536)
             except TimeoutError:
                 if deadline:
                     raise _BadRequest(408) from None
                 return None
+            finally:
+                if not deadline:
+                    self.server.idle(sock, False)
             if not data:
                 return None
             if not deadline:
@@ -622,6 +628,7 @@ class StratumServer:
         self.closing = False
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: set[socket.socket] = set()
+        self._idle: dict[socket.socket, None] = {}  # waiting between requests, oldest first
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stopped = threading.Event()
@@ -644,14 +651,21 @@ class StratumServer:
         self._stopped.clear()
         try:
             while not self._stop.is_set():
-                if not self._slots.acquire(timeout=poll_interval):
-                    continue  # every slot busy: new clients wait in the listen backlog
                 try:
                     ready, _, _ = select.select([self.socket], [], [], poll_interval)
-                    conn = self.socket.accept()[0] if ready else None
                 except OSError:
-                    conn = None
-                if conn is None:
+                    return
+                if not ready:
+                    continue
+                if not self._slots.acquire(blocking=False):
+                    # as nginx does when out of connections: a kept-alive connection
+                    # waiting for its next request makes room for one that has a request
+                    self._close_an_idle_connection()
+                    if not self._slots.acquire(timeout=poll_interval):
+                        continue  # every slot busy: new clients wait in the listen backlog
+                try:
+                    conn = self.socket.accept()[0]
+                except OSError:
                     self._slots.release()
                     continue
                 threading.Thread(
@@ -660,6 +674,25 @@ class StratumServer:
         finally:
             self._stop.clear()  # a shutdown() before the loop started ends it at once
             self._stopped.set()
+
+    def idle(self, conn: socket.socket, waiting: bool) -> None:
+        """`conn` waits for its next request (or no longer): it may be closed for room."""
+        with self._lock:
+            if waiting:
+                self._idle[conn] = None
+            else:
+                self._idle.pop(conn, None)
+
+    def _close_an_idle_connection(self) -> None:
+        with self._lock:
+            conn = next(iter(self._idle), None)  # the longest idle: dicts keep order
+            if conn is None:
+                return
+            del self._idle[conn]
+        try:
+            conn.shutdown(socket.SHUT_RDWR)  # its recv() returns: the thread ends
+        except OSError:
+            pass
 
     def _connection(self, conn: socket.socket) -> None:
         try:
@@ -674,6 +707,7 @@ class StratumServer:
         finally:
             with self._lock:
                 self._open.discard(conn)
+                self._idle.pop(conn, None)
             try:
                 conn.close()
             finally:
