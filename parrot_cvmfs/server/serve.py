@@ -9,8 +9,9 @@ and write has a deadline (an idle kept-alive connection, a request head that tri
 in, a client that stops reading), and request heads are bounded in size and lines, so
 a slow or hostile client holds one thread for a bounded time and never another
 client's; when every slot is taken, the connection idle longest between requests is
-closed to make room (as nginx does). Entries of DIR are the operator's repositories (a symlink there is the
-operator's choice, as an `alias` in nginx); beneath them, no symlink is followed.
+closed to make room (as nginx does). Entries of DIR are the operator's repositories
+(a symlink there is the operator's choice, as an `alias` in nginx); beneath them, no
+symlink is followed.
 
 Other answers plug in by one call: `server.add_route(prefix, handler)` answers the
 requests for `/cvmfs/NAME/<prefix>...` with `handler(request) -> Answer`.
