@@ -347,3 +347,51 @@ def test_routes_answer_before_the_files(strata):
         r, body = request(port_of(srv), "GET", OBJ)
         assert body == BODY
     assert [(q.repository, q.rest, q.method) for q in seen] == [(NAME, "x/a,b,c", "GET")]
+
+
+@pytest.mark.unprivileged
+def test_unreadable_files_are_forbidden_as_nobody():
+    """The server run as an unprivileged user answers 403 (as nginx does) for a file
+    or a directory it may not read, and serves the rest; serve.py needs only the
+    standard library, so nobody runs a copy of it."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import parrot_cvmfs.server.serve as serve_module
+
+    from .test_unprivileged import AS_NOBODY, _interpreter_for_nobody
+
+    d = tempfile.mkdtemp(prefix="serve-nobody.")
+    try:
+        os.chmod(d, 0o755)
+        shutil.copy(serve_module.__file__, os.path.join(d, "serve.py"))
+        data = os.path.join(d, "root", NAME, "data")
+        os.makedirs(os.path.join(data, "closed"))
+        for path, mode in (("open", 0o644), ("secret", 0o600), ("closed/obj", 0o644)):
+            with open(os.path.join(data, path), "wb") as f:
+                f.write(b"bytes of " + path.encode())
+            os.chmod(os.path.join(data, path), mode)
+        os.chmod(os.path.join(data, "closed"), 0o700)
+        for sub in ("root", f"root/{NAME}", f"root/{NAME}/data"):
+            os.chmod(os.path.join(d, sub), 0o755)
+        script = (
+            f"import sys; sys.path.insert(0, {d!r}); from serve import StratumServer; "
+            f"s = StratumServer({os.path.join(d, 'root')!r}); "
+            "print(s.server_address[1], flush=True); s.serve_forever(0.05)"
+        )
+        proc = subprocess.Popen(
+            [*AS_NOBODY, _interpreter_for_nobody(), "-c", script], stdout=subprocess.PIPE
+        )
+        try:
+            port = int(proc.stdout.readline())
+            got = {
+                p: request(port, "GET", f"/cvmfs/{NAME}/data/{p}")[0].status
+                for p in ("open", "secret", "closed/obj")
+            }
+            assert got == {"open": 200, "secret": 403, "closed/obj": 403}
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

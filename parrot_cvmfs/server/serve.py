@@ -182,7 +182,9 @@ Route = Callable[[Request], Answer]
 # -- one connection ----------------------------------------------------------------------------
 
 
-class _BadRequest(Exception):
+class _Refused(Exception):
+    """A request answered with an error status (`status`)."""
+
     def __init__(self, status: int):
         super().__init__(status)
         self.status = status
@@ -233,7 +235,7 @@ class StratumHandler:
                 try:
                     if not self._read_request():
                         return
-                except _BadRequest as e:
+                except _Refused as e:
                     self.close_connection = True
                     self.connection.settimeout(self.server.send_timeout)
                     self.send_error(e.status)
@@ -256,27 +258,27 @@ class StratumHandler:
         lines = head.split(b"\n")
         words = lines[0].rstrip(b"\r").split(b" ")
         if len(words) != 3 or not words[1]:
-            raise _BadRequest(400)
+            raise _Refused(400)
         try:
             self.command, self.path, self.request_version = (w.decode("ascii") for w in words)
         except UnicodeDecodeError:
-            raise _BadRequest(400) from None
+            raise _Refused(400) from None
         if not (self.command.isprintable() and self.path.isprintable()):
-            raise _BadRequest(400)  # control characters: never into a path or a log line
+            raise _Refused(400)  # control characters: never into a path or a log line
         if self.request_version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise _BadRequest(505 if self.request_version.startswith("HTTP/") else 400)
+            raise _Refused(505 if self.request_version.startswith("HTTP/") else 400)
         if len(lines) > MAX_HEADER_LINES + 1:
-            raise _BadRequest(431)
+            raise _Refused(431)
         headers: dict[str, str] = {}
         for line in lines[1:]:
             name, colon, value = line.rstrip(b"\r").partition(b":")
             if not colon or not name or name != name.strip():
-                raise _BadRequest(400)
+                raise _Refused(400)
             headers.setdefault(name.decode("latin-1").lower(), value.strip().decode("latin-1"))
         self.headers = headers
         self._request_parts = self._parse_target()
         if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
-            raise _BadRequest(400)  # GET and HEAD carry no body; no guessing where one ends
+            raise _Refused(400)  # GET and HEAD carry no body; no guessing where one ends
         conn = headers.get("connection", "").lower()
         if self.request_version == "HTTP/1.1":
             self.close_connection = "close" in conn
@@ -297,7 +299,7 @@ class StratumHandler:
             if lf >= 0:  # a head of LF-only lines ends first
                 end, gap = lf, 2
             if end > MAX_HEAD or end < 0 and len(buf) > MAX_HEAD:
-                raise _BadRequest(431)
+                raise _Refused(431)
             if end >= 0:
                 head = bytes(buf[:end])
                 del buf[: end + gap]
@@ -307,7 +309,7 @@ class StratumHandler:
             else:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise _BadRequest(408)
+                    raise _Refused(408)
                 sock.settimeout(left)
             if not deadline:
                 self.server.idle(sock, True)
@@ -315,7 +317,7 @@ class StratumHandler:
                 data = sock.recv(65536)
             except TimeoutError:
                 if deadline:
-                    raise _BadRequest(408) from None
+                    raise _Refused(408) from None
                 return None
             finally:
                 if not deadline:
@@ -381,12 +383,12 @@ class StratumHandler:
         parts = self._parts()
         return None if parts is None else os.path.join(self.server.root, *parts)
 
-    def _open(self, parts: list[str]) -> int | None:
+    def _open(self, parts: list[str]) -> int:
         """A descriptor of the regular file `parts` names, walked from the root one
         directory at a time without following a symlink beneath the repository's
-        directory; None if there is no such file."""
+        directory; `_Refused` (404, or 403 where the server may not read) if none."""
         if len(parts) < 2:
-            return None
+            raise _Refused(404)
         fds: list[int] = []
         try:
             # the root and its repository directories are the operator's: a symlink
@@ -396,21 +398,26 @@ class StratumHandler:
             for p in parts[1:-1]:
                 fds.append(os.open(p, _DIR_FLAGS, dir_fd=fds[-1]))
             fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=fds[-1])
+        except PermissionError:
+            raise _Refused(403) from None
         except (OSError, ValueError):
-            return None
+            raise _Refused(404) from None
         finally:
             for d in fds:
                 os.close(d)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            return None
+            raise _Refused(404)
         return fd
 
     def _send_file(self, head_only: bool) -> None:
         parts = self._parts()
-        fd = None if parts is None else self._open(parts)
-        if fd is None:
-            self.send_error(404)
+        try:
+            if parts is None:
+                raise _Refused(404)
+            fd = self._open(parts)
+        except _Refused as e:
+            self.send_error(e.status)
             return
         try:
             self._send_open_file(fd, parts[-1], head_only)
