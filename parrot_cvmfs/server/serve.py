@@ -669,7 +669,8 @@ class StratumServer:
                     # as nginx does when out of connections: a kept-alive connection
                     # waiting for its next request makes room for one that has a request
                     self._close_an_idle_connection()
-                    if not self._slots.acquire(timeout=poll_interval):
+                    # its thread ends at once: wait for it rather than close another
+                    if not self._slots.acquire(timeout=max(poll_interval, 1.0)):
                         continue  # every slot busy: new clients wait in the listen backlog
                 try:
                     conn = self.socket.accept()[0]
@@ -693,7 +694,18 @@ class StratumServer:
 
     def _close_an_idle_connection(self) -> None:
         with self._lock:
-            conn = next(iter(self._idle), None)  # the longest idle: dicts keep order
+            idle = list(self._idle)  # the longest idle first: dicts keep order
+        if not idle:
+            return
+        p = select.poll()  # one whose next request has arrived is not idle
+        try:
+            for c in idle:
+                p.register(c, select.POLLIN)
+            busy = {fd for fd, _ in p.poll(0)}
+        except (OSError, ValueError):  # one was closed meanwhile: try again next time
+            return
+        with self._lock:
+            conn = next((c for c in idle if c.fileno() not in busy and c in self._idle), None)
             if conn is None:
                 return
             del self._idle[conn]
