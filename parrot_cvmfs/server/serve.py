@@ -361,11 +361,11 @@ class StratumHandler:
         self._send_file(head_only)
 
     def _parts(self) -> list[str] | None:
-        """The path components below /cvmfs/ the request names, None if it names
-        nothing we serve (outside /cvmfs/, `.` or `..`, a NUL)."""
         return self._request_parts
 
     def _parse_target(self) -> list[str] | None:
+        """The path components below /cvmfs/ the request names, None if it names
+        nothing we serve (outside /cvmfs/, `.` or `..`, a NUL)."""
         target = self.path
         if target.startswith(("http://", "https://")):  # absolute form, as proxies send it
             target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
@@ -460,7 +460,7 @@ class StratumHandler:
                 f"Content-Length: {size}",
                 "Accept-Ranges: bytes",
             ]
-            self._send_body(fd, [(0, size)], head_only, size)
+            self._send_body(fd, [(0, size)], head_only)
         elif len(ranges) == 1:
             (start, end) = ranges[0]
             self._out += [
@@ -468,7 +468,7 @@ class StratumHandler:
                 f"Content-Length: {end - start}",
                 f"Content-Range: bytes {start}-{end - 1}/{size}",
             ]
-            self._send_body(fd, ranges, head_only, size)
+            self._send_body(fd, ranges, head_only)
         else:
             self._send_multipart(fd, ranges, content_type, size, head_only)
 
@@ -512,7 +512,7 @@ class StratumHandler:
             self._sendfile(fd, s, e - s)
         self.connection.sendall(tail)
 
-    def _send_body(self, fd: int, ranges, head_only: bool, size: int) -> None:
+    def _send_body(self, fd: int, ranges: list[tuple[int, int]], head_only: bool) -> None:
         """The head, then the one range of `fd` (small bodies in the same write)."""
         head = self._head()
         sock = self.connection
