@@ -13,6 +13,9 @@ changed objects. With --bundle, also a bundle round trip each round: the time
 archive) and an unbundle into an empty directory (verifying and inflating).
 
     python bench/bench_preload.py [--synthetic | --venv | --tree DIR] [--rounds 3] [--bundle]
+                                  [--server nginx|serve [--serve-from FILE]]
+
+`--server serve` serves the repository with `parrot_cvmfs serve` instead of nginx.
 """
 
 from __future__ import annotations
@@ -57,6 +60,21 @@ def curl_download(urls: list[str], out: str, jobs: int) -> float:
     return time.monotonic() - t
 
 
+class _Served:
+    """`parrot_cvmfs serve` in the background, stopped as Nginx is."""
+
+    def __init__(self, stratum: str, serve_py: str | None):
+        from bench.common import stratum_server_class
+
+        self.srv = stratum_server_class(serve_py)(stratum)
+        self.srv.start_background()
+        self.url = self.srv.url
+
+    def stop(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,6 +86,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS)
     ap.add_argument("--bundle", action="store_true", help="also time a bundle round trip")
+    ap.add_argument("--server", choices=["nginx", "serve"], default="nginx")
+    ap.add_argument("--serve-from", help="with --server serve: serve.py to take it from")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-preload.")
     nginx = None
@@ -82,7 +102,11 @@ def main() -> int:
         nfiles, nbytes = tree_stats(src)
         stratum, keys = os.path.join(work, "stratum"), os.path.join(work, "keys")
         publish(PublishOptions(source=src, name=NAME, stratum=stratum, keys_dir=keys))
-        nginx = Nginx(stratum, os.path.join(work, "nginx"))
+        nginx = (
+            Nginx(stratum, os.path.join(work, "nginx"))
+            if args.server == "nginx"
+            else _Served(stratum, args.serve_from)
+        )
         url, pub = f"{nginx.url}/{NAME}", os.path.join(keys, f"{NAME}.pub")
         data = os.path.join(stratum, NAME, "data")
         urls = [

@@ -42,3 +42,16 @@ def published_and_served(
         yield env, result
     finally:
         srv.shutdown()
+
+
+def stratum_server_class(serve_py: str | None = None) -> type:
+    """`StratumServer`, from the package or from another checkout's serve.py (a
+    baseline's, for before/after figures with the same client)."""
+    if not serve_py:
+        return StratumServer
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("baseline_serve", serve_py)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.StratumServer

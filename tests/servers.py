@@ -70,19 +70,17 @@ class FaultyHandler(StratumHandler):
                 return
         super().do_GET()
 
-    def handle(self) -> None:
-        """Requests over one kept-alive connection; with `per_connection` set, the one
-        after that many answers is read and the connection closed without an answer
-        (a server that drops idle kept-alive connections, caught in the race)."""
-        answered = 0
-        self.close_connection = False
-        while not self.close_connection:
-            limit = self.server.per_connection
-            if limit is not None and answered >= limit:
-                self.rfile.readline()
-                return
-            self.handle_one_request()
-            answered += 1
+    def _read_request(self) -> bool:
+        """With `per_connection` set, the request after that many answers is read and
+        the connection closed without an answer (a server that drops idle kept-alive
+        connections, caught in the race)."""
+        answered = getattr(self, "_answered", 0)
+        limit = self.server.per_connection
+        if limit is not None and answered >= limit:
+            super()._read_request()
+            return False
+        self._answered = answered + 1
+        return super()._read_request()
 
     def _send_file(self, head_only: bool) -> None:
         srv = self.server
@@ -148,14 +146,13 @@ class FaultyServer(StratumServer):
         self.accepts = 0  # TCP connections accepted
         self.per_connection: int | None = None  # answers per connection, then it is dropped
         self.in_flight = self.max_in_flight = 0  # requests being answered (at most)
-        ThreadingHTTPServer.__init__(self, (host, 0), FaultyHandler)
-        self.root = os.path.abspath(root)
-        self.verbose = False
+        super().__init__(root, host)
+        self.RequestHandlerClass = FaultyHandler
 
-    def process_request(self, request, client_address):
+    def _connection(self, conn) -> None:
         with self.lock:
             self.accepts += 1
-        super().process_request(request, client_address)
+        super()._connection(conn)
 
     def data_requests(self) -> dict[str, int]:
         with self.lock:
