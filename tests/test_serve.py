@@ -343,20 +343,23 @@ def test_routes_answer_before_the_files(strata):
         return Answer(200, b"2,1,3\n")
 
     srv = StratumServer(strata)
-    srv.add_route("api/v1.0/geo/", geo)
+    srv.add_route("api/v1.0/order/", geo)
     with serving(srv):
-        r, body = request(port_of(srv), "GET", f"/cvmfs/{NAME}/api/v1.0/geo/x/a,b,c")
+        r, body = request(port_of(srv), "GET", f"/cvmfs/{NAME}/api/v1.0/order/x/a,b,c")
         assert (r.status, body) == (200, b"2,1,3\n")
         r, body = request(port_of(srv), "GET", OBJ)
         assert body == BODY
+        # the Geo-API is always routed; with no configured order, the order asked
+        r, body = request(port_of(srv), "GET", f"/cvmfs/{NAME}/api/v1.0/geo/x/a,b,c")
+        assert (r.status, body) == (200, b"1,2,3\n")
     assert [(q.repository, q.rest, q.method) for q in seen] == [(NAME, "x/a,b,c", "GET")]
 
 
 @pytest.mark.unprivileged
 def test_unreadable_files_are_forbidden_as_nobody():
     """The server run as an unprivileged user answers 403 (as nginx does) for a file
-    or a directory it may not read, and serves the rest; serve.py needs only the
-    standard library, so nobody runs a copy of it."""
+    or a directory it may not read, and serves the rest; serve.py and geo.py need only
+    the standard library, so nobody runs a copy of them."""
     import shutil
     import subprocess
     import tempfile
@@ -368,7 +371,13 @@ def test_unreadable_files_are_forbidden_as_nobody():
     d = tempfile.mkdtemp(prefix="serve-nobody.")
     try:
         os.chmod(d, 0o755)
-        shutil.copy(serve_module.__file__, os.path.join(d, "serve.py"))
+        pkg = os.path.join(d, "stratum")
+        os.mkdir(pkg)
+        for name in ("serve.py", "geo.py"):
+            shutil.copy(os.path.join(os.path.dirname(serve_module.__file__), name), pkg)
+        open(os.path.join(pkg, "__init__.py"), "w").close()
+        for sub in ("stratum", *(f"stratum/{n}" for n in os.listdir(pkg))):
+            os.chmod(os.path.join(d, sub), 0o755)
         data = os.path.join(d, "root", NAME, "data")
         os.makedirs(os.path.join(data, "closed"))
         for path, mode in (("open", 0o644), ("secret", 0o600), ("closed/obj", 0o644)):
@@ -379,7 +388,7 @@ def test_unreadable_files_are_forbidden_as_nobody():
         for sub in ("root", f"root/{NAME}", f"root/{NAME}/data"):
             os.chmod(os.path.join(d, sub), 0o755)
         script = (
-            f"import sys; sys.path.insert(0, {d!r}); from serve import StratumServer; "
+            f"import sys; sys.path.insert(0, {d!r}); from stratum.serve import StratumServer; "
             f"s = StratumServer({os.path.join(d, 'root')!r}); "
             "print(s.server_address[1], flush=True); s.serve_forever(0.05)"
         )
