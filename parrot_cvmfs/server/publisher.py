@@ -237,26 +237,14 @@ class Publisher:
         subtree_c = dict.fromkeys(COUNTERS, 0)
         nested_rows = []
 
-        # hardlink groups inside this catalog
-        members: dict[tuple[int, int], list[Node]] = {}
         order: list[Node] = []
         stack = [root]
         while stack:
             n = stack.pop()
             order.append(n)
-            if n is not root and n.kind == "dir" and n.nested:
-                continue
-            if n.kind == "dir":
+            if n.kind == "dir" and (n is root or not n.nested):
                 stack.extend(reversed(n.children))
-            elif n.lstat.st_nlink > 1:
-                members.setdefault((n.lstat.st_dev, n.lstat.st_ino), []).append(n)
-        groups: dict[int, int] = {}
-        gid = 0
-        for key in sorted(members, key=lambda k: members[k][0].path):
-            if len(members[key]) > 1:
-                gid += 1
-                for n in members[key]:
-                    groups[id(n)] = (gid << 32) | len(members[key])
+        groups = _hardlink_groups(root)
 
         for n in order:
             s = n.lstat
@@ -537,6 +525,46 @@ def _add_row(
         s.st_gid,
         xattr,
     )
+
+
+def _hardlink_groups(root: Node) -> dict[int, int]:
+    """The `hardlinks` field (group << 32 | link count) of every multiply linked entry of
+    the catalog rooted at `root`, by id(node), as the real server assigns it.
+
+    A group is the links of one inode inside one directory (`AddHardlinkGroup`,
+    catalog_mgr_rw.cc: "Hardlink groups have to reside in the same directory"); links of
+    that inode in other directories form their own groups (the server's default
+    ignores cross-directory links), and a directory holding one link of an inode
+    makes it a plain entry with link count 1. Ids are the catalog's largest so far
+    plus one: the sync mediator adds a directory's groups when it leaves it (children
+    before parents), ascending by inode, symlink groups at once and the others when
+    it commits, so symlink groups get the lower ids."""
+    links: list[list[Node]] = []
+    others: list[list[Node]] = []
+
+    def below(d: Node) -> list[Node]:
+        return [c for c in d.children if c.kind == "dir" and not c.nested]
+
+    stack: list[tuple[Node, list[Node], int]] = [(root, below(root), 0)]
+    while stack:  # post-order over the catalog's directories
+        d, subdirs, i = stack.pop()
+        if i < len(subdirs):
+            stack.append((d, subdirs, i + 1))
+            stack.append((subdirs[i], below(subdirs[i]), 0))
+            continue
+        members: dict[tuple[int, int], list[Node]] = {}
+        for c in d.children:
+            if c.kind != "dir" and c.lstat.st_nlink > 1:
+                members.setdefault((c.lstat.st_ino, c.lstat.st_dev), []).append(c)
+        for key in sorted(members):
+            group = members[key]
+            if len(group) > 1:
+                (links if group[0].kind == "symlink" else others).append(group)
+    out: dict[int, int] = {}
+    for gid, group in enumerate(links + others, start=1):
+        for n in group:
+            out[id(n)] = (gid << 32) | len(group)
+    return out
 
 
 def _format_flags(o: PublishOptions) -> int:
