@@ -46,7 +46,7 @@ from ..format.xattrs import encode_xattrs
 from .catalog_writer import CatalogWriter, write_history
 from .chunking import Chunker, ChunkSizes
 from .keys import ensure_keys
-from .scan import AUTO_CATALOG_MARKER, Node, scan
+from .scan import CATALOG_MARKER, Node, scan
 from .stratum import StratumStore, StreamingObject
 
 NULL_HASH = "0" * 40
@@ -93,6 +93,7 @@ class Publisher:
         self.log = log or (lambda msg: None)
         self.repo_dir = os.path.join(options.stratum, options.name)
         self.warnings: list[str] = []
+        self._previous_files: dict[str, tuple] = {}
 
     # -- previous revision ------------------------------------------------------------------------
 
@@ -153,15 +154,15 @@ class Publisher:
 
     def _ingest(self, node: Node, real: str, store: StratumStore, previous: dict) -> None:
         s = node.lstat
-        mtimens = s.st_mtime_ns % 1_000_000_000 or None
+        mtimens = s.st_mtime_ns % 1_000_000_000
         prev = previous.get(node.path)
         fmt = _format_flags(self.o)
         if prev is not None:
             size, mtime, pmtimens, flags, h, chunks = prev
             if (
                 size == s.st_size
-                and mtime == int(s.st_mtime)
-                and (pmtimens or None) == mtimens
+                and mtime == s.st_mtime_ns // 1_000_000_000
+                and (pmtimens or 0) == mtimens  # NULL in revisions before 0 was written
                 and (flags & (0x700 | 0x3800)) == fmt
                 and (h is not None or chunks)
             ):
@@ -269,25 +270,9 @@ class Publisher:
                 nlink = 2 + sum(1 for c in n.children if c.kind == "dir")
                 self_c["dir"] += 1
                 _add_row(w, n, parent, nlink, None, s.st_size, flags, xattr)
-                if n.auto_marker and not transition:
+                if n.dirtab_marker and not transition:
                     self_c["regular"] += 1
-                    empty = store.put(b"", "", compress=self.o.compress)
-                    w.add(
-                        f"{n.path}/{AUTO_CATALOG_MARKER}",
-                        n.path,
-                        1,
-                        empty.digest,
-                        0,
-                        0o100644,
-                        now,
-                        None,
-                        FLAG_FILE | _format_flags(self.o),
-                        AUTO_CATALOG_MARKER,
-                        "",
-                        s.st_uid,
-                        s.st_gid,
-                        None,
-                    )
+                    self._add_dirtab_marker(w, n, store, now)
                 continue
             hardlinks = groups.get(id(n), 1)
             if n.kind == "file":
@@ -340,6 +325,33 @@ class Publisher:
         h = store.put(data, "C")
         return h, len(data), total
 
+    def _add_dirtab_marker(self, w: CatalogWriter, d: Node, store: StratumStore, now: int) -> None:
+        """The `.cvmfscatalog` of a catalog a dirtab rule made, as the real server has it:
+        `CommandApplyDirtab::CreateCatalogMarkers` (swissknife_sync.cc) creates an empty
+        file with kDefaultFileMode (0644) in the tree before syncing it, so it is an
+        ordinary empty file owned by the publisher, and it stays (its mtime is that of
+        the revision that first made it)."""
+        path = f"{d.path}/{CATALOG_MARKER}"
+        prev = self._previous_files.get(path)
+        mtime, mtimens = (prev[1], prev[2] or 0) if prev is not None and prev[0] == 0 else (now, 0)
+        empty = store.put(b"", "", compress=self.o.compress)
+        w.add(
+            path,
+            d.path,
+            1,
+            empty.digest,
+            0,
+            st.S_IFREG | 0o644,
+            mtime,
+            mtimens,
+            FLAG_FILE | _format_flags(self.o),
+            CATALOG_MARKER,
+            "",
+            os.geteuid(),
+            os.getegid(),
+            None,
+        )
+
     # -- the whole publication ---------------------------------------------------------------------
 
     def publish(self) -> PublishResult:
@@ -370,6 +382,7 @@ class Publisher:
         o = self.o
         store = StratumStore(self.repo_dir, o.hash_algorithm)
         prev_manifest, prev_files, prev_catalogs, prev_history = self._previous(store)
+        self._previous_files = prev_files
         try:
             old_tags = []
             if prev_history:
@@ -508,7 +521,6 @@ def _add_row(
 ) -> None:
     """The catalog row of node `n`: what its lstat says, with these fields."""
     s = n.lstat
-    mtimens = s.st_mtime_ns % 1_000_000_000 or None
     w.add(
         n.path,
         parent,
@@ -516,8 +528,8 @@ def _add_row(
         digest,
         size,
         s.st_mode,
-        int(s.st_mtime),
-        mtimens,
+        s.st_mtime_ns // 1_000_000_000,  # tv_sec: floored, also before 1970
+        s.st_mtime_ns % 1_000_000_000,  # 0, not NULL, for whole seconds, as the real server
         flags,
         n.name,
         target,
