@@ -40,10 +40,11 @@ from ..format.entry import (
 from ..format.hashes import Algorithm, ContentHash, hash_bytes
 from ..format.history import History
 from ..format.manifest import ROOT_PATH_HASH, Manifest, export_manifest_body
+from ..format.reflog import REF_CATALOG, REF_CERTIFICATE, REF_HISTORY, REFLOG_FILE, Reflog
 from ..format.signature import certificate_fingerprint, sign_manifest, sign_raw_pkcs1
 from ..format.values import valid_name
 from ..format.xattrs import encode_xattrs
-from .catalog_writer import CatalogWriter, write_history
+from .catalog_writer import CatalogWriter, write_history, write_reflog
 from .chunking import Chunker, ChunkSizes
 from .keys import ensure_keys
 from .scan import CATALOG_MARKER, Node, scan
@@ -455,6 +456,28 @@ class Publisher:
                 with open(hist_db, "rb") as f:
                     history_hash = store.put(f.read(), "H")
 
+                # as the real signing step: the new root catalog, certificate and tag
+                # database join the reflog (and what an earlier revision published
+                # without one: its manifest's objects and the tagged root catalogs)
+                refs = [(root_hash.hex, REF_CATALOG, now), (cert_hash.hex, REF_CERTIFICATE, now)]
+                refs.append((history_hash.hex, REF_HISTORY, now))
+                if prev_manifest is not None:
+                    refs.append((prev_manifest.root_hash.hex, REF_CATALOG, now))
+                    if prev_manifest.certificate is not None:
+                        refs.append((prev_manifest.certificate.hex, REF_CERTIFICATE, now))
+                    if prev_manifest.history is not None:
+                        refs.append((prev_manifest.history.hex, REF_HISTORY, now))
+                refs += [(t.root_hash.hex, REF_CATALOG, t.timestamp) for t in old_tags]
+                reflog_db = write_reflog(
+                    os.path.join(tmpdir, "reflog.db"),
+                    o.name,
+                    self._previous_reflog(prev_manifest, tmpdir),
+                    sorted(refs, key=lambda r: r[2]),
+                )
+                with open(reflog_db, "rb") as f:
+                    reflog_bytes = f.read()
+            reflog_hash = hash_bytes(o.hash_algorithm, reflog_bytes)
+
             fields = {
                 "C": root_hash.hex,
                 "B": str(root_size),
@@ -467,10 +490,12 @@ class Publisher:
                 "X": cert_hash.hex,
                 "H": history_hash.hex,
                 "T": str(now),
+                "Y": reflog_hash.hex,
             }
             manifest_bytes = self._sign_manifest(fields, keys)
             whitelist_bytes = self._whitelist(keys)
             open(os.path.join(self.repo_dir, ".cvmfs_master_replica"), "a").close()
+            write_atomic(os.path.join(self.repo_dir, REFLOG_FILE), reflog_bytes, 0o644)
             write_atomic(os.path.join(self.repo_dir, ".cvmfswhitelist"), whitelist_bytes, 0o644)
             write_atomic(os.path.join(self.repo_dir, ".cvmfspublished"), manifest_bytes, 0o644)
             manifest = Manifest.parse(manifest_bytes)
@@ -492,6 +517,53 @@ class Publisher:
             if prev_history:
                 with contextlib.suppress(OSError):
                     os.unlink(prev_history)
+
+    def _previous_reflog(self, manifest: Manifest | None, tmpdir: str) -> str | None:
+        """A checked copy (in `tmpdir`) of the reflog the previous revision left, or None
+        if there is none to continue (a new repository, or one published without).
+
+        The file must be the one the manifest's `Y` names; or, when a publication was
+        interrupted after writing the reflog and before the manifest, one that already
+        holds the manifest's root catalog (the next publication only adds to it)."""
+        if manifest is None:
+            return None
+        path = os.path.join(self.repo_dir, REFLOG_FILE)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if manifest.reflog is None:
+                return None
+            raise ConfigError(
+                f"{path} is missing, but the manifest names reflog {manifest.reflog.hex}"
+            ) from None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+        copy = os.path.join(tmpdir, "previous-reflog.db")
+        with open(copy, "wb") as f:
+            f.write(data)
+        algorithm = manifest.reflog.algorithm if manifest.reflog else self.o.hash_algorithm
+        matches = manifest.reflog is not None and hash_bytes(algorithm, data) == manifest.reflog
+        try:
+            log = Reflog(copy, f"reflog {path}")
+        except CvmfsError as e:
+            raise ConfigError(str(e)) from None
+        try:
+            if log.fqrn != self.o.name:
+                raise ConfigError(f"{path} is the reflog of {log.fqrn!r}, not of {self.o.name}")
+            if not matches and not log.contains(manifest.root_hash, REF_CATALOG):
+                raise ConfigError(
+                    f"{path} is not the reflog the manifest names (field Y"
+                    f" {manifest.reflog.hex if manifest.reflog else 'absent'}) and lacks"
+                    f" its root catalog {manifest.root_hash.hex}"
+                )
+            log.references()  # every row checked before we add to it
+        except CvmfsError as e:
+            raise ConfigError(str(e)) from None
+        finally:
+            log.close()
+        return copy
 
     def _sign_manifest(self, fields: dict[str, str], keys) -> bytes:
         body = export_manifest_body(fields)
