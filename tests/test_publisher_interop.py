@@ -7,9 +7,9 @@ and `mtimens` 0 for whole-second mtimes."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import stat
-import sys
 import zlib
 
 import pytest
@@ -411,5 +411,82 @@ def test_mtimens_zero_for_whole_seconds(tmp_path):
     assert root.execute("SELECT COUNT(*) FROM catalog WHERE mtimens IS NULL").fetchone() == (0,)
 
 
-if sys.platform != "linux":  # pragma: no cover
-    pytest.skip("Linux only", allow_module_level=True)
+def _take_over(shared_data: str, base, name: str) -> str:
+    """A writable stratum holding the real server's repository `name`: its manifest,
+    reflog and catalogs and tag databases (what a next publication reads)."""
+    real = os.path.join(shared_data, "real-repos", name, "stratum")
+    repo_dir = base / "stratum" / name
+    (repo_dir / "data").mkdir(parents=True)
+    for f in (".cvmfspublished", ".cvmfsreflog"):
+        shutil.copyfile(os.path.join(real, f), repo_dir / f)
+    for d in os.listdir(os.path.join(real, "data")):
+        for f in os.listdir(os.path.join(real, "data", d)):
+            if f.endswith(("C", "H")):
+                (repo_dir / "data" / d).mkdir(exist_ok=True)
+                shutil.copyfile(os.path.join(real, "data", d, f), repo_dir / "data" / d / f)
+    return str(repo_dir)
+
+
+@pytest.mark.parametrize("name", ["ref.test.org", "ref-shake.test.org"])
+def test_reflog_of_the_real_server_is_continued(shared_data, tmp_path, name):
+    """Publishing the next revision of a repository the real cvmfs 2.12 server made:
+    our reflog is its reflog (same schema, every reference with its timestamp) plus the
+    new revision's objects."""
+    repo_dir = _take_over(shared_data, tmp_path, name)
+    real_db = sqlite3.connect(os.path.join(repo_dir, ".cvmfsreflog"))
+    real_refs = set(real_db.execute("SELECT hash, type, timestamp FROM refs"))
+    real_schema = real_db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+    real_db.close()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "README").write_bytes(b"taken over\n")
+    with open(os.path.join(repo_dir, ".cvmfspublished"), "rb") as f:
+        algorithm = Manifest.parse(f.read()).root_hash.algorithm
+    publish(
+        PublishOptions(
+            source=str(src),
+            name=name,
+            stratum=str(tmp_path / "stratum"),
+            keys_dir=str(tmp_path / "keys"),
+            hash_algorithm=algorithm,
+        )
+    )
+    with open(os.path.join(repo_dir, ".cvmfspublished"), "rb") as f:
+        m = Manifest.parse(f.read())
+    with open(os.path.join(repo_dir, REFLOG_FILE), "rb") as f:
+        data = f.read()
+    assert m.fields["Y"] == hash_bytes(m.root_hash.algorithm, data).hex
+    db = sqlite3.connect(os.path.join(repo_dir, REFLOG_FILE))
+    assert db.execute("SELECT type, name, sql FROM sqlite_master").fetchall() == real_schema
+    refs = set(db.execute("SELECT hash, type, timestamp FROM refs"))
+    assert real_refs <= refs
+    new = {(h, t) for h, t, _ in refs - real_refs}
+    assert new == {
+        (m.root_hash.hex, REF_CATALOG),
+        (m.certificate.hex, REF_CERTIFICATE),
+        (m.history.hex, REF_HISTORY),
+    }
+
+
+def test_dirtab_marker_as_the_real_server_wrote_it(shared_data, dirtabbed):
+    """test.cern.ch (the real cvmfs_server, a `/bar/*` dirtab): its markers and ours
+    agree in every field but the publisher's uid/gid and the time."""
+    real = os.path.join(shared_data, "real-repos", "test.cern.ch", "stratum")
+    repo = Repo(dirtabbed.base / "real", real)
+    repo.dir = real
+    (dirtabbed.base / "real").mkdir()
+    fields = "hardlinks, hex(hash), size, mode, flags, symlink"
+    wanted = "name = '.cvmfscatalog'"
+    theirs = {
+        r
+        for db in repo.catalogs().values()
+        for r in db.execute(f"SELECT {fields} FROM catalog WHERE {wanted}")
+    }
+    dirtabbed.publish()
+    ours = [
+        r
+        for db in dirtabbed.catalogs().values()
+        for r in db.execute(f"SELECT {fields} FROM catalog WHERE {wanted}")
+    ]
+    assert len(theirs) == 1 and set(ours) == theirs
+    assert len(ours) == 4  # one in each nested catalog: /data, /sw/v1, /sw/v2, /sw/v3
