@@ -490,3 +490,24 @@ def test_dirtab_marker_as_the_real_server_wrote_it(shared_data, dirtabbed):
     ]
     assert len(theirs) == 1 and set(ours) == theirs
     assert len(ours) == 4  # one in each nested catalog: /data, /sw/v1, /sw/v2, /sw/v3
+
+
+def test_hardlinks_across_directories_warned_once(linked):
+    """The real server says "Hardlinks across directories" for each; we say it once."""
+    p = Cli(base_env())(
+        "publish",
+        linked.src,
+        "--name",
+        NAME,
+        "--stratum",
+        linked.stratum,
+        "--keys",
+        linked.keys,
+    )
+    err = p.stderr.decode().splitlines()
+    assert p.returncode == 0, err
+    assert [line for line in err if line.startswith("warning:")] == [
+        f"warning: 4 hardlink groups have links in other directories (or outside"
+        f" {linked.src}), published as one group per directory as cvmfs_server does"
+        " (first: /a/x)"
+    ]

@@ -95,6 +95,7 @@ class Publisher:
         self.repo_dir = os.path.join(options.stratum, options.name)
         self.warnings: list[str] = []
         self._previous_files: dict[str, tuple] = {}
+        self._split_links: list[str] = []  # hardlink groups cut at directories
 
     # -- previous revision ------------------------------------------------------------------------
 
@@ -246,7 +247,7 @@ class Publisher:
             order.append(n)
             if n.kind == "dir" and (n is root or not n.nested):
                 stack.extend(reversed(n.children))
-        groups = _hardlink_groups(root)
+        groups = _hardlink_groups(root, self._split_links)
 
         for n in order:
             s = n.lstat
@@ -499,6 +500,12 @@ class Publisher:
             write_atomic(os.path.join(self.repo_dir, ".cvmfswhitelist"), whitelist_bytes, 0o644)
             write_atomic(os.path.join(self.repo_dir, ".cvmfspublished"), manifest_bytes, 0o644)
             manifest = Manifest.parse(manifest_bytes)
+            if self._split_links:
+                self.warnings.append(
+                    f"{len(self._split_links)} hardlink groups have links in other"
+                    f" directories (or outside {o.source}), published as one group per"
+                    f" directory as cvmfs_server does (first: {min(self._split_links)})"
+                )
             for w in self.warnings:
                 print(f"warning: {w}", file=sys.stderr)
             return PublishResult(
@@ -611,7 +618,7 @@ def _add_row(
     )
 
 
-def _hardlink_groups(root: Node) -> dict[int, int]:
+def _hardlink_groups(root: Node, split: list[str]) -> dict[int, int]:
     """The `hardlinks` field (group << 32 | link count) of every multiply linked entry of
     the catalog rooted at `root`, by id(node), as the real server assigns it.
 
@@ -622,7 +629,9 @@ def _hardlink_groups(root: Node) -> dict[int, int]:
     makes it a plain entry with link count 1. Ids are the catalog's largest so far
     plus one: the sync mediator adds a directory's groups when it leaves it (children
     before parents), ascending by inode, symlink groups at once and the others when
-    it commits, so symlink groups get the lower ids."""
+    it commits, so symlink groups get the lower ids. `split` gets the first path of
+    each group that is not all of its inode's links (the server's "Hardlinks across
+    directories")."""
     links: list[list[Node]] = []
     others: list[list[Node]] = []
 
@@ -642,6 +651,8 @@ def _hardlink_groups(root: Node) -> dict[int, int]:
                 members.setdefault((c.lstat.st_ino, c.lstat.st_dev), []).append(c)
         for key in sorted(members):
             group = members[key]
+            if len(group) != group[0].lstat.st_nlink:
+                split.append(group[0].path)
             if len(group) > 1:
                 (links if group[0].kind == "symlink" else others).append(group)
     out: dict[int, int] = {}
