@@ -94,10 +94,13 @@ class Forger:
             new_hash, new_size, mp = self.store.put(data, "C"), len(data), parent_mp
         return self.sign(new_hash, new_size)
 
-    def sign(self, root: ContentHash, size: int, **fields: str) -> Manifest:
-        """A new signed manifest: root catalog `root`, the next revision."""
+    def sign(
+        self, root: ContentHash, size: int, drop: tuple[str, ...] = (), **fields: str
+    ) -> Manifest:
+        """A new signed manifest: root catalog `root`, the next revision; the fields in
+        `drop` left out."""
         old = self.manifest()
-        f = dict(old.fields)
+        f = {k: v for k, v in old.fields.items() if k not in drop}
         stamp = max(int(time.time()), (old.timestamp or 0) + 1)
         f.update(C=root.hex, B=str(size), S=str(old.revision + 1), T=str(stamp))
         f.update(fields)

@@ -64,7 +64,16 @@ def parrot(published, round_server, tmp_path_factory, mode):
 
 # -- differential tests on the generated tree ------------------------------------------------------
 
-CROSS_CATALOG = {"./hardlinks/pair1", "./hardlinks/pair2", "./nested/cross-catalog-link"}
+# links of one inode the publisher splits into groups (one per directory, none across a
+# catalog boundary, as the real server): their link counts differ from the source's
+CROSS_CATALOG = {
+    "./hardlinks/pair1",
+    "./hardlinks/pair2",
+    "./nested/cross-catalog-link",
+    "./hardlinks/a",
+    "./hardlinks/b",
+    "./hardlinks/other/c",
+}
 
 
 def differential(parrot, published, script: str) -> tuple[str, str]:
@@ -115,7 +124,8 @@ def test_ls_laR(parrot, published):
                 continue
             if " variant -> " in line:  # expanded by the client, raw natively
                 continue
-            if any(c.rsplit("/", 1)[-1] in line for c in CROSS_CATALOG) and line.startswith("-"):
+            names = {c.rsplit("/", 1)[-1] for c in CROSS_CATALOG}
+            if line.startswith("-") and line.rsplit(" ", 1)[-1] in names:
                 line = line.split(None, 2)[0]
             lines.append(line)
         return lines
@@ -126,7 +136,7 @@ def test_ls_laR(parrot, published):
 
 def test_stat_readlink_du_sha256(parrot, published):
     script = (
-        "find . -path ./nested/cross-catalog-link -prune -o -path './hardlinks/pair*' -prune -o "
+        "find . -path ./nested/cross-catalog-link -prune -o -path './hardlinks/*' -type f -prune -o "
         "-path ./links/variant -prune -o "
         "-print0 | LC_ALL=C sort -z | xargs -0 stat -c '%n %F %a %s %h %Y %N'; "
         "find . -type l ! -name variant | LC_ALL=C sort | while read -r l; do "

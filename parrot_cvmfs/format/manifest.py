@@ -188,6 +188,7 @@ class Manifest(
             "certificate_fingerprint": certificate_fingerprint,
             "history": self.history.hex if self.history else "",
             "metainfo": self.metainfo.hex if self.metainfo else "",
+            "reflog": self.reflog.hex if self.reflog else "",
             "garbage_collectable": "yes" if self.garbage_collectable else "no",
         }
 

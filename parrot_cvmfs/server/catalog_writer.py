@@ -1,11 +1,13 @@
-"""Creating catalog and history databases in the schema the real client reads
-(catalog schema 2.5 revision 7, history schema 1.0 revision 3)."""
+"""Creating catalog, history and reflog databases in the schemas the real tools read
+(catalog schema 2.5 revision 7, history schema 1.0 revision 3, reflog schema 1.0
+revision 0)."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 
+from ..format import reflog
 from ..format.entry import md5path
 
 CATALOG_SCHEMA = [
@@ -35,6 +37,13 @@ HISTORY_SCHEMA = [
     " description TEXT, size INTEGER,   branch TEXT, CONSTRAINT pk_tags PRIMARY KEY (name),"
     "   FOREIGN KEY (branch) REFERENCES branches (branch))",
     "CREATE TABLE recycle_bin (hash TEXT, flags INTEGER,   CONSTRAINT pk_hash PRIMARY KEY (hash))",
+]
+
+
+REFLOG_SCHEMA = [
+    "CREATE TABLE properties (key TEXT, value TEXT, CONSTRAINT pk_properties PRIMARY KEY (key))",
+    "CREATE TABLE refs (hash TEXT, type INTEGER, timestamp INTEGER,"
+    " CONSTRAINT pk_refs PRIMARY KEY (hash))",
 ]
 
 
@@ -139,4 +148,34 @@ def write_history(db_path: str, fqrn: str, tags: list[tuple], previous: str | No
     db.execute("COMMIT")
     db.execute("VACUUM")
     db.close()
+    return db_path
+
+
+def write_reflog(
+    db_path: str, fqrn: str, previous: str | None, refs: list[tuple[str, int, int]]
+) -> str:
+    """The reflog at `db_path`: a copy of the checked reflog `previous` (or a new one)
+    with `refs` (hex hash, REF_* type, timestamp) added; a reference it holds keeps its
+    first timestamp (`INSERT OR IGNORE`, as `SqlInsertReference`)."""
+    if os.path.exists(db_path):
+        os.unlink(db_path)
+    if previous is not None:
+        with open(previous, "rb") as src, open(db_path, "wb") as dst:
+            dst.write(src.read())
+    db = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        if previous is None:
+            for stmt in REFLOG_SCHEMA:
+                db.execute(stmt)
+            props = {
+                "schema": reflog.SCHEMA_VERSION,
+                "schema_revision": reflog.SCHEMA_REVISION,
+                "fqrn": fqrn,
+            }
+            db.executemany("INSERT INTO properties VALUES (?,?)", list(props.items()))
+        db.executemany("INSERT OR IGNORE INTO refs (hash, type, timestamp) VALUES (?,?,?)", refs)
+        db.execute("COMMIT")
+    finally:
+        db.close()
     return db_path

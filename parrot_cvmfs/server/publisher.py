@@ -40,13 +40,14 @@ from ..format.entry import (
 from ..format.hashes import Algorithm, ContentHash, hash_bytes
 from ..format.history import History
 from ..format.manifest import ROOT_PATH_HASH, Manifest, export_manifest_body
+from ..format.reflog import REF_CATALOG, REF_CERTIFICATE, REF_HISTORY, REFLOG_FILE, Reflog
 from ..format.signature import certificate_fingerprint, sign_manifest, sign_raw_pkcs1
 from ..format.values import valid_name
 from ..format.xattrs import encode_xattrs
-from .catalog_writer import CatalogWriter, write_history
+from .catalog_writer import CatalogWriter, write_history, write_reflog
 from .chunking import Chunker, ChunkSizes
 from .keys import ensure_keys
-from .scan import AUTO_CATALOG_MARKER, Node, scan
+from .scan import CATALOG_MARKER, Node, scan
 from .stratum import StratumStore, StreamingObject
 
 NULL_HASH = "0" * 40
@@ -93,6 +94,8 @@ class Publisher:
         self.log = log or (lambda msg: None)
         self.repo_dir = os.path.join(options.stratum, options.name)
         self.warnings: list[str] = []
+        self._previous_files: dict[str, tuple] = {}
+        self._split_links: list[str] = []  # hardlink groups cut at directories
 
     # -- previous revision ------------------------------------------------------------------------
 
@@ -153,15 +156,15 @@ class Publisher:
 
     def _ingest(self, node: Node, real: str, store: StratumStore, previous: dict) -> None:
         s = node.lstat
-        mtimens = s.st_mtime_ns % 1_000_000_000 or None
+        mtimens = s.st_mtime_ns % 1_000_000_000
         prev = previous.get(node.path)
         fmt = _format_flags(self.o)
         if prev is not None:
             size, mtime, pmtimens, flags, h, chunks = prev
             if (
                 size == s.st_size
-                and mtime == int(s.st_mtime)
-                and (pmtimens or None) == mtimens
+                and mtime == s.st_mtime_ns // 1_000_000_000
+                and (pmtimens or 0) == mtimens  # NULL in revisions before 0 was written
                 and (flags & (0x700 | 0x3800)) == fmt
                 and (h is not None or chunks)
             ):
@@ -237,26 +240,14 @@ class Publisher:
         subtree_c = dict.fromkeys(COUNTERS, 0)
         nested_rows = []
 
-        # hardlink groups inside this catalog
-        members: dict[tuple[int, int], list[Node]] = {}
         order: list[Node] = []
         stack = [root]
         while stack:
             n = stack.pop()
             order.append(n)
-            if n is not root and n.kind == "dir" and n.nested:
-                continue
-            if n.kind == "dir":
+            if n.kind == "dir" and (n is root or not n.nested):
                 stack.extend(reversed(n.children))
-            elif n.lstat.st_nlink > 1:
-                members.setdefault((n.lstat.st_dev, n.lstat.st_ino), []).append(n)
-        groups: dict[int, int] = {}
-        gid = 0
-        for key in sorted(members, key=lambda k: members[k][0].path):
-            if len(members[key]) > 1:
-                gid += 1
-                for n in members[key]:
-                    groups[id(n)] = (gid << 32) | len(members[key])
+        groups = _hardlink_groups(root, self._split_links)
 
         for n in order:
             s = n.lstat
@@ -281,25 +272,9 @@ class Publisher:
                 nlink = 2 + sum(1 for c in n.children if c.kind == "dir")
                 self_c["dir"] += 1
                 _add_row(w, n, parent, nlink, None, s.st_size, flags, xattr)
-                if n.auto_marker and not transition:
+                if n.dirtab_marker and not transition:
                     self_c["regular"] += 1
-                    empty = store.put(b"", "", compress=self.o.compress)
-                    w.add(
-                        f"{n.path}/{AUTO_CATALOG_MARKER}",
-                        n.path,
-                        1,
-                        empty.digest,
-                        0,
-                        0o100644,
-                        now,
-                        None,
-                        FLAG_FILE | _format_flags(self.o),
-                        AUTO_CATALOG_MARKER,
-                        "",
-                        s.st_uid,
-                        s.st_gid,
-                        None,
-                    )
+                    self._add_dirtab_marker(w, n, store, now)
                 continue
             hardlinks = groups.get(id(n), 1)
             if n.kind == "file":
@@ -352,6 +327,33 @@ class Publisher:
         h = store.put(data, "C")
         return h, len(data), total
 
+    def _add_dirtab_marker(self, w: CatalogWriter, d: Node, store: StratumStore, now: int) -> None:
+        """The `.cvmfscatalog` of a catalog a dirtab rule made, as the real server has it:
+        `CommandApplyDirtab::CreateCatalogMarkers` (swissknife_sync.cc) creates an empty
+        file with kDefaultFileMode (0644) in the tree before syncing it, so it is an
+        ordinary empty file owned by the publisher, and it stays (its mtime is that of
+        the revision that first made it)."""
+        path = f"{d.path}/{CATALOG_MARKER}"
+        prev = self._previous_files.get(path)
+        mtime, mtimens = (prev[1], prev[2] or 0) if prev is not None and prev[0] == 0 else (now, 0)
+        empty = store.put(b"", "", compress=self.o.compress)
+        w.add(
+            path,
+            d.path,
+            1,
+            empty.digest,
+            0,
+            st.S_IFREG | 0o644,
+            mtime,
+            mtimens,
+            FLAG_FILE | _format_flags(self.o),
+            CATALOG_MARKER,
+            "",
+            os.geteuid(),
+            os.getegid(),
+            None,
+        )
+
     # -- the whole publication ---------------------------------------------------------------------
 
     def publish(self) -> PublishResult:
@@ -382,6 +384,7 @@ class Publisher:
         o = self.o
         store = StratumStore(self.repo_dir, o.hash_algorithm)
         prev_manifest, prev_files, prev_catalogs, prev_history = self._previous(store)
+        self._previous_files = prev_files
         try:
             old_tags = []
             if prev_history:
@@ -454,6 +457,28 @@ class Publisher:
                 with open(hist_db, "rb") as f:
                     history_hash = store.put(f.read(), "H")
 
+                # as the real signing step: the new root catalog, certificate and tag
+                # database join the reflog (and what an earlier revision published
+                # without one: its manifest's objects and the tagged root catalogs)
+                refs = [(root_hash.hex, REF_CATALOG, now), (cert_hash.hex, REF_CERTIFICATE, now)]
+                refs.append((history_hash.hex, REF_HISTORY, now))
+                if prev_manifest is not None:
+                    refs.append((prev_manifest.root_hash.hex, REF_CATALOG, now))
+                    if prev_manifest.certificate is not None:
+                        refs.append((prev_manifest.certificate.hex, REF_CERTIFICATE, now))
+                    if prev_manifest.history is not None:
+                        refs.append((prev_manifest.history.hex, REF_HISTORY, now))
+                refs += [(t.root_hash.hex, REF_CATALOG, t.timestamp) for t in old_tags]
+                reflog_db = write_reflog(
+                    os.path.join(tmpdir, "reflog.db"),
+                    o.name,
+                    self._previous_reflog(prev_manifest, tmpdir),
+                    sorted(refs, key=lambda r: r[2]),
+                )
+                with open(reflog_db, "rb") as f:
+                    reflog_bytes = f.read()
+            reflog_hash = hash_bytes(o.hash_algorithm, reflog_bytes)
+
             fields = {
                 "C": root_hash.hex,
                 "B": str(root_size),
@@ -466,13 +491,21 @@ class Publisher:
                 "X": cert_hash.hex,
                 "H": history_hash.hex,
                 "T": str(now),
+                "Y": reflog_hash.hex,
             }
             manifest_bytes = self._sign_manifest(fields, keys)
             whitelist_bytes = self._whitelist(keys)
             open(os.path.join(self.repo_dir, ".cvmfs_master_replica"), "a").close()
+            write_atomic(os.path.join(self.repo_dir, REFLOG_FILE), reflog_bytes, 0o644)
             write_atomic(os.path.join(self.repo_dir, ".cvmfswhitelist"), whitelist_bytes, 0o644)
             write_atomic(os.path.join(self.repo_dir, ".cvmfspublished"), manifest_bytes, 0o644)
             manifest = Manifest.parse(manifest_bytes)
+            if self._split_links:
+                self.warnings.append(
+                    f"{len(self._split_links)} hardlink groups have links in other"
+                    f" directories (or outside {o.source}), published as one group per"
+                    f" directory as cvmfs_server does (first: {min(self._split_links)})"
+                )
             for w in self.warnings:
                 print(f"warning: {w}", file=sys.stderr)
             return PublishResult(
@@ -491,6 +524,53 @@ class Publisher:
             if prev_history:
                 with contextlib.suppress(OSError):
                     os.unlink(prev_history)
+
+    def _previous_reflog(self, manifest: Manifest | None, tmpdir: str) -> str | None:
+        """A checked copy (in `tmpdir`) of the reflog the previous revision left, or None
+        if there is none to continue (a new repository, or one published without).
+
+        The file must be the one the manifest's `Y` names; or, when a publication was
+        interrupted after writing the reflog and before the manifest, one that already
+        holds the manifest's root catalog (the next publication only adds to it)."""
+        if manifest is None:
+            return None
+        path = os.path.join(self.repo_dir, REFLOG_FILE)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if manifest.reflog is None:
+                return None
+            raise ConfigError(
+                f"{path} is missing, but the manifest names reflog {manifest.reflog.hex}"
+            ) from None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+        copy = os.path.join(tmpdir, "previous-reflog.db")
+        with open(copy, "wb") as f:
+            f.write(data)
+        algorithm = manifest.reflog.algorithm if manifest.reflog else self.o.hash_algorithm
+        matches = manifest.reflog is not None and hash_bytes(algorithm, data) == manifest.reflog
+        try:
+            log = Reflog(copy, f"reflog {path}")
+        except CvmfsError as e:
+            raise ConfigError(str(e)) from None
+        try:
+            if log.fqrn != self.o.name:
+                raise ConfigError(f"{path} is the reflog of {log.fqrn!r}, not of {self.o.name}")
+            if not matches and not log.contains(manifest.root_hash, REF_CATALOG):
+                raise ConfigError(
+                    f"{path} is not the reflog the manifest names (field Y"
+                    f" {manifest.reflog.hex if manifest.reflog else 'absent'}) and lacks"
+                    f" its root catalog {manifest.root_hash.hex}"
+                )
+            log.references()  # every row checked before we add to it
+        except CvmfsError as e:
+            raise ConfigError(str(e)) from None
+        finally:
+            log.close()
+        return copy
 
     def _sign_manifest(self, fields: dict[str, str], keys) -> bytes:
         body = export_manifest_body(fields)
@@ -520,7 +600,6 @@ def _add_row(
 ) -> None:
     """The catalog row of node `n`: what its lstat says, with these fields."""
     s = n.lstat
-    mtimens = s.st_mtime_ns % 1_000_000_000 or None
     w.add(
         n.path,
         parent,
@@ -528,8 +607,8 @@ def _add_row(
         digest,
         size,
         s.st_mode,
-        int(s.st_mtime),
-        mtimens,
+        s.st_mtime_ns // 1_000_000_000,  # tv_sec: floored, also before 1970
+        s.st_mtime_ns % 1_000_000_000,  # 0, not NULL, for whole seconds, as the real server
         flags,
         n.name,
         target,
@@ -537,6 +616,50 @@ def _add_row(
         s.st_gid,
         xattr,
     )
+
+
+def _hardlink_groups(root: Node, split: list[str]) -> dict[int, int]:
+    """The `hardlinks` field (group << 32 | link count) of every multiply linked entry of
+    the catalog rooted at `root`, by id(node), as the real server assigns it.
+
+    A group is the links of one inode inside one directory (`AddHardlinkGroup`,
+    catalog_mgr_rw.cc: "Hardlink groups have to reside in the same directory"); links of
+    that inode in other directories form their own groups (the server's default
+    ignores cross-directory links), and a directory holding one link of an inode
+    makes it a plain entry with link count 1. Ids are the catalog's largest so far
+    plus one: the sync mediator adds a directory's groups when it leaves it (children
+    before parents), ascending by inode, symlink groups at once and the others when
+    it commits, so symlink groups get the lower ids. `split` gets the first path of
+    each group that is not all of its inode's links (the server's "Hardlinks across
+    directories")."""
+    links: list[list[Node]] = []
+    others: list[list[Node]] = []
+
+    def below(d: Node) -> list[Node]:
+        return [c for c in d.children if c.kind == "dir" and not c.nested]
+
+    stack: list[tuple[Node, list[Node], int]] = [(root, below(root), 0)]
+    while stack:  # post-order over the catalog's directories
+        d, subdirs, i = stack.pop()
+        if i < len(subdirs):
+            stack.append((d, subdirs, i + 1))
+            stack.append((subdirs[i], below(subdirs[i]), 0))
+            continue
+        members: dict[tuple[int, int], list[Node]] = {}
+        for c in d.children:
+            if c.kind != "dir" and c.lstat.st_nlink > 1:
+                members.setdefault((c.lstat.st_ino, c.lstat.st_dev), []).append(c)
+        for key in sorted(members):
+            group = members[key]
+            if len(group) != group[0].lstat.st_nlink:
+                split.append(group[0].path)
+            if len(group) > 1:
+                (links if group[0].kind == "symlink" else others).append(group)
+    out: dict[int, int] = {}
+    for gid, group in enumerate(links + others, start=1):
+        for n in group:
+            out[id(n)] = (gid << 32) | len(group)
+    return out
 
 
 def _format_flags(o: PublishOptions) -> int:

@@ -12,8 +12,10 @@ from ..format.dirtab import Dirtab
 from ..format.entry import kind_of
 from ..format.hashes import ContentHash
 
+# A nested catalog begins where this file is, or where a dirtab rule matches: then the
+# publisher adds it as the real server does. (`.cvmfsautocatalog` is the autocatalog
+# balancer's, which may merge such a catalog away again; we write none.)
 CATALOG_MARKER = ".cvmfscatalog"
-AUTO_CATALOG_MARKER = ".cvmfsautocatalog"
 
 
 class Node:
@@ -29,7 +31,7 @@ class Node:
         "target",
         "xattrs",
         "nested",
-        "auto_marker",
+        "dirtab_marker",
         "hash",
         "chunks",
         "flags_extra",
@@ -44,7 +46,7 @@ class Node:
         self.target = ""
         self.xattrs: dict[str, bytes] = {}
         self.nested = False
-        self.auto_marker = False
+        self.dirtab_marker = False
         self.hash: ContentHash | None = None
         self.chunks: list[tuple[int, int, ContentHash]] = []
         self.flags_extra = 0
@@ -109,10 +111,15 @@ def scan(source: str, dirtab: Dirtab | None, *, xattrs: bool, warnings: list[str
             if child.kind == "dir":
                 stack.append((child, e.path))
         if node.path:
-            marker = any(c.name == CATALOG_MARKER and c.kind == "file" for c in node.children)
-            if marker:
+            marker = next((c for c in node.children if c.name == CATALOG_MARKER), None)
+            if marker is not None and marker.kind == "file":
                 node.nested = True
             elif dirtab is not None and dirtab.matches(node.path):
+                if marker is not None:  # the real server's open(O_CREAT) fails there too
+                    raise ConfigError(
+                        f"dirtab makes {node.path} a nested catalog, but its {CATALOG_MARKER}"
+                        f" is a {marker.kind}, not a file"
+                    )
                 node.nested = True
-                node.auto_marker = True
+                node.dirtab_marker = True
     return root
