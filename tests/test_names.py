@@ -25,7 +25,7 @@ PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
 
 # A file of the host that a name climbing out of /cvmfs/NAME/bad-dotdot reaches; the same
 # name below `cp -r`'s destination climbs out of it.
-BAIT = "/tmp/parrot-cvmfs-test-names-bait.txt"
+BAIT = f"/tmp/parrot-cvmfs-test-names-bait.{os.getpid()}.txt"  # per run: runs may overlap
 # directory -> (name planted there, its path key; None: parent + "/" + name)
 BAD = {
     "bad-slash": ("a/b", None),
