@@ -127,6 +127,9 @@ typedef struct pc_tracer pc_tracer;
 pc_tracer *pc_new(const pc_rule *rules, int nrules);
 void pc_free(pc_tracer *t);
 int pc_add_prefix(pc_tracer *t, int which, const char *prefix); /* 0: paths, 1: fd targets */
+/* A guest namespace (--root, binds): every path of a path call, the cwd of getcwd and
+ * every listing concern Python (or the answer table), not only /cvmfs spellings. */
+void pc_set_translate(pc_tracer *t, int on);
 /* Start the job under the tracer thread (see tracer.c and spawn.c). */
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                const void *filter, int filter_len, int notify, int *report_fd, char *err,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 
+from ...container.mounts import LINK
 from ..paths import Target
 from ..structs import pack_stat, pack_statfs, pack_statx
 from ..syscalls import FD
@@ -63,6 +64,20 @@ def h_access(c: Context) -> tuple:
 
 def h_readlink(c: Context) -> tuple:
     size = int(c.args[c.call.size])
+    if c.guest is not None:
+        t = c.resolve(False)
+        if t is None:
+            return RESUME
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:  # the link's text; a /proc magic link's in guest terms
+            kind, target = c.guest.kind(t.host)
+            if kind != LINK:
+                return skip(-errno.EINVAL)
+            return _link_result(c, os.fsencode(target), size)
+        if not t.node.is_symlink:
+            return skip(-errno.EINVAL)
+        return _link_result(c, os.fsencode(t.node.target), size)
     p = c.proc_target() if c.names_proc() else None
     if p is not None:
         return _link_result(c, os.fsencode(p[1]), size)

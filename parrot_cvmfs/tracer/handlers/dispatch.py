@@ -8,6 +8,7 @@ import sys
 
 from ...errors import CvmfsError
 from ..core import Core
+from ..guest import Guest
 from ..memo import Memo
 from ..vfs import CvmfsView
 from .answers import Siblings
@@ -61,16 +62,24 @@ HANDLERS = {
 
 
 class Handlers:
-    def __init__(self, core: Core, view: CvmfsView, procs: Processes, debug: bool = False):
+    def __init__(
+        self,
+        core: Core,
+        view: CvmfsView,
+        procs: Processes,
+        debug: bool = False,
+        guest: Guest | None = None,
+    ):
         self.core = core
         self.memo = Memo(core, view.cache_dir)
-        view.on_mount = self.memo.load
+        # answers kept by earlier runs are keyed by host spellings: not a guest's
+        view.on_mount = self.memo.load if guest is None else None
         view.kept_path = self.memo.logical_path
         self.view = view
         self.procs = procs
         self.calls = core.calls
         self.debug = debug
-        self.context = Context(core, view, procs, self.memo, Siblings())
+        self.context = Context(core, view, procs, self.memo, Siblings(), guest)
         self.delivery = Delivery(core, view, procs)
         self._handler_of = [HANDLERS[c.handler] for c in self.calls]  # by rule index
 
