@@ -25,12 +25,28 @@ class Guest:
         self.table, self.view, self.procs = table, view, procs
         self._host = HostFiles()
         self._tid = 0
+        self.exec_plans: dict[str, tuple] = {}  # handlers/execve.py: program -> its plan
+        # what the walk in progress looked at: an answer that only read one repository
+        # may be kept across runs with the same mounts (under `self.key`)
+        self._host_seen = False
+        self._repos: set[str] = set()
+        import hashlib
+
+        spec = "\0".join(f"{m.dst}={m.src}:{int(m.readonly)}" for m in table.mounts)
+        self.key = hashlib.sha1(os.fsencode(spec)).hexdigest()[:16]
+
+    def memo_loader(self, memo):
+        """What to load when a repository is mounted: the answers earlier runs with the
+        same mount table kept for it."""
+        return lambda rev: memo.load(f"{rev}~{self.key}")
 
     # -- the Files interface of mounts.resolve ----------------------------------------------
 
     def kind(self, location: str) -> tuple[int, str]:
         if location == CVMFS or location.startswith(CVMFS + "/"):
-            node = self.view.lookup(vpath_of_logical(location))
+            vpath = vpath_of_logical(location)
+            self._repos.add(vpath.repo)
+            node = self.view.lookup(vpath)
             if node is None:
                 return MISSING, ""
             if node.is_dir:
@@ -38,6 +54,7 @@ class Guest:
             if node.is_symlink:
                 return LINK, node.target
             return OTHER, ""
+        self._host_seen = True
         if location.startswith("/proc/"):
             magic = self._proc_kind(location)
             if magic is not None:
@@ -98,6 +115,8 @@ class Guest:
     def resolve(self, tid: int, path: str, base: str | None, follow: bool) -> Target:
         """paths.resolve's Target for a path as the guest names it."""
         self._tid = tid
+        self._host_seen = False
+        self._repos.clear()
         r = guest_resolve(self.table, self, path, self.cwd_of(base), follow)
         readonly = r.mount is not None and r.mount.readonly
         loc = r.location
@@ -126,6 +145,10 @@ class Guest:
             t.readonly = readonly
         t.guest = r.guest
         t.final_link = r.final_link
+        if not self._host_seen and len(self._repos) == 1 and in_cvmfs and not t.proc:
+            rev = self.view.revision_id(next(iter(self._repos)))
+            if rev is not None:
+                t.kept_as = f"{rev}~{self.key}"
         return t
 
 

@@ -118,6 +118,7 @@ class Target:
         "final_link",
         "readonly",
         "guest",
+        "kept_as",
     )
 
     def __init__(
@@ -150,6 +151,7 @@ class Target:
         # canonical guest spelling
         self.readonly = False
         self.guest: str | None = None
+        self.kept_as: str | None = None  # the memo a guest path's answer is kept in
 
     @property
     def virtual(self) -> bool:

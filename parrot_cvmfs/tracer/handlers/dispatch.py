@@ -72,8 +72,12 @@ class Handlers:
     ):
         self.core = core
         self.memo = Memo(core, view.cache_dir)
-        # answers kept by earlier runs are keyed by host spellings: not a guest's
-        view.on_mount = self.memo.load if guest is None else None
+        # answers kept by earlier runs for a guest namespace are its own (guest.py)
+        view.on_mount = self.memo.load if guest is None else guest.memo_loader(self.memo)
+        for name in list(view.repos):  # mounted already (a root or bind source in /cvmfs)
+            rev = view.revision_id(name)
+            if rev is not None:
+                view.on_mount(rev)
         view.kept_path = self.memo.logical_path
         self.view = view
         self.procs = procs

@@ -182,7 +182,14 @@ def h_execve(c: Context) -> tuple:
         program, logical = t.host, t.guest
         if not guest and not _may_need_us(program):
             return c.host(t)
-    plan = _plan_exec(c, program, logical, given, argv_arg)
+    # a guest's read-only program (the root, /cvmfs) is planned once: the loader, the
+    # patched copy and what /proc/self/exe shows do not change during the run
+    stable = guest and (t.virtual or t.readonly)
+    plan = c.guest.exec_plans.get(program) if stable else None
+    if plan is None:
+        plan = _plan_exec(c, program, logical, given, argv_arg)
+        if stable and type(plan) is tuple and plan[1] is None:
+            c.guest.exec_plans[program] = plan
     if plan is None:  # a host program that needs nothing from /cvmfs
         return c.host(t)
     if isinstance(plan, int):
