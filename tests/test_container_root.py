@@ -93,13 +93,15 @@ def mode(request):
     return {"PARROT_CVMFS_MODE": request.param}
 
 
-@pytest.fixture(params=["host", "cvmfs"])
-def run(request, bullseye, tmp_path_factory, mode):
-    """parrot_run with the userland as root: a host directory, or its /cvmfs copy."""
+@pytest.fixture(params=["notify-host", "notify-cvmfs", "ptrace-cvmfs"])
+def run(request, bullseye, tmp_path_factory):
+    """parrot_run with the userland as root: a host directory, or its /cvmfs copy (in
+    both modes: ptrace rewrites arguments, notify mode emulates calls)."""
+    mode, where = request.param.split("-")
     cache = str(tmp_path_factory.mktemp("cache"))
     os.chmod(cache, 0o777)
-    env = base_env(PARROT_CVMFS_CACHE=cache, **mode)
-    if request.param == "host":
+    env = base_env(PARROT_CVMFS_CACHE=cache, PARROT_CVMFS_MODE=mode)
+    if where == "host":
         yield Run(env, bullseye)
         return
     srv = request.getfixturevalue("userland_server")
@@ -186,16 +188,20 @@ def test_root_is_read_only(run):
 
 
 def test_unix_socket_server_and_client(run, tmp_path):
+    """A server and a client on a socket in a bind: bind and connect reach the host
+    location, getsockname and getpeername show the guest path."""
     code = (
         "import socket, os, sys\n"
         "p = sys.argv[1]\n"
         "s = socket.socket(socket.AF_UNIX); s.bind(p); s.listen(1)\n"
         "if os.fork() == 0:\n"
-        "    c = socket.socket(socket.AF_UNIX); c.connect(p); c.sendall(b'hi'); os._exit(0)\n"
-        "a, _ = s.accept(); print(a.recv(2).decode(), s.getsockname())\n"
+        "    c = socket.socket(socket.AF_UNIX); c.connect(p); c.sendall(b'hi')\n"
+        "    print(c.getpeername(), flush=True); os._exit(0)\n"
+        "a, _ = s.accept(); os.wait(); print(a.recv(2).decode(), s.getsockname())\n"
     )
-    out = ok(run("python3", "-c", code, f"{tmp_path}/sock"))
-    assert out.split() == ["hi", f"{tmp_path}/sock"]
+    out = ok(run("python3", "-c", code, "/data/sock", options=["-B", f"{tmp_path}:/data"]))
+    assert out.split() == ["/data/sock", "hi", "/data/sock"]
+    assert os.path.exists(tmp_path / "sock")
 
 
 def test_as_nobody(run):

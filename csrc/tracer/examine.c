@@ -174,6 +174,8 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
     }
     case PC_KIND_SOCKADDR:
         return examine_sockaddr(t, c, ev);
+    case PC_KIND_SOCKNAME:
+        return t->translate;
     default:
         return 0;
     }

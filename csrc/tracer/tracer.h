@@ -33,6 +33,9 @@ enum {
     PC_KIND_CWD = 4,    /* getcwd: interesting if the cwd is an anchor directory */
     PC_KIND_SOCKADDR = 5, /* bind: a struct sockaddr_un at `path_arg` of `size_arg` bytes,
                            * interesting as its path would be */
+    PC_KIND_SOCKNAME = 6, /* getsockname/getpeername on fd `path_arg`: interesting in a
+                           * guest namespace only (pc_set_translate), whose addresses
+                           * are shown in guest terms */
 };
 
 /* What the C-side answer table can answer for a rule. */

@@ -19,6 +19,7 @@ from .directories import h_chdir, h_getcwd, h_getdents, h_inotify
 from .execve import h_execve
 from .open import h_open
 from .processes import Processes
+from .sockets import h_connect, h_sockname
 from .writes import (
     h_bind,
     h_ioctl_setattr,
@@ -57,6 +58,8 @@ HANDLERS = {
     "write_fd": h_write_fd,
     "ioctl_setattr": h_ioctl_setattr,
     "bind": h_bind,
+    "connect": h_connect,
+    "sockname": h_sockname,
     "mount": h_mount,
 }
 

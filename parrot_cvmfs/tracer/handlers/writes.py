@@ -9,11 +9,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import struct
 
 from ..paths import LAST_DOT, LAST_NORM, Target
 from ..syscalls import AT_REMOVEDIR, AT_SYMLINK_FOLLOW
 from .context import RESUME, Context, exists_readonly, in_cvmfs, skip
+from .sockets import socket_at
 
 
 def readonly_write(c: Context, t: Target) -> tuple:
@@ -194,12 +194,7 @@ def h_bind(c: Context) -> tuple:
         return skip(-t.err)
     if not t.via_cvmfs:
         return RESUME
-    path = os.fsencode(t.host)
-    if len(path) > 107:
-        return skip(-errno.ENAMETOOLONG)
-    addr = struct.pack("<H", 1) + path + b"\0"
-    values = {c.call.path: addr, c.call.size: len(addr)}
-    return ("args", values, False, False)
+    return socket_at(c, t.host)
 
 
 def h_mount(c: Context) -> tuple:
