@@ -30,17 +30,22 @@ needs_debootstrap = pytest.mark.skipif(
 pytestmark = needs_debootstrap
 
 
+def _userland(suite: str) -> str:
+    """A Debian minbase + python3 tree (built by the userland fixture, cached outside
+    the checkout; a tree debootstrap finished is used in place)."""
+    for name in (suite, f"{suite}.partial"):
+        d = os.path.join(USERLANDS, name)
+        log = os.path.join(USERLANDS, f"{suite}.log")
+        if os.path.exists(os.path.join(d, "usr", "bin", "python3")):
+            if name == suite or _log_ok(log):
+                return d
+    pytest.fail(f"no Debian {suite} userland in {USERLANDS} (built by tests/userlands.py)")
+
+
 @pytest.fixture(scope="session")
 def bullseye() -> str:
-    """Debian 11 minbase + python3 (built by the userland fixture, cached outside the
-    checkout; a tree debootstrap finished is used in place)."""
-    for name in ("bullseye", "bullseye.partial"):
-        d = os.path.join(USERLANDS, name)
-        log = os.path.join(USERLANDS, "bullseye.log")
-        if os.path.exists(os.path.join(d, "usr", "bin", "python3")):
-            if name == "bullseye" or _log_ok(log):
-                return d
-    pytest.fail(f"no Debian 11 userland in {USERLANDS} (built by tests/userlands.py)")
+    """Debian 11: glibc 2.31, older than the host's."""
+    return _userland("bullseye")
 
 
 def _log_ok(log: str) -> bool:
@@ -134,6 +139,18 @@ def test_guest_files_libraries_and_tools(run, bullseye):
     assert ok(run("perl", "-e", "print 6*7, qq(\\n)")) == "42\n"
     script = "for i in $(seq 20); do /bin/true; done; echo done $i"
     assert ok(run.sh(script)) == "done 20\n"
+
+
+def test_newer_glibc_than_the_host(tmp_path):
+    """Debian 13 (glibc 2.41, newer than most hosts'): its own loader and libraries."""
+    trixie = _userland("trixie")
+    env = base_env(PARROT_CVMFS_CACHE=str(tmp_path / "cache"))
+    out = ok(
+        Run(env, trixie).sh(
+            "ldd --version | head -1; python3 -c 'import json, sqlite3, ssl; print(1)'"
+        )
+    )
+    assert "GLIBC 2.41" in out.splitlines()[0] and out.splitlines()[1] == "1"
 
 
 def test_results_in_guest_terms(run):
