@@ -202,6 +202,17 @@ def test_root_is_read_only(run):
     out = p.stdout + p.stderr
     assert out.count("Read-only file system") == 6, out
     assert "File exists" in out
+    # through a descriptor too (the mode given is the file's own: nothing changes if
+    # the kernel were let through)
+    code = (
+        "import os, stat\n"
+        "fd = os.open('/etc/hostname', os.O_RDONLY)\n"
+        "try:\n"
+        "    os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode))\n"
+        "except OSError as e:\n"
+        "    print(e.strerror)\n"
+    )
+    assert ok(run("python3", "-c", code)) == "Read-only file system\n"
 
 
 def test_unix_socket_server_and_client(run, tmp_path):

@@ -162,8 +162,11 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
         if (m <= 0)
             return 0;
         ev->base_len = m;
-        /* a guest directory may show mount points it does not hold (glue) */
-        return has_prefix(t, 1, ev->base) || (t->translate && r->fast == PC_FAST_GETDENTS);
+        /* in a guest namespace, a directory may show mount points it does not hold
+         * (glue), and a descriptor of the read-only root must not change it (fchmod,
+         * fchown, fsetxattr...: the rare calls with no fast answer) */
+        return has_prefix(t, 1, ev->base) ||
+               (t->translate && (r->fast == PC_FAST_GETDENTS || r->fast == PC_FAST_NONE));
     }
     case PC_KIND_CWD: {
         int m = proc_link(c->tid, "cwd", -1, ev->base, PC_PATH_MAX);

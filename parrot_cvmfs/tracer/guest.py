@@ -105,6 +105,12 @@ class Guest:
         target), None if the guest cannot see it."""
         return self.table.guest_of(self.logical(host.removesuffix(" (deleted)")))
 
+    def readonly_host(self, host: str) -> bool:
+        """Whether a host file the kernel names (a descriptor's target) lies in a
+        read-only mount of the guest (the root)."""
+        g = self.guest_of(host)
+        return g is not None and self.table.mount_of(g).readonly
+
     def cwd_of(self, base: str | None) -> str:
         """The guest directory a relative path starts from."""
         if not base:
@@ -129,8 +135,6 @@ class Guest:
             if r.missing_last and in_cvmfs:
                 t.parent = vpath_of_logical(loc[: loc.rfind("/")] or "/")
             t.readonly = readonly and r.missing_last
-            if not in_cvmfs:
-                t.proc = True  # a host file may appear later: never kept in the answer table
         elif in_cvmfs:
             vpath = vpath_of_logical(loc)
             node = self.view.lookup(vpath)
@@ -145,6 +149,8 @@ class Guest:
             t.readonly = readonly
         t.guest = r.guest
         t.final_link = r.final_link
+        if self._host_seen:  # a host link or directory on the way may change: not taught
+            t.proc = True
         if not self._host_seen and len(self._repos) == 1 and in_cvmfs and not t.proc:
             rev = self.view.revision_id(next(iter(self._repos)))
             if rev is not None:

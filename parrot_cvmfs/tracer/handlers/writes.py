@@ -165,13 +165,24 @@ def h_write_link(c: Context) -> tuple:
 
 
 def _ours(c: Context) -> bool:
-    """Whether the call's descriptor is an anchor or a cache file."""
+    """Whether the call's descriptor is an anchor or a cache file, or a file of a
+    read-only mount of the guest namespace (the root)."""
     host = c.base
-    return bool(host) and bool(c.view.anchor_to_vpath(host) or c.view.is_cache_path(host))
+    if not host:
+        return False
+    if c.view.anchor_to_vpath(host) or c.view.is_cache_path(host):
+        return True
+    return c.guest is not None and c.guest.readonly_host(host)
 
 
 def h_write_fd(c: Context) -> tuple:
-    return skip(-errno.EROFS) if _ours(c) else RESUME
+    if not _ours(c):
+        return RESUME
+    if c.guest is not None and not c.view.anchor_to_vpath(c.base):
+        t = Target(host=c.base)
+        t.readonly = True
+        return readonly_write(c, t)
+    return skip(-errno.EROFS)
 
 
 def h_ioctl_setattr(c: Context) -> tuple:
