@@ -213,6 +213,11 @@ def test_root_is_read_only(run):
         "    print(e.strerror)\n"
     )
     assert ok(run("python3", "-c", code)) == "Read-only file system\n"
+    # chroot would take the guest's path as the host's: refused as for a normal user
+    p = run(
+        "python3", "-c", "import os\ntry: os.chroot('/usr')\nexcept OSError as e: print(e.errno)"
+    )
+    assert ok(p) == "1\n"
 
 
 def test_unix_socket_server_and_client(run, tmp_path):

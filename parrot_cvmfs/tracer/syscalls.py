@@ -222,6 +222,8 @@ CALLS: list[Call] = [
     # mounts of /cvmfs or onto it (root only, or in a user namespace)
     _p2("mount", 165, 40, "mount", path=0, path2=1),
     _p("open_tree", 428, 428, "unsupported", **_at(2)),
+    # a new root (needs CAP_SYS_CHROOT): a guest's path must not reach the kernel as is
+    _p("chroot", 161, 51, "chroot", path=0),
     Call("fchmod", 91, 52, FD, "write_fd", path=0),
     Call("fchown", 93, 55, FD, "write_fd", path=0),
     Call("fsetxattr", 190, 7, FD, "write_fd", path=0),

@@ -22,6 +22,7 @@ from .processes import Processes
 from .sockets import h_connect, h_sockname
 from .writes import (
     h_bind,
+    h_chroot,
     h_ioctl_setattr,
     h_mount,
     h_unsupported,
@@ -61,6 +62,7 @@ HANDLERS = {
     "connect": h_connect,
     "sockname": h_sockname,
     "mount": h_mount,
+    "chroot": h_chroot,
 }
 
 

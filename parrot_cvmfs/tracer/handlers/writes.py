@@ -208,6 +208,16 @@ def h_bind(c: Context) -> tuple:
     return socket_at(c, t.host)
 
 
+def h_chroot(c: Context) -> tuple:
+    """chroot(2): into /cvmfs it is unsupported as mount is; in a guest namespace the
+    kernel would take the guest's path as a host one, so it is refused as for a
+    process without CAP_SYS_CHROOT (a nested guest root is not emulated)."""
+    if c.guest is not None:
+        t = c.resolve(True)
+        return skip(-(t.err if t is not None and t.err else errno.EPERM))
+    return _refuse(c, errno.EOPNOTSUPP)
+
+
 def h_mount(c: Context) -> tuple:
     """mount(2) of a /cvmfs path, or onto one: not something a FUSE-less /cvmfs can
     give (a bind mount of an anchor would be writable)."""
