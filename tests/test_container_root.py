@@ -181,9 +181,10 @@ def test_default_binds_cwd_tmp_and_cvmfs(run, tmp_path):
     assert out.splitlines() == ["from the host cwd", str(tmp_path)]
     name = f"/tmp/croot-{os.getpid()}"
     try:
-        ok(run.sh(f"echo written > {name}"))
+        ok(run.sh(f"umask 077; echo written > {name}"))
         with open(name) as f:
             assert f.read() == "written\n"
+        assert os.stat(name).st_mode & 0o777 == 0o600  # the job's umask, not ours
     finally:
         os.unlink(name)
     top = ok(run("ls", "/")).split()
