@@ -98,10 +98,7 @@ def mode(request):
     return {"PARROT_CVMFS_MODE": request.param}
 
 
-@pytest.fixture(params=["notify-host", "notify-cvmfs", "ptrace-cvmfs"])
-def run(request, bullseye, tmp_path_factory):
-    """parrot_run with the userland as root: a host directory, or its /cvmfs copy (in
-    both modes: ptrace rewrites arguments, notify mode emulates calls)."""
+def _run(request, bullseye, tmp_path_factory):
     mode, where = request.param.split("-")
     cache = str(tmp_path_factory.mktemp("cache"))
     os.chmod(cache, 0o777)
@@ -113,6 +110,18 @@ def run(request, bullseye, tmp_path_factory):
     _stratum, pub = request.getfixturevalue("published_userland")
     env["PARROT_CVMFS_REPO"] = repo_spec(REPO, f"{srv.url}/{REPO}", pub)
     yield Run(env, f"/cvmfs/{REPO}")
+
+
+@pytest.fixture(params=["notify-host", "notify-cvmfs"])
+def run(request, bullseye, tmp_path_factory):
+    """parrot_run with the userland as root: a host directory, or its /cvmfs copy."""
+    yield from _run(request, bullseye, tmp_path_factory)
+
+
+@pytest.fixture(params=["notify-host", "notify-cvmfs", "ptrace-cvmfs"])
+def run_modes(request, bullseye, tmp_path_factory):
+    """`run`, and in ptrace mode too (where every call is rewritten, not emulated)."""
+    yield from _run(request, bullseye, tmp_path_factory)
 
 
 def ok(p) -> str:
@@ -153,11 +162,11 @@ def test_newer_glibc_than_the_host(tmp_path):
     assert "GLIBC 2.41" in out.splitlines()[0] and out.splitlines()[1] == "1"
 
 
-def test_results_in_guest_terms(run):
+def test_results_in_guest_terms(run_modes):
     """getcwd, readlink of /proc/self/exe and /proc/self/cwd and /proc/self/fd/N show
     guest paths; `..` stops at the guest root."""
     out = ok(
-        run.sh(
+        run_modes.sh(
             "cd /usr/lib && pwd && /bin/pwd && readlink /proc/self/cwd;"
             " readlink /proc/self/exe; cd ../../../.. && pwd;"
             " exec 3</etc/debian_version; readlink /proc/self/fd/3"
@@ -193,10 +202,10 @@ def test_default_binds_cwd_tmp_and_cvmfs(run, tmp_path):
     assert first in top  # the cwd's bind point, glue if the tree lacks it
 
 
-def test_root_is_read_only(run):
+def test_root_is_read_only(run_modes):
     """Writes into the root fail with EROFS, in the kernel's order (an existing name
     on mkdir is EEXIST first)."""
-    p = run.sh(
+    p = run_modes.sh(
         "echo x > /etc/new 2>&1; touch /usr/bin/true 2>&1; mkdir /etc 2>&1; rm /bin/true 2>&1;"
         " mkdir /opt/x 2>&1; ln -s a /opt/l 2>&1; mv /etc/hostname /etc/h2 2>&1; true"
     )
@@ -213,15 +222,15 @@ def test_root_is_read_only(run):
         "except OSError as e:\n"
         "    print(e.strerror)\n"
     )
-    assert ok(run("python3", "-c", code)) == "Read-only file system\n"
+    assert ok(run_modes("python3", "-c", code)) == "Read-only file system\n"
     # chroot would take the guest's path as the host's: refused as for a normal user
-    p = run(
+    p = run_modes(
         "python3", "-c", "import os\ntry: os.chroot('/usr')\nexcept OSError as e: print(e.errno)"
     )
     assert ok(p) == "1\n"
 
 
-def test_unix_socket_server_and_client(run, tmp_path):
+def test_unix_socket_server_and_client(run_modes, tmp_path):
     """A server and a client on a socket in a bind: bind and connect reach the host
     location, getsockname and getpeername show the guest path."""
     code = (
@@ -233,7 +242,7 @@ def test_unix_socket_server_and_client(run, tmp_path):
         "    print(c.getpeername(), flush=True); os._exit(0)\n"
         "a, _ = s.accept(); os.wait(); print(a.recv(2).decode(), s.getsockname())\n"
     )
-    out = ok(run("python3", "-c", code, "/data/sock", options=["-B", f"{tmp_path}:/data"]))
+    out = ok(run_modes("python3", "-c", code, "/data/sock", options=["-B", f"{tmp_path}:/data"]))
     assert out.split() == ["/data/sock", "hi", "/data/sock"]
     assert os.path.exists(tmp_path / "sock")
 
