@@ -94,6 +94,12 @@ class Guest:
 
     # -- for the handlers --------------------------------------------------------------------
 
+    def link_text(self, location: str) -> str | None:
+        """readlink of a host location as the guest sees it: a link's text, a /proc magic
+        link's target in guest terms; None if it is no link."""
+        kind, target = self.kind(location)
+        return target if kind == LINK else None
+
     def logical(self, host: str) -> str:
         """A host path as the namespace knows it: an anchor or a served cache file
         stands for its /cvmfs path."""

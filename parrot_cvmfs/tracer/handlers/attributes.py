@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 
-from ...container.mounts import LINK
 from ..paths import Target
 from ..structs import pack_stat, pack_statfs, pack_statx
 from ..syscalls import FD
@@ -71,8 +70,8 @@ def h_readlink(c: Context) -> tuple:
         if t.err:
             return skip(-t.err)
         if not t.virtual:  # the link's text; a /proc magic link's in guest terms
-            kind, target = c.guest.kind(t.host)
-            if kind != LINK:
+            target = c.guest.link_text(t.host)
+            if target is None:
                 return skip(-errno.EINVAL)
             return _link_result(c, os.fsencode(target), size)
         if not t.node.is_symlink:

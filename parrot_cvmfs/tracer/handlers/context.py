@@ -20,13 +20,16 @@ from __future__ import annotations
 import errno
 
 from ..core import Core, Event
-from ..guest import Guest
 from ..memo import Memo
 from ..paths import Target, resolve, vpath_of_logical
 from ..syscalls import Call
 from ..vfs import CvmfsView, Node
 from .processes import Processes
 from .procfs import may_name_proc, proc_link, resolve_proc
+
+TYPE_CHECKING = False  # not typing's: the start path stays small
+if TYPE_CHECKING:
+    from ..guest import Guest  # only with --root or binds (supervisor.py)
 
 RESUME = ("resume",)
 R_OK, X_OK = 4, 1  # access(2) modes

@@ -8,7 +8,6 @@ import sys
 
 from ...errors import CvmfsError
 from ..core import Core
-from ..guest import Guest
 from ..memo import Memo
 from ..vfs import CvmfsView
 from .answers import Siblings
@@ -34,6 +33,10 @@ from .writes import (
     h_write_rename,
 )
 from .xattrs import h_getxattr, h_listxattr
+
+TYPE_CHECKING = False  # not typing's: the start path stays small
+if TYPE_CHECKING:
+    from ..guest import Guest  # only with --root or binds (supervisor.py)
 
 # The handler each row of the syscall table names (Call.handler), checked against the
 # table by tests/test_syscalls.py.
