@@ -200,6 +200,15 @@ def test_default_binds_cwd_tmp_and_cvmfs(run, tmp_path):
     assert "cvmfs" in top and "usr" in top
     first = str(tmp_path).strip("/").split("/")[0]
     assert first in top  # the cwd's bind point, glue if the tree lacks it
+    # a place on the way to a bind that the root lacks is a directory one can enter
+    glue = ok(
+        run.sh(
+            "cd /opt/on/the && pwd && ls && stat -c %F .. && touch x 2>&1; true",
+            options=["-B", f"{tmp_path}:/opt/on/the/way"],
+        )
+    )
+    assert glue.splitlines()[:3] == ["/opt/on/the", "way", "directory"], glue
+    assert "Read-only file system" in glue
 
 
 def test_root_is_read_only(run_modes):

@@ -280,6 +280,7 @@ class Resolved:
         "missing_last",
         "symlinks",
         "final_link",
+        "glue",
     )
 
     def __init__(self, err=0, guest="/", location="/", mount=None, kind=MISSING):
@@ -293,6 +294,7 @@ class Resolved:
         self.missing_last = False
         self.symlinks = 0
         self.final_link = False
+        self.glue = False
 
     def __repr__(self) -> str:
         return f"Resolved(err={self.err}, guest={self.guest!r}, location={self.location!r})"
@@ -315,8 +317,11 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
     todo = list(reversed([c for c in path.split("/") if c]))
     links = 0
     final_link = False
+    glue = False
     loc, m = table.locate(guest)
     kind = DIR if guest == "/" else files.kind(loc)[0]
+    if kind == MISSING and table.is_glue(guest):
+        kind, glue = DIR, True
     if kind == MISSING:
         return Resolved(err=errno.ENOENT, guest=guest, location=loc, mount=m)
     while todo:
@@ -331,15 +336,16 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
         if c == "..":
             guest = _parent(guest)
             loc, m = table.locate(guest)
-            kind = DIR
+            kind, glue = DIR, table.is_glue(guest) and files.kind(loc)[0] == MISSING
             continue
         if len(c) > 255:
             return Resolved(err=errno.ENAMETOOLONG)
         child = guest + c if guest == "/" else f"{guest}/{c}"
         cloc, cm = table.locate(child)
         ckind, target = files.kind(cloc)
+        cglue = False
         if ckind == MISSING and table.is_glue(child):
-            ckind = DIR  # on the way to a bind: a directory, whatever lies below
+            ckind, cglue = DIR, True  # on the way to a bind: a directory, though none lies there
         if ckind == MISSING:
             r = Resolved(err=errno.ENOENT, guest=child, location=cloc, mount=cm)
             r.missing_last = last
@@ -358,17 +364,18 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
             if target.startswith("/"):
                 guest = "/"
                 loc, m = table.locate(guest)
-                kind = DIR
+                kind, glue = DIR, False
             if target.endswith("/") and last:
                 follow = True
             todo.extend(reversed([t for t in target.split("/") if t]))
             continue
-        guest, loc, m, kind = child, cloc, cm, ckind
+        guest, loc, m, kind, glue = child, cloc, cm, ckind, cglue
     if path.endswith("/") and kind != DIR and path.strip("/"):
         return Resolved(err=errno.ENOTDIR, guest=guest, location=loc, mount=m)
     r = Resolved(guest=guest, location=loc, mount=m, kind=kind)
     r.symlinks = links
     r.final_link = final_link
+    r.glue = glue
     return r
 
 

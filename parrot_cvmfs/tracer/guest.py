@@ -26,6 +26,10 @@ class Guest:
         self._host = HostFiles()
         self._tid = 0
         self.exec_plans: dict[str, tuple] = {}  # handlers/execve.py: program -> its plan
+        # empty directories of ours standing for glue directories (their host location
+        # holds nothing), and back
+        self._glue: dict[str, str] = {}
+        self._glue_guest: dict[str, str] = {}
         # what the walk in progress looked at: an answer that only read one repository
         # may be kept across runs with the same mounts (under `self.key`)
         self._host_seen = False
@@ -109,7 +113,23 @@ class Guest:
     def guest_of(self, host: str) -> str | None:
         """The guest's spelling of a path the kernel reports (cwd, a descriptor's
         target), None if the guest cannot see it."""
-        return self.table.guest_of(self.logical(host.removesuffix(" (deleted)")))
+        host = host.removesuffix(" (deleted)")
+        g = self._glue_guest.get(host)
+        if g is not None:
+            return g
+        return self.table.guest_of(self.logical(host))
+
+    def glue_dir(self, guest: str) -> str:
+        """The empty directory of ours that stands for a glue directory (a place on the
+        way to a bind point that the root lacks): stat, chdir and listings work there."""
+        d = self._glue.get(guest)
+        if d is None:
+            import hashlib
+
+            key = hashlib.sha1(os.fsencode(guest)).hexdigest()
+            d = self.view.own_cache().ensure_dir(f"glue/{key[:2]}/{key}")
+            self._glue[guest], self._glue_guest[d] = d, guest
+        return d
 
     def readonly_host(self, host: str) -> bool:
         """Whether a host file the kernel names (a descriptor's target) lies in a
@@ -132,6 +152,8 @@ class Guest:
         r = guest_resolve(self.table, self, path, self.cwd_of(base), follow)
         readonly = r.mount is not None and r.mount.readonly
         loc = r.location
+        if r.glue and not r.err:  # nothing lies there: an empty directory of ours
+            loc = self.glue_dir(r.guest)
         in_cvmfs = loc == CVMFS or loc.startswith(CVMFS + "/")
         if r.err == errno.ENOENT and r.missing_last and not readonly and not in_cvmfs:
             # a name to create in a writable place: the kernel's to make (or to report)
