@@ -18,6 +18,7 @@ from parrot_cvmfs.tracer.handlers import execve
         ("FD", "PC_KIND_FD"),
         ("CWD", "PC_KIND_CWD"),
         ("SOCKADDR", "PC_KIND_SOCKADDR"),
+        ("SOCKNAME", "PC_KIND_SOCKNAME"),
         ("BARE_EMPTY", "PC_BARE_EMPTY"),
         ("BARE_NULL", "PC_BARE_NULL"),
         ("FAST_NONE", "PC_FAST_NONE"),
@@ -38,7 +39,7 @@ def test_syscall_table_constants(py: str, c: str) -> None:
 def test_every_c_kind_and_fast_has_its_python_name() -> None:
     """A kind or fast answer added in C only is caught too."""
     for prefix, names in (
-        ("PC_KIND_", ("PATH", "PATH2", "FD", "CWD", "SOCKADDR")),
+        ("PC_KIND_", ("PATH", "PATH2", "FD", "CWD", "SOCKADDR", "SOCKNAME")),
         ("PC_FAST_", None),
     ):
         c_names = {n[len(prefix) :] for n in dir(lib) if n.startswith(prefix)}

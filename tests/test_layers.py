@@ -12,9 +12,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "parrot_cvmfs"
 
 # room -> the rooms it must not import
 FORBIDDEN = {
-    "format": {"client", "server", "tracer", "commands", "cli", "demo"},
-    "client": {"server", "tracer", "commands", "cli", "demo"},
-    "server": {"client", "tracer", "commands", "cli"},
+    "format": {"client", "server", "tracer", "container", "commands", "cli", "demo"},
+    "client": {"server", "tracer", "container", "commands", "cli", "demo"},
+    # the container view (mounts, image, overlay) sits below the tracer, above the client
+    "container": {"server", "tracer", "commands", "cli", "demo"},
+    "server": {"client", "tracer", "container", "commands", "cli"},
     "tracer": {"server", "commands", "cli", "demo"},
 }
 

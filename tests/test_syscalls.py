@@ -27,7 +27,6 @@ NEWER = {
 }
 # calls that take a path but are not ours, and why
 NOT_OURS = {
-    "chroot": "needs CAP_SYS_CHROOT",
     "swapon": "needs CAP_SYS_ADMIN",
     "swapoff": "needs CAP_SYS_ADMIN",
     "quotactl": "names a block device, not a file",

@@ -158,6 +158,7 @@ struct pc_tracer {
     int prefix_fd[2][PC_MAX_PREFIXES]; /* O_PATH descriptors of the prefix directories */
     int nprefix[2];
     int no_openat2; /* the kernel has no openat2 (before 5.6) */
+    int translate;  /* pc_set_translate: every path is the guest's, to be translated */
     /* ptrace side: touched by the tracer thread only */
     task_state *tasks;
     size_t tasks_cap, tasks_used;

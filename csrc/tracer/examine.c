@@ -95,14 +95,14 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
         return has_prefix(t, 1, base);
     }
     if (path[0] == '/')
-        return path_concerns(t, r, path);
+        return t->translate || path_concerns(t, r, path);
     /* relative: Python needs the base whenever the call concerns us */
     int m = dirfd == AT_FDCWD ? proc_link(c->tid, "cwd", -1, base, PC_PATH_MAX)
                               : proc_link(c->tid, NULL, dirfd, base, PC_PATH_MAX);
     if (m < 0)
         return 0; /* a bad dirfd: the kernel's EBADF/ENOTDIR is right */
     *base_len = m;
-    return path_concerns(t, r, path) || base_concerns(t, r, base);
+    return t->translate || path_concerns(t, r, path) || base_concerns(t, r, base);
 }
 
 /* A Unix socket's address: its path (not an abstract name, not unnamed) as a path
@@ -125,12 +125,12 @@ static int examine_sockaddr(pc_tracer *t, pc_call *c, pc_event *ev)
     ev->path[n] = '\0';
     ev->path_len = (int)n;
     if (ev->path[0] == '/')
-        return path_concerns(t, r, ev->path);
+        return t->translate || path_concerns(t, r, ev->path);
     int m = proc_link(c->tid, "cwd", -1, ev->base, PC_PATH_MAX);
     if (m < 0)
         return 0;
     ev->base_len = m;
-    return path_concerns(t, r, ev->path) || base_concerns(t, r, ev->base);
+    return t->translate || path_concerns(t, r, ev->path) || base_concerns(t, r, ev->base);
 }
 
 #define KEY_UNKNOWN (-2) /* ev->key not composed yet */
@@ -162,17 +162,23 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
         if (m <= 0)
             return 0;
         ev->base_len = m;
-        return has_prefix(t, 1, ev->base);
+        /* in a guest namespace, a directory may show mount points it does not hold
+         * (glue), and a descriptor of the read-only root must not change it (fchmod,
+         * fchown, fsetxattr...: the rare calls with no fast answer) */
+        return has_prefix(t, 1, ev->base) ||
+               (t->translate && (r->fast == PC_FAST_GETDENTS || r->fast == PC_FAST_NONE));
     }
     case PC_KIND_CWD: {
         int m = proc_link(c->tid, "cwd", -1, ev->base, PC_PATH_MAX);
         if (m <= 0)
             return 0;
         ev->base_len = m;
-        return has_prefix(t, 0, ev->base);
+        return t->translate || has_prefix(t, 0, ev->base);
     }
     case PC_KIND_SOCKADDR:
         return examine_sockaddr(t, c, ev);
+    case PC_KIND_SOCKNAME:
+        return t->translate;
     default:
         return 0;
     }

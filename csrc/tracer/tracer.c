@@ -119,6 +119,11 @@ void pc_free(pc_tracer *t)
     free(t);
 }
 
+void pc_set_translate(pc_tracer *t, int on)
+{
+    t->translate = on;
+}
+
 int pc_add_prefix(pc_tracer *t, int which, const char *prefix)
 {
     if (which < 0 || which > 1 || t->nprefix[which] >= PC_MAX_PREFIXES)

@@ -33,6 +33,9 @@ enum {
     PC_KIND_CWD = 4,    /* getcwd: interesting if the cwd is an anchor directory */
     PC_KIND_SOCKADDR = 5, /* bind: a struct sockaddr_un at `path_arg` of `size_arg` bytes,
                            * interesting as its path would be */
+    PC_KIND_SOCKNAME = 6, /* getsockname/getpeername on fd `path_arg`: interesting in a
+                           * guest namespace only (pc_set_translate), whose addresses
+                           * are shown in guest terms */
 };
 
 /* What the C-side answer table can answer for a rule. */
@@ -127,6 +130,9 @@ typedef struct pc_tracer pc_tracer;
 pc_tracer *pc_new(const pc_rule *rules, int nrules);
 void pc_free(pc_tracer *t);
 int pc_add_prefix(pc_tracer *t, int which, const char *prefix); /* 0: paths, 1: fd targets */
+/* A guest namespace (--root, binds): every path of a path call, the cwd of getcwd and
+ * every listing concern Python (or the answer table), not only /cvmfs spellings. */
+void pc_set_translate(pc_tracer *t, int on);
 /* Start the job under the tracer thread (see tracer.c and spawn.c). */
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                const void *filter, int filter_len, int notify, int *report_fd, char *err,

@@ -75,6 +75,7 @@ class Core:
         anchors: str,
         cache_dirs: list[str],
         notify: bool = False,
+        translate: bool = False,
     ):
         self.calls = calls
         self.arch = arch
@@ -86,11 +87,16 @@ class Core:
         lib.pc_add_prefix(self.t, 0, os.fsencode(anchors))
         for d in cache_dirs:
             lib.pc_add_prefix(self.t, 1, os.fsencode(d.rstrip("/")))
+        lib.pc_set_translate(self.t, int(translate))
         self.filter = build_filter(calls, arch, notify)
         self.ev = ffi.new("pc_event *")
 
-    def spawn(self, argv: list[str], env: dict[str, str]) -> tuple[int, int]:
-        """Start the job; returns (pid, report fd). Raises OSError naming the cause."""
+    def spawn(
+        self, argv: list[str], env: dict[str, str], file: str | None = None
+    ) -> tuple[int, int]:
+        """Start the job (`file`, default argv[0], looked up in PATH if it has no "/");
+        returns (pid, report fd). Raises OSError naming the cause."""
+        c_file = ffi.new("char[]", os.fsencode(file if file is not None else argv[0]))
         c_argv = [ffi.new("char[]", os.fsencode(a)) for a in argv] + [ffi.NULL]
         c_env = [ffi.new("char[]", os.fsencode(f"{k}={v}")) for k, v in env.items()] + [ffi.NULL]
         err = ffi.new("char[256]")
@@ -98,7 +104,7 @@ class Core:
         filt = ffi.from_buffer(self.filter)
         pid = lib.pc_spawn(
             self.t,
-            c_argv[0],
+            c_file,
             ffi.new("char *[]", c_argv),
             ffi.new("char *[]", c_env),
             filt,

@@ -33,6 +33,20 @@ options:
   --debug               print every call handled in Python (on stderr)
   --debug-file FILE     append the debug log to FILE instead of stderr (implies
                         --debug; the job never sees FILE)
+
+container options (a whole userland as the job's root, no container runtime):
+  --root DIR            DIR (in /cvmfs or on the host) is / for the job, read-only;
+                        apptainer's default binds and /cvmfs show inside
+  -B, --bind SRC[:DST[:ro|rw]]
+                        show SRC at DST (apptainer's syntax; several with commas;
+                        a colon starts DST only before a "/", so image names with
+                        ":" stay whole); repeatable
+  -M DST=SRC            show SRC at DST (Parrot's syntax); repeatable
+  -m FILE               a mount file: lines "DST SRC", # comments; repeatable
+                        (the deepest DST wins; for one DST, the last one given)
+  --no-default-binds    only /proc, /dev and /cvmfs from the host with --root
+  --env NAME=VALUE      set NAME in the job's environment (PATH is the guest's
+                        default under --root unless given); repeatable
   --version             show program's version number and exit
 
 Parrot's options:
@@ -93,6 +107,14 @@ _OPTIONS = {
     "--cvmfs-repo-switching": ("repo_switching", False, False),
     "--cvmfs-alien-cache": ("alien_cache", True, False),
     "-d": ("debug_flags", True, True),
+    # the container view (container/mounts.py); -B, -M and -m keep their common order
+    "--root": ("root", True, False),
+    "-B": ("mounts", True, True),
+    "--bind": ("mounts", True, True),
+    "-M": ("mounts", True, True),
+    "-m": ("mounts", True, True),
+    "--no-default-binds": ("no_default_binds", False, False),
+    "--env": ("env", True, True),
 }
 
 
@@ -102,7 +124,7 @@ class UsageError(Exception):
 
 def parse_args(argv: list[str]) -> dict:
     """Options up to the first operand (or `--`); the rest is the command, untouched."""
-    args: dict = {"cvmfs": [], "option": [], "debug_flags": [], "command": []}
+    args: dict = {"cvmfs": [], "option": [], "debug_flags": [], "command": [], "mounts": [], "env": []}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -136,7 +158,9 @@ def parse_args(argv: list[str]) -> dict:
                 if i >= len(argv):
                     raise UsageError(f"option {name} expects a value")
                 value = argv[i]
-            if repeatable:
+            if attr == "mounts":
+                args[attr].append((name, value))
+            elif repeatable:
                 args[attr].append(value)
             else:
                 args[attr] = value
@@ -248,6 +272,13 @@ def _run(args: dict, config, debug) -> int:
 
         set_debug_log(lambda line: print(f"parrot_run: {line}", file=debug, flush=True))
     names = [n for item in args["cvmfs"] for n in item.split(",") if n]
+    binds = _binds(args["mounts"])
+    env = {}
+    for item in args["env"]:
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise CvmfsError(f"--env expects NAME=VALUE, got {item!r}")
+        env[k] = v
     opts = Options(
         command=args["command"],
         cvmfs=names,
@@ -258,6 +289,10 @@ def _run(args: dict, config, debug) -> int:
         stats=bool(args.get("stats")),
         debug=debug,
         config=config,
+        root=args.get("root"),
+        binds=binds,
+        default_binds=not args.get("no_default_binds"),
+        env=env,
     )
     sup = Supervisor(opts)
     try:
@@ -268,6 +303,32 @@ def _run(args: dict, config, debug) -> int:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
+
+
+def _binds(given: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
+    """-B, -M and -m in the order given, as (src, dst, readonly)."""
+    if not given:
+        return []
+    from ..container.mounts import MountError, parse_bind, parse_map, parse_mountfile
+    from ..errors import CvmfsError
+
+    out: list[tuple[str, str, bool]] = []
+    try:
+        for name, value in given:
+            if name == "-M":
+                out.append((*parse_map(value), False))
+            elif name == "-m":
+                try:
+                    with open(value, encoding="utf-8", errors="surrogateescape") as f:
+                        text = f.read(1 << 20)
+                except OSError as e:
+                    raise CvmfsError(f"-m {value}: {e.strerror}") from None
+                out += [(src, dst, False) for src, dst in parse_mountfile(text, value)]
+            else:
+                out += parse_bind(value)
+    except MountError as e:
+        raise CvmfsError(str(e)) from None
+    return out
 
 
 def entry() -> None:

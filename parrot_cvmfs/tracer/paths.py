@@ -100,7 +100,7 @@ class Target:
     - `last`: LAST_DOT or LAST_DOTDOT if the path as given ended in "." or "..";
       `trailing`: it ended in "/"; `proc`: it went through a /proc magic link;
       `final_link`: a symlink was followed at the last component (the answer differs
-      from the one without following)."""
+      from the one without following); `readonly`, `guest`: see guest.py."""
 
     __slots__ = (
         "err",
@@ -116,6 +116,9 @@ class Target:
         "trailing",
         "proc",
         "final_link",
+        "readonly",
+        "guest",
+        "kept_as",
     )
 
     def __init__(
@@ -143,6 +146,12 @@ class Target:
         self.trailing = False
         self.proc = False  # reached through a /proc magic link (the caller's state)
         self.final_link = False  # a symlink was followed at the last component
+        # in a guest namespace (guest.py): the host path lies in a read-only mount (the
+        # root; for a missing last component, its parent does), and the path's
+        # canonical guest spelling
+        self.readonly = False
+        self.guest: str | None = None
+        self.kept_as: str | None = None  # the memo a guest path's answer is kept in
 
     @property
     def virtual(self) -> bool:

@@ -28,6 +28,10 @@ class Options:
         "stats",
         "debug",
         "config",
+        "root",
+        "binds",
+        "default_binds",
+        "env",
     )
 
     def __init__(
@@ -41,6 +45,10 @@ class Options:
         stats: bool = False,
         debug=None,
         config: Configuration | None = None,
+        root: str | None = None,
+        binds: list[tuple[str, str, bool]] | None = None,
+        default_binds: bool = True,
+        env: dict[str, str] | None = None,
     ):
         self.command = command
         self.cvmfs = cvmfs or []
@@ -51,6 +59,10 @@ class Options:
         self.stats = stats
         self.debug = debug
         self.config = config
+        self.root = root  # --root: the guest's / (container/mounts.py)
+        self.binds = binds or []  # (src, dst, readonly), in the order given
+        self.default_binds = default_binds
+        self.env = env or {}  # --env NAME=VALUE
 
 
 class Supervisor:
@@ -74,15 +86,22 @@ class Supervisor:
         self.arch = machine()
         calls = calls_for(self.arch)
         self.mode = choose_mode()
+        self.procs = Processes()
+        self.guest = None
+        if opts.root is not None or opts.binds:
+            from .guest import Guest, build_table
+
+            table = build_table(self.view, opts.root, opts.binds, opts.default_binds)
+            self.guest = Guest(table, self.view, self.procs)
         self.core = Core(
             calls,
             self.arch,
             self.view.anchors,
             tiers.dirs(),
             notify=self.mode == "notify",
+            translate=self.guest is not None,
         )
-        self.procs = Processes()
-        self.handlers = Handlers(self.core, self.view, self.procs, opts.debug)
+        self.handlers = Handlers(self.core, self.view, self.procs, opts.debug, self.guest)
         self.root = 0
         self.exec_seen = False
 
@@ -93,7 +112,7 @@ class Supervisor:
                 print(f"parrot_run: {e}", file=sys.stderr)
             return 1
         try:
-            pid, report = self.core.spawn(self.opts.command, dict(os.environ))
+            pid, report = self._spawn()
         except OSError as e:
             print(f"parrot_run: {e.strerror}", file=sys.stderr)
             return 1
@@ -117,6 +136,24 @@ class Supervisor:
             self.keep()  # first, so that the peak memory printed includes it
             self.print_stats()
         return self.core.exit_code()
+
+    def _spawn(self) -> tuple[int, int]:
+        env = dict(os.environ)
+        if self.guest is None:
+            env.update(self.opts.env)
+            return self.core.spawn(self.opts.command, env)
+        from .guest import find_program, host_cwd, job_environment
+
+        env = job_environment(self.guest.table, env, self.opts.env)
+        file = find_program(self.guest, self.opts.command[0], env.get("PATH", ""))
+        # the job starts in its guest cwd: the supervisor goes there for the fork only
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.chdir(host_cwd(self.guest))
+            return self.core.spawn(self.opts.command, env, file)
+        finally:
+            os.fchdir(here)
+            os.close(here)
 
     def _loop(self) -> None:
         core, h, procs = self.core, self.handlers, self.procs

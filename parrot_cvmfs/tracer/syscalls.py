@@ -25,7 +25,7 @@ O_NOFOLLOW = 0o400000
 FS_IOC_SET = (0x40086602, 0x40046602, 0x401C5820, 0x40087602)
 
 # How arguments are examined by the C core (tracer.h PC_KIND_*)
-PATH, PATH2, FD, CWD, SOCKADDR = 1, 2, 3, 4, 5
+PATH, PATH2, FD, CWD, SOCKADDR, SOCKNAME = 1, 2, 3, 4, 5, 6
 # When a path argument names the dirfd itself without AT_EMPTY_PATH (tracer.h PC_BARE_*)
 BARE_EMPTY, BARE_NULL = 1, 2
 # What the C answer table can replay (tracer.h PC_FAST_*)
@@ -213,11 +213,17 @@ CALLS: list[Call] = [
     # the changes that do not go through a path, on descriptors of our files (chattr's
     # FS_IOC_SETFLAGS sets flags on the cache's own inodes)
     Call("ioctl", 16, 29, FD, "ioctl_setattr", path=0, arg1_in=FS_IOC_SET),
-    # a Unix socket made at its address
+    # a Unix socket made at its address, or reached at it
     Call("bind", 49, 200, SOCKADDR, "bind", path=1, size=2, follow=False, proc=True),
+    Call("connect", 42, 203, SOCKADDR, "connect", path=1, size=2, proc=True),
+    # a socket's own or peer address, shown in guest terms (in a guest namespace only)
+    Call("getsockname", 51, 204, SOCKNAME, "sockname", path=0, out=1, size=2),
+    Call("getpeername", 52, 205, SOCKNAME, "sockname", path=0, out=1, size=2),
     # mounts of /cvmfs or onto it (root only, or in a user namespace)
     _p2("mount", 165, 40, "mount", path=0, path2=1),
     _p("open_tree", 428, 428, "unsupported", **_at(2)),
+    # a new root (needs CAP_SYS_CHROOT): a guest's path must not reach the kernel as is
+    _p("chroot", 161, 51, "chroot", path=0),
     Call("fchmod", 91, 52, FD, "write_fd", path=0),
     Call("fchown", 93, 55, FD, "write_fd", path=0),
     Call("fsetxattr", 190, 7, FD, "write_fd", path=0),

@@ -116,6 +116,12 @@ class CvmfsView:
 
     # -- repositories ---------------------------------------------------------------------------
 
+    def own_cache(self) -> ObjectCache:
+        """The shared cache, opened on first need even where no repository is mounted
+        (files made for exec from a host root: patched binaries), with the parameters
+        every repository shares (default.conf)."""
+        return self._shared_cache(self.eager[0] if self.eager else "parrot-cvmfs.local")
+
     def _shared_cache(self, name: str) -> ObjectCache:
         if self.cache is None:
             self.cache = open_cache(self.config.settings(name), self.cache_dir, self.alien)

@@ -12,7 +12,9 @@ once per call, `context`), and carries out what it returns (`delivery`). The roo
 - answers:     teaching the C answer table (csrc answers.c), the only writer of records;
 - procfs:      /proc/PID/{exe,cwd,root,fd/N} and /dev/fd/N, as the kernel follows them;
 - processes:   per-process state (the /cvmfs program and descriptors of each process);
-- open, attributes, xattrs, directories, execve, writes: the handler families.
+- open, attributes, xattrs, directories, execve, writes, sockets: the handler
+  families (in a guest namespace, tracer/guest.py, the same handlers see targets
+  resolved in the guest).
 """
 
 from .dispatch import HANDLERS, Handlers

@@ -23,7 +23,10 @@ MAGIC_XATTR_PREFIXES = (b"user.", b"xfsroot.")  # every cvmfs magic attribute is
 
 
 def revision_of(view: CvmfsView, path: str, t: Target) -> str | None:
-    """The revision whose answer this is, if it can be kept across runs."""
+    """The revision whose answer this is, if it can be kept across runs (for a path
+    in a guest namespace: the revision and the mount table, guest.py)."""
+    if t.kept_as is not None:
+        return t.kept_as
     if t.mixed or not path.startswith(MOUNT + "/"):
         return None
     name = path[len(MOUNT) + 1 :].split("/", 1)[0]

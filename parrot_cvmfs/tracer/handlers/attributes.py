@@ -63,6 +63,20 @@ def h_access(c: Context) -> tuple:
 
 def h_readlink(c: Context) -> tuple:
     size = int(c.args[c.call.size])
+    if c.guest is not None:
+        t = c.resolve(False)
+        if t is None:
+            return RESUME
+        if t.err:
+            return skip(-t.err)
+        if not t.virtual:  # the link's text; a /proc magic link's in guest terms
+            target = c.guest.link_text(t.host)
+            if target is None:
+                return skip(-errno.EINVAL)
+            return _link_result(c, os.fsencode(target), size)
+        if not t.node.is_symlink:
+            return skip(-errno.EINVAL)
+        return _link_result(c, os.fsencode(t.node.target), size)
     p = c.proc_target() if c.names_proc() else None
     if p is not None:
         return _link_result(c, os.fsencode(p[1]), size)

@@ -27,6 +27,10 @@ from ..vfs import CvmfsView, Node
 from .processes import Processes
 from .procfs import may_name_proc, proc_link, resolve_proc
 
+TYPE_CHECKING = False  # not typing's: the start path stays small
+if TYPE_CHECKING:
+    from ..guest import Guest  # only with --root or binds (supervisor.py)
+
 RESUME = ("resume",)
 R_OK, X_OK = 4, 1  # access(2) modes
 _UNSET = object()  # the key not computed yet
@@ -50,20 +54,46 @@ def follow_of(call: Call, args: tuple) -> bool:
 
 
 def in_cvmfs(t: Target | None) -> bool:
-    """Whether the parent of the path's last component is in /cvmfs (its mount)."""
-    return t is not None and (t.virtual or (t.missing_last and t.parent is not None))
+    """Whether the parent of the path's last component is in /cvmfs (its mount), or
+    in another read-only mount of a guest namespace (the root)."""
+    return t is not None and (t.virtual or t.readonly or (t.missing_last and t.parent is not None))
+
+
+def exists_readonly(t: Target) -> bool:
+    """Whether the path names an existing entry of a read-only mount."""
+    return t.virtual or (t.readonly and not t.err)
 
 
 class Context(Event):
     """One object for the supervisor's life, refilled for each call (dispatch.py): the
     call as decoded by the core, what follows from it, and the state the handlers use."""
 
-    __slots__ = ("core", "view", "procs", "memo", "siblings", "arch", "call", "follow", "_key")
+    __slots__ = (
+        "core",
+        "view",
+        "procs",
+        "memo",
+        "siblings",
+        "arch",
+        "guest",
+        "call",
+        "follow",
+        "_key",
+    )
 
-    def __init__(self, core: Core, view: CvmfsView, procs: Processes, memo: Memo, siblings):
+    def __init__(
+        self,
+        core: Core,
+        view: CvmfsView,
+        procs: Processes,
+        memo: Memo,
+        siblings,
+        guest: Guest | None = None,
+    ):
         # siblings: answers.Siblings (answers.py builds on this module)
         self.core, self.view, self.procs = core, view, procs
         self.memo, self.siblings, self.arch = memo, siblings, core.arch
+        self.guest = guest  # the job's root and binds (guest.py), None: the host's tree
 
     # HOT PATH: runs once for every call Python answers
     def load(self, call: Call) -> None:
@@ -79,6 +109,10 @@ class Context(Event):
         k = self._key
         if k is _UNSET:
             k = self._key = self.core.event_key()
+            if k is not None and self.guest is not None and not self.path.startswith("/"):
+                # a relative path resolves in the guest from the guest's cwd (its ".."
+                # stops at the guest root), which C's key does not tell
+                k = self._key = None
         return k
 
     # -- where the call's paths lead ----------------------------------------------------------
@@ -94,6 +128,8 @@ class Context(Event):
         if self.empty_path:  # AT_EMPTY_PATH: the dirfd itself
             return self.fd_target(self.base)
         f = self.follow if follow is None else follow
+        if self.guest is not None:
+            return self.guest.resolve(self.tid, self.path, self.base, f)
         if self.names_proc():
             t = resolve_proc(self.view, self.procs, self.tid, f, self.path, self.base, **kw)
             if t is not None:
@@ -125,6 +161,8 @@ class Context(Event):
     def resolve_path(self, path: str, base: str | None, follow: bool) -> Target:
         """`resolve`, through /proc magic links as the kernel goes (for a call's second
         path; `resolve` for its first)."""
+        if self.guest is not None:
+            return self.guest.resolve(self.tid, path, base, follow)
         if path and may_name_proc(path, base):
             t = resolve_proc(self.view, self.procs, self.tid, follow, path, base)
             if t is not None:

@@ -127,6 +127,12 @@ class Delivery:
                 how_open = flags | os.O_CLOEXEC | os.O_NONBLOCK
                 if backing:
                     fd = core.open_backing(path, how_open)
+                elif flags & os.O_CREAT:  # made with the program's umask, not ours
+                    old = os.umask(_umask_of(c.tid))
+                    try:
+                        fd = os.open(path, how_open, mode & 0o7777)
+                    finally:
+                        os.umask(old)
                 else:
                     fd = os.open(path, how_open, mode & 0o7777)
                 if not flags & os.O_NONBLOCK:
@@ -166,6 +172,18 @@ class Delivery:
             return
         self._reopens.pop(tid, None)
         self.core.finish_exit(tid)
+
+
+def _umask_of(tid: int) -> int:
+    """A thread's umask (/proc/TID/status; 0o022 where the kernel does not show it)."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _written(sc: Scratch, values: dict) -> dict[int, int]:

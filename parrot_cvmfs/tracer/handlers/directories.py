@@ -12,16 +12,54 @@ from .answers import teach_listing
 from .context import RESUME, X_OK, Context, skip
 
 
+def guest_listing(c: Context, entries: list | None) -> list | None:
+    """The one merge point of a guest directory's listing (the descriptor's target is
+    c.base): the mount points below it that the directory itself lacks are added
+    (glue). The overlay's merged listing (upper over lower, whiteouts hidden) plugs in
+    here. None: the kernel's listing is the guest's."""
+    guest = c.guest.guest_of(c.base) if c.base else None
+    if guest is None:
+        return entries
+    glue = c.guest.table.glue(guest)
+    if not glue:
+        return entries
+    scanned = entries is None
+    if scanned:
+        try:
+            with os.scandir(c.base) as it:
+                entries = [(2, 2, 4, b"."), (3, 3, 4, b"..")]
+                for e in sorted(it, key=lambda e: e.name):
+                    dtype = 4 if e.is_dir(follow_symlinks=False) else 10 if e.is_symlink() else 8
+                    entries.append((e.inode(), 0, dtype, os.fsencode(e.name)))
+        except OSError:
+            return None
+    have = {name for _, _, _, name in entries}
+    extra = [(1, 0, 4, os.fsencode(n)) for n in glue if os.fsencode(n) not in have]
+    if not extra:
+        return None if scanned else entries
+    rows = entries + extra
+    return [(ino, i + 1, t, name) for i, (ino, _, t, name) in enumerate(rows)]
+
+
 def h_getdents(c: Context) -> tuple:
     fd = int(c.args[0])
     view = c.view
     vpath = view.anchor_to_vpath(c.base)
     node = view.lookup(vpath) if vpath is not None else None
     if node is None or not node.is_dir:
-        return RESUME
+        if c.guest is None:
+            return RESUME
+        entries = guest_listing(c, None)
+        if entries is None:
+            return RESUME
+        return _listed(c, fd, entries, c.call.name == "getdents64")
     entries = view.listing(node)
     c.siblings.listed(vpath)
     modern = c.call.name == "getdents64"
+    if c.guest is not None:
+        merged = guest_listing(c, entries)
+        if merged is not entries and merged is not None:
+            return _listed(c, fd, merged, modern)  # not taught: it depends on the mounts
     if modern:  # C answers the next ones (and later runs')
         records, _ = pack_dirents(entries, 0, 1 << 62)
         teach_listing(c, vpath, records)
@@ -43,6 +81,23 @@ def h_getdents(c: Context) -> tuple:
     return skip(len(data))
 
 
+def _listed(c: Context, fd: int, entries: list, modern: bool) -> tuple:
+    """getdents answered from `entries`, the descriptor's position as the cursor."""
+    ours = c.core.getfd(c.tid, fd)
+    try:
+        pos = os.lseek(ours, 0, os.SEEK_CUR)
+        count = int(c.args[2]) & 0xFFFFFFFF
+        data, nxt = pack_dirents(entries, pos, count, legacy=not modern)
+        if pos < len(entries) and not data:
+            return skip(-errno.EINVAL)
+        if data and not c.core.write(c.tid, c.args[1], data):
+            return skip(-errno.EFAULT)
+        os.lseek(ours, nxt, os.SEEK_SET)
+    finally:
+        os.close(ours)
+    return skip(len(data))
+
+
 def h_chdir(c: Context) -> tuple:
     t = c.resolve(True)
     outside = c.outside(t)
@@ -57,10 +112,14 @@ def h_chdir(c: Context) -> tuple:
 
 
 def h_getcwd(c: Context) -> tuple:
-    vpath = c.view.anchor_to_vpath(c.base)
-    if vpath is None:
-        return RESUME
-    data = os.fsencode(vpath.logical) + b"\0"
+    if c.guest is not None:  # the kernel's cwd as the guest names it
+        guest = c.guest.guest_of(c.base) if c.base else None
+        data = os.fsencode(guest if guest is not None else "(unreachable)/") + b"\0"
+    else:
+        vpath = c.view.anchor_to_vpath(c.base)
+        if vpath is None:
+            return RESUME
+        data = os.fsencode(vpath.logical) + b"\0"
     size = int(c.args[1])
     if size < len(data):
         return skip(-errno.ERANGE)

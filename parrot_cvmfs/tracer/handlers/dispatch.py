@@ -17,8 +17,10 @@ from .directories import h_chdir, h_getcwd, h_getdents, h_inotify
 from .execve import h_execve
 from .open import h_open
 from .processes import Processes
+from .sockets import h_connect, h_sockname
 from .writes import (
     h_bind,
+    h_chroot,
     h_ioctl_setattr,
     h_mount,
     h_unsupported,
@@ -30,6 +32,10 @@ from .writes import (
     h_write_rename,
 )
 from .xattrs import h_getxattr, h_listxattr
+
+TYPE_CHECKING = False  # not typing's: the start path stays small
+if TYPE_CHECKING:
+    from ..guest import Guest  # only with --root or binds (supervisor.py)
 
 # The handler each row of the syscall table names (Call.handler), checked against the
 # table by tests/test_syscalls.py.
@@ -55,21 +61,36 @@ HANDLERS = {
     "write_fd": h_write_fd,
     "ioctl_setattr": h_ioctl_setattr,
     "bind": h_bind,
+    "connect": h_connect,
+    "sockname": h_sockname,
     "mount": h_mount,
+    "chroot": h_chroot,
 }
 
 
 class Handlers:
-    def __init__(self, core: Core, view: CvmfsView, procs: Processes, debug=None):
+    def __init__(
+        self,
+        core: Core,
+        view: CvmfsView,
+        procs: Processes,
+        debug=None,
+        guest: Guest | None = None,
+    ):
         self.core = core
         self.memo = Memo(core, view.cache_dir)
-        view.on_mount = self.memo.load
+        # answers kept by earlier runs for a guest namespace are its own (guest.py)
+        view.on_mount = self.memo.load if guest is None else guest.memo_loader(self.memo)
+        for name in list(view.repos):  # mounted already (a root or bind source in /cvmfs)
+            rev = view.revision_id(name)
+            if rev is not None:
+                view.on_mount(rev)
         view.kept_path = self.memo.logical_path
         self.view = view
         self.procs = procs
         self.calls = core.calls
         self.debug = debug  # the debug log's stream (stderr, --debug-file), or None
-        self.context = Context(core, view, procs, self.memo, Siblings())
+        self.context = Context(core, view, procs, self.memo, Siblings(), guest)
         self.delivery = Delivery(core, view, procs)
         self._handler_of = [HANDLERS[c.handler] for c in self.calls]  # by rule index
 

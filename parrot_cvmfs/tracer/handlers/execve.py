@@ -10,7 +10,7 @@ import struct
 
 from ...atomic import write_atomic
 from ...client.cache import OBJECT_MODE, ObjectCache
-from ..paths import MOUNT, resolve
+from ..paths import MOUNT
 from ..syscalls import AT_FDCWD
 from .context import RESUME, X_OK, Context, skip
 
@@ -91,7 +91,10 @@ def patched_binary(cache: ObjectCache, binary: str, interp_local: str) -> str:
     its own name (it stays the /cvmfs path)."""
     import hashlib
 
-    key = hashlib.sha1(f"{binary}\0{interp_local}".encode("utf-8", "surrogateescape")).hexdigest()
+    # the file's identity too: a host file may change under the same name
+    s = os.stat(binary)
+    ident = f"{binary}\0{interp_local}\0{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}"
+    key = hashlib.sha1(ident.encode("utf-8", "surrogateescape")).hexdigest()
 
     def make() -> bytes:
         with open(binary, "rb") as f:
@@ -165,6 +168,7 @@ def h_execve(c: Context) -> tuple:
     if t.err:
         return skip(-t.err)
     given = c.path if not c.empty_path else t.vpath.logical
+    guest = c.guest is not None
     if t.virtual:
         node = t.node
         if not node.is_regular:
@@ -173,12 +177,19 @@ def h_execve(c: Context) -> tuple:
         if denied:
             return skip(-denied)
         program = c.view.materialize(node)
-        logical = node.vpath.logical
+        logical = t.guest if guest else node.vpath.logical
     else:
-        program, logical = t.host, None
-        if not _may_need_us(program):
+        program, logical = t.host, t.guest
+        if not guest and not _may_need_us(program):
             return c.host(t)
-    plan = _plan_exec(c, program, logical, given, argv_arg)
+    # a guest's read-only program (the root, /cvmfs) is planned once: the loader, the
+    # patched copy and what /proc/self/exe shows do not change during the run
+    stable = guest and (t.virtual or t.readonly)
+    plan = c.guest.exec_plans.get(program) if stable else None
+    if plan is None:
+        plan = _plan_exec(c, program, logical, given, argv_arg)
+        if stable and type(plan) is tuple and plan[1] is None:
+            c.guest.exec_plans[program] = plan
     if plan is None:  # a host program that needs nothing from /cvmfs
         return c.host(t)
     if isinstance(plan, int):
@@ -195,11 +206,14 @@ def h_execve(c: Context) -> tuple:
 
 
 def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_arg: int):
-    """(path to exec, new argv or None, logical exe) / an errno / None (nothing to do)."""
+    """(path to exec, new argv or None, logical exe) / an errno / None (nothing to do).
+    `logical`: the program's /cvmfs path, or in a guest namespace its guest path
+    (interpreters are then looked up in the guest too)."""
     argv: list[bytes] | None = None
     exe_logical = logical or program  # what /proc/self/exe is to show
     path = program
     view = c.view
+    guest = c.guest is not None
     for _depth in range(MAX_INTERPRETER_DEPTH + 1):
         try:
             head = read_head(path)
@@ -219,28 +233,35 @@ def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_a
             + argv[1:]
         )
         given = interp
-        t = resolve(view, interp, None, True)
+        t = c.resolve_path(interp, None, True)
         if t.err:
             return t.err
         if t.virtual:
             if not t.node.is_regular:
                 return errno.EACCES
-            path, exe_logical = view.materialize(t.node), t.node.vpath.logical
+            path = view.materialize(t.node)
+            exe_logical = t.guest if guest else t.node.vpath.logical
         else:
-            path = exe_logical = t.host
+            path, exe_logical = t.host, t.guest or t.host
     else:
         return errno.ELOOP
     interp = elf_interpreter(path) if head[:4] == b"\x7fELF" else None
-    if interp is not None and (interp[0] == MOUNT or interp[0].startswith(MOUNT + "/")):
-        t = resolve(view, interp[0], None, True)
-        if t.err or not t.virtual:
-            return errno.ENOENT if t.err else None
-        loader = view.materialize(t.node)
-        path = patched_binary(view.cache, path, loader)
+    if interp is not None and (guest or interp[0] == MOUNT or interp[0].startswith(MOUNT + "/")):
+        # the ELF interpreter as the program's namespace names it: the kernel would look
+        # for it on the host
+        t = c.resolve_path(interp[0], None, True)
+        if t.err:
+            return errno.ENOENT
+        if t.virtual:
+            loader = view.materialize(t.node)
+        else:
+            loader = t.host
+        if loader != interp[0]:
+            path = patched_binary(view.own_cache(), path, loader)
     elif path == program and argv is None and logical is None:
         return None
     if not os.access(path, os.X_OK):
-        path = executable_copy(view.cache, path)
+        path = executable_copy(view.own_cache(), path)
     return path, argv, exe_logical
 
 

@@ -5,12 +5,14 @@ refused as the kernel refuses it on a read-only mount."""
 from __future__ import annotations
 
 import errno
+import os
 import stat as st
 import struct
 
 from ..paths import Target
 from .answers import remember, teach_open
 from .context import R_OK, RESUME, Context, in_cvmfs, skip
+from .writes import readonly_write
 
 O_WRONLY, O_ACCMODE = 0o1, 0o3
 O_CREAT, O_EXCL, O_TRUNC = 0o100, 0o200, 0o1000
@@ -50,22 +52,20 @@ def h_open(c: Context) -> tuple:
     if t.err:
         if t.err == errno.ENOENT and t.missing_last and flags & O_CREAT:
             # "name/" cannot be created as a file (open_last_lookups: EISDIR)
-            return skip(-(errno.EISDIR if t.trailing else errno.EROFS))
+            return skip(-errno.EISDIR) if t.trailing else readonly_write(c, t)
         if not resolve_flags:  # ld.so probes many missing paths: answer them in C next time
             remember(c, follow, t)
         return skip(-t.err)
     if not t.virtual:
+        if t.readonly:  # a file of the guest root
+            refused = _write_open(c, t, flags, os.path.isdir(t.host))
+            if refused is not None:
+                return refused
         return _host_open(t, how, flags, mode)
     node = t.node
-    acc = flags & O_ACCMODE
-    if flags & O_TMPFILE == O_TMPFILE:
-        return skip(-errno.EROFS if node.is_dir else -errno.ENOTDIR)
-    if flags & O_CREAT and flags & O_EXCL:
-        return skip(-errno.EEXIST)
-    if node.is_dir and (acc != 0 or flags & O_TRUNC):
-        return skip(-errno.EISDIR)
-    if acc != 0 or flags & O_TRUNC:
-        return skip(-errno.EROFS)
+    refused = _write_open(c, t, flags, node.is_dir)
+    if refused is not None:
+        return refused
     if flags & O_DIRECTORY and not node.is_dir:
         return skip(-errno.ENOTDIR)
     opath = bool(flags & O_PATH)
@@ -86,6 +86,21 @@ def h_open(c: Context) -> tuple:
     if not opath and (node.is_regular or node.is_dir):
         teach_open(c, follow, t, backing)
     return ("open", backing, flags, 0, node.vpath if node.is_regular else None, how, True)
+
+
+def _write_open(c: Context, t: Target, flags: int, is_dir: bool) -> tuple | None:
+    """An open of an existing entry of a read-only mount that would write: refused in
+    the kernel's order (do_open: O_TMPFILE, O_EXCL, a directory, then the mount)."""
+    acc = flags & O_ACCMODE
+    if flags & O_TMPFILE == O_TMPFILE:
+        return skip(-errno.EROFS if is_dir else -errno.ENOTDIR)
+    if flags & O_CREAT and flags & O_EXCL:
+        return skip(-errno.EEXIST)
+    if is_dir and (acc != 0 or flags & O_TRUNC):
+        return skip(-errno.EISDIR)
+    if acc != 0 or flags & O_TRUNC:
+        return readonly_write(c, t)
+    return None
 
 
 def _host_open(t: Target, how, flags: int, mode: int) -> tuple:

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
+import stat
 
 from ..paths import LAST_DOT, LAST_NORM, Target
 from ..syscalls import AT_REMOVEDIR, AT_SYMLINK_FOLLOW
-from .context import RESUME, Context, in_cvmfs, skip
+from .context import RESUME, Context, exists_readonly, in_cvmfs, skip
+from .sockets import socket_at
+
+
+def readonly_write(c: Context, t: Target) -> tuple:
+    """The one decision for a write into a read-only mount once the kernel's earlier
+    checks passed: /cvmfs, the guest root (--root) and binds from /cvmfs. The overlay
+    (--overlay, container/overlay.py) plugs in here for the root: copy-up or whiteout,
+    then the call retargeted at the upper copy. Today: EROFS."""
+    return skip(-errno.EROFS)
 
 
 def _refuse(c: Context, err: int) -> tuple:
@@ -30,6 +39,17 @@ def h_write_existing(c: Context) -> tuple:
     if c.empty_path:  # the dirfd itself (AT_EMPTY_PATH, futimens)
         return h_write_fd(c)
     t = c.resolve()
+    if t is not None and t.readonly and not t.err:  # a host file of the guest root
+        if c.call.name == "truncate":
+            try:
+                s = os.stat(t.host)
+            except OSError as e:
+                return skip(-(e.errno or errno.EIO))
+            if stat.S_ISDIR(s.st_mode):
+                return skip(-errno.EISDIR)
+            if not stat.S_ISREG(s.st_mode):
+                return skip(-errno.EINVAL)
+        return readonly_write(c, t)
     outside = c.outside(t)
     if outside is not None:
         return outside
@@ -38,21 +58,21 @@ def h_write_existing(c: Context) -> tuple:
             return skip(-errno.EISDIR)
         if not t.node.is_regular:
             return skip(-errno.EINVAL)
-    return skip(-errno.EROFS)
+    return readonly_write(c, t)
 
 
 def h_write_create(c: Context) -> tuple:
     t = c.resolve_last()
     if t is None:
         return RESUME
-    if t.virtual:  # an existing name, or "." / ".." (filename_create: EEXIST)
+    if exists_readonly(t):  # an existing name, or "." / ".." (filename_create: EEXIST)
         return skip(-errno.EEXIST)
     if t.err:
         if t.err == errno.ENOENT and t.missing_last:
             # "name/" asks for a directory: only mkdir may create one
             if t.trailing and not c.call.name.startswith("mkdir"):
                 return skip(-errno.ENOENT)
-            return skip(-errno.EROFS)
+            return readonly_write(c, t)
         return skip(-t.err)
     return c.host(t)
 
@@ -61,14 +81,16 @@ def h_write_remove(c: Context) -> tuple:
     t = c.resolve_last()
     if t is None:
         return RESUME
-    if t.virtual or (t.err == errno.ENOENT and t.missing_last):
+    if exists_readonly(t) or (t.err == errno.ENOENT and t.missing_last):
         if t.last != LAST_NORM:
             name = c.call.name
             rmdir = name == "rmdir" or (name == "unlinkat" and c.args[2] & AT_REMOVEDIR)
             if not rmdir:
                 return skip(-errno.EISDIR)
             return skip(-(errno.EINVAL if t.last == LAST_DOT else errno.ENOTEMPTY))
-        return skip(-errno.EROFS)  # the kernel checks the mount before the name
+        if t.err:
+            return skip(-errno.EROFS)  # the kernel checks the mount before the name
+        return readonly_write(c, t)
     if t.err:
         return skip(-t.err)
     return c.host(t)
@@ -109,7 +131,7 @@ def h_write_rename(c: Context) -> tuple:
         return skip(-errno.EXDEV)
     if any(t is not None and t.last != LAST_NORM for t in (t1, t2)):
         return skip(-errno.EBUSY)
-    return skip(-errno.EROFS)
+    return readonly_write(c, t1)
 
 
 def h_write_link(c: Context) -> tuple:
@@ -126,14 +148,14 @@ def h_write_link(c: Context) -> tuple:
         return skip(-t1.err)
     if t2 is None:
         return RESUME
-    if t2.virtual:
+    if exists_readonly(t2):
         return skip(-errno.EEXIST)
     if t2.err and not t2.missing_last:
         return skip(-t2.err)
     if t2.missing_last and t2.trailing:
         return skip(-errno.ENOENT)
     if v2:
-        return skip(-errno.EROFS)
+        return readonly_write(c, t2)
     new_host = t2.host or ""
     if os.path.lexists(new_host):
         return skip(-errno.EEXIST)
@@ -143,13 +165,24 @@ def h_write_link(c: Context) -> tuple:
 
 
 def _ours(c: Context) -> bool:
-    """Whether the call's descriptor is an anchor or a cache file."""
+    """Whether the call's descriptor is an anchor or a cache file, or a file of a
+    read-only mount of the guest namespace (the root)."""
     host = c.base
-    return bool(host) and bool(c.view.anchor_to_vpath(host) or c.view.is_cache_path(host))
+    if not host:
+        return False
+    if c.view.anchor_to_vpath(host) or c.view.is_cache_path(host):
+        return True
+    return c.guest is not None and c.guest.readonly_host(host)
 
 
 def h_write_fd(c: Context) -> tuple:
-    return skip(-errno.EROFS) if _ours(c) else RESUME
+    if not _ours(c):
+        return RESUME
+    if c.guest is not None and not c.view.anchor_to_vpath(c.base):
+        t = Target(host=c.base)
+        t.readonly = True
+        return readonly_write(c, t)
+    return skip(-errno.EROFS)
 
 
 def h_ioctl_setattr(c: Context) -> tuple:
@@ -172,12 +205,17 @@ def h_bind(c: Context) -> tuple:
         return skip(-t.err)
     if not t.via_cvmfs:
         return RESUME
-    path = os.fsencode(t.host)
-    if len(path) > 107:
-        return skip(-errno.ENAMETOOLONG)
-    addr = struct.pack("<H", 1) + path + b"\0"
-    values = {c.call.path: addr, c.call.size: len(addr)}
-    return ("args", values, False, False)
+    return socket_at(c, t.host)
+
+
+def h_chroot(c: Context) -> tuple:
+    """chroot(2): into /cvmfs it is unsupported as mount is; in a guest namespace the
+    kernel would take the guest's path as a host one, so it is refused as for a
+    process without CAP_SYS_CHROOT (a nested guest root is not emulated)."""
+    if c.guest is not None:
+        t = c.resolve(True)
+        return skip(-(t.err if t is not None and t.err else errno.EPERM))
+    return _refuse(c, errno.EOPNOTSUPP)
 
 
 def h_mount(c: Context) -> tuple:

@@ -1,0 +1,301 @@
+"""The job's namespace when parrot_run is given a root or binds (--root, -B, -M, -m):
+the container mount table (container/mounts.py) walked over the host's files and the
+virtual /cvmfs tree, giving the tracer the same `Target`s as paths.resolve does.
+
+Locations in /cvmfs are answered from the catalogs (a Target with its node, handled as
+any /cvmfs path); others are host paths handed to the kernel in place of the program's
+(`via_cvmfs`: the argument is replaced). /proc magic links (/proc/self, fd/N, exe, cwd)
+lead where they lead for the calling process, spelled in the guest."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from ..container.mounts import CVMFS, DIR, LINK, MISSING, OTHER, HostFiles, MountTable
+from ..container.mounts import resolve as guest_resolve
+from .paths import Target, vpath_of_logical
+from .vfs import CvmfsView
+
+
+class Guest:
+    """The mount table and what the tracer needs of it, for one job."""
+
+    def __init__(self, table: MountTable, view: CvmfsView, procs):
+        self.table, self.view, self.procs = table, view, procs
+        self._host = HostFiles()
+        self._tid = 0
+        self.exec_plans: dict[str, tuple] = {}  # handlers/execve.py: program -> its plan
+        # empty directories of ours standing for glue directories (their host location
+        # holds nothing), and back
+        self._glue: dict[str, str] = {}
+        self._glue_guest: dict[str, str] = {}
+        # what the walk in progress looked at: an answer that only read one repository
+        # may be kept across runs with the same mounts (under `self.key`)
+        self._host_seen = False
+        self._repos: set[str] = set()
+        import hashlib
+
+        spec = "\0".join(f"{m.dst}={m.src}:{int(m.readonly)}" for m in table.mounts)
+        self.key = hashlib.sha1(os.fsencode(spec)).hexdigest()[:16]
+
+    def memo_loader(self, memo):
+        """What to load when a repository is mounted: the answers earlier runs with the
+        same mount table kept for it."""
+        return lambda rev: memo.load(f"{rev}~{self.key}")
+
+    # -- the Files interface of mounts.resolve ----------------------------------------------
+
+    def kind(self, location: str) -> tuple[int, str]:
+        if location == CVMFS or location.startswith(CVMFS + "/"):
+            vpath = vpath_of_logical(location)
+            self._repos.add(vpath.repo)
+            node = self.view.lookup(vpath)
+            if node is None:
+                return MISSING, ""
+            if node.is_dir:
+                return DIR, ""
+            if node.is_symlink:
+                return LINK, node.target
+            return OTHER, ""
+        self._host_seen = True
+        if location.startswith("/proc/"):
+            magic = self._proc_kind(location)
+            if magic is not None:
+                return magic
+        return self._host.kind(location)
+
+    def _proc_kind(self, location: str) -> tuple[int, str] | None:
+        """/proc/self and the magic links of a process, for the calling thread."""
+        parts = location.split("/")[2:]
+        tgid = self.procs.tgid(self._tid)
+        if parts == ["self"]:
+            return LINK, str(tgid)
+        if parts == ["thread-self"]:
+            return LINK, f"{tgid}/task/{self._tid}"
+        if len(parts) >= 2 and parts[1] == "task":
+            parts = [parts[0], *parts[3:]] if len(parts) >= 3 else parts
+        if len(parts) < 2 or not parts[0].isdigit():
+            return None
+        pid = int(parts[0])
+        what = "/".join(parts[1:])
+        if what == "exe":
+            exe = self.procs.exe.get(self.procs.tgid(pid))
+            if exe is not None:
+                return LINK, exe
+        elif what == "root":
+            return LINK, "/"
+        elif not (what == "cwd" or (what.startswith("fd/") and what[3:].isdigit())):
+            return None
+        try:
+            link = os.readlink(location)
+        except OSError:
+            return None
+        if not link.startswith("/"):
+            return OTHER, ""  # pipe:[N], socket:[N]: the kernel follows it itself
+        guest = self.guest_of(link)
+        return (LINK, guest) if guest is not None else (OTHER, "")
+
+    # -- for the handlers --------------------------------------------------------------------
+
+    def link_text(self, location: str) -> str | None:
+        """readlink of a host location as the guest sees it: a link's text, a /proc magic
+        link's target in guest terms; None if it is no link."""
+        kind, target = self.kind(location)
+        return target if kind == LINK else None
+
+    def logical(self, host: str) -> str:
+        """A host path as the namespace knows it: an anchor or a served cache file
+        stands for its /cvmfs path."""
+        v = self.view.vpath_of_host(host)
+        return v.logical if v is not None else host
+
+    def guest_of(self, host: str) -> str | None:
+        """The guest's spelling of a path the kernel reports (cwd, a descriptor's
+        target), None if the guest cannot see it."""
+        host = host.removesuffix(" (deleted)")
+        g = self._glue_guest.get(host)
+        if g is not None:
+            return g
+        return self.table.guest_of(self.logical(host))
+
+    def glue_dir(self, guest: str) -> str:
+        """The empty directory of ours that stands for a glue directory (a place on the
+        way to a bind point that the root lacks): stat, chdir and listings work there."""
+        d = self._glue.get(guest)
+        if d is None:
+            import hashlib
+
+            key = hashlib.sha1(os.fsencode(guest)).hexdigest()
+            d = self.view.own_cache().ensure_dir(f"glue/{key[:2]}/{key}")
+            self._glue[guest], self._glue_guest[d] = d, guest
+        return d
+
+    def readonly_host(self, host: str) -> bool:
+        """Whether a host file the kernel names (a descriptor's target) lies in a
+        read-only mount of the guest (the root)."""
+        g = self.guest_of(host)
+        return g is not None and self.table.mount_of(g).readonly
+
+    def cwd_of(self, base: str | None) -> str:
+        """The guest directory a relative path starts from."""
+        if not base:
+            return "/"
+        g = self.guest_of(base)
+        return g if g is not None else "/"
+
+    def resolve(self, tid: int, path: str, base: str | None, follow: bool) -> Target:
+        """paths.resolve's Target for a path as the guest names it."""
+        self._tid = tid
+        self._host_seen = False
+        self._repos.clear()
+        r = guest_resolve(self.table, self, path, self.cwd_of(base), follow)
+        readonly = r.mount is not None and r.mount.readonly
+        loc = r.location
+        if r.glue and not r.err:  # nothing lies there: an empty directory of ours
+            loc = self.glue_dir(r.guest)
+        in_cvmfs = loc == CVMFS or loc.startswith(CVMFS + "/")
+        if r.err == errno.ENOENT and r.missing_last and not readonly and not in_cvmfs:
+            # a name to create in a writable place: the kernel's to make (or to report)
+            t = Target(host=loc, via_cvmfs=True, mixed=True)
+        elif r.err:
+            t = Target(err=r.err, missing_last=r.missing_last, symlinks=r.symlinks, mixed=True)
+            if r.missing_last and in_cvmfs:
+                t.parent = vpath_of_logical(loc[: loc.rfind("/")] or "/")
+            t.readonly = readonly and r.missing_last
+        elif in_cvmfs:
+            vpath = vpath_of_logical(loc)
+            node = self.view.lookup(vpath)
+            if node is None:
+                return Target(err=errno.ENOENT, mixed=True)
+            t = Target(vpath=vpath, node=node, via_cvmfs=True, symlinks=r.symlinks, mixed=True)
+        else:
+            t = Target(
+                host=loc + ("/" if path.endswith("/") and loc != "/" else ""), via_cvmfs=True
+            )
+            t.symlinks, t.mixed = r.symlinks, True
+            t.readonly = readonly
+        t.guest = r.guest
+        t.final_link = r.final_link
+        if self._host_seen:  # a host link or directory on the way may change: not taught
+            t.proc = True
+        if not self._host_seen and len(self._repos) == 1 and in_cvmfs and not t.proc:
+            rev = self.view.revision_id(next(iter(self._repos)))
+            if rev is not None:
+                t.kept_as = f"{rev}~{self.key}"
+        return t
+
+
+# -- setting the namespace up (parrot_run --root, -B, -M, -m) ---------------------------------
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # apptainer's
+
+
+def canonical_source(view: CvmfsView, path: str, what: str) -> str:
+    """A root or bind source as a canonical location: host symlinks resolved, a /cvmfs
+    path resolved in the catalogs (image tags are symlinks into .flat/). Raises
+    CvmfsError naming `what` if it does not exist."""
+    from ..errors import CvmfsError
+    from .paths import resolve
+
+    if not path.startswith("/"):
+        path = os.path.abspath(path)
+    t = resolve(view, path, None, True)
+    if t.err:
+        raise CvmfsError(f"{what} {path}: {os.strerror(t.err)}")
+    if t.virtual:
+        return t.vpath.logical
+    host = os.path.realpath(t.host)
+    if not os.path.lexists(host):
+        raise CvmfsError(f"{what} {path}: {os.strerror(errno.ENOENT)}")
+    return host
+
+
+def build_table(
+    view: CvmfsView,
+    root: str | None,
+    binds: list[tuple[str, str, bool]],
+    default_binds: bool,
+) -> MountTable:
+    """The job's mount table: the root (or the host's tree), the defaults (with a root),
+    then the user's binds in the order given (the last one for a place wins)."""
+    if root is not None:
+        root = canonical_source(view, root, "--root")
+        if GuestKind(view).kind(root)[0] != DIR:
+            from ..errors import CvmfsError
+
+            raise CvmfsError(f"--root {root}: {os.strerror(errno.ENOTDIR)}")
+    table = MountTable(root)
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    table.add_defaults(
+        os.environ.get("HOME"), cwd, minimal=not default_binds, exists=os.path.lexists
+    )
+    for src, dst, readonly in binds:
+        table.bind(canonical_source(view, src, "bind source"), dst, readonly)
+    return table
+
+
+class GuestKind:
+    """Files.kind over the catalogs and the host, for set-up (no calling process)."""
+
+    def __init__(self, view: CvmfsView):
+        self.view = view
+
+    def kind(self, location: str) -> tuple[int, str]:
+        if location == CVMFS or location.startswith(CVMFS + "/"):
+            node = self.view.lookup(vpath_of_logical(location))
+            if node is None:
+                return MISSING, ""
+            return (DIR if node.is_dir else LINK if node.is_symlink else OTHER), node.target
+        return HostFiles().kind(location)
+
+
+def find_program(guest: Guest, name: str, path_var: str) -> str | None:
+    """`name` looked up in the guest's PATH as execvp would: the first regular file
+    there (None: leave it to execvp, which reports it)."""
+    if "/" in name:
+        return None
+    for d in path_var.split(":"):
+        candidate = f"{d or '.'}/{name}"
+        t = guest.resolve(0, candidate, None, True)
+        if t.err:
+            continue
+        if t.virtual:
+            if t.node.is_regular:
+                return candidate
+        elif os.path.isfile(t.host) and os.access(t.host, os.X_OK):
+            return candidate
+    return None
+
+
+def job_environment(table: MountTable, host_env: dict[str, str], given: dict[str, str]):
+    """The job's environment in a guest root: the host's, PATH the guest's default
+    unless given, then `--env` values. (An image's /.singularity.d/env/*.sh scripts,
+    run as apptainer runs them by container/image.py, are applied here: this is the one
+    place the environment is made.)"""
+    env = dict(host_env)
+    if table.root is not None:
+        env["PATH"] = DEFAULT_PATH
+    env.update(given)
+    return env
+
+
+def host_cwd(guest: Guest) -> str:
+    """Where the job starts: the cwd if the guest sees it (a default bind), else the
+    guest's root, as a host location (an anchor for a /cvmfs directory)."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    where = "/"
+    if cwd is not None and guest.table.guest_of(cwd) == cwd:
+        where = cwd
+    t = guest.resolve(0, where, None, True)
+    if t.err:
+        t = guest.resolve(0, "/", None, True)
+    if t.virtual:
+        return guest.view.anchor(t.node)
+    return t.host or "/"

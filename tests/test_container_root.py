@@ -1,0 +1,352 @@
+"""parrot_run --root DIR and binds (-B, -M, -m): a whole Debian userland as the job's
+root, from a host directory and from /cvmfs (published by our publisher), compared with
+chroot of the same tree where it can be."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from parrot_cvmfs.server.publisher import PublishOptions, publish
+
+from .conftest import base_env, repo_spec
+from .servers import FaultyServer, serving
+from .test_parrot_run import PARROT
+
+CACHE = os.environ.get("PARROT_CVMFS_TEST_CACHE", "/var/tmp/parrot-cvmfs-test-cache")
+USERLANDS = os.path.join(CACHE, "userlands")
+REPO = "userland.test.org"
+
+needs_debootstrap = pytest.mark.skipif(
+    shutil.which("debootstrap") is None
+    and not os.path.exists(os.path.join(USERLANDS, "bullseye", "etc", "debian_version")),
+    reason="debootstrap is not installed (the Debian userlands are built with it)",
+)
+pytestmark = needs_debootstrap
+
+
+def _userland(suite: str) -> str:
+    """A Debian minbase + python3 tree (built by the userland fixture, cached outside
+    the checkout; a tree debootstrap finished is used in place)."""
+    for name in (suite, f"{suite}.partial"):
+        d = os.path.join(USERLANDS, name)
+        log = os.path.join(USERLANDS, f"{suite}.log")
+        if os.path.exists(os.path.join(d, "usr", "bin", "python3")):
+            if name == suite or _log_ok(log):
+                return d
+    pytest.fail(f"no Debian {suite} userland in {USERLANDS} (built by tests/userlands.py)")
+
+
+@pytest.fixture(scope="session")
+def bullseye() -> str:
+    """Debian 11: glibc 2.31, older than the host's."""
+    return _userland("bullseye")
+
+
+def _log_ok(log: str) -> bool:
+    try:
+        with open(log, "rb") as f:
+            return f.read().rstrip().endswith(b"OK")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def published_userland(bullseye):
+    """The userland published once by our publisher, kept beside it between runs."""
+    base = os.path.join(CACHE, "published-bullseye")
+    os.makedirs(CACHE, exist_ok=True)
+    with open(os.path.join(CACHE, "published-bullseye.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stratum, keys = os.path.join(base, "stratum"), os.path.join(base, "keys")
+        if not os.path.exists(os.path.join(base, "done")):
+            shutil.rmtree(base, ignore_errors=True)
+            publish(PublishOptions(source=bullseye, name=REPO, stratum=stratum, keys_dir=keys))
+            open(os.path.join(base, "done"), "w").close()
+    return stratum, os.path.join(keys, f"{REPO}.pub")
+
+
+@pytest.fixture(scope="session")
+def userland_server(published_userland):
+    with serving(FaultyServer(published_userland[0])) as srv:
+        yield srv
+
+
+class Run:
+    def __init__(self, env: dict[str, str], root: str):
+        self.env, self.root = env, root
+
+    def __call__(self, *cmd, options=(), root=True, user=None, cwd=None, timeout=300):
+        argv = [*PARROT, *(["--root", self.root] if root else []), *options, "--", *cmd]
+        if user:
+            argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+        return subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=cwd
+        )
+
+    def sh(self, script, **kw):
+        return self("/bin/sh", "-c", script, **kw)
+
+
+@pytest.fixture(scope="module", params=["notify", "ptrace"])
+def mode(request):
+    return {"PARROT_CVMFS_MODE": request.param}
+
+
+def _run(request, bullseye, tmp_path_factory):
+    mode, where = request.param.split("-")
+    cache = str(tmp_path_factory.mktemp("cache"))
+    os.chmod(cache, 0o777)
+    env = base_env(PARROT_CVMFS_CACHE=cache, PARROT_CVMFS_MODE=mode)
+    if where == "host":
+        yield Run(env, bullseye)
+        return
+    srv = request.getfixturevalue("userland_server")
+    _stratum, pub = request.getfixturevalue("published_userland")
+    env["PARROT_CVMFS_REPO"] = repo_spec(REPO, f"{srv.url}/{REPO}", pub)
+    yield Run(env, f"/cvmfs/{REPO}")
+
+
+@pytest.fixture(params=["notify-host", "notify-cvmfs"])
+def run(request, bullseye, tmp_path_factory):
+    """parrot_run with the userland as root: a host directory, or its /cvmfs copy."""
+    yield from _run(request, bullseye, tmp_path_factory)
+
+
+@pytest.fixture(params=["notify-host", "notify-cvmfs", "ptrace-cvmfs"])
+def run_modes(request, bullseye, tmp_path_factory):
+    """`run`, and in ptrace mode too (where every call is rewritten, not emulated)."""
+    yield from _run(request, bullseye, tmp_path_factory)
+
+
+def ok(p) -> str:
+    assert p.returncode == 0, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
+    return p.stdout
+
+
+def chroot(root: str, *cmd) -> str:
+    p = subprocess.run(["chroot", root, *cmd], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_guest_files_libraries_and_tools(run, bullseye):
+    """The guest's own files, glibc (older than the host's), Python modules with C
+    extensions, dpkg's database and perl, as chroot shows them."""
+    assert ok(run("cat", "/etc/debian_version")) == chroot(bullseye, "cat", "/etc/debian_version")
+    out = ok(run("ldd", "--version"))
+    assert "GLIBC 2.31" in out.splitlines()[0]
+    assert ok(run("python3", "-c", "import json, sqlite3, ssl; print(ssl.OPENSSL_VERSION)")) == (
+        chroot(bullseye, "python3", "-c", "import ssl; print(ssl.OPENSSL_VERSION)")
+    )
+    assert ok(run("dpkg", "-l")) == chroot(bullseye, "dpkg", "-l")
+    assert ok(run("perl", "-e", "print 6*7, qq(\\n)")) == "42\n"
+    script = "for i in $(seq 20); do /bin/true; done; echo done $i"
+    assert ok(run.sh(script)) == "done 20\n"
+
+
+def test_newer_glibc_than_the_host(tmp_path):
+    """Debian 13 (glibc 2.41, newer than most hosts'): its own loader and libraries."""
+    trixie = _userland("trixie")
+    env = base_env(PARROT_CVMFS_CACHE=str(tmp_path / "cache"))
+    out = ok(
+        Run(env, trixie).sh(
+            "ldd --version | head -1; python3 -c 'import json, sqlite3, ssl; print(1)'"
+        )
+    )
+    assert "GLIBC 2.41" in out.splitlines()[0] and out.splitlines()[1] == "1"
+
+
+def test_results_in_guest_terms(run_modes):
+    """getcwd, readlink of /proc/self/exe and /proc/self/cwd and /proc/self/fd/N show
+    guest paths; `..` stops at the guest root."""
+    out = ok(
+        run_modes.sh(
+            "cd /usr/lib && pwd && /bin/pwd && readlink /proc/self/cwd;"
+            " readlink /proc/self/exe; cd ../../../.. && pwd;"
+            " exec 3</etc/debian_version; readlink /proc/self/fd/3"
+        )
+    )
+    assert out.splitlines() == [
+        "/usr/lib",
+        "/usr/lib",
+        "/usr/lib",
+        "/usr/bin/readlink",
+        "/",
+        "/etc/debian_version",
+    ]
+
+
+def test_default_binds_cwd_tmp_and_cvmfs(run, tmp_path):
+    """The host's cwd and /tmp show through apptainer's default binds; the root's
+    listing shows /cvmfs even where the tree has no such directory."""
+    (tmp_path / "here.txt").write_text("from the host cwd\n")
+    out = ok(run.sh("cat here.txt; pwd", cwd=str(tmp_path)))
+    assert out.splitlines() == ["from the host cwd", str(tmp_path)]
+    name = f"/tmp/croot-{os.getpid()}"
+    try:
+        ok(run.sh(f"umask 077; echo written > {name}"))
+        with open(name) as f:
+            assert f.read() == "written\n"
+        assert os.stat(name).st_mode & 0o777 == 0o600  # the job's umask, not ours
+    finally:
+        os.unlink(name)
+    top = ok(run("ls", "/")).split()
+    assert "cvmfs" in top and "usr" in top
+    first = str(tmp_path).strip("/").split("/")[0]
+    assert first in top  # the cwd's bind point, glue if the tree lacks it
+    # a place on the way to a bind that the root lacks is a directory one can enter
+    glue = ok(
+        run.sh(
+            "cd /opt/on/the && pwd && ls && stat -c %F .. && touch x 2>&1; true",
+            options=["-B", f"{tmp_path}:/opt/on/the/way"],
+        )
+    )
+    assert glue.splitlines()[:3] == ["/opt/on/the", "way", "directory"], glue
+    assert "Read-only file system" in glue
+
+
+def test_root_is_read_only(run_modes):
+    """Writes into the root fail with EROFS, in the kernel's order (an existing name
+    on mkdir is EEXIST first)."""
+    p = run_modes.sh(
+        "echo x > /etc/new 2>&1; touch /usr/bin/true 2>&1; mkdir /etc 2>&1; rm /bin/true 2>&1;"
+        " mkdir /opt/x 2>&1; ln -s a /opt/l 2>&1; mv /etc/hostname /etc/h2 2>&1; true"
+    )
+    out = p.stdout + p.stderr
+    assert out.count("Read-only file system") == 6, out
+    assert "File exists" in out
+    # through a descriptor too (the mode given is the file's own: nothing changes if
+    # the kernel were let through)
+    code = (
+        "import os, stat\n"
+        "fd = os.open('/etc/hostname', os.O_RDONLY)\n"
+        "try:\n"
+        "    os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode))\n"
+        "except OSError as e:\n"
+        "    print(e.strerror)\n"
+    )
+    assert ok(run_modes("python3", "-c", code)) == "Read-only file system\n"
+    # chroot would take the guest's path as the host's: refused as for a normal user
+    p = run_modes(
+        "python3", "-c", "import os\ntry: os.chroot('/usr')\nexcept OSError as e: print(e.errno)"
+    )
+    assert ok(p) == "1\n"
+
+
+def test_unix_socket_server_and_client(run_modes, tmp_path):
+    """A server and a client on a socket in a bind: bind and connect reach the host
+    location, getsockname and getpeername show the guest path."""
+    code = (
+        "import socket, os, sys\n"
+        "p = sys.argv[1]\n"
+        "s = socket.socket(socket.AF_UNIX); s.bind(p); s.listen(1)\n"
+        "if os.fork() == 0:\n"
+        "    c = socket.socket(socket.AF_UNIX); c.connect(p); c.sendall(b'hi')\n"
+        "    print(c.getpeername(), flush=True); os._exit(0)\n"
+        "a, _ = s.accept(); os.wait(); print(a.recv(2).decode(), s.getsockname())\n"
+    )
+    out = ok(run_modes("python3", "-c", code, "/data/sock", options=["-B", f"{tmp_path}:/data"]))
+    assert out.split() == ["/data/sock", "hi", "/data/sock"]
+    assert os.path.exists(tmp_path / "sock")
+
+
+def test_as_nobody(run):
+    """An unprivileged user: the same guest, the root still read-only, cwd bound."""
+    work = tempfile.mkdtemp(prefix="croot-nobody-", dir="/tmp")  # nobody reaches it
+    try:
+        os.chmod(work, 0o777)
+        run.env = dict(run.env, PARROT_CVMFS_CACHE=os.path.join(work, "cache"))
+        out = ok(
+            run.sh(
+                "cat /etc/debian_version; id -un; touch /etc/x 2>&1; pwd",
+                user="nobody",
+                cwd=work,
+            )
+        )
+    finally:
+        shutil.rmtree(work)
+    lines = out.splitlines()
+    assert lines[1] == "nobody"
+    assert "Read-only file system" in lines[2]
+    assert lines[3] == work
+
+
+def test_binds_with_and_without_root(run, tmp_path):
+    """-B SRC:DST, -M DST=SRC and -m FILE onto the root, the last one given winning."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "f").write_text("A\n")
+    (b / "f").write_text("B\n")
+    mf = tmp_path / "mounts"
+    mf.write_text(f"# a comment\n/opt/m {b}\n")
+    out = ok(
+        run.sh(
+            "cat /opt/a/f /opt/b/f /opt/m/f /srv/deep/er/f; ls /srv",
+            options=[
+                "-B",
+                f"{a}:/opt/a",
+                "-M",
+                f"/opt/b={b}",
+                "-m",
+                str(mf),
+                "-B",
+                f"{a}:/srv/deep/er",
+            ],
+        )
+    )
+    assert out.split() == ["A", "B", "B", "A", "deep"]
+
+
+def test_binds_on_the_host_tree(tmp_path, mode):
+    """-M/-B without --root: the host's own tree, with a directory shown elsewhere."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "cert.pem").write_text("cert\n")
+    env = base_env(PARROT_CVMFS_CACHE=str(tmp_path / "cache"), **mode)
+    dst = f"/etc/grid-security-{os.getpid()}"
+    for opt in (["-M", f"{dst}={src}"], ["-B", f"{src}:{dst}"]):
+        p = subprocess.run(
+            [
+                *PARROT,
+                *opt,
+                "--",
+                "sh",
+                "-c",
+                f"cat {dst}/cert.pem; cd {dst} && pwd; cat /etc/hostname",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        host_name = open("/etc/hostname").read() if os.path.exists("/etc/hostname") else ""
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == f"cert\n{dst}\n{host_name}"
+
+
+def test_bad_bind_is_one_line(tmp_path):
+    env = base_env(PARROT_CVMFS_CACHE=str(tmp_path / "cache"))
+    for opt, word in (
+        (["-B", "/nonexistent-src:/x"], "/nonexistent-src"),
+        (["-M", "/x"], "DST=SRC"),
+        (["--root", "/nonexistent-root"], "--root"),
+    ):
+        p = subprocess.run(
+            [*PARROT, *opt, "--", "true"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert p.returncode == 1 and word in p.stderr and "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_path_is_the_guests(run):
+    env_out = ok(run("sh", "-c", "echo $PATH"))
+    assert env_out.strip() == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    given = ok(run("sh", "-c", "echo $PATH", options=["--env", "PATH=/bin"]))
+    assert given.strip() == "/bin"
