@@ -299,7 +299,9 @@ def userlands(tmp_path_factory):
                     PublishOptions(source=tree, name=name, stratum=stratum, keys_dir=keys)
                 )
                 srv = stack.enter_context(serving(StratumServer(stratum)))
-                made[suite] = Userland(suite, tree, Published(tree, stratum, keys, name, result), srv.url)
+                made[suite] = Userland(
+                    suite, tree, Published(tree, stratum, keys, name, result), srv.url
+                )
             return made[suite]
 
         yield get

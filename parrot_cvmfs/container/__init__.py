@@ -1,0 +1,1 @@
+"""Container roots: the guest's mount table, overlay and image conventions (no ptrace here)."""
