@@ -14,7 +14,13 @@ from parrot_cvmfs.server.serve import StratumServer
 
 from .servers import FaultyServer, Nginx, serving
 from .treegen import make_tree
-from .userlands import SUITES, UserlandBuildFailed, UserlandUnavailable, ensure_userland
+from .userlands import (
+    SUITES,
+    UserlandBuildFailed,
+    UserlandUnavailable,
+    ensure_userland,
+    published_userland,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -278,9 +284,10 @@ class Userland:
 
 
 @pytest.fixture(scope="session")
-def userlands(tmp_path_factory):
-    """userlands(suite) -> Userland: built (or taken from the cache) and published once
-    per session; skips when this machine cannot build one (not root, no debootstrap)."""
+def userlands():
+    """userlands(suite) -> Userland: built and published (or both taken from the cache,
+    tests/userlands.py), served for the session; tests must not write into its tree;
+    skips when this machine cannot build one (not root, no debootstrap)."""
     made: dict[str, Userland] = {}
     with contextlib.ExitStack() as stack:
 
@@ -292,15 +299,18 @@ def userlands(tmp_path_factory):
                     pytest.skip(str(e))
                 except UserlandBuildFailed as e:
                     pytest.fail(str(e))
-                base = tmp_path_factory.mktemp(f"userland-{suite}")
                 name = f"{suite}.test.org"
-                stratum, keys = str(base / "stratum"), str(base / "keys")
-                result = publish(
-                    PublishOptions(source=tree, name=name, stratum=stratum, keys_dir=keys)
+                stratum, keys, _ = published_userland(
+                    suite,
+                    tree,
+                    lambda stratum, keys: publish(
+                        PublishOptions(source=tree, name=name, stratum=stratum, keys_dir=keys)
+                    ),
                 )
                 srv = stack.enter_context(serving(StratumServer(stratum)))
+                # cached publications keep no PublishResult: result is None
                 made[suite] = Userland(
-                    suite, tree, Published(tree, stratum, keys, name, result), srv.url
+                    suite, tree, Published(tree, stratum, keys, name, None), srv.url
                 )
             return made[suite]
 

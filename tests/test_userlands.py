@@ -131,3 +131,29 @@ def test_published_userland_reads_as_the_tree(userland, tmp_path):
     ).stdout.decode()
     assert out.splitlines()[0].endswith(userland.glibc), out
     assert open(f"{userland.tree}/etc/debian_version").read().startswith(userland.release)
+
+
+def test_publication_cached_until_tree_or_publisher_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARROT_CVMFS_TEST_CACHE", str(tmp_path))
+    tree = str(tmp_path / "tree")
+    fake_tree(tree)
+    calls = []
+
+    def publish(stratum, keys):
+        calls.append(stratum)
+        os.makedirs(stratum)
+        os.makedirs(keys)
+
+    def failing(stratum, keys):
+        os.makedirs(stratum)
+        raise RuntimeError("publisher died")
+
+    stratum, keys, made = ul.published_userland("bullseye", tree, publish)
+    assert made and os.path.isdir(stratum) and os.path.isdir(keys)
+    assert ul.published_userland("bullseye", tree, publish)[2] is False
+    write(f"{tree}/etc/debian_version", "11.12\n")  # another tree: published again
+    with pytest.raises(RuntimeError):
+        ul.published_userland("bullseye", tree, failing)
+    assert not os.path.exists(f"{ul.cache_dir()}/bullseye.published.partial")
+    assert ul.published_userland("bullseye", tree, publish)[2] is True
+    assert len(calls) == 2

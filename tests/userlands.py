@@ -7,13 +7,19 @@ directory named after the suite is always complete; `<suite>.lock` (flock) keeps
 test runs from building one suite at once. A `.partial` tree whose log says OK (a
 build started by someone else with the same options) is adopted, not rebuilt.
 
+The published repository of a tree is cached beside it (`<suite>.published/`, with
+the stratum and keys), reused while the publisher's and format's sources, the tree and
+the whitelist's validity say it is the same one.
+
 The mirror is the machine's own: the first Debian main-archive entry of its apt
 sources (one-line `deb` lists and deb822 `.sources`), never a name written here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -190,6 +196,24 @@ def _debootstrap(suite: str, partial: str, log: str) -> None:
         raise UserlandBuildFailed(f"debootstrap {suite} from {mirror} failed: see {log}")
 
 
+@contextlib.contextmanager
+def _locked(path: str, what: str):
+    """An exclusive flock on `path` for the block, waited for at most LOCK_WAIT."""
+    with open(path, "a") as lock:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserlandBuildFailed(
+                        f"another run has been making {what} for too long ({path})"
+                    ) from None
+                time.sleep(2)
+        yield
+
+
 def ensure_userland(suite: str) -> str:
     """The path of a complete `suite` tree (see SUITES), built or adopted if needed."""
     if suite not in SUITES:
@@ -200,18 +224,7 @@ def ensure_userland(suite: str) -> str:
         return tree
     os.makedirs(root, exist_ok=True)
     partial, log = f"{tree}.partial", f"{tree}.log"
-    with open(f"{tree}.lock", "a") as lock:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise UserlandBuildFailed(
-                        f"another run has been building {suite} for too long ({tree}.lock)"
-                    ) from None
-                time.sleep(2)
+    with _locked(f"{tree}.lock", suite):
         if _looks_complete(tree, suite):  # built by the run that held the lock
             return tree
         if os.path.lexists(tree):  # incomplete under the final name: never trust it
@@ -221,3 +234,62 @@ def ensure_userland(suite: str) -> str:
             _debootstrap(suite, partial, log)
         os.rename(partial, tree)
     return tree
+
+
+PUBLISHED_MAX_AGE = 7 * 86400  # well inside the whitelist's 30 days
+
+
+def _publish_key(tree: str) -> str:
+    """What a cached publication of `tree` must match: our publisher's and format's
+    sources, and the tree itself (its root and its release file)."""
+    import parrot_cvmfs
+
+    pkg = os.path.dirname(os.path.abspath(parrot_cvmfs.__file__))
+    h = hashlib.sha256()
+    for sub in ("server", "format"):
+        d = os.path.join(pkg, sub)
+        for name in sorted(os.listdir(d)):
+            if name.endswith(".py"):
+                with open(os.path.join(d, name), "rb") as f:
+                    h.update(name.encode() + b"\0" + f.read())
+    s = os.stat(tree)
+    h.update(f"{s.st_ino}:{s.st_mtime_ns}".encode())
+    with open(os.path.join(tree, "etc/debian_version"), "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()
+
+
+def published_userland(suite: str, tree: str, publish) -> tuple[str, str, bool]:
+    """(stratum, keys directory, whether it was published now) of `tree` published
+    by `publish(stratum, keys)` as this suite's repository, cached beside the tree."""
+    base = os.path.join(cache_dir(), f"{suite}.published")
+    stratum, keys, stamp = f"{base}/stratum", f"{base}/keys", f"{base}/stamp"
+    key = _publish_key(tree)
+
+    def fresh() -> bool:
+        try:
+            with open(stamp) as f:
+                same = f.read().strip() == key
+            return same and time.time() - os.stat(stamp).st_mtime < PUBLISHED_MAX_AGE
+        except OSError:
+            return False
+
+    if fresh():
+        return stratum, keys, False
+    os.makedirs(cache_dir(), exist_ok=True)
+    with _locked(f"{base}.lock", f"the {suite} repository"):
+        if fresh():
+            return stratum, keys, False
+        partial = f"{base}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        try:
+            publish(f"{partial}/stratum", f"{partial}/keys")
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        with open(f"{partial}/stamp", "w") as f:
+            f.write(key + "\n")
+        shutil.rmtree(base, ignore_errors=True)
+        os.rename(partial, base)
+    return stratum, keys, True
