@@ -307,3 +307,149 @@ def test_unprivileged_user_on_its_own_overlay(lower, tmp_path):
     assert open(d / "upper/etc/a").read() == "lower a\nby nobody\n"
     assert os.stat(d / "upper/etc/a").st_uid == 65534
     shutil.rmtree(base)
+
+
+# -- the kernel's overlayfs as the reference ----------------------------------------------------
+
+OPS = [
+    ("append", "/etc/a", "more\n"),
+    ("create", "/etc/new", "new\n"),
+    ("unlink", "/etc/sub/x"),
+    ("rmdir", "/etc/sub"),
+    ("mkdir", "/etc/sub"),
+    ("create", "/etc/sub/y", "y\n"),
+    ("rename", "/etc/a", "/etc/b"),
+    ("symlink", "/etc/b", "/bin/abs"),
+    ("link", "/etc/b", "/etc/hard"),
+    ("unlink", "/bin/link"),
+    ("unlink", "/tree/a/b/leaf"),
+    ("rmdir", "/tree/a/b"),
+    ("rmdir", "/tree/a"),
+    ("rename", "/empty", "/empty2"),  # a lower directory: EXDEV
+    ("rename", "/etc/sub", "/sub-moved"),  # opaque, upper only: moves
+    ("rmdir", "/etc"),  # ENOTEMPTY
+    ("mkdir", "/etc"),  # EEXIST
+    ("unlink", "/etc/none"),  # ENOENT
+    ("chmod", "/bin", 0o700),
+    ("rename", "/etc/new", "/tree/new"),
+    ("rmdir", "/tree"),  # ENOTEMPTY: new is there
+]
+
+
+def kernel_op(m: str, op: str, *a) -> int:
+    try:
+        if op in ("append", "create"):
+            with open(m + a[0], "a") as f:
+                f.write(a[1])
+        elif op == "unlink":
+            os.unlink(m + a[0])
+        elif op == "rmdir":
+            os.rmdir(m + a[0])
+        elif op == "mkdir":
+            os.mkdir(m + a[0], 0o755)
+        elif op == "rename":
+            os.rename(m + a[0], m + a[1])
+        elif op == "symlink":
+            os.symlink(a[0], m + a[1])
+        elif op == "link":
+            os.link(m + a[0], m + a[1])
+        elif op == "chmod":
+            os.chmod(m + a[0], a[1])
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+def our_op(ov: Overlay, op: str, *a) -> int:
+    try:
+        if op in ("append", "create"):
+            host = ov.prepare_write(a[0], create_mode=0o644 if op == "create" else None)
+            with open(host, "a") as f:
+                f.write(a[1])
+        elif op == "unlink":
+            ov.remove(a[0])
+        elif op == "rmdir":
+            ov.remove(a[0], directory=True)
+        elif op == "mkdir":
+            ov.mkdir(a[0], 0o755)
+        elif op == "rename":
+            ov.rename(a[0], a[1])
+        elif op == "symlink":
+            ov.symlink(a[0], a[1])
+        elif op == "link":
+            ov.link(a[0], a[1])
+        elif op == "chmod":
+            os.chmod(ov.prepare_write(a[0]), a[1])
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+def kernel_view(m: str) -> dict:
+    out = {}
+    for dp, dns, fns in os.walk(m):
+        for n in dns + fns:
+            p = os.path.join(dp, n)
+            s = os.lstat(p)
+            out[p[len(m) :]] = describe(s, lambda p=p: open(p).read(), lambda p=p: os.readlink(p))
+    return out
+
+
+def describe(s, read, readlink):
+    kind = stat.S_IFMT(s.st_mode)
+    body = read() if kind == stat.S_IFREG else readlink() if kind == stat.S_IFLNK else None
+    return kind, stat.S_IMODE(s.st_mode), body
+
+
+def our_view(ov: Overlay, lower: HostLower, path="/", out=None) -> dict:
+    out = {} if out is None else out
+    for name, kind in ov.entries(path):
+        p = path.rstrip("/") + "/" + name
+        f = ov.lookup(p)
+        assert f is not None and stat.S_IFMT(f.st.st_mode) == kind, p
+        if f.layer == "upper":
+            h = f.host
+            out[p] = describe(f.st, lambda h=h: open(h).read(), lambda h=h: os.readlink(h))
+        else:
+
+            def read(p=p):
+                fd = lower.open(p)
+                try:
+                    return os.read(fd, 1 << 20).decode()
+                finally:
+                    os.close(fd)
+
+            out[p] = describe(f.st, read, lambda p=p: lower.readlink(p))
+        if kind == stat.S_IFDIR:
+            our_view(ov, lower, p, out)
+    return out
+
+
+def test_same_results_as_the_kernels_overlayfs(lower, tmp_path):
+    """The same operations on a kernel overlay mount and on ours: the same errnos, the
+    same merged tree; then ours reads what the kernel left in its upper directory."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting an overlayfs needs root")
+    k, m = tmp_path / "kernel", str(tmp_path / "mnt")
+    for d in (k / "upper", k / "work", tmp_path / "mnt"):
+        d.mkdir(parents=True)
+    opts = f"lowerdir={lower},upperdir={k}/upper,workdir={k}/work,redirect_dir=off"
+    p = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, m], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip(f"no overlayfs mount here: {p.stderr.decode().strip()}")
+    old = os.umask(0o022)
+    try:
+        try:
+            kernel = [kernel_op(m, *op) for op in OPS]
+            expected = kernel_view(m)
+        finally:
+            subprocess.run(["umount", m], check=True)
+        low = HostLower(lower)
+        with Overlay(str(tmp_path / "ours"), low) as ov:
+            ours = [our_op(ov, *op) for op in OPS]
+            assert ours == kernel, [o for o, a, b in zip(OPS, ours, kernel, strict=True) if a != b]
+            assert our_view(ov, low) == expected
+        with Overlay(str(k), low) as ov:  # the kernel's upper, in the kernel's format
+            assert our_view(ov, low) == expected
+    finally:
+        os.umask(old)
