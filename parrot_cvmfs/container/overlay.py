@@ -720,7 +720,11 @@ class Overlay:
             if lower_visible:
                 s = self.lower.lstat(path)
                 if s is not None and st.S_ISDIR(s.st_mode):
-                    out.extend((n, t) for n, t in self.lower.entries(path) if n not in hidden)
+                    out.extend(
+                        (n, t)
+                        for n, t in self.lower.entries(path)
+                        if n not in hidden and not n.startswith(WH)  # reserved in every layer
+                    )
                 elif ufd is None:
                     raise _fail(errno.ENOENT if s is None else errno.ENOTDIR, path)
             elif ufd is None:
