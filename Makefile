@@ -12,7 +12,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-UNIT := not tracer and not real_data and not nginx and not squid and not unprivileged and not slow and not fuzz
+UNIT := not tracer and not userland and not real_data and not nginx and not squid and not unprivileged and not slow and not fuzz
 test-unit: setup
 	$(BIN)/python -m pytest -q -m "$(UNIT)"
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,13 @@ from parrot_cvmfs.server.serve import StratumServer
 
 from .servers import FaultyServer, Nginx, serving
 from .treegen import make_tree
+from .userlands import (
+    SUITES,
+    UserlandBuildFailed,
+    UserlandUnavailable,
+    ensure_userland,
+    published_userland,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,6 +61,8 @@ FIXTURE_MARKERS = {
     "nginx_pair": "nginx",
     "squids": "squid",
     "bundled": "slow",  # a preload and a bundle of the published tree, then unbundled
+    "userland": "userland",  # a debootstrapped Debian, published and served
+    "userlands": "userland",
 }
 
 
@@ -259,3 +269,55 @@ def nginx_published(published, tmp_path_factory):
 
 def make_cli(env) -> Cli:
     return Cli(env)
+
+
+class Userland:
+    """A Debian userland (tests/userlands.py): the host tree and the same tree published
+    by our publisher as `name`, served at `url`; `env` names it for parrot_run."""
+
+    def __init__(self, suite: str, tree: str, published: Published, url: str):
+        self.suite, self.tree, self.published, self.url = suite, tree, published, url
+        self.release, self.glibc = SUITES[suite]
+        self.name = published.name
+        self.cvmfs = f"/cvmfs/{self.name}"  # the tree as the job sees it
+        self.env = published_env(published, url)
+
+
+@pytest.fixture(scope="session")
+def userlands():
+    """userlands(suite) -> Userland: built and published (or both taken from the cache,
+    tests/userlands.py), served for the session; tests must not write into its tree;
+    skips when this machine cannot build one (not root, no debootstrap)."""
+    made: dict[str, Userland] = {}
+    with contextlib.ExitStack() as stack:
+
+        def get(suite: str) -> Userland:
+            if suite not in made:
+                try:
+                    tree = ensure_userland(suite)
+                except UserlandUnavailable as e:
+                    pytest.skip(str(e))
+                except UserlandBuildFailed as e:
+                    pytest.fail(str(e))
+                name = f"{suite}.test.org"
+                stratum, keys, _ = published_userland(
+                    suite,
+                    tree,
+                    lambda stratum, keys: publish(
+                        PublishOptions(source=tree, name=name, stratum=stratum, keys_dir=keys)
+                    ),
+                )
+                srv = stack.enter_context(serving(StratumServer(stratum)))
+                # cached publications keep no PublishResult: result is None
+                made[suite] = Userland(
+                    suite, tree, Published(tree, stratum, keys, name, None), srv.url
+                )
+            return made[suite]
+
+        yield get
+
+
+@pytest.fixture(scope="session", params=sorted(SUITES))
+def userland(request, userlands) -> Userland:
+    """Each Debian userland in turn (glibc older and newer than the host's)."""
+    return userlands(request.param)
