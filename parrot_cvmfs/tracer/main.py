@@ -124,7 +124,14 @@ class UsageError(Exception):
 
 def parse_args(argv: list[str]) -> dict:
     """Options up to the first operand (or `--`); the rest is the command, untouched."""
-    args: dict = {"cvmfs": [], "option": [], "debug_flags": [], "command": [], "mounts": [], "env": []}
+    args: dict = {
+        "cvmfs": [],
+        "option": [],
+        "debug_flags": [],
+        "command": [],
+        "mounts": [],
+        "env": [],
+    }
     i = 0
     while i < len(argv):
         a = argv[i]
