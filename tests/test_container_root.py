@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -350,3 +351,125 @@ def test_path_is_the_guests(run):
     assert env_out.strip() == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     given = ok(run("sh", "-c", "echo $PATH", options=["--env", "PATH=/bin"]))
     assert given.strip() == "/bin"
+
+
+# -- --overlay: the root's writable layer --------------------------------------------------
+
+_CHANGES = (
+    "echo new > /etc/newfile && echo more >> /etc/debian_version && rm /etc/issue"
+    " && mv /etc/issue.net /etc/renamed && mkdir /etc/made && mkdir /opt/gone"
+    " && rmdir /opt/gone && ln -s newfile /etc/soft && ln /etc/newfile /etc/hard"
+    " && chmod 600 /etc/hostname && touch /usr/share/touched && rm -r /etc/cron.daily"
+    " && mkdir /etc/cron.daily && echo x > /etc/cron.daily/only"
+)
+_LOOK = (
+    "cat /etc/newfile /etc/soft /etc/hard /etc/debian_version; ls /etc/issue 2>&1;"
+    " ls /opt/gone 2>&1; ls /etc/cron.daily; stat -c '%a %h' /etc/hostname /etc/hard;"
+    " cat /etc/renamed >/dev/null && echo renamed; ls -d /etc/made; ls -A /etc; echo --; ls -A /"
+)
+
+
+_BOUND_ETC = ("resolv.conf", "hosts", "localtime", "passwd", "group")
+
+
+def _looked(out: str, root: str) -> None:
+    lines = out.splitlines()
+    release = open(os.path.join(root, "etc/debian_version")).read().strip()
+    assert lines[:5] == ["new", "new", "new", release, "more"], out
+    assert "No such file or directory" in lines[5] and "No such file or directory" in lines[6]
+    assert lines[7:12] == ["only", "600 1", "644 2", "renamed", "/etc/made"], out
+    # listings merged: the upper's names over the root's, whiteouts and ours hidden
+    etc = set(os.listdir(os.path.join(root, "etc"))) - {"issue", "issue.net"}
+    etc |= {"newfile", "soft", "hard", "renamed", "made"}
+    etc |= {n for n in _BOUND_ETC if os.path.lexists(f"/etc/{n}")}  # default binds
+    i = lines.index("--")
+    assert len(lines[12:i]) == len(etc) and set(lines[12:i]) == etc, out
+    assert set(lines[i + 1 :]) >= set(os.listdir(root)), out
+
+
+def test_overlay_changes_persist_and_the_root_stays(run_modes, bullseye, tmp_path):
+    """Create, modify, remove, rename, mkdir, rmdir, symlink, hard link, chmod and an
+    opaque directory land in the overlay; a second run sees them, the root does not
+    change (the host tree compared with what it held)."""
+    before = {p: os.lstat(os.path.join(bullseye, p)) for p in ("etc", "etc/debian_version")}
+    release = open(os.path.join(bullseye, "etc/debian_version")).read().strip()
+    ov = str(tmp_path / "ov")
+    ok(run_modes.sh(_CHANGES, options=["--overlay", ov]))
+    _looked(ok(run_modes.sh(_LOOK, options=["--overlay", ov])), bullseye)
+    assert os.path.exists(os.path.join(ov, "upper", "etc", ".wh.issue"))
+    for p, s in before.items():  # the lower tree is the cached userland: untouched
+        now = os.lstat(os.path.join(bullseye, p))
+        assert (now.st_mtime_ns, now.st_size) == (s.st_mtime_ns, s.st_size)
+    assert os.path.exists(os.path.join(bullseye, "etc", "issue"))
+    # without the overlay the root is as it was
+    p = run_modes.sh("cat /etc/debian_version; ls /etc/newfile 2>&1; true")
+    assert ok(p).splitlines()[0] == release and "No such file" in p.stdout
+
+
+def test_overlay_as_nobody_and_one_job_at_a_time(run, tmp_path):
+    """An unprivileged user's overlay; a second job on the same overlay is refused
+    with one line while the first runs."""
+    work = tempfile.mkdtemp(prefix="croot-overlay-", dir="/tmp")
+    try:
+        os.chmod(work, 0o777)
+        ov = os.path.join(work, "ov")
+        run.env = dict(run.env, PARROT_CVMFS_CACHE=os.path.join(work, "cache"))
+        opts = ["--overlay", ov]
+        out = ok(
+            run.sh(
+                "echo mine > /etc/mine; id -un; cat /etc/mine",
+                options=opts,
+                user="nobody",
+                cwd=work,
+            )
+        )
+        assert out.split() == ["nobody", "mine"]
+        assert os.stat(os.path.join(ov, "upper", "etc", "mine")).st_uid != 0
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *PARROT]
+        first = subprocess.Popen(
+            [*argv, "--root", run.root, *opts, "--", "/bin/sh", "-c", "read x"],
+            env=run.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=work,
+        )  # fmt: skip
+        try:
+            ok(
+                run(
+                    "true",
+                    options=["--overlay", os.path.join(work, "other")],
+                    user="nobody",
+                    cwd=work,
+                )
+            )
+            lock = os.path.join(ov, "work", "parrot.lock")
+            for _ in range(1200):  # until the first job holds the lock (bounded)
+                if _locked(lock) or first.poll() is not None:
+                    break
+                time.sleep(0.05)
+            p = run("true", options=opts, user="nobody", cwd=work)
+        finally:
+            first.communicate("\n", timeout=60)
+        assert p.returncode == 1, p
+        assert p.stderr.count("\n") == 1 and "in use" in p.stderr, p.stderr
+        assert first.returncode == 0
+    finally:
+        shutil.rmtree(work)
+
+
+def _locked(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_overlay_and_run_need_a_root(tmp_path):
+    for opt in (["--overlay", str(tmp_path / "ov")],):
+        p = subprocess.run([*PARROT, *opt, "--", "true"], capture_output=True, text=True)
+        assert p.returncode == 1 and p.stderr.count("\n") == 1 and "needs --root" in p.stderr
+        assert not os.path.exists(tmp_path / "ov")

@@ -265,6 +265,9 @@ if TYPE_CHECKING:
             """(MISSING/DIR/LINK/OTHER, the link's target) of a location, not followed."""
             ...
 
+        # optional: kind_in(location, guest, mount), the same knowing the guest path
+        # and its mount (a writable overlay over the root answers by guest path)
+
 
 class Resolved:
     """A guest path resolved: `err` (0 or an errno; `missing_last`: only the last
@@ -314,12 +317,15 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
     if path.endswith("/"):
         follow = True
     guest = "/" if path.startswith("/") else normalize(cwd)
+    kind_in = getattr(files, "kind_in", None)
+    if kind_in is None:
+        kind_in = lambda location, _guest, _mount: files.kind(location)  # noqa: E731
     todo = list(reversed([c for c in path.split("/") if c]))
     links = 0
     final_link = False
     glue = False
     loc, m = table.locate(guest)
-    kind = DIR if guest == "/" else files.kind(loc)[0]
+    kind = DIR if guest == "/" else kind_in(loc, guest, m)[0]
     if kind == MISSING and table.is_glue(guest):
         kind, glue = DIR, True
     if kind == MISSING:
@@ -336,13 +342,13 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
         if c == "..":
             guest = _parent(guest)
             loc, m = table.locate(guest)
-            kind, glue = DIR, table.is_glue(guest) and files.kind(loc)[0] == MISSING
+            kind, glue = DIR, table.is_glue(guest) and kind_in(loc, guest, m)[0] == MISSING
             continue
         if len(c) > 255:
             return Resolved(err=errno.ENAMETOOLONG)
         child = guest + c if guest == "/" else f"{guest}/{c}"
         cloc, cm = table.locate(child)
-        ckind, target = files.kind(cloc)
+        ckind, target = kind_in(cloc, child, cm)
         cglue = False
         if ckind == MISSING and table.is_glue(child):
             ckind, cglue = DIR, True  # on the way to a bind: a directory, though none lies there

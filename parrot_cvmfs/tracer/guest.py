@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from ..container.mounts import CVMFS, DIR, LINK, MISSING, OTHER, HostFiles, MountTable
 from ..container.mounts import resolve as guest_resolve
@@ -21,8 +22,14 @@ from .vfs import CvmfsView
 class Guest:
     """The mount table and what the tracer needs of it, for one job."""
 
-    def __init__(self, table: MountTable, view: CvmfsView, procs):
+    def __init__(self, table: MountTable, view: CvmfsView, procs, overlay: str | None = None):
         self.table, self.view, self.procs = table, view, procs
+        # --overlay: the root's writable layer (container/overlay.py), locked for this job
+        self.overlay = None
+        self._upper = ""
+        if overlay is not None:
+            self.overlay = _open_overlay(view, table, overlay)
+            self._upper = self.overlay.upper_dir + "/"
         self._host = HostFiles()
         self._tid = 0
         self.exec_plans: dict[str, tuple] = {}  # handlers/execve.py: program -> its plan
@@ -37,6 +44,8 @@ class Guest:
         import hashlib
 
         spec = "\0".join(f"{m.dst}={m.src}:{int(m.readonly)}" for m in table.mounts)
+        if self.overlay is not None:
+            spec += f"\0overlay={self.overlay.directory}"
         self.key = hashlib.sha1(os.fsencode(spec)).hexdigest()[:16]
 
     def memo_loader(self, memo):
@@ -44,7 +53,36 @@ class Guest:
         same mount table kept for it."""
         return lambda rev: memo.load(f"{rev}~{self.key}")
 
+    def close(self) -> None:
+        """Release the overlay's lock (its files stay for the next run)."""
+        if self.overlay is not None:
+            self.overlay.close()
+
     # -- the Files interface of mounts.resolve ----------------------------------------------
+
+    def kind_in(self, location: str, guest: str, mount) -> tuple[int, str]:
+        """`kind`, where the overlay answers first for the root's paths: its upper
+        entries, and whiteouts hiding the root's (a lower entry: the root's kind)."""
+        if self.overlay is None or not mount.root:
+            return self.kind(location)
+        self._host_seen = True  # the upper layer changes as the job writes: never taught
+        try:
+            found = self.overlay.lookup(guest)
+        except OSError:
+            return MISSING, ""
+        if found is None:
+            return MISSING, ""
+        if found.layer == "lower":
+            return self.kind(location)
+        mode = found.st.st_mode
+        if stat.S_ISDIR(mode):
+            return DIR, ""
+        if stat.S_ISLNK(mode):
+            try:
+                return LINK, os.readlink(found.host)
+            except OSError:
+                return MISSING, ""
+        return OTHER, ""
 
     def kind(self, location: str) -> tuple[int, str]:
         if location == CVMFS or location.startswith(CVMFS + "/"):
@@ -114,6 +152,10 @@ class Guest:
         """The guest's spelling of a path the kernel reports (cwd, a descriptor's
         target), None if the guest cannot see it."""
         host = host.removesuffix(" (deleted)")
+        if self._upper and host.startswith(self._upper):  # an upper copy: its guest path
+            return host[len(self._upper) - 1 :]
+        if self._upper and host == self._upper[:-1]:
+            return "/"
         g = self._glue_guest.get(host)
         if g is not None:
             return g
@@ -133,9 +175,29 @@ class Guest:
 
     def readonly_host(self, host: str) -> bool:
         """Whether a host file the kernel names (a descriptor's target) lies in a
-        read-only mount of the guest (the root)."""
+        read-only mount of the guest (the root). An upper copy of the overlay is the
+        job's own file: the kernel changes it."""
+        if self._upper and (host.startswith(self._upper) or host == self._upper[:-1]):
+            return False
         g = self.guest_of(host)
         return g is not None and self.table.mount_of(g).readonly
+
+    def overlaid(self, t: Target | None) -> str | None:
+        """The guest path of a target the overlay takes writes for (in the root's
+        mount, --overlay given), None otherwise."""
+        if self.overlay is None or t is None or t.guest is None:
+            return None
+        return t.guest if self.table.mount_of(t.guest).root else None
+
+    def overlay_entries(self, guest: str | None) -> list[tuple[str, int]] | None:
+        """The overlay's merged listing of a directory of the root, None where the
+        overlay has no say (no --overlay, another mount) or cannot list it."""
+        if self.overlay is None or guest is None or not self.table.mount_of(guest).root:
+            return None
+        try:
+            return self.overlay.entries(guest)
+        except OSError:
+            return None
 
     def cwd_of(self, base: str | None) -> str:
         """The guest directory a relative path starts from."""
@@ -155,6 +217,10 @@ class Guest:
         if r.glue and not r.err:  # nothing lies there: an empty directory of ours
             loc = self.glue_dir(r.guest)
         in_cvmfs = loc == CVMFS or loc.startswith(CVMFS + "/")
+        if not r.err and self.overlay is not None and r.mount is not None and r.mount.root:
+            upper = self._upper_target(r, path)
+            if upper is not None:
+                return upper
         if r.err == errno.ENOENT and r.missing_last and not readonly and not in_cvmfs:
             # a name to create in a writable place: the kernel's to make (or to report)
             t = Target(host=loc, via_cvmfs=True, mixed=True)
@@ -185,8 +251,39 @@ class Guest:
                 t.kept_as = f"{rev}~{self.key}"
         return t
 
+    def _upper_target(self, r, path: str) -> Target | None:
+        """A root's entry the overlay's upper layer holds: its upper copy, a host file,
+        still of the read-only mount (writes go through the overlay); None for the
+        lower's entries."""
+        try:
+            found = self.overlay.lookup(r.guest)
+        except OSError as e:
+            return Target(err=e.errno or errno.EIO, mixed=True)
+        if found is None or found.layer != "upper":
+            return None
+        u = Target(host=found.host + ("/" if path.endswith("/") else ""), via_cvmfs=True)
+        u.symlinks, u.mixed, u.readonly, u.proc = r.symlinks, True, True, True
+        u.guest, u.final_link = r.guest, r.final_link
+        return u
+
+
+def _open_overlay(view: CvmfsView, table: MountTable, directory: str):
+    """The overlay in `directory` over the guest root (OverlayError: one line)."""
+    from ..container.overlay import HostLower, Overlay
+    from ..errors import CvmfsError
+
+    root = table.root
+    if root is None:
+        raise CvmfsError("--overlay needs --root (it is the root's writable layer)")
+    if root == CVMFS or root.startswith(CVMFS + "/"):
+        from .guestroot import CvmfsLower
+
+        return Overlay(directory, CvmfsLower(view, root))
+    return Overlay(directory, HostLower(root))
+
 
 # -- setting the namespace up (parrot_run --root, -B, -M, -m) ---------------------------------
+
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # apptainer's
 

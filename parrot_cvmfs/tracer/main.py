@@ -44,6 +44,8 @@ container options (a whole userland as the job's root, no container runtime):
   -M DST=SRC            show SRC at DST (Parrot's syntax); repeatable
   -m FILE               a mount file: lines "DST SRC", # comments; repeatable
                         (the deepest DST wins; for one DST, the last one given)
+  --overlay DIR         with --root: writes into the root land in DIR (upper/ and
+                        work/, OCI whiteouts; kept for later runs; one job at a time)
   --no-default-binds    only /proc, /dev and /cvmfs from the host with --root
   --env NAME=VALUE      set NAME in the job's environment (PATH is the guest's
                         default under --root unless given); repeatable
@@ -114,6 +116,7 @@ _OPTIONS = {
     "-M": ("mounts", True, True),
     "-m": ("mounts", True, True),
     "--no-default-binds": ("no_default_binds", False, False),
+    "--overlay": ("overlay", True, False),
     "--env": ("env", True, True),
 }
 
@@ -300,7 +303,10 @@ def _run(args: dict, config, debug) -> int:
         binds=binds,
         default_binds=not args.get("no_default_binds"),
         env=env,
+        overlay=args.get("overlay"),
     )
+    if opts.overlay is not None and opts.root is None:
+        raise CvmfsError("--overlay needs --root (it acts on the job's root)")
     sup = Supervisor(opts)
     try:
         return sup.run()

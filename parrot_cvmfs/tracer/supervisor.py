@@ -32,6 +32,7 @@ class Options:
         "binds",
         "default_binds",
         "env",
+        "overlay",
     )
 
     def __init__(
@@ -49,6 +50,7 @@ class Options:
         binds: list[tuple[str, str, bool]] | None = None,
         default_binds: bool = True,
         env: dict[str, str] | None = None,
+        overlay: str | None = None,
     ):
         self.command = command
         self.cvmfs = cvmfs or []
@@ -63,6 +65,7 @@ class Options:
         self.binds = binds or []  # (src, dst, readonly), in the order given
         self.default_binds = default_binds
         self.env = env or {}  # --env NAME=VALUE
+        self.overlay = overlay  # --overlay DIR: the root's writable layer
 
 
 class Supervisor:
@@ -92,7 +95,7 @@ class Supervisor:
             from .guest import Guest, build_table
 
             table = build_table(self.view, opts.root, opts.binds, opts.default_binds)
-            self.guest = Guest(table, self.view, self.procs)
+            self.guest = Guest(table, self.view, self.procs, opts.overlay)
         self.core = Core(
             calls,
             self.arch,
@@ -145,12 +148,13 @@ class Supervisor:
         from .guest import find_program, host_cwd, job_environment
 
         env = job_environment(self.guest.table, env, self.opts.env)
-        file = find_program(self.guest, self.opts.command[0], env.get("PATH", ""))
+        command = self.opts.command
+        file = find_program(self.guest, command[0], env.get("PATH", ""))
         # the job starts in its guest cwd: the supervisor goes there for the fork only
         here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.chdir(host_cwd(self.guest))
-            return self.core.spawn(self.opts.command, env, file)
+            return self.core.spawn(command, env, file)
         finally:
             os.fchdir(here)
             os.close(here)
@@ -209,6 +213,8 @@ class Supervisor:
 
     def close(self) -> None:
         self.keep()
+        if self.guest is not None:
+            self.guest.close()
         self.view.close()
 
 

@@ -15,15 +15,24 @@ from .context import RESUME, X_OK, Context, skip
 def guest_listing(c: Context, entries: list | None) -> list | None:
     """The one merge point of a guest directory's listing (the descriptor's target is
     c.base): the mount points below it that the directory itself lacks are added
-    (glue). The overlay's merged listing (upper over lower, whiteouts hidden) plugs in
-    here. None: the kernel's listing is the guest's."""
+    (glue). Under --overlay a directory of the root lists the overlay's merge (upper
+    over lower, whiteouts hidden), a new list each time (never taught: it changes as
+    the job writes). None: the kernel's listing is the guest's."""
     guest = c.guest.guest_of(c.base) if c.base else None
     if guest is None:
         return entries
     glue = c.guest.table.glue(guest)
-    if not glue:
+    merged = c.guest.overlay_entries(guest)
+    if merged is not None:
+        entries = [(2, 2, 4, b"."), (3, 3, 4, b"..")]
+        for name, fmt in merged:
+            raw = os.fsencode(name)
+            entries.append((_ino(guest, raw), 0, fmt >> 12, raw))
+        scanned = False
+    elif not glue:
         return entries
-    scanned = entries is None
+    else:
+        scanned = entries is None
     if scanned:
         try:
             with os.scandir(c.base) as it:
@@ -35,10 +44,17 @@ def guest_listing(c: Context, entries: list | None) -> list | None:
             return None
     have = {name for _, _, _, name in entries}
     extra = [(1, 0, 4, os.fsencode(n)) for n in glue if os.fsencode(n) not in have]
-    if not extra:
+    if not extra and merged is None:
         return None if scanned else entries
     rows = entries + extra
     return [(ino, i + 1, t, name) for i, (ino, _, t, name) in enumerate(rows)]
+
+
+def _ino(directory: str, name: bytes) -> int:
+    """A stable non-zero d_ino for a merged entry (stat gives the real one)."""
+    import zlib
+
+    return (zlib.crc32(name, zlib.crc32(os.fsencode(directory))) & 0x7FFFFFFF) | 1
 
 
 def h_getdents(c: Context) -> tuple:

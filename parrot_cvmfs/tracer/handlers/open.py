@@ -52,18 +52,20 @@ def h_open(c: Context) -> tuple:
     if t.err:
         if t.err == errno.ENOENT and t.missing_last and flags & O_CREAT:
             # "name/" cannot be created as a file (open_last_lookups: EISDIR)
-            return skip(-errno.EISDIR) if t.trailing else readonly_write(c, t)
+            if t.trailing:
+                return skip(-errno.EISDIR)
+            return readonly_write(c, t, open_how=(flags, mode, how))
         if not resolve_flags:  # ld.so probes many missing paths: answer them in C next time
             remember(c, follow, t)
         return skip(-t.err)
     if not t.virtual:
         if t.readonly:  # a file of the guest root
-            refused = _write_open(c, t, flags, os.path.isdir(t.host))
+            refused = _write_open(c, t, (flags, mode, how), os.path.isdir(t.host))
             if refused is not None:
                 return refused
         return _host_open(t, how, flags, mode)
     node = t.node
-    refused = _write_open(c, t, flags, node.is_dir)
+    refused = _write_open(c, t, (flags, mode, how), node.is_dir)
     if refused is not None:
         return refused
     if flags & O_DIRECTORY and not node.is_dir:
@@ -88,9 +90,10 @@ def h_open(c: Context) -> tuple:
     return ("open", backing, flags, 0, node.vpath if node.is_regular else None, how, True)
 
 
-def _write_open(c: Context, t: Target, flags: int, is_dir: bool) -> tuple | None:
+def _write_open(c: Context, t: Target, open_how: tuple, is_dir: bool) -> tuple | None:
     """An open of an existing entry of a read-only mount that would write: refused in
     the kernel's order (do_open: O_TMPFILE, O_EXCL, a directory, then the mount)."""
+    flags = open_how[0]
     acc = flags & O_ACCMODE
     if flags & O_TMPFILE == O_TMPFILE:
         return skip(-errno.EROFS if is_dir else -errno.ENOTDIR)
@@ -99,7 +102,7 @@ def _write_open(c: Context, t: Target, flags: int, is_dir: bool) -> tuple | None
     if is_dir and (acc != 0 or flags & O_TRUNC):
         return skip(-errno.EISDIR)
     if acc != 0 or flags & O_TRUNC:
-        return readonly_write(c, t)
+        return readonly_write(c, t, open_how=open_how)
     return None
 
 

@@ -16,12 +16,67 @@ from .context import RESUME, Context, exists_readonly, in_cvmfs, skip
 from .sockets import socket_at
 
 
-def readonly_write(c: Context, t: Target) -> tuple:
+def readonly_write(c: Context, t: Target, t2: Target | None = None, open_how=None) -> tuple:
     """The one decision for a write into a read-only mount once the kernel's earlier
-    checks passed: /cvmfs, the guest root (--root) and binds from /cvmfs. The overlay
-    (--overlay, container/overlay.py) plugs in here for the root: copy-up or whiteout,
-    then the call retargeted at the upper copy. Today: EROFS."""
-    return skip(-errno.EROFS)
+    checks passed: /cvmfs, the guest root (--root) and binds from /cvmfs are EROFS,
+    except the root under --overlay (container/overlay.py): there the change is made
+    in the upper layer (`t2`: rename's and link's second target; `open_how`: an open's
+    (flags, mode, openat2's struct))."""
+    guest = c.guest.overlaid(t) if c.guest is not None else None
+    if guest is None:
+        return skip(-errno.EROFS)
+    try:
+        return _overlay_write(c, guest, t2, open_how)
+    except OSError as e:
+        return skip(-(e.errno or errno.EIO))
+
+
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_S_IFMT, _S_IFREG = 0o170000, 0o100000
+
+
+def _overlay_write(c: Context, guest: str, t2: Target | None, open_how) -> tuple:
+    """The call carried out through the overlay: removals, creations and renames made
+    there (their result the call's), other changes retargeted at the upper copy (a
+    copy-up first) for the kernel to make with its own result and checks."""
+    from .delivery import _umask_of
+
+    ov = c.guest.overlay
+    name, args = c.call.name, c.args
+    if open_how is not None:  # a write-open or O_CREAT
+        flags, mode, how = open_how
+        create = mode & 0o7777 & ~_umask_of(c.tid) if flags & 0o100 else None
+        host = ov.prepare_write(guest, create, exclusive=bool(flags & 0o200))
+        return ("open", host, flags & ~0o200, mode, None, how, False)
+    if name in ("rmdir", "unlink", "unlinkat"):
+        ov.remove(guest, name == "rmdir" or bool(name == "unlinkat" and args[2] & AT_REMOVEDIR))
+        return skip(0)
+    if name in ("mkdir", "mkdirat"):
+        ov.mkdir(guest, int(args[c.call.path + 1]) & 0o7777 & ~_umask_of(c.tid))
+        return skip(0)
+    if name in ("mknod", "mknodat"):
+        mode = int(args[c.call.path + 1])
+        if mode & _S_IFMT not in (0, _S_IFREG):
+            return skip(-errno.EPERM)  # no device, fifo or socket in the upper layer
+        ov.prepare_write(guest, mode & 0o7777 & ~_umask_of(c.tid), exclusive=True)
+        return skip(0)
+    if name in ("symlink", "symlinkat"):
+        ov.symlink(c.core.read_cstr(c.tid, args[0]), guest)
+        return skip(0)
+    if name in ("rename", "renameat", "renameat2", "link", "linkat"):
+        other = c.guest.overlaid(t2)
+        if other is None:
+            return skip(-errno.EXDEV)  # the other name lies in another mount
+        if name.startswith("link"):
+            ov.link(guest, other)
+            return skip(0)
+        flags = int(args[4]) if name == "renameat2" else 0
+        if flags & _RENAME_EXCHANGE or flags & ~(_RENAME_NOREPLACE | _RENAME_EXCHANGE):
+            return skip(-errno.EINVAL)  # what a file system without RENAME_EXCHANGE says
+        ov.rename(guest, other, noreplace=bool(flags & _RENAME_NOREPLACE))
+        return skip(0)
+    # truncate, chmod, chown, utimes, setxattr, ...: on the upper copy, by the kernel
+    return ("host", ov.prepare_write(guest))
 
 
 def _refuse(c: Context, err: int) -> tuple:
@@ -88,8 +143,8 @@ def h_write_remove(c: Context) -> tuple:
             if not rmdir:
                 return skip(-errno.EISDIR)
             return skip(-(errno.EINVAL if t.last == LAST_DOT else errno.ENOTEMPTY))
-        if t.err:
-            return skip(-errno.EROFS)  # the kernel checks the mount before the name
+        # the kernel checks the mount before the name (EROFS); an overlaid root is
+        # writable, so there the name is looked up (ENOENT)
         return readonly_write(c, t)
     if t.err:
         return skip(-t.err)
@@ -131,7 +186,7 @@ def h_write_rename(c: Context) -> tuple:
         return skip(-errno.EXDEV)
     if any(t is not None and t.last != LAST_NORM for t in (t1, t2)):
         return skip(-errno.EBUSY)
-    return readonly_write(c, t1)
+    return readonly_write(c, t1, t2)
 
 
 def h_write_link(c: Context) -> tuple:
@@ -155,6 +210,8 @@ def h_write_link(c: Context) -> tuple:
     if t2.missing_last and t2.trailing:
         return skip(-errno.ENOENT)
     if v2:
+        if c.guest is not None and c.guest.overlaid(t1) and c.guest.overlaid(t2):
+            return readonly_write(c, t1, t2)  # both in the overlaid root
         return readonly_write(c, t2)
     new_host = t2.host or ""
     if os.path.lexists(new_host):
