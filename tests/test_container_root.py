@@ -469,7 +469,33 @@ def _locked(path: str) -> bool:
 
 
 def test_overlay_and_run_need_a_root(tmp_path):
-    for opt in (["--overlay", str(tmp_path / "ov")],):
+    for opt in (["--overlay", str(tmp_path / "ov")], ["--run"]):
         p = subprocess.run([*PARROT, *opt, "--", "true"], capture_output=True, text=True)
         assert p.returncode == 1 and p.stderr.count("\n") == 1 and "needs --root" in p.stderr
         assert not os.path.exists(tmp_path / "ov")
+
+
+# -- images as apptainer runs them ------------------------------------------------------------
+
+
+def test_image_environment_and_runscript(run, tmp_path):
+    """A root with /.singularity.d (shown by a bind, the userland staying as it is):
+    the environment is its scripts' (the user's --env beats them), --run starts its
+    runscript with the command's words."""
+    sd = tmp_path / "sd"
+    (sd / "env").mkdir(parents=True)
+    (sd / "env" / "90-environment.sh").write_text(
+        "#!/bin/sh\nexport IMAGE_NAME=tiny\nexport PATH=/opt/tiny/bin:$PATH\n"
+        "if [ -d /etc/apt ]; then export HAS_APT=yes; fi\nexport OVERRIDDEN=image\n"
+    )
+    (sd / "runscript").write_text('#!/bin/sh\necho "runscript $IMAGE_NAME $*"\n')
+    (sd / "runscript").chmod(0o755)
+    opts = ["-B", f"{sd}:/.singularity.d", "--env", "OVERRIDDEN=user"]
+    out = ok(run.sh('echo "$IMAGE_NAME $HAS_APT $OVERRIDDEN $PATH"', options=opts))
+    assert out.split() == ["tiny", "yes", "user", "/opt/tiny/bin:" + _DEFAULT_PATH]
+    argv = [*PARROT, "--root", run.root, *opts, "--run", "a", "b c"]
+    p = subprocess.run(argv, env=run.env, capture_output=True, text=True, timeout=300)
+    assert ok(p) == "runscript tiny a b c\n"
+
+
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -285,9 +285,6 @@ def _open_overlay(view: CvmfsView, table: MountTable, directory: str):
 # -- setting the namespace up (parrot_run --root, -B, -M, -m) ---------------------------------
 
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # apptainer's
-
-
 def canonical_source(view: CvmfsView, path: str, what: str) -> str:
     """A root or bind source as a canonical location: host symlinks resolved, a /cvmfs
     path resolved in the catalogs (image tags are symlinks into .flat/). Raises
@@ -368,16 +365,33 @@ def find_program(guest: Guest, name: str, path_var: str) -> str | None:
     return None
 
 
-def job_environment(table: MountTable, host_env: dict[str, str], given: dict[str, str]):
-    """The job's environment in a guest root: the host's, PATH the guest's default
-    unless given, then `--env` values. (An image's /.singularity.d/env/*.sh scripts,
-    run as apptainer runs them by container/image.py, are applied here: this is the one
-    place the environment is made.)"""
-    env = dict(host_env)
-    if table.root is not None:
-        env["PATH"] = DEFAULT_PATH
-    env.update(given)
-    return env
+def job_environment(guest: Guest, host_env: dict[str, str], given: dict[str, str], warn):
+    """The job's environment, the one place it is made: binds alone keep the host's
+    with the `--env` values; in a guest root, as `apptainer exec` makes it
+    (container/image.py: the image's /.singularity.d/env/*.sh scripts read in the
+    guest's namespace, PATH the guest's default unless given, then `--env`)."""
+    if guest.table.root is None:
+        env = dict(host_env)
+        env.update(given)
+        return env
+    from ..container.image import job_environment as image_environment
+    from .guestroot import GuestReader
+
+    return image_environment(GuestReader(guest), host_env, given.items(), warn)
+
+
+def run_command(guest: Guest, args: list[str]) -> list[str]:
+    """--run: the image's runscript (else /bin/sh) with `args` (apptainer run's argv);
+    CvmfsError when the root has nothing to run."""
+    from ..container.image import ImageError
+    from ..container.image import run_command as image_run
+    from ..errors import CvmfsError
+    from .guestroot import GuestReader
+
+    try:
+        return image_run(GuestReader(guest), args)
+    except ImageError as e:
+        raise CvmfsError(f"--run: {e}") from None
 
 
 def host_cwd(guest: Guest) -> str:

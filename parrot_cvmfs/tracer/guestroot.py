@@ -1,16 +1,19 @@
 """The guest root read by the pure container modules: the overlay's lower layer when
 the root is in /cvmfs (container/overlay.py's `Lower`, answered from the catalogs and
-the cache)."""
+the cache) and the reader image.py evaluates an image's environment scripts with (the
+guest's namespace, so the scripts see what the job will see)."""
 
 from __future__ import annotations
 
 import errno
 import os
+import stat as st
 
 from .paths import vpath_of_logical
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .guest import Guest
     from .vfs import CvmfsView, Node
 
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -69,3 +72,64 @@ class CvmfsLower:
         if node is None or not node.is_regular:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), path)
         return os.open(self.view.materialize(node), _READ)
+
+
+class GuestReader:
+    """image.py's root reader over the job's namespace: `stat` and `read` follow links
+    in the guest, `entries` lists a directory as the job would (overlay merged)."""
+
+    def __init__(self, guest: Guest):
+        self.guest = guest
+
+    def _target(self, path: str):
+        t = self.guest.resolve(0, path, None, True)
+        return None if t.err else t
+
+    def stat(self, path: str):
+        """The attributes of the guest's `path` (links followed), or None."""
+        t = self._target(path)
+        if t is None:
+            return None
+        if t.virtual:
+            return _Stat(self.guest.view, t.node)
+        try:
+            return os.stat(t.host)
+        except OSError:
+            return None
+
+    def read(self, path: str, limit: int) -> bytes:
+        """At most `limit` bytes of the guest's regular file `path` (OSError if none)."""
+        t = self._target(path)
+        if t is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if t.virtual:
+            if not t.node.is_regular:
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            host = self.guest.view.materialize(t.node)
+        else:
+            host = t.host
+        fd = os.open(host, _READ)
+        try:
+            if not st.S_ISREG(os.fstat(fd).st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            return os.read(fd, limit)
+        finally:
+            os.close(fd)
+
+    def entries(self, path: str) -> list[str]:
+        """The names in the guest's directory `path` ([] if it is none)."""
+        t = self._target(path)
+        if t is None:
+            return []
+        merged = self.guest.overlay_entries(t.guest)
+        if merged is not None:
+            return [name for name, _ in merged]
+        if t.virtual:
+            if not t.node.is_dir:
+                return []
+            listing = self.guest.view.listing(t.node)
+            return [os.fsdecode(n) for _, _, _, n in listing if n not in (b".", b"..")]
+        try:
+            return os.listdir(t.host)
+        except OSError:
+            return []

@@ -46,6 +46,8 @@ container options (a whole userland as the job's root, no container runtime):
                         (the deepest DST wins; for one DST, the last one given)
   --overlay DIR         with --root: writes into the root land in DIR (upper/ and
                         work/, OCI whiteouts; kept for later runs; one job at a time)
+  --run                 with --root: run the image's /.singularity.d/runscript
+                        (apptainer run), the command's words as its arguments
   --no-default-binds    only /proc, /dev and /cvmfs from the host with --root
   --env NAME=VALUE      set NAME in the job's environment (PATH is the guest's
                         default under --root unless given); repeatable
@@ -117,6 +119,7 @@ _OPTIONS = {
     "-m": ("mounts", True, True),
     "--no-default-binds": ("no_default_binds", False, False),
     "--overlay": ("overlay", True, False),
+    "--run": ("run", False, False),
     "--env": ("env", True, True),
 }
 
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.get("version"):
         print(f"parrot_run {__version__}")
         return 0
-    if not args["command"]:
+    if not args["command"] and not args.get("run"):
         print(f"parrot_run: no command given ({USAGE[7:]})", file=sys.stderr)
         return 2
     debug = None
@@ -304,9 +307,11 @@ def _run(args: dict, config, debug) -> int:
         default_binds=not args.get("no_default_binds"),
         env=env,
         overlay=args.get("overlay"),
+        run=bool(args.get("run")),
     )
-    if opts.overlay is not None and opts.root is None:
-        raise CvmfsError("--overlay needs --root (it acts on the job's root)")
+    if (opts.overlay is not None or opts.run) and opts.root is None:
+        which = "--overlay" if opts.overlay is not None else "--run"
+        raise CvmfsError(f"{which} needs --root (it acts on the job's root)")
     sup = Supervisor(opts)
     try:
         return sup.run()

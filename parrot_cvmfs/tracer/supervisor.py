@@ -33,6 +33,7 @@ class Options:
         "default_binds",
         "env",
         "overlay",
+        "run",
     )
 
     def __init__(
@@ -51,6 +52,7 @@ class Options:
         default_binds: bool = True,
         env: dict[str, str] | None = None,
         overlay: str | None = None,
+        run: bool = False,
     ):
         self.command = command
         self.cvmfs = cvmfs or []
@@ -66,6 +68,7 @@ class Options:
         self.default_binds = default_binds
         self.env = env or {}  # --env NAME=VALUE
         self.overlay = overlay  # --overlay DIR: the root's writable layer
+        self.run = run  # --run: the image's runscript, the command as its arguments
 
 
 class Supervisor:
@@ -147,8 +150,12 @@ class Supervisor:
             return self.core.spawn(self.opts.command, env)
         from .guest import find_program, host_cwd, job_environment
 
-        env = job_environment(self.guest.table, env, self.opts.env)
+        env = job_environment(self.guest, env, self.opts.env, _note)
         command = self.opts.command
+        if self.opts.run:
+            from .guest import run_command
+
+            command = run_command(self.guest, command)
         file = find_program(self.guest, command[0], env.get("PATH", ""))
         # the job starts in its guest cwd: the supervisor goes there for the fork only
         here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
