@@ -13,7 +13,6 @@ from .paths import vpath_of_logical
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .guest import Guest
     from .vfs import CvmfsView, Node
 
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -78,8 +77,8 @@ class GuestReader:
     """image.py's root reader over the job's namespace: `stat` and `read` follow links
     in the guest, `entries` lists a directory as the job would (overlay merged)."""
 
-    def __init__(self, guest: Guest):
-        self.guest = guest
+    def __init__(self, guest):
+        self.guest = guest  # a tracer.guest.Guest (not imported: guest.py imports us)
 
     def _target(self, path: str):
         t = self.guest.resolve(0, path, None, True)
