@@ -360,11 +360,12 @@ _CHANGES = (
     " && mv /etc/issue.net /etc/renamed && mkdir /etc/made && mkdir /opt/gone"
     " && rmdir /opt/gone && ln -s newfile /etc/soft && ln /etc/newfile /etc/hard"
     " && chmod 600 /etc/hostname && touch /usr/share/touched && rm -r /etc/cron.daily"
-    " && mkdir /etc/cron.daily && echo x > /etc/cron.daily/only"
+    " && mkdir /etc/cron.daily && echo x > /etc/cron.daily/only && umask 027 && python3 -c"
+    " 'import os; os.close(os.open(\"/etc/excl\", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))'"
 )
 _LOOK = (
     "cat /etc/newfile /etc/soft /etc/hard /etc/debian_version; ls /etc/issue 2>&1;"
-    " ls /opt/gone 2>&1; ls /etc/cron.daily; stat -c '%a %h' /etc/hostname /etc/hard;"
+    " ls /opt/gone 2>&1; ls /etc/cron.daily; stat -c '%a %h' /etc/hostname /etc/hard /etc/excl;"
     " cat /etc/renamed >/dev/null && echo renamed; ls -d /etc/made; ls -A /etc; echo --; ls -A /"
 )
 
@@ -377,13 +378,13 @@ def _looked(out: str, root: str) -> None:
     release = open(os.path.join(root, "etc/debian_version")).read().strip()
     assert lines[:5] == ["new", "new", "new", release, "more"], out
     assert "No such file or directory" in lines[5] and "No such file or directory" in lines[6]
-    assert lines[7:12] == ["only", "600 1", "644 2", "renamed", "/etc/made"], out
+    assert lines[7:13] == ["only", "600 1", "644 2", "640 1", "renamed", "/etc/made"], out
     # listings merged: the upper's names over the root's, whiteouts and ours hidden
     etc = set(os.listdir(os.path.join(root, "etc"))) - {"issue", "issue.net"}
-    etc |= {"newfile", "soft", "hard", "renamed", "made"}
+    etc |= {"newfile", "soft", "hard", "renamed", "made", "excl"}
     etc |= {n for n in _BOUND_ETC if os.path.lexists(f"/etc/{n}")}  # default binds
     i = lines.index("--")
-    assert len(lines[12:i]) == len(etc) and set(lines[12:i]) == etc, out
+    assert len(lines[13:i]) == len(etc) and set(lines[13:i]) == etc, out
     assert set(lines[i + 1 :]) >= set(os.listdir(root)), out
 
 

@@ -111,8 +111,11 @@ class Delivery:
         sc = Scratch(self.core, c.tid, c.sp)
         values = {c.call.path: sc.put_str(path)}
         if how is not None:
-            struct.pack_into("<Q", how, 16, 0)  # resolution rules were applied here
+            struct.pack_into("<Q", how, 0, flags)  # the handler's flags (an overlay's
+            struct.pack_into("<Q", how, 16, 0)  # O_EXCL done); resolution rules applied
             values[2] = sc.put(bytes(how))
+        elif c.call.flags >= 0 and flags != c.args[c.call.flags]:
+            values[c.call.flags] = flags  # the handler changed them (overlay.py: O_EXCL)
         if vpath is not None:
             self._open_pending[c.tid] = (path, vpath)
         return values, vpath is not None
