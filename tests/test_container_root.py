@@ -407,6 +407,17 @@ def test_overlay_changes_persist_and_the_root_stays(run_modes, bullseye, tmp_pat
     assert ok(p).splitlines()[0] == release and "No such file" in p.stdout
 
 
+def test_overlay_programs_the_job_writes(run_modes, tmp_path):
+    """A program written into the overlay runs as it is now: rewritten in the same
+    run, the new one runs (no plan of the old copy kept)."""
+    p = run_modes.sh(
+        "cp /bin/true /usr/local/bin/x; /usr/local/bin/x; echo $?;"
+        " cp /bin/false /usr/local/bin/x; /usr/local/bin/x; echo $?",
+        options=["--overlay", str(tmp_path / "ov")],
+    )
+    assert ok(p).split() == ["0", "1"]
+
+
 def test_overlay_as_nobody_and_one_job_at_a_time(run, tmp_path):
     """An unprivileged user's overlay; a second job on the same overlay is refused
     with one line while the first runs."""

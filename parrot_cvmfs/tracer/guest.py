@@ -177,10 +177,16 @@ class Guest:
         """Whether a host file the kernel names (a descriptor's target) lies in a
         read-only mount of the guest (the root). An upper copy of the overlay is the
         job's own file: the kernel changes it."""
-        if self._upper and (host.startswith(self._upper) or host == self._upper[:-1]):
+        if self.in_upper(host):
             return False
         g = self.guest_of(host)
         return g is not None and self.table.mount_of(g).readonly
+
+    def in_upper(self, host: str | None) -> bool:
+        """Whether a host path is in the overlay's upper layer (the job's own files,
+        which change as it writes)."""
+        up = self._upper
+        return bool(up and host and (host.startswith(up) or host == up[:-1]))
 
     def overlaid(self, t: Target | None) -> str | None:
         """The guest path of a target the overlay takes writes for (in the root's

@@ -183,8 +183,9 @@ def h_execve(c: Context) -> tuple:
         if not guest and not _may_need_us(program):
             return c.host(t)
     # a guest's read-only program (the root, /cvmfs) is planned once: the loader, the
-    # patched copy and what /proc/self/exe shows do not change during the run
-    stable = guest and (t.virtual or t.readonly)
+    # patched copy and what /proc/self/exe shows do not change during the run (an
+    # overlay's upper copy does: the job writes it)
+    stable = guest and (t.virtual or t.readonly) and not c.guest.in_upper(t.host)
     plan = c.guest.exec_plans.get(program) if stable else None
     if plan is None:
         plan = _plan_exec(c, program, logical, given, argv_arg)
