@@ -4,7 +4,6 @@ chroot of the same tree where it can be."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -13,69 +12,21 @@ import time
 
 import pytest
 
-from parrot_cvmfs.server.publisher import PublishOptions, publish
-
 from .conftest import base_env, repo_spec
-from .servers import FaultyServer, serving
 from .test_parrot_run import PARROT
 
-CACHE = os.environ.get("PARROT_CVMFS_TEST_CACHE", "/var/tmp/parrot-cvmfs-test-cache")
-USERLANDS = os.path.join(CACHE, "userlands")
-REPO = "userland.test.org"
 
-needs_debootstrap = pytest.mark.skipif(
-    shutil.which("debootstrap") is None
-    and not os.path.exists(os.path.join(USERLANDS, "bullseye", "etc", "debian_version")),
-    reason="debootstrap is not installed (the Debian userlands are built with it)",
-)
-pytestmark = needs_debootstrap
-
-
-def _userland(suite: str) -> str:
-    """A Debian minbase + python3 tree (built by the userland fixture, cached outside
-    the checkout; a tree debootstrap finished is used in place)."""
-    for name in (suite, f"{suite}.partial"):
-        d = os.path.join(USERLANDS, name)
-        log = os.path.join(USERLANDS, f"{suite}.log")
-        if os.path.exists(os.path.join(d, "usr", "bin", "python3")):
-            if name == suite or _log_ok(log):
-                return d
-    pytest.fail(f"no Debian {suite} userland in {USERLANDS} (built by tests/userlands.py)")
+@pytest.fixture(scope="session")
+def debian11(userlands):
+    """Debian 11 (glibc 2.31, older than the host's): built, published and served by
+    the userlands fixture (tests/userlands.py, cached outside the checkout)."""
+    return userlands("bullseye")
 
 
 @pytest.fixture(scope="session")
-def bullseye() -> str:
-    """Debian 11: glibc 2.31, older than the host's."""
-    return _userland("bullseye")
-
-
-def _log_ok(log: str) -> bool:
-    try:
-        with open(log, "rb") as f:
-            return f.read().rstrip().endswith(b"OK")
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def published_userland(bullseye):
-    """The userland published once by our publisher, kept beside it between runs."""
-    base = os.path.join(CACHE, "published-bullseye")
-    os.makedirs(CACHE, exist_ok=True)
-    with open(os.path.join(CACHE, "published-bullseye.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        stratum, keys = os.path.join(base, "stratum"), os.path.join(base, "keys")
-        if not os.path.exists(os.path.join(base, "done")):
-            shutil.rmtree(base, ignore_errors=True)
-            publish(PublishOptions(source=bullseye, name=REPO, stratum=stratum, keys_dir=keys))
-            open(os.path.join(base, "done"), "w").close()
-    return stratum, os.path.join(keys, f"{REPO}.pub")
-
-
-@pytest.fixture(scope="session")
-def userland_server(published_userland):
-    with serving(FaultyServer(published_userland[0])) as srv:
-        yield srv
+def bullseye(debian11) -> str:
+    """The Debian 11 tree on the host (never written to: it backs a cached publication)."""
+    return debian11.tree
 
 
 class Run:
@@ -107,10 +58,9 @@ def _run(request, bullseye, tmp_path_factory):
     if where == "host":
         yield Run(env, bullseye)
         return
-    srv = request.getfixturevalue("userland_server")
-    _stratum, pub = request.getfixturevalue("published_userland")
-    env["PARROT_CVMFS_REPO"] = repo_spec(REPO, f"{srv.url}/{REPO}", pub)
-    yield Run(env, f"/cvmfs/{REPO}")
+    u = request.getfixturevalue("debian11")
+    env["PARROT_CVMFS_REPO"] = repo_spec(u.name, f"{u.url}/{u.name}", u.published.pubkey)
+    yield Run(env, u.cvmfs)
 
 
 @pytest.fixture(params=["notify-host", "notify-cvmfs"])
@@ -151,9 +101,9 @@ def test_guest_files_libraries_and_tools(run, bullseye):
     assert ok(run.sh(script)) == "done 20\n"
 
 
-def test_newer_glibc_than_the_host(tmp_path):
+def test_newer_glibc_than_the_host(tmp_path, userlands):
     """Debian 13 (glibc 2.41, newer than most hosts'): its own loader and libraries."""
-    trixie = _userland("trixie")
+    trixie = userlands("trixie").tree
     env = base_env(PARROT_CVMFS_CACHE=str(tmp_path / "cache"))
     out = ok(
         Run(env, trixie).sh(
