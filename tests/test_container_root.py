@@ -4,6 +4,7 @@ chroot of the same tree where it can be."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
