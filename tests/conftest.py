@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -67,6 +68,20 @@ FIXTURE_MARKERS = {
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_configure(config):
+    """Jobs get SIGINT, SIGQUIT and SIGHUP as a terminal's job has them: a suite started
+    in the background of a shell (`&`, nohup) inherits them ignored, every process it
+    starts would too, and an ignored signal never reaches parrot_run to be passed on."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            # a Python handler, not SIG_DFL: exec resets it to the default in children
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else _exit)
+
+
+def _exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for fixture, marker in FIXTURE_MARKERS.items():
