@@ -79,26 +79,15 @@ def h_getdents(c: Context) -> tuple:
     if modern:  # C answers the next ones (and later runs')
         records, _ = pack_dirents(entries, 0, 1 << 62)
         teach_listing(c, vpath, records)
-    # the descriptor's own file position is the cursor: read and move it through a copy
-    ours = c.core.getfd(c.tid, fd)
-    try:
-        pos = os.lseek(ours, 0, os.SEEK_CUR)
-        count = int(c.args[2]) & 0xFFFFFFFF
-        data, nxt = pack_dirents(entries, pos, count, legacy=not modern)
-        if pos < len(entries) and not data:
-            return skip(-errno.EINVAL)
-        if data and not c.core.write(c.tid, c.args[1], data):
-            return skip(-errno.EFAULT)
-        os.lseek(ours, nxt, os.SEEK_SET)
-    finally:
-        os.close(ours)
-    if modern:
+    action = _listed(c, fd, entries, modern)
+    if modern and action[1] >= 0:
         node._listing = None  # C has it now (and Python makes it again if C drops it)
-    return skip(len(data))
+    return action
 
 
 def _listed(c: Context, fd: int, entries: list, modern: bool) -> tuple:
-    """getdents answered from `entries`, the descriptor's position as the cursor."""
+    """getdents answered from `entries`: the descriptor's own file position is the
+    cursor, read and moved through a copy of the descriptor."""
     ours = c.core.getfd(c.tid, fd)
     try:
         pos = os.lseek(ours, 0, os.SEEK_CUR)
