@@ -1,9 +1,8 @@
-"""The process's download counters, and the self-erasing progress line drawn from them.
+"""The self-erasing progress line of a job's downloads.
 
 Every object the client downloads (by the C fetcher or the Python downloader) goes
-through the fetcher, which tells this module when a download begins and ends; the
-counters here are therefore the one place that knows the objects, bytes and time
-spent downloading, and the moment of the last failure (`totals()`).
+through the fetcher, which tells this module when a download begins and ends (the
+download statistics themselves are the Downloader's: `--stats`, `user.speed`).
 
 A cold job that downloads a lot looks hung: when a caller asked for it (`terminal_line`,
 parrot_run does when not debugging) and stderr is a terminal, one line is drawn on stderr
@@ -28,11 +27,7 @@ ERASE = b"\r\x1b[K"
 
 
 _lock = threading.Lock()
-_objects = _bytes = _failures = 0
-_last_failure = 0.0
 _active = 0  # downloads going on now
-_busy_since = 0.0  # monotonic start of the current stretch with _active > 0
-_busy_total = 0.0  # closed stretches
 _burst_start = 0.0  # monotonic start of the current burst (stretches QUIET_GAP apart)
 _burst_objects = _burst_bytes = 0
 _idle_since = 0.0
@@ -42,11 +37,10 @@ _line: _TerminalLine | None = None
 
 def begin(what: str) -> None:
     """A download of `what` (a repository path, a catalog...) starts."""
-    global _active, _busy_since, _burst_start, _burst_objects, _burst_bytes, _current
+    global _active, _burst_start, _burst_objects, _burst_bytes, _current
     now = time.monotonic()
     with _lock:
         if _active == 0:
-            _busy_since = now
             if not _burst_start or now - _idle_since > QUIET_GAP:
                 _burst_start, _burst_objects, _burst_bytes = now, 0, 0
         _active += 1
@@ -59,34 +53,18 @@ def begin(what: str) -> None:
 
 def end(stored: int | None) -> None:
     """A download that began ended: it stored `stored` bytes (None: it failed)."""
-    global _active, _busy_total, _idle_since, _objects, _bytes, _failures, _last_failure
-    global _burst_objects, _burst_bytes
+    global _active, _idle_since, _burst_objects, _burst_bytes
     now = time.monotonic()
     with _lock:
         _active = max(0, _active - 1)
         if _active == 0:
-            _busy_total += now - _busy_since
             _idle_since = now
-        if stored is None:
-            _failures += 1
-            _last_failure = time.time()
-        else:
-            _objects += 1
-            _bytes += stored
+        if stored is not None:
             _burst_objects += 1
             _burst_bytes += stored
         line = _line if _active == 0 else None
     if line is not None:
         line.draw()  # erased now: the job, running again, may write to the terminal
-
-
-def totals() -> tuple[int, int, float, int, float]:
-    """What this process downloaded so far (for the magic attributes and statistics):
-    (objects, bytes stored, seconds during which at least one download was going on,
-    downloads that failed for good, time.time() of the last of those or 0)."""
-    with _lock:
-        busy = _busy_total + (time.monotonic() - _busy_since if _active else 0.0)
-        return _objects, _bytes, busy, _failures, _last_failure
 
 
 def _text(now: float) -> str | None:
