@@ -807,31 +807,41 @@ class HostLower:
             return None
         return fd, parts[-1] if parts else "."
 
-    def lstat(self, path: str):
-        """The attributes of `path` (not followed), or None when it is not there."""
+    def _at(self, path: str, use, missing):
+        """`use(dir_fd, name)` on `path`'s last component, relative to its parent's
+        descriptor (closed after); `missing(path)` when the parent is not there."""
         p = self._parent(path)
         if p is None:
-            return None
+            return missing(path)
         fd, name = p
         try:
-            return os.lstat(name, dir_fd=fd)
-        except OSError:
-            return None
+            return use(fd, name)
         finally:
             os.close(fd)
 
+    def lstat(self, path: str):
+        """The attributes of `path` (not followed), or None when it is not there."""
+
+        def use(fd: int, name: str):
+            try:
+                return os.lstat(name, dir_fd=fd)
+            except OSError:
+                return None
+
+        return self._at(path, use, lambda _path: None)
+
     def entries(self, path: str) -> Iterable[tuple[str, int]]:
         """(name, S_IFMT bits) of the directory `path`."""
-        p = self._parent(path)
-        if p is None:
+
+        def use(fd: int, name: str) -> int | None:
+            try:
+                return os.open(name, _READ_DIR, dir_fd=fd)
+            except OSError:
+                return None
+
+        dfd = self._at(path, use, lambda _path: None)
+        if dfd is None:
             return []
-        fd, name = p
-        try:
-            dfd = os.open(name, _READ_DIR, dir_fd=fd)
-        except OSError:
-            return []
-        finally:
-            os.close(fd)
         try:
             with os.scandir(dfd) as it:
                 return [(e.name, st.S_IFMT(e.stat(follow_symlinks=False).st_mode)) for e in it]
@@ -840,28 +850,17 @@ class HostLower:
 
     def readlink(self, path: str) -> str:
         """The text of the link `path`."""
-        p = self._parent(path)
-        if p is None:
-            raise _fail(errno.ENOENT, path)
-        fd, name = p
-        try:
-            return os.readlink(name, dir_fd=fd)
-        finally:
-            os.close(fd)
+        return self._at(path, lambda fd, name: os.readlink(name, dir_fd=fd), _not_there)
 
     def open(self, path: str) -> int:
         """A read-only descriptor of the regular file `path`."""
-        p = self._parent(path)
-        if p is None:
-            raise _fail(errno.ENOENT, path)
-        fd, name = p
-        try:
-            out = os.open(
-                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd
-            )
-        finally:
-            os.close(fd)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        out = self._at(path, lambda fd, name: os.open(name, flags, dir_fd=fd), _not_there)
         if not st.S_ISREG(os.fstat(out).st_mode):
             os.close(out)
             raise _fail(errno.EINVAL, path)
         return out
+
+
+def _not_there(path: str):
+    raise _fail(errno.ENOENT, path)
