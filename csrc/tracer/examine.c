@@ -92,7 +92,9 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
         if (m < 0)
             return 0;
         *base_len = m;
-        return has_prefix(t, 1, base);
+        /* in a guest namespace, a change through a descriptor of the read-only root
+         * (futimens, fchownat/fchmodat2 with AT_EMPTY_PATH): as for PC_KIND_FD */
+        return has_prefix(t, 1, base) || (t->translate && r->fast == PC_FAST_NONE);
     }
     if (path[0] == '/')
         return t->translate || path_concerns(t, r, path);

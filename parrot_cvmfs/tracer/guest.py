@@ -182,6 +182,14 @@ class Guest:
         g = self.guest_of(host)
         return g is not None and self.table.mount_of(g).readonly
 
+    def fd_guest(self, host: str, cvmfs: Target | None) -> str | None:
+        """The guest path of a descriptor's file: `host`, the kernel's name for it, or
+        `cvmfs`, the /cvmfs entry the tracer served there (a cache file serves every
+        entry of its content, so the open's own record says which)."""
+        if cvmfs is not None and cvmfs.vpath is not None:
+            return self.table.guest_of(cvmfs.vpath.logical)
+        return self.guest_of(host)
+
     def in_upper(self, host: str | None) -> bool:
         """Whether a host path is in the overlay's upper layer (the job's own files,
         which change as it writes)."""

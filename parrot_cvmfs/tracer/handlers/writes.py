@@ -11,7 +11,7 @@ import os
 import stat
 
 from ..paths import LAST_DOT, LAST_NORM, Target
-from ..syscalls import AT_REMOVEDIR, AT_SYMLINK_FOLLOW
+from ..syscalls import AT_EMPTY_PATH, AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, FD
 from .context import RESUME, Context, exists_readonly, in_cvmfs, skip
 from .sockets import socket_at
 
@@ -76,7 +76,55 @@ def _overlay_write(c: Context, guest: str, t2: Target | None, open_how) -> tuple
         ov.rename(guest, other, noreplace=bool(flags & _RENAME_NOREPLACE))
         return skip(0)
     # truncate, chmod, chown, utimes, setxattr, ...: on the upper copy, by the kernel
-    return ("host", ov.prepare_write(guest))
+    upper = ov.prepare_write(guest)
+    if c.call.kind == FD or c.empty_path:
+        return _on_upper(c, upper)
+    return ("host", upper)
+
+
+def _on_upper(c: Context, upper: str) -> tuple:
+    """A change asked of a descriptor (fchmod, fchown, fsetxattr, fremovexattr, and the
+    *at calls on the dirfd itself: futimens, AT_EMPTY_PATH) of a root file, made on its
+    upper copy. As on overlayfs, the descriptor keeps reading the file it opened (the
+    lower one); the change shows to every later lookup. *at calls are turned into their
+    path form on the copy, for the kernel to check and make; the four calls without a
+    path form are made here, with the job's credentials (parrot_run runs as the job's
+    user)."""
+    call, args = c.call, c.args
+    if call.kind != FD:  # utimensat(fd, NULL), fchmodat(fd, "", ..., AT_EMPTY_PATH), ...
+        values = {call.dirfd: AT_FDCWD, call.path: upper}
+        if call.flags >= 0:
+            values[call.flags] = int(args[call.flags]) & ~AT_EMPTY_PATH
+        return ("args", values, False, False)
+    name = call.name
+    if name == "fchmod":
+        os.chmod(upper, int(args[1]) & 0o7777)
+    elif name == "fchown":
+        os.chown(upper, _id(args[1]), _id(args[2]))
+    else:
+        attr = c.core.read_cstr(c.tid, args[1])
+        if not attr:
+            return skip(-errno.EFAULT)
+        if name == "fremovexattr":
+            os.removexattr(upper, attr)
+        else:  # fsetxattr(fd, name, value, size, flags)
+            size = int(args[3])
+            if size > _XATTR_SIZE_MAX:
+                return skip(-errno.E2BIG)
+            value = c.core.read(c.tid, args[2], size) if size else b""
+            if len(value) != size:
+                return skip(-errno.EFAULT)
+            os.setxattr(upper, attr, value, int(args[4]) & 0xFFFFFFFF)
+    return skip(0)
+
+
+_XATTR_SIZE_MAX = 65536  # include/uapi/linux/limits.h
+
+
+def _id(arg: int) -> int:
+    """A uid_t/gid_t argument (32 bits; -1 keeps the current one)."""
+    v = int(arg) & 0xFFFFFFFF
+    return -1 if v == 0xFFFFFFFF else v
 
 
 def _refuse(c: Context, err: int) -> tuple:
@@ -233,11 +281,17 @@ def _ours(c: Context) -> bool:
 
 
 def h_write_fd(c: Context) -> tuple:
+    """A change through a descriptor (fchmod, fchown, fsetxattr, fremovexattr, futimens,
+    AT_EMPTY_PATH) of a read-only file: EROFS, or under --overlay made on the file's
+    upper copy (readonly_write)."""
     if not _ours(c):
         return RESUME
     if c.guest is not None and not c.view.anchor_to_vpath(c.base):
+        call = c.call
+        fd = int(c.args[call.path if call.kind == FD else call.dirfd])
         t = Target(host=c.base)
         t.readonly = True
+        t.guest = c.guest.fd_guest(c.base, c.fd_target(c.base, fd))
         return readonly_write(c, t)
     return skip(-errno.EROFS)
 
