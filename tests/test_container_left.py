@@ -78,3 +78,37 @@ def test_descriptor_changes_copy_up(run_modes, bullseye, tmp_path):
         *("fchmod EROFS fchown EROFS fsetxattr EROFS fsetxattr2 EROFS".split()),
         *("fremovexattr EROFS futimens EROFS ftruncate EINVAL".split()),
     ], out
+
+
+# -- renameat2 in the root -------------------------------------------------------------------
+
+_RENAMES = r"""
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def r(a, b, flags):
+    if libc.renameat2(-100, a.encode(), -100, b.encode(), flags) == 0:
+        return 'ok'
+    return errno.errorcode[ctypes.get_errno()]
+print(r('/etc/hostname', '/etc/debian_version', 2),  # RENAME_EXCHANGE
+      r('/etc/hostname', '/etc/none', 2),
+      r('/usr', '/etc/hostname', 2),  # a root directory: EXDEV as overlayfs
+      r('/etc/hostname', '/etc/debian_version', 3),  # EXCHANGE|NOREPLACE: EINVAL
+      r('/etc/hostname', '/etc/debian_version', 1),  # NOREPLACE: EEXIST
+      r('/etc/hostname', '/etc/new', 4))  # WHITEOUT: EINVAL on overlayfs
+"""
+
+
+def test_rename_exchange_in_the_root(run_modes, bullseye, tmp_path):
+    """RENAME_EXCHANGE of two root files copies both up and swaps them; the other
+    renameat2 flags as the kernel's overlayfs answers them; EROFS without an overlay
+    (after the kernel's flag checks)."""
+    ov = ["--overlay", str(tmp_path / "ov")]
+    out = ok(run_modes("python3", "-c", _RENAMES, options=ov))
+    assert out.split() == ["ok", "ENOENT", "EXDEV", "EINVAL", "EEXIST", "EINVAL"], out
+    hostname = open(os.path.join(bullseye, "etc/hostname")).read()
+    release = open(os.path.join(bullseye, "etc/debian_version")).read()
+    both = ok(run_modes("cat", "/etc/hostname", "/etc/debian_version", options=ov))
+    assert both == release + hostname
+    assert open(os.path.join(bullseye, "etc/hostname")).read() == hostname
+    out = ok(run_modes("python3", "-c", _RENAMES))
+    assert out.split() == ["EROFS", "EROFS", "EROFS", "EINVAL", "EROFS", "EROFS"], out

@@ -3,6 +3,7 @@ lower tree on disk, a real overlay directory, and what the guest would see."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -336,6 +337,17 @@ OPS = [
     ("chmod", "/bin", 0o700),
     ("rename", "/etc/new", "/tree/new"),
     ("rmdir", "/tree"),  # ENOTEMPTY: new is there
+    # renameat2: RENAME_EXCHANGE of lower files (both copied up), of an upper directory
+    # and a file, of a lower directory (EXDEV), with a missing name; the other flags
+    ("exchange", "/swap/one", "/swap/two"),
+    ("exchange", "/swap/one", "/bin/abs"),
+    ("exchange", "/sub-moved", "/tree/new"),
+    ("exchange", "/empty", "/swap/two"),
+    ("exchange", "/swap/two", "/swap/none"),
+    ("exchange", "/swap/dir", "/swap/one"),  # a lower directory, even empty: EXDEV
+    ("rename2", "/swap/one", "/swap/two", 1),  # RENAME_NOREPLACE: EEXIST
+    ("rename2", "/swap/one", "/swap/three", 1),
+    ("rename2", "/swap/two", "/swap/four", 4),  # RENAME_WHITEOUT: EINVAL on overlayfs
 ]
 
 
@@ -358,9 +370,17 @@ def kernel_op(m: str, op: str, *a) -> int:
             os.link(m + a[0], m + a[1])
         elif op == "chmod":
             os.chmod(m + a[0], a[1])
+        elif op in ("exchange", "rename2"):
+            _renameat2(m + a[0], m + a[1], 2 if op == "exchange" else a[2])
     except OSError as e:
         return e.errno
     return 0
+
+
+def _renameat2(old: str, new: str, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(old), -100, os.fsencode(new), flags) != 0:
+        raise OSError(ctypes.get_errno(), "renameat2")
 
 
 def our_op(ov: Overlay, op: str, *a) -> int:
@@ -383,6 +403,12 @@ def our_op(ov: Overlay, op: str, *a) -> int:
             ov.link(a[0], a[1])
         elif op == "chmod":
             os.chmod(ov.prepare_write(a[0]), a[1])
+        elif op == "exchange":
+            ov.exchange(a[0], a[1])
+        elif op == "rename2":
+            if a[2] & 4:
+                return errno.EINVAL  # the tracer's answer (handlers/writes.py)
+            ov.rename(a[0], a[1], noreplace=bool(a[2] & 1))
     except OSError as e:
         return e.errno
     return 0
@@ -434,6 +460,10 @@ def test_same_results_as_the_kernels_overlayfs(lower, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting an overlayfs needs root")
     k, m = tmp_path / "kernel", str(tmp_path / "mnt")
+    os.makedirs(f"{lower}/swap/dir")
+    for name in ("one", "two"):
+        with open(f"{lower}/swap/{name}", "w") as f:
+            f.write(f"lower {name}\n")
     for d in (k / "upper", k / "work", tmp_path / "mnt"):
         d.mkdir(parents=True)
     opts = f"lowerdir={lower},upperdir={k}/upper,workdir={k}/work,redirect_dir=off"

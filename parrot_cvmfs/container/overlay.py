@@ -27,9 +27,9 @@ call returns, problems of the overlay directory itself are OverlayError:
   copied up first (data, mode, times, symlink text; owner when we may); with
   `create_mode` (umask applied) a missing file is created, `exclusive` is O_EXCL.
 - `mkdir(path, mode)`, `symlink(target, path)`, `link(old, new)`,
-  `remove(path, directory)` (unlink/rmdir), `rename(old, new, noreplace=False)`.
-  Renaming a directory that has lower content is EXDEV, as the kernel's overlay
-  without redirect_dir (`mv` then copies).
+  `remove(path, directory)` (unlink/rmdir), `rename(old, new, noreplace=False)`,
+  `exchange(a, b)` (RENAME_EXCHANGE). Moving a directory that has lower content is
+  EXDEV, as the kernel's overlay without redirect_dir (`mv` then copies).
 - `entries(path)` -> [(name, S_IFMT bits)]: the merged listing, upper first, lower
   names after (not whited out, not hidden by an opaque directory); no "." nor "..".
 
@@ -672,6 +672,45 @@ class Overlay:
         finally:
             os.close(spfd)
 
+    def exchange(self, a: str, b: str) -> None:
+        """renameat2(RENAME_EXCHANGE) of two names of the merged view, as the kernel's
+        overlay without redirect_dir: both must exist; a directory with lower content
+        cannot move (EXDEV); files and links are copied up, then swapped in the upper."""
+        pa, pb = _parts(a), _parts(b)
+        if not pa or not pb:
+            raise _fail(errno.EBUSY, a if not pa else b)
+        for x, y in ((a, b), (b, a)):
+            if y.startswith(x.rstrip("/") + "/"):
+                raise _fail(errno.EINVAL, y)  # one inside the other
+        if pb[-1].startswith(WH) or pa[-1].startswith(WH):
+            raise _fail(errno.ENOENT, a if pa[-1].startswith(WH) else b)
+        found = []
+        for path, parts in ((a, pa), (b, pb)):
+            f = self.lookup(path)
+            if f is None:
+                raise _fail(errno.ENOENT, path)
+            found.append(st.S_ISDIR(f.st.st_mode))
+            if found[-1]:
+                if self.lower.lstat(path) is not None and not self._upper_opaque(parts):
+                    raise _fail(errno.EXDEV, path)  # its lower content cannot move with it
+            elif f.layer == "lower":
+                self.prepare_write(path)
+        if pa == pb:
+            return
+        apfd = self._dir_fd(pa[:-1], a)
+        try:
+            bpfd = self._dir_fd(pb[:-1], b)
+            try:
+                _renameat2(apfd, pa[-1], bpfd, pb[-1], _RENAME_EXCHANGE)
+                # a directory now where the lower has one must not show the lower's
+                for pfd, parts, path, is_dir in ((apfd, pa, a, found[1]), (bpfd, pb, b, found[0])):
+                    if is_dir and self.lower.lstat(path) is not None:
+                        _touch_in(pfd, parts[-1], OPAQUE)
+            finally:
+                os.close(bpfd)
+        finally:
+            os.close(apfd)
+
     def _upper_opaque(self, parts: list[str]) -> bool:
         try:
             fd = os.open("/".join(parts), _PATH_DIR, dir_fd=self._upper)
@@ -733,6 +772,22 @@ class Overlay:
             if ufd is not None:
                 os.close(ufd)
         return out
+
+
+_RENAME_EXCHANGE = 2
+_libc = None
+
+
+def _renameat2(olddfd: int, old: str, newdfd: int, new: str, flags: int) -> None:
+    """renameat2(2), which Python's os lacks (glibc has it since 2.28)."""
+    global _libc
+    import ctypes
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.renameat2(olddfd, os.fsencode(old), newdfd, os.fsencode(new), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 
 
 def _discard(pfd: int, name: str) -> None:

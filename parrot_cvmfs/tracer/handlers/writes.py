@@ -31,7 +31,14 @@ def readonly_write(c: Context, t: Target, t2: Target | None = None, open_how=Non
         return skip(-(e.errno or errno.EIO))
 
 
-_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_RENAME_NOREPLACE, _RENAME_EXCHANGE, _RENAME_WHITEOUT = 1, 2, 4
+
+
+def _rename_flags(c: Context) -> int:
+    """renameat2's flags (0 for rename and renameat)."""
+    return int(c.args[4]) & 0xFFFFFFFF if c.call.name == "renameat2" else 0
+
+
 _S_IFMT, _S_IFREG = 0o170000, 0o100000
 
 
@@ -70,10 +77,13 @@ def _overlay_write(c: Context, guest: str, t2: Target | None, open_how) -> tuple
         if name.startswith("link"):
             ov.link(guest, other)
             return skip(0)
-        flags = int(args[4]) if name == "renameat2" else 0
-        if flags & _RENAME_EXCHANGE or flags & ~(_RENAME_NOREPLACE | _RENAME_EXCHANGE):
-            return skip(-errno.EINVAL)  # what a file system without RENAME_EXCHANGE says
-        ov.rename(guest, other, noreplace=bool(flags & _RENAME_NOREPLACE))
+        flags = _rename_flags(c)
+        if flags & _RENAME_WHITEOUT:
+            return skip(-errno.EINVAL)  # the kernel's overlayfs takes no RENAME_WHITEOUT
+        if flags & _RENAME_EXCHANGE:
+            ov.exchange(guest, other)
+        else:
+            ov.rename(guest, other, noreplace=bool(flags & _RENAME_NOREPLACE))
         return skip(0)
     # truncate, chmod, chown, utimes, setxattr, ...: on the upper copy, by the kernel
     upper = ov.prepare_write(guest)
@@ -227,6 +237,11 @@ def h_write_rename(c: Context) -> tuple:
     v1, v2 = in_cvmfs(t1), in_cvmfs(t2)
     if not (v1 or v2):
         return _rewrite_two(c, t1, t2)
+    flags = _rename_flags(c)  # do_renameat2 checks them before any name
+    if flags & ~(_RENAME_NOREPLACE | _RENAME_EXCHANGE | _RENAME_WHITEOUT) or (
+        flags & _RENAME_EXCHANGE and flags & (_RENAME_NOREPLACE | _RENAME_WHITEOUT)
+    ):
+        return skip(-errno.EINVAL)
     for t in (t1, t2):  # both parents are walked first
         if t is not None and t.err and not t.missing_last:
             return skip(-t.err)
