@@ -112,3 +112,45 @@ def test_rename_exchange_in_the_root(run_modes, bullseye, tmp_path):
     assert open(os.path.join(bullseye, "etc/hostname")).read() == hostname
     out = ok(run_modes("python3", "-c", _RENAMES))
     assert out.split() == ["EROFS", "EROFS", "EROFS", "EINVAL", "EROFS", "EROFS"], out
+
+
+# -- O_TMPFILE in the root -------------------------------------------------------------------
+
+_TMPFILES = r"""
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def t(path, flags):
+    try:
+        return os.open(path, flags, 0o640)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+g = open('/tmp/cleft-gone-%d' % os.getpid(), 'w+')
+g.write('gone')
+g.flush()
+os.unlink(g.name)
+print(open('/proc/self/fd/%d' % g.fileno()).read())  # a removed file, through its link
+print(t('/etc/hostname', os.O_TMPFILE | os.O_WRONLY), t('/etc/none', os.O_TMPFILE | os.O_WRONLY),
+      t('/etc', os.O_TMPFILE | os.O_RDONLY))
+fd = t('/etc', os.O_TMPFILE | os.O_WRONLY)
+print(fd if isinstance(fd, str) else 'fd')
+if not isinstance(fd, str):
+    os.write(fd, b'first\n')
+    os.link(f'/proc/self/fd/{fd}', '/etc/named', follow_symlinks=True)  # AT_SYMLINK_FOLLOW
+    fd2 = t('/usr/share', os.O_TMPFILE | os.O_RDWR)
+    os.write(fd2, b'second\n')
+    r = libc.linkat(fd2, b'', -100, b'/usr/share/named2', 0x1000)  # AT_EMPTY_PATH
+    print(r, oct(os.stat('/etc/named').st_mode & 0o777), open('/usr/share/named2').read().strip())
+"""
+
+
+def test_tmpfile_in_the_root(run_modes, bullseye, tmp_path):
+    """O_TMPFILE of a root directory makes the unnamed file in the overlay's copy of
+    it, and linkat (through /proc/self/fd/N or AT_EMPTY_PATH) names it there; without
+    an overlay EROFS, after the kernel's EINVAL, ENOENT and ENOTDIR."""
+    ov = ["--overlay", str(tmp_path / "ov")]
+    out = ok(run_modes.sh(f'umask 022; exec python3 -c "{_TMPFILES}"', options=ov))
+    assert out.split("\n")[:-1] == ["gone", "ENOTDIR ENOENT EINVAL", "fd", "0 0o640 second"], out
+    assert ok(run_modes("cat", "/etc/named", "/usr/share/named2", options=ov)) == "first\nsecond\n"
+    assert not os.path.lexists(os.path.join(bullseye, "etc/named"))
+    out = ok(run_modes("python3", "-c", _TMPFILES))
+    assert out.split("\n")[:-1] == ["gone", "ENOTDIR ENOENT EINVAL", "EROFS"], out

@@ -28,7 +28,9 @@ call returns, problems of the overlay directory itself are OverlayError:
   `create_mode` (umask applied) a missing file is created, `exclusive` is O_EXCL.
 - `mkdir(path, mode)`, `symlink(target, path)`, `link(old, new)`,
   `remove(path, directory)` (unlink/rmdir), `rename(old, new, noreplace=False)`,
-  `exchange(a, b)` (RENAME_EXCHANGE). Moving a directory that has lower content is
+  `exchange(a, b)` (RENAME_EXCHANGE), `link_file(source, path)` (an O_TMPFILE
+  file named), `tmpfile_dir(path)` (the upper copy of a directory, to make an
+  O_TMPFILE file in). Moving a directory that has lower content is
   EXDEV, as the kernel's overlay without redirect_dir (`mv` then copies).
 - `entries(path)` -> [(name, S_IFMT bits)]: the merged listing, upper first, lower
   names after (not whited out, not hidden by an opaque directory); no "." nor "..".
@@ -576,6 +578,27 @@ class Overlay:
             os.link(src, tmp, dst_dir_fd=pfd, follow_symlinks=False)
 
         self._create(_parts(new), new, make)
+
+    def link_file(self, source: str, new: str) -> None:
+        """link(2) of a file of the upper layer the caller names by a /proc magic link
+        (`source`, followed: an O_TMPFILE file has no name) as `new`."""
+
+        def make(pfd: int, tmp: str) -> None:
+            os.link(source, tmp, dst_dir_fd=pfd, follow_symlinks=True)
+
+        self._create(_parts(new), new, make)
+
+    def tmpfile_dir(self, path: str) -> str:
+        """The host directory in which to make an O_TMPFILE file for the guest's
+        directory `path`: its upper copy (copied up with its parents)."""
+        found = self.lookup(path)
+        if found is None:
+            raise _fail(errno.ENOENT, path)
+        if not st.S_ISDIR(found.st.st_mode):
+            raise _fail(errno.ENOTDIR, path)
+        parts = _parts(path)
+        os.close(self._dir_fd(parts, path))
+        return self._host(parts) if parts else self.upper_dir
 
     # -- removing -----------------------------------------------------------------------------------
 

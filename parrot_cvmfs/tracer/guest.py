@@ -129,8 +129,10 @@ class Guest:
             link = os.readlink(location)
         except OSError:
             return None
-        if not link.startswith("/"):
-            return OTHER, ""  # pipe:[N], socket:[N]: the kernel follows it itself
+        if not link.startswith("/") or link.endswith(" (deleted)"):
+            # pipe:[N], socket:[N], a file without a name (removed, O_TMPFILE): the
+            # kernel follows it itself, to the inode
+            return OTHER, ""
         guest = self.guest_of(link)
         return (LINK, guest) if guest is not None else (OTHER, "")
 

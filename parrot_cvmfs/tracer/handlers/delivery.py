@@ -130,7 +130,7 @@ class Delivery:
                 how_open = flags | os.O_CLOEXEC | os.O_NONBLOCK
                 if backing:
                     fd = core.open_backing(path, how_open)
-                elif flags & os.O_CREAT:  # made with the program's umask, not ours
+                elif flags & (os.O_CREAT | os.O_TMPFILE):  # the program's umask, not ours
                     old = os.umask(_umask_of(c.tid))
                     try:
                         fd = os.open(path, how_open, mode & 0o7777)

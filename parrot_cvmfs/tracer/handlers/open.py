@@ -17,7 +17,8 @@ from .writes import readonly_write
 O_WRONLY, O_ACCMODE = 0o1, 0o3
 O_CREAT, O_EXCL, O_TRUNC = 0o100, 0o200, 0o1000
 O_DIRECTORY, O_NOFOLLOW, O_PATH = 0o200000, 0o400000, 0o10000000
-O_TMPFILE = 0o20000000 | O_DIRECTORY
+_O_TMPFILE_BIT = 0o20000000
+O_TMPFILE = _O_TMPFILE_BIT | O_DIRECTORY
 RESOLVE_NO_XDEV, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH, RESOLVE_IN_ROOT = 0x01, 0x04, 0x08, 0x10
 
 
@@ -46,6 +47,10 @@ def h_open(c: Context) -> tuple:
     t = c.resolve(follow, no_symlinks=bool(resolve_flags & RESOLVE_NO_SYMLINKS))
     if t is None:
         return RESUME
+    if flags & _O_TMPFILE_BIT and (
+        flags & (O_TMPFILE | O_CREAT) != O_TMPFILE or flags & O_ACCMODE == 0
+    ):
+        return skip(-errno.EINVAL)  # build_open_flags, before any lookup
     if resolve_flags & (RESOLVE_BENEATH | RESOLVE_IN_ROOT | RESOLVE_NO_XDEV) and t.via_cvmfs:
         if resolve_flags & (RESOLVE_BENEATH | RESOLVE_NO_XDEV) and path.startswith("/"):
             return skip(-errno.EXDEV)
@@ -96,7 +101,9 @@ def _write_open(c: Context, t: Target, open_how: tuple, is_dir: bool) -> tuple |
     flags = open_how[0]
     acc = flags & O_ACCMODE
     if flags & O_TMPFILE == O_TMPFILE:
-        return skip(-errno.EROFS if is_dir else -errno.ENOTDIR)
+        if not is_dir:
+            return skip(-errno.ENOTDIR)
+        return readonly_write(c, t, open_how=open_how)  # EROFS, or in the overlay
     if flags & O_CREAT and flags & O_EXCL:
         return skip(-errno.EEXIST)
     if is_dir and (acc != 0 or flags & O_TRUNC):

@@ -16,16 +16,22 @@ from .context import RESUME, Context, exists_readonly, in_cvmfs, skip
 from .sockets import socket_at
 
 
-def readonly_write(c: Context, t: Target, t2: Target | None = None, open_how=None) -> tuple:
+def readonly_write(
+    c: Context, t: Target, t2: Target | None = None, open_how=None, source: str | None = None
+) -> tuple:
     """The one decision for a write into a read-only mount once the kernel's earlier
     checks passed: /cvmfs, the guest root (--root) and binds from /cvmfs are EROFS,
     except the root under --overlay (container/overlay.py): there the change is made
     in the upper layer (`t2`: rename's and link's second target; `open_how`: an open's
-    (flags, mode, openat2's struct))."""
+    (flags, mode, openat2's struct); `source`: a /proc magic link to a file of the
+    upper layer that link names as `t`)."""
     guest = c.guest.overlaid(t) if c.guest is not None else None
     if guest is None:
         return skip(-errno.EROFS)
     try:
+        if source is not None:
+            c.guest.overlay.link_file(source, guest)
+            return skip(0)
         return _overlay_write(c, guest, t2, open_how)
     except OSError as e:
         return skip(-(e.errno or errno.EIO))
@@ -40,6 +46,7 @@ def _rename_flags(c: Context) -> int:
 
 
 _S_IFMT, _S_IFREG = 0o170000, 0o100000
+_O_TMPFILE_BIT = 0o20000000  # __O_TMPFILE (O_TMPFILE also holds O_DIRECTORY)
 
 
 def _overlay_write(c: Context, guest: str, t2: Target | None, open_how) -> tuple:
@@ -50,8 +57,10 @@ def _overlay_write(c: Context, guest: str, t2: Target | None, open_how) -> tuple
 
     ov = c.guest.overlay
     name, args = c.call.name, c.args
-    if open_how is not None:  # a write-open or O_CREAT
+    if open_how is not None:  # a write-open, O_CREAT or O_TMPFILE
         flags, mode, how = open_how
+        if flags & _O_TMPFILE_BIT:  # the unnamed file made in the directory's upper copy
+            return ("open", ov.tmpfile_dir(guest), flags, mode, None, how, False)
         create = mode & 0o7777 & ~_umask_of(c.tid) if flags & 0o100 else None
         host = ov.prepare_write(guest, create, exclusive=bool(flags & 0o200))
         return ("open", host, flags & ~0o200, mode, None, how, False)
@@ -273,8 +282,12 @@ def h_write_link(c: Context) -> tuple:
     if t2.missing_last and t2.trailing:
         return skip(-errno.ENOENT)
     if v2:
-        if c.guest is not None and c.guest.overlaid(t1) and c.guest.overlaid(t2):
-            return readonly_write(c, t1, t2)  # both in the overlaid root
+        if c.guest is not None and c.guest.overlaid(t2):
+            if c.guest.overlaid(t1):
+                return readonly_write(c, t1, t2)  # both in the overlaid root
+            source = _upper_file(c, t1)
+            if source is not None:  # an O_TMPFILE file of the overlay, named
+                return readonly_write(c, t2, source=source)
         return readonly_write(c, t2)
     new_host = t2.host or ""
     if os.path.lexists(new_host):
@@ -282,6 +295,24 @@ def h_write_link(c: Context) -> tuple:
     if not os.path.isdir(os.path.dirname(new_host.rstrip("/")) or "/"):
         return skip(-errno.ENOENT)
     return skip(-errno.EXDEV)
+
+
+def _upper_file(c: Context, t1: Target | None) -> str | None:
+    """For link's old name given as a descriptor (AT_EMPTY_PATH) or a /proc magic link
+    to one: a /proc link we can follow to the file, if it is one of the overlay's upper
+    layer that has no guest name (an O_TMPFILE file, or one removed since)."""
+    if c.empty_path:
+        fd = int(c.args[c.call.dirfd])
+        if c.guest.in_upper(c.base.removesuffix(" (deleted)")):
+            return f"/proc/{c.tid}/fd/{fd}"
+        return None
+    if t1 is None or t1.err or not t1.host or not t1.host.startswith("/proc/"):
+        return None
+    try:
+        target = os.readlink(t1.host).removesuffix(" (deleted)")
+    except OSError:
+        return None
+    return t1.host if c.guest.in_upper(target) else None
 
 
 def _ours(c: Context) -> bool:
