@@ -39,7 +39,7 @@ def test_syscall_table_constants(py: str, c: str) -> None:
 def test_every_c_kind_and_fast_has_its_python_name() -> None:
     """A kind or fast answer added in C only is caught too."""
     for prefix, names in (
-        ("PC_KIND_", ("PATH", "PATH2", "FD", "CWD", "SOCKADDR", "SOCKNAME")),
+        ("PC_KIND_", ("PATH", "PATH2", "FD", "CWD", "SOCKADDR", "SOCKNAME", "SOCKMSG", "SOCKFROM")),
         ("PC_FAST_", None),
     ):
         c_names = {n[len(prefix) :] for n in dir(lib) if n.startswith(prefix)}

@@ -154,3 +154,63 @@ def test_tmpfile_in_the_root(run_modes, bullseye, tmp_path):
     assert not os.path.lexists(os.path.join(bullseye, "etc/named"))
     out = ok(run_modes("python3", "-c", _TMPFILES))
     assert out.split("\n")[:-1] == ["gone", "ENOTDIR ENOENT EINVAL", "EROFS"], out
+
+
+# -- Unix socket addresses -------------------------------------------------------------------
+
+_SOCKETS = r"""
+import os, socket, sys
+d = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv.bind(d + '/srv')
+cli = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+cli.bind(d + '/cli')
+cli.sendto(b'ping', d + '/srv')  # sendto a guest path
+data, src = srv.recvfrom(16)  # the source in guest terms
+srv.sendto(b'pong', src)  # and answered there
+data2, src2 = cli.recvfrom(16)
+cli.sendmsg([b'msg'], [], 0, d + '/srv')
+m = srv.recvmsg(16)
+st = socket.socket(socket.AF_UNIX)
+st.bind(d + '/st')
+st.listen(1)
+c2 = socket.socket(socket.AF_UNIX)
+c2.bind(d + '/c2')
+c2.connect(d + '/st')
+a, peer = st.accept()  # accept4's peer address
+anon = socket.socket(socket.AF_UNIX)
+anon.connect(d + '/st')
+_, unnamed = st.accept()
+name = '\0cleft-%d' % os.getpid()
+ab = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+ab.bind(name)
+cli.sendto(b'abs', name)  # an abstract address passes untouched
+r = ab.recvfrom(16)
+print(data.decode(), src, data2.decode(), src2, m[0].decode(), m[3], peer, repr(unnamed),
+      r[0].decode(), r[1], ab.getsockname() == name.encode())
+"""
+
+
+def test_socket_addresses_in_guest_terms(run_modes, tmp_path):
+    """A datagram server and client in a bind and in the overlay: sendto, sendmsg and
+    connect reach the guest path's socket; recvfrom's and recvmsg's source and accept's
+    peer show guest paths; unnamed and abstract addresses pass untouched."""
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="cleft-", dir="/tmp")  # short: sun_path has 108 bytes
+    try:
+        for where, opts in (
+            ("/data", ["-B", f"{work}:/data"]),
+            ("/run", ["--overlay", f"{work}/ov"]),
+        ):
+            out = ok(run_modes("python3", "-c", _SOCKETS, where, options=opts))
+            assert out.split() == [
+                *("ping", f"{where}/cli", "pong", f"{where}/srv", "msg", f"{where}/cli"),
+                *(f"{where}/c2", "''", "abs", f"{where}/cli", "True"),
+            ], out
+        assert os.path.exists(f"{work}/srv")
+        assert os.path.exists(f"{work}/ov/upper/run/srv")
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)

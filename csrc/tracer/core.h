@@ -159,6 +159,8 @@ struct pc_tracer {
     int nprefix[2];
     int no_openat2; /* the kernel has no openat2 (before 5.6) */
     int translate;  /* pc_set_translate: every path is the guest's, to be translated */
+    void *late_filter; /* pc_set_late_filter: installed by the job after the hand-over */
+    int late_filter_len;
     /* ptrace side: touched by the tracer thread only */
     task_state *tasks;
     size_t tasks_cap, tasks_used;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static int has_prefix(pc_tracer *t, int which, const char *s)
@@ -107,16 +108,15 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
     return t->translate || path_concerns(t, r, path) || base_concerns(t, r, base);
 }
 
-/* A Unix socket's address: its path (not an abstract name, not unnamed) as a path
- * argument would be; the kernel reports a bad address itself. */
-static int examine_sockaddr(pc_tracer *t, pc_call *c, pc_event *ev)
+/* A Unix socket's address at `addr` of `len` bytes: its path (not an abstract name,
+ * not unnamed) as a path argument would be; the kernel reports a bad address itself. */
+static int examine_sockaddr(pc_tracer *t, pc_call *c, pc_event *ev, uint64_t addr, uint64_t len)
 {
     const pc_rule *r = c->r;
     unsigned char sa[2 + 108];
-    uint64_t len = c->args[r->size_arg];
     if (len <= 2 || len > sizeof sa)
         return 0;
-    if (pc_read(c->tid, c->args[r->path_arg], sa, (size_t)len) != (ssize_t)len)
+    if (pc_read(c->tid, addr, sa, (size_t)len) != (ssize_t)len)
         return 0;
     uint16_t family;
     memcpy(&family, sa, 2);
@@ -133,6 +133,52 @@ static int examine_sockaddr(pc_tracer *t, pc_call *c, pc_event *ev)
         return 0;
     ev->base_len = m;
     return t->translate || path_concerns(t, r, ev->path) || base_concerns(t, r, ev->base);
+}
+
+/* struct msghdr's first fields: msg_name, msg_namelen (64-bit ABIs) */
+typedef struct {
+    uint64_t name;
+    uint32_t namelen;
+} msg_head;
+
+static int read_msg_head(const pc_call *c, uint64_t at, msg_head *m)
+{
+    unsigned char raw[12];
+    if (pc_read(c->tid, at, raw, sizeof raw) != (ssize_t)sizeof raw)
+        return -1;
+    memcpy(&m->name, raw, 8);
+    memcpy(&m->namelen, raw + 8, 4);
+    return 0;
+}
+
+/* Whether descriptor `fd` of the task is an AF_UNIX socket (a copy, asked and closed). */
+static int is_unix_socket(const pc_call *c, long fd)
+{
+    if (fd < 0)
+        return 0;
+    int ours = pc_getfd(c->tid, (int)fd);
+    if (ours < 0)
+        return 0;
+    int domain = -1;
+    socklen_t n = sizeof domain;
+    int unix_socket = getsockopt(ours, SOL_SOCKET, SO_DOMAIN, &domain, &n) == 0 && domain == 1;
+    close(ours);
+    return unix_socket;
+}
+
+/* An address the kernel returns (accept, recvfrom, recvmsg): a buffer on a Unix socket. */
+static int examine_sockfrom(pc_call *c)
+{
+    const pc_rule *r = c->r;
+    uint64_t addr = c->args[r->out_arg];
+    if (r->size_arg < 0) { /* recvmsg: the struct msghdr says */
+        msg_head m;
+        if (!addr || read_msg_head(c, addr, &m) < 0)
+            return 0;
+        addr = m.namelen ? m.name : 0;
+    } else if (!c->args[r->size_arg])
+        addr = 0;
+    return addr && is_unix_socket(c, (long)(int)c->args[r->path_arg]);
 }
 
 #define KEY_UNKNOWN (-2) /* ev->key not composed yet */
@@ -178,7 +224,15 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
         return t->translate || has_prefix(t, 0, ev->base);
     }
     case PC_KIND_SOCKADDR:
-        return examine_sockaddr(t, c, ev);
+        return examine_sockaddr(t, c, ev, c->args[r->path_arg], c->args[r->size_arg]);
+    case PC_KIND_SOCKMSG: {
+        msg_head m;
+        if (!t->translate || read_msg_head(c, c->args[r->path_arg], &m) < 0 || !m.name)
+            return 0;
+        return examine_sockaddr(t, c, ev, m.name, m.namelen);
+    }
+    case PC_KIND_SOCKFROM:
+        return t->translate && examine_sockfrom(c);
     case PC_KIND_SOCKNAME:
         return t->translate;
     default:

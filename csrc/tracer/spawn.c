@@ -191,9 +191,19 @@ static void child_main(pc_tracer *t, spawn_request *r, int go, int report, int s
                 close((int)l);
             }
             close(sock);
-            execvpe(r->file, r->argv, r->envp);
-            stage = 3;
-            e = errno;
+            if (t->late_filter_len > 0) { /* after the hand-over: it stops sendmsg */
+                struct sock_fprog late = {(unsigned short)t->late_filter_len,
+                                          (struct sock_filter *)t->late_filter};
+                l = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &late);
+            }
+            if (l < 0) {
+                stage = 2;
+                e = errno;
+            } else {
+                execvpe(r->file, r->argv, r->envp);
+                stage = 3;
+                e = errno;
+            }
         }
     }
     int msg[2] = {stage, e};

@@ -107,6 +107,7 @@ void pc_free(pc_tracer *t)
         return;
     pc_table_clear(t);
     free(t->answers);
+    free(t->late_filter);
     free(t->tasks);
     free(t->queue);
     free(t->cmds);
@@ -122,6 +123,21 @@ void pc_free(pc_tracer *t)
 void pc_set_translate(pc_tracer *t, int on)
 {
     t->translate = on;
+}
+
+int pc_set_late_filter(pc_tracer *t, const void *filter, int filter_len)
+{
+    free(t->late_filter);
+    t->late_filter = NULL;
+    t->late_filter_len = 0;
+    if (filter_len <= 0)
+        return 0;
+    t->late_filter = malloc((size_t)filter_len * 8);
+    if (!t->late_filter)
+        return -ENOMEM;
+    memcpy(t->late_filter, filter, (size_t)filter_len * 8);
+    t->late_filter_len = filter_len;
+    return 0;
 }
 
 int pc_add_prefix(pc_tracer *t, int which, const char *prefix)

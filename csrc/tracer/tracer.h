@@ -36,6 +36,13 @@ enum {
     PC_KIND_SOCKNAME = 6, /* getsockname/getpeername on fd `path_arg`: interesting in a
                            * guest namespace only (pc_set_translate), whose addresses
                            * are shown in guest terms */
+    PC_KIND_SOCKMSG = 7,  /* sendmsg: the msg_name of the struct msghdr at `path_arg`,
+                           * interesting as a PC_KIND_SOCKADDR address */
+    PC_KIND_SOCKFROM = 8, /* accept, accept4, recvfrom, recvmsg on fd `path_arg`: an
+                           * address the kernel fills at `out_arg` (its socklen_t at
+                           * `size_arg`; size_arg -1: out_arg is a struct msghdr holding
+                           * both), interesting in a guest namespace only, for a buffer
+                           * given on an AF_UNIX socket */
 };
 
 /* What the C-side answer table can answer for a rule. */
@@ -133,6 +140,9 @@ int pc_add_prefix(pc_tracer *t, int which, const char *prefix); /* 0: paths, 1: 
 /* A guest namespace (--root, binds): every path of a path call, the cwd of getcwd and
  * every listing concern Python (or the answer table), not only /cvmfs spellings. */
 void pc_set_translate(pc_tracer *t, int on);
+/* A second seccomp program the job installs after handing over the listener (the rows
+ * that stop sendmsg and the like: the hand-over is a sendmsg itself); copied. */
+int pc_set_late_filter(pc_tracer *t, const void *filter, int filter_len);
 /* Start the job under the tracer thread (see tracer.c and spawn.c). */
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                const void *filter, int filter_len, int notify, int *report_fd, char *err,

@@ -30,7 +30,8 @@ call returns, problems of the overlay directory itself are OverlayError:
   `remove(path, directory)` (unlink/rmdir), `rename(old, new, noreplace=False)`,
   `exchange(a, b)` (RENAME_EXCHANGE), `link_file(source, path)` (an O_TMPFILE
   file named), `tmpfile_dir(path)` (the upper copy of a directory, to make an
-  O_TMPFILE file in). Moving a directory that has lower content is
+  O_TMPFILE file in), `new_name(path)` (where the kernel makes an entry itself: a
+  Unix socket's bind). Moving a directory that has lower content is
   EXDEV, as the kernel's overlay without redirect_dir (`mv` then copies).
 - `entries(path)` -> [(name, S_IFMT bits)]: the merged listing, upper first, lower
   names after (not whited out, not hidden by an opaque directory); no "." nor "..".
@@ -587,6 +588,32 @@ class Overlay:
             os.link(source, tmp, dst_dir_fd=pfd, follow_symlinks=True)
 
         self._create(_parts(new), new, make)
+
+    def new_name(self, path: str) -> str:
+        """The host path in the upper layer at which the kernel itself is to make the
+        new entry `path` (a Unix socket's bind): its parent copied up; EEXIST if the
+        merged view has the name. A `.wh.` whiteout there may stay: the upper entry
+        is found before it, and it keeps the lower's entry hidden once this one goes."""
+        parts = _parts(path)
+        if not parts:
+            raise _fail(errno.EEXIST, path)
+        if parts[-1].startswith(WH):
+            raise _fail(errno.EINVAL, path)
+        node = self._node(parts, path)
+        try:
+            if node.upper is not None or self._lower_at(node, path) is not None:
+                raise _fail(errno.EEXIST, path)
+            kernel_whiteout = node.kernel_whiteout
+        finally:
+            node.close()
+        pfd = self._dir_fd(parts[:-1], path)
+        try:
+            if kernel_whiteout:  # a device the kernel cannot bind over: an OCI one instead
+                _touch(pfd, WH + parts[-1])
+                os.unlink(parts[-1], dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        return self._host(parts)
 
     def tmpfile_dir(self, path: str) -> str:
         """The host directory in which to make an O_TMPFILE file for the guest's

@@ -7,7 +7,7 @@ import errno
 import os
 
 from .._core import ffi, lib
-from .seccomp import build_filter
+from .seccomp import build_filter, build_late_filter
 from .syscalls import Call
 
 # What next() reports (tracer.h PC_EV_*)
@@ -89,6 +89,9 @@ class Core:
             lib.pc_add_prefix(self.t, 1, os.fsencode(d.rstrip("/")))
         lib.pc_set_translate(self.t, int(translate))
         self.filter = build_filter(calls, arch, notify)
+        if translate:  # the socket-address rows, a guest namespace's only
+            late = build_late_filter(calls, arch)
+            lib.pc_set_late_filter(self.t, late, len(late) // 8)
         self.ev = ffi.new("pc_event *")
 
     def spawn(

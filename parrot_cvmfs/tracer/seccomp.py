@@ -30,7 +30,7 @@ _INSN = struct.Struct("<HBBI")
 
 def build_filter(calls: list[Call], arch: str, notify: bool = False) -> bytes:
     """cBPF for `arch`; row i of `calls` traps with data i (or, with `notify`, rows
-    marked so notify the listener)."""
+    marked so notify the listener). Rows marked guest_only are in build_late_filter's."""
     prog: list[tuple[int, int, int, int]] = [
         (LD_W_ABS, 0, 0, OFF_ARCH),
         (JEQ, 1, 0, AUDIT_ARCH[arch]),
@@ -49,6 +49,8 @@ def build_filter(calls: list[Call], arch: str, notify: bool = False) -> bytes:
         (LD_W_ABS, 0, 0, OFF_NR),
     ]
     for i, call in enumerate(calls):
+        if call.guest_only:
+            continue
         nr = call.number(arch)
         if notify and call.notify and call.name in ("open", "openat"):
             # O_PATH descriptors cannot be installed by SECCOMP_IOCTL_NOTIF_ADDFD: those
@@ -71,6 +73,41 @@ def build_filter(calls: list[Call], arch: str, notify: bool = False) -> bytes:
             prog += [(JEQ, 0, len(block), nr), *block]
             continue
         prog += [(JEQ, 0, 1, nr), (RET, 0, 0, action)]
+    return _program(prog)
+
+
+def build_late_filter(calls: list[Call], arch: str) -> bytes:
+    """cBPF for the guest_only rows (a guest namespace's socket addresses), which the
+    job installs after handing the listener over (spawn.c: a sendmsg, which these rows
+    stop); a ptrace stop with data i for row i, only with the row's pointer given. The
+    kernel runs both programs, and the stricter action wins (notify over trace)."""
+    prog = [
+        (LD_W_ABS, 0, 0, OFF_ARCH),
+        (JEQ, 1, 0, AUDIT_ARCH[arch]),
+        (RET, 0, 0, RET_ALLOW),
+        (LD_W_ABS, 0, 0, OFF_NR),
+    ]
+    for i, call in enumerate(calls):
+        if not call.guest_only:
+            continue
+        nr, action = call.number(arch), RET_TRACE | i
+        if call.pointer < 0:
+            prog += [(JEQ, 0, 1, nr), (RET, 0, 0, action)]
+            continue
+        at = OFF_ARGS + 8 * call.pointer  # both halves of the pointer zero: it runs
+        prog += [
+            (JEQ, 0, 6, nr),
+            (LD_W_ABS, 0, 0, at),
+            (JEQ, 0, 2, 0),
+            (LD_W_ABS, 0, 0, at + 4),
+            (JEQ, 1, 0, 0),
+            (RET, 0, 0, action),
+            (RET, 0, 0, RET_ALLOW),
+        ]
+    return _program(prog)
+
+
+def _program(prog: list[tuple[int, int, int, int]]) -> bytes:
     prog.append((RET, 0, 0, RET_ALLOW))
     if len(prog) > 4096:
         raise ValueError("seccomp program too long")

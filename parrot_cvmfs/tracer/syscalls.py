@@ -25,7 +25,7 @@ O_NOFOLLOW = 0o400000
 FS_IOC_SET = (0x40086602, 0x40046602, 0x401C5820, 0x40087602)
 
 # How arguments are examined by the C core (tracer.h PC_KIND_*)
-PATH, PATH2, FD, CWD, SOCKADDR, SOCKNAME = 1, 2, 3, 4, 5, 6
+PATH, PATH2, FD, CWD, SOCKADDR, SOCKNAME, SOCKMSG, SOCKFROM = 1, 2, 3, 4, 5, 6, 7, 8
 # When a path argument names the dirfd itself without AT_EMPTY_PATH (tracer.h PC_BARE_*)
 BARE_EMPTY, BARE_NULL = 1, 2
 # What the C answer table can replay (tracer.h PC_FAST_*)
@@ -45,7 +45,7 @@ BARE_EMPTY, BARE_NULL = 1, 2
 class Call(
     namedtuple(
         "Call",
-        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr notify bare arg1_in",
+        "name x86_64 aarch64 kind handler dirfd path dirfd2 path2 flags empty nofollow follow_flag follow proc fast out mode size attr notify bare arg1_in guest_only pointer",
         defaults=(
             -1,
             -1,
@@ -65,6 +65,8 @@ class Call(
             False,
             0,
             (),
+            False,
+            -1,
         ),
     )
 ):
@@ -93,6 +95,8 @@ class Call(
     notify: bool  # served through seccomp user notifications when available
     bare: int  # BARE_EMPTY: "" names the dirfd (readlinkat); BARE_NULL: NULL does (utimensat)
     arg1_in: tuple  # stop only when args[1] is one of these (ioctl requests), else always
+    guest_only: bool  # in the filter only with a guest namespace (--root, binds)
+    pointer: int  # argument index of a pointer: stop only when it is not NULL
 
     def number(self, arch: str) -> int | None:
         return getattr(self, arch)
@@ -219,6 +223,16 @@ CALLS: list[Call] = [
     # a socket's own or peer address, shown in guest terms (in a guest namespace only)
     Call("getsockname", 51, 204, SOCKNAME, "sockname", path=0, out=1, size=2),
     Call("getpeername", 52, 205, SOCKNAME, "sockname", path=0, out=1, size=2),
+    # Unix socket addresses of datagrams and connections, in guest terms: frequent calls
+    # on network sockets, so in the filter only with a guest namespace, past it only
+    # with an address given (a connected socket's send/recv names none), and to Python
+    # only for a Unix address (C reads it) or a buffer on a Unix socket (C asks it)
+    Call("sendto", 44, 206, SOCKADDR, "connect", path=4, size=5, proc=True, pointer=4),
+    Call("sendmsg", 46, 211, SOCKMSG, "sendmsg", path=1, proc=True),
+    Call("recvfrom", 45, 207, SOCKFROM, "sockfrom", path=0, out=4, size=5, pointer=4),
+    Call("recvmsg", 47, 212, SOCKFROM, "sockfrom", path=0, out=1),
+    Call("accept", 43, 202, SOCKFROM, "sockfrom", path=0, out=1, size=2, pointer=1),
+    Call("accept4", 288, 242, SOCKFROM, "sockfrom", path=0, out=1, size=2, pointer=1),
     # mounts of /cvmfs or onto it (root only, or in a user namespace)
     _p2("mount", 165, 40, "mount", path=0, path2=1),
     _p("open_tree", 428, 428, "unsupported", **_at(2)),
@@ -262,7 +276,8 @@ NOTIFIED = {
     "getdents64",
     "getdents",
 }
-CALLS = [c._replace(notify=c.name in NOTIFIED) for c in CALLS]
+GUEST_ONLY = {"sendto", "sendmsg", "recvfrom", "recvmsg", "accept", "accept4"}
+CALLS = [c._replace(notify=c.name in NOTIFIED, guest_only=c.name in GUEST_ONLY) for c in CALLS]
 
 # Calls refused in the filter itself, without a stop.
 IO_URING_SETUP = {"x86_64": 425, "aarch64": 425}  # kernel workers resolve paths unseen

@@ -12,7 +12,9 @@ A handler returns what to do with the call (delivery.py carries it out):
 - ("args", {arg: value}, report_exit, is_exec): ptrace only, arguments replaced (exec,
   chdir), the original registers put back at the exit; a value is the register's (int)
   or what it is to point at: a string (str), bytes, or an array of strings (list,
-  argv), which delivery writes below the program's stack pointer.
+  argv), which delivery writes below the program's stack pointer;
+- ("exit", hook): ptrace only, the call runs as it is and `hook(result)` sees its exit
+  (it may change what the call wrote in the program's memory).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ class Delivery:
         self.core, self.view, self.procs = core, view, procs
         self._open_pending: dict[int, tuple[str, VPath]] = {}  # tid -> the open's file
         self._reopens: dict[int, int] = {}  # tid -> opens made again in a row (on_exit)
+        self._exit_hooks: dict[int, object] = {}  # tid -> an "exit" action's hook
 
     # HOT PATH: runs once for every call Python answers
     def apply(self, c: Context, action: tuple) -> None:
@@ -95,6 +96,9 @@ class Delivery:
             elif kind == "host":
                 values = {c.call.path: Scratch(core, tid, c.sp).put_str(action[1])}
                 report = is_exec = False
+            elif kind == "exit":
+                self._exit_hooks[tid] = action[1]
+                values, report, is_exec = {}, True, False
             else:
                 _, values, report, is_exec = action
                 try:
@@ -165,6 +169,14 @@ class Delivery:
     def on_exit(self) -> None:
         """Exit of a rewritten open: remember which /cvmfs file the new descriptor holds."""
         tid, ret = self.core.exit_result()
+        hook = self._exit_hooks.pop(tid, None)
+        if hook is not None:
+            try:
+                hook(ret)
+            except OSError:
+                pass  # the program's memory went away: its result stands
+            self.core.finish_exit(tid)
+            return
         pending = self._open_pending.pop(tid, None)
         if pending is not None and ret >= 0:
             self.procs.fds.setdefault(self.procs.tgid(tid), {})[int(ret)] = pending

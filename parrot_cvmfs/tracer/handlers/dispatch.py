@@ -17,7 +17,7 @@ from .directories import h_chdir, h_getcwd, h_getdents, h_inotify
 from .execve import h_execve
 from .open import h_open
 from .processes import Processes
-from .sockets import h_connect, h_sockname
+from .sockets import h_connect, h_sendmsg, h_sockfrom, h_sockname
 from .writes import (
     h_bind,
     h_chroot,
@@ -63,6 +63,8 @@ HANDLERS = {
     "bind": h_bind,
     "connect": h_connect,
     "sockname": h_sockname,
+    "sendmsg": h_sendmsg,
+    "sockfrom": h_sockfrom,
     "mount": h_mount,
     "chroot": h_chroot,
 }

@@ -64,6 +64,11 @@ def _overlay_write(c: Context, guest: str, t2: Target | None, open_how) -> tuple
         create = mode & 0o7777 & ~_umask_of(c.tid) if flags & 0o100 else None
         host = ov.prepare_write(guest, create, exclusive=bool(flags & 0o200))
         return ("open", host, flags & ~0o200, mode, None, how, False)
+    if name == "bind":  # the kernel makes the socket, in the upper layer
+        try:
+            return socket_at(c, ov.new_name(guest))
+        except FileExistsError:
+            return skip(-errno.EADDRINUSE)
     if name in ("rmdir", "unlink", "unlinkat"):
         ov.remove(guest, name == "rmdir" or bool(name == "unlinkat" and args[2] & AT_REMOVEDIR))
         return skip(0)
@@ -358,7 +363,7 @@ def h_bind(c: Context) -> tuple:
         return skip(-errno.EADDRINUSE)
     if t.err:
         if t.err == errno.ENOENT and t.missing_last:
-            return skip(-errno.EROFS)
+            return readonly_write(c, t)  # EROFS, or made in the overlay
         return skip(-t.err)
     if not t.via_cvmfs:
         return RESUME
