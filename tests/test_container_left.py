@@ -214,3 +214,44 @@ def test_socket_addresses_in_guest_terms(run_modes, tmp_path):
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+
+
+# -- an offline --root from a preloaded alien cache --------------------------------------------
+
+
+def test_offline_root_from_a_preloaded_alien_cache(debian11, tmp_path):
+    """A site preloads the userland's repository once into an alien cache; a job then
+    runs in it as root with no server (a dead URL) and an empty cache of its own."""
+    import subprocess
+    import sys
+
+    from .conftest import base_env, repo_spec
+    from .servers import dead_url
+    from .test_parrot_run import PARROT
+
+    name, pubkey = debian11.name, debian11.published.pubkey
+    alien = str(tmp_path / "alien")
+    p = subprocess.run(
+        [sys.executable, "-m", "parrot_cvmfs", "preload", "-u", f"{debian11.url}/{name}"]
+        + ["-r", alien, "-k", pubkey],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    env = base_env(PARROT_CVMFS_REPO=repo_spec(name, dead_url(name), pubkey))
+    for mode in ("notify", "ptrace"):
+        argv = [*PARROT, "--offline", "--alien-cache", alien, "--cache-dir"]
+        argv += [str(tmp_path / f"own-{mode}"), "--root", debian11.cvmfs, "--"]
+        script = "cat /etc/debian_version && python3 -c 'import json; print(json.dumps([1]))'"
+        q = subprocess.run(
+            [*argv, "/bin/sh", "-c", script],
+            env={**env, "PARROT_CVMFS_MODE": mode},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        release = open(os.path.join(debian11.tree, "etc/debian_version")).read()
+        assert q.returncode == 0, (mode, q.stderr[-2000:])
+        assert q.stdout == release + "[1]\n", (mode, q.stdout, q.stderr[-2000:])
