@@ -255,3 +255,64 @@ def test_offline_root_from_a_preloaded_alien_cache(debian11, tmp_path):
         release = open(os.path.join(debian11.tree, "etc/debian_version")).read()
         assert q.returncode == 0, (mode, q.stderr[-2000:])
         assert q.stdout == release + "[1]\n", (mode, q.stdout, q.stderr[-2000:])
+
+
+# -- --overlay on the host's tree, over binds from /cvmfs ----------------------------------------
+
+_BIND_CHANGES = (
+    "echo new > /opt/sw/newfile && echo more >> /opt/sw/debian_version && rm /opt/sw/issue"
+    " && mkdir /opt/sw/made && mv /opt/sw/issue.net /opt/sw/renamed"
+)
+_BIND_LOOK = (
+    "cat /opt/sw/newfile /opt/sw/debian_version; ls /opt/sw/issue 2>&1; ls -A /opt/sw;"
+    " echo --; echo x > $0/host && cat $0/host; echo y > /cvmfs/$1/etc/newfile"
+)
+
+
+def test_overlay_without_root_over_a_cvmfs_bind(debian11, mode, tmp_path):
+    """Without --root, --overlay takes the writes below a bind from /cvmfs (in
+    DIR/binds/<destination>/), listings merge, a later run sees them; the host's own
+    tree stays the host's, /cvmfs itself read-only; with no such bind, one line."""
+    import subprocess
+
+    from .conftest import base_env, repo_spec
+    from .test_parrot_run import PARROT
+
+    env = base_env(
+        PARROT_CVMFS_REPO=repo_spec(
+            debian11.name, f"{debian11.url}/{debian11.name}", debian11.published.pubkey
+        ),
+        PARROT_CVMFS_CACHE=str(tmp_path / "cache"),
+        **mode,
+    )
+    ov = str(tmp_path / "ov")
+    base = [*PARROT, "-B", f"{debian11.cvmfs}/etc:/opt/sw", "--overlay", ov, "--"]
+
+    def sh(script, *args, argv=base):
+        return subprocess.run(
+            [*argv, "/bin/sh", "-c", script, str(tmp_path), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    ok(sh(_BIND_CHANGES))
+    p = sh(_BIND_LOOK, debian11.name)
+    lines = p.stdout.splitlines()
+    release = open(os.path.join(debian11.tree, "etc/debian_version")).read().strip()
+    assert lines[:3] == ["new", release, "more"], p
+    assert "No such file or directory" in lines[3]
+    etc = set(os.listdir(os.path.join(debian11.tree, "etc"))) - {"issue", "issue.net"}
+    i = lines.index("--")
+    assert set(lines[4:i]) == etc | {"newfile", "made", "renamed"}, p
+    assert lines[i + 1 :] == ["x"] and "Read-only file system" in p.stderr, p
+    assert os.path.exists(os.path.join(ov, "binds", "opt%2Fsw", "upper", "newfile"))
+    assert not os.path.lexists("/opt/sw/newfile")
+    # without the overlay the bind is read-only again, and as it was
+    bare = [a for a in base if a not in ("--overlay", ov)]
+    p = sh("cat /opt/sw/debian_version; echo x > /opt/sw/newfile", argv=bare)
+    assert p.stdout == release + "\n" and "Read-only file system" in p.stderr, p
+    # nothing to lay an overlay over: one line
+    p = sh("true", argv=[*PARROT, "--overlay", ov, "--"])
+    assert p.returncode != 0 and p.stderr.count("\n") == 1 and "--overlay needs" in p.stderr

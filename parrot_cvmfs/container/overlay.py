@@ -969,3 +969,121 @@ class HostLower:
 
 def _not_there(path: str):
     raise _fail(errno.ENOENT, path)
+
+
+def bind_directory(directory: str, dst: str) -> str:
+    """Where the overlay of the bind at guest path `dst` lives in the overlay directory
+    `directory` when there is no --root: `binds/` and the destination as one name
+    ("/" as %2F, "%" as %25), its own upper/ and work/ inside."""
+    name = dst.strip("/").replace("%", "%25").replace("/", "%2F")
+    return os.path.join(directory, "binds", name)
+
+
+class Layered:
+    """The overlays of one guest namespace, each over one read-only mount (the root's,
+    or without a root one per bind from /cvmfs), keyed by the mount's destination:
+    the `Overlay` API with guest paths, each call made by the overlay of the mount
+    that holds the path (`mount_dst(guest)`: the destination of that mount, from the
+    mount table), the path rebased below it. A change that spans two of them (rename,
+    link, exchange) is EXDEV, as across two mounts."""
+
+    def __init__(self, directory: str, layers: dict[str, Overlay], mount_dst):
+        self.directory = os.path.abspath(directory)
+        self._layers, self._mount_dst = layers, mount_dst
+        self._uppers = sorted(
+            ((ov.upper_dir + "/", dst) for dst, ov in layers.items()), key=lambda u: -len(u[0])
+        )
+
+    def close(self) -> None:
+        """Release every overlay's lock."""
+        for ov in self._layers.values():
+            ov.close()
+
+    def covers(self, guest: str) -> bool:
+        """Whether the mount that holds `guest` has an overlay."""
+        return self._mount_dst(guest) in self._layers
+
+    def covers_mount(self, dst: str) -> bool:
+        return dst in self._layers
+
+    def _at(self, guest: str) -> tuple[Overlay, str]:
+        dst = self._mount_dst(guest)
+        ov = self._layers.get(dst)
+        if ov is None:
+            raise _fail(errno.EROFS, guest)
+        return ov, _below(guest, dst)
+
+    def _two(self, a: str, b: str) -> tuple[Overlay, str, str]:
+        (ova, pa), (ovb, pb) = self._at(a), self._at(b)
+        if ova is not ovb:
+            raise _fail(errno.EXDEV, b)
+        return ova, pa, pb
+
+    def guest_of_upper(self, host: str) -> str | None:
+        """The guest path of a host path in one of the upper layers, else None."""
+        for up, dst in self._uppers:
+            if host.startswith(up) or host == up[:-1]:
+                rest = host[len(up) - 1 :] if host != up[:-1] else "/"
+                return rest if dst == "/" else (dst + rest).rstrip("/") or "/"
+        return None
+
+    def in_upper(self, host: str | None) -> bool:
+        return bool(host) and self.guest_of_upper(host) is not None
+
+    # -- the Overlay API, by guest path -------------------------------------------------------
+
+    def lookup(self, guest: str) -> Found | None:
+        ov, p = self._at(guest)
+        return ov.lookup(p)
+
+    def prepare_write(self, guest: str, create_mode: int | None = None, exclusive=False) -> str:
+        ov, p = self._at(guest)
+        return ov.prepare_write(p, create_mode, exclusive=exclusive)
+
+    def mkdir(self, guest: str, mode: int) -> None:
+        ov, p = self._at(guest)
+        ov.mkdir(p, mode)
+
+    def symlink(self, target: str, guest: str) -> None:
+        ov, p = self._at(guest)
+        ov.symlink(target, p)
+
+    def link(self, old: str, new: str) -> None:
+        ov, po, pn = self._two(old, new)
+        ov.link(po, pn)
+
+    def link_file(self, source: str, guest: str) -> None:
+        ov, p = self._at(guest)
+        ov.link_file(source, p)
+
+    def remove(self, guest: str, directory: bool = False) -> None:
+        ov, p = self._at(guest)
+        ov.remove(p, directory)
+
+    def rename(self, old: str, new: str, noreplace: bool = False) -> None:
+        ov, po, pn = self._two(old, new)
+        ov.rename(po, pn, noreplace=noreplace)
+
+    def exchange(self, a: str, b: str) -> None:
+        ov, pa, pb = self._two(a, b)
+        ov.exchange(pa, pb)
+
+    def new_name(self, guest: str) -> str:
+        ov, p = self._at(guest)
+        return ov.new_name(p)
+
+    def tmpfile_dir(self, guest: str) -> str:
+        ov, p = self._at(guest)
+        return ov.tmpfile_dir(p)
+
+    def entries(self, guest: str) -> list[tuple[str, int]]:
+        ov, p = self._at(guest)
+        return ov.entries(p)
+
+
+def _below(guest: str, dst: str) -> str:
+    """`guest` as a path below the mount point `dst` ("/" for the point itself)."""
+    if dst == "/":
+        return guest
+    rest = guest[len(dst) :]
+    return rest if rest.startswith("/") else "/" + rest

@@ -24,12 +24,11 @@ class Guest:
 
     def __init__(self, table: MountTable, view: CvmfsView, procs, overlay: str | None = None):
         self.table, self.view, self.procs = table, view, procs
-        # --overlay: the root's writable layer (container/overlay.py), locked for this job
+        # --overlay: the writable layers (container/overlay.py Layered) of the root, or
+        # without a root of each bind from /cvmfs; locked for this job
         self.overlay = None
-        self._upper = ""
         if overlay is not None:
             self.overlay = _open_overlay(view, table, overlay)
-            self._upper = self.overlay.upper_dir + "/"
         self._host = HostFiles()
         self._tid = 0
         self.exec_plans: dict[str, tuple] = {}  # handlers/execve.py: program -> its plan
@@ -63,7 +62,7 @@ class Guest:
     def kind_in(self, location: str, guest: str, mount) -> tuple[int, str]:
         """`kind`, where the overlay answers first for the root's paths: its upper
         entries, and whiteouts hiding the root's (a lower entry: the root's kind)."""
-        if self.overlay is None or not mount.root:
+        if self.overlay is None or not self.overlay.covers_mount(mount.dst):
             return self.kind(location)
         self._host_seen = True  # the upper layer changes as the job writes: never taught
         try:
@@ -154,10 +153,10 @@ class Guest:
         """The guest's spelling of a path the kernel reports (cwd, a descriptor's
         target), None if the guest cannot see it."""
         host = host.removesuffix(" (deleted)")
-        if self._upper and host.startswith(self._upper):  # an upper copy: its guest path
-            return host[len(self._upper) - 1 :]
-        if self._upper and host == self._upper[:-1]:
-            return "/"
+        if self.overlay is not None:  # an upper copy: its guest path
+            g = self.overlay.guest_of_upper(host)
+            if g is not None:
+                return g
         g = self._glue_guest.get(host)
         if g is not None:
             return g
@@ -195,20 +194,19 @@ class Guest:
     def in_upper(self, host: str | None) -> bool:
         """Whether a host path is in the overlay's upper layer (the job's own files,
         which change as it writes)."""
-        up = self._upper
-        return bool(up and host and (host.startswith(up) or host == up[:-1]))
+        return self.overlay is not None and self.overlay.in_upper(host)
 
     def overlaid(self, t: Target | None) -> str | None:
-        """The guest path of a target the overlay takes writes for (in the root's
+        """The guest path of a target the overlay takes writes for (in an overlaid
         mount, --overlay given), None otherwise."""
         if self.overlay is None or t is None or t.guest is None:
             return None
-        return t.guest if self.table.mount_of(t.guest).root else None
+        return t.guest if self.overlay.covers(t.guest) else None
 
     def overlay_entries(self, guest: str | None) -> list[tuple[str, int]] | None:
         """The overlay's merged listing of a directory of the root, None where the
         overlay has no say (no --overlay, another mount) or cannot list it."""
-        if self.overlay is None or guest is None or not self.table.mount_of(guest).root:
+        if self.overlay is None or guest is None or not self.overlay.covers(guest):
             return None
         try:
             return self.overlay.entries(guest)
@@ -233,7 +231,12 @@ class Guest:
         if r.glue and not r.err:  # nothing lies there: an empty directory of ours
             loc = self.glue_dir(r.guest)
         in_cvmfs = loc == CVMFS or loc.startswith(CVMFS + "/")
-        if not r.err and self.overlay is not None and r.mount is not None and r.mount.root:
+        if (
+            not r.err
+            and self.overlay is not None
+            and r.mount is not None
+            and self.overlay.covers_mount(r.mount.dst)
+        ):
             upper = self._upper_target(r, path)
             if upper is not None:
                 return upper
@@ -284,18 +287,39 @@ class Guest:
 
 
 def _open_overlay(view: CvmfsView, table: MountTable, directory: str):
-    """The overlay in `directory` over the guest root (OverlayError: one line)."""
-    from ..container.overlay import HostLower, Overlay
+    """The overlays in `directory`: over the guest root (DIR/upper, DIR/work), or with
+    no root over each bind from /cvmfs (DIR/binds/<its destination>/); CvmfsError
+    (OverlayError: one line) when there is nothing read-only to lay one over."""
+    from ..container.overlay import HostLower, Layered, Overlay, bind_directory
     from ..errors import CvmfsError
+    from .guestroot import CvmfsLower
 
-    root = table.root
-    if root is None:
-        raise CvmfsError("--overlay needs --root (it is the root's writable layer)")
-    if root == CVMFS or root.startswith(CVMFS + "/"):
-        from .guestroot import CvmfsLower
+    def lower_of(src: str):
+        if src == CVMFS or src.startswith(CVMFS + "/"):
+            return CvmfsLower(view, src)
+        return HostLower(src)
 
-        return Overlay(directory, CvmfsLower(view, root))
-    return Overlay(directory, HostLower(root))
+    if table.root is not None:
+        wanted = [(m.dst, directory, m.src) for m in table.mounts if m.root]
+    else:
+        wanted = [
+            (m.dst, bind_directory(directory, m.dst), m.src)
+            for m in table.mounts
+            if not m.root and (m.src == CVMFS or m.src.startswith(CVMFS + "/"))
+        ]
+        if not wanted:
+            raise CvmfsError(
+                "--overlay needs --root or a bind from /cvmfs (it is their writable layer)"
+            )
+    layers: dict[str, Overlay] = {}
+    try:
+        for dst, where, src in wanted:
+            layers[dst] = Overlay(where, lower_of(src))
+    except BaseException:
+        for ov in layers.values():
+            ov.close()
+        raise
+    return Layered(directory, layers, lambda guest: table.mount_of(guest).dst)
 
 
 # -- setting the namespace up (parrot_run --root, -B, -M, -m) ---------------------------------

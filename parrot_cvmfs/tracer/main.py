@@ -44,8 +44,9 @@ container options (a whole userland as the job's root, no container runtime):
   -M DST=SRC            show SRC at DST (Parrot's syntax); repeatable
   -m FILE               a mount file: lines "DST SRC", # comments; repeatable
                         (the deepest DST wins; for one DST, the last one given)
-  --overlay DIR         with --root: writes into the root land in DIR (upper/ and
-                        work/, OCI whiteouts; kept for later runs; one job at a time)
+  --overlay DIR         writes into the --root land in DIR (upper/ and work/, OCI
+                        whiteouts; kept for later runs; one job at a time); without
+                        --root, writes below each bind from /cvmfs (DIR/binds/DST/)
   --run                 with --root: run the image's /.singularity.d/runscript
                         (apptainer run), the command's words as its arguments
   --no-default-binds    only /proc, /dev and /cvmfs from the host with --root
@@ -309,9 +310,10 @@ def _run(args: dict, config, debug) -> int:
         overlay=args.get("overlay"),
         run=bool(args.get("run")),
     )
-    if (opts.overlay is not None or opts.run) and opts.root is None:
-        which = "--overlay" if opts.overlay is not None else "--run"
-        raise CvmfsError(f"{which} needs --root (it acts on the job's root)")
+    if opts.run and opts.root is None:
+        raise CvmfsError("--run needs --root (it acts on the job's root)")
+    if opts.overlay is not None and opts.root is None and not binds:
+        raise CvmfsError("--overlay needs --root or a bind from /cvmfs (their writable layer)")
     sup = Supervisor(opts)
     try:
         return sup.run()
