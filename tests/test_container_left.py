@@ -316,3 +316,27 @@ def test_overlay_without_root_over_a_cvmfs_bind(debian11, mode, tmp_path):
     # nothing to lay an overlay over: one line
     p = sh("true", argv=[*PARROT, "--overlay", ov, "--"])
     assert p.returncode != 0 and p.stderr.count("\n") == 1 and "--overlay needs" in p.stderr
+
+
+_UDP = r"""
+import socket
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+a.bind(('127.0.0.1', 0))
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(50):
+    b.sendto(b'x', a.getsockname())
+    a.recvfrom(10)
+"""
+
+
+def test_network_socket_calls_stay_in_c(run):
+    """A network socket's sendto, recvfrom and getsockname under --root never reach
+    Python (only Unix addresses are the guest's to translate): --stats counts them
+    all as passed through in C."""
+    import re
+
+    p = run("python3", "-c", _UDP, options=["--stats"])
+    ok(p)
+    for name in ("sendto", "recvfrom", "getsockname"):
+        m = re.search(rf"\b{name} (\d+) \((\d+)/(\d+)/(\d+)\)", p.stderr)
+        assert m is not None and int(m[1]) >= 50 and int(m[4]) == 0, (name, p.stderr)

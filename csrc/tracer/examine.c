@@ -233,8 +233,8 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
     }
     case PC_KIND_SOCKFROM:
         return t->translate && examine_sockfrom(c);
-    case PC_KIND_SOCKNAME:
-        return t->translate;
+    case PC_KIND_SOCKNAME: /* only a Unix socket's name is a path (not a network one's) */
+        return t->translate && is_unix_socket(c, (long)(int)c->args[r->path_arg]);
     default:
         return 0;
     }

@@ -34,8 +34,8 @@ enum {
     PC_KIND_SOCKADDR = 5, /* bind: a struct sockaddr_un at `path_arg` of `size_arg` bytes,
                            * interesting as its path would be */
     PC_KIND_SOCKNAME = 6, /* getsockname/getpeername on fd `path_arg`: interesting in a
-                           * guest namespace only (pc_set_translate), whose addresses
-                           * are shown in guest terms */
+                           * guest namespace only (pc_set_translate) and on an AF_UNIX
+                           * socket, whose addresses are shown in guest terms */
     PC_KIND_SOCKMSG = 7,  /* sendmsg: the msg_name of the struct msghdr at `path_arg`,
                            * interesting as a PC_KIND_SOCKADDR address */
     PC_KIND_SOCKFROM = 8, /* accept, accept4, recvfrom, recvmsg on fd `path_arg`: an
