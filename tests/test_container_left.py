@@ -80,6 +80,27 @@ def test_descriptor_changes_copy_up(run_modes, bullseye, tmp_path):
     ], out
 
 
+def test_descriptor_changes_as_nobody(run):
+    """As an unprivileged user: the copy is the user's, so fchmod and futimens work on
+    it, and fchown to another user is EPERM (made with the job's credentials)."""
+    import shutil
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="cleft-", dir="/tmp")
+    try:
+        os.chmod(work, 0o777)
+        ov = os.path.join(work, "ov")
+        run.env = dict(run.env, PARROT_CVMFS_CACHE=os.path.join(work, "cache"))
+        out = ok(
+            run("python3", "-c", _FD_CHANGES, options=["--overlay", ov], user="nobody", cwd=work)
+        )
+        assert out.split()[:6] == ["fchmod", "ok", "fchown", "EPERM", "fsetxattr", "ok"], out
+        s = os.stat(os.path.join(ov, "upper", "etc", "hostname"))
+        assert (s.st_uid, s.st_mode & 0o777, s.st_mtime_ns) == (65534, 0o604, 2 * 10**9)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # -- renameat2 in the root -------------------------------------------------------------------
 
 _RENAMES = r"""
