@@ -38,9 +38,10 @@ t('fsetxattr2', os.setxattr, dv, 'user.gone', b'x')
 t('fremovexattr', os.removexattr, dv, 'user.gone')
 t('futimens', os.utime, fd, None, ns=(10**9, 2 * 10**9))
 t('ftruncate', os.ftruncate, fd, 0)
+t('fchmod-dir', os.fchmod, os.open('/usr/share', os.O_RDONLY | os.O_DIRECTORY), 0o750)
 """
 _FD_LOOK = (
-    "stat -c '%a %u %g %Y %s' /etc/hostname; python3 -c \"import os;"
+    "stat -c '%a %u %g %Y %s' /etc/hostname; stat -c %a /usr/share; python3 -c \"import os;"
     " print(os.getxattr('/etc/hostname', 'user.mark'),"
     " os.listxattr('/etc/debian_version'))\""
 )
@@ -61,10 +62,12 @@ def test_descriptor_changes_copy_up(run_modes, bullseye, tmp_path):
         "fremovexattr ok",
         "futimens ok",
         "ftruncate EINVAL",
+        "fchmod-dir ok",
     ], out
     size = before.st_size
     assert ok(run_modes.sh(_FD_LOOK, options=ov)).splitlines() == [
         f"604 12 34 2 {size}",
+        "750",
         "b'v1' []",
     ]
     now = os.lstat(os.path.join(bullseye, "etc/hostname"))
@@ -76,7 +79,7 @@ def test_descriptor_changes_copy_up(run_modes, bullseye, tmp_path):
     out = ok(run_modes("python3", "-c", _FD_CHANGES))
     assert out.split() == [
         *("fchmod EROFS fchown EROFS fsetxattr EROFS fsetxattr2 EROFS".split()),
-        *("fremovexattr EROFS futimens EROFS ftruncate EINVAL".split()),
+        *("fremovexattr EROFS futimens EROFS ftruncate EINVAL fchmod-dir EROFS".split()),
     ], out
 
 

@@ -85,6 +85,8 @@ class Delivery:
                 core.notif_reply(nid, -errno.EIO)
             return
         tid = c.tid
+        if self._exit_hooks:  # a new call: a hook left by a task gone meanwhile is stale
+            self._exit_hooks.pop(tid, None)
         if kind == "resume":
             core.resume(tid)
         elif kind == "skip":

@@ -337,7 +337,7 @@ def h_write_fd(c: Context) -> tuple:
     upper copy (readonly_write)."""
     if not _ours(c):
         return RESUME
-    if c.guest is not None and not c.view.anchor_to_vpath(c.base):
+    if c.guest is not None:  # a file or (an anchor) a directory of the root
         call = c.call
         fd = int(c.args[call.path if call.kind == FD else call.dirfd])
         t = Target(host=c.base)
