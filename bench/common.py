@@ -36,10 +36,6 @@ def published_and_served(
     env = dict(os.environ)
     env["PARROT_CVMFS_REPO"] = f"{name}:url={srv.url}/{name},pubkey={keys}/{name}.pub"
     env["PARROT_CVMFS_CONFIG_DIR"] = "/nonexistent"
-    # bytecode, as an installed package has it: without it every parrot_run compiles its
-    # modules again (~150 ms here), which no user pays; kept outside the checkouts
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = os.path.join(work, "pycache")
     if mode:
         env["PARROT_CVMFS_MODE"] = mode
     try:
