@@ -104,6 +104,26 @@ def timed(cmd: list[str], env: dict, cwd: str | None = None) -> float:
     return dt
 
 
+def compile_package(launcher: list[str]) -> None:
+    """Bytecode for the package a launcher runs, as an installed package has it (an
+    editable checkout under PYTHONDONTWRITEBYTECODE has none: every parrot_run would
+    compile its modules again, ~150 ms, which no user pays). The jobs' environment is
+    left as it is."""
+    python = launcher[0]
+    if not python.endswith(("python", "python3")):
+        with open(python, "rb") as f:
+            first = f.readline().decode(errors="replace")
+        python = first[2:].strip() if first.startswith("#!") else sys.executable
+    where = subprocess.run(
+        [python, "-c", "import os, parrot_cvmfs; print(os.path.dirname(parrot_cvmfs.__file__))"],
+        cwd="/",  # not the package of the directory the benchmark runs in
+        capture_output=True,
+        text=True,
+    )
+    if where.returncode == 0:
+        subprocess.run([python, "-m", "compileall", "-q", where.stdout.strip()], check=False)
+
+
 class Bench:
     """What the rows share: the launchers (ours, the baseline's), the scratch directory,
     the number of runs."""
@@ -125,26 +145,6 @@ class Bench:
         self.proot = shutil.which("proot")
         for launcher in self.launchers.values():
             compile_package(launcher)
-
-
-def compile_package(launcher: list[str]) -> None:
-    """Bytecode for the package a launcher runs, as an installed package has it (an
-    editable checkout under PYTHONDONTWRITEBYTECODE has none: every parrot_run would
-    compile its modules again, ~150 ms, which no user pays). The jobs' environment is
-    left as it is."""
-    python = launcher[0]
-    if not python.endswith(("python", "python3")):
-        with open(python, "rb") as f:
-            first = f.readline().decode(errors="replace")
-        python = first[2:].strip() if first.startswith("#!") else sys.executable
-    where = subprocess.run(
-        [python, "-c", "import os, parrot_cvmfs; print(os.path.dirname(parrot_cvmfs.__file__))"],
-        cwd="/",  # not the package of the directory the benchmark runs in
-        capture_output=True,
-        text=True,
-    )
-    if where.returncode == 0:
-        subprocess.run([python, "-m", "compileall", "-q", where.stdout.strip()], check=False)
 
     def parrot(self, which: str, repo: str, job: list[str], *extra: str) -> list[str]:
         """`job` under launcher `which`, with a warm cache of its own per repository."""
