@@ -95,9 +95,11 @@ def venv_tree() -> str:
     return final
 
 
-def timed(cmd: list[str], env: dict, cwd: str | None = None) -> float:
+def timed(cmd: list[str], env: dict, cwd: str | None = None, pass_fds: tuple = ()) -> float:
     t = time.monotonic()
-    p = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.run(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds
+    )
     dt = time.monotonic() - t
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed: {p.stderr.decode()[-500:]}")
@@ -143,6 +145,7 @@ class Bench:
         if args.baseline:
             self.launchers["baseline"] = [os.path.abspath(args.baseline)]
         self.proot = shutil.which("proot")
+        self.pass_fds: tuple = ()  # descriptors the jobs inherit (bench_accel's table)
         for launcher in self.launchers.values():
             compile_package(launcher)
 
@@ -186,7 +189,7 @@ class Bench:
         results: dict[str, list[float]] = {k: [] for k in cmds}
         for _ in range(self.runs):
             for k, cmd in cmds.items():
-                results[k].append(timed(cmd, env, cwd))
+                results[k].append(timed(cmd, env, cwd, self.pass_fds))
         med = {k: statistics.median(v) for k, v in results.items()}
         low = {k: min(v) for k, v in results.items()}
         print(f"== {title}")
