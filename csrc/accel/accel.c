@@ -218,8 +218,10 @@ int access(const char *path, int mode)
 }
 
 /* realpath of an absolute path, component by component from the table (glibc's own
- * walk calls its internal readlink, which no preload sees). Any component the table
- * does not know, or knows an error for, gives the whole call to the real realpath. */
+ * walk calls its internal readlink, which no preload sees): 1 with the result in
+ * `out`, -errno when a component's answer is an error (ENOENT, ENOTDIR: what the real
+ * walk's readlink of it reports), 0 when a component is not in the table, which gives
+ * the whole call to the real realpath. */
 static int resolve(const char *path, char *out)
 {
     char rest[PATH_MAX + 1], tmp[PATH_MAX + 1];
@@ -256,8 +258,10 @@ static int resolve(const char *path, char *out)
         if (olen == sizeof MOUNT - 1 && memcmp(out, MOUNT, olen) == 0)
             continue; /* the mount point: a directory of ours, never a link */
         ans a;
-        if (!lookup(out, olen, 0, &a) || a.err || !(a.stat || a.link))
+        if (!lookup(out, olen, 0, &a) || !(a.err || a.stat || a.link))
             return 0;
+        if (a.err)
+            return a.err > 0 ? -a.err : 0;
         if (!a.link) {
             struct stat sb;
             if (at < rlen && a.stat) {
@@ -290,7 +294,12 @@ char *realpath(const char *restrict path, char *restrict resolved)
 {
     static char *(*real)(const char *, char *);
     char out[PATH_MAX + 1];
-    if (tab && path && strncmp(path, MOUNT "/", sizeof MOUNT) == 0 && resolve(path, out)) {
+    int rc = tab && path && strncmp(path, MOUNT "/", sizeof MOUNT) == 0 ? resolve(path, out) : 0;
+    if (rc < 0) {
+        errno = -rc;
+        return NULL;
+    }
+    if (rc > 0) {
         if (resolved)
             return strcpy(resolved, out);
         return strdup(out);
