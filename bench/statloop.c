@@ -4,11 +4,14 @@
  *   statloop stat  PATH N   stat(PATH)
  *   statloop fstat PATH N   fstat() of one descriptor opened on PATH
  *   statloop open  PATH N   open(PATH, O_RDONLY) + close()
+ *   statloop readlink PATH N  readlink(PATH) of a path that is not a link (EINVAL): what
+ *                           a compiler's canonicalisation does at every component
  *   statloop tree  DIR N    stat(DIR/0), stat(DIR/1), ... over the TREE_FILES files
  *                           named 0..TREE_FILES-1: a different path at every call, as
  *                           a real program's calls are (no hot table entry, no hot cache
  *                           line)
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +25,7 @@
 int main(int argc, char **argv)
 {
     if (argc != 4) {
-        fprintf(stderr, "usage: statloop stat|fstat|open|tree PATH N\n");
+        fprintf(stderr, "usage: statloop stat|fstat|open|readlink|tree PATH N\n");
         return 2;
     }
     const char *kind = argv[1], *path = argv[2];
@@ -45,6 +48,9 @@ int main(int argc, char **argv)
             rc = stat(path, &st);
         } else if (kind[0] == 't') {
             rc = stat(names[i % TREE_FILES], &st);
+        } else if (kind[0] == 'r') {
+            char buf[256];
+            rc = readlink(path, buf, sizeof buf) < 0 && errno == EINVAL ? 0 : -1;
         } else if (kind[0] == 'f') {
             rc = fstat(fd, &st);
         } else {

@@ -165,3 +165,165 @@ def test_offline_and_alien_tier(published, server, tmp_path):
         for d in [warm] + glob.glob(os.path.join(warm, "*")):
             if os.path.isdir(d):
                 os.chmod(d, 0o755)
+
+
+# -- the objects' directories, made on first use -------------------------------------------------
+
+HEX = [f"{i:02x}" for i in range(256)]
+
+
+def _store(cache: ObjectCache, data: bytes) -> tuple[str, str]:
+    """(the object's path once stored, its xx/ directory name)."""
+    h = hash_bytes(Algorithm.SHA1, data)
+    fd, tmp = cache.new_temp()
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return cache.commit(tmp, h), h.cache_name()[:2]
+
+
+def _objects_in(directory: str, n: int, sub: str | None = None) -> list[bytes]:
+    """`n` distinct contents (whose objects go into `sub`/, when given)."""
+    out, i = [], 0
+    while len(out) < n:
+        data = f"{directory} object {i}".encode()
+        i += 1
+        if sub is None or hash_bytes(Algorithm.SHA1, data).cache_name()[:2] == sub:
+            out.append(data)
+    return out
+
+
+def test_fresh_cache_makes_an_objects_directory_when_its_first_object_arrives(tmp_path):
+    d = str(tmp_path / "c")
+    cache = ObjectCache(d, quota_bytes=1 << 20)
+    try:
+        assert not [s for s in HEX if os.path.lexists(os.path.join(d, s))]
+        assert not os.path.lexists(os.path.join(d, "quarantaine"))
+        path, sub = _store(cache, b"first object")
+        with open(path, "rb") as f:
+            assert f.read() == b"first object"
+        assert [s for s in HEX if os.path.lexists(os.path.join(d, s))] == [sub]
+        assert os.stat(os.path.join(d, sub)).st_mode & 0o7777 == 0o700
+        assert cache.quota.usage() == len(b"first object")
+    finally:
+        cache.close()
+    # a preload cache's directories keep its mode (readable by the site's users)
+    pre = ObjectCache(str(tmp_path / "p"), dir_mode=0o755)
+    try:
+        _, sub = _store(pre, b"preloaded")
+        assert os.stat(os.path.join(pre.dir, sub)).st_mode & 0o7777 == 0o755
+    finally:
+        pre.close()
+
+
+def test_cache_with_objects_directories_missing_stores_into_them(tmp_path):
+    """A cache made with all 256 directories (an older version, cvmfs_preload), some of
+    which are gone: what goes there is stored, what is there is found."""
+    d = str(tmp_path / "c")
+    os.makedirs(os.path.join(d, "txn"))
+    for s in HEX:
+        os.mkdir(os.path.join(d, s))
+    contents = _objects_in(d, 6)
+    cache = ObjectCache(d)
+    try:
+        kept = _store(cache, contents[0])
+        for s in HEX[::2]:
+            if s != kept[1]:
+                os.rmdir(os.path.join(d, s))
+    finally:
+        cache.close()
+    cache = ObjectCache(d)
+    try:
+        assert cache.find(hash_bytes(Algorithm.SHA1, contents[0])) == kept[0]
+        for data in contents[1:]:
+            path, _ = _store(cache, data)
+            with open(path, "rb") as f:
+                assert f.read() == data
+            assert cache.find(hash_bytes(Algorithm.SHA1, data)) == path
+    finally:
+        cache.close()
+
+
+def test_objects_directory_planted_as_link_is_refused_at_first_write(tmp_path):
+    """A link where an objects' directory belongs: the cache opens, lookups there find
+    nothing, and storing an object there is one line naming it; nothing is written
+    where the link points. Other objects are stored as usual."""
+    d = str(tmp_path / "c")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data = _objects_in(d, 1)[0]
+    sub = hash_bytes(Algorithm.SHA1, data).cache_name()[:2]
+    os.makedirs(d)
+    os.symlink(str(elsewhere), os.path.join(d, sub))
+    cache = ObjectCache(d)
+    try:
+        with pytest.raises(OSError) as e:
+            cache.find(hash_bytes(Algorithm.SHA1, data))
+        assert "symbolic link" in str(e.value) and sub in str(e.value), e.value
+        with pytest.raises(OSError) as e:
+            _store(cache, data)
+        line = str(e.value)
+        assert "symbolic link" in line and sub in line and d in line and "\n" not in line, line
+        assert os.listdir(elsewhere) == []
+        assert not os.listdir(cache.txn), "the temporary file was left behind"
+        other = next(
+            x for x in _objects_in(d, 50) if hash_bytes(Algorithm.SHA1, x).cache_name()[:2] != sub
+        )
+        path, _ = _store(cache, other)
+        assert os.path.isfile(path)
+    finally:
+        cache.close()
+
+
+WRITER = r"""
+import os, sys
+from parrot_cvmfs.client.cache import ObjectCache
+from parrot_cvmfs.format.hashes import Algorithm, hash_bytes
+d, tag, ready, go, todo = sys.argv[1:6]
+cache = ObjectCache(d)
+open(ready, "w").close()
+while not os.path.exists(go):
+    pass
+for line in open(todo).read().splitlines():
+    data = bytes.fromhex(line)
+    fd, tmp = cache.new_temp()
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    cache.commit(tmp, hash_bytes(Algorithm.SHA1, data))
+print(tag)
+"""
+
+
+def test_concurrent_first_writers_make_one_directory_each(tmp_path):
+    """Two processes store objects into the same not-yet-made directories at once:
+    both succeed, every object is there, and only the directories used were made."""
+    d = str(tmp_path / "c")
+    ObjectCache(d).close()
+    contents = _objects_in(d, 40, sub="3c") + _objects_in(d, 20, sub="c3")
+    go, todo = str(tmp_path / "go"), tmp_path / "todo"
+    todo.write_text("\n".join(c.hex() for c in contents))
+    procs = []
+    for tag in ("a", "b"):
+        ready = str(tmp_path / f"ready-{tag}")
+        p = subprocess.Popen(
+            [sys.executable, "-c", WRITER, d, tag, ready, go, str(todo)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        procs.append((p, ready))
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(r) for _, r in procs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    open(go, "w").close()
+    for p, _ in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+    assert sorted(s for s in HEX if os.path.lexists(os.path.join(d, s))) == ["3c", "c3"]
+    cache = ObjectCache(d)
+    try:
+        for data in contents:
+            path = cache.find(hash_bytes(Algorithm.SHA1, data), size=len(data))
+            assert path is not None
+            with open(path, "rb") as f:
+                assert f.read() == data
+    finally:
+        cache.close()

@@ -171,7 +171,7 @@ def test_parrot_cvmfs_config_cache_directory_and_log_file(published, server, tmp
     p = run([*PARROT, "--", "cat", f"/cvmfs/{published.name}/README"], env)
     assert p.returncode == 0, p.stderr
     assert p.stdout == b"parrot-cvmfs test tree\n" and p.stderr == b""
-    assert (cache / "ff").is_dir()  # the cache's layout, made there
+    assert (cache / "txn").is_dir()  # the cache's layout, made there
     assert "README" in log.read_text()
 
 

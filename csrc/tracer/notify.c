@@ -15,6 +15,38 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+/* Built with -DPC_NOTIFY_PROFILE (CFLAGS=-DPC_NOTIFY_PROFILE pip install -e .), the
+ * loop times the phases of each call it answers (examine: reading the path from the
+ * task; ID_VALID; answer: the table lookup, the copy into the task and the SEND, which
+ * with SYNC_WAKE_UP runs the task on this CPU until its next stop) and prints the means
+ * to stderr when the listener goes. Measured here (statloop readlink, ~4.6 us a call):
+ * examine ~0.8 us, ID_VALID ~0.24 us, answer ~3 us. */
+#ifdef PC_NOTIFY_PROFILE
+#include <stdio.h>
+#include <time.h>
+enum { PH_EXAMINE, PH_VALID, PH_ANSWER, PH_N };
+static double ph_ns[PH_N];
+static long ph_calls;
+static double ph_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+#define PH_MARK(v) double v = ph_now()
+#define PH_ADD(ph, a, b) (ph_ns[ph] += (b) - (a))
+static void ph_report(void)
+{
+    if (ph_calls)
+        fprintf(stderr, "notify profile: %ld fast answers, per call: examine %.0f ns, ID_VALID %.0f ns, answer %.0f ns\n",
+                ph_calls, ph_ns[PH_EXAMINE] / ph_calls, ph_ns[PH_VALID] / ph_calls, ph_ns[PH_ANSWER] / ph_calls);
+}
+#else
+#define PH_MARK(v)
+#define PH_ADD(ph, a, b)
+#define ph_report()
+#endif
+
 #if defined(__x86_64__)
 #define NATIVE_ARCH AUDIT_ARCH_X86_64
 #else
@@ -71,15 +103,25 @@ static void *notify_main(void *arg)
         }
         c.rule = ri;
         c.r = &t->rules[ri];
+        PH_MARK(p0);
         if (!examine_call(t, &c, ev)) {
             pc_notif_continue(t, c.notif_id);
             PASSED(t, ri);
             continue;
         }
         /* what we read may belong to a task that died meanwhile (and a reused pid) */
+        PH_MARK(p1);
         if (!pc_notif_valid(t, c.notif_id))
             continue;
+        PH_MARK(p2);
         if (fast_answer(t, &c, ev)) {
+            PH_MARK(p3);
+            PH_ADD(PH_EXAMINE, p0, p1);
+            PH_ADD(PH_VALID, p1, p2);
+            PH_ADD(PH_ANSWER, p2, p3);
+#ifdef PC_NOTIFY_PROFILE
+            ph_calls++;
+#endif
             ANSWERED(t, ri);
             continue;
         }
@@ -87,6 +129,7 @@ static void *notify_main(void *arg)
         fill_event(t, ev, &c);
         hand_over(t, ev);
     }
+    ph_report();
     free(req);
     free(ev);
     return NULL;

@@ -324,7 +324,7 @@ def _fetch_in_c(
             o.size,
             o.size if o.size is not None else object_limit(o.suffix),
             cache.temp_path("preload"),
-            os.path.join(cache.dir, o.hash.cache_name()),
+            cache.destination(o.hash),
         )
         for o in todo
     ]

@@ -448,12 +448,14 @@ class _Target:
         certificate and metainfo, then the revision files (breadcrumb last) unless the
         directory holds a newer revision."""
         try:
-            for sub in [f"{i:02x}" for i in range(256)] + ["quarantaine"]:
-                fd = self.subfds.get(sub)
-                if fd is None:
+            moving = [*check.staged_objects, *reversed(check.staged_catalogs), *check.staged_trust]
+            # the object directories these need, made if missing (as the cache makes its
+            # own on first use), and all found real before anything moves
+            for sub in sorted({o.hash.cache_name()[:2] for o in moving}):
+                if sub not in self.subfds:
                     self.subfds[sub] = self._subdir(sub)[0]
             written = present = 0
-            for o in [*check.staged_objects, *reversed(check.staged_catalogs), *check.staged_trust]:
+            for o in moving:
                 if self._move(o):
                     written += 1
                 else:

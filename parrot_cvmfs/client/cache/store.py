@@ -49,6 +49,7 @@ class ObjectCache:
         self.dir = os.path.abspath(directory)
         self.alien = [os.path.abspath(a) for a in (alien or [])]
         self.object_mode = object_mode
+        self.dir_mode = dir_mode
         self._umask = os.umask(0o022)
         os.umask(self._umask)
         make_layout(self.dir, dir_mode)
@@ -69,6 +70,13 @@ class ObjectCache:
 
     def path(self, h: ContentHash, variant: str = "") -> str:
         return os.path.join(self.dir, h.cache_name() + variant)
+
+    def destination(self, h: ContentHash, variant: str = "") -> str:
+        """The path an object is renamed to, its `xx/` directory made on first use (a
+        real directory of ours: a link or file there is a CacheError)."""
+        name = h.cache_name() + variant
+        self.ensure_dir(name[:2])
+        return f"{self.dir}/{name}"
 
     def _lstat(self, root: str, name: str) -> os.stat_result | None:
         """lstat of `root/name` (None if absent) once `root/xx` is known to be a real
@@ -126,12 +134,14 @@ class ObjectCache:
         self.quota.touch_many([n for n in names if not n.startswith((ALIASES + "/", "txn/"))])
 
     def ensure_dir(self, rel: str) -> str:
-        """`self.dir/rel` (a relative path of directories) as real directories of ours."""
+        """`self.dir/rel` (a relative path of directories) as real directories of ours,
+        made with the cache's directory mode where missing (two processes making one
+        at once both succeed: `make_dir` accepts a directory it finds)."""
         path = f"{self.dir}/{rel}"
         if path not in self._dirs_ok:
             parts = rel.split("/")
             for i in range(len(parts)):
-                make_dir(self.dir, "/".join(parts[: i + 1]), 0o700)
+                make_dir(self.dir, "/".join(parts[: i + 1]), self.dir_mode)
             self._dirs_ok.add(path)
         return path
 
@@ -238,8 +248,8 @@ class ObjectCache:
         """Move a complete, verified temporary file into place (replacing whatever wrong
         file `find` passed over there)."""
         name = h.cache_name() + variant
-        dest = os.path.join(self.dir, name)
         try:
+            dest = self.destination(h, variant)
             size = os.lstat(tmp).st_size if self.quota is not None else 0
             try:
                 os.rename(tmp, dest)
