@@ -135,6 +135,29 @@ int pc_add_prefix(pc_tracer *t, int which, const char *prefix)
     return 0;
 }
 
+#ifndef PC_BUILD_ID
+#define PC_BUILD_ID "unknown"
+#endif
+const char *pc_build_id(void) { return PC_BUILD_ID; }
+
+static pc_adoption adoption;
+static int adoption_set;
+
+void pc_adopt_set(const pc_adoption *a)
+{
+    adoption = *a;
+    adoption_set = 1;
+}
+
+int pc_adopt_take(pc_adoption *out)
+{
+    if (!adoption_set)
+        return 0;
+    *out = adoption;
+    adoption_set = 0;
+    return 1;
+}
+
 const pc_stats *pc_get_stats(pc_tracer *t) { return &t->stats; }
 
 void pc_get_rule_stats(pc_tracer *t, uint64_t *out)

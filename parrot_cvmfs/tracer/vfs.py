@@ -78,6 +78,8 @@ class CvmfsView:
         offline: bool = False,
         eager: list[str] | None = None,
         warn: Callable[[str], None] | None = None,
+        pins: dict[str, str] | None = None,
+        pinned_until: float = 0.0,
     ):
         self.config = config
         self.cache_dir = os.path.abspath(cache_dir)
@@ -96,6 +98,10 @@ class CvmfsView:
         self.repos: dict[str, Repository] = {}
         self.failed: dict[str, str] = {}
         self.eager = [config.canonical_name(n) for n in (eager or [])]
+        # revisions this run must mount (name -> root hash: an adopted run, whose C table
+        # answered from them), and until when what they were chosen by holds
+        self.pins = pins or {}
+        self.pinned_until = pinned_until
         self.cache: ObjectCache | None = None
         self.nodes: dict[VPath, Node | None] = {}  # directories (and /cvmfs itself)
         self.leaves: dict[VPath, Node | None] = {}  # other entries, and missing ones
@@ -148,6 +154,7 @@ class CvmfsView:
                 verify_at=self.verify_at,
                 offline=self.offline or None,
                 reuse_fresh=True,
+                root_hash=self.pins.get(name),
             )
         except (CvmfsError, OSError) as e:
             self.failed[name] = str(e)
@@ -166,6 +173,15 @@ class CvmfsView:
         if repo is None or not repo.root_hash:
             return None
         return f"{name}@{repo.root_hash.hex}" + ("" if repo.uid is not None else "+owners")
+
+    def valid_until(self) -> float:
+        """Until when later runs would mount the same revisions (a start plan's bound):
+        the earliest of each mounted revision's own freshness, a pinned one's its pin's."""
+        until = float("inf")
+        for name, repo in self.repos.items():
+            fresh = self.pinned_until if name in self.pins else repo.trust.fresh_until()
+            until = min(until, fresh)
+        return until
 
     def mount_eager(self) -> list[str]:
         """Mount the repositories named with --cvmfs; returns the error lines."""
