@@ -446,10 +446,8 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
     int report = -1;
     pid_t pid = core.pc_spawn(t, argv[cmd], argv + cmd, environ, filt.p, (int)(filt.len / 8),
                               (int)notify, &report, err, sizeof err);
-    if (pid < 0) {
-        fprintf(stderr, "parrot_run: cannot start the job: %s\n", err);
-        _exit(1);
-    }
+    if (pid < 0)
+        return -1; /* the job never ran: the full start tries again, and says why */
     core.pc_forward_signals(t);
     a.tracer = t;
     a.root = pid;
