@@ -76,7 +76,9 @@ class Launch:
 
     def plans(self) -> list[str]:
         d = os.path.join(self.home, ".cache", "parrot-cvmfs", "start")
-        return sorted(os.path.join(d, n) for n in os.listdir(d)) if os.path.isdir(d) else []
+        if not os.path.isdir(d):
+            return []
+        return sorted(os.path.join(d, n) for n in os.listdir(d) if not n.endswith(".served"))
 
     def plan(self) -> str:
         (only,) = self.plans()
@@ -287,3 +289,17 @@ def test_an_unprivileged_user_gets_plans(published, server, mode):
         assert started_by(launch.sh()) == "c"
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_opens_c_answered_count_for_the_cache_lru(launch):
+    """A planned run records the cache files it served (the quota's LRU counts them as
+    used, as in a run with Python); the next run with Python takes the record."""
+    assert started_by(launch.sh()) == "python"
+    assert started_by(launch.sh()) == "c"
+    served = launch.plan() + ".served"
+    paths = open(served, "rb").read().split(b"\0")[:-1]
+    assert paths and all(p.startswith(os.fsencode(launch.cache) + b"/") for p in paths)
+    assert os.stat(served).st_mode & 0o777 == 0o600
+    p = launch.sh(f"ls {MNT}/deep; {PROBE}")  # a miss: Python adopts the run
+    assert p.stdout.splitlines()[-1] == "python", p.stderr
+    assert not os.path.exists(served)

@@ -11,7 +11,7 @@
  * with the job's status at once.
  *
  * Without a valid plan, Python runs parrot_run as it always did, in this process, and
- * writes the plan for the next start (its path passed in PARROT_CVMFS_START_PLAN, which
+ * writes the plan for the next start (its path passed in _PARROT_RUN_START_PLAN, which
  * Python takes out of its environment before the job can see it).
  *
  * Plans are hostile input: bounded size, magic, every record's length checked, the file
@@ -39,7 +39,7 @@
 
 #define PLAN_MAX (1 << 20)
 #define PLAN_MAGIC "parrot-cvmfs start plan 1\n"
-#define PLAN_VARIABLE "PARROT_CVMFS_START_PLAN"
+#define PLAN_VARIABLE "_PARROT_RUN_START_PLAN"
 
 extern char **environ;
 
@@ -344,7 +344,8 @@ static int built_by(const plan *pl, const char *build)
 
 #define CORE_FUNCS(X)                                                                      \
     X(pc_build_id) X(pc_new) X(pc_add_prefix) X(pc_spawn) X(pc_forward_signals) X(pc_next) \
-    X(pc_exit_code) X(pc_set_quiet) X(pc_unget) X(pc_adopt_set) X(pc_table_load_fd)
+    X(pc_exit_code) X(pc_set_quiet) X(pc_unget) X(pc_adopt_set) X(pc_table_load_fd)      \
+    X(pc_table_take_served)
 
 
 static struct {
@@ -405,6 +406,33 @@ static int64_t load_memo(pc_tracer *t, const rec *r)
     return loaded;
 }
 
+/* The cache files of the opens C answered count as used for the cache's LRU (as in
+ * Supervisor.keep): appended to <plan>.served, which the next run in Python takes
+ * (startplan.take_served); bounded, so a plan never used by Python costs no more. */
+#define SERVED_MAX (1 << 20)
+static void record_served(pc_tracer *t, const char *plan_file)
+{
+    static char buf[1 << 16];
+    size_t n = core.pc_table_take_served(t, buf, sizeof buf);
+    if (n == 0)
+        return;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s.served", plan_file) >= (int)sizeof path)
+        return;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+    if (fd < 0)
+        return;
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == getuid()) {
+        off_t size = st.st_size;
+        while (n > 0 && size + (off_t)n <= SERVED_MAX && write(fd, buf, n) == (ssize_t)n) {
+            size += (off_t)n;
+            n = core.pc_table_take_served(t, buf, sizeof buf);
+        }
+    }
+    close(fd);
+}
+
 /* Start the job from the plan; returns only to take the full path (nothing started). */
 static int run_planned(const plan *pl, const char *plan_file, int argc, char **argv, int cmd)
 {
@@ -461,8 +489,10 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
             /* nothing failed: the job's status now; a failure (the child wrote why, see
              * pc_spawn_failure) is Python's to report, as in a full run */
             int pending = 0;
-            if (report < 0 || ioctl(report, FIONREAD, &pending) != 0 || pending == 0)
+            if (report < 0 || ioctl(report, FIONREAD, &pending) != 0 || pending == 0) {
+                record_served(t, plan_file);
                 _exit(core.pc_exit_code(t));
+            }
             break;
         }
         if (kind == PC_EV_SYSCALL || kind == PC_EV_SYSCALL_EXIT)
@@ -492,8 +522,10 @@ int main(int argc, char **argv)
         return run_python(argc, argv, 0);
     plan pl = {0};
     if (read_plan(path, &pl) && valid_plan(&pl, argv + 1, cmd - 1) && load_core(&pl) &&
-        built_by(&pl, core.pc_build_id()) && run_planned(&pl, path, argc, argv, cmd) == 0)
+        built_by(&pl, core.pc_build_id()) && run_planned(&pl, path, argc, argv, cmd) == 0) {
+        setenv(PLAN_VARIABLE, path, 1); /* the job has its environment already */
         return run_python(argc, argv, 1); /* adopted: an event needs Python */
+    }
     setenv(PLAN_VARIABLE, path, 1);
     return run_python(argc, argv, 0);
 }

@@ -36,7 +36,7 @@ import os
 import struct
 
 MAGIC = b"parrot-cvmfs start plan 1\n"
-PLAN_VARIABLE = "PARROT_CVMFS_START_PLAN"
+PLAN_VARIABLE = "_PARROT_RUN_START_PLAN"
 MAX_SIZE = 1 << 20  # the launcher reads no more (launcher.c PLAN_MAX)
 MAX_MEMO = 32  # memo files C loads at most (tracer.h PC_MAX_MEMO)
 MAX_AGE = 86400.0  # a plan is renewed at least daily, whatever it depends on
@@ -169,6 +169,28 @@ def read_pins(path: str) -> tuple[dict[str, str], float, list[str]]:
     memos = [os.fsdecode(r.split(b"\0")[-1]) for r in recs.get(b"MEMO", [])]
     vald = recs.get(b"VALD", [b""])[0]
     return pins, struct.unpack("<d", vald)[0] if len(vald) == 8 else 0.0, memos
+
+
+def take_served(path: str) -> list[str]:
+    """The cache files C served in planned runs of this plan (`<plan>.served`, appended
+    by the launcher), taken: the file is removed."""
+    from ..client.cache import open_in_dir
+
+    parent, name = os.path.split(path + ".served")
+    try:
+        fd = open_in_dir(parent, name)
+    except OSError:
+        return []
+    try:
+        if os.fstat(fd).st_uid != os.getuid():
+            return []
+        data = os.read(fd, MAX_SIZE)
+        os.unlink(path + ".served")
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    return [os.fsdecode(p) for p in data.split(b"\0")[:-1]]
 
 
 def write(path: str, data: bytes) -> None:

@@ -243,7 +243,12 @@ class Supervisor:
         # the files C opened count as used for the cache's LRU clean-up, as Python's do
         cache = self.view.cache
         if cache is not None and cache.quota is not None:
-            cache.touch_paths(self.core.take_served())
+            served = self.core.take_served()
+            if self.opts.plan is not None:  # and those of the planned runs before
+                from .startplan import take_served
+
+                served += take_served(self.opts.plan)
+            cache.touch_paths(served)
 
     def close(self) -> None:
         self.keep()
