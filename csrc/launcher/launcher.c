@@ -178,10 +178,11 @@ static int read_plan(const char *path, plan *pl)
     return 1;
 }
 
-/* The `nth` record with `tag` (0: none; -1 from *bad: the plan is malformed). */
-static int find(const plan *pl, const char *tag, int nth, rec *out)
+/* The next record with `tag` from *at on (a cursor: 0 to start), moving *at past it;
+ * 0 when there is none, -1 if the plan is malformed. One pass over the plan per loop. */
+static int next_of(const plan *pl, const char *tag, size_t *at, rec *out)
 {
-    size_t i = strlen(PLAN_MAGIC);
+    size_t i = *at ? *at : strlen(PLAN_MAGIC);
     while (i < pl->len) {
         uint32_t n;
         if (pl->len - i < 8)
@@ -189,17 +190,24 @@ static int find(const plan *pl, const char *tag, int nth, rec *out)
         memcpy(&n, pl->data + i + 4, 4);
         if (n > pl->len - i - 8)
             return -1;
-        if (memcmp(pl->data + i, tag, 4) == 0 && nth-- == 0) {
-            out->p = pl->data + i + 8;
+        size_t here = i;
+        i += 8 + (size_t)n;
+        if (memcmp(pl->data + here, tag, 4) == 0) {
+            out->p = pl->data + here + 8;
             out->len = n;
+            *at = i;
             return 1;
         }
-        i += 8 + (size_t)n;
     }
+    *at = pl->len;
     return 0;
 }
 
-static int one(const plan *pl, const char *tag, rec *out) { return find(pl, tag, 0, out) == 1; }
+static int one(const plan *pl, const char *tag, rec *out)
+{
+    size_t at = 0;
+    return next_of(pl, tag, &at, out) == 1;
+}
 
 /* A NUL-terminated copy of a record (the plan's strings are not terminated). */
 static char *str_of(const rec *r)
@@ -263,8 +271,8 @@ static int same_environment(const rec *r)
 static int same_files(const plan *pl)
 {
     rec r;
-    for (int i = 0;; i++) {
-        int found = find(pl, "FILE", i, &r);
+    for (size_t at = 0;;) {
+        int found = next_of(pl, "FILE", &at, &r);
         if (found <= 0)
             return found == 0;
         if (r.len < 36)
@@ -450,7 +458,7 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
         return -1;
     static const char *which[2] = {"PFX0", "PFX1"};
     for (int w = 0; w < 2; w++)
-        for (int i = 0; find(pl, which[w], i, &r) == 1; i++) {
+        for (size_t at = 0; next_of(pl, which[w], &at, &r) == 1;) {
             char *p = str_of(&r);
             if (!p || core.pc_add_prefix(t, w, p) < 0)
                 return -1;
@@ -467,7 +475,8 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
     memset(&a, 0, sizeof a);
     for (int i = 0; i < PC_MAX_MEMO; i++)
         a.memo_size[i] = -1;
-    for (int i = 0; i < PC_MAX_MEMO && find(pl, "MEMO", i, &r) == 1; i++)
+    size_t at = 0;
+    for (int i = 0; i < PC_MAX_MEMO && next_of(pl, "MEMO", &at, &r) == 1; i++)
         a.memo_size[i] = load_memo(t, &r);
     core.pc_set_quiet(t, 1);
     char err[256];
