@@ -303,3 +303,38 @@ def test_the_opens_c_answered_count_for_the_cache_lru(launch):
     p = launch.sh(f"ls {MNT}/deep; {PROBE}")  # a miss: Python adopts the run
     assert p.stdout.splitlines()[-1] == "python", p.stderr
     assert not os.path.exists(served)
+
+
+def test_an_adopted_run_keeps_the_revision_the_table_answered_from(tmp_path):
+    """Python, started in the middle of a planned run, mounts the revision C answered
+    from, even when the stored manifest has become stale meanwhile and the server
+    publishes a newer one (the job would otherwise see two revisions at once)."""
+    from parrot_cvmfs.server.publisher import PublishOptions, publish
+
+    src, stratum, keys = tmp_path / "src", str(tmp_path / "stratum"), str(tmp_path / "keys")
+    (src / "d").mkdir(parents=True)
+    (src / "README").write_text("one\n")
+    (src / "d" / "x").write_text("x1\n")
+    options = PublishOptions(source=str(src), name="pin.test.org", stratum=stratum, keys_dir=keys)
+    publish(options)
+    with serving(StratumServer(stratum)) as srv:
+        spec = repo_spec("pin.test.org", f"{srv.url}/pin.test.org", f"{keys}/pin.test.org.pub")
+        home = tmp_path / "home"
+        home.mkdir()
+        launch = Launch(base_env(PARROT_CVMFS_REPO=spec), str(home))
+        job = f"cat /cvmfs/pin.test.org/README; {PROBE}"
+        assert launch.sh(job).stdout.splitlines() == ["one", "python"]
+        assert launch.sh(job).stdout.splitlines() == ["one", "c"]
+        (src / "README").write_text("two\n")
+        (src / "d" / "x").write_text("x2\n")
+        publish(options)
+        # the stored manifest is past its TTL now: a fresh mount would take revision 2
+        (manifest,) = [
+            os.path.join(d, n)
+            for d, _, names in os.walk(launch.cache)
+            for n in names
+            if n == "manifest.pin.test.org"
+        ]
+        os.utime(manifest, (0, 0))
+        p = launch.sh(f"cat /cvmfs/pin.test.org/README /cvmfs/pin.test.org/d/x; {PROBE}")
+        assert p.stdout.splitlines() == ["one", "x1", "python"], p.stderr
