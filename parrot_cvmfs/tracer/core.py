@@ -99,6 +99,7 @@ class Core:
             lib.pc_set_translate(self.t, int(translate))
         self.filter = build_filter(calls, arch, notify)
         self.ev = ffi.new("pc_event *")
+        self._served: list[str] = []  # see served()
 
     def plan_parts(self) -> dict:
         """What a start plan holds of the core's set-up (startplan.encode's arguments)."""
@@ -316,6 +317,12 @@ class Core:
             if n == 0:
                 return out
             out += [os.fsdecode(p) for p in ffi.buffer(buf, n)[:].split(b"\0")[:-1]]
+
+    def served(self) -> list[str]:
+        """Backing files of the opens C answered in this run so far (each once per
+        take), kept here: the cache's LRU and user.nopen both count them."""
+        self._served += self.take_served()
+        return self._served
 
     def stats_by_call(self) -> dict[str, tuple[int, int, int]]:
         """Stops per system call that had any: (passed in C, answered in C, to Python);

@@ -243,7 +243,7 @@ class Supervisor:
         # the files C opened count as used for the cache's LRU clean-up, as Python's do
         cache = self.view.cache
         if cache is not None and cache.quota is not None:
-            served = self.core.take_served()
+            served = list(self.core.served())
             if self.opts.plan is not None:  # and those of the planned runs before
                 from .startplan import take_served
 

@@ -106,6 +106,7 @@ class CvmfsView:
         self.nodes: dict[VPath, Node | None] = {}  # directories (and /cvmfs itself)
         self.leaves: dict[VPath, Node | None] = {}  # other entries, and missing ones
         self.cache_paths: dict[str, VPath] = {}  # cache file -> last /cvmfs path served from it
+        self.c_opens_counted = 0  # of the core's served(): counted in their repos' n_open
         self.io_errors = 0
         self.root = Node(ROOT, None, None, st.S_IFDIR | 0o755)
         self.on_mount: Callable[[str], None] | None = None  # teach kept answers
@@ -353,6 +354,16 @@ class CvmfsView:
 
                 v = vpath_of_logical(logical)
         return v
+
+    def count_opens(self, served: list[str]) -> None:
+        """Count the opens C answered (`served`: every one so far) in their repositories'
+        n_open (user.nopen), as the opens Python answers are."""
+        for backing in served[self.c_opens_counted :]:
+            v = self.vpath_of_host(backing)
+            repo = self.repos.get(v.repo) if v is not None else None
+            if repo is not None:
+                repo.n_open += 1
+        self.c_opens_counted = len(served)
 
     # -- statistics -------------------------------------------------------------------------------
 
