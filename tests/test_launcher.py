@@ -338,3 +338,16 @@ def test_an_adopted_run_keeps_the_revision_the_table_answered_from(tmp_path):
         os.utime(manifest, (0, 0))
         p = launch.sh(f"cat /cvmfs/pin.test.org/README /cvmfs/pin.test.org/d/x; {PROBE}")
         assert p.stdout.splitlines() == ["one", "x1", "python"], p.stderr
+
+
+def test_plans_are_bounded(launch, monkeypatch):
+    """One plan per option words, at most MAX_PLANS of them: the oldest go."""
+    monkeypatch.setattr(startplan, "MAX_PLANS", 2)
+    d = os.path.join(launch.home, ".cache", "parrot-cvmfs", "start")
+    os.makedirs(d)
+    for i in range(4):
+        with open(os.path.join(d, f"old{i}"), "wb") as f:
+            f.write(b"x")
+        os.utime(os.path.join(d, f"old{i}"), (i, i))
+    startplan.write(os.path.join(d, "new"), b"plan")
+    assert sorted(os.listdir(d)) == ["new", "old3"]

@@ -40,6 +40,7 @@ PLAN_VARIABLE = "_PARROT_RUN_START_PLAN"
 MAX_SIZE = 1 << 20  # the launcher reads no more (launcher.c PLAN_MAX)
 MAX_MEMO = 32  # memo files C loads at most (tracer.h PC_MAX_MEMO)
 MAX_AGE = 86400.0  # a plan is renewed at least daily, whatever it depends on
+MAX_PLANS = 64  # plans kept per user (one per option words): the oldest go first
 
 # The options a planned start supports (the launcher finds the command after them; any
 # other option, and --root or binds, takes the full start). The launcher's table is
@@ -208,7 +209,28 @@ def write(path: str, data: bytes) -> None:
         if os.fstat(dfd).st_uid != os.getuid():
             return
         write_atomic_at(dfd, os.path.basename(path), data, 0o600)
+        _bound(dfd)
     except OSError:
         pass
     finally:
         os.close(dfd)
+
+
+def _bound(dfd: int) -> None:
+    """At most MAX_PLANS plans in the directory: the least recently written go (with
+    their records of files served)."""
+    names = [n for n in os.listdir(dfd) if not n.endswith(".served") and not n.startswith(".")]
+    if len(names) <= MAX_PLANS:
+        return
+    aged = []
+    for n in names[: 4 * MAX_PLANS + 1024]:  # bounded, whatever is there
+        try:
+            aged.append((os.stat(n, dir_fd=dfd, follow_symlinks=False).st_mtime_ns, n))
+        except OSError:
+            pass
+    for _, n in sorted(aged)[: len(aged) - MAX_PLANS]:
+        for victim in (n, n + ".served"):
+            try:
+                os.unlink(victim, dir_fd=dfd)
+            except OSError:
+                pass
