@@ -230,8 +230,15 @@ def test_what_a_plan_depends_on(published, server, tmp_path):
     assert started_by(launch.sh()) == "c"
     (etc / "default.local").write_text("CVMFS_HTTP_PROXY='DIRECT'\n")
     assert started_by(launch.sh()) == "python"
+    # a variable the configuration files name (any, not only CVMFS_*)
+    (etc / "default.local").write_text("CVMFS_HTTP_PROXY=DIRECT\nCVMFS_FOO=$SITE_NAME\n")
+    assert started_by(launch.sh()) == "python"
+    assert started_by(launch.sh()) == "c"
+    assert started_by(launch.sh(env={"SITE_NAME": "a"})) == "python"
+    assert started_by(launch.sh(env={"SITE_NAME": "a"})) == "c"
+    assert started_by(launch.sh(env={"SITE_NAME": "b"})) == "python"
     # the job's own environment is no part of it
-    assert started_by(launch.sh(env={"SOMETHING_ELSE": "1"})) == "c"
+    assert started_by(launch.sh(env={"SITE_NAME": "b", "SOMETHING_ELSE": "1"})) == "c"
 
 
 def test_a_command_that_does_not_exist(launch):

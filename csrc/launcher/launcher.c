@@ -267,6 +267,32 @@ static int same_environment(const rec *r)
     return ok && at == r->len;
 }
 
+/* The other variables the configuration files name, as the plan saw them (ENVX:
+ * "NAME=VALUE", or "NAME" for one that was not set, each NUL-terminated). */
+static int same_named(const rec *r)
+{
+    size_t at = 0;
+    while (at < r->len) {
+        const unsigned char *end = memchr(r->p + at, '\0', r->len - at);
+        if (!end)
+            return 0;
+        rec one_entry = {r->p + at, (uint32_t)(end - (r->p + at))};
+        char *entry = str_of(&one_entry);
+        if (!entry)
+            return 0;
+        char *eq = strchr(entry, '=');
+        if (eq)
+            *eq = '\0';
+        const char *now = getenv(entry);
+        int same = eq ? now && strcmp(now, eq + 1) == 0 : now == NULL;
+        free(entry);
+        if (!same)
+            return 0;
+        at = (size_t)(end - r->p) + 1;
+    }
+    return 1;
+}
+
 /* Every configuration file as the plan saw it (startplan FILE records). */
 static int same_files(const plan *pl)
 {
@@ -338,6 +364,8 @@ static int valid_plan(const plan *pl, char **words, int nwords)
     if (!((double)time(NULL) < until))
         return 0;
     if (!one(pl, "ENVV", &r) || !same_environment(&r))
+        return 0;
+    if (!one(pl, "ENVX", &r) || !same_named(&r))
         return 0;
     return same_files(pl);
 }

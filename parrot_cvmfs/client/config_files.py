@@ -14,12 +14,20 @@ from ..errors import ConfigError, CvmfsError
 # None while nobody records. `opaque`: an answer depended on more than these files.
 _seen: dict[str, tuple[int, int, int, int, int]] | None = None
 _opaque = False
+_words: set[str] = set()  # every word of the files sourced (the variables they may name)
 
 
 def record_reads() -> None:
     """From now on, note every configuration file read or probed and directory listed."""
     global _seen, _opaque
     _seen, _opaque = {}, False
+    _words.clear()
+
+
+def named() -> set[str]:
+    """The words of the configuration files sourced since record_reads(): a superset of
+    the environment variables their answer depends on."""
+    return _words
 
 
 def reads() -> dict[str, tuple[int, int, int, int, int]] | None:
@@ -237,6 +245,9 @@ def evaluate_config_files(
                 texts.append((path, f.read()))
         except OSError as e:
             raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+    if _seen is not None:
+        for _, text in texts:
+            _words.update(text.translate(_WORDS).split())
     sh_env = {k: v for k, v in env.items() if not k.startswith("CVMFS_")}
     sh_env.setdefault("PATH", "/usr/bin:/bin")
     key = _memo_key(fqrn, texts, seed, sh_env) if memo_dir else None

@@ -16,6 +16,8 @@ The file: MAGIC, then records `tag:4 len:u32 payload`, each tag once unless note
     KERN  the kernel release (the interception mode depends on it)
     ENVV  the environment entries the configuration depends on (env_entries), sorted,
           each NUL-terminated; the launcher compares its own
+    ENVX  the other variables the configuration files name: NAME=VALUE, or NAME where
+          it was not set, each NUL-terminated
     FILE  (repeated) dev:u64 ino:u64 size:i64 mtime_ns:i64 kind:u32 path: a
           configuration file read or probed (kind 0: absent; 2: a directory listed)
     VALD  f64: valid until (UNIX time): the pinned revisions' manifest TTLs, whitelists
@@ -40,6 +42,7 @@ PLAN_VARIABLE = "_PARROT_RUN_START_PLAN"
 MAX_SIZE = 1 << 20  # the launcher reads no more (launcher.c PLAN_MAX)
 MAX_MEMO = 32  # memo files C loads at most (tracer.h PC_MAX_MEMO)
 MAX_AGE = 86400.0  # a plan is renewed at least daily, whatever it depends on
+MAX_NAMED = 4096  # words of the configuration files a plan follows; more: no plan
 MAX_PLANS = 64  # plans kept per user (one per option words): the oldest go first
 
 # The options a planned start supports (the launcher finds the command after them; any
@@ -82,6 +85,19 @@ def env_entries(environ: dict[bytes, bytes]) -> bytes:
     return b"".join(e + b"\0" for e in out)
 
 
+def named_entries(words: set[str], environ: dict[bytes, bytes]) -> bytes:
+    """The ENVX record: the words that could name a variable env_entries leaves out,
+    with their values now (none: not set)."""
+    out = []
+    for w in sorted(words):
+        name = os.fsencode(w)
+        if not w.isidentifier() or env_matters(name):
+            continue
+        value = environ.get(name)
+        out.append(name if value is None else name + b"=" + value)
+    return b"".join(e + b"\0" for e in out)
+
+
 def take_path() -> str | None:
     """The plan the launcher wants written (it passes it in the environment, which the
     job must not see: taken out of ours)."""
@@ -98,6 +114,7 @@ def encode(
     options: list[str],
     cwd: str | None,
     files: dict[str, tuple[int, int, int, int, int]],
+    named: set[str],
     valid_until: float,
     rules: bytes,
     prefixes: list[str],
@@ -115,7 +132,9 @@ def encode(
     if cwd is not None:
         out.append(_rec(b"CWD_", enc(cwd)))
     out.append(_rec(b"KERN", os.uname().release.encode()))
-    out.append(_rec(b"ENVV", env_entries(dict(os.environb))))
+    environ = dict(os.environb)
+    out.append(_rec(b"ENVV", env_entries(environ)))
+    out.append(_rec(b"ENVX", named_entries(named, environ)))
     for path, (dev, ino, size, mtime, kind) in sorted(files.items()):
         out.append(_rec(b"FILE", struct.pack("<QQqqI", dev, ino, size, mtime, kind) + enc(path)))
     out.append(_rec(b"VALD", struct.pack("<d", valid_until)))

@@ -263,14 +263,14 @@ class Supervisor:
         start is not one a plan can repeat."""
         if self.opts.plan is None or self.guest is not None or self.opts.env:
             return
-        from ..client.config_files import reads
+        from ..client.config_files import named, reads
 
-        files = reads()
-        if files is None:
+        files, words = reads(), named()
+        from . import startplan
+
+        if files is None or len(words) > startplan.MAX_NAMED:
             return
         import time
-
-        from . import startplan
 
         until = min(self.view.valid_until(), time.time() + startplan.MAX_AGE)
         memo = self.handlers.memo
@@ -283,6 +283,7 @@ class Supervisor:
             options=self.opts.words,
             cwd=os.getcwd() if relative else None,
             files=files,
+            named=words,
             valid_until=until,
             memos=[(memo.path(r), MAGIC, r) for _, r in revs],
             repos=[(n, self.view.repos[n].root_hash.hex) for n, _ in revs],
