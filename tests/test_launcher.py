@@ -237,6 +237,16 @@ def test_what_a_plan_depends_on(published, server, tmp_path):
     assert started_by(launch.sh(env={"SITE_NAME": "a"})) == "python"
     assert started_by(launch.sh(env={"SITE_NAME": "a"})) == "c"
     assert started_by(launch.sh(env={"SITE_NAME": "b"})) == "python"
+    # a module that makes what the plan holds, changed (an editable install)
+    syscalls = startplan.generators()[0]
+    st = os.stat(syscalls)
+    os.utime(syscalls, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    try:
+        assert started_by(launch.sh(env={"SITE_NAME": "b"})) == "python"
+        assert started_by(launch.sh(env={"SITE_NAME": "b"})) == "c"
+    finally:
+        os.utime(syscalls, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert started_by(launch.sh(env={"SITE_NAME": "b"})) == "python"  # changed back
     # the job's own environment is no part of it
     assert started_by(launch.sh(env={"SITE_NAME": "b", "SOMETHING_ELSE": "1"})) == "c"
 

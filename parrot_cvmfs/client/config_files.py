@@ -36,19 +36,22 @@ def reads() -> dict[str, tuple[int, int, int, int, int]] | None:
     return None if _opaque else _seen
 
 
-def _note(path: str) -> None:
-    """Note `path`'s identity (before it is read: a change after it shows next time)."""
-    if _seen is None or path in _seen:
-        return
+def identity(path: str) -> tuple[int, int, int, int, int]:
+    """(dev, ino, size, mtime_ns, kind) of `path` as a start plan records it."""
     import stat
 
     try:
         st = os.stat(path)
     except OSError:
-        _seen[path] = (0, 0, 0, 0, 0)
-        return
+        return (0, 0, 0, 0, 0)
     kind = 2 if stat.S_ISDIR(st.st_mode) else 1
-    _seen[path] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, kind)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, kind)
+
+
+def _note(path: str) -> None:
+    """Note `path`'s identity (before it is read: a change after it shows next time)."""
+    if _seen is not None and path not in _seen:
+        _seen[path] = identity(path)
 
 
 def assigned_names(text: str) -> list[str]:

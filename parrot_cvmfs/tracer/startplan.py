@@ -98,6 +98,14 @@ def named_entries(words: set[str], environ: dict[bytes, bytes]) -> bytes:
     return b"".join(e + b"\0" for e in out)
 
 
+def generators() -> list[str]:
+    """The modules whose output a plan holds (rules, filter, the memo and plan formats):
+    a plan follows their files too."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    names = ("syscalls.py", "seccomp.py", "core.py", "memo.py", "startplan.py", "structs.py")
+    return [os.path.join(here, n) for n in names]
+
+
 def take_path() -> str | None:
     """The plan the launcher wants written (it passes it in the environment, which the
     job must not see: taken out of ours)."""

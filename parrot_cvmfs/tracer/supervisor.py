@@ -263,7 +263,7 @@ class Supervisor:
         start is not one a plan can repeat."""
         if self.opts.plan is None or self.guest is not None or self.opts.env:
             return
-        from ..client.config_files import named, reads
+        from ..client.config_files import identity, named, reads
 
         files, words = reads(), named()
         from . import startplan
@@ -272,6 +272,9 @@ class Supervisor:
             return
         import time
 
+        # the Python that made the rules, filter and records C uses (an editable install
+        # changes them with no new build of the core)
+        files = {**files, **{p: identity(p) for p in startplan.generators()}}
         until = min(self.view.valid_until(), time.time() + startplan.MAX_AGE)
         memo = self.handlers.memo
         revs = [(n, self.view.revision_id(n)) for n in sorted(self.view.repos)]
