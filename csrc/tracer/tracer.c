@@ -28,6 +28,12 @@
  * new work wait for it as usual. When no task is left and Python is still busy, its
  * connections are shut down too, and parrot_run leaves LEAVE_NS later at the latest,
  * with the job's status.
+ *
+ * The consumer of the events may be C instead (csrc/launcher/: a job started from a
+ * start plan, before any Python runs): it drops task events (pc_set_quiet) and, at the
+ * first event that needs Python, puts it back (pc_unget) and hands the tracer over
+ * (pc_adopt_set); Python's Core takes it (pc_adopt_take) and its loop goes on from
+ * that event.
  */
 #include "core.h"
 
