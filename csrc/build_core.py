@@ -8,6 +8,8 @@ table). The cdef is read from the API headers themselves, between their
 description of every struct, function and constant.
 """
 
+import hashlib
+import time
 from pathlib import Path
 
 from cffi import FFI
@@ -15,6 +17,8 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 # The API headers, in the order the cdef needs them.
 HEADERS = ("chunker/chunker.h", "fetch/fetch.h", "tracer/tracer.h")
+# the core's rooms (launcher/ is the parrot_run program, built by setup.py)
+ROOMS = ("chunker", "fetch", "tracer")
 BEGIN, END = "/* cdef: begin */", "/* cdef: end */"
 
 
@@ -28,9 +32,16 @@ def cdef_of(header: str) -> str:
 def sources() -> list[str]:
     """Every C source of the three rooms, relative to the project root (not accel/, a
     preload library of its own that would interpose stat and readlink in the core)."""
-    return sorted(
-        str(p.relative_to(HERE.parent)) for p in HERE.glob("*/*.c") if p.parent.name != "accel"
-    )
+    return sorted(str(p.relative_to(HERE.parent)) for r in ROOMS for p in HERE.glob(f"{r}/*.c"))
+
+
+def build_id() -> str:
+    """This build of the core: a digest of its sources and of the moment it was made
+    (a start plan of another build is not used, launcher.c)."""
+    h = hashlib.sha256(str(time.time_ns()).encode())
+    for p in sorted(p for r in ROOMS for p in HERE.glob(f"{r}/*.[ch]")):
+        h.update(p.read_bytes())
+    return h.hexdigest()[:32]
 
 
 ffibuilder = FFI()
@@ -41,6 +52,7 @@ ffibuilder.set_source(
     "".join(f'#include "{h}"\n' for h in HEADERS),
     sources=sources(),
     include_dirs=["csrc"],
+    define_macros=[("PC_BUILD_ID", f'"{build_id()}"')],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-pthread"],
     extra_link_args=["-pthread"],
     libraries=["z"],

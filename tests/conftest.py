@@ -97,6 +97,22 @@ def shared_data() -> str:
     return _SHARED
 
 
+def _parrot_run() -> list[str]:
+    """How tests run parrot_run: the installed command of this venv (the C launcher,
+    csrc/launcher/, where it was built), else the module as the Python script runs it."""
+    exe = os.path.join(os.path.dirname(sys.executable), "parrot_run")
+    try:
+        with open(exe, "rb") as f:
+            if f.read(4) == b"\x7fELF":
+                return [exe]
+    except OSError:
+        pass
+    return [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
+
+
+PARROT_RUN = _parrot_run()
+
+
 def base_env(**extra) -> dict[str, str]:
     """A clean environment: no proxies or cvmfs settings from the developer's shell."""
     env = {

@@ -15,13 +15,13 @@ from parrot_cvmfs.format.entry import FLAG_FILE, FLAG_POS_HASH
 from parrot_cvmfs.format.whitelist import Whitelist
 from parrot_cvmfs.server.serve import StratumServer
 
-from .conftest import Cli, base_env, repo_spec
+from .conftest import PARROT_RUN, Cli, base_env, repo_spec
 from .forge import Forger
 from .servers import dead_url
 
 pytestmark = pytest.mark.tracer
 
-PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
+PARROT = PARROT_RUN
 
 
 def parrot(env, cache, *args, timeout=120):

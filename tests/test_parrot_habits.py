@@ -16,10 +16,10 @@ import pytest
 
 from parrot_cvmfs.server.serve import StratumServer
 
-from .conftest import Cli, base_env, failed_with_one_line, published_env, repo_spec
+from .conftest import PARROT_RUN, Cli, base_env, failed_with_one_line, published_env, repo_spec
 from .servers import dead_url, serving
 
-PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
+PARROT = PARROT_RUN
 CLI = [sys.executable, "-m", "parrot_cvmfs"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,13 +19,13 @@ import pytest
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumServer
 
-from .conftest import REAL_REPOS, base_env, published_env, repo_spec
+from .conftest import PARROT_RUN, REAL_REPOS, base_env, published_env, repo_spec
 from .servers import serving
 
 pytestmark = pytest.mark.tracer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
+PARROT = PARROT_RUN
 
 
 def run(cmd, env, timeout=300, **kw):

@@ -9,7 +9,6 @@ import glob
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,11 +20,11 @@ import pytest
 from parrot_cvmfs.server.publisher import PublishOptions, publish
 from parrot_cvmfs.server.serve import StratumHandler, StratumServer
 
-from .conftest import base_env, repo_spec
+from .conftest import PARROT_RUN, base_env, repo_spec
 
 pytestmark = pytest.mark.tracer
 
-PARROT = [sys.executable, "-m", "parrot_cvmfs.tracer.main"]
+PARROT = PARROT_RUN
 NAME = "signals.test.org"
 MNT = f"/cvmfs/{NAME}"
 

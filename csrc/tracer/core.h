@@ -213,6 +213,8 @@ struct pc_tracer {
     size_t qcap, qhead, qlen;
     int qwaiting; /* atomic copy of qlen, read without the lock */
     current cur;
+    int quiet;      /* pc_set_quiet: task events are dropped */
+    int quiet_exec; /* the root exec'd while quiet */
 };
 
 #define STAT_ADD(t, field) __atomic_fetch_add(&(t)->stats.field, 1, __ATOMIC_RELAXED)

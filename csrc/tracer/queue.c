@@ -62,6 +62,12 @@ static void copy_event(pc_event *dst, const pc_event *src)
 /* Queue an event for Python (the tracer and notification threads). */
 void hand_over(pc_tracer *t, const pc_event *ev)
 {
+    if (__atomic_load_n(&t->quiet, __ATOMIC_ACQUIRE) &&
+        (ev->kind == PC_EV_NEWTASK || ev->kind == PC_EV_EXEC || ev->kind == PC_EV_EXIT)) {
+        if (ev->kind == PC_EV_EXEC && ev->tid == t->root)
+            __atomic_store_n(&t->quiet_exec, 1, __ATOMIC_RELEASE);
+        return; /* no Python to take it: the handlers read what they need from /proc */
+    }
     size_t n = event_size(ev->kind);
     queued *q = malloc(offsetof(queued, ev) + n);
     if (!q)
@@ -136,6 +142,55 @@ int pc_next(pc_tracer *t, pc_event *ev)
         free(q);
         return ev->kind;
     }
+}
+
+int pc_set_quiet(pc_tracer *t, int on)
+{
+    __atomic_store_n(&t->quiet, on, __ATOMIC_RELEASE);
+    return __atomic_load_n(&t->quiet_exec, __ATOMIC_ACQUIRE);
+}
+
+/* The launcher took an event that needs Python: it goes back first in the queue, with
+ * its time (a termination signal's give-up counts from when the call was made). */
+int pc_unget(pc_tracer *t)
+{
+    pthread_mutex_lock(&t->qlock);
+    if (!t->cur.active) {
+        pthread_mutex_unlock(&t->qlock);
+        return -1;
+    }
+    size_t n = event_size(t->cur.kind);
+    queued *q = malloc(offsetof(queued, ev) + n);
+    if (!q) {
+        pthread_mutex_unlock(&t->qlock);
+        return -1;
+    }
+    q->since = t->cur.since;
+    q->given_up = t->cur.answered == ANSWER_BY_C;
+    copy_event(&q->ev, t->cur.ev);
+    if (t->qlen == t->qcap) {
+        queued **grown = calloc(t->qcap * 2, sizeof *grown);
+        if (!grown) {
+            pthread_mutex_unlock(&t->qlock);
+            free(q);
+            return -1;
+        }
+        for (size_t i = 0; i < t->qlen; i++)
+            grown[i] = t->queue[(t->qhead + i) % t->qcap];
+        free(t->queue);
+        t->queue = grown;
+        t->qhead = 0;
+        t->qcap *= 2;
+    }
+    t->qhead = (t->qhead + t->qcap - 1) % t->qcap;
+    t->queue[t->qhead] = q;
+    t->qlen++;
+    __atomic_store_n(&t->qwaiting, (int)t->qlen, __ATOMIC_SEQ_CST);
+    if (q->ev.kind == PC_EV_NOCHILD)
+        t->python_finished = 0; /* the one who takes it next finishes */
+    t->cur.active = 0;
+    pthread_mutex_unlock(&t->qlock);
+    return 0;
 }
 
 /* The current event, if `token` names it, is Python's to answer: 0 if C answered it

@@ -28,6 +28,12 @@
  * new work wait for it as usual. When no task is left and Python is still busy, its
  * connections are shut down too, and parrot_run leaves LEAVE_NS later at the latest,
  * with the job's status.
+ *
+ * The consumer of the events may be C instead (csrc/launcher/: a job started from a
+ * start plan, before any Python runs): it drops task events (pc_set_quiet) and, at the
+ * first event that needs Python, puts it back (pc_unget) and hands the tracer over
+ * (pc_adopt_set); Python's Core takes it (pc_adopt_take) and its loop goes on from
+ * that event.
  */
 #include "core.h"
 
@@ -149,6 +155,29 @@ int pc_add_prefix(pc_tracer *t, int which, const char *prefix)
     t->prefix_len[which][i] = strlen(prefix);
     t->prefix_fd[which][i] = open(prefix, O_PATH | O_DIRECTORY | O_CLOEXEC);
     return 0;
+}
+
+#ifndef PC_BUILD_ID
+#define PC_BUILD_ID "unknown"
+#endif
+const char *pc_build_id(void) { return PC_BUILD_ID; }
+
+static pc_adoption adoption;
+static int adoption_set;
+
+void pc_adopt_set(const pc_adoption *a)
+{
+    adoption = *a;
+    adoption_set = 1;
+}
+
+int pc_adopt_take(pc_adoption *out)
+{
+    if (!adoption_set)
+        return 0;
+    *out = adoption;
+    adoption_set = 0;
+    return 1;
 }
 
 const pc_stats *pc_get_stats(pc_tracer *t) { return &t->stats; }

@@ -212,6 +212,30 @@ void pc_table_clear(pc_tracer *t);
  * NUL-terminated paths in buf (as many as fit: call again until it returns 0). Python
  * records them as used in the cache's LRU, which only sees the opens it answers. */
 size_t pc_table_take_served(pc_tracer *t, char *buf, size_t len);
+
+/* The C start path (csrc/launcher/): the launcher starts the job from a start plan
+ * (tracer/startplan.py) with no Python running, and Python, started in the same process
+ * when a call needs it, adopts the running tracer. */
+#define PC_MAX_MEMO 32
+typedef struct {
+    pc_tracer *tracer;
+    pid_t root;
+    int report_fd;
+    int notify;
+    int64_t memo_size[PC_MAX_MEMO]; /* the plan's memo files as C loaded them: the file's
+                                     * size then, -1 if not loaded */
+    char plan[PC_PATH_MAX + 1];     /* the plan the job was started from */
+} pc_adoption;
+/* the build this core is (a plan of another build is not used) */
+const char *pc_build_id(void);
+/* on: task events (NEWTASK, EXEC, EXIT) are dropped, not queued, while no Python takes
+ * them; returns whether the root exec'd meanwhile */
+int pc_set_quiet(pc_tracer *t, int on);
+/* the event taken last goes back to the head of the queue, for the next pc_next */
+int pc_unget(pc_tracer *t);
+void pc_adopt_set(const pc_adoption *a);
+/* the adoption set before, once: 1 and *out filled, or 0 */
+int pc_adopt_take(pc_adoption *out);
 /* cdef: end */
 
 #endif

@@ -9,6 +9,50 @@ from collections.abc import Mapping
 
 from ..errors import ConfigError, CvmfsError
 
+# What the configuration looked at, for the start plan (tracer/startplan.py): path ->
+# (dev, ino, size, mtime_ns, kind), kind 0 absent, 1 a file, 2 a directory (listed);
+# None while nobody records. `opaque`: an answer depended on more than these files.
+_seen: dict[str, tuple[int, int, int, int, int]] | None = None
+_opaque = False
+_words: set[str] = set()  # every word of the files sourced (the variables they may name)
+
+
+def record_reads() -> None:
+    """From now on, note every configuration file read or probed and directory listed."""
+    global _seen, _opaque
+    _seen, _opaque = {}, False
+    _words.clear()
+
+
+def named() -> set[str]:
+    """The words of the configuration files sourced since record_reads(): a superset of
+    the environment variables their answer depends on."""
+    return _words
+
+
+def reads() -> dict[str, tuple[int, int, int, int, int]] | None:
+    """What was noted since record_reads(); None if an answer depended on more (files
+    that run commands or read other files), or if nothing was recorded."""
+    return None if _opaque else _seen
+
+
+def identity(path: str) -> tuple[int, int, int, int, int]:
+    """(dev, ino, size, mtime_ns, kind) of `path` as a start plan records it."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0, 0, 0)
+    kind = 2 if stat.S_ISDIR(st.st_mode) else 1
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, kind)
+
+
+def _note(path: str) -> None:
+    """Note `path`'s identity (before it is read: a change after it shows next time)."""
+    if _seen is not None and path not in _seen:
+        _seen[path] = identity(path)
+
 
 def assigned_names(text: str) -> list[str]:
     """Parameters assigned in a config file, by the client's line rules."""
@@ -37,6 +81,7 @@ def assigned_names(text: str) -> list[str]:
 def assigns(files: list[str], name: str) -> bool:
     """Whether one of the (existing, readable) `files` assigns parameter `name`."""
     for path in files:
+        _note(path)
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 text = f.read(1 << 20)
@@ -51,6 +96,7 @@ def default_config_files(sysdir: str, config_repo_etc: str | None) -> list[str]:
     """The files the client sources for every repository, in order (missing ones
     included): what `cvmfs_config` reads CVMFS_REPOSITORIES from."""
     files = [os.path.join(sysdir, "default.conf")]
+    _note(os.path.join(sysdir, "default.d"))
     try:
         dropins = os.listdir(os.path.join(sysdir, "default.d"))
     except OSError:
@@ -190,6 +236,8 @@ def evaluate_config_files(
     With `memo_dir`, the shell's answer is kept there under a digest of the files'
     text, the seed and the environment variables they name, and reused while those
     stay the same (a shell costs ~10 ms of every parrot_run start)."""
+    for f in files:
+        _note(f)
     existing = [f for f in files if os.path.isfile(f)]
     if not existing:
         return {}, []
@@ -200,9 +248,15 @@ def evaluate_config_files(
                 texts.append((path, f.read()))
         except OSError as e:
             raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+    if _seen is not None:
+        for _, text in texts:
+            _words.update(text.translate(_WORDS).split())
     sh_env = {k: v for k, v in env.items() if not k.startswith("CVMFS_")}
     sh_env.setdefault("PATH", "/usr/bin:/bin")
     key = _memo_key(fqrn, texts, seed, sh_env) if memo_dir else None
+    if key is None:
+        global _opaque
+        _opaque = True  # the answer may change with none of the files changing
     if key is not None:
         stored = _memo_read(memo_dir, key)
         if stored is not None:

@@ -262,14 +262,35 @@ class TrustChain:
             whitelist = Whitelist.parse(wl_raw)
         except CvmfsError:
             return False
-        max_ttl = self.settings.number("CVMFS_MAX_TTL", 0) * 60
-        ttl = min(manifest.ttl, max_ttl) if max_ttl > 0 else manifest.ttl
+        ttl = self._ttl(manifest)
         if whitelist.is_expired(self.verify_at) or manifest.fqrn not in (None, self.fqrn):
             return False
         if not 0 <= age < ttl and not self._published_unchanged(raw, path):
             return False
         self.manifest, self.whitelist = manifest, whitelist
         return True
+
+    def _ttl(self, manifest: Manifest) -> int:
+        """How long a stored manifest is reused without asking the server (its TTL,
+        bounded by CVMFS_MAX_TTL)."""
+        max_ttl = self.settings.number("CVMFS_MAX_TTL", 0) * 60
+        return min(manifest.ttl, max_ttl) if max_ttl > 0 else manifest.ttl
+
+    def fresh_until(self) -> float:
+        """Until when a later mount would reuse this manifest as `reuse_fresh` does (its
+        stored copy's age within the TTL, the whitelist unexpired); 0 if not at all."""
+        if self.is_pinned:
+            return float("inf")  # a pinned revision never changes
+        if self.manifest is None or self.whitelist is None:
+            return 0.0
+        try:
+            stored = os.stat(self.cache.meta_path(f"manifest.{self.fqrn}")).st_mtime
+        except OSError:
+            return 0.0
+        until = stored + self._ttl(self.manifest)
+        if self.verify_at is not None:  # checked as of that date, which does not move
+            return until
+        return min(until, float(self.whitelist.expiry_epoch()))
 
     def _stamp(self) -> bytes:
         """A digest of what a verification depends on besides the manifest and

@@ -76,23 +76,52 @@ class Core:
         cache_dirs: list[str],
         notify: bool = False,
         translate: bool = False,
+        adopted=None,
     ):
+        """`adopted`: the tracer the launcher started the job with (adoption()), which
+        was made from a start plan of these same arguments."""
         self.calls = calls
         self.arch = arch
         self.notify = notify
-        rules = ffi.new("pc_rule[]", [_rule(c, arch) for c in calls])
-        self.t = ffi.gc(lib.pc_new(rules, len(calls)), lib.pc_free)
-        if self.t == ffi.NULL:
-            raise MemoryError("cannot allocate the tracer")
-        lib.pc_add_prefix(self.t, 0, os.fsencode(anchors))
-        for d in cache_dirs:
-            lib.pc_add_prefix(self.t, 1, os.fsencode(d.rstrip("/")))
-        lib.pc_set_translate(self.t, int(translate))
+        self.rules = ffi.new("pc_rule[]", [_rule(c, arch) for c in calls])
+        self.prefixes = [anchors]
+        self.cache_dirs = [d.rstrip("/") for d in cache_dirs]
+        if adopted is not None:
+            self.t = adopted.tracer  # never freed: its threads run until the process ends
+        else:
+            self.t = ffi.gc(lib.pc_new(self.rules, len(calls)), lib.pc_free)
+            if self.t == ffi.NULL:
+                raise MemoryError("cannot allocate the tracer")
+            for p in self.prefixes:
+                lib.pc_add_prefix(self.t, 0, os.fsencode(p))
+            for d in self.cache_dirs:
+                lib.pc_add_prefix(self.t, 1, os.fsencode(d))
+            lib.pc_set_translate(self.t, int(translate))
         self.filter = build_filter(calls, arch, notify)
         if translate:  # the socket-address rows, a guest namespace's only
             late = build_late_filter(calls, arch)
             lib.pc_set_late_filter(self.t, late, len(late) // 8)
         self.ev = ffi.new("pc_event *")
+        self._served: list[str] = []  # see served()
+
+    def plan_parts(self) -> dict:
+        """What a start plan holds of the core's set-up (startplan.encode's arguments)."""
+        from .. import _core
+
+        return {
+            "build": ffi.string(lib.pc_build_id()).decode(),
+            "rules": bytes(ffi.buffer(self.rules)),
+            "prefixes": self.prefixes,
+            "cache_dirs": self.cache_dirs,
+            "notify": self.notify,
+            "filt": bytes(self.filter),
+            "core": os.path.realpath(_core.__file__),
+        }
+
+    def end_quiet(self) -> bool:
+        """Task events reach Python from now on; whether the job's root exec'd while
+        they were dropped (an adopted run)."""
+        return bool(lib.pc_set_quiet(self.t, 0))
 
     def spawn(
         self, argv: list[str], env: dict[str, str], file: str | None = None
@@ -292,6 +321,12 @@ class Core:
                 return out
             out += [os.fsdecode(p) for p in ffi.buffer(buf, n)[:].split(b"\0")[:-1]]
 
+    def served(self) -> list[str]:
+        """Backing files of the opens C answered in this run so far (each once per
+        take), kept here: the cache's LRU and user.nopen both count them."""
+        self._served += self.take_served()
+        return self._served
+
     def stats_by_call(self) -> dict[str, tuple[int, int, int]]:
         """Stops per system call that had any: (passed in C, answered in C, to Python);
         calls the table has no row for (another architecture's) count as "other"."""
@@ -304,6 +339,13 @@ class Core:
             for i in range(n + 1)
             if out[3 * i] or out[3 * i + 1] or out[3 * i + 2]
         }
+
+
+def adoption():
+    """The launcher's running tracer (pc_adoption), for Python to adopt; None if the job
+    was not started by it."""
+    a = ffi.new("pc_adoption *")
+    return a if lib.pc_adopt_take(a) else None
 
 
 def _spawn_error(text: str) -> OSError:

@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     """parrot_run: the job's exit status, or 1 with one line on stderr for anything
     that stops us first (with the traceback too under --debug), 2 for bad usage."""
     argv = sys.argv[1:] if argv is None else argv
+    from .startplan import take_path
+
+    plan = take_path()  # the launcher's: before anything reads the environment
     try:
         args = parse_args(argv)
     except UsageError as e:
@@ -209,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parrot_run: no command given ({USAGE[7:]})", file=sys.stderr)
         return 2
     debug = None
+    if plan is not None:
+        from ..client.config_files import record_reads
+
+        record_reads()  # what a plan depends on
+        args["plan"] = plan
+        args["words"] = argv[: len(argv) - len(args["command"])]
     try:
         debug = _debug_stream(args.get("debug_file"), bool(args["debug_flags"]))
         config = _configuration(args)
@@ -309,6 +318,8 @@ def _run(args: dict, config, debug) -> int:
         env=env,
         overlay=args.get("overlay"),
         run=bool(args.get("run")),
+        plan=args.get("plan"),
+        words=args.get("words"),
     )
     if opts.run and opts.root is None:
         raise CvmfsError("--run needs --root (it acts on the job's root)")

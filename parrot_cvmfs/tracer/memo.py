@@ -136,6 +136,8 @@ class Memo:
     def load(self, rev: str) -> None:
         """Teach the C table what earlier runs learned about this revision (an evicted
         backing file is harmless: C's open of it fails and Python takes over)."""
+        if rev in self.loaded:
+            return  # the launcher's C loaded it (adopted)
         opened = self._open(rev)
         if opened is None:
             return
@@ -148,6 +150,16 @@ class Memo:
                 self.new_bytes[rev] = max(0, os.fstat(fd).st_size - start)
         finally:
             os.close(fd)
+
+    def adopt(self, rev: str, size: int) -> None:
+        """The launcher loaded `size` bytes of records of `rev`'s file into the table."""
+        self.loaded.add(rev)
+        self._unread.add(rev)
+        self.new_bytes[rev] = size
+
+    def path(self, rev: str) -> str:
+        """This user's memo file for `rev` (for a start plan, which C loads)."""
+        return os.path.join(self.dir, self._name(rev))
 
     def _decode_served(self) -> None:
         """Read the lists of files served of the loaded memo files (once each)."""

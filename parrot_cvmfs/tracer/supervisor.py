@@ -34,6 +34,8 @@ class Options:
         "env",
         "overlay",
         "run",
+        "plan",
+        "words",
     )
 
     def __init__(
@@ -53,6 +55,8 @@ class Options:
         env: dict[str, str] | None = None,
         overlay: str | None = None,
         run: bool = False,
+        plan: str | None = None,
+        words: list[str] | None = None,
     ):
         self.command = command
         self.cvmfs = cvmfs or []
@@ -69,13 +73,24 @@ class Options:
         self.env = env or {}  # --env NAME=VALUE
         self.overlay = overlay  # --overlay DIR: the root's writable layer
         self.run = run  # --run: the image's runscript, the command as its arguments
+        self.plan = plan  # the start plan to write at the end (the launcher's path)
+        self.words = words or []  # the option words before the command (the plan's key)
 
 
 class Supervisor:
     def __init__(self, opts: Options):
         from ..client.cache import CONFIG, resolve_tiers
+        from .core import adoption
 
         self.opts = opts
+        # the job runs already, started by the launcher from a plan (startplan.py)
+        self.adopted = adoption()
+        pins, pinned_until, memos = {}, 0.0, []
+        if self.adopted is not None:
+            from .._core import ffi
+            from .startplan import read_pins
+
+            pins, pinned_until, memos = read_pins(os.fsdecode(ffi.string(self.adopted.plan)))
         config = opts.config or Configuration()
         # a read-only populated --cache-dir comes back as the first alien tier
         tiers = resolve_tiers(opts.cache_dir, opts.alien_cache, _note)
@@ -88,10 +103,14 @@ class Supervisor:
             verify_at=opts.verify_at,
             offline=opts.offline,
             eager=opts.cvmfs,
+            pins=pins,
+            pinned_until=pinned_until,
         )
         self.arch = machine()
         calls = calls_for(self.arch)
         self.mode = choose_mode()
+        if self.adopted is not None:
+            self.mode = "notify" if self.adopted.notify else "ptrace"
         self.procs = Processes()
         self.guest = None
         if opts.root is not None or opts.binds:
@@ -106,8 +125,12 @@ class Supervisor:
             tiers.dirs(),
             notify=self.mode == "notify",
             translate=self.guest is not None,
+            adopted=self.adopted,
         )
         self.handlers = Handlers(self.core, self.view, self.procs, opts.debug, self.guest)
+        for i, rev in enumerate(memos):  # what the launcher's C loaded
+            if self.adopted.memo_size[i] >= 0:
+                self.handlers.memo.adopt(rev, self.adopted.memo_size[i])
         self.root = 0
         self.exec_seen = False
 
@@ -117,14 +140,18 @@ class Supervisor:
             for e in errors:
                 print(f"parrot_run: {e}", file=sys.stderr)
             return 1
-        try:
-            pid, report = self._spawn()
-        except OSError as e:
-            print(f"parrot_run: {e.strerror}", file=sys.stderr)
-            return 1
+        if self.adopted is not None:  # spawned, signals forwarded, by the launcher
+            pid, report = self.adopted.root, self.adopted.report_fd
+            self.exec_seen = self.core.end_quiet()
+        else:
+            try:
+                pid, report = self._spawn()
+            except OSError as e:
+                print(f"parrot_run: {e.strerror}", file=sys.stderr)
+                return 1
+            # in C, so that no Python (nor its signal module) sits between a kill and the job
+            self.core.forward_signals()
         self.root = pid
-        # in C, so that no Python (nor its signal module) sits between a kill and the job
-        self.core.forward_signals()
         if not self.opts.debug:  # the debug log's lines are never cut by the progress line
             progress.terminal_line()
         try:
@@ -216,13 +243,56 @@ class Supervisor:
         # the files C opened count as used for the cache's LRU clean-up, as Python's do
         cache = self.view.cache
         if cache is not None and cache.quota is not None:
-            cache.touch_paths(self.core.take_served())
+            served = list(self.core.served())
+            if self.opts.plan is not None:  # and those of the planned runs before
+                from .startplan import take_served
+
+                served += take_served(self.opts.plan)
+            cache.touch_paths(served)
 
     def close(self) -> None:
         self.keep()
+        self.write_plan()
         if self.guest is not None:
             self.guest.close()
         self.view.close()
+
+    def write_plan(self) -> None:
+        """The start plan the launcher asked for: how to start this job again without
+        Python, while what it depends on stays (startplan.py). None where this run's
+        start is not one a plan can repeat."""
+        if self.opts.plan is None or self.guest is not None or self.opts.env:
+            return
+        from ..client.config_files import identity, named, reads
+
+        files, words = reads(), named()
+        from . import startplan
+
+        if files is None or len(words) > startplan.MAX_NAMED:
+            return
+        import time
+
+        # the Python that made the rules, filter and records C uses (an editable install
+        # changes them with no new build of the core)
+        files = {**files, **{p: identity(p) for p in startplan.generators()}}
+        until = min(self.view.valid_until(), time.time() + startplan.MAX_AGE)
+        memo = self.handlers.memo
+        revs = [(n, self.view.revision_id(n)) for n in sorted(self.view.repos)]
+        revs = [(n, r) for n, r in revs if r is not None][: startplan.MAX_MEMO]
+        relative = any(not w.startswith(("-", "/")) for w in self.opts.words)
+        from .memo import MAGIC
+
+        data = startplan.encode(
+            options=self.opts.words,
+            cwd=os.getcwd() if relative else None,
+            files=files,
+            named=words,
+            valid_until=until,
+            memos=[(memo.path(r), MAGIC, r) for _, r in revs],
+            repos=[(n, self.view.repos[n].root_hash.hex) for n, _ in revs],
+            **self.core.plan_parts(),
+        )
+        startplan.write(self.opts.plan, data)
 
 
 def _peak_rss_mb() -> float:

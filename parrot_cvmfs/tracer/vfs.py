@@ -78,6 +78,8 @@ class CvmfsView:
         offline: bool = False,
         eager: list[str] | None = None,
         warn: Callable[[str], None] | None = None,
+        pins: dict[str, str] | None = None,
+        pinned_until: float = 0.0,
     ):
         self.config = config
         self.cache_dir = os.path.abspath(cache_dir)
@@ -96,10 +98,15 @@ class CvmfsView:
         self.repos: dict[str, Repository] = {}
         self.failed: dict[str, str] = {}
         self.eager = [config.canonical_name(n) for n in (eager or [])]
+        # revisions this run must mount (name -> root hash: an adopted run, whose C table
+        # answered from them), and until when what they were chosen by holds
+        self.pins = pins or {}
+        self.pinned_until = pinned_until
         self.cache: ObjectCache | None = None
         self.nodes: dict[VPath, Node | None] = {}  # directories (and /cvmfs itself)
         self.leaves: dict[VPath, Node | None] = {}  # other entries, and missing ones
         self.cache_paths: dict[str, VPath] = {}  # cache file -> last /cvmfs path served from it
+        self.c_opens_counted = 0  # of the core's served(): counted in their repos' n_open
         self.io_errors = 0
         self.root = Node(ROOT, None, None, st.S_IFDIR | 0o755)
         self.on_mount: Callable[[str], None] | None = None  # teach kept answers
@@ -148,6 +155,7 @@ class CvmfsView:
                 verify_at=self.verify_at,
                 offline=self.offline or None,
                 reuse_fresh=True,
+                root_hash=self.pins.get(name),
             )
         except (CvmfsError, OSError) as e:
             self.failed[name] = str(e)
@@ -166,6 +174,15 @@ class CvmfsView:
         if repo is None or not repo.root_hash:
             return None
         return f"{name}@{repo.root_hash.hex}" + ("" if repo.uid is not None else "+owners")
+
+    def valid_until(self) -> float:
+        """Until when later runs would mount the same revisions (a start plan's bound):
+        the earliest of each mounted revision's own freshness, a pinned one's its pin's."""
+        until = float("inf")
+        for name, repo in self.repos.items():
+            fresh = self.pinned_until if name in self.pins else repo.trust.fresh_until()
+            until = min(until, fresh)
+        return until
 
     def mount_eager(self) -> list[str]:
         """Mount the repositories named with --cvmfs; returns the error lines."""
@@ -337,6 +354,16 @@ class CvmfsView:
 
                 v = vpath_of_logical(logical)
         return v
+
+    def count_opens(self, served: list[str]) -> None:
+        """Count the opens C answered (`served`: every one so far) in their repositories'
+        n_open (user.nopen), as the opens Python answers are."""
+        for backing in served[self.c_opens_counted :]:
+            v = self.vpath_of_host(backing)
+            repo = self.repos.get(v.repo) if v is not None else None
+            if repo is not None:
+                repo.n_open += 1
+        self.c_opens_counted = len(served)
 
     # -- statistics -------------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ def h_getxattr(c: Context) -> tuple:
     node = t.node
     if node.repo is None:
         return skip(-errno.ENODATA)
+    c.view.count_opens(c.core.served())  # the client's counters include C's opens
     try:
         data = node.repo.getxattr(node.entry, name)
     except CvmfsError:
