@@ -30,6 +30,7 @@ from parrot_cvmfs.tracer.handlers import execve
         ("FAST_GETDENTS", "PC_FAST_GETDENTS"),
         ("FAST_GETXATTR", "PC_FAST_GETXATTR"),
         ("FAST_LISTXATTR", "PC_FAST_LISTXATTR"),
+        ("FAST_STATFS", "PC_FAST_STATFS"),
     ],
 )
 def test_syscall_table_constants(py: str, c: str) -> None:

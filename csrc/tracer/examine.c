@@ -334,6 +334,12 @@ static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int 
                 result = (int64_t)n;
             }
             break;
+        case PC_FAST_STATFS:
+            if (a->has_answer && a->err)
+                result = -(int64_t)a->err;
+            else
+                found = 0;
+            break;
         case PC_FAST_GETXATTR:
         case PC_FAST_LISTXATTR: {
             const unsigned char *v = NULL;

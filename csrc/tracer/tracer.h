@@ -49,6 +49,8 @@ enum {
     PC_FAST_GETDENTS = 6, /* getdents64 of a directory anchor: buffer `out_arg`, size `size_arg` */
     PC_FAST_GETXATTR = 7, /* name at `attr_arg`, value buffer `out_arg`, size `size_arg` */
     PC_FAST_LISTXATTR = 8, /* buffer `out_arg`, size `size_arg` */
+    PC_FAST_STATFS = 9,    /* a path's error only (ENOENT, ENOTDIR...): what statfs
+                            * reports of a file system is Python's (the cache's usage) */
 };
 
 typedef struct {

@@ -48,10 +48,15 @@ class Guest:
             spec += f"\0overlay={self.overlay.directory}"
         self.key = hashlib.sha1(os.fsencode(spec)).hexdigest()[:16]
 
+    def kept(self, rev: str) -> str:
+        """The memo name of a revision's answers in this namespace (they are kept per
+        revision and mount table)."""
+        return f"{rev}~{self.key}"
+
     def memo_loader(self, memo):
         """What to load when a repository is mounted: the answers earlier runs with the
         same mount table kept for it."""
-        return lambda rev: memo.load(f"{rev}~{self.key}")
+        return lambda rev: memo.load(self.kept(rev))
 
     def close(self) -> None:
         """Release the overlay's lock (its files stay for the next run)."""
@@ -254,7 +259,7 @@ class Guest:
         if not self._host_seen and len(self._repos) == 1 and in_cvmfs and not t.proc:
             rev = self.view.revision_id(next(iter(self._repos)))
             if rev is not None:
-                t.kept_as = f"{rev}~{self.key}"
+                t.kept_as = self.kept(rev)
         return t
 
     def _upper_target(self, r, path: str) -> Target | None:

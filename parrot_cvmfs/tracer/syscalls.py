@@ -39,7 +39,8 @@ BARE_EMPTY, BARE_NULL = 1, 2
     FAST_GETDENTS,
     FAST_GETXATTR,
     FAST_LISTXATTR,
-) = range(9)
+    FAST_STATFS,
+) = range(10)
 
 
 class Call(
@@ -153,7 +154,7 @@ CALLS: list[Call] = [
         fast=FAST_READLINK,
         bare=BARE_EMPTY,
     ),
-    _p("statfs", 137, 43, "statfs", path=0, out=1),
+    _p("statfs", 137, 43, "statfs", path=0, out=1, fast=FAST_STATFS),
     Call("fstatfs", 138, 44, FD, "statfs", path=0, out=1),
     # -- extended attributes -----------------------------------------------------------------
     _p("getxattr", 191, 8, "getxattr", **_GETX, fast=FAST_GETXATTR),

@@ -82,8 +82,11 @@ def teach_open(c: Context, follow: bool, t: Target, backing: str) -> None:
 
 
 def teach_listing(c: Context, vpath: VPath, records: bytes) -> None:
-    """Let C answer getdents64 on the anchor of this directory (the call's base)."""
+    """Let C answer getdents64 on the anchor of this directory (the call's base); kept
+    as the namespace keeps its answers (a guest's are loaded per mount table)."""
     rev = c.view.revision_id(vpath.repo) if vpath.repo else None
+    if rev is not None and c.guest is not None:
+        rev = c.guest.kept(rev)
     c.memo.put_dents(rev, os.fsencode(c.base), records)
 
 
