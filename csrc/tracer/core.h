@@ -159,6 +159,7 @@ struct pc_tracer {
     int nprefix[2];
     int no_openat2; /* the kernel has no openat2 (before 5.6) */
     int translate;  /* pc_set_translate: every path is the guest's, to be translated */
+    struct pc_mounts *mounts; /* pc_add_mount, pc_set_plain (passthrough.c); NULL: none */
     /* ptrace side: touched by the tracer thread only */
     task_state *tasks;
     size_t tasks_cap, tasks_used;
@@ -278,6 +279,16 @@ static inline int start_detached(pthread_t *thread, void *(*main)(void *), void 
     pthread_attr_destroy(&attr);
     return rc;
 }
+
+/* passthrough.c: paths below a host bind shown at its own place, where the kernel's
+ * answer is the guest's (1: the call passes through). `writes`: the call may change
+ * what the path names. */
+int passthrough_path(pc_tracer *t, const pc_call *c, const char *path, const char *base,
+                     int base_len, int writes);
+/* a host location (cwd, a descriptor's target) the guest spells the same, with no
+ * mount point below it */
+int passthrough_dir(pc_tracer *t, const pc_call *c, const char *host, size_t len);
+void mounts_free(pc_tracer *t);
 
 /* notify.c */
 int notify_start(pc_tracer *t, int listener);

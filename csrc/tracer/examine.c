@@ -61,6 +61,27 @@ static int base_concerns(pc_tracer *t, const pc_rule *r, const char *base)
                                  strcmp(base, "/dev/fd") == 0);
 }
 
+/* __O_TMPFILE includes O_DIRECTORY, so only its own bit counts here */
+#define O_TMPFILE_BIT 020000000
+#define O_WRITE_BITS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE_BIT)
+
+/* In a guest namespace: a path the kernel resolves as the guest would (passthrough.c),
+ * for a call that leaves it as it is or may change it (an open's write flags, access
+ * asking W_OK). /proc magic links are the guest's whichever rule asks. */
+static int guest_passes(pc_tracer *t, const pc_call *c, const char *path, const char *base,
+                        int base_len)
+{
+    const pc_rule *r = c->r;
+    if (may_name_proc(path))
+        return 0;
+    int writes = 0;
+    if (r->fast == PC_FAST_OPEN && r->flags_arg >= 0)
+        writes = (c->args[r->flags_arg] & O_WRITE_BITS) != 0;
+    else if (r->fast == PC_FAST_ACCESS && r->mode_arg >= 0)
+        writes = (c->args[r->mode_arg] & W_OK) != 0;
+    return passthrough_path(t, c, path, base, base_len, writes);
+}
+
 /* One path argument (and, if it is relative, its base). 1 if it concerns us. */
 static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_arg, char *path,
                         int *path_len, int *path_err, char *base, int *base_len, int *empty_path)
@@ -94,15 +115,20 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
         *base_len = m;
         return has_prefix(t, 1, base);
     }
-    if (path[0] == '/')
-        return t->translate || path_concerns(t, r, path);
+    if (path[0] == '/') {
+        if (path_concerns(t, r, path))
+            return 1;
+        return t->translate && !guest_passes(t, c, path, NULL, 0);
+    }
     /* relative: Python needs the base whenever the call concerns us */
     int m = dirfd == AT_FDCWD ? proc_link(c->tid, "cwd", -1, base, PC_PATH_MAX)
                               : proc_link(c->tid, NULL, dirfd, base, PC_PATH_MAX);
     if (m < 0)
         return 0; /* a bad dirfd: the kernel's EBADF/ENOTDIR is right */
     *base_len = m;
-    return t->translate || path_concerns(t, r, path) || base_concerns(t, r, base);
+    if (path_concerns(t, r, path) || base_concerns(t, r, base))
+        return 1;
+    return t->translate && !guest_passes(t, c, path, base, m);
 }
 
 /* A Unix socket's address: its path (not an abstract name, not unnamed) as a path
@@ -165,15 +191,22 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
         /* in a guest namespace, a directory may show mount points it does not hold
          * (glue), and a descriptor of the read-only root must not change it (fchmod,
          * fchown, fsetxattr...: the rare calls with no fast answer) */
-        return has_prefix(t, 1, ev->base) ||
-               (t->translate && (r->fast == PC_FAST_GETDENTS || r->fast == PC_FAST_NONE));
+        if (has_prefix(t, 1, ev->base))
+            return 1;
+        /* a host directory at its own place with no mount point below lists as the
+         * kernel lists it */
+        if (r->fast == PC_FAST_GETDENTS && passthrough_dir(t, c, ev->base, (size_t)m))
+            return 0;
+        return t->translate && (r->fast == PC_FAST_GETDENTS || r->fast == PC_FAST_NONE);
     }
     case PC_KIND_CWD: {
         int m = proc_link(c->tid, "cwd", -1, ev->base, PC_PATH_MAX);
         if (m <= 0)
             return 0;
         ev->base_len = m;
-        return t->translate || has_prefix(t, 0, ev->base);
+        if (has_prefix(t, 0, ev->base))
+            return 1;
+        return t->translate && !passthrough_dir(t, c, ev->base, (size_t)m);
     }
     case PC_KIND_SOCKADDR:
         return examine_sockaddr(t, c, ev);
@@ -183,10 +216,6 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
         return 0;
     }
 }
-
-/* __O_TMPFILE includes O_DIRECTORY, so only its own bit counts here */
-#define O_TMPFILE_BIT 020000000
-#define O_WRITE_BITS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE_BIT)
 
 /* Replay a read-only open Python performed before: the same backing file. */
 /* HOT PATH: a read-only open answered from the table, per such call */

@@ -106,6 +106,7 @@ void pc_free(pc_tracer *t)
     if (t->tracer_started || t->thread_started)
         return;
     pc_table_clear(t);
+    mounts_free(t);
     free(t->answers);
     free(t->tasks);
     free(t->queue);

@@ -7,9 +7,9 @@
  *   notify.c  -> examine.c, respond.c, queue.c   (the notification thread's loop)
  *   examine.c -> respond.c, answers.c, tracee.c  (whether a call is ours; the fast path)
  *   respond.c -> tasks.c, tracee.c               (every way of finishing a call)
- *   queue.c, answers.c, tasks.c, tracee.c call no other file (events for Python and
- *   its answers; the answer table; rewritten calls in flight; a task's memory and
- *   registers).
+ *   queue.c, answers.c, tasks.c, tracee.c, passthrough.c call no other file (events
+ *   for Python and its answers; the answer table; rewritten calls in flight; a task's
+ *   memory and registers; the guest's host binds).
  *
  * The part between the cdef markers is what build_core.py hands to cffi: plain
  * declarations, enums and `#define NAME <literal>` only. */
@@ -135,6 +135,18 @@ int pc_add_prefix(pc_tracer *t, int which, const char *prefix); /* 0: paths, 1: 
 /* A guest namespace (--root, binds): every path of a path call, the cwd of getcwd and
  * every listing concern Python (or the answer table), not only /cvmfs spellings. */
 void pc_set_translate(pc_tracer *t, int on);
+/* The guest's mount table (passthrough.c), for paths the kernel may resolve itself:
+ * each mount's guest destination and host (or /cvmfs) source. */
+#define PC_MAX_MOUNTS 256
+#define PC_MOUNT_PASS 1    /* a host directory at its own place: the kernel's answers hold */
+#define PC_MOUNT_RO 2      /* read-only: writes are Python's (EROFS) */
+#define PC_MOUNT_PRIVATE 4 /* `src` only: a host directory of ours (the overlay's upper
+                            * layer), never passed through */
+int pc_add_mount(pc_tracer *t, const char *dst, const char *src, int flags);
+/* Which calls may pass through on such a path (per rule; default none): */
+#define PC_PLAIN_READ 1  /* reads only (an open without write flags, access without W_OK) */
+#define PC_PLAIN_WRITE 2 /* may change it: only on a writable mount */
+int pc_set_plain(pc_tracer *t, int rule, int how);
 /* Start the job under the tracer thread (see tracer.c and spawn.c). */
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                const void *filter, int filter_len, int notify, int *report_fd, char *err,

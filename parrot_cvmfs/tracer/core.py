@@ -91,6 +91,22 @@ class Core:
         self.filter = build_filter(calls, arch, notify)
         self.ev = ffi.new("pc_event *")
 
+    def add_mount(
+        self, dst: str, src: str, passes: bool = False, readonly: bool = False, private=False
+    ) -> None:
+        """A mount of the guest's table, for C's passthrough (tracer/guest.py)."""
+        flags = (lib.PC_MOUNT_PASS if passes else 0) | (lib.PC_MOUNT_RO if readonly else 0)
+        if private:
+            flags = lib.PC_MOUNT_PRIVATE
+        lib.pc_add_mount(self.t, os.fsencode(dst), os.fsencode(src), flags)
+
+    def set_plain(self, name: str, write: bool) -> None:
+        """Let the call `name` pass through on such mounts (write: writable ones only)."""
+        how = lib.PC_PLAIN_WRITE if write else lib.PC_PLAIN_READ
+        for i, call in enumerate(self.calls):
+            if call.name == name:
+                lib.pc_set_plain(self.t, i, how)
+
     def spawn(
         self, argv: list[str], env: dict[str, str], file: str | None = None
     ) -> tuple[int, int]:

@@ -107,6 +107,8 @@ class Supervisor:
             notify=self.mode == "notify",
             translate=self.guest is not None,
         )
+        if self.guest is not None:
+            self.guest.teach_mounts(self.core)
         self.handlers = Handlers(self.core, self.view, self.procs, opts.debug, self.guest)
         self.root = 0
         self.exec_seen = False
