@@ -42,7 +42,7 @@ class Guest:
             self._upper = self.overlay.upper_dir + "/"
         self._host = HostFiles()
         self._tid = 0
-        self.exec_plans: dict[str, tuple] = {}  # handlers/execve.py: program -> its plan
+        self.exec_plans: dict[tuple, tuple] = {}  # handlers/execve.py: (program, name) -> plan
         # empty directories of ours standing for glue directories (their host location
         # holds nothing), and back
         self._glue: dict[str, str] = {}
