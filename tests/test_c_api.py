@@ -31,6 +31,7 @@ from parrot_cvmfs.tracer.handlers import execve
         ("FAST_GETXATTR", "PC_FAST_GETXATTR"),
         ("FAST_LISTXATTR", "PC_FAST_LISTXATTR"),
         ("FAST_STATFS", "PC_FAST_STATFS"),
+        ("FAST_EXEC", "PC_FAST_EXEC"),
     ],
 )
 def test_syscall_table_constants(py: str, c: str) -> None:

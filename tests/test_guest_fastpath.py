@@ -74,7 +74,7 @@ def test_bench_jobs_warm_in_c(guest, tmp_path):
     assert ok(procs) == want_procs + f"{cwd}\n"
     assert ok(py) == want_py + f"{cwd}\n"
     calls = ("stat", "newfstatat", "statx", "openat", "getcwd", "statfs", "getdents64")
-    assert python_handled(procs.stderr, *calls) == {}
+    assert python_handled(procs.stderr, *calls, "execve") == {}  # execs from kept recipes
     handled = python_handled(py.stderr, *calls, "readlink")
     # the default bind of /etc/localtime shows a host file (the zone's) at another place
     assert handled.pop("openat", 0) <= 1 and handled == {}
@@ -163,3 +163,30 @@ def test_unprivileged_creation_in_the_cwd(guest):
         st = os.stat(os.path.join(d, "f"))
         assert st.st_uid != 0 and st.st_mode & 0o777 == 0o640
         assert by_call(p.stderr)["openat"][0] > 0
+
+
+def test_execs_in_c_show_guest_names(guest, tmp_path):
+    """An exec C makes from a kept recipe shows what the kernel shows natively (chroot
+    has no /proc to compare with): /proc/self/exe, AT_EXECFN (the path exec was given,
+    not the file exec'd in its place) and the process's name (after that path)."""
+    getauxval = (
+        "import ctypes; f = ctypes.CDLL(None).getauxval; f.restype = ctypes.c_char_p;"
+        " print(f(31).decode())"
+    )
+    script = (
+        "readlink /proc/self/exe; LD_SHOW_AUXV=1 /bin/true | grep AT_EXECFN; cat /proc/self/comm;"
+        f" sh -c 'cat /proc/$$/comm'; /usr/bin/python3 -c '{getauxval}';"
+        " /bin/dash -c 'cat /proc/$$/comm'"
+    )
+    for _ in range(2):  # Python's execs, then C's
+        p = guest("/bin/sh", "-c", script, options=("--stats",), cwd=str(tmp_path))
+        assert ok(p).split() == [
+            "/usr/bin/readlink",
+            "AT_EXECFN:",
+            "/bin/true",
+            "cat",
+            "sh",
+            "/usr/bin/python3",
+            "dash",
+        ]
+    assert python_handled(p.stderr, "execve") == {}

@@ -52,6 +52,8 @@ static int answers(const answer *a, int fast)
         return a->open_target != NULL;
     case PC_FAST_STATFS:
         return 0; /* its errors only: the first test */
+    case PC_FAST_EXEC:
+        return a->exec_target != NULL;
     default:
         return 1;
     }
@@ -84,6 +86,8 @@ static void free_answer(answer *a)
     free(a->key);
     free(a->link);
     free(a->open_target);
+    free(a->exec_target);
+    free(a->exec_logical);
     free(a->dents);
     free(a->xattrs);
     free(a->xnames);
@@ -194,6 +198,33 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
     return rc;
 }
 
+/* An execve's recipe: `target` exec'd in place of the program named `key` (followed),
+ * `logical` what /proc/self/exe shows then. */
+static int put_exec(pc_tracer *t, const char *key, const char *target, const char *logical)
+{
+    pthread_rwlock_wrlock(&t->answers_lock);
+    answer *a = slot_locked(t, key, 1);
+    int rc = -1;
+    if (a) {
+        char *x = strdup(target), *l = strdup(logical);
+        if (x && l) {
+            if (a->exec_target)
+                t->answers_bytes -= strlen(a->exec_target) + strlen(a->exec_logical);
+            free(a->exec_target);
+            free(a->exec_logical);
+            a->exec_target = x;
+            a->exec_logical = l;
+            t->answers_bytes += strlen(x) + strlen(l);
+            rc = 0;
+        } else {
+            free(x);
+            free(l);
+        }
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return rc;
+}
+
 /* The struct statx that structs.pack_statx makes for the same attributes: answers keep
  * only the struct stat (memo files and the table half their size), this derives it. */
 void statx_of_stat(const struct stat *s, unsigned char out[256])
@@ -260,6 +291,16 @@ static int table_load(pc_tracer *t, const void *blob, size_t len)
             memcpy(target, pay + 1, tlen);
             target[tlen] = '\0';
             pc_table_put_open(t, key, follow, target, pay[0]);
+        } else if (kind == 'E' && plen >= 3 && plen <= 2 * PC_PATH_MAX) {
+            /* payload = target NUL logical (no NUL after it) */
+            char both[2 * PC_PATH_MAX + 1];
+            memcpy(both, pay, plen);
+            both[plen] = '\0';
+            size_t tl = strnlen(both, plen);
+            if (tl == 0 || tl >= plen - 1 || tl > PC_PATH_MAX || plen - tl - 1 > PC_PATH_MAX ||
+                both[0] != '/')
+                continue;
+            put_exec(t, key, both, both + tl + 1);
         } else if (kind == 'D') {
             pc_table_put_dents(t, key, pay, plen);
         } else if (kind == 'X') {

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -259,6 +260,25 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
     else if (tlen)
         done = respond_open(t, c, target, tlen, flags, size);
     return done;
+}
+
+/* An execve Python planned before (handlers/execve.py keeps the recipe when it is a
+ * function of the revision): the same file exec'd in place of the program. */
+static int fast_exec(pc_tracer *t, pc_call *c, const char *path, int len)
+{
+    if (c->notify)
+        return 0;
+    char target[PC_PATH_MAX + 1], logical[PC_PATH_MAX + 1];
+    int found = 0;
+    pthread_rwlock_rdlock(&t->answers_lock);
+    answer *a = answer_for_path(t, 1, path, (size_t)len, PC_FAST_EXEC);
+    if (a && a->exec_target) {
+        snprintf(target, sizeof target, "%s", a->exec_target);
+        snprintf(logical, sizeof logical, "%s", a->exec_logical);
+        found = 1;
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return found && respond_exec(t, c, target, logical);
 }
 
 /* getxattr's answer from a path's attribute records (pc_table_put_xattrs): 1 and
@@ -564,5 +584,7 @@ int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev)
     }
     if (r->fast == PC_FAST_OPEN)
         return fast_open(t, c, key, len);
+    if (r->fast == PC_FAST_EXEC)
+        return fast_exec(t, c, key, len);
     return table_answer(t, c, key, len, 0);
 }

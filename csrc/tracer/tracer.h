@@ -51,6 +51,8 @@ enum {
     PC_FAST_LISTXATTR = 8, /* buffer `out_arg`, size `size_arg` */
     PC_FAST_STATFS = 9,    /* a path's error only (ENOENT, ENOTDIR...): what statfs
                             * reports of a file system is Python's (the cache's usage) */
+    PC_FAST_EXEC = 10,     /* execve of a program whose recipe Python kept: the file to
+                            * exec in its place (ptrace stops; see pc_take_exec) */
 };
 
 typedef struct {
@@ -210,6 +212,9 @@ int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *n
 int pc_table_load(pc_tracer *t, const void *records, size_t len);
 /* open a file of the cache as C opens those it serves (respond.c open_backing) */
 int pc_open_backing(pc_tracer *t, const char *path, int flags);
+/* After the exec event of `tid`: the logical program (what /proc/self/exe shows) of an
+ * exec C made from a kept recipe, into buf (its length; 0: C made none, Python did). */
+int pc_take_exec(pc_tracer *t, pid_t tid, char *buf, int len);
 int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
 void pc_table_clear(pc_tracer *t);
 /* The backing files of the opens answered from the table since the last call, as

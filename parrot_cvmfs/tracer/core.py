@@ -100,6 +100,13 @@ class Core:
             flags = lib.PC_MOUNT_PRIVATE
         lib.pc_add_mount(self.t, os.fsencode(dst), os.fsencode(src), flags)
 
+    def take_exec(self, tid: int) -> str | None:
+        """The logical program of the exec C just made for `tid` from a kept recipe
+        (None: it made none)."""
+        buf = ffi.new("char[]", 4097)
+        n = lib.pc_take_exec(self.t, tid, buf, 4097)
+        return os.fsdecode(ffi.string(buf, n)) if n > 0 else None
+
     def set_plain(self, name: str, write: bool) -> None:
         """Let the call `name` pass through on such mounts (write: writable ones only)."""
         how = lib.PC_PLAIN_WRITE if write else lib.PC_PLAIN_READ

@@ -180,7 +180,7 @@ class Supervisor:
                 procs.on_newtask(*core.task())
             elif kind == EV_EXEC:
                 tid, former = core.task()
-                procs.on_exec(tid, former)
+                procs.on_exec(tid, former, core.take_exec)
                 if tid == self.root:
                     self.exec_seen = True
             elif kind == EV_EXIT:

@@ -40,7 +40,8 @@ BARE_EMPTY, BARE_NULL = 1, 2
     FAST_GETXATTR,
     FAST_LISTXATTR,
     FAST_STATFS,
-) = range(10)
+    FAST_EXEC,
+) = range(11)
 
 
 class Call(
@@ -166,7 +167,7 @@ CALLS: list[Call] = [
     _p("getxattrat", 464, 464, "getxattr", **_at(2)),
     _p("listxattrat", 465, 465, "listxattr", **_at(2), out=3, size=4),
     # -- exec and the working directory -------------------------------------------------------
-    _p("execve", 59, 221, "execve", path=0),
+    _p("execve", 59, 221, "execve", path=0, fast=FAST_EXEC),
     _p("execveat", 322, 281, "execve", **_at(4)),
     _p("chdir", 80, 49, "chdir", path=0),
     Call("getcwd", 79, 17, CWD, "getcwd", out=0, size=1),

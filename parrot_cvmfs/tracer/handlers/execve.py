@@ -12,6 +12,7 @@ from ...atomic import write_atomic
 from ...client.cache import OBJECT_MODE, ObjectCache
 from ..paths import MOUNT
 from ..syscalls import AT_FDCWD
+from .answers import revision_of, teach_exec
 from .context import RESUME, X_OK, Context, skip
 
 BINPRM_BUF_SIZE = 256
@@ -199,7 +200,11 @@ def h_execve(c: Context) -> tuple:
         return c.host(t)
     if isinstance(plan, int):
         return skip(-plan)
-    exe_path, new_argv, exe_logical = plan
+    exe_path, new_argv, exe_logical, loader_rev = plan
+    if new_argv is None and not is_at and not c.empty_path and t.virtual:
+        # the program and its loader from one revision: C execs it from now on
+        if loader_rev is None or loader_rev == revision_of(c.view, c.key() or "", t):
+            teach_exec(c, t, exe_path, exe_logical)
     values: dict = {c.call.path: exe_path}
     if is_at:
         values[0] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
@@ -211,7 +216,8 @@ def h_execve(c: Context) -> tuple:
 
 
 def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_arg: int):
-    """(path to exec, new argv or None, logical exe) / an errno / None (nothing to do).
+    """(path to exec, new argv or None, logical exe, the revision of the ELF loader
+    looked up: None if none was, "" if it is in none) / an errno / None (nothing to do).
     `logical`: the program's /cvmfs path, or in a guest namespace its guest path
     (interpreters are then looked up in the guest too)."""
     argv: list[bytes] | None = None
@@ -251,6 +257,7 @@ def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_a
     else:
         return errno.ELOOP
     interp = elf_interpreter(path) if head[:4] == b"\x7fELF" else None
+    loader_rev = None
     if interp is not None and (guest or interp[0] == MOUNT or interp[0].startswith(MOUNT + "/")):
         # the ELF interpreter as the program's namespace names it: the kernel would look
         # for it on the host
@@ -259,15 +266,16 @@ def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_a
             return errno.ENOENT
         if t.virtual:
             loader = view.materialize(t.node)
+            loader_rev = "" if t.node.variant else revision_of(view, interp[0], t) or ""
         else:
-            loader = t.host
+            loader, loader_rev = t.host, ""
         if loader != interp[0]:
             path = patched_binary(view.own_cache(), path, loader, _program_name(given))
     elif path == program and argv is None and logical is None:
         return None
     if not os.access(path, os.X_OK):
         path = executable_copy(view.own_cache(), path, _program_name(given))
-    return path, argv, exe_logical
+    return path, argv, exe_logical, loader_rev
 
 
 def _program_name(given: str) -> str:
