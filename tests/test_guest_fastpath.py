@@ -32,13 +32,14 @@ def guest(request, userlands, tmp_path_factory):
     env = base_env(PARROT_CVMFS_CACHE=cache, PARROT_CVMFS_MODE=request.param)
     env["PARROT_CVMFS_REPO"] = repo_spec(u.name, f"{u.url}/{u.name}", u.published.pubkey)
 
-    def run(*cmd, options=(), cwd=None, user=None, cache=cache):
-        argv = [*PARROT, "--cache-dir", cache, "--root", u.cvmfs, *options, "--", *cmd]
+    def run(*cmd, options=(), cwd=None, user=None, cache=cache, root=True):
+        rooted = ["--root", u.cvmfs] if root else []
+        argv = [*PARROT, "--cache-dir", cache, *rooted, *options, "--", *cmd]
         if user:
             argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
         return subprocess.run(argv, env=env, capture_output=True, text=True, cwd=cwd, timeout=300)
 
-    run.tree = u.tree
+    run.tree, run.cvmfs = u.tree, u.cvmfs
     return run
 
 
@@ -199,3 +200,11 @@ def test_execs_in_c_show_guest_names(guest, tmp_path):
             "dash",
         ]
     assert python_handled(p.stderr, "execve") == {}
+
+
+def test_execfn_of_a_cvmfs_program_without_root(guest):
+    """Without --root, a program exec'd from /cvmfs (its cache file in its place) sees
+    the /cvmfs path it was given as AT_EXECFN."""
+    true = f"{guest.cvmfs}/usr/bin/true"
+    p = guest("env", "LD_SHOW_AUXV=1", true, root=False)
+    assert [x.split()[1] for x in ok(p).splitlines() if x.startswith("AT_EXECFN")] == [true]
