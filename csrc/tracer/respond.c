@@ -364,21 +364,16 @@ void exec_done(pc_tracer *t, task_state *s, pid_t tid)
         set_execfn(tid, s->execfn);
     if (!s->exe_logical)
         return;
+    /* in the order of the exec events, which Python takes in that order too (a task
+     * may exec again before Python has seen its first exec) */
     pthread_mutex_lock(&t->execs_lock);
-    size_t i = 0;
-    while (i < t->nexecs && t->execs[i].tid != tid)
-        i++;
-    if (i == t->nexecs && t->nexecs < PC_EXECS_MAX) {
+    if (t->nexecs < PC_EXECS_MAX) {
         exec_made *grown = realloc(t->execs, (t->nexecs + 1) * sizeof *grown);
         if (grown) {
             t->execs = grown;
-            t->execs[t->nexecs++] = (exec_made){tid, NULL};
+            t->execs[t->nexecs++] = (exec_made){tid, s->exe_logical};
+            s->exe_logical = NULL;
         }
-    }
-    if (i < t->nexecs) { /* a later exec of the same task replaces the one not taken */
-        free(t->execs[i].logical);
-        t->execs[i].logical = s->exe_logical;
-        s->exe_logical = NULL;
     }
     pthread_mutex_unlock(&t->execs_lock);
 }
@@ -396,7 +391,8 @@ int pc_take_exec(pc_tracer *t, pid_t tid, char *buf, int len)
             n = (int)l;
         }
         free(t->execs[i].logical);
-        t->execs[i] = t->execs[--t->nexecs];
+        t->nexecs--;
+        memmove(&t->execs[i], &t->execs[i + 1], (t->nexecs - i) * sizeof *t->execs);
         break;
     }
     pthread_mutex_unlock(&t->execs_lock);
