@@ -208,3 +208,15 @@ def test_execfn_of_a_cvmfs_program_without_root(guest):
     true = f"{guest.cvmfs}/usr/bin/true"
     p = guest("env", "LD_SHOW_AUXV=1", true, root=False)
     assert [x.split()[1] for x in ok(p).splitlines() if x.startswith("AT_EXECFN")] == [true]
+
+
+@pytest.mark.parametrize("root", [True, False])
+def test_getcwd_in_the_repository_in_c(guest, root):
+    """getcwd in a directory of the repository (the root's, or /cvmfs's without a root)
+    gives its spelling; a warm run answers it in C."""
+    where = "/usr/share" if root else f"{guest.cvmfs}/usr/share"
+    script = f"cd {where} && /bin/pwd && /usr/bin/python3 -c 'import os; print(os.getcwd())'"
+    for _ in range(2):
+        p = guest("/bin/sh", "-c", script, options=("--stats",), root=root)
+        assert ok(p).split() == [where, where]
+    assert python_handled(p.stderr, "getcwd") == {}

@@ -54,6 +54,8 @@ static int answers(const answer *a, int fast)
         return 0; /* its errors only: the first test */
     case PC_FAST_EXEC:
         return a->exec_target != NULL;
+    case PC_FAST_GETCWD:
+        return a->cwd != NULL;
     default:
         return 1;
     }
@@ -88,6 +90,7 @@ static void free_answer(answer *a)
     free(a->open_target);
     free(a->exec_target);
     free(a->exec_logical);
+    free(a->cwd);
     free(a->dents);
     free(a->xattrs);
     free(a->xnames);
@@ -225,6 +228,27 @@ static int put_exec(pc_tracer *t, const char *key, const char *target, const cha
     return rc;
 }
 
+/* getcwd's answer in the directory whose anchor is `key`. */
+static int put_cwd(pc_tracer *t, const char *key, const char *cwd)
+{
+    char *copy = strdup(cwd);
+    if (!copy)
+        return -1;
+    pthread_rwlock_wrlock(&t->answers_lock);
+    answer *a = slot_locked(t, key, 1);
+    if (a) {
+        if (a->cwd)
+            t->answers_bytes -= strlen(a->cwd);
+        free(a->cwd);
+        a->cwd = copy;
+        t->answers_bytes += strlen(copy);
+    } else {
+        free(copy);
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return a ? 0 : -1;
+}
+
 /* The struct statx that structs.pack_statx makes for the same attributes: answers keep
  * only the struct stat (memo files and the table half their size), this derives it. */
 void statx_of_stat(const struct stat *s, unsigned char out[256])
@@ -301,6 +325,13 @@ static int table_load(pc_tracer *t, const void *blob, size_t len)
                 both[0] != '/')
                 continue;
             put_exec(t, key, both, both + tl + 1);
+        } else if (kind == 'C' && plen >= 1 && plen <= PC_PATH_MAX && pay[0] == '/') {
+            char cwd[PC_PATH_MAX + 1];
+            memcpy(cwd, pay, plen);
+            cwd[plen] = '\0';
+            if (strlen(cwd) != plen)
+                continue;
+            put_cwd(t, key, cwd);
         } else if (kind == 'D') {
             pc_table_put_dents(t, key, pay, plen);
         } else if (kind == 'X') {

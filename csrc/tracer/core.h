@@ -80,6 +80,7 @@ typedef struct {
     int open_len;
     char *exec_target;  /* an execve's recipe ('E' records): the file exec'd in its place, */
     char *exec_logical; /* and what /proc/self/exe is to show */
+    char *cwd;          /* getcwd's answer in this directory (an anchor): 'C' records */
     unsigned char *dents; /* a directory's linux_dirent64 records, '.' and '..' first */
     size_t dents_len;
     unsigned char *xattrs; /* see pc_table_put_xattrs; NULL: not known */

@@ -281,6 +281,31 @@ static int fast_exec(pc_tracer *t, pc_call *c, const char *path, int len)
     return found && respond_exec(t, c, target, logical);
 }
 
+/* getcwd in a directory anchor: the spelling Python gave before (its /cvmfs path, or
+ * in a guest namespace its guest path), with the kernel's ERANGE and result (the
+ * length with the NUL). */
+static int fast_getcwd(pc_tracer *t, pc_call *c, const char *anchor, int len)
+{
+    const pc_rule *r = c->r;
+    uint64_t size = c->args[r->size_arg];
+    int64_t result = 0;
+    int found = 0;
+    pthread_rwlock_rdlock(&t->answers_lock);
+    answer *a = answer_find(t, 'F', anchor, (size_t)len);
+    if (a && a->cwd) {
+        found = 1;
+        size_t n = strlen(a->cwd) + 1;
+        if (size < n)
+            result = -ERANGE;
+        else if (pc_write(c->tid, c->args[r->out_arg], a->cwd, n) != (ssize_t)n)
+            result = -EFAULT;
+        else
+            result = (int64_t)n;
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return found && respond_result(t, c, result) == 0;
+}
+
 /* getxattr's answer from a path's attribute records (pc_table_put_xattrs): 1 and
  * *value and *vlen if the name has a value, 0 if it has none (ENODATA), -1 if Python
  * must answer. */
@@ -570,6 +595,8 @@ int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev)
         return 0;
     if (r->fast == PC_FAST_GETDENTS)
         return ev->base_len > 0 && fast_getdents(t, c, ev->base, ev->base_len);
+    if (r->fast == PC_FAST_GETCWD)
+        return ev->base_len > 0 && fast_getcwd(t, c, ev->base, ev->base_len);
     if (r->kind == PC_KIND_FD || ev->empty_path)
         return r->fast != PC_FAST_OPEN && ev->base_len > 0 && ev->base[0] == '/' &&
                table_answer(t, c, ev->base, ev->base_len, 1);

@@ -53,6 +53,8 @@ enum {
                             * reports of a file system is Python's (the cache's usage) */
     PC_FAST_EXEC = 10,     /* execve of a program whose recipe Python kept: the file to
                             * exec in its place (ptrace stops; see pc_take_exec) */
+    PC_FAST_GETCWD = 11,   /* getcwd in an anchor: its spelling Python taught ('C'
+                            * records), buffer `out_arg`, size `size_arg` */
 };
 
 typedef struct {

@@ -41,7 +41,8 @@ BARE_EMPTY, BARE_NULL = 1, 2
     FAST_LISTXATTR,
     FAST_STATFS,
     FAST_EXEC,
-) = range(11)
+    FAST_GETCWD,
+) = range(12)
 
 
 class Call(
@@ -170,7 +171,7 @@ CALLS: list[Call] = [
     _p("execve", 59, 221, "execve", path=0, fast=FAST_EXEC),
     _p("execveat", 322, 281, "execve", **_at(4)),
     _p("chdir", 80, 49, "chdir", path=0),
-    Call("getcwd", 79, 17, CWD, "getcwd", out=0, size=1),
+    Call("getcwd", 79, 17, CWD, "getcwd", out=0, size=1, fast=FAST_GETCWD),
     # -- directory listings -------------------------------------------------------------------
     Call("getdents64", 217, 61, FD, "getdents", path=0, out=1, size=2, fast=FAST_GETDENTS),
     Call("getdents", 78, None, FD, "getdents", path=0, out=1, size=2),

@@ -12,7 +12,7 @@ import struct
 
 from ...format.xattrs import reaches
 from ..core import XATTR_PREFIX_TAG
-from ..memo import answer_record, exec_record, xattrs_record
+from ..memo import answer_record, cwd_record, exec_record, xattrs_record
 from ..paths import MOUNT, Target, VPath
 from ..structs import pack_stat
 from ..syscalls import FD
@@ -108,6 +108,15 @@ def teach_xattrs(c: Context, t: Target, listing: bytes | None = None) -> None:
     node = t.node
     rev = None if node.variant else revision_of(c.view, path, t)
     c.memo.put_xattrs(rev, key, follow, xattr_blob(node))
+
+
+def teach_cwd(c: Context, vpath: VPath, spelling: str) -> None:
+    """Let C answer getcwd in the directory whose anchor is the call's base: its
+    spelling is a function of the revision (and, in a guest, of the mount table)."""
+    rev = c.view.revision_id(vpath.repo) if vpath.repo else None
+    if rev is not None and c.guest is not None:
+        rev = c.guest.kept(rev)
+    c.memo.teach(rev, cwd_record(os.fsencode(c.base), os.fsencode(spelling)))
 
 
 def teach_exec(c: Context, t: Target, exe_path: str, exe_logical: str) -> None:

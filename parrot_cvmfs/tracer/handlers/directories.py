@@ -8,7 +8,7 @@ import errno
 import os
 
 from ..structs import pack_dirents
-from .answers import teach_listing
+from .answers import teach_cwd, teach_listing
 from .context import RESUME, X_OK, Context, skip
 
 
@@ -119,14 +119,17 @@ def h_chdir(c: Context) -> tuple:
 
 
 def h_getcwd(c: Context) -> tuple:
+    vpath = c.view.anchor_to_vpath(c.base) if c.base else None
     if c.guest is not None:  # the kernel's cwd as the guest names it
         guest = c.guest.guest_of(c.base) if c.base else None
         data = os.fsencode(guest if guest is not None else "(unreachable)/") + b"\0"
+        if vpath is not None and guest is not None:
+            teach_cwd(c, vpath, guest)  # an anchor of the root (or a bind from /cvmfs)
     else:
-        vpath = c.view.anchor_to_vpath(c.base)
         if vpath is None:
             return RESUME
         data = os.fsencode(vpath.logical) + b"\0"
+        teach_cwd(c, vpath, vpath.logical)
     size = int(c.args[1])
     if size < len(data):
         return skip(-errno.ERANGE)
