@@ -12,7 +12,12 @@ Rows: `chroot` of the tree on local disk (the floor; needs root), parrot_run
 parrot_run <= 1.5x chroot, and faster than PRoot (measured 1.6-1.9x chroot).
 
     python bench/bench_container.py [--runs 15] [--tree DIR] [--rows chroot,proot,parrot]
-        [--mode notify|ptrace]
+        [--mode notify|ptrace] [--baseline PARROT_RUN] [--stats]
+
+--baseline adds a row `base`: another checkout's parrot_run (e.g. its .venv/bin/parrot_run)
+run alternating with this one, with its own cache, for before/after figures in one run.
+--stats prints, per job, the --stats line of a warm run of each parrot_run (the calls
+handed to Python).
 
 The tree is the tests' Debian 11 userland (tests/userlands.py: built with debootstrap
 once, cached in ${PARROT_CVMFS_TEST_CACHE:-/var/tmp/parrot-cvmfs-test-cache}) unless
@@ -55,6 +60,21 @@ def timed(cmd: list[str], env: dict) -> float:
     return dt
 
 
+def warm_stats(cmd: list[str], env: dict) -> str:
+    """The counts of intercepted calls of one run of a parrot_run command (--stats)."""
+    at = cmd.index("--")
+    p = subprocess.run(
+        [*cmd[:at], "--stats", *cmd[at:]],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    lines = p.stderr.decode(errors="replace").splitlines()
+    return " | ".join(
+        x.removeprefix("parrot_run: ") for x in lines if "intercepted" in x or "by call" in x
+    )
+
+
 def parrot_launcher() -> list[str]:
     """The installed parrot_run, as users run it (python -m adds runpy's imports)."""
     launcher = os.path.join(os.path.dirname(sys.executable), "parrot_run")
@@ -78,23 +98,21 @@ def default_tree() -> str:
         raise SystemExit(f"bench_container: no Debian 11 userland: {e} (or give --tree)") from None
 
 
-def commands(rows, tree: str, launcher: list[str], cache: str) -> dict[str, dict[str, list]]:
+def commands(
+    rows, tree: str, launcher: list[str], cache: str, baseline: str | None = None
+) -> dict[str, dict[str, list]]:
     """{job: {row: argv}} for the rows asked."""
     out: dict[str, dict[str, list]] = {}
+    parrots = {"parrot": (launcher, cache)}
+    if baseline:
+        parrots["base"] = ([baseline], cache + "-base")
     for job, argv in JOBS.items():
         cmds: dict[str, list] = {}
         if "chroot" in rows:
             cmds["chroot"] = ["chroot", tree, *argv]
         if "parrot" in rows:
-            cmds["parrot"] = [
-                *launcher,
-                "--cache-dir",
-                cache,
-                "--root",
-                f"/cvmfs/{NAME}",
-                "--",
-                *argv,
-            ]
+            for row, (run, where) in parrots.items():
+                cmds[row] = [*run, "--cache-dir", where, "--root", f"/cvmfs/{NAME}", "--", *argv]
         if "proot" in rows:
             cmds["proot"] = [shutil.which("proot") or "proot", "-r", tree, *argv]
         out[job] = cmds
@@ -109,6 +127,8 @@ def main() -> int:
     ap.add_argument("--tree", help="a Debian 11 root on local disk (default: the tests' one)")
     ap.add_argument("--rows", default=",".join(ROWS), help="which of chroot,parrot,proot to run")
     ap.add_argument("--mode", choices=["notify", "ptrace"], help="force parrot_run's mode")
+    ap.add_argument("--baseline", help="another parrot_run to compare with (row `base`)")
+    ap.add_argument("--stats", action="store_true", help="print a warm run's --stats lines")
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     if not rows or any(r not in ROWS for r in rows):
@@ -129,11 +149,16 @@ def main() -> int:
             print(f"published {tree}: {r.files} files")
             env = {**env, **GUEST_ENV}
             cache = os.path.join(work, "cache")
-            table = commands(rows, tree, launcher, cache)
+            table = commands(rows, tree, launcher, cache, args.baseline)
             for cmds in table.values():  # warm: cache filled, page cache hot
                 for cmd in cmds.values():
                     timed(cmd, env)
                     timed(cmd, env)
+            if args.stats:
+                for job, cmds in table.items():
+                    for k in ("parrot", "base"):
+                        if k in cmds:
+                            print(f"{job} {k}: {warm_stats(cmds[k], env)}")
             for job, cmds in table.items():
                 results: dict[str, list[float]] = {k: [] for k in cmds}
                 for _ in range(args.runs):
@@ -147,7 +172,7 @@ def main() -> int:
                         f"  (min {1000 * min(v):.1f}, max {1000 * max(v):.1f}, n={len(v)})"
                     )
                 if "chroot" in med:
-                    for k in ("parrot", "proot"):
+                    for k in ("parrot", "base", "proot"):
                         if k in med:
                             target = "  (target <= 1.5)" if k == "parrot" else ""
                             print(f"  ratio {k} / chroot: {med[k] / med['chroot']:.2f}{target}")

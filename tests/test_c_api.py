@@ -30,6 +30,9 @@ from parrot_cvmfs.tracer.handlers import execve
         ("FAST_GETDENTS", "PC_FAST_GETDENTS"),
         ("FAST_GETXATTR", "PC_FAST_GETXATTR"),
         ("FAST_LISTXATTR", "PC_FAST_LISTXATTR"),
+        ("FAST_STATFS", "PC_FAST_STATFS"),
+        ("FAST_EXEC", "PC_FAST_EXEC"),
+        ("FAST_GETCWD", "PC_FAST_GETCWD"),
     ],
 )
 def test_syscall_table_constants(py: str, c: str) -> None:

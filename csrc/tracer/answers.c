@@ -50,6 +50,12 @@ static int answers(const answer *a, int fast)
         return a->xnames != NULL;
     case PC_FAST_OPEN:
         return a->open_target != NULL;
+    case PC_FAST_STATFS:
+        return 0; /* its errors only: the first test */
+    case PC_FAST_EXEC:
+        return a->exec_target != NULL;
+    case PC_FAST_GETCWD:
+        return a->cwd != NULL;
     default:
         return 1;
     }
@@ -82,6 +88,9 @@ static void free_answer(answer *a)
     free(a->key);
     free(a->link);
     free(a->open_target);
+    free(a->exec_target);
+    free(a->exec_logical);
+    free(a->cwd);
     free(a->dents);
     free(a->xattrs);
     free(a->xnames);
@@ -192,6 +201,54 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
     return rc;
 }
 
+/* An execve's recipe: `target` exec'd in place of the program named `key` (followed),
+ * `logical` what /proc/self/exe shows then. */
+static int put_exec(pc_tracer *t, const char *key, const char *target, const char *logical)
+{
+    pthread_rwlock_wrlock(&t->answers_lock);
+    answer *a = slot_locked(t, key, 1);
+    int rc = -1;
+    if (a) {
+        char *x = strdup(target), *l = strdup(logical);
+        if (x && l) {
+            if (a->exec_target)
+                t->answers_bytes -= strlen(a->exec_target) + strlen(a->exec_logical);
+            free(a->exec_target);
+            free(a->exec_logical);
+            a->exec_target = x;
+            a->exec_logical = l;
+            t->answers_bytes += strlen(x) + strlen(l);
+            rc = 0;
+        } else {
+            free(x);
+            free(l);
+        }
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return rc;
+}
+
+/* getcwd's answer in the directory whose anchor is `key`. */
+static int put_cwd(pc_tracer *t, const char *key, const char *cwd)
+{
+    char *copy = strdup(cwd);
+    if (!copy)
+        return -1;
+    pthread_rwlock_wrlock(&t->answers_lock);
+    answer *a = slot_locked(t, key, 1);
+    if (a) {
+        if (a->cwd)
+            t->answers_bytes -= strlen(a->cwd);
+        free(a->cwd);
+        a->cwd = copy;
+        t->answers_bytes += strlen(copy);
+    } else {
+        free(copy);
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return a ? 0 : -1;
+}
+
 /* The struct statx that structs.pack_statx makes for the same attributes: answers keep
  * only the struct stat (memo files and the table half their size), this derives it. */
 void statx_of_stat(const struct stat *s, unsigned char out[256])
@@ -258,6 +315,23 @@ static int table_load(pc_tracer *t, const void *blob, size_t len)
             memcpy(target, pay + 1, tlen);
             target[tlen] = '\0';
             pc_table_put_open(t, key, follow, target, pay[0]);
+        } else if (kind == 'E' && plen >= 3 && plen <= 2 * PC_PATH_MAX) {
+            /* payload = target NUL logical (no NUL after it) */
+            char both[2 * PC_PATH_MAX + 1];
+            memcpy(both, pay, plen);
+            both[plen] = '\0';
+            size_t tl = strnlen(both, plen);
+            if (tl == 0 || tl >= plen - 1 || tl > PC_PATH_MAX || plen - tl - 1 > PC_PATH_MAX ||
+                both[0] != '/')
+                continue;
+            put_exec(t, key, both, both + tl + 1);
+        } else if (kind == 'C' && plen >= 1 && plen <= PC_PATH_MAX && pay[0] == '/') {
+            char cwd[PC_PATH_MAX + 1];
+            memcpy(cwd, pay, plen);
+            cwd[plen] = '\0';
+            if (strlen(cwd) != plen)
+                continue;
+            put_cwd(t, key, cwd);
         } else if (kind == 'D') {
             pc_table_put_dents(t, key, pay, plen);
         } else if (kind == 'X') {

@@ -78,6 +78,9 @@ typedef struct {
     int link_len;
     char *open_target; /* backing file of a read-only open, if Python allowed one */
     int open_len;
+    char *exec_target;  /* an execve's recipe ('E' records): the file exec'd in its place, */
+    char *exec_logical; /* and what /proc/self/exe is to show */
+    char *cwd;          /* getcwd's answer in this directory (an anchor): 'C' records */
     unsigned char *dents; /* a directory's linux_dirent64 records, '.' and '..' first */
     size_t dents_len;
     unsigned char *xattrs; /* see pc_table_put_xattrs; NULL: not known */
@@ -104,6 +107,8 @@ typedef struct {
     pc_regs saved;
     int at_exit; /* `cur` holds the registers of its exit stop, read once there */
     pc_regs cur;
+    char *execfn;      /* an exec: the program's path as it gave it (AT_EXECFN), */
+    char *exe_logical; /* and for one C made, what /proc/self/exe is to show */
 } task_state;
 
 /* ---- what passes between the threads (tracer.c) ---------------------------------------- */
@@ -142,6 +147,14 @@ typedef struct {
     int64_t result;
 } command;
 
+/* An exec C made, until Python takes its logical program (pc_take_exec); Python takes
+ * one at each exec event, so few wait (a bound in case none does). */
+#define PC_EXECS_MAX 4096
+typedef struct {
+    pid_t tid;
+    char *logical;
+} exec_made;
+
 /* ---- the tracer --------------------------------------------------------------------- */
 
 #define PC_MOUNT "/cvmfs"
@@ -161,6 +174,10 @@ struct pc_tracer {
     int translate;  /* pc_set_translate: every path is the guest's, to be translated */
     void *late_filter; /* pc_set_late_filter: installed by the job after the hand-over */
     int late_filter_len;
+    struct pc_mounts *mounts; /* pc_add_mount, pc_set_plain (passthrough.c); NULL: none */
+    pthread_mutex_t execs_lock; /* execs: filled by the tracer thread, taken by Python */
+    exec_made *execs;
+    size_t nexecs;
     /* ptrace side: touched by the tracer thread only */
     task_state *tasks;
     size_t tasks_cap, tasks_used;
@@ -258,6 +275,12 @@ int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *ar
 int finish_exit_stop(pc_tracer *t, pid_t tid, int set_result, int64_t result);
 int restart_exit_stop(pc_tracer *t, pid_t tid);
 int skip_stop(pid_t tid, int64_t result);
+/* an execve from a kept recipe (a ptrace stop): `target` exec'd in place of the path
+ * (if it is still a program of ours), `logical` kept for /proc/self/exe; 1 if done */
+int respond_exec(pc_tracer *t, pc_call *c, const char *target, const char *logical);
+/* at the exec event: AT_EXECFN made the path the program gave, and the logical program
+ * of an exec C made kept for Python; the task's state is then dropped */
+void exec_done(pc_tracer *t, task_state *s, pid_t tid);
 
 /* tasks.c: the state of rewritten calls in flight, per task */
 task_state *task_find(pc_tracer *t, pid_t tid);
@@ -282,6 +305,16 @@ static inline int start_detached(pthread_t *thread, void *(*main)(void *), void 
     pthread_attr_destroy(&attr);
     return rc;
 }
+
+/* passthrough.c: paths below a host bind shown at its own place, where the kernel's
+ * answer is the guest's (1: the call passes through). `writes`: the call may change
+ * what the path names. */
+int passthrough_path(pc_tracer *t, const pc_call *c, const char *path, const char *base,
+                     int base_len, int writes);
+/* a host location (cwd, a descriptor's target) the guest spells the same, with no
+ * mount point below it */
+int passthrough_dir(pc_tracer *t, const pc_call *c, const char *host, size_t len);
+void mounts_free(pc_tracer *t);
 
 /* notify.c */
 int notify_start(pc_tracer *t, int listener);

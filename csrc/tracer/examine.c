@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -62,6 +63,27 @@ static int base_concerns(pc_tracer *t, const pc_rule *r, const char *base)
                                  strcmp(base, "/dev/fd") == 0);
 }
 
+/* __O_TMPFILE includes O_DIRECTORY, so only its own bit counts here */
+#define O_TMPFILE_BIT 020000000
+#define O_WRITE_BITS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE_BIT)
+
+/* In a guest namespace: a path the kernel resolves as the guest would (passthrough.c),
+ * for a call that leaves it as it is or may change it (an open's write flags, access
+ * asking W_OK). /proc magic links are the guest's whichever rule asks. */
+static int guest_passes(pc_tracer *t, const pc_call *c, const char *path, const char *base,
+                        int base_len)
+{
+    const pc_rule *r = c->r;
+    if (may_name_proc(path))
+        return 0;
+    int writes = 0;
+    if (r->fast == PC_FAST_OPEN && r->flags_arg >= 0)
+        writes = (c->args[r->flags_arg] & O_WRITE_BITS) != 0;
+    else if (r->fast == PC_FAST_ACCESS && r->mode_arg >= 0)
+        writes = (c->args[r->mode_arg] & W_OK) != 0;
+    return passthrough_path(t, c, path, base, base_len, writes);
+}
+
 /* One path argument (and, if it is relative, its base). 1 if it concerns us. */
 static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_arg, char *path,
                         int *path_len, int *path_err, char *base, int *base_len, int *empty_path)
@@ -97,15 +119,20 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
          * (futimens, fchownat/fchmodat2 with AT_EMPTY_PATH): as for PC_KIND_FD */
         return has_prefix(t, 1, base) || (t->translate && r->fast == PC_FAST_NONE);
     }
-    if (path[0] == '/')
-        return t->translate || path_concerns(t, r, path);
+    if (path[0] == '/') {
+        if (path_concerns(t, r, path))
+            return 1;
+        return t->translate && !guest_passes(t, c, path, NULL, 0);
+    }
     /* relative: Python needs the base whenever the call concerns us */
     int m = dirfd == AT_FDCWD ? proc_link(c->tid, "cwd", -1, base, PC_PATH_MAX)
                               : proc_link(c->tid, NULL, dirfd, base, PC_PATH_MAX);
     if (m < 0)
         return 0; /* a bad dirfd: the kernel's EBADF/ENOTDIR is right */
     *base_len = m;
-    return t->translate || path_concerns(t, r, path) || base_concerns(t, r, base);
+    if (path_concerns(t, r, path) || base_concerns(t, r, base))
+        return 1;
+    return t->translate && !guest_passes(t, c, path, base, m);
 }
 
 /* A Unix socket's address at `addr` of `len` bytes: its path (not an abstract name,
@@ -213,15 +240,22 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
         /* in a guest namespace, a directory may show mount points it does not hold
          * (glue), and a descriptor of the read-only root must not change it (fchmod,
          * fchown, fsetxattr...: the rare calls with no fast answer) */
-        return has_prefix(t, 1, ev->base) ||
-               (t->translate && (r->fast == PC_FAST_GETDENTS || r->fast == PC_FAST_NONE));
+        if (has_prefix(t, 1, ev->base))
+            return 1;
+        /* a host directory at its own place with no mount point below lists as the
+         * kernel lists it */
+        if (r->fast == PC_FAST_GETDENTS && passthrough_dir(t, c, ev->base, (size_t)m))
+            return 0;
+        return t->translate && (r->fast == PC_FAST_GETDENTS || r->fast == PC_FAST_NONE);
     }
     case PC_KIND_CWD: {
         int m = proc_link(c->tid, "cwd", -1, ev->base, PC_PATH_MAX);
         if (m <= 0)
             return 0;
         ev->base_len = m;
-        return t->translate || has_prefix(t, 0, ev->base);
+        if (has_prefix(t, 0, ev->base))
+            return 1;
+        return t->translate && !passthrough_dir(t, c, ev->base, (size_t)m);
     }
     case PC_KIND_SOCKADDR:
         return examine_sockaddr(t, c, ev, c->args[r->path_arg], c->args[r->size_arg]);
@@ -239,10 +273,6 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
         return 0;
     }
 }
-
-/* __O_TMPFILE includes O_DIRECTORY, so only its own bit counts here */
-#define O_TMPFILE_BIT 020000000
-#define O_WRITE_BITS (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE_BIT)
 
 /* Replay a read-only open Python performed before: the same backing file. */
 /* HOT PATH: a read-only open answered from the table, per such call */
@@ -286,6 +316,50 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
     else if (tlen)
         done = respond_open(t, c, target, tlen, flags, size);
     return done;
+}
+
+/* An execve Python planned before (handlers/execve.py keeps the recipe when it is a
+ * function of the revision): the same file exec'd in place of the program. */
+static int fast_exec(pc_tracer *t, pc_call *c, const char *path, int len)
+{
+    if (c->notify)
+        return 0;
+    char target[PC_PATH_MAX + 1], logical[PC_PATH_MAX + 1];
+    int found = 0;
+    pthread_rwlock_rdlock(&t->answers_lock);
+    answer *a = answer_for_path(t, 1, path, (size_t)len, PC_FAST_EXEC);
+    if (a && a->exec_target) {
+        snprintf(target, sizeof target, "%s", a->exec_target);
+        snprintf(logical, sizeof logical, "%s", a->exec_logical);
+        found = 1;
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return found && respond_exec(t, c, target, logical);
+}
+
+/* getcwd in a directory anchor: the spelling Python gave before (its /cvmfs path, or
+ * in a guest namespace its guest path), with the kernel's ERANGE and result (the
+ * length with the NUL). */
+static int fast_getcwd(pc_tracer *t, pc_call *c, const char *anchor, int len)
+{
+    const pc_rule *r = c->r;
+    uint64_t size = c->args[r->size_arg];
+    int64_t result = 0;
+    int found = 0;
+    pthread_rwlock_rdlock(&t->answers_lock);
+    answer *a = answer_find(t, 'F', anchor, (size_t)len);
+    if (a && a->cwd) {
+        found = 1;
+        size_t n = strlen(a->cwd) + 1;
+        if (size < n)
+            result = -ERANGE;
+        else if (pc_write(c->tid, c->args[r->out_arg], a->cwd, n) != (ssize_t)n)
+            result = -EFAULT;
+        else
+            result = (int64_t)n;
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return found && respond_result(t, c, result) == 0;
 }
 
 /* getxattr's answer from a path's attribute records (pc_table_put_xattrs): 1 and
@@ -389,6 +463,12 @@ static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int 
                 out = (const unsigned char *)a->link;
                 result = (int64_t)n;
             }
+            break;
+        case PC_FAST_STATFS:
+            if (a->has_answer && a->err)
+                result = -(int64_t)a->err;
+            else
+                found = 0;
             break;
         case PC_FAST_GETXATTR:
         case PC_FAST_LISTXATTR: {
@@ -571,6 +651,8 @@ int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev)
         return 0;
     if (r->fast == PC_FAST_GETDENTS)
         return ev->base_len > 0 && fast_getdents(t, c, ev->base, ev->base_len);
+    if (r->fast == PC_FAST_GETCWD)
+        return ev->base_len > 0 && fast_getcwd(t, c, ev->base, ev->base_len);
     if (r->kind == PC_KIND_FD || ev->empty_path)
         return r->fast != PC_FAST_OPEN && ev->base_len > 0 && ev->base[0] == '/' &&
                table_answer(t, c, ev->base, ev->base_len, 1);
@@ -585,5 +667,7 @@ int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev)
     }
     if (r->fast == PC_FAST_OPEN)
         return fast_open(t, c, key, len);
+    if (r->fast == PC_FAST_EXEC)
+        return fast_exec(t, c, key, len);
     return table_answer(t, c, key, len, 0);
 }

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <linux/seccomp.h>
 #include <string.h>
 #include <sched.h>
@@ -193,6 +194,22 @@ int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t
 
 /* ---- a ptrace stop's call with its arguments rewritten, and its exit stop ---------- */
 
+/* What the kernel would record as AT_EXECFN for this exec, had it not been rewritten:
+ * the path as the program gave it (execve; execveat of an absolute path). NULL if the
+ * kernel would make it up itself (a descriptor's /dev/fd/N/...). */
+static char *given_execfn(pid_t tid, const pc_regs *regs)
+{
+    long nr = reg_nr(regs);
+    int arg = nr == SYS_execve ? 0 : nr == SYS_execveat ? 1 : -1;
+    if (arg < 0)
+        return NULL;
+    char buf[PC_PATH_MAX + 1];
+    int n = read_string(tid, get_arg(regs, arg), buf, PC_PATH_MAX);
+    if (n <= 0 || (arg == 1 && buf[0] != '/'))
+        return NULL;
+    return strdup(buf);
+}
+
 int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *args,
                  const uint64_t *values, int report_exit, int is_exec, int reopen)
 {
@@ -204,6 +221,11 @@ int rewrite_args(pc_tracer *t, pid_t tid, pc_regs *regs, int narg, const int *ar
     s->is_exec = is_exec;
     s->reopen = reopen;
     s->at_exit = 0;
+    free(s->execfn);
+    free(s->exe_logical);
+    s->execfn = s->exe_logical = NULL;
+    if (is_exec)
+        s->execfn = given_execfn(tid, regs);
     for (int i = 0; i < narg; i++)
         set_arg(regs, args[i], values[i]);
     if (set_regs(tid, regs) < 0) {
@@ -264,6 +286,117 @@ int skip_stop(pid_t tid, int64_t result)
     pc_regs regs;
     return get_regs(tid, &regs) == 0 && skip_call(tid, &regs, result) == 0 &&
            ptrace(PTRACE_CONT, tid, 0, 0) == 0;
+}
+
+/* ---- exec ------------------------------------------------------------------------- */
+
+int respond_exec(pc_tracer *t, pc_call *c, const char *target, const char *logical)
+{
+    if (c->notify || !c->regs)
+        return 0;
+    /* still a regular file of ours that we may exec (a quota clean-up may have taken it,
+     * a link may have been planted there): else Python makes it again */
+    int fd = open_backing(t, target, O_PATH);
+    if (fd < 0)
+        return 0;
+    struct stat s;
+    int ok = fstat(fd, &s) == 0 && S_ISREG(s.st_mode) && s.st_uid == geteuid() &&
+             (s.st_mode & S_IXUSR);
+    close(fd);
+    size_t len = strlen(target);
+    char *keep = strdup(logical);
+    if (!ok || !keep) {
+        free(keep);
+        return 0;
+    }
+    uint64_t addr = (reg_sp(c->regs) - RED_ZONE - (uint64_t)len - 1) & ~(uint64_t)15;
+    int arg = c->r->path_arg;
+    if (pc_write(c->tid, addr, target, len + 1) != (ssize_t)len + 1 ||
+        rewrite_args(t, c->tid, c->regs, 1, &arg, &addr, 0, 1, 0) != 0) {
+        free(keep);
+        return 0;
+    }
+    task_state *ts = task_find(t, c->tid);
+    if (ts)
+        ts->exe_logical = keep;
+    else
+        free(keep);
+    return 1;
+}
+
+/* Put `name` in place of the new program's AT_EXECFN string (the path the kernel was
+ * given: ours) if it fits there; the auxiliary vector is found past argv and envp at
+ * the new stack pointer, within a bounded read. */
+static void set_execfn(pid_t tid, const char *name)
+{
+    pc_regs r;
+    if (get_regs(tid, &r) < 0)
+        return;
+    uint64_t words[4096];
+    ssize_t n = pc_read(tid, reg_sp(&r), words, sizeof words);
+    if (n < 16)
+        return;
+    size_t nw = (size_t)n / 8, i = 0;
+    uint64_t argc = words[i++];
+    if (argc >= nw)
+        return;
+    i += argc + 1; /* argv and its NULL */
+    while (i < nw && words[i])
+        i++; /* envp */
+    uint64_t at = 0;
+    for (i++; i + 1 < nw && words[i] != 0 /* AT_NULL */; i += 2)
+        if (words[i] == 31 /* AT_EXECFN */) {
+            at = words[i + 1];
+            break;
+        }
+    if (!at)
+        return;
+    char cur[PC_PATH_MAX + 1];
+    int have = read_string(tid, at, cur, PC_PATH_MAX);
+    size_t want = strlen(name);
+    if (have >= 0 && want <= (size_t)have)
+        pc_write(tid, at, name, want + 1);
+}
+
+void exec_done(pc_tracer *t, task_state *s, pid_t tid)
+{
+    if (s->execfn)
+        set_execfn(tid, s->execfn);
+    if (!s->exe_logical)
+        return;
+    /* in the order of the exec events, which Python takes in that order too (a task
+     * may exec again before Python has seen its first exec) */
+    pthread_mutex_lock(&t->execs_lock);
+    if (t->nexecs < PC_EXECS_MAX) {
+        exec_made *grown = realloc(t->execs, (t->nexecs + 1) * sizeof *grown);
+        if (grown) {
+            t->execs = grown;
+            t->execs[t->nexecs++] = (exec_made){tid, s->exe_logical};
+            s->exe_logical = NULL;
+        }
+    }
+    pthread_mutex_unlock(&t->execs_lock);
+}
+
+int pc_take_exec(pc_tracer *t, pid_t tid, char *buf, int len)
+{
+    int n = 0;
+    pthread_mutex_lock(&t->execs_lock);
+    for (size_t i = 0; i < t->nexecs; i++) {
+        if (t->execs[i].tid != tid)
+            continue;
+        size_t l = strlen(t->execs[i].logical);
+        if (len > 0 && l < (size_t)len) {
+            memcpy(buf, t->execs[i].logical, l + 1);
+            n = (int)l;
+        }
+        free(t->execs[i].logical);
+        t->nexecs--;
+        memmove(&t->execs[i], &t->execs[i + 1], (t->nexecs - i) * sizeof *t->execs);
+        break;
+    }
+    pthread_mutex_unlock(&t->execs_lock);
+    return n;
 }
 
 /* For Python: the same rule for the opens it answers itself. */

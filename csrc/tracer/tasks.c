@@ -58,6 +58,8 @@ void task_del(pc_tracer *t, pid_t tid)
             return;
         i = (i + 1) & mask;
     }
+    free(t->tasks[i].execfn);
+    free(t->tasks[i].exe_logical);
     t->tasks[i].tid = 0;
     t->tasks_used--;
     for (size_t j = (i + 1) & mask; t->tasks[j].tid; j = (j + 1) & mask) {

@@ -87,6 +87,7 @@ pc_tracer *pc_new(const pc_rule *rules, int nrules)
     pthread_mutex_init(&t->qlock, NULL);
     pthread_cond_init(&t->spawned, NULL);
     pthread_mutex_init(&t->cmdlock, NULL);
+    pthread_mutex_init(&t->execs_lock, NULL);
     t->tasks_cap = 1024;
     t->tasks = calloc(t->tasks_cap, sizeof(task_state));
     t->answers_cap = PC_ANSWERS_MIN;
@@ -112,6 +113,10 @@ void pc_free(pc_tracer *t)
     if (t->tracer_started || t->thread_started)
         return;
     pc_table_clear(t);
+    mounts_free(t);
+    for (size_t i = 0; i < t->nexecs; i++)
+        free(t->execs[i].logical);
+    free(t->execs);
     free(t->answers);
     free(t->late_filter);
     free(t->tasks);
@@ -297,6 +302,9 @@ static int on_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
         /* The exec succeeded: the rewritten call is over (the registers now belong to
          * the new program; its exit stop is not requested). Drop its state, also when
          * a non-leader thread exec'd and now carries the leader's pid. */
+        task_state *s = task_find(t, (pid_t)former);
+        if (s || (s = task_find(t, tid)) != NULL)
+            exec_done(t, s, tid);
         task_del(t, (pid_t)former);
         task_del(t, tid);
         ptrace(PTRACE_CONT, tid, 0, 0);

@@ -7,9 +7,9 @@
  *   notify.c  -> examine.c, respond.c, queue.c   (the notification thread's loop)
  *   examine.c -> respond.c, answers.c, tracee.c  (whether a call is ours; the fast path)
  *   respond.c -> tasks.c, tracee.c               (every way of finishing a call)
- *   queue.c, answers.c, tasks.c, tracee.c call no other file (events for Python and
- *   its answers; the answer table; rewritten calls in flight; a task's memory and
- *   registers).
+ *   queue.c, answers.c, tasks.c, tracee.c, passthrough.c call no other file (events
+ *   for Python and its answers; the answer table; rewritten calls in flight; a task's
+ *   memory and registers; the guest's host binds).
  *
  * The part between the cdef markers is what build_core.py hands to cffi: plain
  * declarations, enums and `#define NAME <literal>` only. */
@@ -56,6 +56,12 @@ enum {
     PC_FAST_GETDENTS = 6, /* getdents64 of a directory anchor: buffer `out_arg`, size `size_arg` */
     PC_FAST_GETXATTR = 7, /* name at `attr_arg`, value buffer `out_arg`, size `size_arg` */
     PC_FAST_LISTXATTR = 8, /* buffer `out_arg`, size `size_arg` */
+    PC_FAST_STATFS = 9,    /* a path's error only (ENOENT, ENOTDIR...): what statfs
+                            * reports of a file system is Python's (the cache's usage) */
+    PC_FAST_EXEC = 10,     /* execve of a program whose recipe Python kept: the file to
+                            * exec in its place (ptrace stops; see pc_take_exec) */
+    PC_FAST_GETCWD = 11,   /* getcwd in an anchor: its spelling Python taught ('C'
+                            * records), buffer `out_arg`, size `size_arg` */
 };
 
 typedef struct {
@@ -143,6 +149,18 @@ void pc_set_translate(pc_tracer *t, int on);
 /* A second seccomp program the job installs after handing over the listener (the rows
  * that stop sendmsg and the like: the hand-over is a sendmsg itself); copied. */
 int pc_set_late_filter(pc_tracer *t, const void *filter, int filter_len);
+/* The guest's mount table (passthrough.c), for paths the kernel may resolve itself:
+ * each mount's guest destination and host (or /cvmfs) source. */
+#define PC_MAX_MOUNTS 256
+#define PC_MOUNT_PASS 1    /* a host directory at its own place: the kernel's answers hold */
+#define PC_MOUNT_RO 2      /* read-only: writes are Python's (EROFS) */
+#define PC_MOUNT_PRIVATE 4 /* `src` only: a host directory of ours (the overlay's upper
+                            * layer), never passed through */
+int pc_add_mount(pc_tracer *t, const char *dst, const char *src, int flags);
+/* Which calls may pass through on such a path (per rule; default none): */
+#define PC_PLAIN_READ 1  /* reads only (an open without write flags, access without W_OK) */
+#define PC_PLAIN_WRITE 2 /* may change it: only on a writable mount */
+int pc_set_plain(pc_tracer *t, int rule, int how);
 /* Start the job under the tracer thread (see tracer.c and spawn.c). */
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                const void *filter, int filter_len, int notify, int *report_fd, char *err,
@@ -206,6 +224,9 @@ int pc_table_put_xnames(pc_tracer *t, const char *key, int follow, const void *n
 int pc_table_load(pc_tracer *t, const void *records, size_t len);
 /* open a file of the cache as C opens those it serves (respond.c open_backing) */
 int pc_open_backing(pc_tracer *t, const char *path, int flags);
+/* After the exec event of `tid`: the logical program (what /proc/self/exe shows) of an
+ * exec C made from a kept recipe, into buf (its length; 0: C made none, Python did). */
+int pc_take_exec(pc_tracer *t, pid_t tid, char *buf, int len);
 int pc_table_load_fd(pc_tracer *t, int fd, uint64_t offset);
 void pc_table_clear(pc_tracer *t);
 /* The backing files of the opens answered from the table since the last call, as

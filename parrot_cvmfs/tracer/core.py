@@ -123,6 +123,29 @@ class Core:
         they were dropped (an adopted run)."""
         return bool(lib.pc_set_quiet(self.t, 0))
 
+    def add_mount(
+        self, dst: str, src: str, passes: bool = False, readonly: bool = False, private=False
+    ) -> None:
+        """A mount of the guest's table, for C's passthrough (tracer/guest.py)."""
+        flags = (lib.PC_MOUNT_PASS if passes else 0) | (lib.PC_MOUNT_RO if readonly else 0)
+        if private:
+            flags = lib.PC_MOUNT_PRIVATE
+        lib.pc_add_mount(self.t, os.fsencode(dst), os.fsencode(src), flags)
+
+    def take_exec(self, tid: int) -> str | None:
+        """The logical program of the exec C just made for `tid` from a kept recipe
+        (None: it made none)."""
+        buf = ffi.new("char[]", 4097)
+        n = lib.pc_take_exec(self.t, tid, buf, 4097)
+        return os.fsdecode(ffi.string(buf, n)) if n > 0 else None
+
+    def set_plain(self, name: str, write: bool) -> None:
+        """Let the call `name` pass through on such mounts (write: writable ones only)."""
+        how = lib.PC_PLAIN_WRITE if write else lib.PC_PLAIN_READ
+        for i, call in enumerate(self.calls):
+            if call.name == name:
+                lib.pc_set_plain(self.t, i, how)
+
     def spawn(
         self, argv: list[str], env: dict[str, str], file: str | None = None
     ) -> tuple[int, int]:

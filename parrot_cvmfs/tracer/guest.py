@@ -18,6 +18,16 @@ from ..container.mounts import resolve as guest_resolve
 from .paths import Target, vpath_of_logical
 from .vfs import CvmfsView
 
+# Calls whose answer on a plain path below a host bind at its own place is the kernel's
+# (passthrough.c): reads (C counts an open's write flags and access's W_OK as writes)...
+PLAIN_READS = (
+    *("open", "openat", "stat", "lstat", "newfstatat", "statx", "statfs"),
+    *("access", "faccessat", "faccessat2", "readlink", "readlinkat"),
+    *("getxattr", "lgetxattr", "listxattr", "llistxattr", "getcwd", "getdents64"),
+)
+# ...and changes, on a writable bind only (made with the job's own umask and credentials)
+PLAIN_WRITES = ("creat", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat")
+
 
 class Guest:
     """The mount table and what the tracer needs of it, for one job."""
@@ -31,7 +41,7 @@ class Guest:
             self.overlay = _open_overlay(view, table, overlay)
         self._host = HostFiles()
         self._tid = 0
-        self.exec_plans: dict[str, tuple] = {}  # handlers/execve.py: program -> its plan
+        self.exec_plans: dict[tuple, tuple] = {}  # handlers/execve.py: (program, name) -> plan
         # empty directories of ours standing for glue directories (their host location
         # holds nothing), and back
         self._glue: dict[str, str] = {}
@@ -47,10 +57,32 @@ class Guest:
             spec += f"\0overlay={self.overlay.directory}"
         self.key = hashlib.sha1(os.fsencode(spec)).hexdigest()[:16]
 
+    def teach_mounts(self, core) -> None:
+        """Give C the mount table, so that calls on plain paths below a host bind shown
+        at its own place pass to the kernel (csrc/tracer/passthrough.c): there the
+        kernel's answer is the guest's. The root's mount under --overlay is never one
+        (the overlay answers first), nor are sources in /cvmfs."""
+        for m in self.table.mounts:
+            same = m.src == m.dst and not (m.src == CVMFS or m.src.startswith(CVMFS + "/"))
+            if m.root and self.overlay is not None:
+                same = False
+            core.add_mount(m.dst, m.src, passes=same, readonly=m.readonly)
+        if self.overlay is not None:
+            core.add_mount("/", self.overlay.directory, private=True)
+        for name in PLAIN_READS:
+            core.set_plain(name, write=False)
+        for name in PLAIN_WRITES:
+            core.set_plain(name, write=True)
+
+    def kept(self, rev: str) -> str:
+        """The memo name of a revision's answers in this namespace (they are kept per
+        revision and mount table)."""
+        return f"{rev}~{self.key}"
+
     def memo_loader(self, memo):
         """What to load when a repository is mounted: the answers earlier runs with the
         same mount table kept for it."""
-        return lambda rev: memo.load(f"{rev}~{self.key}")
+        return lambda rev: memo.load(self.kept(rev))
 
     def close(self) -> None:
         """Release the overlay's lock (its files stay for the next run)."""
@@ -267,7 +299,7 @@ class Guest:
         if not self._host_seen and len(self._repos) == 1 and in_cvmfs and not t.proc:
             rev = self.view.revision_id(next(iter(self._repos)))
             if rev is not None:
-                t.kept_as = f"{rev}~{self.key}"
+                t.kept_as = self.kept(rev)
         return t
 
     def _upper_target(self, r, path: str) -> Target | None:

@@ -20,6 +20,8 @@ then the records:
     kind 'O' (open)     payload = is_dir:u8 target
     kind 'D' (listing)  payload = linux_dirent64 records
     kind 'X' (xattrs)   payload = the records of pc_table_put_xattrs (tracer.h)
+    kind 'E' (exec)     payload = file exec'd in place of the program NUL logical program
+    kind 'C' (getcwd)   payload = the spelling of the directory whose anchor is the key
 
 Python teaches the C table in this same format (`teach`), one record or many at once.
 What is kept is bounded (`MAX_KEPT` bytes a revision): a walk over a million entries is
@@ -59,6 +61,16 @@ def answer_record(follow: bool, key: bytes, err: int, stat_buf, access, link) ->
 
 def xattrs_record(follow: bool, key: bytes, blob: bytes) -> bytes:
     return _record(b"X", follow, key, blob)
+
+
+def cwd_record(anchor: bytes, spelling: bytes) -> bytes:
+    """A 'C' record: getcwd in the directory of `anchor` answers `spelling`."""
+    return _record(b"C", True, anchor, spelling)
+
+
+def exec_record(key: bytes, target: bytes, logical: bytes) -> bytes:
+    """An 'E' record: execve of `key` execs `target`; /proc/self/exe shows `logical`."""
+    return _record(b"E", True, key, target + b"\0" + logical)
 
 
 class Memo:

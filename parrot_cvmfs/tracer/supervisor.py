@@ -127,6 +127,8 @@ class Supervisor:
             translate=self.guest is not None,
             adopted=self.adopted,
         )
+        if self.guest is not None:
+            self.guest.teach_mounts(self.core)
         self.handlers = Handlers(self.core, self.view, self.procs, opts.debug, self.guest)
         for i, rev in enumerate(memos):  # what the launcher's C loaded
             if self.adopted.memo_size[i] >= 0:
@@ -205,7 +207,7 @@ class Supervisor:
                 procs.on_newtask(*core.task())
             elif kind == EV_EXEC:
                 tid, former = core.task()
-                procs.on_exec(tid, former)
+                procs.on_exec(tid, former, core.take_exec)
                 if tid == self.root:
                     self.exec_seen = True
             elif kind == EV_EXIT:

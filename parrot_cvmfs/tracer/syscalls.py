@@ -39,7 +39,10 @@ BARE_EMPTY, BARE_NULL = 1, 2
     FAST_GETDENTS,
     FAST_GETXATTR,
     FAST_LISTXATTR,
-) = range(9)
+    FAST_STATFS,
+    FAST_EXEC,
+    FAST_GETCWD,
+) = range(12)
 
 
 class Call(
@@ -157,7 +160,7 @@ CALLS: list[Call] = [
         fast=FAST_READLINK,
         bare=BARE_EMPTY,
     ),
-    _p("statfs", 137, 43, "statfs", path=0, out=1),
+    _p("statfs", 137, 43, "statfs", path=0, out=1, fast=FAST_STATFS),
     Call("fstatfs", 138, 44, FD, "statfs", path=0, out=1),
     # -- extended attributes -----------------------------------------------------------------
     _p("getxattr", 191, 8, "getxattr", **_GETX, fast=FAST_GETXATTR),
@@ -169,10 +172,10 @@ CALLS: list[Call] = [
     _p("getxattrat", 464, 464, "getxattr", **_at(2)),
     _p("listxattrat", 465, 465, "listxattr", **_at(2), out=3, size=4),
     # -- exec and the working directory -------------------------------------------------------
-    _p("execve", 59, 221, "execve", path=0),
+    _p("execve", 59, 221, "execve", path=0, fast=FAST_EXEC),
     _p("execveat", 322, 281, "execve", **_at(4)),
     _p("chdir", 80, 49, "chdir", path=0),
-    Call("getcwd", 79, 17, CWD, "getcwd", out=0, size=1),
+    Call("getcwd", 79, 17, CWD, "getcwd", out=0, size=1, fast=FAST_GETCWD),
     # -- directory listings -------------------------------------------------------------------
     Call("getdents64", 217, 61, FD, "getdents", path=0, out=1, size=2, fast=FAST_GETDENTS),
     Call("getdents", 78, None, FD, "getdents", path=0, out=1, size=2),

@@ -12,7 +12,7 @@ import struct
 
 from ...format.xattrs import reaches
 from ..core import XATTR_PREFIX_TAG
-from ..memo import answer_record, xattrs_record
+from ..memo import answer_record, cwd_record, exec_record, xattrs_record
 from ..paths import MOUNT, Target, VPath
 from ..structs import pack_stat
 from ..syscalls import FD
@@ -82,8 +82,11 @@ def teach_open(c: Context, follow: bool, t: Target, backing: str) -> None:
 
 
 def teach_listing(c: Context, vpath: VPath, records: bytes) -> None:
-    """Let C answer getdents64 on the anchor of this directory (the call's base)."""
+    """Let C answer getdents64 on the anchor of this directory (the call's base); kept
+    as the namespace keeps its answers (a guest's are loaded per mount table)."""
     rev = c.view.revision_id(vpath.repo) if vpath.repo else None
+    if rev is not None and c.guest is not None:
+        rev = c.guest.kept(rev)
     c.memo.put_dents(rev, os.fsencode(c.base), records)
 
 
@@ -105,6 +108,29 @@ def teach_xattrs(c: Context, t: Target, listing: bytes | None = None) -> None:
     node = t.node
     rev = None if node.variant else revision_of(c.view, path, t)
     c.memo.put_xattrs(rev, key, follow, xattr_blob(node))
+
+
+def teach_cwd(c: Context, vpath: VPath, spelling: str) -> None:
+    """Let C answer getcwd in the directory whose anchor is the call's base: its
+    spelling is a function of the revision (and, in a guest, of the mount table)."""
+    rev = c.view.revision_id(vpath.repo) if vpath.repo else None
+    if rev is not None and c.guest is not None:
+        rev = c.guest.kept(rev)
+    c.memo.teach(rev, cwd_record(os.fsencode(c.base), os.fsencode(spelling)))
+
+
+def teach_exec(c: Context, t: Target, exe_path: str, exe_logical: str) -> None:
+    """Let C make this exec itself (the file exec'd in place of the program, what
+    /proc/self/exe shows), in this run and later ones: the caller says the plan is a
+    function of the revision (no `#!`, the loader in the same repository)."""
+    path = c.key()
+    if path is None or t.proc or not t.virtual or t.node.variant:
+        return
+    rev = revision_of(c.view, path, t)
+    if rev is None:
+        return
+    record = exec_record(os.fsencode(path), os.fsencode(exe_path), os.fsencode(exe_logical))
+    c.memo.teach(rev, record)
 
 
 def xattr_blob(node: Node) -> bytes:

@@ -67,6 +67,7 @@ def h_readlink(c: Context) -> tuple:
         t = c.resolve(False)
         if t is None:
             return RESUME
+        remember(c, False, t)  # an entry of the root, or an error: C answers it next time
         if t.err:
             return skip(-t.err)
         if not t.virtual:  # the link's text; a /proc magic link's in guest terms
@@ -100,6 +101,8 @@ def h_statfs(c: Context) -> tuple:
         t = c.fd_target(c.base, int(c.args[0]))
     else:
         t = c.resolve(True)
+        if t is not None and t.err:
+            remember(c, True, t)  # C answers the error next time (the rest is Python's)
     outside = c.outside(t)
     if outside is not None:
         return outside

@@ -8,7 +8,7 @@ import errno
 import os
 
 from ..structs import pack_dirents
-from .answers import teach_listing
+from .answers import teach_cwd, teach_listing
 from .context import RESUME, X_OK, Context, skip
 
 
@@ -75,7 +75,9 @@ def h_getdents(c: Context) -> tuple:
     if c.guest is not None:
         merged = guest_listing(c, entries)
         if merged is not entries and merged is not None:
-            return _listed(c, fd, merged, modern)  # not taught: it depends on the mounts
+            if c.guest.overlay is not None or not modern:  # changes as the job writes
+                return _listed(c, fd, merged, modern)
+            entries = merged  # the mount points added: a function of the mount table
     if modern:  # C answers the next ones (and later runs')
         records, _ = pack_dirents(entries, 0, 1 << 62)
         teach_listing(c, vpath, records)
@@ -117,14 +119,17 @@ def h_chdir(c: Context) -> tuple:
 
 
 def h_getcwd(c: Context) -> tuple:
+    vpath = c.view.anchor_to_vpath(c.base) if c.base else None
     if c.guest is not None:  # the kernel's cwd as the guest names it
         guest = c.guest.guest_of(c.base) if c.base else None
         data = os.fsencode(guest if guest is not None else "(unreachable)/") + b"\0"
+        if vpath is not None and guest is not None:
+            teach_cwd(c, vpath, guest)  # an anchor of the root (or a bind from /cvmfs)
     else:
-        vpath = c.view.anchor_to_vpath(c.base)
         if vpath is None:
             return RESUME
         data = os.fsencode(vpath.logical) + b"\0"
+        teach_cwd(c, vpath, vpath.logical)
     size = int(c.args[1])
     if size < len(data):
         return skip(-errno.ERANGE)

@@ -12,6 +12,7 @@ from ...atomic import write_atomic
 from ...client.cache import OBJECT_MODE, ObjectCache
 from ..paths import MOUNT
 from ..syscalls import AT_FDCWD
+from .answers import revision_of, teach_exec
 from .context import RESUME, X_OK, Context, skip
 
 BINPRM_BUF_SIZE = 256
@@ -67,12 +68,13 @@ def elf_interpreter(path: str) -> tuple[str, int] | None:
     return None
 
 
-def cached_file(cache: ObjectCache, area: str, key: str, make) -> str:
+def cached_file(cache: ObjectCache, area: str, key: str, make, name: str | None = None) -> str:
     """`<cache>/<area>/<key[:2]>/<key>`, a file derived from cache objects (its name is
     a digest of what it is made from), made by `make()` -> bytes if it is not there as a
-    regular file of ours; nothing on the way is followed as a link."""
-    d = cache.ensure_dir(f"{area}/{key[:2]}")
-    dest = os.path.join(d, key)
+    regular file of ours; nothing on the way is followed as a link. With `name`, the
+    file is `<key>/<name>` (a program to exec: the kernel names the process after it)."""
+    d = cache.ensure_dir(f"{area}/{key[:2]}" + (f"/{key}" if name else ""))
+    dest = os.path.join(d, name or key)
     try:
         s = os.lstat(dest)
         if st.S_ISREG(s.st_mode) and s.st_uid == os.getuid():
@@ -83,8 +85,9 @@ def cached_file(cache: ObjectCache, area: str, key: str, make) -> str:
     return dest
 
 
-def patched_binary(cache: ObjectCache, binary: str, interp_local: str) -> str:
-    """A copy of `binary` whose PT_INTERP points at `interp_local`, made once per cache.
+def patched_binary(cache: ObjectCache, binary: str, interp_local: str, name: str) -> str:
+    """A copy of `binary` whose PT_INTERP points at `interp_local`, made once per cache,
+    named `name` (the program's own: /proc/PID/comm, ps and pgrep show it).
 
     The new name is appended to the file and only the PT_INTERP header's offset and
     size change, so the original name stays in memory at p_vaddr, where ld.so reads
@@ -93,7 +96,7 @@ def patched_binary(cache: ObjectCache, binary: str, interp_local: str) -> str:
 
     # the file's identity too: a host file may change under the same name
     s = os.stat(binary)
-    ident = f"{binary}\0{interp_local}\0{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}"
+    ident = f"{binary}\0{interp_local}\0{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}\0{name}"
     key = hashlib.sha1(ident.encode("utf-8", "surrogateescape")).hexdigest()
 
     def make() -> bytes:
@@ -113,20 +116,20 @@ def patched_binary(cache: ObjectCache, binary: str, interp_local: str) -> str:
                 struct.pack_into("<Q", data, base + 32, len(new))
         return bytes(data)
 
-    return cached_file(cache, "patched", key, make)
+    return cached_file(cache, "patched", key, make, name)
 
 
-def executable_copy(cache: ObjectCache, path: str) -> str:
+def executable_copy(cache: ObjectCache, path: str, name: str) -> str:
     """A copy of `path` we may execute (objects of a read-only alien cache may lack the x
-    bit), made once."""
+    bit), made once, named `name` as patched_binary's."""
     import hashlib
 
     def make() -> bytes:
         with open(path, "rb") as f:
             return f.read()
 
-    key = hashlib.sha1(os.fsencode(path)).hexdigest() + ".exec"
-    return cached_file(cache, "patched", key, make)
+    key = hashlib.sha1(os.fsencode(f"{path}\0{name}")).hexdigest() + ".exec"
+    return cached_file(cache, "patched", key, make, name)
 
 
 MAX_ARG_STRLEN = 32 * 4096  # the kernel's limit on one argument
@@ -186,16 +189,22 @@ def h_execve(c: Context) -> tuple:
     # patched copy and what /proc/self/exe shows do not change during the run (an
     # overlay's upper copy does: the job writes it)
     stable = guest and (t.virtual or t.readonly) and not c.guest.in_upper(t.host)
-    plan = c.guest.exec_plans.get(program) if stable else None
+    # (the name it is given too: the process is named after it)
+    planned = (program, os.path.basename(given))
+    plan = c.guest.exec_plans.get(planned) if stable else None
     if plan is None:
         plan = _plan_exec(c, program, logical, given, argv_arg)
         if stable and type(plan) is tuple and plan[1] is None:
-            c.guest.exec_plans[program] = plan
+            c.guest.exec_plans[planned] = plan
     if plan is None:  # a host program that needs nothing from /cvmfs
         return c.host(t)
     if isinstance(plan, int):
         return skip(-plan)
-    exe_path, new_argv, exe_logical = plan
+    exe_path, new_argv, exe_logical, loader_rev = plan
+    if new_argv is None and not is_at and not c.empty_path and t.virtual:
+        # the program and its loader from one revision: C execs it from now on
+        if loader_rev is None or loader_rev == revision_of(c.view, c.key() or "", t):
+            teach_exec(c, t, exe_path, exe_logical)
     values: dict = {c.call.path: exe_path}
     if is_at:
         values[0] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
@@ -207,7 +216,8 @@ def h_execve(c: Context) -> tuple:
 
 
 def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_arg: int):
-    """(path to exec, new argv or None, logical exe) / an errno / None (nothing to do).
+    """(path to exec, new argv or None, logical exe, the revision of the ELF loader
+    looked up: None if none was, "" if it is in none) / an errno / None (nothing to do).
     `logical`: the program's /cvmfs path, or in a guest namespace its guest path
     (interpreters are then looked up in the guest too)."""
     argv: list[bytes] | None = None
@@ -247,6 +257,7 @@ def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_a
     else:
         return errno.ELOOP
     interp = elf_interpreter(path) if head[:4] == b"\x7fELF" else None
+    loader_rev = None
     if interp is not None and (guest or interp[0] == MOUNT or interp[0].startswith(MOUNT + "/")):
         # the ELF interpreter as the program's namespace names it: the kernel would look
         # for it on the host
@@ -255,15 +266,24 @@ def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_a
             return errno.ENOENT
         if t.virtual:
             loader = view.materialize(t.node)
+            loader_rev = "" if t.node.variant else revision_of(view, interp[0], t) or ""
         else:
-            loader = t.host
+            loader, loader_rev = t.host, ""
         if loader != interp[0]:
-            path = patched_binary(view.own_cache(), path, loader)
+            path = patched_binary(view.own_cache(), path, loader, _program_name(given))
     elif path == program and argv is None and logical is None:
         return None
     if not os.access(path, os.X_OK):
-        path = executable_copy(view.own_cache(), path)
-    return path, argv, exe_logical
+        path = executable_copy(view.own_cache(), path, _program_name(given))
+    return path, argv, exe_logical, loader_rev
+
+
+def _program_name(given: str) -> str:
+    """The file name of a copy made to exec the program named `given` (as exec or a
+    `#!` line names it): the kernel names the process after it, as it would the
+    program."""
+    name = given.rstrip("/").rsplit("/", 1)[-1]
+    return name if name not in ("", ".", "..") else "program"
 
 
 def _may_need_us(path: str) -> bool:

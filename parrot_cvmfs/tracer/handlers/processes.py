@@ -33,8 +33,12 @@ class Processes:
             if ptgid in self.fds:
                 self.fds[ctgid] = dict(self.fds[ptgid])
 
-    def on_exec(self, tid: int, former: int) -> None:
+    def on_exec(self, tid: int, former: int, made=None) -> None:
+        """A successful exec: what /proc/self/exe shows now (`made(tid)`: the logical
+        program of an exec C made from a kept recipe, asked only if Python made none)."""
         logical = self.pending_exec.pop(former, None)
+        if logical is None and made is not None:
+            logical = made(tid)
         self.pending_exec.pop(tid, None)
         for t in [t for t, g in self.tgid_of.items() if g == tid and t != tid]:
             del self.tgid_of[t]
