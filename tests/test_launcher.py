@@ -368,3 +368,48 @@ def test_plans_are_bounded(launch, monkeypatch):
         os.utime(os.path.join(d, f"old{i}"), (i, i))
     startplan.write(os.path.join(d, "new"), b"plan")
     assert sorted(os.listdir(d)) == ["new", "old3"]
+
+
+SELFEXE = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void)
+{
+    char buf[4096];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n < 0)
+        return 1;
+    buf[n] = 0;
+    puts(buf);
+    return 0;
+}
+"""
+
+
+def test_a_cvmfs_program_exec_d_in_a_planned_run_knows_its_name(tmp_path, mode):
+    """A program of a repository exec'd in a planned run reads its /cvmfs path from
+    /proc/self/exe. Its exec is kept (a static program: all of it from one revision),
+    but C does not replay it before Python runs: Python would never learn what the
+    process runs, and the kernel's link names the cache file."""
+    from parrot_cvmfs.server.publisher import PublishOptions, publish
+
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc to build a static program")
+    src, stratum, keys = tmp_path / "src", str(tmp_path / "stratum"), str(tmp_path / "keys")
+    (src / "bin").mkdir(parents=True)
+    (tmp_path / "selfexe.c").write_text(SELFEXE)
+    subprocess.run(
+        ["gcc", "-static", "-O1", "-o", str(src / "bin" / "selfexe"), str(tmp_path / "selfexe.c")],
+        check=True,
+    )
+    publish(PublishOptions(source=str(src), name="exe.test.org", stratum=stratum, keys_dir=keys))
+    program = "/cvmfs/exe.test.org/bin/selfexe"
+    with serving(StratumServer(stratum)) as srv:
+        spec = repo_spec("exe.test.org", f"{srv.url}/exe.test.org", f"{keys}/exe.test.org.pub")
+        home = tmp_path / "home"
+        home.mkdir()
+        launch = Launch(base_env(PARROT_CVMFS_REPO=spec, PARROT_CVMFS_MODE=mode), str(home))
+        for _ in range(3):  # full start (kept), planned, planned again
+            p = launch(program)
+            assert (p.returncode, p.stdout, p.stderr) == (0, program + "\n", "")
+        assert launch.plans()
