@@ -220,3 +220,20 @@ def test_getcwd_in_the_repository_in_c(guest, root):
         p = guest("/bin/sh", "-c", script, options=("--stats",), root=root)
         assert ok(p).split() == [where, where]
     assert python_handled(p.stderr, "getcwd") == {}
+
+
+def test_statfs_of_the_repository_in_c(guest):
+    """statfs and fstatfs of repository paths give what Python gives (cvmfs's FUSE shape,
+    the cache's figures) and, on a warm run, are answered in C ('S' record)."""
+    usr = f"{guest.cvmfs}/usr"
+    script = (
+        f"ls {usr} >/dev/null; stat -f -c '%T %s %l %i' {usr} {usr}/bin/true;"
+        f' python3 -c \'import os; s = os.fstatvfs(os.open("{usr}", os.O_RDONLY));'
+        " print(s.f_bsize, s.f_namemax, s.f_flag & 1)'"
+    )
+    runs = [guest("/bin/sh", "-c", script, options=("--stats",), root=False) for _ in range(2)]
+    assert ok(runs[0]) == ok(runs[1])
+    lines = ok(runs[1]).split("\n")
+    assert lines[0].split()[:3] == ["fuseblk", "4096", "255"] and lines[0] == lines[1]
+    assert lines[2] == "4096 255 1"
+    assert python_handled(runs[1].stderr, "statfs", "fstatfs") == {}

@@ -51,7 +51,7 @@ static int answers(const answer *a, int fast)
     case PC_FAST_OPEN:
         return a->open_target != NULL;
     case PC_FAST_STATFS:
-        return 0; /* its errors only: the first test */
+        return a->has_stat; /* with the 'S' record of its st_dev (examine.c) */
     case PC_FAST_EXEC:
         return a->exec_target != NULL;
     case PC_FAST_GETCWD:
@@ -91,6 +91,7 @@ static void free_answer(answer *a)
     free(a->exec_target);
     free(a->exec_logical);
     free(a->cwd);
+    free(a->statfs);
     free(a->dents);
     free(a->xattrs);
     free(a->xnames);
@@ -249,6 +250,33 @@ static int put_cwd(pc_tracer *t, const char *key, const char *cwd)
     return a ? 0 : -1;
 }
 
+/* An 'S' record: what statfs answers for the repository whose files have the st_dev in
+ * the key (statfs_key) */
+static int put_statfs(pc_tracer *t, const char *key, const void *buf)
+{
+    unsigned char *copy = malloc(sizeof(struct statfs));
+    if (!copy)
+        return -1;
+    memcpy(copy, buf, sizeof(struct statfs));
+    pthread_rwlock_wrlock(&t->answers_lock);
+    answer *a = slot_locked(t, key, 1);
+    if (a) {
+        if (!a->statfs)
+            t->answers_bytes += sizeof(struct statfs);
+        free(a->statfs);
+        a->statfs = copy;
+    } else {
+        free(copy);
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return a ? 0 : -1;
+}
+
+int statfs_key(dev_t dev, char *out, size_t len)
+{
+    return snprintf(out, len, "statfs:%llu", (unsigned long long)dev);
+}
+
 /* The struct statx that structs.pack_statx makes for the same attributes: answers keep
  * only the struct stat (memo files and the table half their size), this derives it. */
 void statx_of_stat(const struct stat *s, unsigned char out[256])
@@ -332,6 +360,8 @@ static int table_load(pc_tracer *t, const void *blob, size_t len)
             if (strlen(cwd) != plen)
                 continue;
             put_cwd(t, key, cwd);
+        } else if (kind == 'S' && plen == sizeof(struct statfs)) {
+            put_statfs(t, key, pay);
         } else if (kind == 'D') {
             pc_table_put_dents(t, key, pay, plen);
         } else if (kind == 'X') {

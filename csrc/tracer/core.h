@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/types.h>
 #include <sys/user.h>
 
@@ -81,6 +82,7 @@ typedef struct {
     char *exec_target;  /* an execve's recipe ('E' records): the file exec'd in its place, */
     char *exec_logical; /* and what /proc/self/exe is to show */
     char *cwd;          /* getcwd's answer in this directory (an anchor): 'C' records */
+    unsigned char *statfs; /* an 'S' record: the struct statfs of one file system (memo.py) */
     unsigned char *dents; /* a directory's linux_dirent64 records, '.' and '..' first */
     size_t dents_len;
     unsigned char *xattrs; /* see pc_table_put_xattrs; NULL: not known */
@@ -91,6 +93,8 @@ typedef struct {
 
 /* callers hold t->answers_lock (read) */
 answer *answer_find(pc_tracer *t, char follow, const char *path, size_t len);
+/* the key of the 'S' record for file system `dev` (memo.py statfs_record makes the same) */
+int statfs_key(dev_t dev, char *out, size_t len);
 /* the answer of a path call of kind `fast` (PC_FAST_*): the 'F' one, or for `follow`,
  * where that has not what the call needs, an 'N' one that holds for both (nolink) */
 answer *answer_for_path(pc_tracer *t, int follow, const char *path, size_t len, int fast);

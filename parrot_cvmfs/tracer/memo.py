@@ -63,6 +63,13 @@ def xattrs_record(follow: bool, key: bytes, blob: bytes) -> bytes:
     return _record(b"X", follow, key, blob)
 
 
+def statfs_record(dev: int, statfs_buf: bytes) -> bytes:
+    """An 'S' record: statfs of any path whose stat has st_dev `dev` answers `statfs_buf`
+    (keyed as answers.c statfs_key spells it). Its free-space figures are the cache's as
+    Python last counted them: C does not count."""
+    return _record(b"S", True, b"statfs:%d" % dev, statfs_buf)
+
+
 def cwd_record(anchor: bytes, spelling: bytes) -> bytes:
     """A 'C' record: getcwd in the directory of `anchor` answers `spelling`."""
     return _record(b"C", True, anchor, spelling)

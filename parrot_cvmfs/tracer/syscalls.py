@@ -161,7 +161,7 @@ CALLS: list[Call] = [
         bare=BARE_EMPTY,
     ),
     _p("statfs", 137, 43, "statfs", path=0, out=1, fast=FAST_STATFS),
-    Call("fstatfs", 138, 44, FD, "statfs", path=0, out=1),
+    Call("fstatfs", 138, 44, FD, "statfs", path=0, out=1, fast=FAST_STATFS),
     # -- extended attributes -----------------------------------------------------------------
     _p("getxattr", 191, 8, "getxattr", **_GETX, fast=FAST_GETXATTR),
     _p("lgetxattr", 192, 9, "getxattr", **_GETX, follow=False, fast=FAST_GETXATTR),

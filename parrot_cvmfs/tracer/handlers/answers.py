@@ -12,7 +12,7 @@ import struct
 
 from ...format.xattrs import reaches
 from ..core import XATTR_PREFIX_TAG
-from ..memo import answer_record, cwd_record, exec_record, xattrs_record
+from ..memo import answer_record, cwd_record, exec_record, statfs_record, xattrs_record
 from ..paths import MOUNT, Target, VPath
 from ..structs import pack_stat
 from ..syscalls import FD
@@ -108,6 +108,18 @@ def teach_xattrs(c: Context, t: Target, listing: bytes | None = None) -> None:
     node = t.node
     rev = None if node.variant else revision_of(c.view, path, t)
     c.memo.put_xattrs(rev, key, follow, xattr_blob(node))
+
+
+def teach_statfs(c: Context, t: Target, dev: int, statfs_buf: bytes) -> None:
+    """Let C answer statfs and fstatfs of this repository's paths (those C knows the
+    stat of): one record for the file system, kept with the revision."""
+    if c.call.kind != FD:
+        remember(c, True, t)
+    repo = t.node.vpath.repo if t.node is not None else None
+    rev = c.view.revision_id(repo) if repo else None
+    if rev is not None and c.guest is not None:
+        rev = c.guest.kept(rev)
+    c.memo.teach(rev, statfs_record(dev, statfs_buf))
 
 
 def teach_cwd(c: Context, vpath: VPath, spelling: str) -> None:
