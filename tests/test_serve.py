@@ -407,3 +407,13 @@ def test_unreadable_files_are_forbidden_as_nobody():
             proc.wait()
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_refusal_reaches_a_client_still_sending(ours):
+    """A head far over the bound is refused while the client is still writing it: the
+    431 arrives whole (closing with unread input would reset the connection and
+    destroy the answer in flight: the server reads and drops the rest for a moment)."""
+    port = port_of(ours)
+    head = b"GET " + OBJ.encode() + b" HTTP/1.1\r\nX-A: " + b"a" * 200_000 + b"\r\n\r\n"
+    for _ in range(5):
+        assert raw_exchange(port, head).startswith(b"HTTP/1.1 431 ")

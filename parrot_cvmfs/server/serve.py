@@ -39,6 +39,9 @@ MAX_CONNECTIONS = 256
 IDLE_TIMEOUT = 15.0  # seconds a kept-alive connection may wait for its next request
 HEAD_DEADLINE = 10.0  # seconds from a request's first byte to the end of its head
 SEND_TIMEOUT = 30.0  # seconds a client may take to accept more of an answer
+# after a refusal, input still arriving is read and dropped for at most this long (nginx's
+# lingering close: lingering_timeout 5 s, lingering_time 30 s; ours shorter, a thread each)
+LINGER_TIME = 2.0
 SMALL_BODY = 64 * 1024  # bodies up to this go out with the head in one write
 
 OBJECT_MAX_AGE = 259200  # nginx `expires 3d`
@@ -249,6 +252,7 @@ class StratumHandler:
                     self.close_connection = True
                     self.connection.settimeout(self.server.send_timeout)
                     self.send_error(e.status)
+                    self._linger()
                     return
                 self.connection.settimeout(self.server.send_timeout)
                 method = getattr(self, "do_" + self.command, None)
@@ -259,6 +263,21 @@ class StratumHandler:
                 method()
         except OSError:
             pass  # the client went away, stopped reading, or timed out: nothing to answer
+
+    def _linger(self) -> None:
+        """Close after a refusal as nginx does: stop writing, then read and drop what the
+        client is still sending for a moment. Closing with unread input makes the kernel
+        answer with a reset, which can destroy the refusal before the client reads it."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_TIME
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.connection.recv(1 << 16):
+                    break
+        except OSError:
+            pass  # the client is gone or too slow: the close is all that is left
 
     def _read_request(self) -> bool:
         """The next request's line and headers; False when the connection is done."""
