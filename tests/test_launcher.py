@@ -413,3 +413,22 @@ def test_a_cvmfs_program_exec_d_in_a_planned_run_knows_its_name(tmp_path, mode):
             p = launch(program)
             assert (p.returncode, p.stdout, p.stderr) == (0, program + "\n", "")
         assert launch.plans()
+
+
+def test_the_job_environment_is_the_same_on_both_paths(launch):
+    """Under a C locale the job gets exactly the environment it was given, on a full and
+    on a planned start: Python's locale coercion (PEP 538) adds no LC_CTYPE."""
+    env = {"LANG": "C", "LC_ALL": ""}
+    script = f"cat {MNT}/README; env | grep -c '^LC_CTYPE=' || true; {PROBE}; exit 3"
+    launch.env.pop("LC_CTYPE", None)
+    full, planned = launch.sh(script, env=env), launch.sh(script, env=env)
+    assert started_by(full) == "python" and started_by(planned) == "c"
+    assert full.stdout.splitlines()[1] == planned.stdout.splitlines()[1] == "0"
+
+
+def test_a_run_that_fails_before_its_job_leaves_no_plan(launch):
+    """A mount that fails (exit 1, one line) writes no plan: the next run fails the same."""
+    for _ in range(2):
+        p = launch("/bin/true", options=("--cvmfs", "missing.test.org"))
+        assert p.returncode == 1 and "missing.test.org" in p.stderr, p.stderr
+        assert launch.plans() == []

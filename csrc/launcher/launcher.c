@@ -28,7 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <time.h>
@@ -50,6 +52,22 @@ static char self_dir[PATH_MAX];
 static int run_python(int argc, char **argv, int adopted)
 {
     PyStatus st;
+    /* no locale coercion: it would put LC_CTYPE=C.UTF-8 into the environment the job
+     * inherits (PEP 538), which neither a native run nor a planned start has */
+    PyPreConfig pre;
+    PyPreConfig_InitPythonConfig(&pre);
+    pre.coerce_c_locale = 0;
+    pre.coerce_c_locale_warn = 0;
+    st = Py_PreInitialize(&pre);
+    if (PyStatus_Exception(st)) {
+        fprintf(stderr, "parrot_run: cannot start Python: %s\n",
+                st.err_msg ? st.err_msg : "unknown error");
+        return 1;
+    }
+    if (adopted) { /* what Python's own handlers would do: EPIPE and EFBIG, not death */
+        signal(SIGPIPE, SIG_IGN);
+        signal(SIGXFSZ, SIG_IGN);
+    }
     PyConfig config;
     PyConfig_InitPythonConfig(&config);
     char exe[PATH_MAX + 16];
@@ -536,6 +554,12 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
             break;
     }
     core.pc_unget(t);
+    /* Python reads the plan C used, not the file, which a concurrent run may replace */
+    a.plan_fd = memfd_create("parrot-run-plan", MFD_CLOEXEC);
+    if (a.plan_fd >= 0 && write(a.plan_fd, pl->data, pl->len) != (ssize_t)pl->len) {
+        close(a.plan_fd);
+        a.plan_fd = -1;
+    }
     core.pc_adopt_set(&a);
     (void)argc;
     return 0;

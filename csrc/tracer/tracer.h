@@ -246,6 +246,8 @@ typedef struct {
     int64_t memo_size[PC_MAX_MEMO]; /* the plan's memo files as C loaded them: the file's
                                      * size then, -1 if not loaded */
     char plan[PC_PATH_MAX + 1];     /* the plan the job was started from */
+    int plan_fd; /* its bytes as the launcher checked and used them (a memfd): the file
+                  * may be replaced meanwhile by another run's; -1 if none */
 } pc_adoption;
 /* the build this core is (a plan of another build is not used) */
 const char *pc_build_id(void);

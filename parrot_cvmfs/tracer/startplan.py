@@ -175,18 +175,18 @@ def decode(data: bytes) -> dict[bytes, list[bytes]] | None:
     return out
 
 
-def read_pins(path: str) -> tuple[dict[str, str], float, list[str]]:
+def read_pins(fd: int) -> tuple[dict[str, str], float, list[str]]:
     """What an adopted run must keep: the revisions the plan's table answers for (name
     -> root hash), the plan's validity (a pinned revision's own is unbounded), and the
-    revisions of its memo files, in order (pc_adoption.memo_size's)."""
-    from ..client.cache import open_in_dir
-
-    try:
-        fd = open_in_dir(os.path.dirname(path), os.path.basename(path))
-    except OSError:
+    revisions of its memo files, in order (pc_adoption.memo_size's). Read from `fd`, the
+    launcher's copy of the plan it checked (pc_adoption.plan_fd; closed here): the file
+    itself may be another run's by now."""
+    if fd < 0:
         return {}, 0.0, []
     try:
-        data = os.read(fd, MAX_SIZE + 1)
+        data = os.pread(fd, MAX_SIZE + 1, 0)
+    except OSError:
+        return {}, 0.0, []
     finally:
         os.close(fd)
     recs = decode(data) or {}

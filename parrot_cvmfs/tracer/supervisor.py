@@ -87,10 +87,9 @@ class Supervisor:
         self.adopted = adoption()
         pins, pinned_until, memos = {}, 0.0, []
         if self.adopted is not None:
-            from .._core import ffi
             from .startplan import read_pins
 
-            pins, pinned_until, memos = read_pins(os.fsdecode(ffi.string(self.adopted.plan)))
+            pins, pinned_until, memos = read_pins(self.adopted.plan_fd)
         config = opts.config or Configuration()
         # a read-only populated --cache-dir comes back as the first alien tier
         tiers = resolve_tiers(opts.cache_dir, opts.alien_cache, _note)
@@ -135,6 +134,7 @@ class Supervisor:
                 self.handlers.memo.adopt(rev, self.adopted.memo_size[i])
         self.root = 0
         self.exec_seen = False
+        self.ran = False
 
     def run(self) -> int:
         errors = self.view.mount_eager()
@@ -167,6 +167,7 @@ class Supervisor:
             if (failure.strerror or "").startswith("cannot"):
                 return 1  # no tracing here: a set-up failure, not the program's
             return 126 if failure.errno in (13, 8) else 127
+        self.ran = True  # mounted, started and traced to the end: a start worth a plan
         if self.opts.stats:
             self.keep()  # first, so that the peak memory printed includes it
             self.print_stats()
@@ -263,7 +264,7 @@ class Supervisor:
         """The start plan the launcher asked for: how to start this job again without
         Python, while what it depends on stays (startplan.py). None where this run's
         start is not one a plan can repeat."""
-        if self.opts.plan is None or self.guest is not None or self.opts.env:
+        if not self.ran or self.opts.plan is None or self.guest is not None or self.opts.env:
             return
         from ..client.config_files import identity, named, reads
 
