@@ -432,3 +432,19 @@ def test_a_run_that_fails_before_its_job_leaves_no_plan(launch):
         p = launch("/bin/true", options=("--cvmfs", "missing.test.org"))
         assert p.returncode == 1 and "missing.test.org" in p.stderr, p.stderr
         assert launch.plans() == []
+
+
+def test_a_relative_inline_value_ties_the_plan_to_the_cwd(launch, tmp_path):
+    """--cache-dir=c (inline) names a different cache in another directory: the plan
+    made in one directory is not used in the other."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+
+    def run(where):
+        argv = [*PARROT_RUN, "--cache-dir=c", "--", "/bin/sh", "-c", JOB]
+        return subprocess.run(argv, env=launch.env, cwd=where, capture_output=True, text=True)
+
+    assert started_by(run(a)) == "python" and started_by(run(a)) == "c"
+    assert started_by(run(b)) == "python"
+    assert os.path.isdir(b / "c")

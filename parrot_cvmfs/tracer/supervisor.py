@@ -282,7 +282,7 @@ class Supervisor:
         memo = self.handlers.memo
         revs = [(n, self.view.revision_id(n)) for n in sorted(self.view.repos)]
         revs = [(n, r) for n, r in revs if r is not None][: startplan.MAX_MEMO]
-        relative = any(not w.startswith(("-", "/")) for w in self.opts.words)
+        relative = any(not v.startswith("/") for w in self.opts.words for v in _values(w))
         from .memo import MAGIC
 
         data = startplan.encode(
@@ -296,6 +296,20 @@ class Supervisor:
             **self.core.plan_parts(),
         )
         startplan.write(self.opts.plan, data)
+
+
+def _values(word: str) -> list[str]:
+    """The value an option word carries, if any ("c" of "c", "--cache-dir=c",
+    "-oCVMFS_CACHE_BASE=c"): a relative one makes a plan depend on the cwd."""
+    if word.startswith("--"):
+        name, eq, value = word.partition("=")
+    elif word.startswith("-"):
+        value = word[2:]
+    else:
+        value = word
+    if "=" in value:
+        value = value.split("=", 1)[1]
+    return [value] if value else []
 
 
 def _peak_rss_mb() -> float:
