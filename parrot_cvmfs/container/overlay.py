@@ -346,6 +346,14 @@ class Overlay:
     def _lower_at(self, node: _Node, path: str):
         return self.lower.lstat(path) if node.lower_visible else None
 
+    def _has_lower(self, parts: list[str], path: str) -> bool:
+        """Whether the lower layer shows an entry at `path` (its whiteout is needed)."""
+        node = self._node(parts, path)
+        try:
+            return self._lower_at(node, path) is not None
+        finally:
+            node.close()
+
     def lookup(self, path: str) -> Found | None:
         """Where the guest's `path` is: the upper entry, the lower one, or None (absent
         or removed). "/" is the upper root when it is opaque or the lower is gone."""
@@ -645,11 +653,7 @@ class Overlay:
             raise _fail(errno.EISDIR, path)
         if is_dir and self.entries(path):
             raise _fail(errno.ENOTEMPTY, path)
-        node = self._node(parts, path)
-        try:
-            lower = self._lower_at(node, path) is not None
-        finally:
-            node.close()
+        lower = self._has_lower(parts, path)
         pfd = self._dir_fd(parts[:-1], path)
         try:
             if lower:  # first the whiteout: the upper entry hides the lower meanwhile
@@ -675,11 +679,7 @@ class Overlay:
         if src is None:
             raise _fail(errno.ENOENT, old)
         src_dir = st.S_ISDIR(src.st.st_mode)
-        node = self._node(op, old)
-        try:
-            src_lower = self._lower_at(node, old) is not None
-        finally:
-            node.close()
+        src_lower = self._has_lower(op, old)
         if src_dir and src_lower and not self._upper_opaque(op):
             raise _fail(errno.EXDEV, old)  # its lower content cannot move with it
         dst = self.lookup(new)
