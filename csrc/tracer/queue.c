@@ -59,6 +59,24 @@ static void copy_event(pc_event *dst, const pc_event *src)
     copy_string(dst->key, src->key, src->key_len);
 }
 
+/* Room for one more event in the ring (t->qlock held): doubled when full; -1 if no
+ * memory. */
+static int room_locked(pc_tracer *t)
+{
+    if (t->qlen < t->qcap)
+        return 0;
+    queued **grown = calloc(t->qcap * 2, sizeof *grown);
+    if (!grown)
+        return -1;
+    for (size_t i = 0; i < t->qlen; i++)
+        grown[i] = t->queue[(t->qhead + i) % t->qcap];
+    free(t->queue);
+    t->queue = grown;
+    t->qhead = 0;
+    t->qcap *= 2;
+    return 0;
+}
+
 /* Queue an event for Python (the tracer and notification threads). */
 void hand_over(pc_tracer *t, const pc_event *ev)
 {
@@ -76,19 +94,10 @@ void hand_over(pc_tracer *t, const pc_event *ev)
     q->given_up = 0;
     copy_event(&q->ev, ev);
     pthread_mutex_lock(&t->qlock);
-    if (t->qlen == t->qcap) {
-        queued **grown = calloc(t->qcap * 2, sizeof *grown);
-        if (!grown) {
-            pthread_mutex_unlock(&t->qlock);
-            free(q);
-            return;
-        }
-        for (size_t i = 0; i < t->qlen; i++)
-            grown[i] = t->queue[(t->qhead + i) % t->qcap];
-        free(t->queue);
-        t->queue = grown;
-        t->qhead = 0;
-        t->qcap *= 2;
+    if (room_locked(t) != 0) {
+        pthread_mutex_unlock(&t->qlock);
+        free(q);
+        return;
     }
     t->queue[(t->qhead + t->qlen) % t->qcap] = q;
     t->qlen++;
@@ -168,19 +177,10 @@ int pc_unget(pc_tracer *t)
     q->since = t->cur.since;
     q->given_up = t->cur.answered == ANSWER_BY_C;
     copy_event(&q->ev, t->cur.ev);
-    if (t->qlen == t->qcap) {
-        queued **grown = calloc(t->qcap * 2, sizeof *grown);
-        if (!grown) {
-            pthread_mutex_unlock(&t->qlock);
-            free(q);
-            return -1;
-        }
-        for (size_t i = 0; i < t->qlen; i++)
-            grown[i] = t->queue[(t->qhead + i) % t->qcap];
-        free(t->queue);
-        t->queue = grown;
-        t->qhead = 0;
-        t->qcap *= 2;
+    if (room_locked(t) != 0) {
+        pthread_mutex_unlock(&t->qlock);
+        free(q);
+        return -1;
     }
     t->qhead = (t->qhead + t->qcap - 1) % t->qcap;
     t->queue[t->qhead] = q;
