@@ -44,6 +44,11 @@ def build_id() -> str:
     return h.hexdigest()[:32]
 
 
+def abi() -> str:
+    """The digest of tracer.h (pc_abi; setup.py gives the launcher the same)."""
+    return hashlib.sha256((HERE / "tracer" / "tracer.h").read_bytes()).hexdigest()[:32]
+
+
 ffibuilder = FFI()
 # pid_t is an integer type cffi learns the size of from the compiler.
 ffibuilder.cdef("typedef int... pid_t;\n" + "".join(cdef_of(h) for h in HEADERS))
@@ -52,7 +57,7 @@ ffibuilder.set_source(
     "".join(f'#include "{h}"\n' for h in HEADERS),
     sources=sources(),
     include_dirs=["csrc"],
-    define_macros=[("PC_BUILD_ID", f'"{build_id()}"')],
+    define_macros=[("PC_BUILD_ID", f'"{build_id()}"'), ("PC_ABI", f'"{abi()}"')],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-pthread"],
     extra_link_args=["-pthread"],
     libraries=["z"],

@@ -42,6 +42,11 @@
 #define PLAN_MAX (1 << 20)
 #define PLAN_MAGIC "parrot-cvmfs start plan 1\n"
 #define PLAN_VARIABLE "_PARROT_RUN_START_PLAN"
+#define WORDS_MAX 65536 /* argv and environment entries of a plan's job */
+
+/* startplan's FILE kinds */
+enum { FK_ABSENT, FK_FILE_MTIME, FK_DIR_MTIME, FK_OBJECT, FK_LPRESENT, FK_LABSENT,
+       FK_FILE_CTIME, FK_DIR_CTIME };
 
 extern char **environ;
 
@@ -91,17 +96,43 @@ static int run_python(int argc, char **argv, int adopted)
                 st.err_msg ? st.err_msg : "unknown error");
         return 1;
     }
-    /* entry() ends the process with the job's status */
-    PyRun_SimpleString("from parrot_cvmfs.tracer.main import entry\nentry()\n");
+    /* entry() ends the process with the job's status; a supervisor that cannot start
+     * says why in one line and comes back here (the caller ends an adopted job) */
+    char code[512];
+    snprintf(code, sizeof code,
+             "try:\n"
+             "    from parrot_cvmfs.tracer.main import entry\n"
+             "except Exception as e:\n"
+             "    import sys\n"
+             "    sys.stderr.write(f'parrot_run: cannot start the supervisor'\n"
+             "                     f' ({type(e).__name__}: {e})%s\\n')\n"
+             "else:\n"
+             "    entry()\n",
+             adopted ? ": the job was ended" : "");
+    PyRun_SimpleString(code);
     return 1;
+}
+
+/* The job started from a plan, and all its processes: ended (SIGKILL), when the
+ * Python that was to adopt it failed. The tracer seized each of them with
+ * PTRACE_O_EXITKILL, so that this process's end kills them all: the root first, so
+ * that nothing runs on while we exit. */
+static pid_t job_root = -1;
+static void end_job(void)
+{
+    if (job_root > 0)
+        kill(job_root, SIGKILL);
 }
 
 /* ---- the command line --------------------------------------------------------------------- */
 
 /* Where the command starts after options a plan supports (-1: another option, or
- * none given: Python's). Mirrors main.parse_args, from the same table. */
-static int command_start(int argc, char **argv)
+ * none given: Python's); *keyed: one of them makes the plan depend on the command
+ * (startplan.COMMAND_OPTIONS), *stats: --stats. Mirrors main.parse_args, from the same
+ * table. */
+static int command_start(int argc, char **argv, int *keyed, int *stats)
 {
+    *keyed = *stats = 0;
     int i = 1;
     while (i < argc) {
         const char *a = argv[i];
@@ -128,6 +159,8 @@ static int command_start(int argc, char **argv)
                 o = &LAUNCHER_OPTIONS[k];
         if (!o || !o->fast)
             return -1;
+        *keyed |= o->keyed;
+        *stats |= strcmp(o->name, "--stats") == 0;
         if (o->value != 1 && inline_value)
             return -1; /* Python's message */
         if (o->value == 1 && !inline_value && ++i >= argc)
@@ -332,22 +365,100 @@ static int same_files(const plan *pl)
         rec name = {r.p + 36, r.len - 36};
         char *path = str_of(&name);
         struct stat st;
-        int present = path && stat(path, &st) == 0;
-        free(path);
-        if (!present) {
-            if (kind != 0)
+        int present;
+        if (kind == FK_LPRESENT || kind == FK_LABSENT) { /* os.path.lexists */
+            present = path && lstat(path, &st) == 0;
+            free(path);
+            if (present != (kind == FK_LPRESENT))
                 return 0;
             continue;
         }
-        int64_t ns = (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
-        if (kind == 0 || (uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino ||
-            (int64_t)st.st_size != size || ns != mtime || (kind == 2) != !!S_ISDIR(st.st_mode))
+        present = path && stat(path, &st) == 0;
+        free(path);
+        if (!present) {
+            if (kind != FK_ABSENT)
+                return 0;
+            continue;
+        }
+        if (kind == FK_ABSENT || (uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino)
+            return 0;
+        if (kind == FK_OBJECT) { /* the same object: a root or bind source */
+            if ((int64_t)(st.st_mode & S_IFMT) != size)
+                return 0;
+            continue;
+        }
+        struct timespec ts = kind >= FK_FILE_CTIME ? st.st_ctim : st.st_mtim;
+        int64_t ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        int dir = kind == FK_DIR_MTIME || kind == FK_DIR_CTIME;
+        if (kind > FK_DIR_CTIME || (int64_t)st.st_size != size || ns != mtime ||
+            dir != !!S_ISDIR(st.st_mode))
             return 0;
     }
 }
 
+/* The whole host environment, in order, as the plan's (HENV: a job's computed
+ * environment is made from all of it). */
+static int same_host_environment(const rec *r)
+{
+    size_t at = 0;
+    for (char **e = environ; *e; e++) {
+        size_t len = strlen(*e) + 1;
+        if (at + len > r->len || memcmp(r->p + at, *e, len) != 0)
+            return 0;
+        at += len;
+    }
+    return at == r->len;
+}
+
+/* Each host root or bind source, as given, resolves to the place the plan's table has. */
+static int same_sources(const plan *pl)
+{
+    rec r;
+    for (size_t at = 0;;) {
+        int found = next_of(pl, "REAL", &at, &r);
+        if (found <= 0)
+            return found == 0;
+        const unsigned char *nul = memchr(r.p, '\0', r.len);
+        if (!nul)
+            return 0;
+        rec given = {r.p, (uint32_t)(nul - r.p)};
+        rec want = {nul + 1, (uint32_t)(r.len - (size_t)(nul + 1 - r.p))};
+        char *path = str_of(&given), real[PATH_MAX];
+        int same = path && realpath(path, real) && rec_is(&want, real, strlen(real));
+        free(path);
+        if (!same)
+            return 0;
+    }
+}
+
+/* NUL-terminated words as an argv-style array (in the plan's memory copied: the
+ * strings stay as long as the plan); NULL if malformed or none. */
+static char **words_of(const rec *r, size_t max)
+{
+    if (r->len == 0 || r->p[r->len - 1] != '\0')
+        return NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < r->len; i++)
+        n += r->p[i] == '\0';
+    if (n > max)
+        return NULL;
+    char **out = calloc(n + 1, sizeof *out);
+    char *copy = malloc(r->len);
+    if (!out || !copy) {
+        free(out);
+        free(copy);
+        return NULL;
+    }
+    memcpy(copy, r->p, r->len);
+    for (size_t i = 0, k = 0; k < n; k++) {
+        out[k] = copy + i;
+        i += strlen(copy + i) + 1;
+    }
+    return out;
+}
+
 /* Everything the plan was made for holds now (the core's build: built_by). */
-static int valid_plan(const plan *pl, char **words, int nwords)
+static int valid_plan(const plan *pl, char **words, int nwords, char **command, int keyed)
 {
     rec r;
     uint32_t uid;
@@ -385,7 +496,23 @@ static int valid_plan(const plan *pl, char **words, int nwords)
         return 0;
     if (!one(pl, "ENVX", &r) || !same_named(&r))
         return 0;
-    return same_files(pl);
+    /* a computed start (guest_records): of this command, from this host environment */
+    if (one(pl, "CMD_", &r)) {
+        size_t at = 0;
+        for (char **c = command; *c; c++) {
+            size_t len = strlen(*c) + 1;
+            if (at + len > r.len || memcmp(r.p + at, *c, len) != 0)
+                return 0;
+            at += len;
+        }
+        if (at != r.len)
+            return 0;
+    } else if (keyed) {
+        return 0;
+    }
+    if (one(pl, "HENV", &r) && !same_host_environment(&r))
+        return 0;
+    return same_sources(pl) && same_files(pl);
 }
 
 static int built_by(const plan *pl, const char *build)
@@ -399,7 +526,8 @@ static int built_by(const plan *pl, const char *build)
 #define CORE_FUNCS(X)                                                                      \
     X(pc_build_id) X(pc_new) X(pc_add_prefix) X(pc_spawn) X(pc_forward_signals) X(pc_next) \
     X(pc_exit_code) X(pc_set_quiet) X(pc_unget) X(pc_adopt_set) X(pc_table_load_fd)      \
-    X(pc_table_take_served)
+    X(pc_table_take_served) X(pc_set_translate) X(pc_set_late_filter) X(pc_add_mount)     \
+    X(pc_set_plain)
 
 
 static struct {
@@ -408,15 +536,49 @@ static struct {
 #undef FIELD
 } core;
 
+/* Whether no other user can change what `path` names: the file and every directory
+ * above it are root's or ours, and writable by no one else (a sticky directory keeps
+ * others from renaming our entries). Loading code another user could replace would
+ * run their code as this user. */
+static int safe_to_load(const char *path)
+{
+    char p[PATH_MAX];
+    if (path[0] != '/' || snprintf(p, sizeof p, "%s", path) >= (int)sizeof p)
+        return 0;
+    struct stat st;
+    if (lstat(p, &st) != 0 || !S_ISREG(st.st_mode))
+        return 0;
+    for (int depth = 0; depth < PATH_MAX / 2; depth++) {
+        int dir = S_ISDIR(st.st_mode);
+        if ((st.st_uid != 0 && st.st_uid != getuid()) ||
+            ((st.st_mode & 022) && !(dir && (st.st_mode & S_ISVTX))))
+            return 0;
+        char *slash = strrchr(p, '/');
+        if (!slash || p[1] == '\0')
+            return 1;
+        if (slash == p)
+            slash[1] = '\0';
+        else
+            *slash = '\0';
+        if (lstat(p, &st) != 0 || !S_ISDIR(st.st_mode))
+            return 0;
+    }
+    return 0;
+}
+
 static int load_core(const plan *pl)
 {
     rec r;
     if (!one(pl, "CORE", &r))
         return 0;
     char *path = str_of(&r);
-    void *h = path ? dlopen(path, RTLD_NOW) : NULL;
+    void *h = path && safe_to_load(path) ? dlopen(path, RTLD_NOW) : NULL;
     free(path);
     if (!h)
+        return 0;
+    /* the interface first: a core of another tracer.h is not called at all */
+    const char *(*abi)(void) = (const char *(*)(void))dlsym(h, "pc_abi");
+    if (!abi || strcmp(abi(), LAUNCHER_ABI) != 0)
         return 0;
 #define LOOKUP(name)                                                                       \
     if (!(core.name = (__typeof__(name) *)dlsym(h, #name)))                                \
@@ -487,8 +649,47 @@ static void record_served(pc_tracer *t, const char *plan_file)
     close(fd);
 }
 
+/* A guest namespace's set-up (GEST, MNT_, PLNR), as Core and Guest.teach_mounts do. */
+static int set_guest(pc_tracer *t, const plan *pl)
+{
+    rec r;
+    if (!one(pl, "GEST", &r))
+        return 0;
+    if (r.len % 8 || r.len / 8 > 4096)
+        return -1;
+    core.pc_set_translate(t, 1);
+    if (r.len && core.pc_set_late_filter(t, r.p, (int)(r.len / 8)) < 0)
+        return -1;
+    for (size_t at = 0, n = 0; next_of(pl, "MNT_", &at, &r) == 1; n++) {
+        const unsigned char *nul = r.len > 4 ? memchr(r.p + 4, '\0', r.len - 4) : NULL;
+        if (!nul || n >= PC_MAX_MOUNTS)
+            return -1;
+        uint32_t flags;
+        memcpy(&flags, r.p, 4);
+        rec d = {r.p + 4, (uint32_t)(nul - r.p - 4)};
+        rec s = {nul + 1, (uint32_t)(r.len - (size_t)(nul + 1 - r.p))};
+        char *dst = str_of(&d), *src = str_of(&s);
+        int ok = dst && src && core.pc_add_mount(t, dst, src, (int)flags) >= 0;
+        free(dst);
+        free(src);
+        if (!ok)
+            return -1;
+    }
+    if (!one(pl, "PLNR", &r) || r.len % 8)
+        return -1;
+    for (size_t i = 0; i < r.len; i += 8) {
+        uint32_t rule, how;
+        memcpy(&rule, r.p + i, 4);
+        memcpy(&how, r.p + i + 4, 4);
+        if (core.pc_set_plain(t, (int)rule, (int)how) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Start the job from the plan; returns only to take the full path (nothing started). */
-static int run_planned(const plan *pl, const char *plan_file, int argc, char **argv, int cmd)
+static int run_planned(const plan *pl, const char *plan_file, int argc, char **argv, int cmd,
+                       int stats)
 {
     rec r;
     if (!one(pl, "RULE", &r) || r.len % sizeof(pc_rule) || r.len / sizeof(pc_rule) == 0 ||
@@ -510,6 +711,26 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
                 return -1;
             free(p);
         }
+    if (set_guest(t, pl) < 0)
+        return -1;
+    /* a computed start: the plan's argv, program, environment and start directory */
+    char **job_argv = argv + cmd, **job_env = environ, *file = argv[cmd];
+    if (one(pl, "ARGV", &r) && !(job_argv = words_of(&r, WORDS_MAX)))
+        return -1;
+    if (one(pl, "JENV", &r) && !(job_env = r.len ? words_of(&r, WORDS_MAX) : calloc(1, sizeof(char *))))
+        return -1;
+    file = job_argv[0];
+    if (one(pl, "EXEF", &r) && !(file = str_of(&r)))
+        return -1;
+    int here = -1;
+    if (one(pl, "JCWD", &r)) {
+        char *dir = str_of(&r);
+        here = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int moved = dir && here >= 0 && chdir(dir) == 0;
+        free(dir);
+        if (!moved)
+            return -1;
+    }
     uint32_t notify;
     if (!one(pl, "NTFY", &r) || r.len != 4)
         return -1;
@@ -527,13 +748,20 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
     core.pc_set_quiet(t, 1);
     char err[256];
     int report = -1;
-    pid_t pid = core.pc_spawn(t, argv[cmd], argv + cmd, environ, filt.p, (int)(filt.len / 8),
+    pid_t pid = core.pc_spawn(t, file, job_argv, job_env, filt.p, (int)(filt.len / 8),
                               (int)notify, &report, err, sizeof err);
+    if (here >= 0 && fchdir(here) != 0) {
+        /* Python starts where parrot_run was started, or not at all */
+        fprintf(stderr, "parrot_run: cannot return to the working directory\n");
+        _exit(1);
+    }
+    if (here >= 0)
+        close(here);
     if (pid < 0)
         return -1; /* the job never ran: the full start tries again, and says why */
     core.pc_forward_signals(t);
     a.tracer = t;
-    a.root = pid;
+    a.root = job_root = pid;
     a.report_fd = report;
     a.notify = (int)notify;
     snprintf(a.plan, sizeof a.plan, "%s", plan_file);
@@ -544,7 +772,9 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
             /* nothing failed: the job's status now; a failure (the child wrote why, see
              * pc_spawn_failure) is Python's to report, as in a full run */
             int pending = 0;
-            if (report < 0 || ioctl(report, FIONREAD, &pending) != 0 || pending == 0) {
+            /* --stats: Python adopts the ended run to print them (the counts are C's) */
+            if (!stats &&
+                (report < 0 || ioctl(report, FIONREAD, &pending) != 0 || pending == 0)) {
                 record_served(t, plan_file);
                 _exit(core.pc_exit_code(t));
             }
@@ -577,15 +807,23 @@ int main(int argc, char **argv)
             snprintf(self_dir, sizeof self_dir, "%s", exe);
         }
     }
-    int cmd = command_start(argc, argv);
+    int keyed, stats;
+    int cmd = command_start(argc, argv, &keyed, &stats);
     char path[PATH_MAX];
-    if (cmd < 0 || getenv(PLAN_VARIABLE) || !plan_path(path, sizeof path, argv + 1, cmd - 1))
+    /* the key: the option words, and the command too where the start is computed */
+    if (cmd < 0 || getenv(PLAN_VARIABLE) ||
+        !plan_path(path, sizeof path, argv + 1, keyed ? argc - 1 : cmd - 1))
         return run_python(argc, argv, 0);
     plan pl = {0};
-    if (read_plan(path, &pl) && valid_plan(&pl, argv + 1, cmd - 1) && load_core(&pl) &&
-        built_by(&pl, core.pc_build_id()) && run_planned(&pl, path, argc, argv, cmd) == 0) {
+    if (read_plan(path, &pl) && valid_plan(&pl, argv + 1, cmd - 1, argv + cmd, keyed) &&
+        load_core(&pl) && built_by(&pl, core.pc_build_id()) &&
+        run_planned(&pl, path, argc, argv, cmd, stats) == 0) {
         setenv(PLAN_VARIABLE, path, 1); /* the job has its environment already */
-        return run_python(argc, argv, 1); /* adopted: an event needs Python */
+        run_python(argc, argv, 1);        /* adopted: an event needs Python */
+        /* Python could not take the job over (it said why): the job ends, with the
+         * status of a set-up failure, rather than run on with nobody to answer it */
+        end_job();
+        _exit(1);
     }
     setenv(PLAN_VARIABLE, path, 1);
     return run_python(argc, argv, 0);

@@ -322,9 +322,9 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
  * function of the revision): the same file exec'd in place of the program. */
 static int fast_exec(pc_tracer *t, pc_call *c, const char *path, int len)
 {
-    /* not before Python runs (a planned start, pc_set_quiet): it would never learn the
-     * logical program of this process and of its children, which /proc/PID/exe shows */
-    if (c->notify || __atomic_load_n(&t->quiet, __ATOMIC_ACQUIRE))
+    /* before Python runs too (a planned start): the logical program waits for it in
+     * the execs list (queue.c quiet_task_event) */
+    if (c->notify)
         return 0;
     char target[PC_PATH_MAX + 1], logical[PC_PATH_MAX + 1];
     int found = 0;

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,13 +78,120 @@ static int room_locked(pc_tracer *t)
     return 0;
 }
 
+/* The thread group of a task (/proc), 0 if it is gone. */
+static pid_t tgid_of(pid_t tid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+    FILE *f = fopen(path, "re");
+    pid_t tgid = 0;
+    if (!f)
+        return 0;
+    while (fgets(buf, sizeof buf, f))
+        if (strncmp(buf, "Tgid:", 5) == 0) {
+            tgid = (pid_t)atoi(buf + 5);
+            break;
+        }
+    fclose(f);
+    return tgid;
+}
+
+/* Drop the logical programs kept for `tid` (all, or all but the newest). */
+static void drop_execs_locked(pc_tracer *t, pid_t tid, int keep_newest)
+{
+    int kept = !keep_newest;
+    for (size_t i = t->nexecs; i-- > 0;) {
+        if (t->execs[i].tid != tid)
+            continue;
+        if (!kept) {
+            kept = 1;
+            continue;
+        }
+        free(t->execs[i].logical);
+        t->nexecs--;
+        memmove(&t->execs[i], &t->execs[i + 1], (t->nexecs - i) * sizeof *t->execs);
+    }
+}
+
+/* Whether the program a task runs now is a file C served (a recipe's: in the cache). */
+static int runs_ours(pc_tracer *t, pid_t tid)
+{
+    char path[64], exe[PC_PATH_MAX + 1];
+    snprintf(path, sizeof path, "/proc/%d/exe", (int)tid);
+    ssize_t n = readlink(path, exe, sizeof exe - 1);
+    if (n <= 0)
+        return 0;
+    exe[n] = '\0';
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < t->nprefix[w]; i++)
+            if (strncmp(exe, t->prefixes[w][i], t->prefix_len[w][i]) == 0 &&
+                exe[t->prefix_len[w][i]] == '/')
+                return 1;
+    return 0;
+}
+
+/* While no Python runs (a planned start), the task events it would have taken keep
+ * what /proc/PID/exe is to show: the execs list holds, per process, the logical
+ * program of the exec C made last (exec_done appends them), a fork inherits its
+ * parent's, another exec or the process's end drops it. Python takes them all when it
+ * adopts the run (pc_take_quiet_exes). */
+static void quiet_task_event(pc_tracer *t, const pc_event *ev)
+{
+    if (ev->kind == PC_EV_EXEC && ev->tid == t->root)
+        __atomic_store_n(&t->quiet_exec, 1, __ATOMIC_RELEASE);
+    pid_t child_tgid = 0, parent_tgid = 0;
+    if (ev->kind == PC_EV_NEWTASK) { /* read before the lock: /proc may be slow */
+        child_tgid = tgid_of(ev->other);
+        parent_tgid = tgid_of(ev->tid);
+    }
+    int ours = ev->kind == PC_EV_EXEC && runs_ours(t, ev->tid);
+    pthread_mutex_lock(&t->execs_lock);
+    if (ev->kind == PC_EV_EXEC) {
+        if (ev->other != ev->tid)
+            drop_execs_locked(t, ev->other, 0);
+        drop_execs_locked(t, ev->tid, ours);
+    } else if (ev->kind == PC_EV_EXIT) {
+        drop_execs_locked(t, ev->tid, 0);
+    } else if (child_tgid == ev->other && parent_tgid > 0 && t->nexecs < PC_EXECS_MAX) {
+        for (size_t i = t->nexecs; i-- > 0;)
+            if (t->execs[i].tid == parent_tgid) {
+                char *l = strdup(t->execs[i].logical);
+                exec_made *grown = l ? realloc(t->execs, (t->nexecs + 1) * sizeof *grown) : NULL;
+                if (grown) {
+                    t->execs = grown;
+                    t->execs[t->nexecs++] = (exec_made){ev->other, l};
+                } else {
+                    free(l);
+                }
+                break;
+            }
+    }
+    pthread_mutex_unlock(&t->execs_lock);
+}
+
+size_t pc_take_quiet_exes(pc_tracer *t, char *buf, size_t len)
+{
+    size_t at = 0;
+    pthread_mutex_lock(&t->execs_lock);
+    while (t->nexecs > 0) {
+        exec_made *e = &t->execs[t->nexecs - 1];
+        int n = snprintf(buf + at, len - at, "%d:%s", (int)e->tid, e->logical);
+        if (n < 0 || (size_t)n + 1 > len - at)
+            break;
+        at += (size_t)n + 1;
+        free(e->logical);
+        t->nexecs--;
+    }
+    pthread_mutex_unlock(&t->execs_lock);
+    return at;
+}
+
 /* Queue an event for Python (the tracer and notification threads). */
 void hand_over(pc_tracer *t, const pc_event *ev)
 {
     if (__atomic_load_n(&t->quiet, __ATOMIC_ACQUIRE) &&
         (ev->kind == PC_EV_NEWTASK || ev->kind == PC_EV_EXEC || ev->kind == PC_EV_EXIT)) {
-        if (ev->kind == PC_EV_EXEC && ev->tid == t->root)
-            __atomic_store_n(&t->quiet_exec, 1, __ATOMIC_RELEASE);
+        quiet_task_event(t, ev);
         return; /* no Python to take it: the handlers read what they need from /proc */
     }
     size_t n = event_size(ev->kind);

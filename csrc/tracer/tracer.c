@@ -166,6 +166,10 @@ int pc_add_prefix(pc_tracer *t, int which, const char *prefix)
 #define PC_BUILD_ID "unknown"
 #endif
 const char *pc_build_id(void) { return PC_BUILD_ID; }
+#ifndef PC_ABI
+#define PC_ABI "unknown"
+#endif
+const char *pc_abi(void) { return PC_ABI; }
 
 static pc_adoption adoption;
 static int adoption_set;

@@ -251,12 +251,19 @@ typedef struct {
 } pc_adoption;
 /* the build this core is (a plan of another build is not used) */
 const char *pc_build_id(void);
+/* the digest of this header the core was built with: the launcher, built with its own
+ * copy, loads no core of another interface */
+const char *pc_abi(void);
 /* on: task events (NEWTASK, EXEC, EXIT) are dropped, not queued, while no Python takes
  * them; returns whether the root exec'd meanwhile */
 int pc_set_quiet(pc_tracer *t, int on);
 /* the event taken last goes back to the head of the queue, for the next pc_next */
 int pc_unget(pc_tracer *t);
 void pc_adopt_set(const pc_adoption *a);
+/* After pc_set_quiet(t, 0): the logical programs of the processes that run one C
+ * exec'd from a kept recipe meanwhile, as "PID:PROGRAM" NUL-terminated records (as
+ * many as fit: call again until it returns 0). */
+size_t pc_take_quiet_exes(pc_tracer *t, char *buf, size_t len);
 /* the adoption set before, once: 1 and *out filled, or 0 */
 int pc_adopt_take(pc_adoption *out);
 /* cdef: end */

@@ -98,9 +98,14 @@ class Core:
                 lib.pc_add_prefix(self.t, 1, os.fsencode(d))
             lib.pc_set_translate(self.t, int(translate))
         self.filter = build_filter(calls, arch, notify)
+        # a guest namespace's set-up, as a start plan repeats it (plan_parts)
+        self.late: bytes | None = None
+        self.mounts: list[tuple[int, str, str]] = []
+        self.plain: list[tuple[int, int]] = []
         if translate:  # the socket-address rows, a guest namespace's only
-            late = build_late_filter(calls, arch)
-            lib.pc_set_late_filter(self.t, late, len(late) // 8)
+            self.late = bytes(build_late_filter(calls, arch))
+            if adopted is None:  # the launcher set the plan's
+                lib.pc_set_late_filter(self.t, self.late, len(self.late) // 8)
         self.ev = ffi.new("pc_event *")
         self._served: list[str] = []  # see served()
 
@@ -116,12 +121,26 @@ class Core:
             "notify": self.notify,
             "filt": bytes(self.filter),
             "core": os.path.realpath(_core.__file__),
+            "late": self.late,
+            "mounts": self.mounts,
+            "plain": self.plain,
         }
 
-    def end_quiet(self) -> bool:
-        """Task events reach Python from now on; whether the job's root exec'd while
-        they were dropped (an adopted run)."""
-        return bool(lib.pc_set_quiet(self.t, 0))
+    def end_quiet(self) -> tuple[bool, dict[int, str]]:
+        """Task events reach Python from now on (an adopted run): whether the job's root
+        exec'd while they were dropped, and the logical programs of the processes that
+        run one C exec'd meanwhile (pid -> program)."""
+        root_exec = bool(lib.pc_set_quiet(self.t, 0))
+        exes: dict[int, str] = {}
+        buf = ffi.new("char[]", 1 << 16)
+        for _ in range(64):  # bounded: the list is (PC_EXECS_MAX)
+            n = lib.pc_take_quiet_exes(self.t, buf, 1 << 16)
+            if n == 0:
+                break
+            for rec in ffi.buffer(buf, n)[:].split(b"\0")[:-1]:
+                pid, _, program = rec.partition(b":")
+                exes.setdefault(int(pid), os.fsdecode(program))  # the newest first
+        return root_exec, exes
 
     def add_mount(
         self, dst: str, src: str, passes: bool = False, readonly: bool = False, private=False
@@ -130,6 +149,7 @@ class Core:
         flags = (lib.PC_MOUNT_PASS if passes else 0) | (lib.PC_MOUNT_RO if readonly else 0)
         if private:
             flags = lib.PC_MOUNT_PRIVATE
+        self.mounts.append((flags, dst, src))
         lib.pc_add_mount(self.t, os.fsencode(dst), os.fsencode(src), flags)
 
     def take_exec(self, tid: int) -> str | None:
@@ -144,6 +164,7 @@ class Core:
         how = lib.PC_PLAIN_WRITE if write else lib.PC_PLAIN_READ
         for i, call in enumerate(self.calls):
             if call.name == name:
+                self.plain.append((i, how))
                 lib.pc_set_plain(self.t, i, how)
 
     def spawn(

@@ -382,9 +382,11 @@ def build_table(
     root: str | None,
     binds: list[tuple[str, str, bool]],
     default_binds: bool,
+    exists=os.path.lexists,
 ) -> MountTable:
     """The job's mount table: the root (or the host's tree), the defaults (with a root),
-    then the user's binds in the order given (the last one for a place wins)."""
+    then the user's binds in the order given (the last one for a place wins).
+    `exists`: whether a default bind's host source exists (a start plan records it)."""
     if root is not None:
         root = canonical_source(view, root, "--root")
         if GuestKind(view).kind(root)[0] != DIR:
@@ -396,9 +398,7 @@ def build_table(
         cwd = os.getcwd()
     except OSError:
         cwd = None
-    table.add_defaults(
-        os.environ.get("HOME"), cwd, minimal=not default_binds, exists=os.path.lexists
-    )
+    table.add_defaults(os.environ.get("HOME"), cwd, minimal=not default_binds, exists=exists)
     for src, dst, readonly in binds:
         table.bind(canonical_source(view, src, "bind source"), dst, readonly)
     return table
@@ -482,3 +482,79 @@ def host_cwd(guest: Guest) -> str:
     if t.virtual:
         return guest.view.anchor(t.node)
     return t.host or "/"
+
+
+# -- what a start plan of a guest run depends on (tracer/startplan.py) ------------------------
+
+
+class StartInputs:
+    """The host files the start of a guest job was computed from (mount table, the
+    image's environment, the program found in PATH, --run's runscript, the start cwd),
+    as startplan FILE records: path -> identity. `exact` turns False where the inputs
+    cannot be stated as such records (a host symlink on a guest walk, an overlay, a
+    bind source reached through a link into /cvmfs): then no plan is written."""
+
+    def __init__(self) -> None:
+        from .startplan import host_identity
+
+        self._identity = host_identity
+        self.files: dict[str, tuple[int, int, int, int, int]] = {}
+        self.real: list[tuple[str, str]] = []  # (given, its realpath) of host sources
+        self.exact = True
+
+    def exists(self, path: str) -> bool:
+        """os.path.lexists, recorded (build_table's `exists`)."""
+        from .startplan import lexists_identity
+
+        self.files[path] = lexists_identity(path)
+        return self.files[path][4] == 4
+
+    def sources(self, root: str | None, binds: list[tuple[str, str, bool]], table) -> None:
+        """The root and bind sources as given: each host one resolves (realpath) to the
+        same place, which is the same object (not replaced)."""
+        from .startplan import object_identity
+
+        given = ([root] if root is not None else []) + [src for src, _, _ in binds]
+        for path in given:
+            path = os.path.abspath(path)
+            if path == CVMFS or path.startswith(CVMFS + "/"):
+                continue  # the catalogs': the plan's pinned revisions
+            real = os.path.realpath(path)
+            if not any(m.src == real for m in table.mounts):
+                self.exact = False  # a host link into /cvmfs: the launcher cannot follow
+                continue
+            self.real.append((path, real))
+            self.files[real] = object_identity(real)
+
+    def watch(self, guest: Guest) -> None:
+        """Record every walk of `guest` from now until `unwatch` (the start's)."""
+        inner = guest.resolve
+
+        def resolve(tid: int, path: str, base: str | None, follow: bool) -> Target:
+            t = inner(tid, path, base, follow)
+            self._note(guest, path, t)
+            return t
+
+        guest.resolve = resolve  # this instance only, while the start is computed
+
+    @staticmethod
+    def unwatch(guest: Guest) -> None:
+        guest.__dict__.pop("resolve", None)
+
+    def _note(self, guest: Guest, path: str, t: Target) -> None:
+        if not guest._host_seen:
+            return  # the catalogs' alone: the pinned revisions
+        if t.symlinks or guest.overlay is not None:
+            self.exact = False
+            return
+        if t.err or t.host is None:
+            if t.virtual:
+                return
+            from ..container.mounts import normalize
+
+            where = normalize(path if path.startswith("/") else "/" + path)
+            loc, _ = guest.table.locate(where)
+            self.files[loc] = self._identity(loc)
+            return
+        host = t.host.rstrip("/") or "/"
+        self.files[host] = self._identity(host)

@@ -295,7 +295,8 @@ def _run(args: dict, config, debug) -> int:
 
         set_debug_log(lambda line: print(f"parrot_run: {line}", file=debug, flush=True))
     names = [n for item in args["cvmfs"] for n in item.split(",") if n]
-    binds = _binds(args["mounts"])
+    inputs: dict = {}  # the files the options name (-m), for a start plan
+    binds = _binds(args["mounts"], inputs)
     env = {}
     for item in args["env"]:
         k, eq, v = item.partition("=")
@@ -320,6 +321,7 @@ def _run(args: dict, config, debug) -> int:
         run=bool(args.get("run")),
         plan=args.get("plan"),
         words=args.get("words"),
+        inputs=inputs,
     )
     if opts.run and opts.root is None:
         raise CvmfsError("--run needs --root (it acts on the job's root)")
@@ -336,8 +338,9 @@ def _run(args: dict, config, debug) -> int:
             sys.stderr.flush()
 
 
-def _binds(given: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
-    """-B, -M and -m in the order given, as (src, dst, readonly)."""
+def _binds(given: list[tuple[str, str]], inputs: dict) -> list[tuple[str, str, bool]]:
+    """-B, -M and -m in the order given, as (src, dst, readonly); each mount file's
+    identity into `inputs` (before it is read: a change after shows next time)."""
     if not given:
         return []
     from ..container.mounts import MountError, parse_bind, parse_map, parse_mountfile
@@ -349,6 +352,9 @@ def _binds(given: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
             if name == "-M":
                 out.append((*parse_map(value), False))
             elif name == "-m":
+                from ..client.config_files import identity
+
+                inputs[os.path.abspath(value)] = identity(value)
                 try:
                     with open(value, encoding="utf-8", errors="surrogateescape") as f:
                         text = f.read(1 << 20)

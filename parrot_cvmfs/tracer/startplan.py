@@ -19,7 +19,8 @@ The file: MAGIC, then records `tag:4 len:u32 payload`, each tag once unless note
     ENVX  the other variables the configuration files name: NAME=VALUE, or NAME where
           it was not set, each NUL-terminated
     FILE  (repeated) dev:u64 ino:u64 size:i64 mtime_ns:i64 kind:u32 path: a
-          configuration file read or probed (kind 0: absent; 2: a directory listed)
+          configuration file read or probed (kind 0: absent; 2: a directory listed),
+          or a guest run's input (kinds below: FILE_KINDS)
     VALD  f64: valid until (UNIX time): the pinned revisions' manifest TTLs, whitelists
     RULE  the pc_rule array given to pc_new
     PFX0  (repeated) a path prefix (pc_add_prefix 0: the anchors); PFX1: cache dirs
@@ -30,6 +31,21 @@ The file: MAGIC, then records `tag:4 len:u32 payload`, each tag once unless note
           loads (memo.py)
     REPO  (repeated) name NUL root-hash: the revisions the table answers for; Python
           pins them when it adopts the run
+
+A run that computes its job's start (a guest namespace: --root, binds, --run; or --env)
+holds that computation's result and inputs too:
+
+    CWD_  (always) the cwd: the default binds, relative sources and the start cwd
+    HENV  the whole host environment, in order, each NUL-terminated: the job's is made
+          from all of it (apptainer passes the host's through), compared byte for byte
+    CMD_  the command words after the options (--run, PATH lookup are of them)
+    REAL  (repeated) given NUL realpath: a host root or bind source resolves the same
+    GEST  the late seccomp filter (pc_set_late_filter); present: pc_set_translate on
+    MNT_  (repeated) flags:u32 dst NUL src: the guest's mount table (pc_add_mount)
+    PLNR  (rule:u32 how:u32)*: the calls that pass through on such mounts (pc_set_plain)
+    ARGV  the job's argv, each NUL-terminated; EXEF: the file spawned (else argv[0])
+    JENV  the job's environment, each entry NUL-terminated
+    JCWD  the host directory the job starts in
 """
 
 from __future__ import annotations
@@ -46,7 +62,7 @@ MAX_NAMED = 4096  # words of the configuration files a plan follows; more: no pl
 MAX_PLANS = 64  # plans kept per user (one per option words): the oldest go first
 
 # The options a planned start supports (the launcher finds the command after them; any
-# other option, and --root or binds, takes the full start). The launcher's table is
+# other option (--overlay, --debug) takes the full start). The launcher's table is
 # generated from main._OPTIONS and this set at build time (setup.py).
 FAST_OPTIONS = frozenset(
     {
@@ -62,8 +78,28 @@ FAST_OPTIONS = frozenset(
         "--cvmfs-repos",
         "--cvmfs-repo-switching",
         "--cvmfs-alien-cache",
+        "--stats",  # Python adopts the ended run to print the counts
+        # the guest's (their plans hold the computed start: guest_records)
+        "--root",
+        "-B",
+        "--bind",
+        "-M",
+        "-m",
+        "--run",
+        "--no-default-binds",
+        "--env",
     }
 )
+
+# Options whose plan depends on the command after them (its start is computed from it:
+# --run, the guest's PATH): the launcher keys their plans with the command too.
+COMMAND_OPTIONS = frozenset({"--root", "-B", "--bind", "-M", "-m", "--run"})
+
+# FILE kinds (launcher.c same_files): absent (stat), a file or a directory by size and
+# mtime (configuration files), the same object (dev, ino, type: a root or bind source),
+# present or absent as lstat sees it (a default bind's source), a file or a directory
+# by size and ctime (a guest run's inputs: a chmod changes what PATH finds)
+ABSENT, FILE_MTIME, DIR_MTIME, OBJECT, LPRESENT, LABSENT, FILE_CTIME, DIR_CTIME = range(8)
 
 # The environment the configuration, the cache's place and the mode depend on: these
 # names, and every name with one of these prefixes (launcher.c env_matters is the same
@@ -96,6 +132,71 @@ def named_entries(words: set[str], environ: dict[bytes, bytes]) -> bytes:
         value = environ.get(name)
         out.append(name if value is None else name + b"=" + value)
     return b"".join(e + b"\0" for e in out)
+
+
+def host_identity(path: str) -> tuple[int, int, int, int, int]:
+    """A guest run's input file or directory: by size and ctime, or absent."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0, 0, ABSENT)
+    kind = DIR_CTIME if stat.S_ISDIR(st.st_mode) else FILE_CTIME
+    return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns, kind)
+
+
+def object_identity(path: str) -> tuple[int, int, int, int, int]:
+    """A root or bind source: the same object (dev, ino, the type in `size`)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0, 0, ABSENT)
+    return (st.st_dev, st.st_ino, st.st_mode & 0o170000, 0, OBJECT)
+
+
+def lexists_identity(path: str) -> tuple[int, int, int, int, int]:
+    """Whether `path` exists as lstat sees it (os.path.lexists)."""
+    return (0, 0, 0, 0, LPRESENT if os.path.lexists(path) else LABSENT)
+
+
+def guest_records(
+    *,
+    host_env: dict[bytes, bytes],
+    command: list[str] | None,
+    real: list[tuple[str, str]],
+    late: bytes | None,
+    mounts: list[tuple[int, str, str]],
+    plain: list[tuple[int, int]],
+    argv: list[str] | None,
+    file: str | None,
+    env: dict[str, str],
+    cwd: str | None,
+) -> bytes:
+    """The records of a run whose start was computed (the module's docstring; None:
+    the launcher's own, the command given and its cwd); the caller checks the plan's
+    size (MAX_SIZE)."""
+    enc = os.fsencode
+
+    def words(items) -> bytes:
+        return b"".join(enc(w) + b"\0" for w in items)
+
+    out = [_rec(b"HENV", b"".join(k + b"=" + v + b"\0" for k, v in host_env.items()))]
+    if command is not None:
+        out.append(_rec(b"CMD_", words(command)))
+    out += [_rec(b"REAL", enc(g) + b"\0" + enc(r)) for g, r in real]
+    if late is not None:
+        out.append(_rec(b"GEST", late))
+    out += [_rec(b"MNT_", struct.pack("<I", f) + enc(d) + b"\0" + enc(s)) for f, d, s in mounts]
+    out.append(_rec(b"PLNR", b"".join(struct.pack("<II", r, h) for r, h in plain)))
+    if argv is not None:
+        out.append(_rec(b"ARGV", words(argv)))
+    if file is not None:
+        out.append(_rec(b"EXEF", enc(file)))
+    out.append(_rec(b"JENV", words(f"{k}={v}" for k, v in env.items())))
+    if cwd is not None:
+        out.append(_rec(b"JCWD", enc(cwd)))
+    return b"".join(out)
 
 
 def generators() -> list[str]:
@@ -132,8 +233,9 @@ def encode(
     core: str,
     memos: list[tuple[str, bytes, str]],
     repos: list[tuple[str, str]],
+    started: bytes = b"",
 ) -> bytes:
-    """The plan's bytes (see the module's docstring)."""
+    """The plan's bytes (see the module's docstring); `started`: guest_records'."""
     enc = os.fsencode
     out = [MAGIC, _rec(b"BILD", build.encode()), _rec(b"UID_", struct.pack("<I", os.getuid()))]
     out.append(_rec(b"OPTS", b"".join(enc(w) + b"\0" for w in options)))
@@ -154,6 +256,7 @@ def encode(
     out.append(_rec(b"CORE", enc(core)))
     out += [_rec(b"MEMO", enc(p) + b"\0" + magic + b"\0" + enc(r)) for p, magic, r in memos]
     out += [_rec(b"REPO", enc(name) + b"\0" + root.encode()) for name, root in repos]
+    out.append(started)
     return b"".join(out)
 
 

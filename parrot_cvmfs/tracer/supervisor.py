@@ -36,6 +36,7 @@ class Options:
         "run",
         "plan",
         "words",
+        "inputs",
     )
 
     def __init__(
@@ -57,6 +58,7 @@ class Options:
         run: bool = False,
         plan: str | None = None,
         words: list[str] | None = None,
+        inputs: dict | None = None,
     ):
         self.command = command
         self.cvmfs = cvmfs or []
@@ -75,6 +77,7 @@ class Options:
         self.run = run  # --run: the image's runscript, the command as its arguments
         self.plan = plan  # the start plan to write at the end (the launcher's path)
         self.words = words or []  # the option words before the command (the plan's key)
+        self.inputs = inputs or {}  # files the options named were read from (-m FILE)
 
 
 class Supervisor:
@@ -112,10 +115,18 @@ class Supervisor:
             self.mode = "notify" if self.adopted.notify else "ptrace"
         self.procs = Processes()
         self.guest = None
+        # what this start is computed from, for its plan (None: no plan to write)
+        self.start_inputs = None
+        # (argv, env, file, host cwd, the host environment then) of the job spawned
+        self.started: tuple | None = None
         if opts.root is not None or opts.binds:
-            from .guest import Guest, build_table
+            from .guest import Guest, StartInputs, build_table
 
-            table = build_table(self.view, opts.root, opts.binds, opts.default_binds)
+            inputs = self.start_inputs = StartInputs() if _plannable(opts) else None
+            exists = inputs.exists if inputs is not None else os.path.lexists
+            table = build_table(self.view, opts.root, opts.binds, opts.default_binds, exists)
+            if inputs is not None:
+                inputs.sources(opts.root, opts.binds, table)
             self.guest = Guest(table, self.view, self.procs, opts.overlay)
         self.core = Core(
             calls,
@@ -126,7 +137,7 @@ class Supervisor:
             translate=self.guest is not None,
             adopted=self.adopted,
         )
-        if self.guest is not None:
+        if self.guest is not None and self.adopted is None:  # the launcher's has them
             self.guest.teach_mounts(self.core)
         self.handlers = Handlers(self.core, self.view, self.procs, opts.debug, self.guest)
         for i, rev in enumerate(memos):  # what the launcher's C loaded
@@ -144,7 +155,10 @@ class Supervisor:
             return 1
         if self.adopted is not None:  # spawned, signals forwarded, by the launcher
             pid, report = self.adopted.root, self.adopted.report_fd
-            self.exec_seen = self.core.end_quiet()
+            self.exec_seen, exes = self.core.end_quiet()
+            for pid, program in exes.items():  # what C exec'd before Python ran
+                self.procs.tgid_of[pid] = pid
+                self.procs.exe[pid] = program
         else:
             try:
                 pid, report = self._spawn()
@@ -177,24 +191,47 @@ class Supervisor:
         env = dict(os.environ)
         if self.guest is None:
             env.update(self.opts.env)
+            self.started = (self.opts.command, env, None, None, dict(os.environb))
             return self.core.spawn(self.opts.command, env)
+        inputs = self.start_inputs
+        if inputs is not None:
+            inputs.watch(self.guest)
+        try:
+            command, env, file, cwd = self._guest_start(env)
+        finally:
+            if inputs is not None:
+                inputs.unwatch(self.guest)
+        self.started = (command, env, file, cwd, dict(os.environb))
+        # the job starts in its guest cwd: the supervisor goes there for the fork only
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.chdir(cwd)
+            return self.core.spawn(command, env, file)
+        finally:
+            os.fchdir(here)
+            os.close(here)
+
+    def _guest_start(self, env: dict[str, str]) -> tuple[list[str], dict, str | None, str]:
+        """The job's argv, environment, program file and host start directory in the
+        guest namespace (a start plan holds them, and what they were computed from)."""
         from .guest import find_program, host_cwd, job_environment
 
-        env = job_environment(self.guest, env, self.opts.env, _note)
+        warned = []
+
+        def note(message: str) -> None:
+            warned.append(message)  # a planned start would not say it: no plan then
+            _note(message)
+
+        env = job_environment(self.guest, env, self.opts.env, note)
+        if warned and self.start_inputs is not None:
+            self.start_inputs.exact = False
         command = self.opts.command
         if self.opts.run:
             from .guest import run_command
 
             command = run_command(self.guest, command)
         file = find_program(self.guest, command[0], env.get("PATH", ""))
-        # the job starts in its guest cwd: the supervisor goes there for the fork only
-        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.chdir(host_cwd(self.guest))
-            return self.core.spawn(command, env, file)
-        finally:
-            os.fchdir(here)
-            os.close(here)
+        return command, env, file, host_cwd(self.guest)
 
     def _loop(self) -> None:
         core, h, procs = self.core, self.handlers, self.procs
@@ -264,7 +301,13 @@ class Supervisor:
         """The start plan the launcher asked for: how to start this job again without
         Python, while what it depends on stays (startplan.py). None where this run's
         start is not one a plan can repeat."""
-        if not self.ran or self.opts.plan is None or self.guest is not None or self.opts.env:
+        if not self.ran or self.opts.plan is None or not _plannable(self.opts):
+            return
+        computed = self.guest is not None or bool(self.opts.env)
+        if computed and (self.adopted is not None or self.started is None):
+            return  # the launcher's plan stays: this run did not compute the start
+        inputs = self.start_inputs
+        if inputs is not None and not inputs.exact:
             return
         from ..client.config_files import identity, named, reads
 
@@ -278,11 +321,36 @@ class Supervisor:
         # the Python that made the rules, filter and records C uses (an editable install
         # changes them with no new build of the core)
         files = {**files, **{p: identity(p) for p in startplan.generators()}}
+        files.update(self.opts.inputs)
+        parts = self.core.plan_parts()
+        late, mounts, plain = parts.pop("late"), parts.pop("mounts"), parts.pop("plain")
+        started = b""
+        if computed:
+            argv, env, file, start_cwd, host_env = self.started
+            if inputs is not None:
+                files.update(inputs.files)
+            guest = self.guest is not None
+            started = startplan.guest_records(
+                host_env=host_env,
+                command=self.opts.command if guest else None,
+                real=inputs.real if inputs is not None else [],
+                late=late,
+                mounts=mounts,
+                plain=plain,
+                argv=argv if guest else None,
+                file=file,
+                env=env,
+                cwd=start_cwd,
+            )
         until = min(self.view.valid_until(), time.time() + startplan.MAX_AGE)
         memo = self.handlers.memo
         revs = [(n, self.view.revision_id(n)) for n in sorted(self.view.repos)]
         revs = [(n, r) for n, r in revs if r is not None][: startplan.MAX_MEMO]
-        relative = any(not v.startswith("/") for w in self.opts.words for v in _values(w))
+        # a guest's answers are kept per revision and mount table (Guest.kept)
+        kept = self.guest.kept if self.guest is not None else (lambda r: r)
+        relative = computed or any(
+            not v.startswith("/") for w in self.opts.words for v in _values(w)
+        )
         from .memo import MAGIC
 
         data = startplan.encode(
@@ -291,11 +359,20 @@ class Supervisor:
             files=files,
             named=words,
             valid_until=until,
-            memos=[(memo.path(r), MAGIC, r) for _, r in revs],
+            memos=[(memo.path(kept(r)), MAGIC, kept(r)) for _, r in revs],
             repos=[(n, self.view.repos[n].root_hash.hex) for n, _ in revs],
-            **self.core.plan_parts(),
+            started=started,
+            **parts,
         )
-        startplan.write(self.opts.plan, data)
+        if len(data) <= startplan.MAX_SIZE:
+            startplan.write(self.opts.plan, data)
+
+
+def _plannable(opts: Options) -> bool:
+    """Whether a start plan can repeat this run's start: not under --overlay (its upper
+    layer changes what C answers, and C keeps no answers under it) nor --debug (every
+    call is Python's, to be logged)."""
+    return opts.overlay is None and opts.debug is None
 
 
 def _values(word: str) -> list[str]:
