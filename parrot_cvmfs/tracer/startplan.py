@@ -209,8 +209,12 @@ def generators() -> list[str]:
 
 def take_path() -> str | None:
     """The plan the launcher wants written (it passes it in the environment, which the
-    job must not see: taken out of ours)."""
-    return os.environ.pop(PLAN_VARIABLE, None)
+    job must not see: taken out of ours); None if it is not a path the launcher makes
+    (absolute, a plan's name)."""
+    path = os.environ.pop(PLAN_VARIABLE, None)
+    if path is None or not path.startswith("/") or not plan_name_ok(os.path.basename(path)):
+        return None
+    return path
 
 
 def _rec(tag: bytes, payload: bytes) -> bytes:
@@ -302,25 +306,56 @@ def read_pins(fd: int) -> tuple[dict[str, str], float, list[str]]:
     return pins, struct.unpack("<d", vald)[0] if len(vald) == 8 else 0.0, memos
 
 
+def plan_name_ok(name: str) -> bool:
+    """Whether `name` is one the launcher makes for a plan (16 hex digits: no "/", no
+    "..", nothing else a hostile _PARROT_RUN_START_PLAN could name)."""
+    return len(name) == 16 and all(c in "0123456789abcdef" for c in name)
+
+
 def take_served(path: str) -> list[str]:
     """The cache files C served in planned runs of this plan (`<plan>.served`, appended
-    by the launcher), taken: the file is removed."""
-    from ..client.cache import open_in_dir
-
-    parent, name = os.path.split(path + ".served")
-    try:
-        fd = open_in_dir(parent, name)
-    except OSError:
+    by the launcher), taken: renamed away in the plan's directory first (a launcher
+    appending meanwhile makes a new one), then read through a descriptor opened relative
+    to the directory's, links not followed, and removed by that directory."""
+    parent, name = os.path.split(path)
+    if not plan_name_ok(name):
         return []
     try:
-        if os.fstat(fd).st_uid != os.getuid():
+        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    taken = f".{name}.served.taking"
+    try:
+        if os.fstat(dfd).st_uid != os.getuid():
             return []
-        data = os.read(fd, MAX_SIZE)
-        os.unlink(path + ".served")
-    except OSError:
-        return []
+        try:
+            os.rename(name + ".served", taken, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError:
+            return []
+        try:
+            fd = os.open(
+                taken, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd
+            )
+        except OSError:
+            return []
+        finally:
+            try:
+                os.unlink(taken, dir_fd=dfd)
+            except OSError:
+                pass
+        try:
+            import stat
+
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or not stat.S_ISREG(st.st_mode):
+                return []
+            data = os.read(fd, MAX_SIZE)
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        os.close(dfd)
     return [os.fsdecode(p) for p in data.split(b"\0")[:-1]]
 
 
