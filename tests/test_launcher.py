@@ -448,3 +448,52 @@ def test_a_relative_inline_value_ties_the_plan_to_the_cwd(launch, tmp_path):
     assert started_by(run(a)) == "python" and started_by(run(a)) == "c"
     assert started_by(run(b)) == "python"
     assert os.path.isdir(b / "c")
+
+
+def test_an_adopted_python_that_cannot_start_ends_the_job_in_one_line(launch, tmp_path):
+    """The job runs from the plan; the Python that was to take a call it needs cannot
+    start (here: a broken package first on PYTHONPATH, which no plan depends on): one
+    line, status 1, and the job does not run on with nobody to answer it."""
+    assert started_by(launch.sh()) == "python"
+    broken = tmp_path / "broken" / "parrot_cvmfs"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('broken on purpose')\n")
+    p = launch.sh(
+        f"echo before; ls {MNT}/deep >/dev/null; echo after", env={"PYTHONPATH": str(broken.parent)}
+    )
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert p.stdout == "before\n"
+    assert p.stderr.count("\n") == 1 and "the job was ended" in p.stderr, p.stderr
+
+
+def test_a_core_others_could_change_is_not_loaded(launch):
+    """The launcher loads no core file (nor one in a directory) that another user could
+    write: that would run their code as this user. The full start runs instead."""
+    from parrot_cvmfs import _core
+
+    assert started_by(launch.sh()) == "python"
+    assert started_by(launch.sh()) == "c"
+    core = os.path.realpath(_core.__file__)
+    mode = os.stat(core).st_mode
+    os.chmod(core, mode | 0o022)
+    try:
+        assert started_by(launch.sh()) == "python"
+    finally:
+        os.chmod(core, mode)
+
+
+def test_served_lists_are_taken_without_following_links(tmp_path):
+    """take_served reads `<plan>.served` through the plan directory, never a link there,
+    and takes no name the launcher does not make."""
+    d = tmp_path / "start"
+    d.mkdir()
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"/some/file\0")
+    plan = d / "0123456789abcdef"
+    os.symlink(target, str(plan) + ".served")
+    assert startplan.take_served(str(plan)) == []
+    assert target.read_bytes() == b"/some/file\0" and os.listdir(d) == []  # the link gone
+    (d / "0123456789abcdef.served").write_bytes(b"/a\0/b\0")
+    assert startplan.take_served(str(plan)) == ["/a", "/b"]
+    assert os.listdir(d) == []
+    assert startplan.take_served(str(d / "../x")) == []
