@@ -364,3 +364,25 @@ def test_network_socket_calls_stay_in_c(run):
     for name in ("sendto", "recvfrom", "getsockname"):
         m = re.search(rf"\b{name} (\d+) \((\d+)/(\d+)/(\d+)\)", p.stderr)
         assert m is not None and int(m[1]) >= 50 and int(m[4]) == 0, (name, p.stderr)
+
+
+# -- the times of a host file that Python stats for the guest -------------------------------
+
+
+def test_host_file_times_through_a_bind(run_modes, tmp_path):
+    """A host file seen through a bind elsewhere (-B SRC:/data, which notify mode stats in
+    Python) shows its own atime, mtime and ctime through stat and statx, not its mtime
+    three times."""
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "f"
+    f.write_text("x")
+    os.utime(f, ns=(1_000_000_000_250_000_000, 1_500_000_000_500_000_000))
+    s = os.stat(f)
+    script = (
+        "stat -c '%X %Y %Z' /data/f; python3 -c 'import os; s = os.stat(\"/data/f\");"
+        " print(s.st_atime_ns, s.st_mtime_ns, s.st_ctime_ns)'"
+    )
+    out = ok(run_modes.sh(script, options=["-B", f"{src}:/data"])).split("\n")
+    assert out[0] == f"{s.st_atime_ns // 10**9} {s.st_mtime_ns // 10**9} {s.st_ctime_ns // 10**9}"
+    assert out[1] == f"{s.st_atime_ns} {s.st_mtime_ns} {s.st_ctime_ns}"

@@ -36,7 +36,7 @@ from parrot_cvmfs.format.signature import (
 )
 from parrot_cvmfs.format.whitelist import Whitelist
 from parrot_cvmfs.format.xattrs import decode_xattrs, encode_xattrs
-from parrot_cvmfs.tracer.structs import Attrs, pack_stat, pack_statx
+from parrot_cvmfs.tracer.structs import pack_stat, pack_statx, stat_attrs
 
 from .conftest import REAL_MANIFESTS, REAL_REPOS, SHARED
 
@@ -400,9 +400,7 @@ def _exercise_catalog(path: str, case: str, limit: int = 400) -> None:
                 expect_clean(cat.chunks, e, case=case)
             (e.kind, e.is_hidden, e.rdev, e.md5, e.hash.hex if e.hash else None, inode_of(e))
             s = Repository.stat_entry(stub, e)
-            a = Attrs(s.st_dev, s.st_ino, s.st_mode, s.st_nlink, s.st_uid, s.st_gid,
-                      s.st_rdev, s.st_size, s.st_blksize, s.st_blocks, s.st_mtime,
-                      s.st_mtime_nsec)  # fmt: skip
+            a = stat_attrs(s, s.st_rdev, s.st_mtime, s.st_mtime_nsec)
             pack_stat(a, "x86_64")
             pack_statx(a)
             os.fsencode(e.name)

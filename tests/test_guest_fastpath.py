@@ -202,6 +202,27 @@ def test_execs_in_c_show_guest_names(guest, tmp_path):
     assert python_handled(p.stderr, "execve") == {}
 
 
+def test_execfn_longer_than_the_host_path(guest, tmp_path):
+    """AT_EXECFN is the path exec was given even where it is longer than the file
+    exec'd in its place (the patched copy in the cache): the new program's initial
+    stack moves down to make room, and its argv, environment and auxv still work."""
+    long = "/usr/bin" + "/." * 120 + "/true"
+    script = f"LD_SHOW_AUXV=1 X=1 {long} a b > auxv; grep -E 'AT_EXECFN|AT_RANDOM' auxv"
+    check = (
+        "import ctypes, os, sys; f = ctypes.CDLL(None).getauxval;"
+        " f.restype = ctypes.c_char_p; print(f(31).decode() == sys.argv[1],"
+        " sys.argv[2:], os.environ['X'])"
+    )
+    for _ in range(2):  # Python's exec, then C's
+        p = guest("/bin/sh", "-c", script, cwd=str(tmp_path))
+        lines = ok(p).splitlines()
+        assert [x.split()[1] for x in lines if x.startswith("AT_EXECFN")] == [long], lines
+        assert any(x.startswith("AT_RANDOM") for x in lines), lines
+        py = "/usr/bin" + "/." * 120 + "/python3"
+        p = guest("env", "X=2", py, "-c", check, py, "a", "b")
+        assert ok(p).split() == ["True", "['a',", "'b']", "2"]
+
+
 def test_execfn_of_a_cvmfs_program_without_root(guest):
     """Without --root, a program exec'd from /cvmfs (its cache file in its place) sees
     the /cvmfs path it was given as AT_EXECFN."""

@@ -35,6 +35,7 @@ int set_regs(pid_t tid, const pc_regs *r);
 long reg_nr(const pc_regs *r);
 int64_t reg_ret(const pc_regs *r);
 uint64_t reg_sp(const pc_regs *r);
+void set_sp(pc_regs *r, uint64_t v);
 uint64_t get_arg(const pc_regs *r, int i);
 void set_arg(pc_regs *r, int i, uint64_t v);
 void set_ret(pc_regs *r, int64_t v);

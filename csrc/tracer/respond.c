@@ -324,38 +324,54 @@ int respond_exec(pc_tracer *t, pc_call *c, const char *target, const char *logic
     return 1;
 }
 
-/* Put `name` in place of the new program's AT_EXECFN string (the path the kernel was
- * given: ours) if it fits there; the auxiliary vector is found past argv and envp at
- * the new stack pointer, within a bounded read. */
+/* Make `name` the new program's AT_EXECFN (the kernel recorded the path it was given:
+ * ours). In place if it fits there; else below the initial stack block (argc, argv,
+ * envp, auxv), which moves down to make room, the stack pointer with it: the strings
+ * its pointers name stay where they are, so only AT_EXECFN's value changes. The
+ * kernel maps the stack well below the initial pointer (setup_arg_pages grows it by
+ * 128 KiB), so the room is there. The block is found within a bounded read; a job
+ * whose block does not fit in it keeps the host path. */
 static void set_execfn(pid_t tid, const char *name)
 {
     pc_regs r;
     if (get_regs(tid, &r) < 0)
         return;
     uint64_t words[4096];
-    ssize_t n = pc_read(tid, reg_sp(&r), words, sizeof words);
+    uint64_t sp = reg_sp(&r);
+    ssize_t n = pc_read(tid, sp, words, sizeof words);
     if (n < 16)
         return;
-    size_t nw = (size_t)n / 8, i = 0;
+    size_t nw = (size_t)n / 8, i = 0, at = 0;
     uint64_t argc = words[i++];
     if (argc >= nw)
         return;
     i += argc + 1; /* argv and its NULL */
     while (i < nw && words[i])
         i++; /* envp */
-    uint64_t at = 0;
-    for (i++; i + 1 < nw && words[i] != 0 /* AT_NULL */; i += 2)
-        if (words[i] == 31 /* AT_EXECFN */) {
-            at = words[i + 1];
+    for (i++; i + 1 < nw; i += 2) {
+        if (words[i] == 31 /* AT_EXECFN */)
+            at = i + 1;
+        if (words[i] == 0 /* AT_NULL */)
             break;
-        }
-    if (!at)
+    }
+    if (!at || i + 1 >= nw)
         return;
+    size_t block = (i + 2) * 8; /* up to and with AT_NULL's pair */
     char cur[PC_PATH_MAX + 1];
-    int have = read_string(tid, at, cur, PC_PATH_MAX);
+    int have = read_string(tid, words[at], cur, PC_PATH_MAX);
     size_t want = strlen(name);
-    if (have >= 0 && want <= (size_t)have)
-        pc_write(tid, at, name, want + 1);
+    if (have >= 0 && want <= (size_t)have) {
+        pc_write(tid, words[at], name, want + 1);
+        return;
+    }
+    uint64_t str = (sp - want - 1) & ~(uint64_t)15;
+    uint64_t nsp = (str - block) & ~(uint64_t)15; /* the ABI's alignment at entry */
+    words[at] = str;
+    if (pc_write(tid, str, name, want + 1) != (ssize_t)want + 1 ||
+        pc_write(tid, nsp, words, block) != (ssize_t)block)
+        return; /* below the stack pointer: nothing the program sees was changed */
+    set_sp(&r, nsp);
+    set_regs(tid, &r);
 }
 
 void exec_done(pc_tracer *t, task_state *s, pid_t tid)

@@ -15,6 +15,7 @@ int set_regs(pid_t tid, const pc_regs *r) { return (int)ptrace(PTRACE_SETREGS, t
 long reg_nr(const pc_regs *r) { return (long)r->orig_rax; }
 int64_t reg_ret(const pc_regs *r) { return (int64_t)r->rax; }
 uint64_t reg_sp(const pc_regs *r) { return r->rsp; }
+void set_sp(pc_regs *r, uint64_t v) { r->rsp = v; }
 uint64_t get_arg(const pc_regs *r, int i)
 {
     switch (i) {
@@ -83,6 +84,7 @@ int set_regs(pid_t tid, const pc_regs *r)
 long reg_nr(const pc_regs *r) { return r->nr; }
 int64_t reg_ret(const pc_regs *r) { return (int64_t)r->r.regs[0]; }
 uint64_t reg_sp(const pc_regs *r) { return r->r.sp; }
+void set_sp(pc_regs *r, uint64_t v) { r->r.sp = v; }
 uint64_t get_arg(const pc_regs *r, int i) { return r->r.regs[i]; }
 void set_arg(pc_regs *r, int i, uint64_t v) { r->r.regs[i] = v; }
 void set_ret(pc_regs *r, int64_t v) { r->r.regs[0] = (uint64_t)v; }

@@ -16,7 +16,11 @@ DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 
 
 
 class Attrs(
-    namedtuple("Attrs", "dev ino mode nlink uid gid rdev size blksize blocks mtime mtime_nsec")
+    namedtuple(
+        "Attrs",
+        "dev ino mode nlink uid gid rdev size blksize blocks mtime mtime_nsec"
+        " atime atime_nsec ctime ctime_nsec",
+    )
 ):
     """What stat reports, independent of the structure layout."""
 
@@ -34,10 +38,15 @@ class Attrs(
     blocks: int
     mtime: int
     mtime_nsec: int
+    atime: int
+    atime_nsec: int
+    ctime: int
+    ctime_nsec: int
 
 
 def stat_attrs(s, rdev: int, mtime: int, mtime_nsec: int) -> Attrs:
-    """The Attrs of a stat result (os.stat_result or a repository entry's stat)."""
+    """The Attrs of a repository entry's stat: cvmfs reports its mtime as the atime
+    and the ctime too."""
     return Attrs(
         s.st_dev,
         s.st_ino,
@@ -51,11 +60,35 @@ def stat_attrs(s, rdev: int, mtime: int, mtime_nsec: int) -> Attrs:
         s.st_blocks,
         mtime,
         mtime_nsec,
+        mtime,
+        mtime_nsec,
+        mtime,
+        mtime_nsec,
+    )
+
+
+def host_attrs(s: os.stat_result) -> Attrs:
+    """The Attrs of a host file's os.stat_result: its own three times."""
+    ns = 10**9
+    return Attrs(
+        s.st_dev,
+        s.st_ino,
+        s.st_mode,
+        s.st_nlink,
+        s.st_uid,
+        s.st_gid,
+        s.st_rdev,
+        s.st_size,
+        s.st_blksize,
+        s.st_blocks,
+        *divmod(s.st_mtime_ns, ns),
+        *divmod(s.st_atime_ns, ns),
+        *divmod(s.st_ctime_ns, ns),
     )
 
 
 # struct stat, padding and the fields cvmfs leaves zero as "x" bytes (the values: Attrs
-# order, x86_64's nlink before mode, atime and ctime after)
+# order, x86_64's nlink before mode, then atime, mtime and ctime)
 # x86_64: 144 bytes
 _STAT_X86 = struct.Struct("<QQQIII4xQqqqqqqqqq24x")
 # aarch64 (asm-generic): 128 bytes
@@ -67,7 +100,7 @@ _STATFS = struct.Struct("<qqqqqqqiiqqq32x")  # the generic 64-bit struct statfs:
 
 
 def pack_stat(a: Attrs, arch: str) -> bytes:
-    m, n = a.mtime, a.mtime_nsec  # atime and ctime too
+    times = (a.atime, a.atime_nsec, a.mtime, a.mtime_nsec, a.ctime, a.ctime_nsec)
     if arch == "x86_64":
         return _STAT_X86.pack(
             a.dev,
@@ -80,19 +113,14 @@ def pack_stat(a: Attrs, arch: str) -> bytes:
             a.size,
             a.blksize,
             a.blocks,
-            m,
-            n,
-            m,
-            n,
-            m,
-            n,
+            *times,
         )
-    return _STAT_A64.pack(*a, m, n, m, n)
+    return _STAT_A64.pack(*a[:10], *times)
 
 
 def pack_statx(a: Attrs) -> bytes:
     """Every basic field filled and claimed; birth time and the rest are not."""
-    ts = _TS.pack(a.mtime, a.mtime_nsec, 0)
+    mtime = _TS.pack(a.mtime, a.mtime_nsec, 0)
     head = _STATX_HEAD.pack(
         STATX_BASIC_STATS,
         a.blksize,
@@ -110,7 +138,8 @@ def pack_statx(a: Attrs) -> bytes:
     tail = _STATX_TAIL.pack(
         os.major(a.rdev), os.minor(a.rdev), os.major(a.dev), os.minor(a.dev), 0, 0, 0
     )
-    out = head + ts + _TS.pack(0, 0, 0) + ts + ts + tail
+    atime, ctime = _TS.pack(a.atime, a.atime_nsec, 0), _TS.pack(a.ctime, a.ctime_nsec, 0)
+    out = head + atime + _TS.pack(0, 0, 0) + ctime + mtime + tail  # atime btime ctime mtime
     return out + bytes(256 - len(out))
 
 

@@ -267,8 +267,9 @@ class CvmfsView:
         if node._attrs is None:
             if node.repo is None:
                 n = 2 + len(self.repos)
+                t = (self.started, 0)
                 node._attrs = Attrs(
-                    ROOT_DEV, ROOT_INO, node.mode, n, 0, 0, 0, 4096, 4096, 8, self.started, 0
+                    ROOT_DEV, ROOT_INO, node.mode, n, 0, 0, 0, 4096, 4096, 8, *t, *t, *t
                 )
             else:
                 s = node.repo.stat_entry(node.entry)

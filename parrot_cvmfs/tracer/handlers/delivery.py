@@ -15,7 +15,7 @@ import struct
 from ...errors import CvmfsError
 from ..core import Core
 from ..paths import VPath
-from ..structs import pack_stat, pack_statx, stat_attrs
+from ..structs import host_attrs, pack_stat, pack_statx
 from ..vfs import CvmfsView
 from .context import Context
 from .processes import Processes
@@ -225,7 +225,7 @@ def _emulate(c: Context, host: str) -> int:
         h = call.handler
         if h == "stat":
             s = os.stat(host, follow_symlinks=c.follow)
-            a = stat_attrs(s, s.st_rdev, int(s.st_mtime), s.st_mtime_ns % 10**9)
+            a = host_attrs(s)
             data = pack_statx(a) if call.name == "statx" else pack_stat(a, c.arch)
             return 0 if core.write(c.tid, args[call.out], data) else -errno.EFAULT
         if h == "access":
