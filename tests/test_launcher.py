@@ -16,6 +16,7 @@ import signal
 import struct
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -497,3 +498,30 @@ def test_served_lists_are_taken_without_following_links(tmp_path):
     assert startplan.take_served(str(plan)) == ["/a", "/b"]
     assert os.listdir(d) == []
     assert startplan.take_served(str(d / "../x")) == []
+
+
+def test_a_file_changed_within_its_clock_tick_writes_no_plan(published, server, tmp_path):
+    """On NFSv3 or ext3 a file's time is whole seconds: a same-size change in that
+    second keeps its identity, so a plan made from it could start from a stale
+    configuration. No plan is written until its time is older than the granularity."""
+    home, etc = tmp_path / "home", tmp_path / "etc"
+    home.mkdir()
+    etc.mkdir()
+    env = published_env(published, server.url)
+    env["PARROT_CVMFS_CONFIG_DIR"] = str(etc)
+    launch = Launch(env, str(home))
+    conf = etc / "default.local"
+
+    def write(text: str, seconds: int) -> None:
+        conf.write_text(text)
+        os.utime(conf, ns=(seconds * 10**9, seconds * 10**9))  # as a coarse clock stamps
+
+    now = int(time.time())
+    write("CVMFS_FOO_BAR=1\n", now)
+    assert started_by(launch.sh()) == "python"
+    write("CVMFS_FOO_BAR=2\n", now)  # the same size, the same second
+    assert started_by(launch.sh()) == "python"
+    assert launch.plans() == []
+    write("CVMFS_FOO_BAR=2\n", now - 10)  # settled: its time tells
+    assert started_by(launch.sh()) == "python"
+    assert started_by(launch.sh()) == "c"

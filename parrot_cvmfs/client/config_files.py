@@ -15,13 +15,21 @@ from ..errors import ConfigError, CvmfsError
 _seen: dict[str, tuple[int, int, int, int, int]] | None = None
 _opaque = False
 _words: set[str] = set()  # every word of the files sourced (the variables they may name)
+_since_ns = 0  # when recording began: no identity noted after it is older than this
 
 
 def record_reads() -> None:
     """From now on, note every configuration file read or probed and directory listed."""
-    global _seen, _opaque
-    _seen, _opaque = {}, False
+    global _seen, _opaque, _since_ns
+    import time
+
+    _seen, _opaque, _since_ns = {}, False, time.time_ns()
     _words.clear()
+
+
+def since_ns() -> int:
+    """When record_reads() began (time.time_ns()); 0 if it never did."""
+    return _since_ns
 
 
 def named() -> set[str]:

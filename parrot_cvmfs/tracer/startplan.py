@@ -101,6 +101,25 @@ COMMAND_OPTIONS = frozenset({"--root", "-B", "--bind", "-M", "-m", "--run"})
 # by size and ctime (a guest run's inputs: a chmod changes what PATH finds)
 ABSENT, FILE_MTIME, DIR_MTIME, OBJECT, LPRESENT, LABSENT, FILE_CTIME, DIR_CTIME = range(8)
 
+# A file's time is only as fine as its file system's clock: whole seconds on NFSv3 or
+# ext3, a scheduler tick elsewhere. A change made within the tick the recorded time
+# falls in, after we looked, keeps that time (and maybe the size): so, as git does for
+# its index, an identity whose time is that close to when we looked proves nothing,
+# and no plan is written from it (the next run writes one).
+TIMED = frozenset({FILE_MTIME, DIR_MTIME, FILE_CTIME, DIR_CTIME})
+COARSE_NS = 2_000_000_000  # times in whole seconds: the granularity may be 1 or 2 s
+FINE_NS = 20_000_000  # a few ticks of the kernel's coarse clock (HZ 100: 10 ms)
+
+
+def racy(files: dict[str, tuple[int, int, int, int, int]], looked_ns: int) -> str | None:
+    """The first recorded file whose time is too close to `looked_ns` (when its
+    identity was first taken, or earlier) to tell a later change apart; None if none."""
+    for path, (_dev, _ino, _size, t, kind) in files.items():
+        if kind in TIMED and t >= looked_ns - (COARSE_NS if t % 1_000_000_000 == 0 else FINE_NS):
+            return path
+    return None
+
+
 # The environment the configuration, the cache's place and the mode depend on: these
 # names, and every name with one of these prefixes (launcher.c env_matters is the same
 # rule, generated from these).

@@ -309,7 +309,7 @@ class Supervisor:
         inputs = self.start_inputs
         if inputs is not None and not inputs.exact:
             return
-        from ..client.config_files import identity, named, reads
+        from ..client.config_files import identity, named, reads, since_ns
 
         files, words = reads(), named()
         from . import startplan
@@ -342,6 +342,8 @@ class Supervisor:
                 env=env,
                 cwd=start_cwd,
             )
+        if startplan.racy(files, since_ns()) is not None:
+            return  # changed too recently for its time to show a further change
         until = min(self.view.valid_until(), time.time() + startplan.MAX_AGE)
         memo = self.handlers.memo
         revs = [(n, self.view.revision_id(n)) for n in sorted(self.view.repos)]
