@@ -206,15 +206,20 @@ def test_a_plan_that_does_not_hold_is_ignored_and_replaced(published, server, tm
     assert started_by(launch.sh()) == "c"
 
 
-def test_what_a_plan_depends_on(published, server, tmp_path):
-    """A changed option, a relevant variable, a configuration file created or changed:
-    each takes the full start (and that start's plan serves the next)."""
+def _with_config_dir(published, server, tmp_path):
+    """A Launch whose configuration directory is its own (returned too)."""
     home, etc = tmp_path / "home", tmp_path / "etc"
     home.mkdir()
     etc.mkdir()
     env = published_env(published, server.url)
     env["PARROT_CVMFS_CONFIG_DIR"] = str(etc)
-    launch = Launch(env, str(home))
+    return Launch(env, str(home)), etc
+
+
+def test_what_a_plan_depends_on(published, server, tmp_path):
+    """A changed option, a relevant variable, a configuration file created or changed:
+    each takes the full start (and that start's plan serves the next)."""
+    launch, etc = _with_config_dir(published, server, tmp_path)
     assert started_by(launch.sh()) == "python"
     assert started_by(launch.sh()) == "c"
     # another option: another plan
@@ -504,12 +509,7 @@ def test_a_file_changed_within_its_clock_tick_writes_no_plan(published, server, 
     """On NFSv3 or ext3 a file's time is whole seconds: a same-size change in that
     second keeps its identity, so a plan made from it could start from a stale
     configuration. No plan is written until its time is older than the granularity."""
-    home, etc = tmp_path / "home", tmp_path / "etc"
-    home.mkdir()
-    etc.mkdir()
-    env = published_env(published, server.url)
-    env["PARROT_CVMFS_CONFIG_DIR"] = str(etc)
-    launch = Launch(env, str(home))
+    launch, etc = _with_config_dir(published, server, tmp_path)
     conf = etc / "default.local"
 
     def write(text: str, seconds: int) -> None:

@@ -44,9 +44,9 @@ class Attrs(
     ctime_nsec: int
 
 
-def stat_attrs(s, rdev: int, mtime: int, mtime_nsec: int) -> Attrs:
-    """The Attrs of a repository entry's stat: cvmfs reports its mtime as the atime
-    and the ctime too."""
+def _attrs(s, rdev: int, mtime: tuple, atime: tuple, ctime: tuple) -> Attrs:
+    """Attrs from a stat result's identity, mode and size, with the given times
+    (seconds, nanoseconds)."""
     return Attrs(
         s.st_dev,
         s.st_ino,
@@ -58,32 +58,28 @@ def stat_attrs(s, rdev: int, mtime: int, mtime_nsec: int) -> Attrs:
         s.st_size,
         s.st_blksize,
         s.st_blocks,
-        mtime,
-        mtime_nsec,
-        mtime,
-        mtime_nsec,
-        mtime,
-        mtime_nsec,
+        *mtime,
+        *atime,
+        *ctime,
     )
+
+
+def stat_attrs(s, rdev: int, mtime: int, mtime_nsec: int) -> Attrs:
+    """The Attrs of a repository entry's stat: cvmfs reports its mtime as the atime
+    and the ctime too."""
+    t = (mtime, mtime_nsec)
+    return _attrs(s, rdev, t, t, t)
 
 
 def host_attrs(s: os.stat_result) -> Attrs:
     """The Attrs of a host file's os.stat_result: its own three times."""
     ns = 10**9
-    return Attrs(
-        s.st_dev,
-        s.st_ino,
-        s.st_mode,
-        s.st_nlink,
-        s.st_uid,
-        s.st_gid,
+    return _attrs(
+        s,
         s.st_rdev,
-        s.st_size,
-        s.st_blksize,
-        s.st_blocks,
-        *divmod(s.st_mtime_ns, ns),
-        *divmod(s.st_atime_ns, ns),
-        *divmod(s.st_ctime_ns, ns),
+        divmod(s.st_mtime_ns, ns),
+        divmod(s.st_atime_ns, ns),
+        divmod(s.st_ctime_ns, ns),
     )
 
 
