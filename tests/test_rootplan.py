@@ -188,3 +188,24 @@ def test_overlay_takes_the_full_start(debian11, tmp_path, mode):
     g = _guest(debian11, tmp_path, mode, "host", options=["--overlay", str(tmp_path / "ov")])
     assert g("true").start == "full"
     assert g("true").start == "full"
+
+
+def test_a_plan_failing_after_its_start_directory_starts_python_here(debian11, tmp_path, mode):
+    """A plan (hostile input) whose records fail only after the launcher read the job's
+    start directory takes the full start in parrot_run's own cwd, so relative bind
+    sources still mean what they meant."""
+    from .test_launcher import _records, _rewrite
+
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "f").write_text("here\n")
+    opts = ["--no-default-binds", "-B", "data:/data"]  # the cwd unbound: the job starts at /
+    g = _guest(debian11, tmp_path, mode, "host", options=opts)
+    first = g("cat /data/f", cwd=work)
+    assert (first.returncode, first.stdout, first.start) == (0, "here\n", "full"), first.stderr
+    (name,) = g.plans()
+    plan = os.path.join(g.env["HOME"], ".cache", "parrot-cvmfs", "start", name)
+    assert b"JCWD" in [t for t, _, _ in _records(open(plan, "rb").read())]
+    _rewrite(plan, b"NTFY", b"")
+    p = g("cat /data/f", cwd=work)
+    assert (p.returncode, p.stdout, p.start) == (0, "here\n", "full"), p.stderr

@@ -722,22 +722,17 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
     file = job_argv[0];
     if (one(pl, "EXEF", &r) && !(file = str_of(&r)))
         return -1;
-    int here = -1;
-    if (one(pl, "JCWD", &r)) {
-        char *dir = str_of(&r);
-        here = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        int moved = dir && here >= 0 && chdir(dir) == 0;
-        free(dir);
-        if (!moved)
-            return -1;
-    }
+    char *start_dir = NULL;
+    if (one(pl, "JCWD", &r) && !(start_dir = str_of(&r)))
+        return -1;
     uint32_t notify;
-    if (!one(pl, "NTFY", &r) || r.len != 4)
-        return -1;
-    memcpy(&notify, r.p, 4);
     rec filt;
-    if (!one(pl, "FILT", &filt) || filt.len % 8 || filt.len == 0 || filt.len / 8 > 4096)
+    if (!one(pl, "NTFY", &r) || r.len != 4 || !one(pl, "FILT", &filt) || filt.len % 8 ||
+        filt.len == 0 || filt.len / 8 > 4096) {
+        free(start_dir);
         return -1;
+    }
+    memcpy(&notify, r.p, 4);
     static pc_adoption a;
     memset(&a, 0, sizeof a);
     for (int i = 0; i < PC_MAX_MEMO; i++)
@@ -745,6 +740,19 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
     size_t at = 0;
     for (int i = 0; i < PC_MAX_MEMO && next_of(pl, "MEMO", &at, &r) == 1; i++)
         a.memo_size[i] = load_memo(t, &r);
+    /* the job starts in its directory; this process returns before anything else runs,
+     * and only here, so that no path back to the full start leaves it elsewhere */
+    int here = -1;
+    if (start_dir) {
+        here = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int moved = here >= 0 && chdir(start_dir) == 0;
+        free(start_dir);
+        if (!moved) {
+            if (here >= 0)
+                close(here);
+            return -1;
+        }
+    }
     core.pc_set_quiet(t, 1);
     char err[256];
     int report = -1;
