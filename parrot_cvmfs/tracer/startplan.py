@@ -101,21 +101,23 @@ COMMAND_OPTIONS = frozenset({"--root", "-B", "--bind", "-M", "-m", "--run"})
 # by size and ctime (a guest run's inputs: a chmod changes what PATH finds)
 ABSENT, FILE_MTIME, DIR_MTIME, OBJECT, LPRESENT, LABSENT, FILE_CTIME, DIR_CTIME = range(8)
 
-# A file's time is only as fine as its file system's clock: whole seconds on NFSv3 or
-# ext3, a scheduler tick elsewhere. A change made within the tick the recorded time
-# falls in, after we looked, keeps that time (and maybe the size): so, as git does for
-# its index, an identity whose time is that close to when we looked proves nothing,
-# and no plan is written from it (the next run writes one).
+# A file's time is only as fine as its file system's clock. Where it is whole seconds
+# (NFSv3, ext3, some Lustre setups), a same-size change in the second the recorded time
+# falls in, after we looked, keeps the identity: so, as git does for its index, such an
+# identity proves nothing, and no plan is written from it (the next run writes one).
+# Fine times are stamped by a tick of the kernel's clock, and since 6.13 (multigrain
+# timestamps) a change after a stat always gets a later time: only a time from after we
+# began looking is refused there (older kernels leave a change within one tick, <= 4 ms
+# at HZ 250, of our read unseen).
 TIMED = frozenset({FILE_MTIME, DIR_MTIME, FILE_CTIME, DIR_CTIME})
 COARSE_NS = 2_000_000_000  # times in whole seconds: the granularity may be 1 or 2 s
-FINE_NS = 20_000_000  # a few ticks of the kernel's coarse clock (HZ 100: 10 ms)
 
 
 def racy(files: dict[str, tuple[int, int, int, int, int]], looked_ns: int) -> str | None:
     """The first recorded file whose time is too close to `looked_ns` (when its
     identity was first taken, or earlier) to tell a later change apart; None if none."""
     for path, (_dev, _ino, _size, t, kind) in files.items():
-        if kind in TIMED and t >= looked_ns - (COARSE_NS if t % 1_000_000_000 == 0 else FINE_NS):
+        if kind in TIMED and t >= looked_ns - (COARSE_NS if t % 1_000_000_000 == 0 else 0):
             return path
     return None
 
