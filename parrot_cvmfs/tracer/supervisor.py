@@ -156,9 +156,9 @@ class Supervisor:
         if self.adopted is not None:  # spawned, signals forwarded, by the launcher
             pid, report = self.adopted.root, self.adopted.report_fd
             self.exec_seen, exes = self.core.end_quiet()
-            for pid, program in exes.items():  # what C exec'd before Python ran
-                self.procs.tgid_of[pid] = pid
-                self.procs.exe[pid] = program
+            for task, program in exes.items():  # what C exec'd before Python ran
+                self.procs.tgid_of[task] = task
+                self.procs.exe[task] = program
         else:
             try:
                 pid, report = self._spawn()
