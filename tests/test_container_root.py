@@ -304,6 +304,22 @@ def test_path_is_the_guests(run):
     assert given.strip() == "/bin"
 
 
+def test_relative_path_entries_start_from_the_jobs_directory(run, tmp_path):
+    """PATH entries `bin` and `` are looked up from where the job starts (the cwd, a
+    default bind), as execvp looks them up: not from the guest's root, whose /bin/true
+    the job could not exec as bin/true from there."""
+    (tmp_path / "bin").mkdir()
+    mine = tmp_path / "bin" / "mine"
+    mine.write_text("#!/bin/sh\necho mine in $PWD\n")
+    mine.chmod(0o755)
+    opts = ["--env", "PATH=bin:/usr/bin:/bin"]
+    assert ok(run("true", options=opts, cwd=tmp_path)) == ""
+    assert ok(run("mine", options=opts, cwd=tmp_path)) == f"mine in {tmp_path}\n"
+    (tmp_path / "here").write_text("#!/bin/sh\necho here\n")
+    (tmp_path / "here").chmod(0o755)
+    assert ok(run("here", options=["--env", "PATH=:/usr/bin"], cwd=tmp_path)) == "here\n"
+
+
 # -- --overlay: the root's writable layer --------------------------------------------------
 
 _CHANGES = (

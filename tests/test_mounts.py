@@ -81,9 +81,27 @@ def test_default_binds(tmp_path):
     m.add_defaults("/root", "/work/x", minimal=True, exists=lambda p: True)
     assert {x.dst for x in m.mounts} == {"/", "/proc", "/dev", "/cvmfs"}
     u = MountTable(str(tmp_path))
-    u.add_defaults("/root", "/usr", minimal=False, exists=lambda p: p != "/etc/localtime")
+    u.add_defaults("/root", "/usr", minimal=False, exists=lambda p: p != "/etc/localtime", real=str)
     assert "/usr" not in {x.dst for x in u.mounts}  # apptainer never binds these
     assert "/etc/localtime" not in {x.dst for x in u.mounts}
+
+
+def test_default_bind_sources_are_where_host_links_lead(tmp_path):
+    """A default source that is a host symlink (/etc/localtime into the zoneinfo) shows
+    what it leads to, as a bind mount does; a dangling one is skipped."""
+    zone = tmp_path / "zoneinfo/Etc/UTC"
+    zone.parent.mkdir(parents=True)
+    zone.write_text("TZif")
+    links = {"/etc/localtime": str(zone), "/etc/hosts": str(tmp_path / "gone")}
+
+    def real(p):
+        return links.get(p, p)
+
+    t = MountTable(str(tmp_path))
+    t.add_defaults(None, None, minimal=False, exists=os.path.lexists, real=real)
+    assert t.locate("/etc/localtime") == (str(zone), t.mount_of("/etc/localtime"))
+    assert t.mount_of("/etc/localtime").dst == "/etc/localtime"
+    assert t.mount_of("/etc/hosts").root  # its link leads nowhere: not bound
 
 
 @pytest.fixture

@@ -209,3 +209,30 @@ def test_a_plan_failing_after_its_start_directory_starts_python_here(debian11, t
     _rewrite(plan, b"NTFY", b"")
     p = g("cat /data/f", cwd=work)
     assert (p.returncode, p.stdout, p.start) == (0, "here\n", "full"), p.stderr
+
+
+def test_a_host_link_as_a_default_bind_shows_what_it_leads_to(debian11, tmp_path, mode):
+    """The host's /etc/localtime is a link into its zoneinfo: the guest sees that file at
+    /etc/localtime (as a bind mount shows it), not the link, whose text the guest would
+    read as its own zoneinfo; under a root in /cvmfs C opens it, so a planned start
+    stays Python-free. A $HOME that is a link shows its directory."""
+    if not os.path.islink("/etc/localtime") or not os.path.isfile("/etc/localtime"):
+        pytest.skip("this host's /etc/localtime is not a link to a file")
+    import hashlib
+
+    with open("/etc/localtime", "rb") as f:
+        want = hashlib.md5(f.read()).hexdigest()
+    g = _guest(debian11, tmp_path, mode, "cvmfs")
+    job = f"P=$({PROBE}); test -L /etc/localtime || echo file; md5sum </etc/localtime; echo $P"
+    first, second = g(job), g(job)
+    assert first.returncode == second.returncode == 0, (first.stderr, second.stderr)
+    assert first.stdout.split()[:2] == ["file", want], first.stdout
+    assert second.start == "planned" and by(second) == "c", second.stdout
+    assert shown(second) == shown(first)
+    home = os.path.join(str(tmp_path), "home-link")
+    os.symlink(g.env["HOME"], home)
+    with open(os.path.join(home, "marker"), "w") as f:
+        f.write("at home\n")
+    for _ in range(2):  # the full start, then the planned one
+        p = g('cat "$HOME/marker"', env={"HOME": home})
+        assert (p.returncode, p.stdout) == (0, "at home\n"), p.stderr

@@ -264,7 +264,9 @@ void fill_event(pc_tracer *t, pc_event *ev, const pc_call *c);
 /* respond.c: every way of finishing a call, whichever way it arrived */
 int respond_result(pc_tracer *t, pc_call *c, int64_t result);
 /* `size`: what the backing file of a regular file must hold (its kept stat answer);
- * -1 for a directory's anchor */
+ * -1 for a directory's anchor; OPEN_HOST: `target` is a host regular file (a file bind's
+ * source), opened following no link */
+#define OPEN_HOST (-2)
 int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags,
                  int64_t size);
 /* open a file of our cache (anchor, object, alias) following no link below the cache
@@ -318,6 +320,9 @@ int passthrough_path(pc_tracer *t, const pc_call *c, const char *path, const cha
                      int base_len, int writes);
 /* a host location (cwd, a descriptor's target) the guest spells the same, with no
  * mount point below it */
+/* The host source of the file bind whose destination is exactly `path` (PC_MOUNT_FILE),
+ * or NULL. */
+const char *file_bind(pc_tracer *t, const char *path, size_t len);
 int passthrough_dir(pc_tracer *t, const pc_call *c, const char *host, size_t len);
 void mounts_free(pc_tracer *t);
 

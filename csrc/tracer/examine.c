@@ -315,6 +315,12 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
         done = respond_result(t, c, -err) == 0;
     else if (tlen)
         done = respond_open(t, c, target, tlen, flags, size);
+    else if (t->translate && path[0] == '/' && !(flags & O_DIRECTORY)) {
+        /* a file bind's destination (a guest's /etc/localtime): its host source */
+        const char *src = file_bind(t, path, (size_t)len);
+        if (src)
+            done = respond_open(t, c, src, (int)strlen(src), flags, OPEN_HOST);
+    }
     return done;
 }
 

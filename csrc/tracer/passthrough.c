@@ -170,6 +170,17 @@ static int own_dir(pc_tracer *t, const struct pc_mounts *g, const char *host, si
     return own_spelling(t, g, host, len) && !mount_below(g, host, len, 0);
 }
 
+const char *file_bind(pc_tracer *t, const char *path, size_t len)
+{
+    const struct pc_mounts *g = t->mounts;
+    for (int i = 0; g && i < g->n; i++) {
+        const guest_mount *m = &g->m[i];
+        if ((m->flags & PC_MOUNT_FILE) && m->dlen == len && memcmp(m->dst, path, len) == 0)
+            return m->src;
+    }
+    return NULL;
+}
+
 int passthrough_dir(pc_tracer *t, const pc_call *c, const char *host, size_t len)
 {
     const struct pc_mounts *g = t->mounts;

@@ -151,17 +151,38 @@ static int fits(int fd, int64_t size)
  * install the descriptor (one round trip). A ptrace stop: the path argument points
  * at `target`, written below the stack pointer (two stops). 1 if done. `size` >= 0:
  * a regular file's backing file, served only if it fits (else 0: Python's). */
+/* A file bind's host source, as the guest's read-only open of its destination: no link
+ * followed (the table's source is a realpath; a link put there since is Python's). */
+static int open_host(pc_tracer *t, const char *path, int flags)
+{
+    if (__atomic_load_n(&t->no_openat2, __ATOMIC_RELAXED))
+        return -ENOSYS;
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)(flags | O_CLOEXEC);
+    how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+    return fd >= 0 ? fd : -errno;
+}
+
+static int is_regular(int fd)
+{
+    struct stat s;
+    return fstat(fd, &s) == 0 && S_ISREG(s.st_mode);
+}
+
 int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags,
                  int64_t size)
 {
+    int host = size == OPEN_HOST;
     if (c->notify) {
         /* a regular file's: non-blocking in case a fifo was put there since */
-        int fd = open_backing(t, target, O_RDONLY | (int)(flags & KEEP_FLAGS) |
-                                             (size >= 0 ? O_NONBLOCK : 0));
+        int how = O_RDONLY | (int)(flags & KEEP_FLAGS) | (size != -1 ? O_NONBLOCK : 0);
+        int fd = host ? open_host(t, target, how) : open_backing(t, target, how);
         if (fd < 0)
             return 0; /* gone from the cache (or not what we made): let Python see */
-        if (size >= 0) {
-            if (!fits(fd, size)) {
+        if (size != -1) {
+            if (host ? !is_regular(fd) : !fits(fd, size)) {
                 close(fd);
                 return 0;
             }
@@ -177,10 +198,11 @@ int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t
     /* a file a quota clean-up evicted since it was kept, one changed since, or a link
      * planted there: Python makes it again (the kernel then opens it by name: a file
      * replaced in between is a race within the cache's own user) */
-    int fd = open_backing(t, target, O_RDONLY | O_NONBLOCK | (int)(flags & O_DIRECTORY));
+    int how = O_RDONLY | O_NONBLOCK | (int)(flags & O_DIRECTORY);
+    int fd = host ? open_host(t, target, how) : open_backing(t, target, how);
     if (fd < 0)
         return 0;
-    int ok = size < 0 || fits(fd, size);
+    int ok = host ? is_regular(fd) : size < 0 || fits(fd, size);
     close(fd);
     if (!ok)
         return 0;

@@ -156,6 +156,9 @@ int pc_set_late_filter(pc_tracer *t, const void *filter, int filter_len);
 #define PC_MOUNT_RO 2      /* read-only: writes are Python's (EROFS) */
 #define PC_MOUNT_PRIVATE 4 /* `src` only: a host directory of ours (the overlay's upper
                             * layer), never passed through */
+#define PC_MOUNT_FILE 8    /* a host regular file shown elsewhere (/etc/localtime, bound
+                            * from the zoneinfo it links to): a read-only open of exactly
+                            * `dst` opens `src` */
 int pc_add_mount(pc_tracer *t, const char *dst, const char *src, int flags);
 /* Which calls may pass through on such a path (per rule; default none): */
 #define PC_PLAIN_READ 1  /* reads only (an open without write flags, access without W_OK) */

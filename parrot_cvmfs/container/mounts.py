@@ -184,10 +184,15 @@ class MountTable:
             raise MountError(f"bind {src} -> /: the root is given by --root")
         self._add(Mount(dst, src, readonly=readonly or _under(src, CVMFS)))
 
-    def add_defaults(self, home: str | None, cwd: str | None, minimal: bool, exists) -> None:
+    def add_defaults(
+        self, home: str | None, cwd: str | None, minimal: bool, exists, real=os.path.realpath
+    ) -> None:
         """Apptainer's default binds (`minimal`: --no-default-binds keeps /proc, /dev
-        and /cvmfs); `exists(host_path)` tells whether a host source exists (missing
-        ones are skipped, as apptainer skips them)."""
+        and /cvmfs); `real(host_path)` resolves a source's host symlinks (a bind shows
+        what the link leads to, as the kernel's bind mount does: the host's
+        /etc/localtime is a link into its zoneinfo, whose text read in the guest would
+        name the guest's) and `exists(host_path)` tells whether it exists (missing ones
+        are skipped, as apptainer skips them)."""
         if self.root is None:
             return
         wanted = ["/proc", "/dev"] if minimal else ["/proc", "/sys", "/dev", "/tmp", "/var/tmp"]
@@ -198,8 +203,11 @@ class MountTable:
             if cwd and normalize(cwd) not in _NO_CWD_BIND and not self._bound(normalize(cwd)):
                 wanted.append(cwd)
         for p in wanted:
-            if exists(p) and not any(m.dst == normalize(p) for m in self.mounts if not m.root):
-                self.bind(p, p)
+            if any(m.dst == normalize(p) for m in self.mounts if not m.root):
+                continue
+            src = real(p)
+            if exists(src):
+                self.bind(src, p)
 
     def _bound(self, guest: str) -> bool:
         """Whether a bind (not the root) already shows something at or above `guest`."""

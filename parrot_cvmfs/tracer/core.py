@@ -143,10 +143,18 @@ class Core:
         return root_exec, exes
 
     def add_mount(
-        self, dst: str, src: str, passes: bool = False, readonly: bool = False, private=False
+        self,
+        dst: str,
+        src: str,
+        passes: bool = False,
+        readonly: bool = False,
+        private: bool = False,
+        file: bool = False,
     ) -> None:
-        """A mount of the guest's table, for C's passthrough (tracer/guest.py)."""
+        """A mount of the guest's table, for C's passthrough (tracer/guest.py); `file`:
+        a host regular file C may open for a read-only open of exactly `dst`."""
         flags = (lib.PC_MOUNT_PASS if passes else 0) | (lib.PC_MOUNT_RO if readonly else 0)
+        flags |= lib.PC_MOUNT_FILE if file else 0
         if private:
             flags = lib.PC_MOUNT_PRIVATE
         self.mounts.append((flags, dst, src))

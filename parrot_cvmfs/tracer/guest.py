@@ -66,13 +66,34 @@ class Guest:
             same = m.src == m.dst and not (m.src == CVMFS or m.src.startswith(CVMFS + "/"))
             if m.root and self.overlay is not None:
                 same = False
-            core.add_mount(m.dst, m.src, passes=same, readonly=m.readonly)
+            file = not same and self._file_bind(m)
+            core.add_mount(m.dst, m.src, passes=same, readonly=m.readonly, file=file)
         if self.overlay is not None:
             core.add_mount("/", self.overlay.directory, private=True)
         for name in PLAIN_READS:
             core.set_plain(name, write=False)
         for name in PLAIN_WRITES:
             core.set_plain(name, write=True)
+
+    def _file_bind(self, m) -> bool:
+        """Whether C may open `m`'s source for a read-only open of exactly its
+        destination: a host regular file bound elsewhere, below a root in /cvmfs (its
+        pinned revision cannot turn a directory above the destination into a link), with
+        no overlay (which could)."""
+        root = self.table.root
+        if m.root or self.overlay is not None or root is None:
+            return False
+        if not (root == CVMFS or root.startswith(CVMFS + "/")):
+            return False
+        if m.src == CVMFS or m.src.startswith(CVMFS + "/"):
+            return False
+        try:
+            if not stat.S_ISREG(os.lstat(m.src).st_mode):
+                return False
+        except OSError:
+            return False
+        r = guest_resolve(self.table, self, m.dst, "/", follow=False)
+        return not r.err and r.guest == m.dst and r.symlinks == 0 and r.mount is m
 
     def kept(self, rev: str) -> str:
         """The memo name of a revision's answers in this namespace (they are kept per
@@ -383,10 +404,12 @@ def build_table(
     binds: list[tuple[str, str, bool]],
     default_binds: bool,
     exists=os.path.lexists,
+    real=os.path.realpath,
 ) -> MountTable:
     """The job's mount table: the root (or the host's tree), the defaults (with a root),
     then the user's binds in the order given (the last one for a place wins).
-    `exists`: whether a default bind's host source exists (a start plan records it)."""
+    `exists`, `real`: whether a default bind's host source exists, and where its host
+    links lead (a start plan records both)."""
     if root is not None:
         root = canonical_source(view, root, "--root")
         if GuestKind(view).kind(root)[0] != DIR:
@@ -398,7 +421,9 @@ def build_table(
         cwd = os.getcwd()
     except OSError:
         cwd = None
-    table.add_defaults(os.environ.get("HOME"), cwd, minimal=not default_binds, exists=exists)
+    table.add_defaults(
+        os.environ.get("HOME"), cwd, minimal=not default_binds, exists=exists, real=real
+    )
     for src, dst, readonly in binds:
         table.bind(canonical_source(view, src, "bind source"), dst, readonly)
     return table
@@ -419,14 +444,15 @@ class GuestKind:
         return HostFiles().kind(location)
 
 
-def find_program(guest: Guest, name: str, path_var: str) -> str | None:
+def find_program(guest: Guest, name: str, path_var: str, cwd: str | None) -> str | None:
     """`name` looked up in the guest's PATH as execvp would: the first regular file
-    there (None: leave it to execvp, which reports it)."""
+    there (None: leave it to execvp, which reports it). Relative entries (and an empty
+    one, ".") start from `cwd`, the job's host start directory."""
     if "/" in name:
         return None
     for d in path_var.split(":"):
         candidate = f"{d or '.'}/{name}"
-        t = guest.resolve(0, candidate, None, True)
+        t = guest.resolve(0, candidate, cwd, True)
         if t.err:
             continue
         if t.virtual:
@@ -509,6 +535,17 @@ class StartInputs:
         self.files[path] = lexists_identity(path)
         return self.files[path][4] == 4
 
+    def realpath(self, path: str) -> str:
+        """os.path.realpath, recorded (build_table's `real`): a default source must
+        resolve to the same place next time (a host link made or moved since changes
+        the table)."""
+        real = os.path.realpath(path)
+        if real == CVMFS or real.startswith(CVMFS + "/"):
+            self.exact = False  # a host link into /cvmfs: the launcher cannot follow
+        elif os.path.lexists(real):
+            self.real.append((path, real))
+        return real
+
     def sources(self, root: str | None, binds: list[tuple[str, str, bool]], table) -> None:
         """The root and bind sources as given: each host one resolves (realpath) to the
         same place, which is the same object (not replaced)."""
@@ -532,7 +569,7 @@ class StartInputs:
 
         def resolve(tid: int, path: str, base: str | None, follow: bool) -> Target:
             t = inner(tid, path, base, follow)
-            self._note(guest, path, t)
+            self._note(guest, path, base, t)
             return t
 
         guest.resolve = resolve  # this instance only, while the start is computed
@@ -541,7 +578,7 @@ class StartInputs:
     def unwatch(guest: Guest) -> None:
         guest.__dict__.pop("resolve", None)
 
-    def _note(self, guest: Guest, path: str, t: Target) -> None:
+    def _note(self, guest: Guest, path: str, base: str | None, t: Target) -> None:
         if not guest._host_seen:
             return  # the catalogs' alone: the pinned revisions
         if t.symlinks or guest.overlay is not None:
@@ -552,7 +589,7 @@ class StartInputs:
                 return
             from ..container.mounts import normalize
 
-            where = normalize(path if path.startswith("/") else "/" + path)
+            where = normalize(path if path.startswith("/") else f"{guest.cwd_of(base)}/{path}")
             loc, _ = guest.table.locate(where)
             self.files[loc] = self._identity(loc)
             return

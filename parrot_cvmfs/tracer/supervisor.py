@@ -124,7 +124,8 @@ class Supervisor:
 
             inputs = self.start_inputs = StartInputs() if _plannable(opts) else None
             exists = inputs.exists if inputs is not None else os.path.lexists
-            table = build_table(self.view, opts.root, opts.binds, opts.default_binds, exists)
+            real = inputs.realpath if inputs is not None else os.path.realpath
+            table = build_table(self.view, opts.root, opts.binds, opts.default_binds, exists, real)
             if inputs is not None:
                 inputs.sources(opts.root, opts.binds, table)
             self.guest = Guest(table, self.view, self.procs, opts.overlay)
@@ -230,8 +231,9 @@ class Supervisor:
             from .guest import run_command
 
             command = run_command(self.guest, command)
-        file = find_program(self.guest, command[0], env.get("PATH", ""))
-        return command, env, file, host_cwd(self.guest)
+        start = host_cwd(self.guest)
+        file = find_program(self.guest, command[0], env.get("PATH", ""), start)
+        return command, env, file, start
 
     def _loop(self) -> None:
         core, h, procs = self.core, self.handlers, self.procs
