@@ -71,14 +71,14 @@ def test_locate_longest_prefix_last_given_wins_and_reverse():
 
 def test_default_binds(tmp_path):
     t = MountTable(str(tmp_path))
-    t.add_defaults("/root", "/work/x", minimal=False, exists=lambda p: True)
+    t.add_defaults("/root", "/work/x", minimal=False, exists=lambda p: True, real=str)
     dsts = {m.dst for m in t.mounts}
     for d in ("/proc", "/sys", "/dev", "/tmp", "/var/tmp", "/root", "/work/x", "/cvmfs"):
         assert d in dsts
     for f in ("/etc/passwd", "/etc/group", "/etc/resolv.conf", "/etc/hosts", "/etc/localtime"):
         assert f in dsts
     m = MountTable(str(tmp_path))
-    m.add_defaults("/root", "/work/x", minimal=True, exists=lambda p: True)
+    m.add_defaults("/root", "/work/x", minimal=True, exists=lambda p: True, real=str)
     assert {x.dst for x in m.mounts} == {"/", "/proc", "/dev", "/cvmfs"}
     u = MountTable(str(tmp_path))
     u.add_defaults("/root", "/usr", minimal=False, exists=lambda p: p != "/etc/localtime", real=str)

@@ -318,11 +318,11 @@ static inline int start_detached(pthread_t *thread, void *(*main)(void *), void 
  * what the path names. */
 int passthrough_path(pc_tracer *t, const pc_call *c, const char *path, const char *base,
                      int base_len, int writes);
-/* a host location (cwd, a descriptor's target) the guest spells the same, with no
- * mount point below it */
 /* The host source of the file bind whose destination is exactly `path` (PC_MOUNT_FILE),
  * or NULL. */
 const char *file_bind(pc_tracer *t, const char *path, size_t len);
+/* a host location (cwd, a descriptor's target) the guest spells the same, with no
+ * mount point below it */
 int passthrough_dir(pc_tracer *t, const pc_call *c, const char *host, size_t len);
 void mounts_free(pc_tracer *t);
 

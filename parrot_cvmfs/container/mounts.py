@@ -69,6 +69,20 @@ def _under(path: str, prefix: str) -> bool:
     return prefix == "/" or path == prefix or path.startswith(prefix + "/")
 
 
+def in_cvmfs(location: str) -> bool:
+    """Whether a location is /cvmfs or below it (the catalogs', not the host's)."""
+    return _under(location, CVMFS)
+
+
+def host_realpath(path: str) -> str | None:
+    """Where a host path leads, every symlink resolved; None if it leads nowhere (a
+    dangling link, a loop, nothing there)."""
+    try:
+        return os.path.realpath(path, strict=True)
+    except (OSError, ValueError):
+        return None
+
+
 def _rebase(path: str, old: str, new: str) -> str:
     rest = path[len(old) :] if old != "/" else path
     if not rest or rest == "/":
@@ -182,17 +196,17 @@ class MountTable:
         src, dst = normalize(src), normalize(dst)
         if dst == "/":
             raise MountError(f"bind {src} -> /: the root is given by --root")
-        self._add(Mount(dst, src, readonly=readonly or _under(src, CVMFS)))
+        self._add(Mount(dst, src, readonly=readonly or in_cvmfs(src)))
 
     def add_defaults(
-        self, home: str | None, cwd: str | None, minimal: bool, exists, real=os.path.realpath
+        self, home: str | None, cwd: str | None, minimal: bool, exists, real=host_realpath
     ) -> None:
         """Apptainer's default binds (`minimal`: --no-default-binds keeps /proc, /dev
         and /cvmfs); `real(host_path)` resolves a source's host symlinks (a bind shows
         what the link leads to, as the kernel's bind mount does: the host's
         /etc/localtime is a link into its zoneinfo, whose text read in the guest would
-        name the guest's) and `exists(host_path)` tells whether it exists (missing ones
-        are skipped, as apptainer skips them)."""
+        name the guest's; None: it leads nowhere) and `exists(host_path)` tells whether it
+        exists (missing ones are skipped, as apptainer skips them)."""
         if self.root is None:
             return
         wanted = ["/proc", "/dev"] if minimal else ["/proc", "/sys", "/dev", "/tmp", "/var/tmp"]
@@ -206,7 +220,7 @@ class MountTable:
             if any(m.dst == normalize(p) for m in self.mounts if not m.root):
                 continue
             src = real(p)
-            if exists(src):
+            if src is not None and exists(src):
                 self.bind(src, p)
 
     def _bound(self, guest: str) -> bool:

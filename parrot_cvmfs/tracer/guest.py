@@ -13,7 +13,16 @@ import errno
 import os
 import stat
 
-from ..container.mounts import CVMFS, DIR, LINK, MISSING, OTHER, HostFiles, MountTable
+from ..container.mounts import (
+    DIR,
+    LINK,
+    MISSING,
+    OTHER,
+    HostFiles,
+    MountTable,
+    host_realpath,
+    in_cvmfs,
+)
 from ..container.mounts import resolve as guest_resolve
 from .paths import Target, vpath_of_logical
 from .vfs import CvmfsView
@@ -63,7 +72,7 @@ class Guest:
         kernel's answer is the guest's. The root's mount under --overlay is never one
         (the overlay answers first), nor are sources in /cvmfs."""
         for m in self.table.mounts:
-            same = m.src == m.dst and not (m.src == CVMFS or m.src.startswith(CVMFS + "/"))
+            same = m.src == m.dst and not in_cvmfs(m.src)
             if m.root and self.overlay is not None:
                 same = False
             file = not same and self._file_bind(m)
@@ -77,16 +86,18 @@ class Guest:
 
     def _file_bind(self, m) -> bool:
         """Whether C may open `m`'s source for a read-only open of exactly its
-        destination: a host regular file bound elsewhere, below a root in /cvmfs (its
-        pinned revision cannot turn a directory above the destination into a link), with
-        no overlay (which could)."""
+        destination: a host regular file bound elsewhere whose destination's parents
+        all lie in a root in /cvmfs (its pinned revision cannot turn one into a link; a
+        host bind above could, and so could an overlay)."""
         root = self.table.root
         if m.root or self.overlay is not None or root is None:
             return False
-        if not (root == CVMFS or root.startswith(CVMFS + "/")):
+        if not in_cvmfs(root) or in_cvmfs(m.src):
             return False
-        if m.src == CVMFS or m.src.startswith(CVMFS + "/"):
-            return False
+        above = m.dst
+        while (above := above.rsplit("/", 1)[0]) != "":
+            if not self.table.mount_of(above).root:
+                return False
         try:
             if not stat.S_ISREG(os.lstat(m.src).st_mode):
                 return False
@@ -137,7 +148,7 @@ class Guest:
         return OTHER, ""
 
     def kind(self, location: str) -> tuple[int, str]:
-        if location == CVMFS or location.startswith(CVMFS + "/"):
+        if in_cvmfs(location):
             vpath = vpath_of_logical(location)
             self._repos.add(vpath.repo)
             node = self.view.lookup(vpath)
@@ -283,7 +294,7 @@ class Guest:
         loc = r.location
         if r.glue and not r.err:  # nothing lies there: an empty directory of ours
             loc = self.glue_dir(r.guest)
-        in_cvmfs = loc == CVMFS or loc.startswith(CVMFS + "/")
+        cvmfs_loc = in_cvmfs(loc)
         if (
             not r.err
             and self.overlay is not None
@@ -293,15 +304,15 @@ class Guest:
             upper = self._upper_target(r, path)
             if upper is not None:
                 return upper
-        if r.err == errno.ENOENT and r.missing_last and not readonly and not in_cvmfs:
+        if r.err == errno.ENOENT and r.missing_last and not readonly and not cvmfs_loc:
             # a name to create in a writable place: the kernel's to make (or to report)
             t = Target(host=loc, via_cvmfs=True, mixed=True)
         elif r.err:
             t = Target(err=r.err, missing_last=r.missing_last, symlinks=r.symlinks, mixed=True)
-            if r.missing_last and in_cvmfs:
+            if r.missing_last and cvmfs_loc:
                 t.parent = vpath_of_logical(loc[: loc.rfind("/")] or "/")
             t.readonly = readonly and r.missing_last
-        elif in_cvmfs:
+        elif cvmfs_loc:
             vpath = vpath_of_logical(loc)
             node = self.view.lookup(vpath)
             if node is None:
@@ -317,7 +328,7 @@ class Guest:
         t.final_link = r.final_link
         if self._host_seen:  # a host link or directory on the way may change: not taught
             t.proc = True
-        if not self._host_seen and len(self._repos) == 1 and in_cvmfs and not t.proc:
+        if not self._host_seen and len(self._repos) == 1 and cvmfs_loc and not t.proc:
             rev = self.view.revision_id(next(iter(self._repos)))
             if rev is not None:
                 t.kept_as = self.kept(rev)
@@ -348,7 +359,7 @@ def _open_overlay(view: CvmfsView, table: MountTable, directory: str):
     from .guestroot import CvmfsLower
 
     def lower_of(src: str):
-        if src == CVMFS or src.startswith(CVMFS + "/"):
+        if in_cvmfs(src):
             return CvmfsLower(view, src)
         return HostLower(src)
 
@@ -358,7 +369,7 @@ def _open_overlay(view: CvmfsView, table: MountTable, directory: str):
         wanted = [
             (m.dst, bind_directory(directory, m.dst), m.src)
             for m in table.mounts
-            if not m.root and (m.src == CVMFS or m.src.startswith(CVMFS + "/"))
+            if not m.root and in_cvmfs(m.src)
         ]
         if not wanted:
             raise CvmfsError(
@@ -404,7 +415,7 @@ def build_table(
     binds: list[tuple[str, str, bool]],
     default_binds: bool,
     exists=os.path.lexists,
-    real=os.path.realpath,
+    real=host_realpath,
 ) -> MountTable:
     """The job's mount table: the root (or the host's tree), the defaults (with a root),
     then the user's binds in the order given (the last one for a place wins).
@@ -436,7 +447,7 @@ class GuestKind:
         self.view = view
 
     def kind(self, location: str) -> tuple[int, str]:
-        if location == CVMFS or location.startswith(CVMFS + "/"):
+        if in_cvmfs(location):
             node = self.view.lookup(vpath_of_logical(location))
             if node is None:
                 return MISSING, ""
@@ -535,14 +546,21 @@ class StartInputs:
         self.files[path] = lexists_identity(path)
         return self.files[path][4] == 4
 
-    def realpath(self, path: str) -> str:
-        """os.path.realpath, recorded (build_table's `real`): a default source must
+    def realpath(self, path: str) -> str | None:
+        """mounts.host_realpath, recorded (build_table's `real`): a default source must
         resolve to the same place next time (a host link made or moved since changes
         the table)."""
-        real = os.path.realpath(path)
-        if real == CVMFS or real.startswith(CVMFS + "/"):
+        from .startplan import lexists_identity
+
+        real = host_realpath(path)
+        if real is None:
+            if os.path.lexists(path):
+                self.exact = False  # a link leading nowhere: no record says where it may
+            else:
+                self.files[path] = lexists_identity(path)  # absent: made later, it counts
+        elif in_cvmfs(real):
             self.exact = False  # a host link into /cvmfs: the launcher cannot follow
-        elif os.path.lexists(real):
+        else:
             self.real.append((path, real))
         return real
 
@@ -554,7 +572,7 @@ class StartInputs:
         given = ([root] if root is not None else []) + [src for src, _, _ in binds]
         for path in given:
             path = os.path.abspath(path)
-            if path == CVMFS or path.startswith(CVMFS + "/"):
+            if in_cvmfs(path):
                 continue  # the catalogs': the plan's pinned revisions
             real = os.path.realpath(path)
             if not any(m.src == real for m in table.mounts):
