@@ -286,8 +286,8 @@ int skip_stop(pid_t tid, int64_t result);
  * (if it is still a program of ours), `logical` kept for /proc/self/exe; 1 if done */
 int respond_exec(pc_tracer *t, pc_call *c, const char *target, const char *logical);
 /* at the exec event: AT_EXECFN made the path the program gave, and the logical program
- * of an exec C made kept for Python; the task's state is then dropped */
-void exec_done(pc_tracer *t, task_state *s, pid_t tid);
+ * of an exec C made kept for Python (1: kept); the task's state is then dropped */
+int exec_done(pc_tracer *t, task_state *s, pid_t tid);
 
 /* tasks.c: the state of rewritten calls in flight, per task */
 task_state *task_find(pc_tracer *t, pid_t tid);

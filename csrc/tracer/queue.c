@@ -113,23 +113,6 @@ static void drop_execs_locked(pc_tracer *t, pid_t tid, int keep_newest)
     }
 }
 
-/* Whether the program a task runs now is a file C served (a recipe's: in the cache). */
-static int runs_ours(pc_tracer *t, pid_t tid)
-{
-    char path[64], exe[PC_PATH_MAX + 1];
-    snprintf(path, sizeof path, "/proc/%d/exe", (int)tid);
-    ssize_t n = readlink(path, exe, sizeof exe - 1);
-    if (n <= 0)
-        return 0;
-    exe[n] = '\0';
-    for (int w = 0; w < 2; w++)
-        for (int i = 0; i < t->nprefix[w]; i++)
-            if (strncmp(exe, t->prefixes[w][i], t->prefix_len[w][i]) == 0 &&
-                exe[t->prefix_len[w][i]] == '/')
-                return 1;
-    return 0;
-}
-
 /* While no Python runs (a planned start), the task events it would have taken keep
  * what /proc/PID/exe is to show: the execs list holds, per process, the logical
  * program of the exec C made last (exec_done appends them), a fork inherits its
@@ -144,7 +127,9 @@ static void quiet_task_event(pc_tracer *t, const pc_event *ev)
         child_tgid = tgid_of(ev->other);
         parent_tgid = tgid_of(ev->tid);
     }
-    int ours = ev->kind == PC_EV_EXEC && runs_ours(t, ev->tid);
+    /* whether C made this exec (read at its event, not from /proc afterwards: the task
+     * runs on and may have exec'd again) */
+    int ours = ev->kind == PC_EV_EXEC && ev->aux;
     pthread_mutex_lock(&t->execs_lock);
     if (ev->kind == PC_EV_EXEC) {
         if (ev->other != ev->tid)

@@ -396,12 +396,13 @@ static void set_execfn(pid_t tid, const char *name)
     set_regs(tid, &r);
 }
 
-void exec_done(pc_tracer *t, task_state *s, pid_t tid)
+int exec_done(pc_tracer *t, task_state *s, pid_t tid)
 {
     if (s->execfn)
         set_execfn(tid, s->execfn);
     if (!s->exe_logical)
-        return;
+        return 0;
+    int kept = 0;
     /* in the order of the exec events, which Python takes in that order too (a task
      * may exec again before Python has seen its first exec) */
     pthread_mutex_lock(&t->execs_lock);
@@ -411,9 +412,11 @@ void exec_done(pc_tracer *t, task_state *s, pid_t tid)
             t->execs = grown;
             t->execs[t->nexecs++] = (exec_made){tid, s->exe_logical};
             s->exe_logical = NULL;
+            kept = 1;
         }
     }
     pthread_mutex_unlock(&t->execs_lock);
+    return kept;
 }
 
 int pc_take_exec(pc_tracer *t, pid_t tid, char *buf, int len)

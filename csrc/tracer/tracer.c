@@ -307,14 +307,16 @@ static int on_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
          * the new program; its exit stop is not requested). Drop its state, also when
          * a non-leader thread exec'd and now carries the leader's pid. */
         task_state *s = task_find(t, (pid_t)former);
+        int made = 0;
         if (s || (s = task_find(t, tid)) != NULL)
-            exec_done(t, s, tid);
+            made = exec_done(t, s, tid);
         task_del(t, (pid_t)former);
         task_del(t, tid);
         ptrace(PTRACE_CONT, tid, 0, 0);
         ev->kind = PC_EV_EXEC;
         ev->tid = tid;
         ev->other = (pid_t)former;
+        ev->aux = made;
         return ev->kind;
     }
     if (event == PTRACE_EVENT_STOP) {

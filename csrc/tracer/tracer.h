@@ -96,7 +96,8 @@ enum {
     PC_EV_SYSCALL = 1,      /* a seccomp stop C did not settle; the task waits for Python */
     PC_EV_SYSCALL_EXIT = 2, /* exit of a rewritten call whose exit Python asked to see */
     PC_EV_NEWTASK = 3,      /* fork/vfork/clone: tid (parent), other (child), aux (kind) */
-    PC_EV_EXEC = 4,         /* a successful exec: tid, other (the former tid) */
+    PC_EV_EXEC = 4,         /* a successful exec: tid, other (the former tid), aux (1: C
+                             * made it from a kept recipe and holds its program's name) */
     PC_EV_EXIT = 5,         /* a task is gone: tid, status (wait status) */
     PC_EV_NOCHILD = 6,      /* nothing left to trace */
 };
