@@ -118,10 +118,8 @@ static void drop_execs_locked(pc_tracer *t, pid_t tid, int keep_newest)
  * program of the exec C made last (exec_done appends them), a fork inherits its
  * parent's, another exec or the process's end drops it. Python takes them all when it
  * adopts the run (pc_take_quiet_exes). */
-static void quiet_task_event(pc_tracer *t, const pc_event *ev)
+static int quiet_task_event(pc_tracer *t, const pc_event *ev)
 {
-    if (ev->kind == PC_EV_EXEC && ev->tid == t->root)
-        __atomic_store_n(&t->quiet_exec, 1, __ATOMIC_RELEASE);
     pid_t child_tgid = 0, parent_tgid = 0;
     if (ev->kind == PC_EV_NEWTASK) { /* read before the lock: /proc may be slow */
         child_tgid = tgid_of(ev->other);
@@ -131,6 +129,14 @@ static void quiet_task_event(pc_tracer *t, const pc_event *ev)
      * runs on and may have exec'd again) */
     int ours = ev->kind == PC_EV_EXEC && ev->aux;
     pthread_mutex_lock(&t->execs_lock);
+    /* asked again under the lock pc_set_quiet takes: an event is either in the list
+     * the adopting Python takes next, or queued for it, never lost in between */
+    if (!__atomic_load_n(&t->quiet, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_unlock(&t->execs_lock);
+        return 0;
+    }
+    if (ev->kind == PC_EV_EXEC && ev->tid == t->root)
+        __atomic_store_n(&t->quiet_exec, 1, __ATOMIC_RELEASE);
     if (ev->kind == PC_EV_EXEC) {
         if (ev->other != ev->tid)
             drop_execs_locked(t, ev->other, 0);
@@ -152,6 +158,7 @@ static void quiet_task_event(pc_tracer *t, const pc_event *ev)
             }
     }
     pthread_mutex_unlock(&t->execs_lock);
+    return 1;
 }
 
 size_t pc_take_quiet_exes(pc_tracer *t, char *buf, size_t len)
@@ -175,10 +182,9 @@ size_t pc_take_quiet_exes(pc_tracer *t, char *buf, size_t len)
 void hand_over(pc_tracer *t, const pc_event *ev)
 {
     if (__atomic_load_n(&t->quiet, __ATOMIC_ACQUIRE) &&
-        (ev->kind == PC_EV_NEWTASK || ev->kind == PC_EV_EXEC || ev->kind == PC_EV_EXIT)) {
-        quiet_task_event(t, ev);
+        (ev->kind == PC_EV_NEWTASK || ev->kind == PC_EV_EXEC || ev->kind == PC_EV_EXIT) &&
+        quiet_task_event(t, ev))
         return; /* no Python to take it: the handlers read what they need from /proc */
-    }
     size_t n = event_size(ev->kind);
     queued *q = malloc(offsetof(queued, ev) + n);
     if (!q)
@@ -248,7 +254,9 @@ int pc_next(pc_tracer *t, pc_event *ev)
 
 int pc_set_quiet(pc_tracer *t, int on)
 {
+    pthread_mutex_lock(&t->execs_lock); /* after any event quiet_task_event is taking */
     __atomic_store_n(&t->quiet, on, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&t->execs_lock);
     return __atomic_load_n(&t->quiet_exec, __ATOMIC_ACQUIRE);
 }
 
