@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -375,8 +376,13 @@ def exec_repo(tmp_path_factory, progs, mode):
         f'#!/cvmfs/{name}/bin/dash -e\necho "dash-script $0 args: $*"\n'
     )
     (src / "bin/nested-script").write_text(f"#!/cvmfs/{name}/bin/script.sh\n")
+    (src / "bin/argv-script").write_text(
+        f"#!/cvmfs/{name}/bin/dash -e\n"
+        "printf '%s|' \"$0\" \"$#\" \"$@\"; echo; tr '\\0' '|' </proc/$$/cmdline; echo\n"
+        "readlink /proc/$$/exe\n"
+    )
     (src / "bin/not-exec").write_text("#!/bin/sh\necho no\n")
-    for f in ("script.sh", "dscript", "nested-script"):
+    for f in ("script.sh", "dscript", "nested-script", "argv-script"):
         os.chmod(src / "bin" / f, 0o755)
     (src / "include/mylib.h").write_text("int mylib_answer(void);\n")
     lib_c = base / "mylib.c"
@@ -430,6 +436,23 @@ def test_exec_binaries_and_scripts(exec_repo):
     assert p.stdout.decode() == f"exe={mnt}/bin/hello argv0=custom argc=1\n", p.stderr
     p = parrot("env", f"{mnt}/bin/hello")
     assert p.returncode == 3
+
+
+def test_kept_script_execs_have_the_kernels_argv(exec_repo):
+    """A script whose `#!` interpreter lies in its own revision is exec'd by C from its
+    kept recipe after the first time, with the argv the kernel's `#!` rule makes (the
+    interpreter, its argument, the path as given, argv[1:]) and the interpreter as
+    /proc/self/exe, as Python made them the first time."""
+    parrot, mnt, _, _ = exec_repo
+    script = f"{mnt}/bin/argv-script"
+    job = f'for i in 1 2 3; do {script} "a b" "" c; done; cd {mnt}/bin && ./argv-script rel'
+    p = parrot("/bin/sh", "-c", job, options=["--stats"])
+    assert p.returncode == 0, p.stderr
+    once = f"{script}|3|a b||c|\n{mnt}/bin/dash|-e|{script}|a b||c|\n{mnt}/bin/dash\n"
+    rel = f"./argv-script|1|rel|\n{mnt}/bin/dash|-e|./argv-script|rel|\n{mnt}/bin/dash\n"
+    assert p.stdout.decode() == once * 3 + rel
+    execs = re.search(r"\bexecve \d+ \((\d+)/(\d+)/(\d+)\)", p.stderr.decode())
+    assert execs and int(execs.group(2)) >= 2, p.stderr  # the second and third: C's
 
 
 def test_python_c_compile_git(exec_repo, tmp_path):

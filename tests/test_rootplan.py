@@ -284,3 +284,17 @@ def test_default_sources_that_lead_nowhere_and_binds_above_a_file_bind(debian11,
         assert (p.returncode, p.stdout) == (0, "other\nother\n"), p.stderr
         os.unlink(data / "sub")
         (data / "sub").mkdir()
+
+
+def test_guest_scripts_are_execd_by_c(debian11, tmp_path, mode):
+    """Scripts of a root in /cvmfs (ldd is bash's, which is sh's) are exec'd from kept
+    recipes: a planned start runs them with no exec handed to Python, with the output
+    of the full start."""
+    g = _guest(debian11, tmp_path, mode, "cvmfs")
+    job = "ldd --version | head -1; which ls; /usr/bin/which which"
+    first, second = g(job, options=["--stats"]), g(job, options=["--stats"])
+    assert first.returncode == second.returncode == 0, (first.stderr, second.stderr)
+    assert first.stdout == second.stdout
+    assert "GLIBC 2.31" in first.stdout and "/usr/bin/ls\n/usr/bin/which\n" in first.stdout
+    execs = re.search(r"\bexecve \d+ \((\d+)/(\d+)/(\d+)\)", second.stderr)
+    assert second.start == "planned" and execs and execs.group(3) == "0", second.stderr

@@ -90,6 +90,7 @@ static void free_answer(answer *a)
     free(a->open_target);
     free(a->exec_target);
     free(a->exec_logical);
+    free(a->exec_words);
     free(a->cwd);
     free(a->statfs);
     free(a->dents);
@@ -203,26 +204,37 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
 }
 
 /* An execve's recipe: `target` exec'd in place of the program named `key` (followed),
- * `logical` what /proc/self/exe shows then. */
-static int put_exec(pc_tracer *t, const char *key, const char *target, const char *logical)
+ * `logical` what /proc/self/exe shows then, and for a script the `nwords` words
+ * (`wlen` bytes, each NUL-terminated) its `#!` chain puts before its path in argv. */
+static int put_exec(pc_tracer *t, const char *key, const char *target, const char *logical,
+                    const char *words, int wlen, int nwords)
 {
     pthread_rwlock_wrlock(&t->answers_lock);
     answer *a = slot_locked(t, key, 1);
     int rc = -1;
     if (a) {
         char *x = strdup(target), *l = strdup(logical);
-        if (x && l) {
+        char *w = nwords ? malloc((size_t)wlen) : NULL;
+        if (x && l && (w || !nwords)) {
+            if (w)
+                memcpy(w, words, (size_t)wlen);
             if (a->exec_target)
-                t->answers_bytes -= strlen(a->exec_target) + strlen(a->exec_logical);
+                t->answers_bytes -= strlen(a->exec_target) + strlen(a->exec_logical) +
+                                    (size_t)a->exec_words_len;
             free(a->exec_target);
             free(a->exec_logical);
+            free(a->exec_words);
             a->exec_target = x;
             a->exec_logical = l;
-            t->answers_bytes += strlen(x) + strlen(l);
+            a->exec_words = w;
+            a->exec_words_len = nwords ? wlen : 0;
+            a->exec_nwords = nwords;
+            t->answers_bytes += strlen(x) + strlen(l) + (size_t)a->exec_words_len;
             rc = 0;
         } else {
             free(x);
             free(l);
+            free(w);
         }
     }
     pthread_rwlock_unlock(&t->answers_lock);
@@ -343,16 +355,29 @@ static int table_load(pc_tracer *t, const void *blob, size_t len)
             memcpy(target, pay + 1, tlen);
             target[tlen] = '\0';
             pc_table_put_open(t, key, follow, target, pay[0]);
-        } else if (kind == 'E' && plen >= 3 && plen <= 2 * PC_PATH_MAX) {
-            /* payload = target NUL logical (no NUL after it) */
-            char both[2 * PC_PATH_MAX + 1];
-            memcpy(both, pay, plen);
-            both[plen] = '\0';
-            size_t tl = strnlen(both, plen);
-            if (tl == 0 || tl >= plen - 1 || tl > PC_PATH_MAX || plen - tl - 1 > PC_PATH_MAX ||
-                both[0] != '/')
+        } else if (kind == 'E' && plen >= 3 && plen <= 2 * PC_PATH_MAX + PC_EXEC_WORDS_MAX) {
+            /* payload = target NUL logical [NUL word]... (no NUL after the last) */
+            char all[2 * PC_PATH_MAX + PC_EXEC_WORDS_MAX + 2];
+            memcpy(all, pay, plen);
+            all[plen] = '\0';
+            size_t tl = strnlen(all, plen);
+            if (tl == 0 || tl >= plen - 1 || tl > PC_PATH_MAX || all[0] != '/')
                 continue;
-            put_exec(t, key, both, both + tl + 1);
+            const char *logical = all + tl + 1;
+            size_t ll = strnlen(logical, plen - tl - 1);
+            if (ll == 0 || ll > PC_PATH_MAX)
+                continue;
+            const char *words = logical + ll + 1; /* past the end if there are none */
+            size_t used = tl + 1 + ll; /* the bytes before the words' NUL */
+            int wlen = used < plen ? (int)(plen - used - 1) + 1 : 0, nwords = 0, bad = 0;
+            for (int i = 0; i < wlen; i++) /* each word nonempty, NUL-terminated */
+                if (words[i] == '\0') {
+                    bad |= i == 0 || words[i - 1] == '\0';
+                    nwords++;
+                }
+            if (bad || wlen > PC_EXEC_WORDS_MAX || nwords > 8)
+                continue;
+            put_exec(t, key, all, logical, words, wlen, nwords);
         } else if (kind == 'C' && plen >= 1 && plen <= PC_PATH_MAX && pay[0] == '/') {
             char cwd[PC_PATH_MAX + 1];
             memcpy(cwd, pay, plen);

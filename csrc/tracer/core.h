@@ -81,7 +81,10 @@ typedef struct {
     char *open_target; /* backing file of a read-only open, if Python allowed one */
     int open_len;
     char *exec_target;  /* an execve's recipe ('E' records): the file exec'd in its place, */
-    char *exec_logical; /* and what /proc/self/exe is to show */
+    char *exec_logical; /* and what /proc/self/exe is to show; for a script, */
+    char *exec_words;   /* the words its `#!` chain puts before its path in argv (each */
+    int exec_words_len; /* NUL-terminated; PC_EXEC_WORDS_MAX bytes at most), and their */
+    int exec_nwords;    /* number (0: a program exec'd with its own argv) */
     char *cwd;          /* getcwd's answer in this directory (an anchor): 'C' records */
     unsigned char *statfs; /* an 'S' record: the struct statfs of one file system (memo.py) */
     unsigned char *dents; /* a directory's linux_dirent64 records, '.' and '..' first */
@@ -284,7 +287,9 @@ int restart_exit_stop(pc_tracer *t, pid_t tid);
 int skip_stop(pid_t tid, int64_t result);
 /* an execve from a kept recipe (a ptrace stop): `target` exec'd in place of the path
  * (if it is still a program of ours), `logical` kept for /proc/self/exe; 1 if done */
-int respond_exec(pc_tracer *t, pc_call *c, const char *target, const char *logical);
+#define PC_EXEC_WORDS_MAX 1024 /* a `#!` line is 256 bytes at most (BINPRM_BUF_SIZE) */
+int respond_exec(pc_tracer *t, pc_call *c, const char *target, const char *logical,
+                 const char *words, int nwords);
 /* at the exec event: AT_EXECFN made the path the program gave, and the logical program
  * of an exec C made kept for Python (1: kept); the task's state is then dropped */
 int exec_done(pc_tracer *t, task_state *s, pid_t tid);

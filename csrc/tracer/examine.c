@@ -332,17 +332,20 @@ static int fast_exec(pc_tracer *t, pc_call *c, const char *path, int len)
      * the execs list (queue.c quiet_task_event) */
     if (c->notify)
         return 0;
-    char target[PC_PATH_MAX + 1], logical[PC_PATH_MAX + 1];
-    int found = 0;
+    char target[PC_PATH_MAX + 1], logical[PC_PATH_MAX + 1], words[PC_EXEC_WORDS_MAX];
+    int found = 0, nwords = 0;
     pthread_rwlock_rdlock(&t->answers_lock);
     answer *a = answer_for_path(t, 1, path, (size_t)len, PC_FAST_EXEC);
     if (a && a->exec_target) {
         snprintf(target, sizeof target, "%s", a->exec_target);
         snprintf(logical, sizeof logical, "%s", a->exec_logical);
+        nwords = a->exec_nwords;
+        if (nwords)
+            memcpy(words, a->exec_words, (size_t)a->exec_words_len);
         found = 1;
     }
     pthread_rwlock_unlock(&t->answers_lock);
-    return found && respond_exec(t, c, target, logical);
+    return found && respond_exec(t, c, target, logical, words, nwords);
 }
 
 /* getcwd in a directory anchor: the spelling Python gave before (its /cvmfs path, or

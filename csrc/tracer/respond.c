@@ -312,7 +312,55 @@ int skip_stop(pid_t tid, int64_t result)
 
 /* ---- exec ------------------------------------------------------------------------- */
 
-int respond_exec(pc_tracer *t, pc_call *c, const char *target, const char *logical)
+/* A script's argv as the kernel's `#!` rule makes it: the chain's words, the path as
+ * exec was given it (the program's own string), then argv[1:] (the program's own
+ * strings), the words and the array written below `top`. Its address, 0 if it cannot
+ * be made here (no argv, a long one, memory we cannot write: Python's). */
+#define SCRIPT_ARGV_MAX 4096
+static uint64_t script_argv(pid_t tid, const pc_regs *regs, uint64_t top, const char *words,
+                            int nwords)
+{
+    uint64_t argv = get_arg(regs, 1), given = get_arg(regs, 0);
+    static uint64_t ptrs[SCRIPT_ARGV_MAX + 16]; /* the tracer thread's alone */
+    int argc = 0;
+    for (;;) { /* the program's argv, up to its NULL */
+        uint64_t chunk[64];
+        ssize_t n = argv ? pc_read(tid, argv + (uint64_t)argc * 8, chunk, sizeof chunk) : -1;
+        if (n < 8)
+            return 0;
+        int i = 0, end = 0;
+        for (; i < n / 8 && !end; i++) {
+            if (!chunk[i])
+                end = 1;
+            else if (argc >= SCRIPT_ARGV_MAX)
+                return 0;
+            else
+                ptrs[nwords + argc++] = chunk[i];
+        }
+        if (end)
+            break;
+    }
+    if (argc == 0)
+        return 0; /* the kernel's own rules for an empty argv: Python's */
+    uint64_t at = top;
+    const char *w = words;
+    for (int i = 0; i < nwords; i++) { /* the words, in order below `top` */
+        size_t len = strlen(w) + 1;
+        at -= len;
+        if (pc_write(tid, at, w, len) != (ssize_t)len)
+            return 0;
+        ptrs[i] = at;
+        w += len;
+    }
+    ptrs[nwords] = given; /* argv[0] gives way to the path as given */
+    ptrs[nwords + argc] = 0;
+    size_t bytes = ((size_t)nwords + (size_t)argc + 1) * 8;
+    at = (at - bytes) & ~(uint64_t)15;
+    return pc_write(tid, at, ptrs, bytes) == (ssize_t)bytes ? at : 0;
+}
+
+int respond_exec(pc_tracer *t, pc_call *c, const char *target, const char *logical,
+                 const char *words, int nwords)
 {
     if (c->notify || !c->regs)
         return 0;
@@ -332,9 +380,14 @@ int respond_exec(pc_tracer *t, pc_call *c, const char *target, const char *logic
         return 0;
     }
     uint64_t addr = (reg_sp(c->regs) - RED_ZONE - (uint64_t)len - 1) & ~(uint64_t)15;
-    int arg = c->r->path_arg;
+    int args[2] = {c->r->path_arg, 1};
+    uint64_t values[2] = {addr, 0};
+    if (nwords && !(values[1] = script_argv(c->tid, c->regs, addr, words, nwords))) {
+        free(keep);
+        return 0;
+    }
     if (pc_write(c->tid, addr, target, len + 1) != (ssize_t)len + 1 ||
-        rewrite_args(t, c->tid, c->regs, 1, &arg, &addr, 0, 1, 0) != 0) {
+        rewrite_args(t, c->tid, c->regs, nwords ? 2 : 1, args, values, 0, 1, 0) != 0) {
         free(keep);
         return 0;
     }

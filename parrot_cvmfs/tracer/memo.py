@@ -75,9 +75,10 @@ def cwd_record(anchor: bytes, spelling: bytes) -> bytes:
     return _record(b"C", True, anchor, spelling)
 
 
-def exec_record(key: bytes, target: bytes, logical: bytes) -> bytes:
-    """An 'E' record: execve of `key` execs `target`; /proc/self/exe shows `logical`."""
-    return _record(b"E", True, key, target + b"\0" + logical)
+def exec_record(key: bytes, target: bytes, logical: bytes, words: list[bytes] = ()) -> bytes:
+    """An 'E' record: execve of `key` execs `target`; /proc/self/exe shows `logical`;
+    `words`: for a script, what its `#!` chain puts before its path in argv."""
+    return _record(b"E", True, key, b"\0".join([target, logical, *words]))
 
 
 class Memo:

@@ -131,17 +131,30 @@ def teach_cwd(c: Context, vpath: VPath, spelling: str) -> None:
     c.memo.teach(rev, cwd_record(os.fsencode(c.base), os.fsencode(spelling)))
 
 
-def teach_exec(c: Context, t: Target, exe_path: str, exe_logical: str) -> None:
+def teach_exec(
+    c: Context,
+    t: Target,
+    exe_path: str,
+    exe_logical: str,
+    words: list[bytes] = (),
+    interpreters: list[tuple[str, Target]] = (),
+) -> None:
     """Let C make this exec itself (the file exec'd in place of the program, what
-    /proc/self/exe shows), in this run and later ones: the caller says the plan is a
-    function of the revision (no `#!`, the loader in the same repository)."""
+    /proc/self/exe shows, for a script the words its `#!` chain puts before its path
+    in argv), in this run and later ones: the caller says the ELF loader is in the
+    same revision; each `#!` interpreter (its path, its Target) must be too."""
     path = c.key()
     if path is None or t.proc or not t.virtual or t.node.variant:
         return
     rev = revision_of(c.view, path, t)
     if rev is None:
         return
-    record = exec_record(os.fsencode(path), os.fsencode(exe_path), os.fsencode(exe_logical))
+    for name, it in interpreters:
+        if it.proc or not it.virtual or it.node.variant or revision_of(c.view, name, it) != rev:
+            return
+    record = exec_record(
+        os.fsencode(path), os.fsencode(exe_path), os.fsencode(exe_logical), list(words)
+    )
     c.memo.teach(rev, record)
 
 

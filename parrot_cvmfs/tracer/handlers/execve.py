@@ -10,7 +10,7 @@ import struct
 
 from ...atomic import write_atomic
 from ...client.cache import OBJECT_MODE, ObjectCache
-from ..paths import MOUNT
+from ..paths import MOUNT, Target
 from ..syscalls import AT_FDCWD
 from .answers import revision_of, teach_exec
 from .context import RESUME, X_OK, Context, skip
@@ -194,17 +194,18 @@ def h_execve(c: Context) -> tuple:
     plan = c.guest.exec_plans.get(planned) if stable else None
     if plan is None:
         plan = _plan_exec(c, program, logical, given, argv_arg)
-        if stable and type(plan) is tuple and plan[1] is None:
+        if stable and type(plan) is tuple and plan[1] is None:  # argv: the call's own
             c.guest.exec_plans[planned] = plan
     if plan is None:  # a host program that needs nothing from /cvmfs
         return c.host(t)
     if isinstance(plan, int):
         return skip(-plan)
-    exe_path, new_argv, exe_logical, loader_rev = plan
-    if new_argv is None and not is_at and not c.empty_path and t.virtual:
-        # the program and its loader from one revision: C execs it from now on
+    exe_path, new_argv, exe_logical, loader_rev, words, interpreters = plan
+    if words is not None and not is_at and not c.empty_path and t.virtual:
+        # the program, its `#!` interpreters and its loader from one revision: C execs
+        # it from now on (a script's argv made from the words before its path)
         if loader_rev is None or loader_rev == revision_of(c.view, c.key() or "", t):
-            teach_exec(c, t, exe_path, exe_logical)
+            teach_exec(c, t, exe_path, exe_logical, words, interpreters)
     values: dict = {c.call.path: exe_path}
     if is_at:
         values[0] = AT_FDCWD & 0xFFFFFFFFFFFFFFFF
@@ -217,10 +218,13 @@ def h_execve(c: Context) -> tuple:
 
 def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_arg: int):
     """(path to exec, new argv or None, logical exe, the revision of the ELF loader
-    looked up: None if none was, "" if it is in none) / an errno / None (nothing to do).
-    `logical`: the program's /cvmfs path, or in a guest namespace its guest path
-    (interpreters are then looked up in the guest too)."""
+    looked up: None if none was, "" if it is in none, the words a `#!` chain puts
+    before the program's path in argv, the interpreters as (path, Target)) / an errno
+    / None (nothing to do). `logical`: the program's /cvmfs path, or in a guest
+    namespace its guest path (interpreters are then looked up in the guest too)."""
     argv: list[bytes] | None = None
+    given_argc = 0
+    interpreters: list[tuple[str, Target]] = []
     exe_logical = logical or program  # what /proc/self/exe is to show
     path = program
     view = c.view
@@ -236,6 +240,7 @@ def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_a
         interp, arg = sb
         if argv is None:
             argv = read_string_array(lambda a, n: c.core.read(c.tid, a, n), c.args[argv_arg])
+            given_argc = len(argv)
         # the kernel's rule: interpreter, its argument, the file as exec was given it
         argv = (
             [os.fsencode(interp)]
@@ -247,6 +252,7 @@ def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_a
         t = c.resolve_path(interp, None, True)
         if t.err:
             return t.err
+        interpreters.append((interp, t))
         if t.virtual:
             if not t.node.is_regular:
                 return errno.EACCES
@@ -275,7 +281,12 @@ def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_a
         return None
     if not os.access(path, os.X_OK):
         path = executable_copy(view.own_cache(), path, _program_name(given))
-    return path, argv, exe_logical, loader_rev
+    # a script's argv is the words, the path as given, argv[1:] (None: it cannot be
+    # told so, an empty argv has the kernel's own rules; no script: no words)
+    words: list[bytes] | None = []
+    if argv is not None:
+        words = argv[: len(argv) - given_argc] if given_argc else None
+    return path, argv, exe_logical, loader_rev, words, interpreters
 
 
 def _program_name(given: str) -> str:
