@@ -564,3 +564,69 @@ def test_fuzz_dates():
     for _ in range(1500):
         data = mutate(rnd, rnd.choice(dates), dates)
         expect_clean(parse_repository_date, data.decode("utf-8", "replace"), case=data)
+
+
+# -- the C answer table's records (kept answers: memo files are cache files) ----------------------
+
+_LOAD_RECORDS = """
+import os, struct, sys, tempfile
+from parrot_cvmfs.tracer.core import Core
+from parrot_cvmfs.tracer.syscalls import calls_for, machine
+d = tempfile.mkdtemp()
+core = Core(calls_for(machine()), machine(), d + "/anchors", [d + "/cache"])
+data = open(sys.argv[1], "rb").read()
+at, taken = 0, []
+while at < len(data):
+    (n,) = struct.unpack_from("<I", data, at)
+    taken.append(core.table_load(data[at + 4 : at + 4 + n]))
+    at += 4 + n
+print(" ".join(map(str, taken)))
+"""
+
+
+def _load_in_child(tmp_path, blobs: list[bytes]) -> list[int]:
+    """Each blob loaded into a fresh table's worth of records in one child process (a
+    crash there is a failure here, not the end of the suite): how many each took."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "blobs"
+    path.write_bytes(b"".join(len(b).to_bytes(4, "little") + b for b in blobs))
+    p = subprocess.run(
+        [sys.executable, "-c", _LOAD_RECORDS, str(path)], capture_output=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    return [int(x) for x in p.stdout.split()]
+
+
+def test_fuzz_answer_records(tmp_path):
+    from parrot_cvmfs.tracer import memo
+    from parrot_cvmfs.tracer.structs import host_attrs, pack_statfs
+    from parrot_cvmfs.tracer.syscalls import machine
+
+    st = pack_stat(host_attrs(os.stat("/")), machine())
+    seeds = [
+        memo.answer_record(True, b"/cvmfs/r/a", 0, st, [0] * 8, None),
+        memo.answer_record(False, b"/cvmfs/r/l", 0, st, None, b"target"),
+        memo.answer_record(True, b"/cvmfs/r/gone", 2, None, None, None),
+        memo.exec_record(b"/cvmfs/r/bin/p", b"/c/patched/p", b"/cvmfs/r/bin/p"),
+        memo.exec_record(b"/cvmfs/r/s", b"/c/p/sh", b"/cvmfs/r/sh", [b"/cvmfs/r/sh", b"-e"]),
+        memo.cwd_record(b"/anchors/r@x/d", b"/cvmfs/r/d"),
+        memo.statfs_record(42, pack_statfs(10, 5, 0, 42)),
+        memo.xattrs_record(True, b"/cvmfs/r/a", b"\x04\x00user\xfe\xff\xff\xff"),
+    ]
+    # the words of a script's recipe: each nonempty, at most 8, within the bound
+    bad_words = [
+        memo.exec_record(b"/k", b"/t", b"/l", [b"a", b""]),
+        memo.exec_record(b"/k", b"/t", b"/l", [b"w"] * 9),
+        memo.exec_record(b"/k", b"/t", b"/l", [b"w" * 1100]),
+        memo.exec_record(b"/k", b"/t", b""),
+        memo._record(b"E", True, b"/k", b"/t\0/l\0"),
+    ]
+    assert _load_in_child(tmp_path, seeds) == [1] * len(seeds)
+    assert _load_in_child(tmp_path, bad_words) == [0] * len(bad_words)
+    rnd = random.Random(14)
+    whole = b"".join(seeds)
+    blobs = [mutate(rnd, rnd.choice([whole, *seeds]), seeds) for _ in range(3000)]
+    taken = _load_in_child(tmp_path, blobs)
+    assert len(taken) == len(blobs) and all(0 <= n <= len(seeds) + 8 for n in taken)
