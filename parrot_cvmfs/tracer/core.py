@@ -249,6 +249,11 @@ class Core:
         former tid (EV_EXEC); other is meaningless for EV_EXIT."""
         return self.ev.tid, self.ev.other
 
+    def exec_made(self) -> bool:
+        """Whether C made the current EV_EXEC from a kept recipe (its program's name is
+        waiting for take_exec, or was taken by end_quiet)."""
+        return bool(self.ev.aux)
+
     def exit_result(self) -> tuple[int, int]:
         """(tid, the call's result) of the current EV_SYSCALL_EXIT."""
         return self.ev.tid, self.ev.ret

@@ -34,11 +34,12 @@ class Processes:
                 self.fds[ctgid] = dict(self.fds[ptgid])
 
     def on_exec(self, tid: int, former: int, made=None) -> None:
-        """A successful exec: what /proc/self/exe shows now (`made(tid)`: the logical
-        program of an exec C made from a kept recipe, asked only if Python made none)."""
+        """A successful exec: what /proc/self/exe shows now. `made(tid)`: given only for
+        an exec C made from a kept recipe, the logical program it kept (None: the
+        adopting Python took it already, end_quiet, and set it)."""
         logical = self.pending_exec.pop(former, None)
         if logical is None and made is not None:
-            logical = made(tid)
+            logical = made(tid) or self.exe.get(tid)
         self.pending_exec.pop(tid, None)
         for t in [t for t, g in self.tgid_of.items() if g == tid and t != tid]:
             del self.tgid_of[t]
