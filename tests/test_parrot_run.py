@@ -382,7 +382,15 @@ def exec_repo(tmp_path_factory, progs, mode):
         "readlink /proc/$$/exe\n"
     )
     (src / "bin/not-exec").write_text("#!/bin/sh\necho no\n")
-    for f in ("script.sh", "dscript", "nested-script", "argv-script"):
+    shutil.copy(src / "bin/dash", src / "bin/dash-unexecutable")
+    os.chmod(src / "bin/dash-unexecutable", 0o644)
+    (src / "bin/bad-interp").write_text(f"#!/cvmfs/{name}/bin/dash-unexecutable\necho ran\n")
+    (src / "bin/rel-interp").write_text("#!bin/dash\necho relative ran\n")
+    chain = [f"/cvmfs/{name}/bin/dash"] + [f"/cvmfs/{name}/bin/chain{i}" for i in range(1, 7)]
+    for i in range(1, 7):  # chain1 runs on dash, chainN on chain(N-1)
+        (src / f"bin/chain{i}").write_text(f"#!{chain[i - 1]}\necho chain{i} $0\n")
+        os.chmod(src / f"bin/chain{i}", 0o755)
+    for f in ("script.sh", "dscript", "nested-script", "argv-script", "bad-interp", "rel-interp"):
         os.chmod(src / "bin" / f, 0o755)
     (src / "include/mylib.h").write_text("int mylib_answer(void);\n")
     lib_c = base / "mylib.c"
@@ -453,6 +461,20 @@ def test_kept_script_execs_have_the_kernels_argv(exec_repo):
     assert p.stdout.decode() == once * 3 + rel
     execs = re.search(r"\bexecve \d+ \((\d+)/(\d+)/(\d+)\)", p.stderr.decode())
     assert execs and int(execs.group(2)) >= 2, p.stderr  # the second and third: C's
+
+
+def test_script_interpreters_as_the_kernel_takes_them(exec_repo):
+    """An interpreter that is not executable is EACCES; a relative one is found from the
+    process's cwd; five `#!` rewrites run, a sixth is ELOOP (the kernel's exec_binprm)."""
+    parrot, mnt, _, _ = exec_repo
+    p = parrot(f"{mnt}/bin/bad-interp")
+    assert p.returncode == 126 and "Permission denied" in p.stderr.decode(), p.stderr
+    p = parrot("/bin/sh", "-c", f"cd {mnt} && ./bin/rel-interp; cd /tmp && {mnt}/bin/rel-interp")
+    assert p.stdout.decode() == "relative ran\n" and p.returncode == 127, p.stderr
+    p = parrot(f"{mnt}/bin/chain5")
+    assert (p.returncode, p.stdout.decode()) == (0, f"chain1 {mnt}/bin/chain1\n"), p.stderr
+    p = parrot(f"{mnt}/bin/chain6")
+    assert p.returncode == 126 and "Too many levels" in p.stderr.decode(), p.stderr
 
 
 def test_python_c_compile_git(exec_repo, tmp_path):

@@ -3,6 +3,7 @@ per-process state, has signals forwarded, and returns the job's exit status."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -181,7 +182,7 @@ class Supervisor:
             print(f"parrot_run: {_spawn_message(failure, self.opts.command[0])}", file=sys.stderr)
             if (failure.strerror or "").startswith("cannot"):
                 return 1  # no tracing here: a set-up failure, not the program's
-            return 126 if failure.errno in (13, 8) else 127
+            return 127 if failure.errno == errno.ENOENT else 126  # as env(1) and sh
         self.ran = True  # mounted, started and traced to the end: a start worth a plan
         if self.opts.stats:
             self.keep()  # first, so that the peak memory printed includes it
@@ -247,7 +248,7 @@ class Supervisor:
                 procs.on_newtask(*core.task())
             elif kind == EV_EXEC:
                 tid, former = core.task()
-                procs.on_exec(tid, former, core.take_exec)
+                procs.on_exec(tid, former, core.take_exec if core.exec_made() else None)
                 if tid == self.root:
                     self.exec_seen = True
             elif kind == EV_EXIT:

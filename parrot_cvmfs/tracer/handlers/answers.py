@@ -149,8 +149,10 @@ def teach_exec(
     rev = revision_of(c.view, path, t)
     if rev is None:
         return
-    for name, it in interpreters:
-        if it.proc or not it.virtual or it.node.variant or revision_of(c.view, name, it) != rev:
+    for name, it in interpreters:  # (a relative one is the cwd's: not the revision's)
+        if not name.startswith("/") or it.proc or not it.virtual or it.node.variant:
+            return
+        if revision_of(c.view, name, it) != rev:
             return
     record = exec_record(
         os.fsencode(path), os.fsencode(exe_path), os.fsencode(exe_logical), list(words)

@@ -17,7 +17,7 @@ from .context import RESUME, X_OK, Context, skip
 
 BINPRM_BUF_SIZE = 256
 PT_INTERP = 3
-MAX_INTERPRETER_DEPTH = 4
+MAX_INTERPRETER_DEPTH = 5  # `#!` rewrites the kernel makes before ELOOP (exec_binprm)
 
 
 def read_head(path: str) -> bytes:
@@ -249,16 +249,24 @@ def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_a
             + argv[1:]
         )
         given = interp
-        t = c.resolve_path(interp, None, True)
+        # a relative interpreter is the kernel's open_exec of it: from the process's cwd
+        t = c.resolve_path(interp, None if interp.startswith("/") else _cwd(c.tid), True)
         if t.err:
             return t.err
         interpreters.append((interp, t))
         if t.virtual:
             if not t.node.is_regular:
                 return errno.EACCES
+            denied = c.can(t.node, X_OK)  # the interpreter must be executable too
+            if denied:
+                return denied
             path = view.materialize(t.node)
             exe_logical = t.guest if guest else t.node.vpath.logical
         else:
+            if os.path.exists(t.host) and not (  # missing: ENOENT, when its head is read
+                os.path.isfile(t.host) and os.access(t.host, os.X_OK)
+            ):
+                return errno.EACCES
             path, exe_logical = t.host, t.guest or t.host
     else:
         return errno.ELOOP
@@ -287,6 +295,14 @@ def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_a
     if argv is not None:
         words = argv[: len(argv) - given_argc] if given_argc else None
     return path, argv, exe_logical, loader_rev, words, interpreters
+
+
+def _cwd(tid: int) -> str | None:
+    """The host directory a task's relative names start from (None: it is gone)."""
+    try:
+        return os.readlink(f"/proc/{tid}/cwd")
+    except OSError:
+        return None
 
 
 def _program_name(given: str) -> str:
