@@ -147,10 +147,6 @@ static int fits(int fd, int64_t size)
     return fstat(fd, &s) == 0 && S_ISREG(s.st_mode) && s.st_size == size;
 }
 
-/* An open of `target` in place of the program's path. A notification: we open it and
- * install the descriptor (one round trip). A ptrace stop: the path argument points
- * at `target`, written below the stack pointer (two stops). 1 if done. `size` >= 0:
- * a regular file's backing file, served only if it fits (else 0: Python's). */
 /* A file bind's host source, as the guest's read-only open of its destination: no link
  * followed (the table's source is a realpath; a link put there since is Python's). */
 static int open_host(pc_tracer *t, const char *path, int flags)
@@ -171,6 +167,11 @@ static int is_regular(int fd)
     return fstat(fd, &s) == 0 && S_ISREG(s.st_mode);
 }
 
+/* An open of `target` in place of the program's path. A notification: we open it and
+ * install the descriptor (one round trip). A ptrace stop: the path argument points
+ * at `target`, written below the stack pointer (two stops). 1 if done. `size` >= 0:
+ * a regular file's backing file, served only if it fits (else 0: Python's); OPEN_HOST:
+ * a host regular file (a file bind's source). */
 int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t flags,
                  int64_t size)
 {
