@@ -121,11 +121,12 @@ class Supervisor:
         # (argv, env, file, host cwd, the host environment then) of the job spawned
         self.started: tuple | None = None
         if opts.root is not None or opts.binds:
+            from ..container.mounts import host_realpath
             from .guest import Guest, StartInputs, build_table
 
             inputs = self.start_inputs = StartInputs() if _plannable(opts) else None
             exists = inputs.exists if inputs is not None else os.path.lexists
-            real = inputs.realpath if inputs is not None else os.path.realpath
+            real = inputs.realpath if inputs is not None else host_realpath
             table = build_table(self.view, opts.root, opts.binds, opts.default_binds, exists, real)
             if inputs is not None:
                 inputs.sources(opts.root, opts.binds, table)
