@@ -605,6 +605,31 @@ def test_ptest_scenarios(exec_repo):
         assert p.stdout.decode() == line * 3, p.stderr
 
 
+def test_descriptor_numbers_reused(exec_repo, tmp_path):
+    """One descriptor number holding, in turn, /cvmfs directories, a host directory and
+    files (close and reopen, dup2 over it), used from two threads: every fd-relative
+    answer is about the file now at that number, as natively (the tracer keeps what a
+    descriptor names and must see it change)."""
+    parrot, mnt, src, _ = exec_repo
+    host = tmp_path / "hostdir"
+    (host / "mypkg").mkdir(parents=True)
+    (host / "hello").write_text("")
+    rel = ["py/mypkg", "bin", None, "py", "bin/hello", "", "py/mypkg/__init__.py", "lib"]
+
+    def args(top: str) -> list[str]:
+        paths = [str(host) if r is None else f"{top}/{r}".rstrip("/") for r in rel]
+        return ["fd-reuse", *paths, "--", "mypkg", "hello", "bin", "py", "sub.py", "nothing"]
+
+    def out(text: str, top: str) -> str:  # the top directory's own name differs
+        return text.replace(f" /{os.path.basename(top)}\n", " /TOP\n")
+
+    want = out(run([f"{src}/bin/ptest", *args(src)], base_env()).stdout.decode(), src)
+    assert want.count("fstat-same 1 link-base-same 1") == 6 * 2 * len(rel), want
+    for _ in range(2):  # the second run is answered from the kept answers
+        p = parrot(f"{mnt}/bin/ptest", *args(mnt))
+        assert p.returncode == 0 and out(p.stdout.decode(), mnt) == want, p.stderr
+
+
 def test_openat_edge_cases(parrot, published, progs):
     mnt = f"/cvmfs/{published.name}"
     p = parrot(progs, "openat", env={"ROOT": mnt})

@@ -307,6 +307,91 @@ static int c_getdents(const char *dir)
     return 0;
 }
 
+/* One descriptor number given, in turn, to each of PATHS (directories in /cvmfs and on
+ * the host, and files), by dup2 and by close-and-reopen, and used several times from
+ * this thread and from another: what fstat, fstatat, openat, getdents64 and
+ * /proc/self/fd/N say must be about the file now at that number (the tracer remembers
+ * what a descriptor names). NAMES are looked up relative to it; a path's own name is
+ * printed as its last component, so that a run over a copy of the tree prints the same. */
+struct fd_round {
+    int fd;
+    const char *path;
+    char **names;
+};
+
+static void *fd_round_report(void *arg)
+{
+    struct fd_round *r = arg;
+    struct stat a, b;
+    for (int pass = 0; pass < 3; pass++) {
+        int same = fstat(r->fd, &a) == 0 && stat(r->path, &b) == 0 && a.st_ino == b.st_ino &&
+                   a.st_dev == b.st_dev && a.st_mode == b.st_mode;
+        char link[4096];
+        char self[64];
+        snprintf(self, sizeof self, "/proc/self/fd/%d", r->fd);
+        ssize_t n = readlink(self, link, sizeof link - 1);
+        link[n > 0 ? n : 0] = 0;
+        const char *base = strrchr(link, '/');
+        const char *want = strrchr(r->path, '/');
+        printf("  fstat-same %d link-base-same %d", same, base && want && !strcmp(base, want));
+        for (char **nm = r->names; *nm; nm++) {
+            int e = fstatat(r->fd, *nm, &a, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : errno;
+            int o = openat(r->fd, *nm, O_RDONLY | O_DIRECTORY);
+            int oe = o >= 0 ? 0 : errno;
+            if (o >= 0)
+                close(o);
+            printf(" %s:%s/%s", *nm, e ? strerrorname_np(e) : "ok", oe ? strerrorname_np(oe) : "ok");
+        }
+        char buf[8192];
+        long total = 0, got;
+        if (lseek(r->fd, 0, SEEK_SET) == 0) {
+            while ((got = syscall(SYS_getdents64, r->fd, buf, sizeof buf)) > 0)
+                for (long off = 0; off < got; off += ((struct dirent64 *)(buf + off))->d_reclen)
+                    total++;
+            printf(" entries %ld\n", got < 0 ? -(long)errno : total);
+        } else {
+            printf(" lseek %s\n", strerrorname_np(errno));
+        }
+    }
+    return NULL;
+}
+
+static int c_fd_reuse(char **paths)
+{
+    char **names = paths;
+    while (*names && strcmp(*names, "--"))
+        names++;
+    if (!*names)
+        return 2;
+    *names++ = NULL;
+    int num = open("/", O_RDONLY | O_DIRECTORY); /* the number every round uses */
+    for (int round = 0; round < 2; round++) {
+        for (char **p = paths; *p; p++) {
+            int fd;
+            if (round == 0) { /* close, then open: the kernel gives the lowest, `num` */
+                close(num);
+                fd = open(*p, O_RDONLY);
+            } else { /* dup2 over it while it is open */
+                int other = open(*p, O_RDONLY);
+                fd = other < 0 ? -1 : dup2(other, num);
+                if (other >= 0)
+                    close(other);
+            }
+            if (fd != num) {
+                printf("%s: not at the number (%d)\n", strrchr(*p, '/'), fd);
+                return 1;
+            }
+            printf("%s %s\n", round ? "dup2" : "reopen", strrchr(*p, '/'));
+            struct fd_round r = {num, *p, names};
+            fd_round_report(&r);
+            pthread_t th; /* another thread of the same descriptor table */
+            pthread_create(&th, NULL, fd_round_report, &r);
+            pthread_join(th, NULL);
+        }
+    }
+    return 0;
+}
+
 /* Run CMD where a seccomp filter makes ptrace (or installing seccomp filters) fail
  * with EPERM, as a container's profile does. */
 static int c_deny(const char *what, char **cmd)
@@ -345,6 +430,7 @@ int main(int argc, char **argv)
     if (!strcmp(c, "mmaps")) return c_mmaps(argv[2], atoi(argv[3]));
     if (!strcmp(c, "threads-fork")) return c_threads_fork(atoi(argv[2]));
     if (!strcmp(c, "getdents")) return c_getdents(argv[2]);
+    if (!strcmp(c, "fd-reuse")) return c_fd_reuse(argv + 2);
     if (!strcmp(c, "deny") && argc > 3) return c_deny(argv[2], argv + 3);
     return 2;
 }
