@@ -60,19 +60,7 @@ typedef struct {
     int notify;        /* 1: a seccomp user notification, 0: a ptrace stop */
     uint64_t notif_id;
     pc_regs *regs;     /* ptrace stops only */
-    int base_dir;      /* the first path's dirfd is a directory anchor (fd_link said) */
 } pc_call;
-
-/* ---- what a task's descriptors name (descriptors.c) ----------------------------------- */
-
-typedef struct pc_fd_slot pc_fd_slot;
-/* proc_link of the task's `fd`, from a copy kept for an anchor's directory; *dir: 1 if
- * it is one (a directory of ours) */
-int fd_link(pc_tracer *t, const pc_call *c, long fd, char *out, size_t max, int *dir);
-/* our copy of the task's `fd`: the kept one if fd_link kept it in this call (*borrowed:
- * not to be closed), else a new one (pc_getfd) */
-int fd_copy(pc_tracer *t, const pc_call *c, int fd, int *borrowed);
-void fd_cache_free(pc_tracer *t);
 
 /* ---- the answer table (answers.c) ---------------------------------------------------- */
 
@@ -191,9 +179,6 @@ struct pc_tracer {
     int prefix_fd[2][PC_MAX_PREFIXES]; /* O_PATH descriptors of the prefix directories */
     int nprefix[2];
     int no_openat2; /* the kernel has no openat2 (before 5.6) */
-    pid_t self_pid;
-    pc_fd_slot *fd_slots[2]; /* descriptors.c: the tracer thread's, the notification thread's */
-    int fd_cache_off;        /* the kernel has no kcmp */
     int translate;  /* pc_set_translate: every path is the guest's, to be translated */
     void *late_filter; /* pc_set_late_filter: installed by the job after the hand-over */
     int late_filter_len;

@@ -86,13 +86,11 @@ static int guest_passes(pc_tracer *t, const pc_call *c, const char *path, const 
 
 /* One path argument (and, if it is relative, its base). 1 if it concerns us. */
 static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_arg, char *path,
-                        int *path_len, int *path_err, char *base, int *base_len, int *empty_path,
-                        int *base_dir)
+                        int *path_len, int *path_err, char *base, int *base_len, int *empty_path)
 {
     const pc_rule *r = c->r;
     *base_len = 0;
     *empty_path = 0;
-    *base_dir = 0;
     uint64_t addr = c->args[path_arg];
     long dirfd = dirfd_arg >= 0 ? (long)(int)c->args[dirfd_arg] : AT_FDCWD;
     int has_empty = r->empty_flag && r->flags_arg >= 0 && (c->args[r->flags_arg] & r->empty_flag);
@@ -113,7 +111,7 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
             return 0; /* "" is ENOENT, from the kernel */
         *empty_path = 1;
         int m = dirfd == AT_FDCWD ? proc_link(c->tid, "cwd", -1, base, PC_PATH_MAX)
-                                  : fd_link(t, c, dirfd, base, PC_PATH_MAX, base_dir);
+                                  : proc_link(c->tid, NULL, dirfd, base, PC_PATH_MAX);
         if (m < 0)
             return 0;
         *base_len = m;
@@ -128,7 +126,7 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
     }
     /* relative: Python needs the base whenever the call concerns us */
     int m = dirfd == AT_FDCWD ? proc_link(c->tid, "cwd", -1, base, PC_PATH_MAX)
-                              : fd_link(t, c, dirfd, base, PC_PATH_MAX, base_dir);
+                              : proc_link(c->tid, NULL, dirfd, base, PC_PATH_MAX);
     if (m < 0)
         return 0; /* a bad dirfd: the kernel's EBADF/ENOTDIR is right */
     *base_len = m;
@@ -224,20 +222,18 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
     switch (r->kind) {
     case PC_KIND_PATH:
         return examine_path(t, c, r->dirfd_arg, r->path_arg, ev->path, &ev->path_len,
-                            &ev->path_err, ev->base, &ev->base_len, &ev->empty_path,
-                            &c->base_dir);
+                            &ev->path_err, ev->base, &ev->base_len, &ev->empty_path);
     case PC_KIND_PATH2: {
-        int e2, d2;
+        int e2;
         int a = examine_path(t, c, r->dirfd_arg, r->path_arg, ev->path, &ev->path_len,
-                             &ev->path_err, ev->base, &ev->base_len, &ev->empty_path,
-                             &c->base_dir);
+                             &ev->path_err, ev->base, &ev->base_len, &ev->empty_path);
         int b = examine_path(t, c, r->dirfd2_arg, r->path2_arg, ev->path2, &ev->path2_len,
-                             &ev->path2_err, ev->base2, &ev->base2_len, &e2, &d2);
+                             &ev->path2_err, ev->base2, &ev->base2_len, &e2);
         return a || b;
     }
     case PC_KIND_FD: {
         long fd = (long)(int)c->args[r->path_arg];
-        int m = fd_link(t, c, fd, ev->base, PC_PATH_MAX, &c->base_dir);
+        int m = fd >= 0 ? proc_link(c->tid, NULL, fd, ev->base, PC_PATH_MAX) : -1;
         if (m <= 0)
             return 0;
         ev->base_len = m;
@@ -571,7 +567,7 @@ static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char
     size_t klen = mlen + head + tail + 1 + (size_t)ev->path_len;
     if (klen > PC_PATH_MAX)
         return -1;
-    if (c->r->dirfd_arg >= 0 && (int)c->args[c->r->dirfd_arg] != AT_FDCWD && !c->base_dir) {
+    if (c->r->dirfd_arg >= 0 && (int)c->args[c->r->dirfd_arg] != AT_FDCWD) {
         struct stat st; /* a dirfd may be an anchor of a symlink or fifo: ENOTDIR, Python's */
         if (lstat(ev->base, &st) != 0 || !S_ISDIR(st.st_mode))
             return -1;
@@ -621,8 +617,7 @@ static int fast_getdents(pc_tracer *t, pc_call *c, const char *anchor, int len)
         pthread_rwlock_unlock(&t->answers_lock);
         return 0;
     }
-    int borrowed;
-    int ours = fd_copy(t, c, fd, &borrowed);
+    int ours = pc_getfd(c->tid, fd);
     if (ours < 0) {
         pthread_rwlock_unlock(&t->answers_lock);
         return 0;
@@ -650,8 +645,7 @@ static int fast_getdents(pc_tracer *t, pc_call *c, const char *anchor, int len)
     else if (end > start)
         lseek(ours, (off_t)index, SEEK_SET);
     pthread_rwlock_unlock(&t->answers_lock);
-    if (!borrowed)
-        close(ours);
+    close(ours);
     return respond_result(t, c, result) == 0;
 }
 

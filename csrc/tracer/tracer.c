@@ -83,7 +83,6 @@ pc_tracer *pc_new(const pc_rule *rules, int nrules)
     t->listener = t->sigchld_fd = t->root_pidfd = -1;
     t->tracer_wake[0] = t->tracer_wake[1] = t->python_wake[0] = t->python_wake[1] = -1;
     t->python_cpu = t->tracer_cpu = -1;
-    t->self_pid = getpid();
     pthread_rwlock_init(&t->answers_lock, NULL);
     pthread_mutex_init(&t->qlock, NULL);
     pthread_cond_init(&t->spawned, NULL);
@@ -115,7 +114,6 @@ void pc_free(pc_tracer *t)
         return;
     pc_table_clear(t);
     mounts_free(t);
-    fd_cache_free(t);
     for (size_t i = 0; i < t->nexecs; i++)
         free(t->execs[i].logical);
     free(t->execs);
