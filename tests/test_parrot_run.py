@@ -608,8 +608,8 @@ def test_ptest_scenarios(exec_repo):
 def test_descriptor_numbers_reused(exec_repo, tmp_path):
     """One descriptor number holding, in turn, /cvmfs directories, a host directory and
     files (close and reopen, dup2 over it), used from two threads: every fd-relative
-    answer is about the file now at that number, as natively (the tracer keeps what a
-    descriptor names and must see it change)."""
+    answer is about the file now at that number, as natively (any cache of what a
+    descriptor names must see it change hands)."""
     parrot, mnt, src, _ = exec_repo
     host = tmp_path / "hostdir"
     (host / "mypkg").mkdir(parents=True)
