@@ -310,9 +310,10 @@ static int c_getdents(const char *dir)
 /* One descriptor number given, in turn, to each of PATHS (directories in /cvmfs and on
  * the host, and files), by dup2 and by close-and-reopen, and used several times from
  * this thread and from another: what fstat, fstatat, openat, getdents64 and
- * /proc/self/fd/N say must be about the file now at that number (the tracer remembers
- * what a descriptor names). NAMES are looked up relative to it; a path's own name is
- * printed as its last component, so that a run over a copy of the tree prints the same. */
+ * /proc/self/fd/N say must be about the file now at that number (any cache of what a
+ * descriptor names must see it change hands). NAMES are looked up relative to it; a
+ * path's own name is printed as its last component, so that a run over a copy of the
+ * tree prints the same. */
 struct fd_round {
     int fd;
     const char *path;
