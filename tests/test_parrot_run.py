@@ -630,6 +630,29 @@ def test_descriptor_numbers_reused(exec_repo, tmp_path):
         assert p.returncode == 0 and out(p.stdout.decode(), mnt) == want, p.stderr
 
 
+def test_locks_released_at_the_jobs_close(exec_repo):
+    """A /cvmfs directory or file the job used by descriptor (fstat, fstatat, openat,
+    getdents64, from two threads), locked with flock and closed, can be locked again at
+    once, as natively: nothing of ours keeps the job's open file (and with it the lock)
+    past its close."""
+    parrot, mnt, src, _ = exec_repo
+    rel = ["", "py", "py/mypkg", "bin/hello", "py/mypkg/__init__.py"]
+
+    def paths(top: str) -> list[str]:
+        return [f"{top}/{r}".rstrip("/") for r in rel]
+
+    def out(text: str, top: str) -> str:  # the top directory's own name differs
+        return text.replace(f"/{os.path.basename(top)}: ", "/TOP: ")
+
+    want = out(
+        run([f"{src}/bin/ptest", "lock-after-use", *paths(src)], base_env()).stdout.decode(), src
+    )
+    assert want.count("lock ok, relock after close ok") == 2 * len(rel), want
+    for _ in range(2):  # the second run is answered from the kept answers
+        p = parrot(f"{mnt}/bin/ptest", "lock-after-use", *paths(mnt))
+        assert p.returncode == 0 and out(p.stdout.decode(), mnt) == want, p.stderr
+
+
 def test_openat_edge_cases(parrot, published, progs):
     mnt = f"/cvmfs/{published.name}"
     p = parrot(progs, "openat", env={"ROOT": mnt})

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -393,6 +394,52 @@ static int c_fd_reuse(char **paths)
     return 0;
 }
 
+/* Each of PATHS is opened and used by descriptor (fstat, fstatat of NAME, openat of it,
+ * getdents64), from this thread and another, then locked with flock and closed; a new
+ * open of it must then take the lock at once. A tracer that kept a copy of the job's
+ * descriptor past its close would still hold the lock (the lock belongs to the open
+ * file, which the copy keeps alive). */
+static void *use_by_descriptor(void *arg)
+{
+    int fd = *(int *)arg;
+    struct stat st;
+    char buf[8192];
+    fstat(fd, &st);
+    fstatat(fd, "nothing", &st, 0);
+    int o = openat(fd, "nothing", O_RDONLY);
+    if (o >= 0)
+        close(o);
+    while (syscall(SYS_getdents64, fd, buf, sizeof buf) > 0) /* ENOTDIR on a file */
+        ;
+    return NULL;
+}
+
+static int c_lock_after_use(char **paths)
+{
+    for (char **p = paths; *p; p++) {
+        for (int pass = 0; pass < 2; pass++) { /* the second from the kept answers' side */
+            int fd = open(*p, O_RDONLY);
+            if (fd < 0) {
+                printf("%s: open %s\n", *p, strerrorname_np(errno));
+                return 1;
+            }
+            use_by_descriptor(&fd);
+            pthread_t th;
+            pthread_create(&th, NULL, use_by_descriptor, &fd);
+            pthread_join(th, NULL);
+            int l = flock(fd, LOCK_EX | LOCK_NB); /* a held lock fails, not hangs */
+            close(fd);
+            fd = open(*p, O_RDONLY);
+            int again = fd < 0 ? -1 : flock(fd, LOCK_EX | LOCK_NB);
+            printf("%s: lock %s, relock after close %s\n", strrchr(*p, '/'),
+                   l ? strerrorname_np(errno) : "ok", again ? strerrorname_np(errno) : "ok");
+            if (fd >= 0)
+                close(fd);
+        }
+    }
+    return 0;
+}
+
 /* Run CMD where a seccomp filter makes ptrace (or installing seccomp filters) fail
  * with EPERM, as a container's profile does. */
 static int c_deny(const char *what, char **cmd)
@@ -432,6 +479,7 @@ int main(int argc, char **argv)
     if (!strcmp(c, "threads-fork")) return c_threads_fork(atoi(argv[2]));
     if (!strcmp(c, "getdents")) return c_getdents(argv[2]);
     if (!strcmp(c, "fd-reuse")) return c_fd_reuse(argv + 2);
+    if (!strcmp(c, "lock-after-use")) return c_lock_after_use(argv + 2);
     if (!strcmp(c, "deny") && argc > 3) return c_deny(argv[2], argv + 3);
     return 2;
 }
