@@ -653,6 +653,36 @@ def test_locks_released_at_the_jobs_close(exec_repo):
         assert p.returncode == 0 and out(p.stdout.decode(), mnt) == want, p.stderr
 
 
+def test_exec_failures_answered_in_c(exec_repo):
+    """execve of /cvmfs paths that cannot be exec'd (a shell or execvp trying each PATH
+    directory, a directory, a file without x bits) fails with the kernel's errno; once
+    Python has seen a path, C fails its next execs itself, in the same run and in the
+    next (from the kept answers)."""
+    import re
+
+    parrot, mnt, src, _ = exec_repo
+    rel = ["bin/nothere", "nodir/x", "bin/hello/x", "README/", "bin", "README", "bin/hello"]
+
+    def paths(top: str) -> list[str]:
+        return [f"{top}/{r}" for r in rel]
+
+    want = run([f"{src}/bin/ptest", "exec-errors", *paths(src)], base_env()).stdout.decode()
+    assert want.startswith("/nothere: ENOENT ENOENT ENOENT\n/x: ENOENT ENOENT ENOENT\n"), want
+    assert want.endswith(
+        "/bin: EACCES EACCES EACCES\n/README: EACCES EACCES EACCES\n/hello: ran ran ran\n"
+    )
+    for run_no in range(2):
+        p = parrot(f"{mnt}/bin/ptest", "exec-errors", *paths(mnt), options=("--stats",))
+        assert p.returncode == 0 and p.stdout.decode() == want, (p.stdout, p.stderr)
+        m = re.search(rb"execve (\d+) \((\d+)/(\d+)/(\d+)\)", p.stderr)
+        assert m, p.stderr
+        total, in_c, in_python = int(m.group(1)), int(m.group(3)), int(m.group(4))
+        # each path reaches Python at most once (ptest's own exec too), the next run never
+        assert total == 3 * len(rel) + 1, p.stderr
+        assert in_python <= (len(rel) + 1 if run_no == 0 else 0), p.stderr
+        assert in_c == total - in_python, p.stderr
+
+
 def test_openat_edge_cases(parrot, published, progs):
     mnt = f"/cvmfs/{published.name}"
     p = parrot(progs, "openat", env={"ROOT": mnt})

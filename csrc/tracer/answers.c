@@ -52,8 +52,8 @@ static int answers(const answer *a, int fast)
         return a->open_target != NULL;
     case PC_FAST_STATFS:
         return a->has_stat; /* with the 'S' record of its st_dev (examine.c) */
-    case PC_FAST_EXEC:
-        return a->exec_target != NULL;
+    case PC_FAST_EXEC: /* a recipe, or what makes the exec fail (examine.c fast_exec) */
+        return a->exec_target != NULL || a->has_stat;
     case PC_FAST_GETCWD:
         return a->cwd != NULL;
     default:

@@ -325,7 +325,11 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
 }
 
 /* An execve Python planned before (handlers/execve.py keeps the recipe when it is a
- * function of the revision): the same file exec'd in place of the program. */
+ * function of the revision): the same file exec'd in place of the program. Without a
+ * recipe, what makes the exec fail as the kernel's would: the error of the path's
+ * lookup (exec's lookup is stat's: a shell or execvp trying each PATH directory in
+ * /cvmfs gets ENOENT here), EACCES for what is not a regular file, and access(X_OK)'s
+ * answer for a file the job may not execute. */
 static int fast_exec(pc_tracer *t, pc_call *c, const char *path, int len)
 {
     /* before Python runs too (a planned start): the logical program waits for it in
@@ -333,10 +337,19 @@ static int fast_exec(pc_tracer *t, pc_call *c, const char *path, int len)
     if (c->notify)
         return 0;
     char target[PC_PATH_MAX + 1], logical[PC_PATH_MAX + 1], words[PC_EXEC_WORDS_MAX];
-    int found = 0, nwords = 0;
+    int found = 0, nwords = 0, err = 0;
     pthread_rwlock_rdlock(&t->answers_lock);
     answer *a = answer_for_path(t, 1, path, (size_t)len, PC_FAST_EXEC);
-    if (a && a->exec_target) {
+    if (a && a->has_answer && a->err) {
+        err = a->err;
+    } else if (a && !a->exec_target && a->has_stat) {
+        struct stat sb;
+        memcpy(&sb, a->stat, sizeof sb);
+        if (!S_ISREG(sb.st_mode))
+            err = EACCES;
+        else if (a->has_access && a->access[X_OK])
+            err = a->access[X_OK];
+    } else if (a && a->exec_target) {
         snprintf(target, sizeof target, "%s", a->exec_target);
         snprintf(logical, sizeof logical, "%s", a->exec_logical);
         nwords = a->exec_nwords;
@@ -345,6 +358,8 @@ static int fast_exec(pc_tracer *t, pc_call *c, const char *path, int len)
         found = 1;
     }
     pthread_rwlock_unlock(&t->answers_lock);
+    if (err)
+        return respond_result(t, c, -err) == 0;
     return found && respond_exec(t, c, target, logical, words, nwords);
 }
 

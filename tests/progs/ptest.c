@@ -440,6 +440,40 @@ static int c_lock_after_use(char **paths)
     return 0;
 }
 
+/* execve of each of PATHS, three times, from a child: the errno each attempt gets (a
+ * shell or execvp trying one PATH directory after another sees these); an exec that
+ * succeeds runs the program with no arguments, which must exit at once. */
+static int c_exec_errors(char **paths)
+{
+    for (char **p = paths; *p; p++) {
+        printf("%s:", strrchr(*p, '/') ? strrchr(*p, '/') : *p);
+        for (int i = 0; i < 3; i++) {
+            int fds[2];
+            if (pipe2(fds, O_CLOEXEC))
+                return 1;
+            fflush(stdout);
+            pid_t pid = fork();
+            if (pid == 0) {
+                char *argv[] = {*p, NULL};
+                int null = open("/dev/null", O_WRONLY);
+                dup2(null, 1); /* what a program that ran prints is not ours to compare */
+                execve(*p, argv, (char *[]){NULL});
+                int e = errno;
+                write(fds[1], &e, sizeof e);
+                _exit(127);
+            }
+            close(fds[1]);
+            int e = 0;
+            ssize_t n = read(fds[0], &e, sizeof e);
+            close(fds[0]);
+            waitpid(pid, NULL, 0);
+            printf(" %s", n == sizeof e ? strerrorname_np(e) : "ran");
+        }
+        printf("\n");
+    }
+    return 0;
+}
+
 /* Run CMD where a seccomp filter makes ptrace (or installing seccomp filters) fail
  * with EPERM, as a container's profile does. */
 static int c_deny(const char *what, char **cmd)
@@ -480,6 +514,7 @@ int main(int argc, char **argv)
     if (!strcmp(c, "getdents")) return c_getdents(argv[2]);
     if (!strcmp(c, "fd-reuse")) return c_fd_reuse(argv + 2);
     if (!strcmp(c, "lock-after-use")) return c_lock_after_use(argv + 2);
+    if (!strcmp(c, "exec-errors")) return c_exec_errors(argv + 2);
     if (!strcmp(c, "deny") && argc > 3) return c_deny(argv[2], argv + 3);
     return 2;
 }

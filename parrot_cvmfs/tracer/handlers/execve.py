@@ -12,7 +12,7 @@ from ...atomic import write_atomic
 from ...client.cache import OBJECT_MODE, ObjectCache
 from ..paths import MOUNT, Target
 from ..syscalls import AT_FDCWD
-from .answers import revision_of, teach_exec
+from .answers import remember, revision_of, teach_exec
 from .context import RESUME, X_OK, Context, skip
 
 BINPRM_BUF_SIZE = 256
@@ -168,6 +168,8 @@ def h_execve(c: Context) -> tuple:
         t = c.resolve()
     if t is None:
         return RESUME
+    if not is_at:  # C fails the next exec of this path itself, as a stat (fast_exec)
+        remember(c, True, t)
     if t.err:
         return skip(-t.err)
     given = c.path if not c.empty_path else t.vpath.logical
