@@ -408,6 +408,7 @@ def exec_repo(tmp_path_factory, progs, mode):
     (src / "README").write_text("exec repository\n")
     (src / "data.bin").write_bytes(os.urandom(200_000))
     os.symlink("data.bin", src / "data-link")
+    os.symlink("$(PARROT_TEST_VAR:-bin)", src / "vlink")  # its target: the job's environment
     stratum, keys = str(base / "stratum"), str(base / "keys")
     publish(PublishOptions(source=str(src), name=name, stratum=stratum, keys_dir=keys))
     srv = StratumServer(stratum)
@@ -681,6 +682,35 @@ def test_exec_failures_answered_in_c(exec_repo):
         assert total == 3 * len(rel) + 1, p.stderr
         assert in_python <= (len(rel) + 1 if run_no == 0 else 0), p.stderr
         assert in_c == total - in_python, p.stderr
+
+
+def test_variant_link_answers_follow_the_environment(exec_repo):
+    """A path through a `$(VAR)` symlink is answered for this run's environment: what a
+    run with another value found (a file, ENOTDIR, ELOOP, ENOENT) is not replayed from
+    the kept answers, by C or by Python, for exec as for stat."""
+    parrot, mnt, _, _ = exec_repo
+    for top, options in [(mnt, ()), ("/vx", ("-M", f"/vx={mnt}"))]:  # the guest walk too
+        _variant_runs(parrot, top, options)
+
+
+def _variant_runs(parrot, top: str, options) -> None:
+    rel = ["hello", "hello/x", "README", "bin/hello"]
+    want = {  # the link's target -> each path's answer (exec-errors' three tries)
+        "bin": ["ran", "ENOTDIR", "ENOENT", "ENOENT"],
+        "README": ["ENOTDIR"] * 4,
+        ".": ["ENOENT", "ENOENT", "EACCES", "ran"],
+        "nothere": ["ENOENT"] * 4,
+        "vlink": ["ELOOP"] * 4,
+    }
+    kind = {"bin": "directory", "README": "regular file", ".": "directory"}
+    for value in ["README", "bin", "vlink", ".", "nothere", "README", "bin", "."]:
+        env = {"PARROT_TEST_VAR": value} if value != "bin" else {}
+        args = [f"{top}/vlink/{r}" for r in rel]
+        p = parrot(f"{top}/bin/ptest", "exec-errors", *args, env=env, options=options)
+        got = [line.split(": ", 1)[1] for line in p.stdout.decode().splitlines()]
+        assert got == [" ".join([w] * 3) for w in want[value]], (top, value, p.stdout, p.stderr)
+        p = parrot("stat", "-L", "-c", "%F", f"{top}/vlink", env=env, options=options)
+        assert p.stdout.decode().strip() == kind.get(value, ""), (top, value, p.stdout, p.stderr)
 
 
 def test_openat_edge_cases(parrot, published, progs):

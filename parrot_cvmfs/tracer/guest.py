@@ -58,6 +58,7 @@ class Guest:
         # what the walk in progress looked at: an answer that only read one repository
         # may be kept across runs with the same mounts (under `self.key`)
         self._host_seen = False
+        self._variant_seen = False  # a `$(VAR)` link: the answer is the environment's
         self._repos: set[str] = set()
         import hashlib
 
@@ -157,6 +158,7 @@ class Guest:
             if node.is_dir:
                 return DIR, ""
             if node.is_symlink:
+                self._variant_seen = self._variant_seen or node.variant
                 return LINK, node.target
             return OTHER, ""
         self._host_seen = True
@@ -287,7 +289,7 @@ class Guest:
     def resolve(self, tid: int, path: str, base: str | None, follow: bool) -> Target:
         """paths.resolve's Target for a path as the guest names it."""
         self._tid = tid
-        self._host_seen = False
+        self._host_seen = self._variant_seen = False
         self._repos.clear()
         r = guest_resolve(self.table, self, path, self.cwd_of(base), follow)
         readonly = r.mount is not None and r.mount.readonly
@@ -328,7 +330,13 @@ class Guest:
         t.final_link = r.final_link
         if self._host_seen:  # a host link or directory on the way may change: not taught
             t.proc = True
-        if not self._host_seen and len(self._repos) == 1 and cvmfs_loc and not t.proc:
+        if (
+            not self._host_seen
+            and not self._variant_seen
+            and len(self._repos) == 1
+            and cvmfs_loc
+            and not t.proc
+        ):
             rev = self.view.revision_id(next(iter(self._repos)))
             if rev is not None:
                 t.kept_as = self.kept(rev)

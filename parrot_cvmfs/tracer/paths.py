@@ -231,7 +231,7 @@ def _walk(
                 host = _join(host, c)
             continue
         if not node.is_dir:
-            return Target(err=errno.ENOTDIR, symlinks=links)
+            return Target(err=errno.ENOTDIR, symlinks=links, mixed=mixed)
         if not ns.may_search(node):  # as the kernel: x on every directory walked, "." too
             return Target(err=errno.EACCES, symlinks=links, mixed=mixed)
         if c == ".":
@@ -244,7 +244,7 @@ def _walk(
                 vpath, node = up, ns.lookup(up)
             continue
         if len(c) > 255:
-            return Target(err=errno.ENAMETOOLONG, symlinks=links)
+            return Target(err=errno.ENAMETOOLONG, symlinks=links, mixed=mixed)
         child_v = vpath.child(c)
         if child_v.repo != repo0:
             mixed = mixed or repo0 is not None
@@ -260,10 +260,10 @@ def _walk(
             if last:  # the path's last component is (or leads through) a symlink
                 final_link[0] = True
             if links > MAX_SYMLINKS or no_symlinks:
-                return Target(err=errno.ELOOP, symlinks=links)
+                return Target(err=errno.ELOOP, symlinks=links, mixed=mixed)
             target = child.target
             if not target:
-                return Target(err=errno.ENOENT, symlinks=links)
+                return Target(err=errno.ENOENT, symlinks=links, mixed=mixed)
             if target.startswith("/"):
                 vpath, node, host = None, None, "/"
             if target.endswith("/") and last:
