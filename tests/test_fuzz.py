@@ -611,6 +611,7 @@ def test_fuzz_answer_records(tmp_path):
         memo.answer_record(True, b"/cvmfs/r/gone", 2, None, None, None),
         memo.exec_record(b"/cvmfs/r/bin/p", b"/c/patched/p", b"/cvmfs/r/bin/p"),
         memo.exec_record(b"/cvmfs/r/s", b"/c/p/sh", b"/cvmfs/r/sh", [b"/cvmfs/r/sh", b"-e"]),
+        memo.exec_failure_record(b"/cvmfs/r/README", 13),
         memo.cwd_record(b"/anchors/r@x/d", b"/cvmfs/r/d"),
         memo.statfs_record(42, pack_statfs(10, 5, 0, 42)),
         memo.xattrs_record(True, b"/cvmfs/r/a", b"\x04\x00user\xfe\xff\xff\xff"),
@@ -622,6 +623,12 @@ def test_fuzz_answer_records(tmp_path):
         memo.exec_record(b"/k", b"/t", b"/l", [b"w" * 1100]),
         memo.exec_record(b"/k", b"/t", b""),
         memo._record(b"E", True, b"/k", b"/t\0/l\0"),
+        # a failure's errno: 1..4095, in exactly five bytes
+        memo.exec_failure_record(b"/k", 0),
+        memo.exec_failure_record(b"/k", -2),
+        memo.exec_failure_record(b"/k", 4096),
+        memo._record(b"E", True, b"/k", b"\0\x02\0\0"),
+        memo._record(b"E", True, b"/k", b"\0\x02\0\0\0\0"),
     ]
     assert _load_in_child(tmp_path, seeds) == [1] * len(seeds)
     assert _load_in_child(tmp_path, bad_words) == [0] * len(bad_words)

@@ -52,8 +52,8 @@ static int answers(const answer *a, int fast)
         return a->open_target != NULL;
     case PC_FAST_STATFS:
         return a->has_stat; /* with the 'S' record of its st_dev (examine.c) */
-    case PC_FAST_EXEC: /* a recipe, or what makes the exec fail (examine.c fast_exec) */
-        return a->exec_target != NULL || a->has_stat;
+    case PC_FAST_EXEC: /* a recipe, or the errno it fails with (examine.c fast_exec) */
+        return a->exec_target != NULL || a->exec_err;
     case PC_FAST_GETCWD:
         return a->cwd != NULL;
     default:
@@ -205,14 +205,27 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
 
 /* An execve's recipe: `target` exec'd in place of the program named `key` (followed),
  * `logical` what /proc/self/exe shows then, and for a script the `nwords` words
- * (`wlen` bytes, each NUL-terminated) its `#!` chain puts before its path in argv. */
+ * (`wlen` bytes, each NUL-terminated) its `#!` chain puts before its path in argv; or
+ * with `target` NULL, the errno `err` an execve of it fails with (Python's verdict:
+ * C replays it, never derives one). Either replaces the other. */
 static int put_exec(pc_tracer *t, const char *key, const char *target, const char *logical,
-                    const char *words, int wlen, int nwords)
+                    const char *words, int wlen, int nwords, int err)
 {
     pthread_rwlock_wrlock(&t->answers_lock);
     answer *a = slot_locked(t, key, 1);
     int rc = -1;
-    if (a) {
+    if (a && !target) {
+        if (a->exec_target)
+            t->answers_bytes -= strlen(a->exec_target) + strlen(a->exec_logical) +
+                                (size_t)a->exec_words_len;
+        free(a->exec_target);
+        free(a->exec_logical);
+        free(a->exec_words);
+        a->exec_target = a->exec_logical = a->exec_words = NULL;
+        a->exec_words_len = a->exec_nwords = 0;
+        a->exec_err = err;
+        rc = 0;
+    } else if (a) {
         char *x = strdup(target), *l = strdup(logical);
         char *w = nwords ? malloc((size_t)wlen) : NULL;
         if (x && l && (w || !nwords)) {
@@ -229,6 +242,7 @@ static int put_exec(pc_tracer *t, const char *key, const char *target, const cha
             a->exec_words = w;
             a->exec_words_len = nwords ? wlen : 0;
             a->exec_nwords = nwords;
+            a->exec_err = 0;
             t->answers_bytes += strlen(x) + strlen(l) + (size_t)a->exec_words_len;
             rc = 0;
         } else {
@@ -355,6 +369,12 @@ static int table_load(pc_tracer *t, const void *blob, size_t len)
             memcpy(target, pay + 1, tlen);
             target[tlen] = '\0';
             pc_table_put_open(t, key, follow, target, pay[0]);
+        } else if (kind == 'E' && plen == 5 && pay[0] == '\0') {
+            int32_t err; /* payload = NUL err:i32: the exec fails */
+            memcpy(&err, pay + 1, 4);
+            if (err <= 0 || err >= 4096)
+                continue;
+            put_exec(t, key, NULL, NULL, NULL, 0, 0, err);
         } else if (kind == 'E' && plen >= 3 && plen <= 2 * PC_PATH_MAX + PC_EXEC_WORDS_MAX) {
             /* payload = target NUL logical [NUL word]... (no NUL after the last) */
             char all[2 * PC_PATH_MAX + PC_EXEC_WORDS_MAX + 2];
@@ -377,7 +397,7 @@ static int table_load(pc_tracer *t, const void *blob, size_t len)
                 }
             if (bad || wlen > PC_EXEC_WORDS_MAX || nwords > 8)
                 continue;
-            put_exec(t, key, all, logical, words, wlen, nwords);
+            put_exec(t, key, all, logical, words, wlen, nwords, 0);
         } else if (kind == 'C' && plen >= 1 && plen <= PC_PATH_MAX && pay[0] == '/') {
             char cwd[PC_PATH_MAX + 1];
             memcpy(cwd, pay, plen);

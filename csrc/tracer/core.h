@@ -85,6 +85,7 @@ typedef struct {
     char *exec_words;   /* the words its `#!` chain puts before its path in argv (each */
     int exec_words_len; /* NUL-terminated; PC_EXEC_WORDS_MAX bytes at most), and their */
     int exec_nwords;    /* number (0: a program exec'd with its own argv) */
+    int exec_err;       /* or the errno an execve of it fails with (no recipe then) */
     char *cwd;          /* getcwd's answer in this directory (an anchor): 'C' records */
     unsigned char *statfs; /* an 'S' record: the struct statfs of one file system (memo.py) */
     unsigned char *dents; /* a directory's linux_dirent64 records, '.' and '..' first */

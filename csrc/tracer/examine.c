@@ -325,11 +325,9 @@ static int fast_open(pc_tracer *t, pc_call *c, const char *path, int len)
 }
 
 /* An execve Python planned before (handlers/execve.py keeps the recipe when it is a
- * function of the revision): the same file exec'd in place of the program. Without a
- * recipe, what makes the exec fail as the kernel's would: the error of the path's
- * lookup (exec's lookup is stat's: a shell or execvp trying each PATH directory in
- * /cvmfs gets ENOENT here), EACCES for what is not a regular file, and access(X_OK)'s
- * answer for a file the job may not execute. */
+ * function of the revision): the same file exec'd in place of the program, or the
+ * errno Python failed it with (a shell or execvp trying each PATH directory in /cvmfs
+ * gets its ENOENT here). C judges nothing itself: the rules are Python's. */
 static int fast_exec(pc_tracer *t, pc_call *c, const char *path, int len)
 {
     /* before Python runs too (a planned start): the logical program waits for it in
@@ -340,15 +338,8 @@ static int fast_exec(pc_tracer *t, pc_call *c, const char *path, int len)
     int found = 0, nwords = 0, err = 0;
     pthread_rwlock_rdlock(&t->answers_lock);
     answer *a = answer_for_path(t, 1, path, (size_t)len, PC_FAST_EXEC);
-    if (a && a->has_answer && a->err) {
-        err = a->err;
-    } else if (a && !a->exec_target && a->has_stat) {
-        struct stat sb;
-        memcpy(&sb, a->stat, sizeof sb);
-        if (!S_ISREG(sb.st_mode))
-            err = EACCES;
-        else if (a->has_access && a->access[X_OK])
-            err = a->access[X_OK];
+    if (a && a->exec_err) {
+        err = a->exec_err; /* Python's verdict (handlers/execve.py), replayed */
     } else if (a && a->exec_target) {
         snprintf(target, sizeof target, "%s", a->exec_target);
         snprintf(logical, sizeof logical, "%s", a->exec_logical);

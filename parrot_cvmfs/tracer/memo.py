@@ -21,6 +21,7 @@ then the records:
     kind 'D' (listing)  payload = linux_dirent64 records
     kind 'X' (xattrs)   payload = the records of pc_table_put_xattrs (tracer.h)
     kind 'E' (exec)     payload = file exec'd in place of the program NUL logical program
+                        [NUL word]... (a script's argv words), or NUL err:i32: it fails
     kind 'C' (getcwd)   payload = the spelling of the directory whose anchor is the key
 
 Python teaches the C table in this same format (`teach`), one record or many at once.
@@ -79,6 +80,11 @@ def exec_record(key: bytes, target: bytes, logical: bytes, words: list[bytes] = 
     """An 'E' record: execve of `key` execs `target`; /proc/self/exe shows `logical`;
     `words`: for a script, what its `#!` chain puts before its path in argv."""
     return _record(b"E", True, key, b"\0".join([target, logical, *words]))
+
+
+def exec_failure_record(key: bytes, err: int) -> bytes:
+    """An 'E' record: execve of `key` fails with errno `err`."""
+    return _record(b"E", True, key, struct.pack("<Bi", 0, err))
 
 
 class Memo:

@@ -12,7 +12,14 @@ import struct
 
 from ...format.xattrs import reaches
 from ..core import XATTR_PREFIX_TAG
-from ..memo import answer_record, cwd_record, exec_record, statfs_record, xattrs_record
+from ..memo import (
+    answer_record,
+    cwd_record,
+    exec_failure_record,
+    exec_record,
+    statfs_record,
+    xattrs_record,
+)
 from ..paths import MOUNT, Target, VPath
 from ..structs import pack_stat
 from ..syscalls import FD
@@ -129,6 +136,16 @@ def teach_cwd(c: Context, vpath: VPath, spelling: str) -> None:
     if rev is not None and c.guest is not None:
         rev = c.guest.kept(rev)
     c.memo.teach(rev, cwd_record(os.fsencode(c.base), os.fsencode(spelling)))
+
+
+def teach_exec_failure(c: Context, t: Target, err: int) -> None:
+    """Let C fail the next execve of this path with `err` itself, as Python just did (in
+    later runs too when the answer is the revision's)."""
+    path = c.key()
+    if path is None or t.proc or not (t.err or t.virtual):
+        return
+    rev = None if t.node is not None and t.node.variant else revision_of(c.view, path, t)
+    c.memo.teach(rev, exec_failure_record(os.fsencode(path), err))
 
 
 def teach_exec(

@@ -12,7 +12,7 @@ from ...atomic import write_atomic
 from ...client.cache import OBJECT_MODE, ObjectCache
 from ..paths import MOUNT, Target
 from ..syscalls import AT_FDCWD
-from .answers import remember, revision_of, teach_exec
+from .answers import revision_of, teach_exec, teach_exec_failure
 from .context import RESUME, X_OK, Context, skip
 
 BINPRM_BUF_SIZE = 256
@@ -168,19 +168,15 @@ def h_execve(c: Context) -> tuple:
         t = c.resolve()
     if t is None:
         return RESUME
-    if not is_at:  # C fails the next exec of this path itself, as a stat (fast_exec)
-        remember(c, True, t)
-    if t.err:
-        return skip(-t.err)
+    err = _cannot_exec(c, t)
+    if err:
+        if not is_at:  # C fails the next exec of this path itself (examine.c fast_exec)
+            teach_exec_failure(c, t, err)
+        return skip(-err)
     given = c.path if not c.empty_path else t.vpath.logical
     guest = c.guest is not None
     if t.virtual:
         node = t.node
-        if not node.is_regular:
-            return skip(-errno.EACCES)
-        denied = c.can(node, X_OK)
-        if denied:
-            return skip(-denied)
         program = c.view.materialize(node)
         logical = t.guest if guest else node.vpath.logical
     else:
@@ -216,6 +212,18 @@ def h_execve(c: Context) -> tuple:
         values[argv_arg] = new_argv
     c.procs.pending_exec[c.tid] = exe_logical
     return ("args", values, False, True)
+
+
+def _cannot_exec(c: Context, t: Target) -> int:
+    """The errno an exec of this file fails with before it is read (0: none): its
+    lookup's (as stat's), EACCES for what is not a regular file, access(X_OK)'s."""
+    if t.err:
+        return t.err
+    if not t.virtual:
+        return 0  # the kernel's to judge
+    if not t.node.is_regular:
+        return errno.EACCES
+    return c.can(t.node, X_OK)
 
 
 def _plan_exec(c: Context, program: str, logical: str | None, given: str, argv_arg: int):
