@@ -713,6 +713,23 @@ def _variant_runs(parrot, top: str, options) -> None:
         assert p.stdout.decode().strip() == kind.get(value, ""), (top, value, p.stdout, p.stderr)
 
 
+def test_guest_dotdot_stops_at_the_bind(exec_repo):
+    """In a bind from /cvmfs, ".." from the bind's top leads to its guest parent, not to
+    the /cvmfs directory above its source: a relative path with ".." is answered for
+    the guest even after the same spelling was answered as an absolute /cvmfs path."""
+    parrot, mnt, _, _ = exec_repo
+    name = os.path.basename(mnt)  # /cvmfs/<name>/bin/../../<name> is <mnt>; /vx/bin/../.. is /
+    script = (
+        f"stat -c %F {mnt}/bin/../../{name}/README {mnt}/bin/../README; cd /vx/bin; "
+        f"for i in 1 2; do stat -c %F ../../{name}/README ../README 2>&1 | sed 's/.*: //'; done"
+    )
+    for _run in range(2):  # the second from the kept answers
+        p = parrot("/bin/sh", "-c", script, options=("-M", f"/vx={mnt}"))
+        got = p.stdout.decode().splitlines()
+        want = ["regular file"] * 2 + ["No such file or directory", "regular file"] * 2
+        assert got == want, (p.stdout, p.stderr)
+
+
 def test_openat_edge_cases(parrot, published, progs):
     mnt = f"/cvmfs/{published.name}"
     p = parrot(progs, "openat", env={"ROOT": mnt})

@@ -540,14 +540,27 @@ static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int 
     return done;
 }
 
+/* Whether `path` has a ".." component. */
+static int has_dotdot(const char *path)
+{
+    for (const char *p = path; (p = strstr(p, "..")) != NULL; p += 2)
+        if ((p == path || p[-1] == '/') && (p[2] == '/' || p[2] == '\0'))
+            return 1;
+    return 0;
+}
+
 /* The key of a path relative to a directory anchor (the cwd or a dirfd inside
  * /cvmfs): the same string as the absolute path would be, since an anchor stands for
  * its directory with every symlink above it already resolved. Anchors are named
  * <anchors>/<fqrn>@<root hash>/<path> (anchors.py): the key drops the "@<root hash>".
- * -1 if there is none. */
+ * -1 if there is none; in a guest namespace also for a path with a ".." component, whose
+ * walk stops at the guest root or goes up out of a bind to its guest parent, not to the
+ * /cvmfs directory above the anchor (the absolute spelling means that one). */
 static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char *key)
 {
     if (t->nprefix[0] < 1 || ev->base_len == 0)
+        return -1;
+    if (t->translate && has_dotdot(ev->path))
         return -1;
     const char *anchors = t->prefixes[0][0];
     size_t alen = t->prefix_len[0][0];
