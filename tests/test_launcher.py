@@ -59,11 +59,13 @@ class Launch:
         self.env = {k: v for k, v in env.items() if k != "XDG_CACHE_HOME"}
         self.env["HOME"] = home
         self.home, self.cache, self.user = home, os.path.join(home, "cache"), user
+        self.groups = ""  # the user's supplementary groups (setpriv --groups)
 
     def argv(self, *cmd, options=()):
         argv = [*PARROT_RUN, "--cache-dir", self.cache, *options, "--", *cmd]
         if self.user:
-            argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+            groups = f"--groups={self.groups}" if self.groups else "--clear-groups"
+            argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", groups, *argv]
         return argv
 
     def __call__(self, *cmd, env=None, options=(), timeout=60):
@@ -180,10 +182,20 @@ def _group_writable(path):
     os.chmod(path, 0o620)
 
 
+def _groups() -> list[int]:
+    return sorted(set(os.getgroups()) | {os.getgid()})
+
+
+def _user(uid: int, groups: list[int]) -> bytes:
+    return struct.pack(f"<I{len(groups)}I", uid, *groups)
+
+
 TAMPER = {
     "expired": lambda p: _rewrite(p, b"VALD", struct.pack("<d", 1.0)),
     "another build": lambda p: _rewrite(p, b"BILD", b"0" * 32),
-    "another user": lambda p: _rewrite(p, b"UID_", struct.pack("<I", os.getuid() + 1)),
+    "another user": lambda p: _rewrite(p, b"UID_", _user(os.getuid() + 1, _groups())),
+    "another group set": lambda p: _rewrite(p, b"UID_", _user(os.getuid(), _groups() + [4242])),
+    "groups repeated": lambda p: _rewrite(p, b"UID_", _user(os.getuid(), _groups() * 2)),
     "truncated": _truncate,
     "corrupted": _corrupt,
     "symlinked": _symlink,
@@ -310,6 +322,12 @@ def test_an_unprivileged_user_gets_plans(published, server, mode):
         assert started_by(launch.sh()) == "python"
         assert os.stat(launch.plan()).st_uid == 65534
         assert started_by(launch.sh()) == "c"
+        # the kept answers' access checks count the groups: another set, another plan
+        launch.groups = "0"
+        assert started_by(launch.sh()) == "python"
+        assert started_by(launch.sh()) == "c"
+        launch.groups = ""
+        assert started_by(launch.sh()) == "python"
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

@@ -100,12 +100,14 @@ def perm_repo(scratch):
         "noexec.sh": 0o644,
         "exec.sh": 0o755,
         "f604": 0o604,
+        "f640": 0o640,
     }
     for name, mode in files.items():
         with open(os.path.join(src, name), "w") as f:
             f.write("#!/bin/sh\necho ran\n" if name.endswith(".sh") else f"{name}\n")
         os.chmod(os.path.join(src, name), mode)
-    for name, mode in {"d000": 0o000, "d700": 0o700, "d711": 0o711, "d755": 0o755}.items():
+    dirs = {"d000": 0o000, "d700": 0o700, "d711": 0o711, "d755": 0o755, "d750": 0o750}
+    for name, mode in dirs.items():
         os.makedirs(os.path.join(src, name))
         with open(os.path.join(src, name, "inside"), "w") as f:
             f.write("inside\n")
@@ -147,15 +149,16 @@ def nobody(scratch, perm_repo, request):
         PYTHONDONTWRITEBYTECODE="1",
     )
 
-    def run(script: str, extra_env: dict | None = None, prelude: str = ""):
+    def run(script: str, extra_env: dict | None = None, prelude: str = "", groups: str = ""):
         e = dict(env)
         e.update(extra_env or {})
         code = (
             f"{prelude}import sys; from parrot_cvmfs.tracer.main import main; "
             f"sys.exit(main(['--cache-dir', {cache!r}, '--', '/bin/sh', '-c', {script!r}]))"
         )
+        user = AS_NOBODY if not groups else [*AS_NOBODY[:3], f"--groups={groups}", "--"]
         p = subprocess.run(
-            [*AS_NOBODY, python, "-c", code], env=e, capture_output=True, timeout=300, cwd="/"
+            [*user, python, "-c", code], env=e, capture_output=True, timeout=300, cwd="/"
         )
         return p.returncode, p.stdout.decode(), p.stderr.decode()
 
@@ -214,6 +217,24 @@ def test_permissions_as_published(nobody):
         dirs="d000 no no, d700 no no, d711 no ok, d755 ok ok",
     )
     assert "f600 0 0 600" in lines and "d700 0 0 700" in lines, out
+
+
+def test_kept_answers_are_per_group_set(nobody):
+    """With the owners as published, a group's bits decide for its members: what a run
+    in the group (root's, 0) could read, a later run of the same user outside it cannot,
+    and back, though every run keeps its answers in the same cache."""
+    script = (
+        f"cd {MNT}; for f in f640 d750/inside; do cat $f >/dev/null 2>&1 && echo $f ok "
+        "|| echo $f no; done; ls d750 >/dev/null 2>&1 && echo list ok || echo list no"
+    )
+    owners = {"CVMFS_CLAIM_OWNERSHIP": "no"}
+    member, outsider = (
+        ["f640 ok", "d750/inside ok", "list ok"],
+        ["f640 no", "d750/inside no", "list no"],
+    )
+    for groups, want in [("0", member), ("", outsider), ("0", member), ("", outsider)]:
+        rc, out, err = nobody(script, owners, groups=groups)
+        assert out.splitlines() == want, (groups, out, err)
 
 
 def test_non_dumpable_launcher_is_refused(nobody):

@@ -457,15 +457,50 @@ static char **words_of(const rec *r, size_t max)
     return out;
 }
 
+static int by_value(const void *a, const void *b)
+{
+    gid_t x = *(const gid_t *)a, y = *(const gid_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The UID_ record is ours: our uid, then the groups access checks count (the gid and
+ * the supplementary ones, sorted, each once: startplan.py), since the kept answers'
+ * access vectors depend on them. */
+static int same_user(const rec *r)
+{
+    uint32_t uid;
+    if (r->len < 8 || r->len % 4)
+        return 0;
+    memcpy(&uid, r->p, 4);
+    if (uid != getuid())
+        return 0;
+    int n = getgroups(0, NULL);
+    gid_t *g = n >= 0 ? malloc(((size_t)n + 1) * sizeof *g) : NULL;
+    if (!g || (n = getgroups(n, g)) < 0) {
+        free(g);
+        return 0;
+    }
+    g[n++] = getgid();
+    qsort(g, (size_t)n, sizeof *g, by_value);
+    int k = 0, same;
+    for (int i = 0; i < n; i++)
+        if (k == 0 || g[k - 1] != g[i])
+            g[k++] = g[i];
+    same = (size_t)k == (r->len - 4) / 4;
+    for (int i = 0; same && i < k; i++) {
+        uint32_t want;
+        memcpy(&want, r->p + 4 + 4 * (size_t)i, 4);
+        same = want == (uint32_t)g[i];
+    }
+    free(g);
+    return same;
+}
+
 /* Everything the plan was made for holds now (the core's build: built_by). */
 static int valid_plan(const plan *pl, char **words, int nwords, char **command, int keyed)
 {
     rec r;
-    uint32_t uid;
-    if (!one(pl, "UID_", &r) || r.len != 4)
-        return 0;
-    memcpy(&uid, r.p, 4);
-    if (uid != getuid())
+    if (!one(pl, "UID_", &r) || !same_user(&r))
         return 0;
     if (!one(pl, "OPTS", &r))
         return 0;

@@ -10,7 +10,9 @@ exactly what this module writes, means the full start in Python, which writes a 
 The file: MAGIC, then records `tag:4 len:u32 payload`, each tag once unless noted:
 
     BILD  the core's build id (pc_build_id): another build's plan is not used
-    UID_  u32: the user it is for (the file must be theirs, and not writable by others)
+    UID_  u32: the user it is for (the file must be theirs, and not writable by others),
+          then u32 each: the groups access checks count (the gid and supplementary
+          ones, sorted, each once: CvmfsView.groups), the launcher's the same set
     OPTS  the option words before the command, each NUL-terminated
     CWD_  the working directory, where an option's value is a relative path (else absent)
     KERN  the kernel release (the interception mode depends on it)
@@ -258,11 +260,13 @@ def encode(
     core: str,
     memos: list[tuple[str, bytes, str]],
     repos: list[tuple[str, str]],
+    groups: list[int],
     started: bytes = b"",
 ) -> bytes:
     """The plan's bytes (see the module's docstring); `started`: guest_records'."""
     enc = os.fsencode
-    out = [MAGIC, _rec(b"BILD", build.encode()), _rec(b"UID_", struct.pack("<I", os.getuid()))]
+    user = struct.pack(f"<I{len(groups)}I", os.getuid(), *sorted(set(groups)))
+    out = [MAGIC, _rec(b"BILD", build.encode()), _rec(b"UID_", user)]
     out.append(_rec(b"OPTS", b"".join(enc(w) + b"\0" for w in options)))
     if cwd is not None:
         out.append(_rec(b"CWD_", enc(cwd)))

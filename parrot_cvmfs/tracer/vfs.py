@@ -16,6 +16,7 @@ and fstat.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat as st
 import sys
@@ -94,7 +95,10 @@ class CvmfsView:
         self.anchors = self.anchor_tree.root
         self.started = int(time.time())
         self.uid, self.gid = os.getuid(), os.getgid()
-        self.groups = set(os.getgroups()) | {self.gid}
+        self.groups = set(os.getgroups()) | {self.gid}  # what access checks match (_allowed)
+        self._groups_tag = "." + hashlib.sha1(
+            ",".join(map(str, sorted(self.groups))).encode()
+        ).hexdigest()[:12]
         self.repos: dict[str, Repository] = {}
         self.failed: dict[str, str] = {}
         self.eager = [config.canonical_name(n) for n in (eager or [])]
@@ -169,11 +173,13 @@ class CvmfsView:
 
     def revision_id(self, name: str) -> str | None:
         """`fqrn@root-hash` of a mounted repository: the key of kept answers, with what
-        else decides them (owners as published or claimed; memo files are per user)."""
+        else decides them (owners as published, and then our groups, or claimed; memo
+        files are per user)."""
         repo = self.repos.get(name)
         if repo is None or not repo.root_hash:
             return None
-        return f"{name}@{repo.root_hash.hex}" + ("" if repo.uid is not None else "+owners")
+        rev = f"{name}@{repo.root_hash.hex}"
+        return rev if repo.uid is not None else f"{rev}+owners{self._groups_tag}"
 
     def valid_until(self) -> float:
         """Until when later runs would mount the same revisions (a start plan's bound):
