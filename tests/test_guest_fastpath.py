@@ -88,6 +88,24 @@ def test_bench_jobs_warm_in_c(guest, tmp_path):
     assert by_call(py.stderr)["getcwd"][0] > 0  # passed through: the kernel's is the guest's
 
 
+def test_relative_paths_in_the_root_through_c(guest, tmp_path):
+    """Paths relative to a directory of the root are keyed by its guest name: once
+    Python has answered one, C answers it (".." too), in this run and the next."""
+    script = (
+        "cd /usr/share; for i in 1 2 3 4 5 6 7 8; do"
+        " stat -c %F doc ../bin ../../etc/debian_version ../../../usr/nothere 2>&1; done; pwd"
+    )
+    want = ["directory", "directory", "regular file"]
+    for run in range(2):
+        p = guest("/bin/sh", "-c", script, options=("--stats",), cwd=str(tmp_path))
+        lines = p.stdout.splitlines()
+        assert lines[-1] == "/usr/share" and len(lines) == 4 * 8 + 1, p.stdout
+        for i in range(8):
+            assert lines[4 * i : 4 * i + 3] == want and "No such file" in lines[4 * i + 3]
+        handled = python_handled(p.stderr, "statx").get("statx", 0)  # stat(1)'s
+        assert handled <= (4 + 1 if run == 0 else 0), p.stderr  # the first: no key yet
+
+
 def test_host_binds_through_c(guest, tmp_path):
     """Paths below a host bind at its own place, as the guest sees them: a symlink to an
     absolute path leads into the guest, /proc/self is the job's, a creation takes the

@@ -186,8 +186,9 @@ def _groups() -> list[int]:
     return sorted(set(os.getgroups()) | {os.getgid()})
 
 
-def _user(uid: int, groups: list[int]) -> bytes:
-    return struct.pack(f"<I{len(groups)}I", uid, *groups)
+def _user(uid: int, groups: list[int], gid: int | None = None) -> bytes:
+    gid = os.getgid() if gid is None else gid
+    return struct.pack(f"<II{len(groups)}I", uid, gid, *groups)
 
 
 TAMPER = {
@@ -196,6 +197,7 @@ TAMPER = {
     "another user": lambda p: _rewrite(p, b"UID_", _user(os.getuid() + 1, _groups())),
     "another group set": lambda p: _rewrite(p, b"UID_", _user(os.getuid(), _groups() + [4242])),
     "groups repeated": lambda p: _rewrite(p, b"UID_", _user(os.getuid(), _groups() * 2)),
+    "another gid": lambda p: _rewrite(p, b"UID_", _user(os.getuid(), _groups(), 4242)),
     "truncated": _truncate,
     "corrupted": _corrupt,
     "symlinked": _symlink,

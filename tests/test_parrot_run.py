@@ -409,6 +409,7 @@ def exec_repo(tmp_path_factory, progs, mode):
     (src / "data.bin").write_bytes(os.urandom(200_000))
     os.symlink("data.bin", src / "data-link")
     os.symlink("$(PARROT_TEST_VAR:-bin)", src / "vlink")  # its target: the job's environment
+    os.symlink("../README", src / "py/up")  # leaves a bind of py for the bind's guest parent
     stratum, keys = str(base / "stratum"), str(base / "keys")
     publish(PublishOptions(source=str(src), name=name, stratum=stratum, keys_dir=keys))
     srv = StratumServer(stratum)
@@ -713,21 +714,52 @@ def _variant_runs(parrot, top: str, options) -> None:
         assert p.stdout.decode().strip() == kind.get(value, ""), (top, value, p.stdout, p.stderr)
 
 
-def test_guest_dotdot_stops_at_the_bind(exec_repo):
-    """In a bind from /cvmfs, ".." from the bind's top leads to its guest parent, not to
-    the /cvmfs directory above its source: a relative path with ".." is answered for
-    the guest even after the same spelling was answered as an absolute /cvmfs path."""
+def test_guest_relative_paths_walk_the_guest(exec_repo):
+    """In a guest namespace a path relative to a /cvmfs directory is walked from the
+    directory's guest name: ".." (given or in a link's target) leaves a bind for its
+    guest parent, a bind below the directory hides what lies there. Such a path is
+    answered for the guest, in C too, even after its /cvmfs spelling was answered; and
+    a listing teaches nothing a bind hides."""
     parrot, mnt, _, _ = exec_repo
-    name = os.path.basename(mnt)  # /cvmfs/<name>/bin/../../<name> is <mnt>; /vx/bin/../.. is /
-    script = (
-        f"stat -c %F {mnt}/bin/../../{name}/README {mnt}/bin/../README; cd /vx/bin; "
-        f"for i in 1 2; do stat -c %F ../../{name}/README ../README 2>&1 | sed 's/.*: //'; done"
-    )
-    for _run in range(2):  # the second from the kept answers
-        p = parrot("/bin/sh", "-c", script, options=("-M", f"/vx={mnt}"))
-        got = p.stdout.decode().splitlines()
-        want = ["regular file"] * 2 + ["No such file or directory", "regular file"] * 2
-        assert got == want, (p.stdout, p.stderr)
+    name = os.path.basename(mnt)
+    gone = "No such file or directory"
+
+    def stat(*paths: str) -> str:
+        return f"for i in 1 2; do for p in {' '.join(paths)}; do " + (
+            "stat -L -c %F $p 2>&1 | sed 's/.*: //'; done; done; "
+        )
+
+    cases = [
+        (  # /vx/bin/../.. is /, /cvmfs/<name>/bin/../.. is /cvmfs
+            ("-M", f"/vx={mnt}"),
+            f"{stat(f'{mnt}/bin/../../{name}/README', f'{mnt}/bin/../README')} cd /vx/bin; "
+            + stat(f"../../{name}/README", "../README"),
+            ["regular file"] * 4 + [gone, "regular file"] * 2,
+        ),
+        (  # py/up is ../README: from /vx, /README
+            ("-M", f"/vx={mnt}/py"),
+            f"{stat(f'{mnt}/py/up')} cd /vx; {stat('up')}",
+            ["regular file"] * 2 + [gone] * 2,
+        ),
+        (  # /vx/lib is include
+            ("-M", f"/vx={mnt}", "-M", f"/vx/lib={mnt}/include"),
+            f"{stat(f'{mnt}/lib/libmylib.so')} cd /vx; {stat('lib/libmylib.so', 'lib/mylib.h')}",
+            ["regular file"] * 2 + [gone, "regular file"] * 2,
+        ),
+        (  # <mnt>/lib is include: the listing of <mnt> must not teach the catalog's lib
+            ("-M", f"{mnt}/lib={mnt}/include"),
+            f"cd {mnt}; stat -c %i include lib; ls -l . >/dev/null; stat -c %i lib {mnt}/lib",
+            None,
+        ),
+    ]
+    for options, script, want in cases:
+        for _run in range(2):  # the second from the kept answers
+            p = parrot("/bin/sh", "-c", script, options=options)
+            got = p.stdout.decode().splitlines()
+            if want is None:  # the same inode each time lib is asked (include's)
+                assert len(got) == 4 and len(set(got)) == 1, (got, p.stderr)
+            else:
+                assert got == want, (options, got, p.stderr)
 
 
 def test_openat_edge_cases(parrot, published, progs):

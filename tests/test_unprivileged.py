@@ -149,14 +149,21 @@ def nobody(scratch, perm_repo, request):
         PYTHONDONTWRITEBYTECODE="1",
     )
 
-    def run(script: str, extra_env: dict | None = None, prelude: str = "", groups: str = ""):
+    def run(
+        script: str,
+        extra_env: dict | None = None,
+        prelude: str = "",
+        groups: str = "",
+        gid: int = NOBODY,
+    ):
         e = dict(env)
         e.update(extra_env or {})
         code = (
             f"{prelude}import sys; from parrot_cvmfs.tracer.main import main; "
             f"sys.exit(main(['--cache-dir', {cache!r}, '--', '/bin/sh', '-c', {script!r}]))"
         )
-        user = AS_NOBODY if not groups else [*AS_NOBODY[:3], f"--groups={groups}", "--"]
+        user = [AS_NOBODY[0], AS_NOBODY[1], f"--regid={gid}"]
+        user += [f"--groups={groups}" if groups else "--clear-groups", "--"]
         p = subprocess.run(
             [*user, python, "-c", code], env=e, capture_output=True, timeout=300, cwd="/"
         )
@@ -235,6 +242,11 @@ def test_kept_answers_are_per_group_set(nobody):
     for groups, want in [("0", member), ("", outsider), ("0", member), ("", outsider)]:
         rc, out, err = nobody(script, owners, groups=groups)
         assert out.splitlines() == want, (groups, out, err)
+    # claimed ownership (the default) shows the user's gid: the kept answers are the gid's
+    shown = f"stat -c %g {MNT}/f644 {MNT}/d755; ls -ln {MNT} | awk 'NR > 1 {{print $4}}' | sort -u"
+    for gid in [NOBODY, 4242, NOBODY, 4242]:
+        rc, out, err = nobody(shown, gid=gid)
+        assert out.split() == [str(gid)] * 3, (gid, out, err)
 
 
 def test_non_dumpable_launcher_is_refused(nobody):

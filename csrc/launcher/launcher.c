@@ -463,33 +463,36 @@ static int by_value(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* The UID_ record is ours: our uid, then the groups access checks count (the gid and
- * the supplementary ones, sorted, each once: startplan.py), since the kept answers'
- * access vectors depend on them. */
+/* The UID_ record is ours: our uid, our gid, then the groups access checks count (the
+ * gid and the supplementary ones, sorted, each once: startplan.py), since the kept
+ * answers show the gid (claimed ownership) and their access vectors match the groups. */
 static int same_user(const rec *r)
 {
-    uint32_t uid;
-    if (r->len < 8 || r->len % 4)
+    uint32_t uid, gid;
+    if (r->len < 12 || r->len % 4)
         return 0;
     memcpy(&uid, r->p, 4);
-    if (uid != getuid())
+    memcpy(&gid, r->p + 4, 4);
+    if (uid != getuid() || gid != getgid())
         return 0;
     int n = getgroups(0, NULL);
     gid_t *g = n >= 0 ? malloc(((size_t)n + 1) * sizeof *g) : NULL;
-    if (!g || (n = getgroups(n, g)) < 0) {
+    int got = g ? getgroups(n, g) : -1;
+    if (got < 0 || got > n) {
         free(g);
         return 0;
     }
+    n = got;
     g[n++] = getgid();
     qsort(g, (size_t)n, sizeof *g, by_value);
     int k = 0, same;
     for (int i = 0; i < n; i++)
         if (k == 0 || g[k - 1] != g[i])
             g[k++] = g[i];
-    same = (size_t)k == (r->len - 4) / 4;
+    same = (size_t)k == (r->len - 8) / 4;
     for (int i = 0; same && i < k; i++) {
         uint32_t want;
-        memcpy(&want, r->p + 4 + 4 * (size_t)i, 4);
+        memcpy(&want, r->p + 8 + 4 * (size_t)i, 4);
         same = want == (uint32_t)g[i];
     }
     free(g);

@@ -540,27 +540,40 @@ static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int 
     return done;
 }
 
-/* Whether `path` has a ".." component. */
-static int has_dotdot(const char *path)
+/* A guest's relative path: its anchor's guest spelling (the 'C' record Python teaches,
+ * handlers/context.py Context.key), a "/" and the path: the guest path whose walk is the
+ * relative one's, since Python's walk of a relative path starts from that spelling too
+ * (guest.py cwd_of). -1 while no spelling is known. */
+static int guest_relative_key(pc_tracer *t, const pc_event *ev, char *key)
 {
-    for (const char *p = path; (p = strstr(p, "..")) != NULL; p += 2)
-        if ((p == path || p[-1] == '/') && (p[2] == '/' || p[2] == '\0'))
-            return 1;
-    return 0;
+    int n = -1;
+    pthread_rwlock_rdlock(&t->answers_lock);
+    const answer *a = answer_find(t, 'F', ev->base, (size_t)ev->base_len);
+    if (a && a->cwd && a->cwd[0] == '/') {
+        size_t slen = strlen(a->cwd);
+        slen = slen == 1 ? 0 : slen; /* "/": no second slash */
+        size_t klen = slen + 1 + (size_t)ev->path_len;
+        if (klen <= PC_PATH_MAX) {
+            memcpy(key, a->cwd, slen);
+            key[slen] = '/';
+            memcpy(key + slen + 1, ev->path, (size_t)ev->path_len + 1);
+            n = (int)klen;
+        }
+    }
+    pthread_rwlock_unlock(&t->answers_lock);
+    return n;
 }
 
 /* The key of a path relative to a directory anchor (the cwd or a dirfd inside
  * /cvmfs): the same string as the absolute path would be, since an anchor stands for
  * its directory with every symlink above it already resolved. Anchors are named
  * <anchors>/<fqrn>@<root hash>/<path> (anchors.py): the key drops the "@<root hash>".
- * -1 if there is none; in a guest namespace also for a path with a ".." component, whose
- * walk stops at the guest root or goes up out of a bind to its guest parent, not to the
- * /cvmfs directory above the anchor (the absolute spelling means that one). */
+ * In a guest namespace the /cvmfs spelling is not the walk's (a ".." leaves a bind for
+ * its guest parent, a bind below the directory hides what lies there): the guest's is
+ * used (guest_relative_key). -1 if there is none. */
 static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char *key)
 {
     if (t->nprefix[0] < 1 || ev->base_len == 0)
-        return -1;
-    if (t->translate && has_dotdot(ev->path))
         return -1;
     const char *anchors = t->prefixes[0][0];
     size_t alen = t->prefix_len[0][0];
@@ -580,17 +593,19 @@ static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char
         if (!at)
             return -1; /* not an anchor of ours */
     }
+    if (c->r->dirfd_arg >= 0 && (int)c->args[c->r->dirfd_arg] != AT_FDCWD) {
+        struct stat st; /* a dirfd may be an anchor of a symlink or fifo: ENOTDIR, Python's */
+        if (lstat(ev->base, &st) != 0 || !S_ISDIR(st.st_mode))
+            return -1;
+    }
+    if (t->translate)
+        return guest_relative_key(t, ev, key);
     size_t head = at ? (size_t)(at - rest) : 0;         /* "/fqrn" */
     size_t tail = slash ? (size_t)(rest + rlen - slash) : 0; /* "/path" */
     size_t mlen = sizeof PC_MOUNT - 1;
     size_t klen = mlen + head + tail + 1 + (size_t)ev->path_len;
     if (klen > PC_PATH_MAX)
         return -1;
-    if (c->r->dirfd_arg >= 0 && (int)c->args[c->r->dirfd_arg] != AT_FDCWD) {
-        struct stat st; /* a dirfd may be an anchor of a symlink or fifo: ENOTDIR, Python's */
-        if (lstat(ev->base, &st) != 0 || !S_ISDIR(st.st_mode))
-            return -1;
-    }
     char *k = key;
     memcpy(k, PC_MOUNT, mlen);
     k += mlen;

@@ -59,7 +59,8 @@ enum {
     PC_FAST_STATFS = 9,    /* a path's error only (ENOENT, ENOTDIR...): what statfs
                             * reports of a file system is Python's (the cache's usage) */
     PC_FAST_EXEC = 10,     /* execve of a program whose recipe Python kept: the file to
-                            * exec in its place (ptrace stops; see pc_take_exec) */
+                            * exec in its place (ptrace stops; see pc_take_exec), or
+                            * the errno Python failed it with */
     PC_FAST_GETCWD = 11,   /* getcwd in an anchor: its spelling Python taught ('C'
                             * records), buffer `out_arg`, size `size_arg` */
 };

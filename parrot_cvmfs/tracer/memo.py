@@ -1,9 +1,10 @@
 """Answers kept across runs.
 
 Everything Python teaches the C answer table about a path in a repository is a
-function of the repository revision (immutable), the user (ownership, access) and
-nothing else, unless the path goes through a variant symlink or into another
-repository; those are not kept. The rest is saved per revision and user when the
+function of the repository revision (immutable), the user, their gid and groups
+(ownership, access: CvmfsView.revision_id) and nothing else, unless the path goes
+through a variant symlink or into another repository; those are not kept. The rest
+is saved per revision and user when the
 supervisor ends, and taught to the C table again when a later run mounts the same
 revision: a warm run then answers almost every call in C.
 

@@ -11,8 +11,9 @@ The file: MAGIC, then records `tag:4 len:u32 payload`, each tag once unless note
 
     BILD  the core's build id (pc_build_id): another build's plan is not used
     UID_  u32: the user it is for (the file must be theirs, and not writable by others),
-          then u32 each: the groups access checks count (the gid and supplementary
-          ones, sorted, each once: CvmfsView.groups), the launcher's the same set
+          u32: their gid, then u32 each: the groups access checks count (the gid and
+          the supplementary ones, sorted, each once: CvmfsView.groups); the launcher's
+          must be the same (the kept answers show the gid and match the groups)
     OPTS  the option words before the command, each NUL-terminated
     CWD_  the working directory, where an option's value is a relative path (else absent)
     KERN  the kernel release (the interception mode depends on it)
@@ -265,7 +266,8 @@ def encode(
 ) -> bytes:
     """The plan's bytes (see the module's docstring); `started`: guest_records'."""
     enc = os.fsencode
-    user = struct.pack(f"<I{len(groups)}I", os.getuid(), *sorted(set(groups)))
+    groups = sorted(set(groups))
+    user = struct.pack(f"<II{len(groups)}I", os.getuid(), os.getgid(), *groups)
     out = [MAGIC, _rec(b"BILD", build.encode()), _rec(b"UID_", user)]
     out.append(_rec(b"OPTS", b"".join(enc(w) + b"\0" for w in options)))
     if cwd is not None:

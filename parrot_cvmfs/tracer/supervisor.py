@@ -367,7 +367,7 @@ class Supervisor:
             valid_until=until,
             memos=[(memo.path(kept(r)), MAGIC, kept(r)) for _, r in revs],
             repos=[(n, self.view.repos[n].root_hash.hex) for n, _ in revs],
-            groups=sorted(self.view.groups),
+            groups=list(self.view.groups),
             started=started,
             **parts,
         )

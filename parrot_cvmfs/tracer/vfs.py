@@ -96,8 +96,10 @@ class CvmfsView:
         self.started = int(time.time())
         self.uid, self.gid = os.getuid(), os.getgid()
         self.groups = set(os.getgroups()) | {self.gid}  # what access checks match (_allowed)
-        self._groups_tag = "." + hashlib.sha1(
-            ",".join(map(str, sorted(self.groups))).encode()
+        # what decides kept answers besides the user: the gid (claimed ownership shows
+        # it) and the groups (published owners' group bits); startplan's UID_ the same
+        self._groups_tag = hashlib.sha1(
+            f"{self.gid}:{','.join(map(str, sorted(self.groups)))}".encode()
         ).hexdigest()[:12]
         self.repos: dict[str, Repository] = {}
         self.failed: dict[str, str] = {}
@@ -173,13 +175,13 @@ class CvmfsView:
 
     def revision_id(self, name: str) -> str | None:
         """`fqrn@root-hash` of a mounted repository: the key of kept answers, with what
-        else decides them (owners as published, and then our groups, or claimed; memo
+        else decides them (owners as published or claimed, our gid and groups; memo
         files are per user)."""
         repo = self.repos.get(name)
         if repo is None or not repo.root_hash:
             return None
-        rev = f"{name}@{repo.root_hash.hex}"
-        return rev if repo.uid is not None else f"{rev}+owners{self._groups_tag}"
+        owners = "" if repo.uid is not None else "+owners"
+        return f"{name}@{repo.root_hash.hex}{owners}.{self._groups_tag}"
 
     def valid_until(self) -> float:
         """Until when later runs would mount the same revisions (a start plan's bound):

@@ -144,8 +144,7 @@ def teach_exec_failure(c: Context, t: Target, err: int) -> None:
     path = c.key()
     if path is None or t.proc or not (t.err or t.virtual):
         return
-    rev = None if t.node is not None and t.node.variant else revision_of(c.view, path, t)
-    c.memo.teach(rev, exec_failure_record(os.fsencode(path), err))
+    c.memo.teach(revision_of(c.view, path, t), exec_failure_record(os.fsencode(path), err))
 
 
 def teach_exec(
@@ -221,6 +220,8 @@ class Siblings:
         n = self._listed.get(parent)
         if n is None or n < 0 or path != node.vpath.logical or node.repo is None:
             return
+        if c.guest is not None and c.guest.table.glue(parent.logical):
+            return  # a bind below the directory hides what its catalog holds there
         self._listed[parent] = n + 1
         if n + 1 < self.AFTER:
             return
