@@ -327,3 +327,37 @@ def test_concurrent_first_writers_make_one_directory_each(tmp_path):
                 assert f.read() == data
     finally:
         cache.close()
+
+
+def test_kept_answers_of_old_revisions_are_pruned(tmp_path):
+    """A run that keeps answers of a repository leaves its user at most KEEP_PER_REPO
+    memo files of it, the most recently written: a repository published daily does not
+    fill the cache with dead revisions' answers. Other repositories' files and other
+    users' are left alone."""
+    from parrot_cvmfs.tracer.core import Core
+    from parrot_cvmfs.tracer.memo import KEEP_PER_REPO, MAGIC, Memo, answer_record
+    from parrot_cvmfs.tracer.syscalls import calls_for, machine
+
+    cache = tmp_path / "cache"
+    (cache / "memo").mkdir(parents=True)
+    core = Core(calls_for(machine()), machine(), str(tmp_path / "anchors"), [str(cache)])
+    uid = os.getuid()
+
+    def old(name: str, mtime: int) -> str:
+        path = cache / "memo" / name
+        path.write_bytes(MAGIC + b"\0\0\0\0")
+        os.utime(path, (mtime, mtime))
+        return name
+
+    older = [old(f"r.example.org@{i:040x}.{uid}.memo", 1000 + i) for i in range(12)]
+    guest = old(f"r.example.org@{99:040x}~0123456789abcdef.{uid}.memo", 2000)
+    others = [
+        old(f"s.example.org@{0:040x}.{uid}.memo", 1),  # another repository
+        old(f"r.example.org@{0:040x}.{uid + 1}.memo", 1),  # another user
+    ]
+    memo = Memo(core, str(cache))
+    rev = "r.example.org@" + "f" * 40
+    memo.teach(rev, answer_record(True, b"/cvmfs/r.example.org/gone", 2, None, None, None))
+    memo.save()
+    kept = {f"{rev}.{uid}.memo", guest, *older[-(KEEP_PER_REPO - 2) :]}
+    assert set(os.listdir(cache / "memo")) == kept | set(others)

@@ -35,6 +35,7 @@ only Python answers); a later record wins when C loads them.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 from .core import Core
@@ -50,6 +51,9 @@ def _record(kind: bytes, follow: bool, key: bytes, payload: bytes) -> bytes:
 # bytes of records kept for one revision, the file and what a run adds to it alike (what
 # a file holds fits the C table's own bound, answers.c PC_ANSWERS_BYTES, when loaded)
 MAX_KEPT = 32 << 20
+# memo files a user keeps of one repository (its revisions, and in guest namespaces its
+# mount tables): a repository published daily leaves no trail of dead revisions' files
+KEEP_PER_REPO = 8
 
 
 def answer_record(follow: bool, key: bytes, err: int, stat_buf, access, link) -> bytes:
@@ -266,6 +270,32 @@ class Memo:
                 )
             except OSError:
                 pass  # not kept: taught again next time
-        os.close(dfd)
+        try:
+            self._prune(dfd, {rev.split("@", 1)[0] for rev in self.new})
+        finally:
+            os.close(dfd)
         self.new.clear()
         self.new_bytes.clear()
+
+    def _prune(self, dfd: int, repos: set[str]) -> None:
+        """Keep this user's KEEP_PER_REPO most recently written memo files of each of
+        `repos`; remove the older ones (other users' files are theirs to prune)."""
+        suffix = f".{self.uid}.memo"
+        mine: dict[str, list[tuple[int, str]]] = {}
+        with os.scandir(dfd) as entries:
+            for e in entries:
+                repo = e.name.split("@", 1)[0]
+                if repo not in repos or not e.name.endswith(suffix):
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_uid == self.uid:
+                    mine.setdefault(repo, []).append((st.st_mtime_ns, e.name))
+        for files in mine.values():
+            for _, name in sorted(files, reverse=True)[KEEP_PER_REPO:]:
+                try:
+                    os.unlink(name, dir_fd=dfd)
+                except OSError:
+                    pass  # another run of ours pruned it first
