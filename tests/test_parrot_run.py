@@ -714,13 +714,19 @@ def _variant_runs(parrot, top: str, options) -> None:
         assert p.stdout.decode().strip() == kind.get(value, ""), (top, value, p.stdout, p.stderr)
 
 
-def test_guest_relative_paths_walk_the_guest(exec_repo):
+def test_guest_relative_paths_walk_the_guest(exec_repo, tmp_path):
     """In a guest namespace a path relative to a /cvmfs directory is walked from the
     directory's guest name: ".." (given or in a link's target) leaves a bind for its
     guest parent, a bind below the directory hides what lies there. Such a path is
-    answered for the guest, in C too, even after its /cvmfs spelling was answered; and
-    a listing teaches nothing a bind hides."""
+    answered for the guest, in C too, even after its /cvmfs spelling or its guest one
+    (which, walked from "/", may lead elsewhere) was answered; and a listing teaches
+    nothing a bind hides."""
     parrot, mnt, _, _ = exec_repo
+    host = tmp_path / "h"  # h/lnk -> real: the bind's destination h/lnk/x is h/real/x
+    (host / "real/x/mypkg").mkdir(parents=True)
+    (host / "real/x/mypkg/sub.py").write_text("host\n")
+    os.symlink("real", host / "lnk")
+    at_host, sub_py = f"{host}/lnk/x/mypkg/sub.py", "NAME = 'sub'"
     name = os.path.basename(mnt)
     gone = "No such file or directory"
 
@@ -745,6 +751,16 @@ def test_guest_relative_paths_walk_the_guest(exec_repo):
             ("-M", f"/vx={mnt}", "-M", f"/vx/lib={mnt}/include"),
             f"{stat(f'{mnt}/lib/libmylib.so')} cd /vx; {stat('lib/libmylib.so', 'lib/mylib.h')}",
             ["regular file"] * 2 + [gone, "regular file"] * 2,
+        ),
+        (  # relative from py: the bind's; h/lnk/x walked from "/": the host's h/real/x
+            ("-M", f"{host}/lnk/x={mnt}/py"),
+            f"cat {at_host}; cd {mnt}/py; cat mypkg/sub.py mypkg/sub.py; cat {at_host}",
+            ["host", sub_py, sub_py, "host"],
+        ),
+        (
+            ("-M", f"{host}/lnk/x={mnt}/py"),
+            f"cd {mnt}/py; cat mypkg/sub.py; cat {at_host} {at_host}; cat mypkg/sub.py",
+            [sub_py, "host", "host", sub_py],
         ),
         (  # <mnt>/lib is include: the listing of <mnt> must not teach the catalog's lib
             ("-M", f"{mnt}/lib={mnt}/include"),

@@ -167,6 +167,9 @@ typedef struct {
 /* ---- the tracer --------------------------------------------------------------------- */
 
 #define PC_MOUNT "/cvmfs"
+/* the first byte of a guest's relative keys (examine.c guest_relative_key): no absolute
+ * path's */
+#define PC_RELATIVE_KEY '\001'
 #define PC_ANSWERS_MIN (1 << 12)
 #define PC_ANSWERS_MAX (1 << 21) /* slots; then the table starts over */
 #define PC_ANSWERS_BYTES (96u << 20) /* memory; then the table starts over too */

@@ -540,28 +540,21 @@ static int table_answer(pc_tracer *t, pc_call *c, const char *key, int len, int 
     return done;
 }
 
-/* A guest's relative path: its anchor's guest spelling (the 'C' record Python teaches,
- * handlers/context.py Context.key), a "/" and the path: the guest path whose walk is the
- * relative one's, since Python's walk of a relative path starts from that spelling too
- * (guest.py cwd_of). -1 while no spelling is known. */
-static int guest_relative_key(pc_tracer *t, const pc_event *ev, char *key)
+/* A guest's relative path: its own key space, the anchor and the path after a byte no
+ * absolute path starts with. Python's walk of a relative path starts from the anchor's
+ * guest name (guest.py cwd_of), but that name walked from "/" may lead elsewhere (a
+ * link or a file among its components, a bind over it), so neither its /cvmfs nor its
+ * guest spelling may share an absolute path's answer. */
+static int guest_relative_key(const pc_event *ev, char *key)
 {
-    int n = -1;
-    pthread_rwlock_rdlock(&t->answers_lock);
-    const answer *a = answer_find(t, 'F', ev->base, (size_t)ev->base_len);
-    if (a && a->cwd && a->cwd[0] == '/') {
-        size_t slen = strlen(a->cwd);
-        slen = slen == 1 ? 0 : slen; /* "/": no second slash */
-        size_t klen = slen + 1 + (size_t)ev->path_len;
-        if (klen <= PC_PATH_MAX) {
-            memcpy(key, a->cwd, slen);
-            key[slen] = '/';
-            memcpy(key + slen + 1, ev->path, (size_t)ev->path_len + 1);
-            n = (int)klen;
-        }
-    }
-    pthread_rwlock_unlock(&t->answers_lock);
-    return n;
+    size_t klen = 1 + (size_t)ev->base_len + 1 + (size_t)ev->path_len;
+    if (klen > PC_PATH_MAX)
+        return -1;
+    key[0] = PC_RELATIVE_KEY;
+    memcpy(key + 1, ev->base, (size_t)ev->base_len);
+    key[1 + ev->base_len] = '/';
+    memcpy(key + 2 + ev->base_len, ev->path, (size_t)ev->path_len + 1);
+    return (int)klen;
 }
 
 /* The key of a path relative to a directory anchor (the cwd or a dirfd inside
@@ -569,8 +562,8 @@ static int guest_relative_key(pc_tracer *t, const pc_event *ev, char *key)
  * its directory with every symlink above it already resolved. Anchors are named
  * <anchors>/<fqrn>@<root hash>/<path> (anchors.py): the key drops the "@<root hash>".
  * In a guest namespace the /cvmfs spelling is not the walk's (a ".." leaves a bind for
- * its guest parent, a bind below the directory hides what lies there): the guest's is
- * used (guest_relative_key). -1 if there is none. */
+ * its guest parent, a bind below the directory hides what lies there): see
+ * guest_relative_key. -1 if there is none. */
 static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char *key)
 {
     if (t->nprefix[0] < 1 || ev->base_len == 0)
@@ -599,7 +592,7 @@ static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char
             return -1;
     }
     if (t->translate)
-        return guest_relative_key(t, ev, key);
+        return guest_relative_key(ev, key);
     size_t head = at ? (size_t)(at - rest) : 0;         /* "/fqrn" */
     size_t tail = slash ? (size_t)(rest + rlen - slash) : 0; /* "/path" */
     size_t mlen = sizeof PC_MOUNT - 1;

@@ -108,23 +108,11 @@ class Context(Event):
         """The answer table's key for the call's path, as C composed it (examine.c
         event_key): the path itself when absolute; for a path relative to a directory
         anchor (cwd or dirfd in /cvmfs), its absolute /cvmfs spelling, or in a guest
-        namespace its guest one; None otherwise."""
+        namespace a key of its own (the anchor and the path); None otherwise."""
         k = self._key
         if k is _UNSET:
             k = self._key = self.core.event_key()
-            if k is None and self.guest is not None and self.base and self.path[:1] != "/":
-                self._teach_spelling()
         return k
-
-    def _teach_spelling(self) -> None:
-        """C composes a guest's relative key from the guest spelling of the anchor it
-        starts from (examine.c guest_relative_key): teach it, for the next call."""
-        vpath = self.view.anchor_to_vpath(self.base)
-        spelling = self.guest.guest_of(self.base) if vpath is not None else None
-        if spelling is not None:
-            from .answers import teach_cwd
-
-            teach_cwd(self, vpath, spelling)
 
     # -- where the call's paths lead ----------------------------------------------------------
 
