@@ -161,3 +161,27 @@ def test_guest_resolution(tree):
     assert r.err == errno.ENOENT and not r.missing_last
     assert t.guest_of(normalize(f"{root}/usr/lib/libc.so")) == "/usr/lib/libc.so"
     assert t.guest_of(f"{host}/data") == "/mnt/data/deep/data"
+
+
+def test_guest_walk_needs_search_permission(tree):
+    """With a `searchable` answer, the walk needs x on every directory it looks a name up
+    in, "." and ".." too, as the kernel's walk; a glue directory (ours) is searchable."""
+    t, root, host = tree
+    shut = {normalize(f"{root}/usr"), normalize(f"{root}/mnt"), normalize(f"{root}/mnt/data")}
+
+    class Files(HostFiles):
+        def searchable(self, location: str) -> bool:
+            return location not in shut
+
+    f = Files()
+
+    def err(path, cwd="/"):
+        return resolve(t, f, path, cwd, True).err
+
+    assert err("/usr/lib/libc.so") == errno.EACCES
+    assert err("/usr/.") == errno.EACCES and err("/usr/..") == errno.EACCES
+    assert err("/usr") == 0 and err("/lib") == errno.EACCES  # /lib leads through /usr
+    assert err("libc.so", cwd="/usr/lib") == 0  # the cwd's ancestors are not walked
+    assert err("/mnt/data/deep/data") == 0  # glue on the way to the bind
+    shut.add(normalize(str(root)))  # the guest's "/" itself
+    assert err("/etc/os") == errno.EACCES and err("/mnt/data/deep/data") == errno.EACCES

@@ -155,12 +155,14 @@ def nobody(scratch, perm_repo, request):
         prelude: str = "",
         groups: str = "",
         gid: int = NOBODY,
+        options: tuple[str, ...] = (),
     ):
         e = dict(env)
         e.update(extra_env or {})
         code = (
             f"{prelude}import sys; from parrot_cvmfs.tracer.main import main; "
-            f"sys.exit(main(['--cache-dir', {cache!r}, '--', '/bin/sh', '-c', {script!r}]))"
+            f"sys.exit(main(['--cache-dir', {cache!r}, *{list(options)!r}, '--', '/bin/sh',"
+            f" '-c', {script!r}]))"
         )
         user = [AS_NOBODY[0], AS_NOBODY[1], f"--regid={gid}"]
         user += [f"--groups={groups}" if groups else "--clear-groups", "--"]
@@ -247,6 +249,19 @@ def test_kept_answers_are_per_group_set(nobody):
     for gid in [NOBODY, 4242, NOBODY, 4242]:
         rc, out, err = nobody(shown, gid=gid)
         assert out.split() == [str(gid)] * 3, (gid, out, err)
+
+
+def test_permissions_in_a_guest_namespace(nobody, tmp_path):
+    """The same checks through binds (-M): a guest's walk of a /cvmfs directory needs
+    its x bit as the kernel's would, at the bind's place and at /cvmfs alike."""
+    owners = {"CVMFS_CLAIM_OWNERSHIP": "no"}
+    rc, want, err = nobody(CHECKS, owners)
+    for top in ("/vx", MNT):
+        rc, out, err = nobody(CHECKS.replace(MNT, top), owners, options=("-M", f"/vx={MNT}"))
+        assert out == want, (top, out, err)
+    script = "stat -c %F /vx/d700/inside /vx/d700/. /vx/d711/inside 2>&1 | sed 's/.*: //'"
+    rc, out, err = nobody(script, owners, options=("-M", f"/vx={MNT}"))
+    assert out.splitlines() == ["Permission denied"] * 2 + ["regular file"], (out, err)
 
 
 def test_non_dumpable_launcher_is_refused(nobody):

@@ -287,6 +287,9 @@ if TYPE_CHECKING:
             """(MISSING/DIR/LINK/OTHER, the link's target) of a location, not followed."""
             ...
 
+        # optional: searchable(location), whether names may be looked up in a directory
+        # (the user's x on it); without it every directory may be searched
+
         # optional: kind_in(location, guest, mount), the same knowing the guest path
         # and its mount (a writable overlay over the root answers by guest path)
 
@@ -342,6 +345,7 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
     kind_in = getattr(files, "kind_in", None)
     if kind_in is None:
         kind_in = lambda location, _guest, _mount: files.kind(location)  # noqa: E731
+    searchable = getattr(files, "searchable", None)
     todo = list(reversed([c for c in path.split("/") if c]))
     links = 0
     final_link = False
@@ -357,6 +361,11 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
         last = not todo
         if kind != DIR:
             r = Resolved(err=errno.ENOTDIR, guest=guest, location=loc, mount=m)
+            r.symlinks = links
+            return r
+        if searchable is not None and not glue and not searchable(loc):
+            # as the kernel: x on every directory walked, "." and ".." too
+            r = Resolved(err=errno.EACCES, guest=guest, location=loc, mount=m)
             r.symlinks = links
             return r
         if c == ".":

@@ -168,6 +168,14 @@ class Guest:
                 return magic
         return self._host.kind(location)
 
+    def searchable(self, location: str) -> bool:
+        """Whether the walk may look up names in a directory of /cvmfs (the user's x
+        on it, as in paths.py's walk); the kernel judges the host's when the call runs."""
+        if not in_cvmfs(location):
+            return True
+        node = self.view.lookup(vpath_of_logical(location))
+        return node is None or self.view.may_search(node)
+
     def _proc_kind(self, location: str) -> tuple[int, str] | None:
         """/proc/self and the magic links of a process, for the calling thread."""
         parts = location.split("/")[2:]
