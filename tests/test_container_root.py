@@ -76,6 +76,12 @@ def run_modes(request, bullseye, tmp_path_factory):
     yield from _run(request, bullseye, tmp_path_factory)
 
 
+@pytest.fixture(params=["notify-cvmfs", "ptrace-cvmfs"])
+def run_cvmfs(request, bullseye, tmp_path_factory):
+    """`run` with the userland's /cvmfs copy as root, in both modes."""
+    yield from _run(request, bullseye, tmp_path_factory)
+
+
 def ok(p) -> str:
     assert p.returncode == 0, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
     return p.stdout
@@ -161,6 +167,18 @@ def test_default_binds_cwd_tmp_and_cvmfs(run, tmp_path):
     )
     assert glue.splitlines()[:3] == ["/opt/on/the", "way", "directory"], glue
     assert "Read-only file system" in glue
+
+
+def test_a_root_directory_a_bind_hides_is_reached_through_cvmfs(run_cvmfs, tmp_path):
+    """A directory of a /cvmfs root that a bind hides at its guest place is still one at
+    /cvmfs/...: entered there, getcwd names it so and relative paths start from it."""
+    (tmp_path / "bound").write_text("the bind\n")
+    doc = f"{run_cvmfs.root}/usr/share/doc"
+    script = f"cd {doc}; pwd -P; ls | grep -c . ; stat -c %F dpkg ../doc/dpkg; ls /usr/share"
+    out = ok(run_cvmfs.sh(script, options=["-B", f"{tmp_path}:/usr/share"]))
+    lines = out.splitlines()
+    assert lines[0] == doc and int(lines[1]) > 1, out
+    assert lines[2:4] == ["directory"] * 2 and lines[4:] == ["bound"], out
 
 
 def test_root_is_read_only(run_modes):

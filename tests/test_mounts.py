@@ -185,3 +185,14 @@ def test_guest_walk_needs_search_permission(tree):
     assert err("/mnt/data/deep/data") == 0  # glue on the way to the bind
     shut.add(normalize(str(root)))  # the guest's "/" itself
     assert err("/etc/os") == errno.EACCES and err("/mnt/data/deep/data") == errno.EACCES
+
+
+def test_guest_name_of_a_place_a_bind_hides_elsewhere(tree):
+    """A location shown at two guest places, one of them under a bind that hides it: its
+    guest name is the other (the cwd's spelling, getcwd's answer), not none."""
+    t, root, host = tree
+    t.bind(f"{root}/usr", "/srv/u")
+    t.bind(str(host), "/srv/u/lib")  # hides the root's usr/lib at /srv/u/lib
+    lib = normalize(f"{root}/usr/lib/libc.so")
+    assert t.guest_of(lib) == "/usr/lib/libc.so"
+    assert t.guest_of(normalize(f"{root}/usr")) == "/srv/u"  # the closest source

@@ -242,16 +242,15 @@ class MountTable:
 
     def guest_of(self, location: str) -> str | None:
         """The guest path of a location (a host or /cvmfs path, canonical): through the
-        mount whose source holds it most closely; None if the guest cannot see it."""
-        best: Mount | None = None
-        for m in self.mounts:
-            if _under(location, m.src) and (best is None or len(m.src) > len(best.src)):
-                best = m
-        if best is None:
-            return None
-        guest = _rebase(location, best.src, best.dst)
-        # a deeper mount may hide it (a bind over the place): then it is not visible there
-        return guest if self.mount_of(guest) is best else None
+        mount whose source holds it most closely and shows it (a deeper mount may hide
+        it there: a bind over the place; then the next closest); None if the guest
+        cannot see it."""
+        holding = [m for m in self.mounts if _under(location, m.src)]
+        for m in sorted(holding, key=lambda m: len(m.src), reverse=True):
+            guest = _rebase(location, m.src, m.dst)
+            if self.mount_of(guest) is m:
+                return guest
+        return None
 
     def glue(self, guest_dir: str) -> list[str]:
         """Names of mount points directly below `guest_dir` (they show in its listing
