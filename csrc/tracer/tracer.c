@@ -590,6 +590,11 @@ void tracer_serve(pc_tracer *t)
                 on_wait_status(t, tid, status, ev);
             continue;
         }
+        if (!ptrace_mode && !t->stops_waiting && !ticking && !t->gone_at &&
+            !t->last_to_python && idle++ < t->spin)
+            continue; /* the same poll in notify mode: a process's stops come in bursts
+                       * (fork, the child's first stop, exec, its end), and the signal
+                       * that wakes us costs a cross-CPU wake-up each */
         idle = 0;
         /* Python's answer usually comes within its 50-100 µs of work: look again (for
          * it, and for the job's other tasks) a while before sleeping, as spin_for */
