@@ -157,10 +157,18 @@ def test_what_a_root_plan_depends_on(debian11, tmp_path, mode):
 
     assert out(g(job)) == ("one", "full")
     assert out(g(job)) == ("one", "planned")
-    # an env script edited
+    # an env script edited, one added
     (envd / "90-environment.sh").write_text("export FROM_IMAGE=two\n")
     assert out(g(job)) == ("two", "full")
     assert out(g(job)) == ("two", "planned")
+    (envd / "95-more.sh").write_text("export FROM_IMAGE=three\n")
+    assert out(g(job)) == ("three", "full")
+    assert out(g(job)) == ("three", "planned")
+    # the job's output files in its directory (a new name each run) change nothing
+    for k in range(3):
+        p = g("echo x > out-$$; " + job, cwd=str(data))
+        assert by(p) == ("full" if k == 0 else "planned"), k
+    assert len([n for n in os.listdir(data) if n.startswith("out-")]) == 3
     # a bind source replaced
     data.rename(tmp_path / "data.old")
     data.mkdir()

@@ -606,11 +606,16 @@ class StartInputs:
             self._note(guest, path, base, t)
             return t
 
+        def listed(host: str) -> None:  # its names, not only where it is
+            self.files[host] = self._identity(host)
+
         guest.resolve = resolve  # this instance only, while the start is computed
+        guest.note_listing = listed
 
     @staticmethod
     def unwatch(guest: Guest) -> None:
         guest.__dict__.pop("resolve", None)
+        guest.__dict__.pop("note_listing", None)
 
     def _note(self, guest: Guest, path: str, base: str | None, t: Target) -> None:
         if not guest._host_seen:
@@ -628,4 +633,9 @@ class StartInputs:
             self.files[loc] = self._identity(loc)
             return
         host = t.host.rstrip("/") or "/"
-        self.files[host] = self._identity(host)
+        if os.path.isdir(host):  # a place (the start cwd): the same directory, whatever
+            from .startplan import object_identity  # it holds (its listing: `listed`)
+
+            self.files.setdefault(host, object_identity(host))
+        else:
+            self.files[host] = self._identity(host)

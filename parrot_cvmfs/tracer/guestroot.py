@@ -128,6 +128,9 @@ class GuestReader:
                 return []
             listing = self.guest.view.listing(t.node)
             return [os.fsdecode(n) for _, _, _, n in listing if n not in (b".", b"..")]
+        listed = getattr(self.guest, "note_listing", None)
+        if listed is not None:  # a start plan depends on what the listing holds
+            listed(t.host)
         try:
             return os.listdir(t.host)
         except OSError:
