@@ -312,7 +312,8 @@ static int on_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
             made = exec_done(t, s, tid);
         task_del(t, (pid_t)former);
         task_del(t, tid);
-        ptrace(PTRACE_CONT, tid, 0, 0);
+        /* resumed once the event is queued (on_wait_status): the new program's calls
+         * (readlink of /proc/self/exe) come after it */
         ev->kind = PC_EV_EXEC;
         ev->tid = tid;
         ev->other = (pid_t)former;
@@ -532,6 +533,8 @@ static void on_wait_status(pc_tracer *t, pid_t tid, int status, pc_event *ev)
         t->stops_waiting++;
     }
     hand_over(t, ev);
+    if (ev->kind == PC_EV_EXEC)
+        ptrace(PTRACE_CONT, tid, 0, 0);
 }
 
 void tracer_serve(pc_tracer *t)
