@@ -261,6 +261,7 @@ struct pc_tracer {
  * cost 3 ms a call where another process shared the CPU (it took whole time slices). */
 #define PYTHON_SPIN_NS 50000LL
 #define TRACER_SPIN_NS 150000LL
+#define NOTIFY_SPIN_NS 200000LL /* notify mode: the next ptrace stop (tracer.c) */
 
 /* examine.c: whether a call concerns us (fills the event's paths), the fast path, and
  * the event for Python of a call it leaves */

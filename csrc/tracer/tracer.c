@@ -544,7 +544,7 @@ void tracer_serve(pc_tracer *t)
     pc_event *ev = &event;
     int ptrace_mode = t->listener < 0, ticking = 0;
     long idle = t->spin; /* no spinning before the job's first stop (it is exec'ing) */
-    int64_t next_tick = 0, waiting_since = 0;
+    int64_t next_tick = 0, waiting_since = 0, spin_since = 0;
     for (;;) {
         int busy = run_commands(t);
         int sig = __atomic_load_n(&t->signal_pending, __ATOMIC_RELAXED)
@@ -574,7 +574,7 @@ void tracer_serve(pc_tracer *t)
         }
         if (busy) {
             idle = 0;
-            waiting_since = 0;
+            waiting_since = spin_since = 0;
             continue;
         }
         if (ptrace_mode && !t->stops_waiting && !ticking && !t->gone_at) {
@@ -593,11 +593,19 @@ void tracer_serve(pc_tracer *t)
                 on_wait_status(t, tid, status, ev);
             continue;
         }
-        if (!ptrace_mode && !t->stops_waiting && !ticking && !t->gone_at &&
-            !t->last_to_python && idle++ < t->spin)
-            continue; /* the same poll in notify mode: a process's stops come in bursts
-                       * (fork, the child's first stop, exec, its end), and the signal
-                       * that wakes us costs a cross-CPU wake-up each */
+        if (!ptrace_mode && !t->stops_waiting && !ticking && !t->gone_at && !t->last_to_python &&
+            t->spin > 0) {
+            /* the same poll in notify mode, for a while (each poll scans every task:
+             * a count would cost in proportion to them): a process's stops come in
+             * bursts (fork, the child's first stop, exec, its end), and the signal
+             * that wakes us costs a cross-CPU wake-up each */
+            int64_t now = now_ns();
+            if (!spin_since)
+                spin_since = now;
+            if (now < spin_since + NOTIFY_SPIN_NS)
+                continue;
+        }
+        spin_since = 0;
         idle = 0;
         /* Python's answer usually comes within its 50-100 µs of work: look again (for
          * it, and for the job's other tasks) a while before sleeping, as spin_for */
