@@ -40,7 +40,9 @@ import struct
 
 from .core import Core
 
-MAGIC = b"parrot-cvmfs memo 5\n"
+# a new number whenever what an answer means changes (the records, or the rules that
+# made them: an older build's answers are not replayed by a newer one)
+MAGIC = b"parrot-cvmfs memo 6\n"
 _HEAD = struct.Struct("<BBHI")
 
 
