@@ -410,6 +410,8 @@ def exec_repo(tmp_path_factory, progs, mode):
     os.symlink("data.bin", src / "data-link")
     os.symlink("$(PARROT_TEST_VAR:-bin)", src / "vlink")  # its target: the job's environment
     os.symlink("../README", src / "py/up")  # leaves a bind of py for the bind's guest parent
+    os.symlink("nothere", src / "py/dangling")
+    os.symlink("../README/x", src / "py/notdir")
     stratum, keys = str(base / "stratum"), str(base / "keys")
     publish(PublishOptions(source=str(src), name=name, stratum=stratum, keys_dir=keys))
     srv = StratumServer(stratum)
@@ -776,6 +778,25 @@ def test_guest_relative_paths_walk_the_guest(exec_repo, tmp_path):
                 assert len(got) == 4 and len(set(got)) == 1, (got, p.stderr)
             else:
                 assert got == want, (options, got, p.stderr)
+
+
+def test_guest_link_errors_are_the_targets(exec_repo):
+    """Through a bind, a link whose target fails (missing, not a directory) is itself
+    there: stat follows it to the error, lstat and readlink answer the link, in
+    whichever order they come and from the kept answers too."""
+    parrot, mnt, _, _ = exec_repo
+    links = ["dangling", "notdir"]
+    follow = "".join(f"stat -L -c %F /vx/py/{n} 2>&1 | sed 's/.*: //'; " for n in links)
+    own = "".join(f"stat -c %F /vx/py/{n}; readlink /vx/py/{n}; " for n in links)
+    want_follow = ["No such file or directory", "Not a directory"]
+    want_own = ["symbolic link", "nothere", "symbolic link", "../README/x"]
+    for script, want in [
+        (follow + own, want_follow + want_own),
+        (own + follow, want_own + want_follow),
+    ]:
+        for _run in range(2):
+            p = parrot("/bin/sh", "-c", script, options=("-M", f"/vx={mnt}"))
+            assert p.stdout.decode().splitlines() == want, (script, p.stdout, p.stderr)
 
 
 def test_openat_edge_cases(parrot, published, progs):

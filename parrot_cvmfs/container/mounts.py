@@ -359,14 +359,10 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
         c = todo.pop()
         last = not todo
         if kind != DIR:
-            r = Resolved(err=errno.ENOTDIR, guest=guest, location=loc, mount=m)
-            r.symlinks = links
-            return r
+            return _failed(errno.ENOTDIR, guest, loc, m, links, final_link)
         if searchable is not None and not glue and not searchable(loc):
             # as the kernel: x on every directory walked, "." and ".." too
-            r = Resolved(err=errno.EACCES, guest=guest, location=loc, mount=m)
-            r.symlinks = links
-            return r
+            return _failed(errno.EACCES, guest, loc, m, links, final_link)
         if c == ".":
             continue
         if c == "..":
@@ -375,7 +371,7 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
             kind, glue = DIR, table.is_glue(guest) and kind_in(loc, guest, m)[0] == MISSING
             continue
         if len(c) > 255:
-            return Resolved(err=errno.ENAMETOOLONG)
+            return _failed(errno.ENAMETOOLONG, "/", "/", None, links, final_link)
         child = guest + c if guest == "/" else f"{guest}/{c}"
         cloc, cm = table.locate(child)
         ckind, target = kind_in(cloc, child, cm)
@@ -383,20 +379,17 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
         if ckind == MISSING and table.is_glue(child):
             ckind, cglue = DIR, True  # on the way to a bind: a directory, though none lies there
         if ckind == MISSING:
-            r = Resolved(err=errno.ENOENT, guest=child, location=cloc, mount=cm)
+            r = _failed(errno.ENOENT, child, cloc, cm, links, final_link)
             r.missing_last = last
-            r.symlinks = links
             return r
         if ckind == LINK and (not last or follow) and not _is_mount_point(table, child):
             links += 1
             if last:
                 final_link = True
             if links > MAX_SYMLINKS:
-                r = Resolved(err=errno.ELOOP, guest=child, location=cloc, mount=cm)
-                r.symlinks = links
-                return r
+                return _failed(errno.ELOOP, child, cloc, cm, links, final_link)
             if not target:
-                return Resolved(err=errno.ENOENT, guest=child, location=cloc, mount=cm)
+                return _failed(errno.ENOENT, child, cloc, cm, links, final_link)
             if target.startswith("/"):
                 guest = "/"
                 loc, m = table.locate(guest)
@@ -407,11 +400,20 @@ def resolve(table: MountTable, files: Files, path: str, cwd: str, follow: bool) 
             continue
         guest, loc, m, kind, glue = child, cloc, cm, ckind, cglue
     if path.endswith("/") and kind != DIR and path.strip("/"):
-        return Resolved(err=errno.ENOTDIR, guest=guest, location=loc, mount=m)
+        return _failed(errno.ENOTDIR, guest, loc, m, links, final_link)
     r = Resolved(guest=guest, location=loc, mount=m, kind=kind)
     r.symlinks = links
     r.final_link = final_link
     r.glue = glue
+    return r
+
+
+def _failed(err: int, guest, location, mount, links: int, final_link: bool) -> Resolved:
+    """A walk's error, with the links it followed, and whether one was the last
+    component's (the error is then the target's, not the link's own: lstat and
+    readlink of the link are answered apart)."""
+    r = Resolved(err=err, guest=guest, location=location, mount=mount)
+    r.symlinks, r.final_link = links, final_link
     return r
 
 
