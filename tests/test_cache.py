@@ -331,11 +331,12 @@ def test_concurrent_first_writers_make_one_directory_each(tmp_path):
 
 def test_kept_answers_of_old_revisions_are_pruned(tmp_path):
     """A run that keeps answers of a repository leaves its user at most KEEP_PER_REPO
-    memo files of it, the most recently written: a repository published daily does not
-    fill the cache with dead revisions' answers. Other repositories' files and other
-    users' are left alone."""
+    memo files of it, the most recently used, and any used within PRUNE_AGE: a
+    repository published daily does not fill the cache with dead revisions' answers.
+    Other repositories' files and other users' are left alone; a run's load marks its
+    file used."""
     from parrot_cvmfs.tracer.core import Core
-    from parrot_cvmfs.tracer.memo import KEEP_PER_REPO, MAGIC, Memo, answer_record
+    from parrot_cvmfs.tracer.memo import KEEP_PER_REPO, MAGIC, PRUNE_AGE, Memo, answer_record
     from parrot_cvmfs.tracer.syscalls import calls_for, machine
 
     cache = tmp_path / "cache"
@@ -343,9 +344,11 @@ def test_kept_answers_of_old_revisions_are_pruned(tmp_path):
     core = Core(calls_for(machine()), machine(), str(tmp_path / "anchors"), [str(cache)])
     uid = os.getuid()
 
+    gone = answer_record(True, b"/cvmfs/r.example.org/gone", 2, None, None, None)
+
     def old(name: str, mtime: int) -> str:
         path = cache / "memo" / name
-        path.write_bytes(MAGIC + b"\0\0\0\0")
+        path.write_bytes(MAGIC + b"\0\0\0\0" + gone)
         os.utime(path, (mtime, mtime))
         return name
 
@@ -355,9 +358,13 @@ def test_kept_answers_of_old_revisions_are_pruned(tmp_path):
         old(f"s.example.org@{0:040x}.{uid}.memo", 1),  # another repository
         old(f"r.example.org@{0:040x}.{uid + 1}.memo", 1),  # another user
     ]
+    recent = old(f"r.example.org@{77:040x}.{uid}.memo", int(time.time() - PRUNE_AGE / 2))
+    used = old(f"r.example.org@{88:040x}.{uid}.memo", 500)  # the oldest, but loaded now
     memo = Memo(core, str(cache))
+    memo.load(f"r.example.org@{88:040x}")
+    assert os.stat(cache / "memo" / used).st_mtime > time.time() - 60
     rev = "r.example.org@" + "f" * 40
-    memo.teach(rev, answer_record(True, b"/cvmfs/r.example.org/gone", 2, None, None, None))
+    memo.teach(rev, gone)
     memo.save()
-    kept = {f"{rev}.{uid}.memo", guest, *older[-(KEEP_PER_REPO - 2) :]}
+    kept = {f"{rev}.{uid}.memo", guest, used, recent, *older[-(KEEP_PER_REPO - 4) :]}
     assert set(os.listdir(cache / "memo")) == kept | set(others)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import time
 
 from .core import Core
 
@@ -54,8 +55,11 @@ def _record(kind: bytes, follow: bool, key: bytes, payload: bytes) -> bytes:
 # a file holds fits the C table's own bound, answers.c PC_ANSWERS_BYTES, when loaded)
 MAX_KEPT = 32 << 20
 # memo files a user keeps of one repository (its revisions, and in guest namespaces its
-# mount tables): a repository published daily leaves no trail of dead revisions' files
+# mount tables): a repository published daily leaves no trail of dead revisions' files;
+# a file used (loaded) within PRUNE_AGE stays whatever their number (a run may still
+# read its list of files served)
 KEEP_PER_REPO = 8
+PRUNE_AGE = 3 * 86400
 
 
 def answer_record(follow: bool, key: bytes, err: int, stat_buf, access, link) -> bytes:
@@ -179,6 +183,7 @@ class Memo:
             if self.core.table_load_fd(fd, start) >= 0:
                 self.loaded.add(rev)
                 self._unread.add(rev)
+                _used(fd)
                 # what this run may add: the room the file leaves
                 self.new_bytes[rev] = max(0, os.fstat(fd).st_size - start)
         finally:
@@ -189,6 +194,10 @@ class Memo:
         self.loaded.add(rev)
         self._unread.add(rev)
         self.new_bytes[rev] = size
+        opened = self._open(rev)
+        if opened is not None:
+            _used(opened[0])
+            os.close(opened[0])
 
     def path(self, rev: str) -> str:
         """This user's memo file for `rev` (for a start plan, which C loads)."""
@@ -280,9 +289,11 @@ class Memo:
         self.new_bytes.clear()
 
     def _prune(self, dfd: int, repos: set[str]) -> None:
-        """Keep this user's KEEP_PER_REPO most recently written memo files of each of
-        `repos`; remove the older ones (other users' files are theirs to prune)."""
+        """Keep this user's KEEP_PER_REPO most recently used memo files of each of
+        `repos`, and any used within PRUNE_AGE; remove the others (other users' files
+        are theirs to prune)."""
         suffix = f".{self.uid}.memo"
+        old = time.time() - PRUNE_AGE
         mine: dict[str, list[tuple[int, str]]] = {}
         with os.scandir(dfd) as entries:
             for e in entries:
@@ -296,8 +307,19 @@ class Memo:
                 if stat.S_ISREG(st.st_mode) and st.st_uid == self.uid:
                     mine.setdefault(repo, []).append((st.st_mtime_ns, e.name))
         for files in mine.values():
-            for _, name in sorted(files, reverse=True)[KEEP_PER_REPO:]:
+            for mtime_ns, name in sorted(files, reverse=True)[KEEP_PER_REPO:]:
+                if mtime_ns / 1e9 > old:
+                    continue
                 try:
                     os.unlink(name, dir_fd=dfd)
                 except OSError:
                     pass  # another run of ours pruned it first
+
+
+def _used(fd: int) -> None:
+    """Mark a memo file used now (its mtime: what pruning keeps), at most hourly."""
+    try:
+        if time.time() - os.fstat(fd).st_mtime > 3600:
+            os.utime(fd)
+    except OSError:
+        pass
