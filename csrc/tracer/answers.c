@@ -203,6 +203,19 @@ int pc_table_put_open(pc_tracer *t, const char *key, int follow, const char *tar
     return rc;
 }
 
+/* Forget an answer's exec recipe (its memory no longer counted). */
+static void drop_recipe_locked(pc_tracer *t, answer *a)
+{
+    if (a->exec_target)
+        t->answers_bytes -=
+            strlen(a->exec_target) + strlen(a->exec_logical) + (size_t)a->exec_words_len;
+    free(a->exec_target);
+    free(a->exec_logical);
+    free(a->exec_words);
+    a->exec_target = a->exec_logical = a->exec_words = NULL;
+    a->exec_words_len = a->exec_nwords = 0;
+}
+
 /* An execve's recipe: `target` exec'd in place of the program named `key` (followed),
  * `logical` what /proc/self/exe shows then, and for a script the `nwords` words
  * (`wlen` bytes, each NUL-terminated) its `#!` chain puts before its path in argv; or
@@ -215,14 +228,7 @@ static int put_exec(pc_tracer *t, const char *key, const char *target, const cha
     answer *a = slot_locked(t, key, 1);
     int rc = -1;
     if (a && !target) {
-        if (a->exec_target)
-            t->answers_bytes -= strlen(a->exec_target) + strlen(a->exec_logical) +
-                                (size_t)a->exec_words_len;
-        free(a->exec_target);
-        free(a->exec_logical);
-        free(a->exec_words);
-        a->exec_target = a->exec_logical = a->exec_words = NULL;
-        a->exec_words_len = a->exec_nwords = 0;
+        drop_recipe_locked(t, a);
         a->exec_err = err;
         rc = 0;
     } else if (a) {
@@ -231,12 +237,7 @@ static int put_exec(pc_tracer *t, const char *key, const char *target, const cha
         if (x && l && (w || !nwords)) {
             if (w)
                 memcpy(w, words, (size_t)wlen);
-            if (a->exec_target)
-                t->answers_bytes -= strlen(a->exec_target) + strlen(a->exec_logical) +
-                                    (size_t)a->exec_words_len;
-            free(a->exec_target);
-            free(a->exec_logical);
-            free(a->exec_words);
+            drop_recipe_locked(t, a);
             a->exec_target = x;
             a->exec_logical = l;
             a->exec_words = w;
