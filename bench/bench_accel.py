@@ -38,8 +38,8 @@ from bench.bench_workload import (  # noqa: E402
 )
 from bench.common import published_and_served, workdir  # noqa: E402
 from bench.toolchain import toolchain_tree  # noqa: E402
+from parrot_cvmfs.tracer.memo import MAGIC as MEMO_MAGIC  # noqa: E402
 
-MEMO_MAGIC = b"parrot-cvmfs memo 6\n"  # tracer/memo.py
 ACCEL_MAGIC = b"PCACCEL1"  # csrc/accel/accel.h
 ACCEL_HEAD = 16
 RECORD = struct.Struct("<BBHI")
