@@ -417,3 +417,24 @@ def test_a_refusal_reaches_a_client_still_sending(ours):
     head = b"GET " + OBJ.encode() + b" HTTP/1.1\r\nX-A: " + b"a" * 200_000 + b"\r\n\r\n"
     for _ in range(5):
         assert raw_exchange(port, head).startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_request_read_is_never_closed_for_room(strata):
+    """With one slot, a client whose request the server has begun to read is not the
+    idle connection closed for the next client: each of many pairs is answered (the
+    closer once shut down a connection between its recv() and leaving the idle list)."""
+    srv = StratumServer(strata, max_connections=1)
+    with serving(srv):
+        port = port_of(srv)
+        for _ in range(150):
+            first = socket.create_connection(("127.0.0.1", port))
+            first.sendall(f"GET {OBJ} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            second = socket.create_connection(("127.0.0.1", port))
+            second.sendall(f"GET {OBJ} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            for s in (first, second):
+                s.settimeout(10)
+                out = b""
+                while chunk := s.recv(1 << 16):
+                    out += chunk
+                assert out.startswith(b"HTTP/1.1 200") and out.endswith(BODY)
+                s.close()

@@ -334,23 +334,20 @@ class StratumHandler:
                 del buf[: end + gap]
                 return head
             if not deadline:  # between requests: the idle keep-alive limit
+                if not self.server.wait_idle(sock):
+                    return None  # no request in time, or closed to make room
                 sock.settimeout(self.server.idle_timeout)
             else:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise _Refused(408)
                 sock.settimeout(left)
-            if not deadline:
-                self.server.idle(sock, True)
             try:
                 data = sock.recv(65536)
             except TimeoutError:
                 if deadline:
                     raise _Refused(408) from None
                 return None
-            finally:
-                if not deadline:
-                    self.server.idle(sock, False)
             if not data:
                 return None
             if not deadline:
@@ -715,35 +712,49 @@ class StratumServer:
             self._stop.clear()  # a shutdown() before the loop started ends it at once
             self._stopped.set()
 
-    def idle(self, conn: socket.socket, waiting: bool) -> None:
-        """`conn` waits for its next request (or no longer): it may be closed for room."""
+    def wait_idle(self, conn: socket.socket) -> bool:
+        """Wait up to the idle timeout for `conn`'s next request, closable for room
+        meanwhile; True when its bytes are there to read and it is no longer closable."""
         with self._lock:
-            if waiting:
-                self._idle[conn] = None
-            else:
-                self._idle.pop(conn, None)
+            self._idle[conn] = None
+        try:
+            p = select.poll()
+            p.register(conn, select.POLLIN)
+            p.poll(self.idle_timeout * 1000)
+        except (OSError, ValueError):
+            pass
+        with self._lock:
+            # taken off the list before its bytes are read: the closer polls under this
+            # lock, so it never closes a connection whose request has been consumed
+            if self._idle.pop(conn, False) is False:
+                return False  # chosen to make room (and shut down)
+        try:
+            p = select.poll()
+            p.register(conn, select.POLLIN)
+            return bool(p.poll(0))
+        except (OSError, ValueError):
+            return False
 
     def _close_an_idle_connection(self) -> None:
         with self._lock:
             idle = list(self._idle)  # the longest idle first: dicts keep order
-        if not idle:
-            return
-        p = select.poll()  # one whose next request has arrived is not idle
-        try:
-            for c in idle:
-                p.register(c, select.POLLIN)
-            busy = {fd for fd, _ in p.poll(0)}
-        except (OSError, ValueError):  # one was closed meanwhile: try again next time
-            return
-        with self._lock:
-            conn = next((c for c in idle if c.fileno() not in busy and c in self._idle), None)
+            if not idle:
+                return
+            p = select.poll()  # one whose next request has arrived is not idle
+            try:
+                for c in idle:
+                    p.register(c, select.POLLIN)
+                busy = {fd for fd, _ in p.poll(0)}
+            except (OSError, ValueError):  # one was closed meanwhile: try again next time
+                return
+            conn = next((c for c in idle if c.fileno() not in busy), None)
             if conn is None:
                 return
             del self._idle[conn]
-        try:
-            conn.shutdown(socket.SHUT_RDWR)  # its recv() returns: the thread ends
-        except OSError:
-            pass
+            try:  # under the lock: its thread sees it gone before it reads a byte
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _connection(self, conn: socket.socket) -> None:
         try:
