@@ -33,6 +33,7 @@ from parrot_cvmfs.tracer.handlers import execve
         ("FAST_STATFS", "PC_FAST_STATFS"),
         ("FAST_EXEC", "PC_FAST_EXEC"),
         ("FAST_GETCWD", "PC_FAST_GETCWD"),
+        ("FAST_UNHOLD", "PC_FAST_UNHOLD"),
     ],
 )
 def test_syscall_table_constants(py: str, c: str) -> None:

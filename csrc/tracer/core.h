@@ -60,6 +60,9 @@ typedef struct {
     int notify;        /* 1: a seccomp user notification, 0: a ptrace stop */
     uint64_t notif_id;
     pc_regs *regs;     /* ptrace stops only */
+    /* from the held descriptors (held.c), for the call's first descriptor argument */
+    int base_dir;   /* 0: unknown, 1: a directory, 2: not one */
+    int held_ours;  /* our descriptor of the same file, plus one (0: none); notify only */
 } pc_call;
 
 /* ---- the answer table (answers.c) ---------------------------------------------------- */
@@ -174,6 +177,19 @@ typedef struct {
 #define PC_ANSWERS_MAX (1 << 21) /* slots; then the table starts over */
 #define PC_ANSWERS_BYTES (96u << 20) /* memory; then the table starts over too */
 
+/* a descriptor C installed in the job, held (held.c) */
+typedef struct {
+    int ours; /* -1: a free slot */
+    int fd;   /* its number in the job, when installed */
+    pid_t tid;
+    int is_dir;
+    int name_len;
+    char *name; /* what readlink of it says */
+    uint64_t used;
+} held_fd;
+#define PC_HELD 64
+#define PC_HELD_WAYS 4
+
 struct pc_tracer {
     pc_rule rules[PC_MAX_RULES];
     int nrules;
@@ -244,6 +260,12 @@ struct pc_tracer {
     current cur;
     int quiet;      /* pc_set_quiet: task events are dropped */
     int quiet_exec; /* the root exec'd while quiet */
+    /* descriptors C installed (held.c): put by the notification thread only */
+    pthread_mutex_t held_lock;
+    held_fd held[PC_HELD];
+    uint64_t held_clock;
+    pid_t held_self;
+    int no_kcmp; /* the kernel has no kcmp: /proc always */
 };
 
 #define STAT_ADD(t, field) __atomic_fetch_add(&(t)->stats.field, 1, __ATOMIC_RELAXED)
@@ -265,6 +287,20 @@ struct pc_tracer {
 
 /* examine.c: whether a call concerns us (fills the event's paths), the fast path, and
  * the event for Python of a call it leaves */
+void held_init(pc_tracer *t);
+void held_free(pc_tracer *t);
+/* `ours` (taken: held or closed) was installed in task `tid` as its descriptor `fd` */
+void held_put(pc_tracer *t, pid_t tid, int fd, int ours);
+/* what task `tid`'s descriptor `fd` is, if it is one we hold: its name's length (the
+ * name into `out`), whether it is a directory, our descriptor of it; -1 if not held */
+int held_name(pc_tracer *t, pid_t tid, int fd, char *out, size_t max, int *is_dir, int *ours);
+/* task `tid`'s `fd`, named `name` by /proc, is a held file under another number (a dup:
+ * fts moves each directory's descriptor up): held under this one now; 1 if so */
+int held_renamed(pc_tracer *t, pid_t tid, int fd, const char *name, int len, int *is_dir,
+                 int *ours);
+/* task `tid` locks its `fd` (flock, an open-file lock or lease): our copy of that file
+ * is let go, so that the job's close releases the lock as it would natively */
+void held_drop(pc_tracer *t, pid_t tid, int fd);
 int examine_call(pc_tracer *t, pc_call *c, pc_event *ev);
 int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
 void fill_event(pc_tracer *t, pc_event *ev, const pc_call *c);

@@ -84,9 +84,34 @@ static int guest_passes(pc_tracer *t, const pc_call *c, const char *path, const 
     return passthrough_path(t, c, path, base, base_len, writes);
 }
 
+/* What the job's descriptor `fd` is: a held one's name (held.c) without /proc when it
+ * is one C installed, else readlink of /proc/<tid>/fd/<fd>. `primary`: the call's first
+ * descriptor argument, whose kind and our copy are noted in the call. */
+static int fd_name(pc_tracer *t, pc_call *c, long fd, char *out, size_t max, int primary)
+{
+    int is_dir = 0, ours = -1;
+    if (fd < 0 || fd > INT32_MAX)
+        return proc_link(c->tid, NULL, fd, out, max);
+    int n = held_name(t, c->tid, (int)fd, out, max, &is_dir, &ours);
+    if (n <= 0) {
+        n = proc_link(c->tid, NULL, fd, out, max);
+        /* only a name in the cache can be one of ours (the anchors, the objects); moved
+         * on the notification thread only, which alone puts and so closes held ones */
+        if (n <= 0 || !c->notify || !has_prefix(t, 1, out) ||
+            !held_renamed(t, c->tid, (int)fd, out, n, &is_dir, &ours))
+            return n;
+    }
+    if (primary) {
+        c->base_dir = is_dir ? 1 : 2;
+        c->held_ours = c->notify ? ours + 1 : 0;
+    }
+    return n;
+}
+
 /* One path argument (and, if it is relative, its base). 1 if it concerns us. */
-static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_arg, char *path,
-                        int *path_len, int *path_err, char *base, int *base_len, int *empty_path)
+static int examine_path(pc_tracer *t, pc_call *c, int dirfd_arg, int path_arg, char *path,
+                        int *path_len, int *path_err, char *base, int *base_len, int *empty_path,
+                        int primary)
 {
     const pc_rule *r = c->r;
     *base_len = 0;
@@ -111,7 +136,7 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
             return 0; /* "" is ENOENT, from the kernel */
         *empty_path = 1;
         int m = dirfd == AT_FDCWD ? proc_link(c->tid, "cwd", -1, base, PC_PATH_MAX)
-                                  : proc_link(c->tid, NULL, dirfd, base, PC_PATH_MAX);
+                                  : fd_name(t, c, dirfd, base, PC_PATH_MAX, primary);
         if (m < 0)
             return 0;
         *base_len = m;
@@ -126,7 +151,7 @@ static int examine_path(pc_tracer *t, const pc_call *c, int dirfd_arg, int path_
     }
     /* relative: Python needs the base whenever the call concerns us */
     int m = dirfd == AT_FDCWD ? proc_link(c->tid, "cwd", -1, base, PC_PATH_MAX)
-                              : proc_link(c->tid, NULL, dirfd, base, PC_PATH_MAX);
+                              : fd_name(t, c, dirfd, base, PC_PATH_MAX, primary);
     if (m < 0)
         return 0; /* a bad dirfd: the kernel's EBADF/ENOTDIR is right */
     *base_len = m;
@@ -219,21 +244,26 @@ int examine_call(pc_tracer *t, pc_call *c, pc_event *ev)
     ev->path_err = ev->path2_err = ev->empty_path = 0;
     ev->key_len = KEY_UNKNOWN;
     ev->path[0] = ev->path2[0] = ev->base[0] = ev->base2[0] = ev->key[0] = '\0';
+    if (r->fast == PC_FAST_UNHOLD) {
+        if (c->notify) /* the thread that alone closes held descriptors */
+            held_drop(t, c->tid, (int)c->args[r->path_arg]);
+        return 0; /* the kernel's */
+    }
     switch (r->kind) {
     case PC_KIND_PATH:
         return examine_path(t, c, r->dirfd_arg, r->path_arg, ev->path, &ev->path_len,
-                            &ev->path_err, ev->base, &ev->base_len, &ev->empty_path);
+                            &ev->path_err, ev->base, &ev->base_len, &ev->empty_path, 1);
     case PC_KIND_PATH2: {
         int e2;
         int a = examine_path(t, c, r->dirfd_arg, r->path_arg, ev->path, &ev->path_len,
-                             &ev->path_err, ev->base, &ev->base_len, &ev->empty_path);
+                             &ev->path_err, ev->base, &ev->base_len, &ev->empty_path, 1);
         int b = examine_path(t, c, r->dirfd2_arg, r->path2_arg, ev->path2, &ev->path2_len,
-                             &ev->path2_err, ev->base2, &ev->base2_len, &e2);
+                             &ev->path2_err, ev->base2, &ev->base2_len, &e2, 0);
         return a || b;
     }
     case PC_KIND_FD: {
         long fd = (long)(int)c->args[r->path_arg];
-        int m = fd >= 0 ? proc_link(c->tid, NULL, fd, ev->base, PC_PATH_MAX) : -1;
+        int m = fd >= 0 ? fd_name(t, c, fd, ev->base, PC_PATH_MAX, 1) : -1;
         if (m <= 0)
             return 0;
         ev->base_len = m;
@@ -588,7 +618,7 @@ static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char
     }
     if (c->r->dirfd_arg >= 0 && (int)c->args[c->r->dirfd_arg] != AT_FDCWD) {
         struct stat st; /* a dirfd may be an anchor of a symlink or fifo: ENOTDIR, Python's */
-        if (lstat(ev->base, &st) != 0 || !S_ISDIR(st.st_mode))
+        if (c->base_dir ? c->base_dir != 1 : lstat(ev->base, &st) != 0 || !S_ISDIR(st.st_mode))
             return -1;
     }
     if (t->translate)
@@ -644,7 +674,8 @@ static int fast_getdents(pc_tracer *t, pc_call *c, const char *anchor, int len)
         pthread_rwlock_unlock(&t->answers_lock);
         return 0;
     }
-    int ours = pc_getfd(c->tid, fd);
+    /* a held descriptor is the same file as the job's (one file position) */
+    int held = c->held_ours > 0, ours = held ? c->held_ours - 1 : pc_getfd(c->tid, fd);
     if (ours < 0) {
         pthread_rwlock_unlock(&t->answers_lock);
         return 0;
@@ -672,7 +703,8 @@ static int fast_getdents(pc_tracer *t, pc_call *c, const char *anchor, int len)
     else if (end > start)
         lseek(ours, (off_t)index, SEEK_SET);
     pthread_rwlock_unlock(&t->answers_lock);
-    close(ours);
+    if (!held)
+        close(ours);
     return respond_result(t, c, result) == 0;
 }
 

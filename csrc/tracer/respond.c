@@ -69,19 +69,25 @@ static int addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int send)
     return n < 0 ? -errno : n;
 }
 
-int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid)
+int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid, int give)
 {
     cpu_set_t saved, ours;
-    if (tid <= 0 || !pin_to_here(tid, &saved))
+    if (!give && (tid <= 0 || !pin_to_here(tid, &saved)))
         return addfd(t, id, fd, cloexec, 1);
+    int pinned = tid > 0 && (give ? pin_to_here(tid, &saved) : 1);
     /* this thread too (0: the calling thread); a mask we cannot read stays as it is */
-    int held = pin_to_here(0, &ours);
+    int held = pinned && pin_to_here(0, &ours);
     /* installed without the answer, so that the program's own mask is back before
      * it runs again; then answered (a wake-up on our CPU, as for any answer) */
     int n = addfd(t, id, fd, cloexec, 0);
     if (held)
         sched_setaffinity(0, sizeof ours, &ours);
-    sched_setaffinity(tid, sizeof saved, &saved);
+    if (pinned)
+        sched_setaffinity(tid, sizeof saved, &saved);
+    /* given: ours is closed before the program runs on, so that its open file is its
+     * alone (a flock it takes ends with its close, not with ours, later) */
+    if (give)
+        close(fd);
     if (n >= 0) {
         int r = pc_notif_reply(t, id, n);
         if (r < 0)
@@ -190,8 +196,11 @@ int respond_open(pc_tracer *t, pc_call *c, const char *target, int len, uint64_t
             if (!(flags & O_NONBLOCK)) /* the program's own status flags */
                 fcntl(fd, F_SETFL, (int)(flags & (O_DIRECT | O_NOATIME)));
         }
-        int n = pc_notif_addfd(t, c->notif_id, fd, (flags & O_CLOEXEC) != 0, c->tid);
-        close(fd);
+        int n = pc_notif_addfd(t, c->notif_id, fd, (flags & O_CLOEXEC) != 0, c->tid, 0);
+        if (n >= 0 && size == -1 && !host)
+            held_put(t, c->tid, n, fd); /* a directory: later calls need not ask /proc */
+        else
+            close(fd);
         if (n < 0 && n != -ENOENT) /* ENOENT: the program was interrupted meanwhile */
             pc_notif_reply(t, c->notif_id, n);
         return 1;

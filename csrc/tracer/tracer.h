@@ -63,6 +63,8 @@ enum {
                             * the errno Python failed it with */
     PC_FAST_GETCWD = 11,   /* getcwd in an anchor: its spelling Python taught ('C'
                             * records), buffer `out_arg`, size `size_arg` */
+    PC_FAST_UNHOLD = 12,   /* flock, open-file fcntl locks: a held copy of the file is
+                            * let go (held.c), the kernel runs the call */
 };
 
 typedef struct {
@@ -195,7 +197,9 @@ int pc_given_up(pc_tracer *t);
 int pc_exit_code(pc_tracer *t);
 int pc_notif_reply(pc_tracer *t, uint64_t id, int64_t result);
 int pc_notif_continue(pc_tracer *t, uint64_t id);
-int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid);
+/* `fd` installed in the program as the call's result (its number, or -errno); `give`:
+ * ours is closed before the program runs on (the caller must not close it) */
+int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid, int give);
 int pc_notif_valid(pc_tracer *t, uint64_t id);
 int pc_notifying(pc_tracer *t);
 ssize_t pc_read(pid_t tid, uint64_t addr, void *buf, size_t len);

@@ -302,11 +302,14 @@ class Core:
             lib.pc_notif_continue(self.t, notif_id)
 
     def notif_addfd(self, notif_id: int, fd: int, cloexec: bool, tid: int) -> int:
-        """Install our descriptor as the call's result; returns the program's fd or -errno.
-        (`tid`, the caller, is held to our CPU for the hand-off: see respond.c.)"""
+        """Install our descriptor `fd` as the call's result and close it (before the
+        program runs on: a lock it takes on the file ends with its own close); returns
+        the program's fd or -errno. (`tid`, the caller, is held to our CPU for the
+        hand-off: see respond.c.)"""
         if not lib.pc_claim(self.t, notif_id):
+            os.close(fd)
             return -errno.ENOENT  # as for a program interrupted meanwhile
-        return lib.pc_notif_addfd(self.t, notif_id, fd, int(cloexec), tid)
+        return lib.pc_notif_addfd(self.t, notif_id, fd, int(cloexec), tid, 1)
 
     def notif_valid(self, notif_id: int) -> bool:
         return bool(lib.pc_notif_valid(self.t, notif_id))

@@ -23,6 +23,9 @@ O_NOFOLLOW = 0o400000
 # ioctl requests that change a file's attributes (FS_IOC_SETFLAGS, its 32-bit form,
 # FS_IOC_FSSETXATTR, FS_IOC_SETVERSION)
 FS_IOC_SET = (0x40086602, 0x40046602, 0x401C5820, 0x40087602)
+# fcntl commands whose effect belongs to the open file, not the process (F_OFD_SETLK,
+# F_OFD_SETLKW, F_SETLEASE): as flock, what C holds of a file must not outlive the job's
+F_OPEN_FILE = (37, 38, 1024)
 
 # How arguments are examined by the C core (tracer.h PC_KIND_*)
 PATH, PATH2, FD, CWD, SOCKADDR, SOCKNAME, SOCKMSG, SOCKFROM = 1, 2, 3, 4, 5, 6, 7, 8
@@ -42,7 +45,8 @@ BARE_EMPTY, BARE_NULL = 1, 2
     FAST_STATFS,
     FAST_EXEC,
     FAST_GETCWD,
-) = range(12)
+    FAST_UNHOLD,
+) = range(13)
 
 
 class Call(
@@ -220,6 +224,10 @@ CALLS: list[Call] = [
     # the changes that do not go through a path, on descriptors of our files (chattr's
     # FS_IOC_SETFLAGS sets flags on the cache's own inodes)
     Call("ioctl", 16, 29, FD, "ioctl_setattr", path=0, arg1_in=FS_IOC_SET),
+    # a lock or lease of the open file: C lets go of its copy of a file it installed
+    # (held.c) and the kernel takes the call, so the job's close releases it as natively
+    Call("flock", 73, 32, FD, "unhold", path=0, fast=FAST_UNHOLD),
+    Call("fcntl", 72, 25, FD, "unhold", path=0, arg1_in=F_OPEN_FILE, fast=FAST_UNHOLD),
     # a Unix socket made at its address, or reached at it
     Call("bind", 49, 200, SOCKADDR, "bind", path=1, size=2, follow=False, proc=True),
     Call("connect", 42, 203, SOCKADDR, "connect", path=1, size=2, proc=True),
@@ -278,6 +286,8 @@ NOTIFIED = {
     "getcwd",
     "getdents64",
     "getdents",
+    "flock",
+    "fcntl",
 }
 GUEST_ONLY = {"sendto", "sendmsg", "recvfrom", "recvmsg", "accept", "accept4"}
 CALLS = [c._replace(notify=c.name in NOTIFIED, guest_only=c.name in GUEST_ONLY) for c in CALLS]

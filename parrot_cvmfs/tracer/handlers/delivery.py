@@ -159,10 +159,7 @@ class Delivery:
                     continue
                 core.notif_reply(nid, -(e.errno or errno.EIO))
                 return
-        try:
-            n = core.notif_addfd(nid, fd, bool(flags & os.O_CLOEXEC), c.tid)
-        finally:
-            os.close(fd)
+        n = core.notif_addfd(nid, fd, bool(flags & os.O_CLOEXEC), c.tid)  # closes fd
         if n >= 0 and vpath is not None:
             self.procs.fds.setdefault(self.procs.tgid(c.tid), {})[n] = (path, vpath)
         elif n < 0 and n != -errno.ENOENT:  # ENOENT: the program was interrupted

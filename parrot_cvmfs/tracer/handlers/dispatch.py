@@ -11,7 +11,7 @@ from ..memo import Memo
 from ..vfs import CvmfsView
 from .answers import Siblings
 from .attributes import h_access, h_readlink, h_stat, h_statfs
-from .context import Context, skip
+from .context import RESUME, Context, skip
 from .delivery import Delivery, io_error
 from .directories import h_chdir, h_getcwd, h_getdents, h_inotify
 from .execve import h_execve
@@ -36,6 +36,13 @@ from .xattrs import h_getxattr, h_listxattr
 TYPE_CHECKING = False  # not typing's: the start path stays small
 if TYPE_CHECKING:
     from ..guest import Guest  # only with --root or binds (supervisor.py)
+
+
+def h_unhold(c: Context) -> tuple:
+    """flock and open-file fcntl locks: C's alone (examine.c lets go of a held file and
+    passes the call to the kernel); never handed over, the kernel's if ever."""
+    return RESUME
+
 
 # The handler each row of the syscall table names (Call.handler), checked against the
 # table by tests/test_syscalls.py.
@@ -67,6 +74,7 @@ HANDLERS = {
     "sockfrom": h_sockfrom,
     "mount": h_mount,
     "chroot": h_chroot,
+    "unhold": h_unhold,
 }
 
 
