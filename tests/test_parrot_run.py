@@ -676,6 +676,45 @@ def test_locks_released_at_the_jobs_close(exec_repo):
         assert p.returncode == 0 and out(p.stdout.decode(), mnt) == want, p.stderr
 
 
+@pytest.mark.parametrize("refused", [1, 38])  # EPERM (a container's profile), ENOSYS
+def test_locks_released_where_kcmp_is_refused(exec_repo, progs, refused):
+    """With kcmp refused to the supervisor, nothing of the job's is held (held.c), so a
+    lock ends with the job's close there too, and the job's answers are the same."""
+    parrot, mnt, src, _ = exec_repo
+    rel = ["", "py", "py/mypkg", "bin/hello"]
+
+    def out(text: str, top: str) -> str:  # the top directory's own name differs
+        return text.replace(f"/{os.path.basename(top)}: ", "/TOP: ")
+
+    want = out(
+        run(
+            [progs, "lock-after-use", *(f"{src}/{r}".rstrip("/") for r in rel)], base_env()
+        ).stdout.decode(),
+        src,
+    )
+    assert want.count("relock after close ok") == 2 * len(rel), want
+    wrap = [progs, "no-kcmp", str(refused), *PARROT, "--cache-dir", parrot.cache, "--"]
+    for _ in range(2):  # the second run is answered from the kept answers
+        p = run(
+            [*wrap, progs, "lock-after-use", *(f"{mnt}/{r}".rstrip("/") for r in rel)], parrot.env
+        )
+        assert p.returncode == 0 and out(p.stdout.decode(), mnt) == want, p.stderr
+
+
+def test_leases_after_the_jobs_close(exec_repo):
+    """A write lease on a /cvmfs file (as natively: refused while another open of it
+    lives) is granted once the job has closed its other open: nothing of ours keeps one."""
+    parrot, mnt, src, _ = exec_repo
+    rel = ["README", "bin/hello", "py/mypkg/__init__.py"]
+    native = run(
+        [f"{src}/bin/ptest", "lease-after-close", *(f"{src}/{r}" for r in rel)], base_env()
+    ).stdout.decode()
+    assert native.count("lease ok") == len(rel), native
+    for _ in range(2):  # the second run is answered from the kept answers
+        p = parrot(f"{mnt}/bin/ptest", "lease-after-close", *(f"{mnt}/{r}" for r in rel))
+        assert p.returncode == 0 and p.stdout.decode() == native, p.stderr
+
+
 def test_exec_failures_answered_in_c(exec_repo):
     """execve of /cvmfs paths that cannot be exec'd (a shell or execvp trying each PATH
     directory, a directory, a file without x bits) fails with the kernel's errno; once

@@ -503,6 +503,49 @@ static int c_deny(const char *what, char **cmd)
     return 127;
 }
 
+/* For each of PATHS: two opens of it, the first closed, then a write lease on the
+ * second: refused (EAGAIN) while any other open of the file lives, so a copy a tracer
+ * kept of the first would show. */
+static int c_lease_after_close(char **paths)
+{
+    for (char **p = paths; *p; p++) {
+        int a = open(*p, O_RDONLY), b = open(*p, O_RDONLY);
+        if (a < 0 || b < 0) {
+            printf("%s: open %s\n", *p, strerrorname_np(errno));
+            return 1;
+        }
+        struct stat st;
+        fstat(a, &st); /* used by descriptor first, as a program does */
+        close(a);
+        int l = fcntl(b, F_SETLEASE, F_WRLCK);
+        printf("%s: lease %s\n", strrchr(*p, '/'), l ? strerrorname_np(errno) : "ok");
+        if (!l)
+            fcntl(b, F_SETLEASE, F_UNLCK);
+        close(b);
+    }
+    return 0;
+}
+
+/* PROGRAM ARGS with kcmp refused with ERRNO (as a container runtime's seccomp profile
+ * refuses it): parrot_run must then work as if it had none. */
+static int c_no_kcmp(int err, char **argv)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_kcmp, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (unsigned)(err & 0xffff)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        perror("seccomp");
+        return 1;
+    }
+    execvp(argv[0], argv);
+    perror("exec");
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -519,6 +562,8 @@ int main(int argc, char **argv)
     if (!strcmp(c, "getdents")) return c_getdents(argv[2]);
     if (!strcmp(c, "fd-reuse")) return c_fd_reuse(argv + 2);
     if (!strcmp(c, "lock-after-use")) return c_lock_after_use(argv + 2);
+    if (!strcmp(c, "lease-after-close")) return c_lease_after_close(argv + 2);
+    if (!strcmp(c, "no-kcmp") && argc > 3) return c_no_kcmp(atoi(argv[2]), argv + 3);
     if (!strcmp(c, "exec-errors")) return c_exec_errors(argv + 2);
     if (!strcmp(c, "deny") && argc > 3) return c_deny(argv[2], argv + 3);
     return 2;
