@@ -479,6 +479,19 @@ static int c_exec_errors(char **paths)
     return 0;
 }
 
+/* CMD run under the seccomp filter F of N instructions (and every process it starts) */
+static int exec_filtered(struct sock_filter *f, unsigned short n, char **cmd)
+{
+    struct sock_fprog prog = {n, f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        perror("seccomp");
+        return 1;
+    }
+    execvp(cmd[0], cmd);
+    perror(cmd[0]);
+    return 127;
+}
+
 /* Run CMD where a seccomp filter makes ptrace (or installing seccomp filters) fail
  * with EPERM, as a container's profile does. */
 static int c_deny(const char *what, char **cmd)
@@ -493,14 +506,7 @@ static int c_deny(const char *what, char **cmd)
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
-    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
-        perror("seccomp");
-        return 1;
-    }
-    execvp(cmd[0], cmd);
-    perror(cmd[0]);
-    return 127;
+    return exec_filtered(f, sizeof f / sizeof f[0], cmd);
 }
 
 /* For each of PATHS: two opens of it, the first closed, then a write lease on the
@@ -536,14 +542,7 @@ static int c_no_kcmp(int err, char **argv)
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (unsigned)(err & 0xffff)),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
-    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
-        perror("seccomp");
-        return 1;
-    }
-    execvp(argv[0], argv);
-    perror("exec");
-    return 1;
+    return exec_filtered(f, sizeof f / sizeof f[0], argv);
 }
 
 int main(int argc, char **argv)
