@@ -72,15 +72,15 @@ static int addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int send)
 int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid, int give)
 {
     cpu_set_t saved, ours;
-    if (!give && (tid <= 0 || !pin_to_here(tid, &saved)))
+    int pinned = tid > 0 && pin_to_here(tid, &saved);
+    if (!pinned && !give)
         return addfd(t, id, fd, cloexec, 1);
-    int pinned = tid > 0 && (give ? pin_to_here(tid, &saved) : 1);
     /* this thread too (0: the calling thread); a mask we cannot read stays as it is */
-    int held = pinned && pin_to_here(0, &ours);
+    int self_pinned = pinned && pin_to_here(0, &ours);
     /* installed without the answer, so that the program's own mask is back before
      * it runs again; then answered (a wake-up on our CPU, as for any answer) */
     int n = addfd(t, id, fd, cloexec, 0);
-    if (held)
+    if (self_pinned)
         sched_setaffinity(0, sizeof ours, &ours);
     if (pinned)
         sched_setaffinity(tid, sizeof saved, &saved);

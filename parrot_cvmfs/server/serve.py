@@ -726,8 +726,9 @@ class StratumServer:
         with self._lock:
             # taken off the list before its bytes are read: the closer polls under this
             # lock, so it never closes a connection whose request has been consumed
-            if self._idle.pop(conn, False) is False:
+            if conn not in self._idle:
                 return False  # chosen to make room (and shut down)
+            del self._idle[conn]
         try:
             p = select.poll()
             p.register(conn, select.POLLIN)
