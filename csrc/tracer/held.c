@@ -203,11 +203,13 @@ void held_drop(pc_tracer *t, pid_t tid, int fd)
         return;
     pthread_mutex_lock(&t->held_lock);
     /* under any number: the job may lock a dup of what we installed; all of them when
-     * kcmp cannot tell for this task (an undumpable one) */
+     * kcmp may not look at this task (an undumpable one); a bad descriptor or a task
+     * gone locks nothing */
     int all = 0;
-    for (int i = 0; i < PC_HELD && !all; i++)
-        if (t->held[i].ours >= 0 && same_file(t, tid, fd, t->held[i].ours) < 0)
-            all = 1;
+    for (int i = 0; i < PC_HELD && !all; i++) {
+        int same = t->held[i].ours >= 0 ? same_file(t, tid, fd, t->held[i].ours) : 0;
+        all = same < 0 && same != -EBADF && same != -ESRCH;
+    }
     for (int i = 0; i < PC_HELD; i++) {
         held_fd *h = &t->held[i];
         if (h->ours >= 0 && (all || same_file(t, tid, fd, h->ours) == 1)) {

@@ -73,19 +73,25 @@ int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid, int 
 {
     cpu_set_t saved, ours;
     int pinned = tid > 0 && pin_to_here(tid, &saved);
-    if (!pinned && !give)
-        return addfd(t, id, fd, cloexec, 1);
+    if (!pinned) { /* installed and answered at once: a signal cannot come in between */
+        int n = addfd(t, id, fd, cloexec, 1);
+        if (give)
+            close(fd);
+        return n;
+    }
     /* this thread too (0: the calling thread); a mask we cannot read stays as it is */
-    int self_pinned = pinned && pin_to_here(0, &ours);
+    int self_pinned = pin_to_here(0, &ours);
     /* installed without the answer, so that the program's own mask is back before
      * it runs again; then answered (a wake-up on our CPU, as for any answer) */
     int n = addfd(t, id, fd, cloexec, 0);
     if (self_pinned)
         sched_setaffinity(0, sizeof ours, &ours);
-    if (pinned)
-        sched_setaffinity(tid, sizeof saved, &saved);
+    sched_setaffinity(tid, sizeof saved, &saved);
     /* given: ours is closed before the program runs on, so that its open file is its
-     * alone (a flock it takes ends with its close, not with ours, later) */
+     * alone (a flock it takes ends with its close, not with ours, later). A signal to
+     * the program between the install and the answer leaves the descriptor in it, its
+     * call made again (older than this: SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV would
+     * close the gap, at the price of a hung download's EINTR) */
     if (give)
         close(fd);
     if (n >= 0) {

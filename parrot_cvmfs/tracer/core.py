@@ -303,7 +303,8 @@ class Core:
 
     def notif_addfd(self, notif_id: int, fd: int, cloexec: bool, tid: int) -> int:
         """Install our descriptor `fd` as the call's result and close it (before the
-        program runs on: a lock it takes on the file ends with its own close); returns
+        program runs on, where the hand-off holds it to our CPU: a lock it takes on the
+        file then ends with its own close); returns
         the program's fd or -errno. (`tid`, the caller, is held to our CPU for the
         hand-off: see respond.c.)"""
         if not lib.pc_claim(self.t, notif_id):

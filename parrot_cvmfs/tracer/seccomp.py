@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import struct
 
-from .syscalls import AUDIT_ARCH, CLONE, CLONE3, CLONE_UNTRACED, IO_URING_SETUP, Call
+from .syscalls import AUDIT_ARCH, CLONE, CLONE3, CLONE_UNTRACED, FAST_UNHOLD, IO_URING_SETUP, Call
 
 LD_W_ABS = 0x20
 JEQ = 0x15
@@ -49,8 +49,8 @@ def build_filter(calls: list[Call], arch: str, notify: bool = False) -> bytes:
         (LD_W_ABS, 0, 0, OFF_NR),
     ]
     for i, call in enumerate(calls):
-        if call.guest_only:
-            continue
+        if call.guest_only or (call.fast == FAST_UNHOLD and not notify):
+            continue  # (without notifications C holds nothing to let go: held.c)
         nr = call.number(arch)
         if notify and call.notify and call.name in ("open", "openat"):
             # O_PATH descriptors cannot be installed by SECCOMP_IOCTL_NOTIF_ADDFD: those
