@@ -34,8 +34,12 @@
 
 #include "core.h"
 
-#ifndef SYS_kcmp
+#ifndef SYS_kcmp /* headers older than the call */
+#if defined(__x86_64__)
 #define SYS_kcmp 312
+#else
+#define SYS_kcmp 272 /* aarch64's generic table */
+#endif
 #endif
 #define KCMP_FILE 0
 
