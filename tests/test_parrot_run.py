@@ -715,6 +715,19 @@ def test_leases_after_the_jobs_close(exec_repo):
         assert p.returncode == 0 and p.stdout.decode() == native, p.stderr
 
 
+@pytest.mark.parametrize("flags", ["r", "-"])  # SA_RESTART; EINTR retried by the job
+def test_no_descriptor_left_by_an_interrupted_open(exec_repo, flags):
+    """Opens of /cvmfs files (answered in C, a directory and Python's first answers)
+    under a 50 µs timer: a signal that ends the job's wait after its descriptor was
+    installed but before the answer must not leave that descriptor in the job (its call,
+    made again, gets the one installed)."""
+    parrot, mnt, src, _ = exec_repo
+    rel = ["README", "bin/hello", "py/mypkg/__init__.py", "py", "bin"]
+    for _ in range(2):  # the second run is answered from the kept answers
+        p = parrot(f"{mnt}/bin/ptest", "open-storm", flags, "100", *(f"{mnt}/{r}" for r in rel))
+        assert p.returncode == 0 and p.stdout == b"failed 0 strays 0\n", (p.stdout, p.stderr)
+
+
 def test_exec_failures_answered_in_c(exec_repo):
     """execve of /cvmfs paths that cannot be exec'd (a shell or execvp trying each PATH
     directory, a directory, a file without x bits) fails with the kernel's errno; once

@@ -61,7 +61,7 @@ typedef struct {
     uint64_t notif_id;
     pc_regs *regs;     /* ptrace stops only */
     /* from the held descriptors (held.c), for the call's first descriptor argument */
-    int base_dir;   /* 0: unknown, 1: a directory, 2: not one */
+    int base_dir;   /* 1: a held directory (held.c); 0: unknown */
     int held_ours;  /* our descriptor of the same file, plus one (0: none); notify only */
 } pc_call;
 
@@ -182,13 +182,22 @@ typedef struct {
     int ours; /* -1: a free slot */
     int fd;   /* its number in the job, when installed */
     pid_t tid;
-    int is_dir;
     int name_len;
     char *name; /* what readlink of it says */
     uint64_t used;
 } held_fd;
 #define PC_HELD 64
 #define PC_HELD_WAYS 4
+
+/* a descriptor installed in a job whose answer a signal kept from it (stray.c) */
+typedef struct {
+    int ours; /* our copy of its open file; -1: a free slot */
+    int fd;   /* its number in the job */
+    pid_t tid;
+    int cloexec;
+    uint64_t used;
+} stray_fd;
+#define PC_STRAYS 8
 
 struct pc_tracer {
     pc_rule rules[PC_MAX_RULES];
@@ -266,6 +275,11 @@ struct pc_tracer {
     uint64_t held_clock;
     pid_t held_self;
     int no_kcmp; /* the kernel has no kcmp: /proc always */
+    /* descriptors a signal kept the job from learning (stray.c) */
+    pthread_mutex_t stray_lock;
+    stray_fd strays[PC_STRAYS];
+    uint64_t stray_clock;
+    int nstrays; /* atomic: read without the lock */
 };
 
 #define STAT_ADD(t, field) __atomic_fetch_add(&(t)->stats.field, 1, __ATOMIC_RELAXED)
@@ -291,16 +305,24 @@ void held_init(pc_tracer *t);
 void held_free(pc_tracer *t);
 /* `ours` (taken: held or closed) was installed in task `tid` as its descriptor `fd` */
 void held_put(pc_tracer *t, pid_t tid, int fd, int ours);
-/* what task `tid`'s descriptor `fd` is, if it is one we hold: its name's length (the
- * name into `out`), whether it is a directory, our descriptor of it; -1 if not held */
-int held_name(pc_tracer *t, pid_t tid, int fd, char *out, size_t max, int *is_dir, int *ours);
+/* what task `tid`'s descriptor `fd` is, if it is one we hold (a directory): its name's
+ * length (the name into `out`) and our descriptor of it; -1 if not held */
+int held_name(pc_tracer *t, pid_t tid, int fd, char *out, size_t max, int *ours);
 /* task `tid`'s `fd`, named `name` by /proc, is a held file under another number (a dup:
  * fts moves each directory's descriptor up): held under this one now; 1 if so */
-int held_renamed(pc_tracer *t, pid_t tid, int fd, const char *name, int len, int *is_dir,
-                 int *ours);
+int held_renamed(pc_tracer *t, pid_t tid, int fd, const char *name, int len, int *ours);
 /* task `tid` locks its `fd` (flock, an open-file lock or lease): our copy of that file
  * is let go, so that the job's close releases the lock as it would natively */
 void held_drop(pc_tracer *t, pid_t tid, int fd);
+/* whether task `tid`'s descriptor `fd` is the open file of our `ours`: 1, 0 or -errno */
+int pc_same_file(pc_tracer *t, pid_t tid, int fd, int ours);
+void stray_init(pc_tracer *t);
+void stray_free(pc_tracer *t);
+/* `file` was installed in task `tid` as its `fd`, but the answer did not reach it */
+void stray_put(pc_tracer *t, pid_t tid, int fd, int file, int cloexec);
+/* the number of a stray of task `tid` that installing `file` would duplicate, `file`
+ * made a copy of its open file; -1 if none */
+int stray_take(pc_tracer *t, pid_t tid, int file, int cloexec);
 int examine_call(pc_tracer *t, pc_call *c, pc_event *ev);
 int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
 void fill_event(pc_tracer *t, pc_event *ev, const pc_call *c);

@@ -89,20 +89,20 @@ static int guest_passes(pc_tracer *t, const pc_call *c, const char *path, const 
  * descriptor argument, whose kind and our copy are noted in the call. */
 static int fd_name(pc_tracer *t, pc_call *c, long fd, char *out, size_t max, int primary)
 {
-    int is_dir = 0, ours = -1;
+    int ours = -1;
     if (fd < 0 || fd > INT32_MAX)
         return proc_link(c->tid, NULL, fd, out, max);
-    int n = held_name(t, c->tid, (int)fd, out, max, &is_dir, &ours);
+    int n = held_name(t, c->tid, (int)fd, out, max, &ours);
     if (n <= 0) {
         n = proc_link(c->tid, NULL, fd, out, max);
         /* only a name in the cache can be one of ours (the anchors, the objects); moved
          * on the notification thread only, which alone puts and so closes held ones */
         if (n <= 0 || !c->notify || !has_prefix(t, 1, out) ||
-            !held_renamed(t, c->tid, (int)fd, out, n, &is_dir, &ours))
+            !held_renamed(t, c->tid, (int)fd, out, n, &ours))
             return n;
     }
     if (primary) {
-        c->base_dir = is_dir ? 1 : 2;
+        c->base_dir = 1;
         c->held_ours = c->notify ? ours + 1 : 0;
     }
     return n;
@@ -618,7 +618,7 @@ static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char
     }
     if (c->r->dirfd_arg >= 0 && (int)c->args[c->r->dirfd_arg] != AT_FDCWD) {
         struct stat st; /* a dirfd may be an anchor of a symlink or fifo: ENOTDIR, Python's */
-        if (c->base_dir ? c->base_dir != 1 : lstat(ev->base, &st) != 0 || !S_ISDIR(st.st_mode))
+        if (!c->base_dir && (lstat(ev->base, &st) != 0 || !S_ISDIR(st.st_mode)))
             return -1;
     }
     if (t->translate)

@@ -43,8 +43,7 @@
 #endif
 #define KCMP_FILE 0
 
-/* whether the job's `fd` of task `tid` is our `ours`: 1, 0, or -errno */
-static int same_file(pc_tracer *t, pid_t tid, int fd, int ours)
+int pc_same_file(pc_tracer *t, pid_t tid, int fd, int ours)
 {
     long r = syscall(SYS_kcmp, (long)t->held_self, (long)tid, KCMP_FILE, (long)ours, (long)fd);
     if (r < 0)
@@ -62,38 +61,54 @@ void held_init(pc_tracer *t)
      * seccomp profile refusing it, as container runtimes' do): a copy we could not
      * drop at the job's flock would keep its lock after its close */
     int probe = open("/", O_PATH | O_CLOEXEC);
-    if (probe < 0 || same_file(t, t->held_self, probe, probe) != 1)
+    if (probe < 0 || pc_same_file(t, t->held_self, probe, probe) != 1)
         t->no_kcmp = 1;
     if (probe >= 0)
         close(probe);
 }
 
+/* A slot let go (t->held_lock held, or none left to race: held_free). */
+static void forget(held_fd *h)
+{
+    close(h->ours);
+    free(h->name);
+    h->ours = -1;
+    h->name = NULL;
+}
+
 void held_free(pc_tracer *t)
 {
     for (int i = 0; i < PC_HELD; i++)
-        if (t->held[i].ours >= 0) {
-            close(t->held[i].ours);
-            free(t->held[i].name);
-            t->held[i].ours = -1;
-        }
+        if (t->held[i].ours >= 0)
+            forget(&t->held[i]);
 }
 
-/* Where (tid, fd) goes (t->held_lock held): a set of PC_HELD_WAYS slots per descriptor
- * number; the same task's slot of that number is stale (its number was free for the
- * new one), else a free slot, else the least recently used. */
+/* The PC_HELD_WAYS slots where descriptor number `fd` may be held. */
+static held_fd *set_of(pc_tracer *t, int fd)
+{
+    return &t->held[(fd % (PC_HELD / PC_HELD_WAYS)) * PC_HELD_WAYS];
+}
+
+/* Where (tid, fd) goes (t->held_lock held), emptied: the same task's slot of that
+ * number is stale (its number was free for the new one), else a free slot, else the
+ * least recently used. */
 static held_fd *slot_for(pc_tracer *t, pid_t tid, int fd)
 {
-    held_fd *set = &t->held[(fd % (PC_HELD / PC_HELD_WAYS)) * PC_HELD_WAYS];
-    for (int i = 0; i < PC_HELD_WAYS; i++)
+    held_fd *set = set_of(t, fd), *slot = NULL;
+    for (int i = 0; i < PC_HELD_WAYS && !slot; i++)
         if (set[i].ours >= 0 && set[i].fd == fd && set[i].tid == tid)
-            return &set[i];
-    for (int i = 0; i < PC_HELD_WAYS; i++)
-        if (set[i].ours < 0)
-            return &set[i];
-    held_fd *slot = &set[0];
-    for (int i = 1; i < PC_HELD_WAYS; i++)
-        if (set[i].used < slot->used)
             slot = &set[i];
+    for (int i = 0; i < PC_HELD_WAYS && !slot; i++)
+        if (set[i].ours < 0)
+            slot = &set[i];
+    if (!slot) {
+        slot = &set[0];
+        for (int i = 1; i < PC_HELD_WAYS; i++)
+            if (set[i].used < slot->used)
+                slot = &set[i];
+    }
+    if (slot->ours >= 0)
+        forget(slot);
     return slot;
 }
 
@@ -104,62 +119,40 @@ void held_put(pc_tracer *t, pid_t tid, int fd, int ours)
      * on another open of it fail (its read count); a directory's descriptor is what
      * relative calls and getdents64 name again and again */
     struct stat st;
-    if (fd < 0 || __atomic_load_n(&t->no_kcmp, __ATOMIC_RELAXED) || fstat(ours, &st) != 0 ||
-        !S_ISDIR(st.st_mode)) {
-        close(ours);
-        return;
-    }
     /* its name as the kernel shows it, exactly what a readlink of the job's would say */
     char link[64], name[PC_PATH_MAX + 1];
     snprintf(link, sizeof link, "/proc/self/fd/%d", ours);
-    ssize_t n = readlink(link, name, sizeof name);
-    if (n <= 0 || (size_t)n >= sizeof name) {
-        close(ours);
-        return;
-    }
-    name[n] = '\0';
-    char *copy = strdup(name);
+    ssize_t n = -1;
+    if (fd >= 0 && !__atomic_load_n(&t->no_kcmp, __ATOMIC_RELAXED) && fstat(ours, &st) == 0 &&
+        S_ISDIR(st.st_mode))
+        n = readlink(link, name, sizeof name);
+    char *copy = n > 0 && (size_t)n < sizeof name ? strndup(name, (size_t)n) : NULL;
     if (!copy) {
         close(ours);
         return;
     }
     pthread_mutex_lock(&t->held_lock);
-    /* a set of PC_HELD_WAYS slots per descriptor number; the same task's slot of that
-     * number is stale (its number was free for ADDFD), else the least recently used */
     held_fd *slot = slot_for(t, tid, fd);
-    if (slot->ours >= 0) {
-        close(slot->ours);
-        free(slot->name);
-    }
-    slot->ours = ours;
-    slot->fd = fd;
-    slot->tid = tid;
-    slot->is_dir = S_ISDIR(st.st_mode);
-    slot->name = copy;
-    slot->name_len = (int)n;
-    slot->used = ++t->held_clock;
+    *slot = (held_fd){.ours = ours, .fd = fd, .tid = tid, .name = copy, .name_len = (int)n,
+                      .used = ++t->held_clock};
     pthread_mutex_unlock(&t->held_lock);
 }
 
-int held_name(pc_tracer *t, pid_t tid, int fd, char *out, size_t max, int *is_dir, int *ours)
+int held_name(pc_tracer *t, pid_t tid, int fd, char *out, size_t max, int *ours)
 {
     if (fd < 0 || __atomic_load_n(&t->no_kcmp, __ATOMIC_RELAXED))
         return -1;
     int found = -1;
     pthread_mutex_lock(&t->held_lock);
-    held_fd *set = &t->held[(fd % (PC_HELD / PC_HELD_WAYS)) * PC_HELD_WAYS];
+    held_fd *set = set_of(t, fd);
     for (int i = 0; i < PC_HELD_WAYS && found < 0; i++) {
         held_fd *h = &set[i];
-        if (h->ours < 0 || h->fd != fd || (size_t)h->name_len >= max)
+        /* another file now, or a task kcmp may not look at (/proc may): not this one */
+        if (h->ours < 0 || h->fd != fd || (size_t)h->name_len >= max ||
+            pc_same_file(t, tid, fd, h->ours) != 1)
             continue;
-        int same = same_file(t, tid, fd, h->ours);
-        if (same != 1)
-            continue; /* another file now, or a task kcmp may not look at (/proc may) */
         memcpy(out, h->name, (size_t)h->name_len + 1);
-        if (is_dir)
-            *is_dir = h->is_dir;
-        if (ours)
-            *ours = h->ours; /* valid on the notification thread, which alone closes them */
+        *ours = h->ours; /* valid on the notification thread, which alone closes them */
         h->used = ++t->held_clock;
         found = h->name_len;
     }
@@ -167,8 +160,7 @@ int held_name(pc_tracer *t, pid_t tid, int fd, char *out, size_t max, int *is_di
     return found;
 }
 
-int held_renamed(pc_tracer *t, pid_t tid, int fd, const char *name, int len, int *is_dir,
-                 int *ours)
+int held_renamed(pc_tracer *t, pid_t tid, int fd, const char *name, int len, int *ours)
 {
     if (fd < 0 || len <= 0 || __atomic_load_n(&t->no_kcmp, __ATOMIC_RELAXED))
         return 0;
@@ -177,24 +169,17 @@ int held_renamed(pc_tracer *t, pid_t tid, int fd, const char *name, int len, int
     for (int i = 0; i < PC_HELD && !found; i++) {
         held_fd *h = &t->held[i];
         if (h->ours < 0 || h->name_len != len || memcmp(h->name, name, (size_t)len) != 0 ||
-            same_file(t, tid, fd, h->ours) != 1)
+            pc_same_file(t, tid, fd, h->ours) != 1)
             continue;
         held_fd moved = *h;
-        h->ours = -1;
+        h->ours = -1; /* moved, not let go */
         h->name = NULL;
         held_fd *slot = slot_for(t, tid, fd);
-        if (slot->ours >= 0) {
-            close(slot->ours);
-            free(slot->name);
-        }
         moved.fd = fd;
         moved.tid = tid;
         moved.used = ++t->held_clock;
         *slot = moved;
-        if (is_dir)
-            *is_dir = moved.is_dir;
-        if (ours)
-            *ours = moved.ours;
+        *ours = moved.ours;
         found = 1;
     }
     pthread_mutex_unlock(&t->held_lock);
@@ -209,19 +194,16 @@ void held_drop(pc_tracer *t, pid_t tid, int fd)
     /* under any number: the job may lock a dup of what we installed; all of them when
      * kcmp may not look at this task (an undumpable one); a bad descriptor or a task
      * gone locks nothing */
-    int all = 0;
-    for (int i = 0; i < PC_HELD && !all; i++) {
-        int same = t->held[i].ours >= 0 ? same_file(t, tid, fd, t->held[i].ours) : 0;
-        all = same < 0 && same != -EBADF && same != -ESRCH;
-    }
+    int same[PC_HELD], all = 0;
     for (int i = 0; i < PC_HELD; i++) {
-        held_fd *h = &t->held[i];
-        if (h->ours >= 0 && (all || same_file(t, tid, fd, h->ours) == 1)) {
-            close(h->ours);
-            free(h->name);
-            h->ours = -1;
-            h->name = NULL;
+        same[i] = t->held[i].ours >= 0 ? pc_same_file(t, tid, fd, t->held[i].ours) : 0;
+        if (same[i] < 0 && same[i] != -EBADF && same[i] != -ESRCH) {
+            all = 1;
+            break;
         }
     }
+    for (int i = 0; i < PC_HELD; i++)
+        if (t->held[i].ours >= 0 && (all || same[i] == 1))
+            forget(&t->held[i]);
     pthread_mutex_unlock(&t->held_lock);
 }

@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <linux/openat2.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -69,12 +70,53 @@ static int addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int send)
     return n < 0 ? -errno : n;
 }
 
+/* A signal to the program between the install and the answer ended its call with the
+ * descriptor `n` in it: remembered as a stray (stray.c) for the call made again. `file`
+ * is ours if still open, else -1 and `st` what it was: a copy is then taken from the
+ * program (which does not know the number), if that number still holds the same file. */
+static void left_in(pc_tracer *t, pid_t tid, int n, int file, const struct stat *st,
+                    int cloexec)
+{
+    if (file >= 0) {
+        stray_put(t, tid, n, file, cloexec);
+        return;
+    }
+    struct stat now;
+    int copy = pc_getfd(tid, n);
+    if (copy >= 0 && fstat(copy, &now) == 0 && now.st_dev == st->st_dev &&
+        now.st_ino == st->st_ino)
+        stray_put(t, tid, n, copy, cloexec);
+    if (copy >= 0)
+        close(copy);
+}
+
+/* The call answered with `n`, our `fd` installed as it (and closed first if given:
+ * then the program's open file is its alone, and a flock it takes ends with its close,
+ * not with ours, later). */
+static int answer_installed(pc_tracer *t, uint64_t id, pid_t tid, int n, int fd, int give,
+                            int cloexec)
+{
+    struct stat st;
+    int known = !give || fstat(fd, &st) == 0;
+    if (give)
+        close(fd);
+    int r = pc_notif_reply(t, id, n);
+    if (r == -ENOENT && known)
+        left_in(t, tid, n, give ? -1 : fd, &st, cloexec);
+    return r < 0 ? r : n;
+}
+
 int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid, int give)
 {
+    /* the same thread's call made again after a signal ended it: the descriptor it
+     * never learnt of is its answer (`fd` is made a copy of that) */
+    int n = tid > 0 ? stray_take(t, tid, fd, cloexec) : -1;
+    if (n >= 0)
+        return answer_installed(t, id, tid, n, fd, give, cloexec);
     cpu_set_t saved, ours;
     int pinned = tid > 0 && pin_to_here(tid, &saved);
     if (!pinned) { /* installed and answered at once: a signal cannot come in between */
-        int n = addfd(t, id, fd, cloexec, 1);
+        n = addfd(t, id, fd, cloexec, 1);
         if (give)
             close(fd);
         return n;
@@ -83,23 +125,16 @@ int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid, int 
     int self_pinned = pin_to_here(0, &ours);
     /* installed without the answer, so that the program's own mask is back before
      * it runs again; then answered (a wake-up on our CPU, as for any answer) */
-    int n = addfd(t, id, fd, cloexec, 0);
+    n = addfd(t, id, fd, cloexec, 0);
     if (self_pinned)
         sched_setaffinity(0, sizeof ours, &ours);
     sched_setaffinity(tid, sizeof saved, &saved);
-    /* given: ours is closed before the program runs on, so that its open file is its
-     * alone (a flock it takes ends with its close, not with ours, later). A signal to
-     * the program between the install and the answer leaves the descriptor in it, its
-     * call made again (older than this: SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV would
-     * close the gap, at the price of a hung download's EINTR) */
-    if (give)
-        close(fd);
-    if (n >= 0) {
-        int r = pc_notif_reply(t, id, n);
-        if (r < 0)
-            return r;
+    if (n < 0) {
+        if (give)
+            close(fd);
+        return n;
     }
-    return n;
+    return answer_installed(t, id, tid, n, fd, give, cloexec);
 }
 
 int pc_notif_valid(pc_tracer *t, uint64_t id)

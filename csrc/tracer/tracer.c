@@ -89,6 +89,7 @@ pc_tracer *pc_new(const pc_rule *rules, int nrules)
     pthread_mutex_init(&t->cmdlock, NULL);
     pthread_mutex_init(&t->execs_lock, NULL);
     held_init(t);
+    stray_init(t);
     t->tasks_cap = 1024;
     t->tasks = calloc(t->tasks_cap, sizeof(task_state));
     t->answers_cap = PC_ANSWERS_MIN;
@@ -116,6 +117,7 @@ void pc_free(pc_tracer *t)
     pc_table_clear(t);
     mounts_free(t);
     held_free(t);
+    stray_free(t);
     for (size_t i = 0; i < t->nexecs; i++)
         free(t->execs[i].logical);
     free(t->execs);
