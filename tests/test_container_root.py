@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -299,6 +300,55 @@ def test_binds_on_the_host_tree(tmp_path, mode):
         host_name = open("/etc/hostname").read() if os.path.exists("/etc/hostname") else ""
         assert p.returncode == 0, p.stderr
         assert p.stdout == f"cert\n{dst}\n{host_name}"
+
+
+@pytest.mark.unprivileged
+@pytest.mark.parametrize("via", ["cvmfs", "host"])
+def test_binds_below_a_directory_the_user_cannot_search(published, published_server, via):
+    """A bind's destination below a host directory the user has no x on is out of reach,
+    as under a real bind mount: the kernel never sees that directory (the path it gets
+    is the bind's source), so the walk judges it; a searchable way still leads there,
+    and a missing directory on the way (made up for the bind) is searchable."""
+    work = tempfile.mkdtemp(prefix="croot-noexec-", dir="/tmp")  # nobody reaches it
+    try:
+        os.chmod(work, 0o755)
+        cache = os.path.join(work, "cache")
+        os.mkdir(cache)
+        nobody = pwd.getpwnam("nobody")
+        os.chown(cache, nobody.pw_uid, nobody.pw_gid)  # a writable cache is its user's
+        src = os.path.join(work, "src")
+        os.mkdir(src)
+        with open(os.path.join(src, "README"), "w") as f:
+            f.write("host\n")
+        pubkey = shutil.copy(published.pubkey, work)  # nobody reads it there
+        locked, open_ = os.path.join(work, "locked"), os.path.join(work, "open")
+        for d in (locked, open_):
+            os.makedirs(os.path.join(d, "way"))
+        os.chmod(locked, 0o700)  # root's: nobody may not look up names in it
+        repo = published.name
+        source = f"/cvmfs/{repo}" if via == "cvmfs" else src
+        binds = []
+        for d in (locked, open_):
+            binds += ["-M", f"{d}/way/in={source}", "-M", f"{d}/made/up/in={source}"]
+        env = base_env(
+            PARROT_CVMFS_CACHE=cache,
+            PARROT_CVMFS_REPO=repo_spec(repo, f"{published_server.url}/{repo}", pubkey),
+        )
+        script = "; ".join(
+            f"cat {d}/{w}/in/README 2>&1 | sed 's/.*: //'; ls {d}/{w} 2>&1 | sed 's/.*: //'"
+            for d in (locked, open_)
+            for w in ("way", "made/up")
+        )
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *PARROT]
+        p = subprocess.run(
+            [*argv, *binds, "--", "sh", "-c", script],
+            env=env, capture_output=True, text=True, timeout=120, cwd=work,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(work)
+    top = open(os.path.join(published.src, "README")).read() if via == "cvmfs" else "host\n"
+    denied = "Permission denied\n"
+    assert p.stdout == denied * 4 + (top + "in\n") * 2, (p.stdout, p.stderr)
 
 
 def test_bad_bind_is_one_line(tmp_path):

@@ -287,7 +287,9 @@ if TYPE_CHECKING:
             ...
 
         # optional: searchable(location), whether names may be looked up in a directory
-        # (the user's x on it); without it every directory may be searched
+        # (the user's x on it, host directories too: the call runs on the resolved
+        # location, so the kernel never sees those the walk left); without it every
+        # directory may be searched
 
         # optional: kind_in(location, guest, mount), the same knowing the guest path
         # and its mount (a writable overlay over the root answers by guest path)

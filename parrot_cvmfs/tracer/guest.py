@@ -169,10 +169,12 @@ class Guest:
         return self._host.kind(location)
 
     def searchable(self, location: str) -> bool:
-        """Whether the walk may look up names in a directory of /cvmfs (the user's x
-        on it, as in paths.py's walk); the kernel judges the host's when the call runs."""
+        """Whether the walk may look up names in a directory (the user's x on it, as
+        in paths.py's walk). A host directory is asked of the kernel here: the call
+        runs on the resolved location, so one the walk left (for a bind's source or
+        a symlink's target) is never judged when it runs."""
         if not in_cvmfs(location):
-            return True
+            return os.access(location, os.X_OK)
         node = self.view.lookup(vpath_of_logical(location))
         return node is None or self.view.may_search(node)
 
