@@ -267,6 +267,7 @@ def row_find(b: Bench, tree: str, env: dict) -> None:
         if b.proot:
             cmds["proot"] = [b.proot, "-b", f"{tree}:/cvmfs/{VENV_REPO}", *job(at)]
         med, low = b.compare(title, cmds, env)
+        b.stats(VENV_REPO, job(at), env)
         if target is None:
             for k in med:
                 if k != "native":
