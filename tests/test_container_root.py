@@ -141,6 +141,54 @@ def test_results_in_guest_terms(run_modes):
     ]
 
 
+def test_a_place_shown_at_two_paths(run_modes):
+    """A directory bound at two places: getcwd, /proc/self/cwd and `..` follow the path
+    the process came in by, as with bind mounts, and a child inherits it."""
+    share = f"{run_modes.root}/usr/share"
+    binds = ("-B", f"{share}:/a", "-B", f"{share}:/b", "-B", f"{share}:/x/y")
+    out = ok(
+        run_modes.sh(
+            "cd /a && /bin/pwd && readlink /proc/self/cwd; cd /b && /bin/pwd && pwd -P;"
+            " cd /a/doc && /bin/pwd; cd /b/doc && /bin/pwd; cd /x/y && cd .. && /bin/pwd;"
+            " ls -d y/doc; cd /a/doc && (cd .. && sh -c '/bin/pwd; cd ../x && /bin/pwd')",
+            options=binds,
+        )
+    )
+    assert out.split() == [
+        *("/a", "/a", "/b", "/b", "/a/doc", "/b/doc", "/x", "y/doc", "/a", "/x"),
+    ]
+
+
+def test_the_root_by_its_cvmfs_path(run_cvmfs):
+    """A root in /cvmfs shows at `/` and at its /cvmfs path (/cvmfs stays visible): a
+    job that goes in by the /cvmfs path is there, and `..` climbs that path."""
+    top = run_cvmfs.root
+    out = ok(
+        run_cvmfs.sh(
+            f"cd {top}/usr/share && /bin/pwd && cd .. && pwd -P; cd /usr/share && /bin/pwd"
+            f" && cd .. && /bin/pwd; cd {top}/usr/share; sh -c 'cd ..; /bin/pwd; ls -d ../usr'"
+        )
+    )
+    assert out.split() == [
+        *(f"{top}/usr/share", f"{top}/usr", "/usr/share", "/usr", f"{top}/usr", "../usr"),
+    ]
+
+
+def test_a_start_directory_bound_elsewhere_too(run, tmp_path):
+    """The cwd (bound at its own path by default) is also bound deeper elsewhere, which
+    sorts first: the job starts at its own path (apptainer's), and is at the other
+    only by name."""
+    elsewhere = f"/work{tmp_path}"
+    out = ok(
+        run.sh(
+            f"/bin/pwd; cd {elsewhere} && /bin/pwd && cd .. && /bin/pwd",
+            options=("-B", f"{tmp_path}:{elsewhere}"),
+            cwd=str(tmp_path),
+        )
+    )
+    assert out.split() == [str(tmp_path), elsewhere, os.path.dirname(elsewhere)]
+
+
 def test_default_binds_cwd_tmp_and_cvmfs(run, tmp_path):
     """The host's cwd and /tmp show through apptainer's default binds; the root's
     listing shows /cvmfs even where the tree has no such directory."""
@@ -300,6 +348,21 @@ def test_binds_on_the_host_tree(tmp_path, mode):
         host_name = open("/etc/hostname").read() if os.path.exists("/etc/hostname") else ""
         assert p.returncode == 0, p.stderr
         assert p.stdout == f"cert\n{dst}\n{host_name}"
+
+
+def test_a_cvmfs_directory_mapped_on_the_host_tree(run_cvmfs):
+    """-M DST=/cvmfs/... without --root (Parrot's habit): the /cvmfs directory is at
+    both places, and each is where the job went in by (`..` included)."""
+    share = f"{run_cvmfs.root}/usr/share"
+    out = ok(
+        run_cvmfs.sh(
+            f"cd {share}/doc && cd .. && /bin/pwd && cd .. && /bin/pwd;"
+            " cd /opt/share && /bin/pwd && cd .. && /bin/pwd",
+            root=False,
+            options=("-M", f"/opt/share={share}"),
+        )
+    )
+    assert out.split() == [share, f"{run_cvmfs.root}/usr", "/opt/share", "/opt"]
 
 
 @pytest.mark.unprivileged

@@ -196,3 +196,18 @@ def test_guest_name_of_a_place_a_bind_hides_elsewhere(tree):
     lib = normalize(f"{root}/usr/lib/libc.so")
     assert t.guest_of(lib) == "/usr/lib/libc.so"
     assert t.guest_of(normalize(f"{root}/usr")) == "/srv/u"  # the closest source
+
+
+def test_every_guest_place_of_a_location(tree):
+    """guests_of names each place that shows a location (the closest source first, as
+    guest_of gives), not those a deeper bind hides; one place for the rest."""
+    t, root, host = tree
+    t.bind(f"{root}/usr", "/a")
+    t.bind(f"{root}/usr", "/b/c")
+    t.bind(str(host), "/b/c/lib")  # hides the root's usr/lib at /b/c/lib
+    share, lib = normalize(f"{root}/usr/share"), normalize(f"{root}/usr/lib")
+    assert sorted(t.guests_of(share)) == ["/a/share", "/b/c/share", "/usr/share"]
+    assert t.guests_of(share)[0] == t.guest_of(share) != "/usr/share"
+    assert sorted(t.guests_of(lib)) == ["/a/lib", "/usr/lib"]
+    assert t.guests_of(normalize(f"{root}/etc")) == ["/etc"]
+    assert t.guests_of("/nowhere/seen") == []

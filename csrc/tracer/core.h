@@ -392,6 +392,8 @@ const char *file_bind(pc_tracer *t, const char *path, size_t len);
 /* a host location (cwd, a descriptor's target) the guest spells the same, with no
  * mount point below it */
 int passthrough_dir(pc_tracer *t, const pc_call *c, const char *host, size_t len);
+/* A place pc_add_odd_place named: its spellings are per process, Python's. */
+int odd_place(pc_tracer *t, const char *host, size_t len);
 void mounts_free(pc_tracer *t);
 
 /* notify.c */

@@ -393,6 +393,8 @@ static int fast_getcwd(pc_tracer *t, pc_call *c, const char *anchor, int len)
     uint64_t size = c->args[r->size_arg];
     int64_t result = 0;
     int found = 0;
+    if (t->translate && odd_place(t, anchor, (size_t)len))
+        return 0; /* the spelling taught is the first place's */
     pthread_rwlock_rdlock(&t->answers_lock);
     answer *a = answer_find(t, 'F', anchor, (size_t)len);
     if (a && a->cwd) {
@@ -621,8 +623,8 @@ static int relative_key(pc_tracer *t, const pc_call *c, const pc_event *ev, char
         if (!c->base_dir && (lstat(ev->base, &st) != 0 || !S_ISDIR(st.st_mode)))
             return -1;
     }
-    if (t->translate)
-        return guest_relative_key(ev, key);
+    if (t->translate) /* what is relative to an odd place depends on its spelling */
+        return odd_place(t, ev->base, (size_t)ev->base_len) ? -1 : guest_relative_key(ev, key);
     size_t head = at ? (size_t)(at - rest) : 0;         /* "/fqrn" */
     size_t tail = slash ? (size_t)(rest + rlen - slash) : 0; /* "/path" */
     size_t mlen = sizeof PC_MOUNT - 1;

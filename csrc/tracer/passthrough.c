@@ -25,10 +25,18 @@ typedef struct {
     int flags; /* PC_MOUNT_* */
 } guest_mount;
 
+#define PC_MAX_ODD 64
+
 struct pc_mounts {
     guest_mount m[PC_MAX_MOUNTS];
     int n;
     unsigned char plain[PC_MAX_RULES]; /* PC_PLAIN_* per rule */
+    /* pc_add_odd_place: appended by Python while the notification thread reads, so an
+     * entry is written before the count that shows it; never removed. Past the bound,
+     * every place is odd (slower, never wrong). */
+    char *odd[PC_MAX_ODD];
+    size_t odd_len[PC_MAX_ODD];
+    int nodd, odd_full;
 };
 
 static struct pc_mounts *mounts_of(pc_tracer *t)
@@ -68,6 +76,40 @@ int pc_set_plain(pc_tracer *t, int rule, int how)
     return 0;
 }
 
+int pc_add_odd_place(pc_tracer *t, const char *host)
+{
+    struct pc_mounts *g = mounts_of(t);
+    if (!g || !host)
+        return -1;
+    size_t len = strlen(host);
+    if (odd_place(t, host, len))
+        return 0;
+    int n = __atomic_load_n(&g->nodd, __ATOMIC_ACQUIRE);
+    char *copy = n < PC_MAX_ODD ? strdup(host) : NULL;
+    if (!copy) {
+        __atomic_store_n(&g->odd_full, 1, __ATOMIC_RELEASE);
+        return 0;
+    }
+    g->odd[n] = copy;
+    g->odd_len[n] = len;
+    __atomic_store_n(&g->nodd, n + 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int odd_place(pc_tracer *t, const char *host, size_t len)
+{
+    const struct pc_mounts *g = t->mounts;
+    if (!g)
+        return 0;
+    if (__atomic_load_n(&g->odd_full, __ATOMIC_ACQUIRE))
+        return 1;
+    int n = __atomic_load_n(&g->nodd, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < n; i++)
+        if (g->odd_len[i] == len && memcmp(g->odd[i], host, len) == 0)
+            return 1;
+    return 0;
+}
+
 void mounts_free(pc_tracer *t)
 {
     struct pc_mounts *g = t->mounts;
@@ -77,6 +119,8 @@ void mounts_free(pc_tracer *t)
         free(g->m[i].dst);
         free(g->m[i].src);
     }
+    for (int i = 0; i < g->nodd; i++)
+        free(g->odd[i]);
     free(g);
     t->mounts = NULL;
 }
@@ -166,6 +210,8 @@ static const guest_mount *own_spelling(pc_tracer *t, const struct pc_mounts *g, 
 static int own_dir(pc_tracer *t, const struct pc_mounts *g, const char *host, size_t len)
 {
     if (len >= PC_PATH_MAX || (len > 10 && strcmp(host + len - 10, " (deleted)") == 0))
+        return 0;
+    if (odd_place(t, host, len)) /* some process is there by another guest path */
         return 0;
     return own_spelling(t, g, host, len) && !mount_below(g, host, len, 0);
 }

@@ -168,6 +168,11 @@ int pc_add_mount(pc_tracer *t, const char *dst, const char *src, int flags);
 #define PC_PLAIN_READ 1  /* reads only (an open without write flags, access without W_OK) */
 #define PC_PLAIN_WRITE 2 /* may change it: only on a writable mount */
 int pc_set_plain(pc_tracer *t, int rule, int how);
+/* A place (a host directory or an anchor, as the kernel names a cwd or dirfd there) that
+ * a process entered by another of its guest paths than the first (a directory the guest
+ * shows at two places): getcwd there and what is relative to it are Python's, which
+ * knows each process's spelling, never a kept answer's or the kernel's. */
+int pc_add_odd_place(pc_tracer *t, const char *host);
 /* Start the job under the tracer thread (see tracer.c and spawn.c). */
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                const void *filter, int filter_len, int notify, int *report_fd, char *err,

@@ -241,16 +241,24 @@ class MountTable:
         return _rebase(guest, m.dst, m.src), m
 
     def guest_of(self, location: str) -> str | None:
-        """The guest path of a location (a host or /cvmfs path, canonical): through the
-        mount whose source holds it most closely and shows it (a deeper mount may hide
-        it there: a bind over the place; then the next closest); None if the guest
-        cannot see it."""
+        """The guest path of a location (a host or /cvmfs path, canonical): the first of
+        guests_of; None if the guest cannot see it."""
+        places = self.guests_of(location)
+        return places[0] if places else None
+
+    def guests_of(self, location: str) -> list[str]:
+        """Every guest path that shows a location, through each mount whose source holds
+        it and that shows it there (a deeper mount may hide it: a bind over the place),
+        the mount whose source holds it most closely first. More than one (a directory
+        bound at two places, a bind from /cvmfs that /cvmfs shows too): which one a
+        process is in is how it got there, which only its chdir tells (tracer/guest.py)."""
         holding = [m for m in self.mounts if _under(location, m.src)]
+        places = []
         for m in sorted(holding, key=lambda m: len(m.src), reverse=True):
             guest = _rebase(location, m.src, m.dst)
             if self.mount_of(guest) is m:
-                return guest
-        return None
+                places.append(guest)
+        return places
 
     def glue(self, guest_dir: str) -> list[str]:
         """Names of mount points directly below `guest_dir` (they show in its listing

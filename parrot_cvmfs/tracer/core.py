@@ -160,6 +160,12 @@ class Core:
         self.mounts.append((flags, dst, src))
         lib.pc_add_mount(self.t, os.fsencode(dst), os.fsencode(src), flags)
 
+    def add_odd_place(self, host: str) -> None:
+        """A place (anchor or host directory) some process entered by another of its
+        guest paths than the first: C leaves getcwd there and what is relative to it
+        to Python (passthrough.c)."""
+        lib.pc_add_odd_place(self.t, os.fsencode(host))
+
     def take_exec(self, tid: int) -> str | None:
         """The logical program of the exec C just made for `tid` from a kept recipe
         (None: it made none)."""

@@ -50,6 +50,9 @@ class Guest:
             self.overlay = _open_overlay(view, table, overlay)
         self._host = HostFiles()
         self._tid = 0
+        # (location, guest path) of the start directory where the guest shows it at more
+        # than one place: the cwd of every process that has not chdir'd (host_cwd)
+        self.start_cwd: tuple[str, str] | None = None
         self.exec_plans: dict[tuple, tuple] = {}  # handlers/execve.py: (program, name) -> plan
         # empty directories of ours standing for glue directories (their host location
         # holds nothing), and back
@@ -208,7 +211,7 @@ class Guest:
             # pipe:[N], socket:[N], a file without a name (removed, O_TMPFILE): the
             # kernel follows it itself, to the inode
             return OTHER, ""
-        guest = self.guest_of(link)
+        guest = self.cwd_guest(pid, link) if what == "cwd" else self.guest_of(link)
         return (LINK, guest) if guest is not None else (OTHER, "")
 
     # -- for the handlers --------------------------------------------------------------------
@@ -237,6 +240,44 @@ class Guest:
         if g is not None:
             return g
         return self.table.guest_of(self.logical(host))
+
+    def cwd_guest(self, tid: int, host: str) -> str | None:
+        """The guest's spelling of a process's working directory, `host` as the kernel
+        reports it: where the guest shows that place at more than one path, the one the
+        process entered it by (its last chdir there, inherited at fork; else the start
+        directory's), as a bind mount's path would be; else guest_of."""
+        entered = self.procs.cwd.get(self.procs.tgid(tid)) or self.start_cwd
+        if entered is not None and entered[0] == self.logical(host.removesuffix(" (deleted)")):
+            return entered[1]
+        return self.guest_of(host)
+
+    def entered(self, tid: int, t: Target, place: str, core) -> None:
+        """A chdir to `t` (resolved, a directory; `place`: the kernel's name for it, an
+        anchor or a host path): which of its guest paths the process is now in, kept
+        where there is more than one. Kept before the kernel changes directory: a chdir
+        it then refuses could only have led to the same place by another path, whose
+        permissions the walk checked. A place entered by another path than the first is
+        odd for C too (core.add_odd_place): what C keeps and the kernel says there
+        speak of the first."""
+        tgid = self.procs.tgid(tid)
+        if t.err or t.guest is None:
+            self.procs.cwd.pop(tgid, None)
+            return
+        location = self.table.locate(t.guest)[0]
+        places = self.table.guests_of(location)
+        if len(places) < 2:
+            self.procs.cwd.pop(tgid, None)
+            return
+        self.procs.cwd[tgid] = (location, t.guest)
+        if t.guest != places[0]:
+            core.add_odd_place(place)
+
+    def spelled_oddly(self, base: str | None) -> bool:
+        """Whether the calling process names its base (cwd or dirfd) by another guest
+        path than the first: where a relative path leads is then its own, not kept."""
+        if not base or (not self.procs.cwd and self.start_cwd is None):
+            return False
+        return self.cwd_guest(self._tid, base) != self.guest_of(base)
 
     def glue_dir(self, guest: str) -> str:
         """The empty directory of ours that stands for a glue directory (a place on the
@@ -290,10 +331,12 @@ class Guest:
             return None
 
     def cwd_of(self, base: str | None) -> str:
-        """The guest directory a relative path starts from."""
+        """The guest directory a relative path starts from (the calling process's
+        spelling where its base is shown at two places: a dirfd there is taken as
+        entered the same way as its cwd)."""
         if not base:
             return "/"
-        g = self.guest_of(base)
+        g = self.cwd_guest(self._tid, base)
         return g if g is not None else "/"
 
     def resolve(self, tid: int, path: str, base: str | None, follow: bool) -> Target:
@@ -340,6 +383,8 @@ class Guest:
         t.final_link = r.final_link
         if self._host_seen:  # a host link or directory on the way may change: not taught
             t.proc = True
+        if not path.startswith("/") and self.spelled_oddly(base):
+            t.proc = True  # where it leads is this process's, not the place's
         if (
             not self._host_seen
             and not self._variant_seen
@@ -529,8 +574,12 @@ def host_cwd(guest: Guest) -> str:
     except OSError:
         cwd = None
     where = "/"
-    if cwd is not None and guest.table.guest_of(cwd) == cwd:
-        where = cwd
+    if cwd is not None:
+        places = guest.table.guests_of(cwd)
+        if cwd in places:
+            where = cwd
+            if len(places) > 1:  # and shown elsewhere too: the job is at its own path
+                guest.start_cwd = (cwd, cwd)
     t = guest.resolve(0, where, None, True)
     if t.err:
         t = guest.resolve(0, "/", None, True)

@@ -234,6 +234,13 @@ class Supervisor:
 
             command = run_command(self.guest, command)
         start = host_cwd(self.guest)
+        entered = self.guest.start_cwd
+        if entered is not None and entered[1] != self.guest.guest_of(start):
+            # the start directory by its own path, which is not its first: C must not
+            # answer for it, and a planned start (C alone at first) could not know
+            self.core.add_odd_place(start)
+            if self.start_inputs is not None:
+                self.start_inputs.exact = False
         file = find_program(self.guest, command[0], env.get("PATH", ""), start)
         return command, env, file, start
 

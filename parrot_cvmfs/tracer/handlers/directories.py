@@ -109,21 +109,26 @@ def h_chdir(c: Context) -> tuple:
     t = c.resolve(True)
     outside = c.outside(t)
     if outside is not None:
+        if c.guest is not None and t is not None and t.host:
+            c.guest.entered(c.tid, t, t.host.rstrip("/") or "/", c.core)
         return outside
     if not t.node.is_dir:
         return skip(-errno.ENOTDIR)
     denied = c.can(t.node, X_OK)
     if denied:
         return skip(-denied)
-    return ("args", {c.call.path: c.view.anchor(t.node)}, False, False)
+    anchor = c.view.anchor(t.node)
+    if c.guest is not None:
+        c.guest.entered(c.tid, t, anchor, c.core)
+    return ("args", {c.call.path: anchor}, False, False)
 
 
 def h_getcwd(c: Context) -> tuple:
     vpath = c.view.anchor_to_vpath(c.base) if c.base else None
     if c.guest is not None:  # the kernel's cwd as the guest names it
-        guest = c.guest.guest_of(c.base) if c.base else None
+        guest = c.guest.cwd_guest(c.tid, c.base) if c.base else None  # its own spelling
         data = os.fsencode(guest if guest is not None else "(unreachable)/") + b"\0"
-        if vpath is not None and guest is not None:
+        if vpath is not None and guest is not None and guest == c.guest.guest_of(c.base):
             teach_cwd(c, vpath, guest)  # an anchor of the root (or a bind from /cvmfs)
     else:
         if vpath is None:

@@ -1,5 +1,6 @@
-"""Per-process state the handlers keep: which /cvmfs program each process runs and which
-/cvmfs file each of its descriptors came from (for /proc/self/exe and /proc/PID/fd/N)."""
+"""Per-process state the handlers keep: which /cvmfs program each process runs, which
+/cvmfs file each of its descriptors came from (for /proc/self/exe and /proc/PID/fd/N),
+and in a guest namespace the spelling of a working directory shown at two places."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ class Processes:
         self.exe: dict[int, str] = {}
         self.pending_exec: dict[int, str | None] = {}
         self.fds: dict[int, dict[int, tuple[str, VPath]]] = {}
+        # tgid -> (location, guest path): the cwd as the process entered it, where the
+        # guest shows that location at more than one place (tracer/guest.py)
+        self.cwd: dict[int, tuple[str, str]] = {}
 
     def tgid(self, tid: int) -> int:
         t = self.tgid_of.get(tid)
@@ -32,6 +36,8 @@ class Processes:
                 self.exe[ctgid] = self.exe[ptgid]
             if ptgid in self.fds:
                 self.fds[ctgid] = dict(self.fds[ptgid])
+            if ptgid in self.cwd:
+                self.cwd[ctgid] = self.cwd[ptgid]
 
     def on_exec(self, tid: int, former: int, made=None) -> None:
         """A successful exec: what /proc/self/exe shows now. `made(tid)`: given only for
@@ -55,6 +61,7 @@ class Processes:
         if tgid == tid:
             self.exe.pop(tid, None)
             self.fds.pop(tid, None)
+            self.cwd.pop(tid, None)
 
 
 def _read_tgid(tid: int) -> int:
