@@ -720,7 +720,8 @@ def test_no_descriptor_left_by_an_interrupted_open(exec_repo, flags):
     """Opens of /cvmfs files (answered in C, a directory and Python's first answers)
     under a 50 µs timer: a signal that ends the job's wait after its descriptor was
     installed but before the answer must not leave that descriptor in the job (its call,
-    made again, gets the one installed)."""
+    made again, gets the one installed), nor must an answer the kernel takes while the
+    signal has already woken the job (the thread's installs are then made in one step)."""
     parrot, mnt, src, _ = exec_repo
     rel = ["README", "bin/hello", "py/mypkg/__init__.py", "py", "bin"]
     for _ in range(2):  # the second run is answered from the kept answers

@@ -3,6 +3,7 @@
  * (the notification thread among them), under a read-write lock. */
 #include "core.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>

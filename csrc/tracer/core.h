@@ -198,6 +198,7 @@ typedef struct {
     uint64_t used;
 } stray_fd;
 #define PC_STRAYS 8
+#define PC_INTERRUPTED 64 /* threads remembered as ones signals interrupt */
 
 struct pc_tracer {
     pc_rule rules[PC_MAX_RULES];
@@ -280,6 +281,8 @@ struct pc_tracer {
     stray_fd strays[PC_STRAYS];
     uint64_t stray_clock;
     int nstrays; /* atomic: read without the lock */
+    pid_t interrupted[PC_INTERRUPTED]; /* atomic reads; written under stray_lock */
+    unsigned next_interrupted;
 };
 
 #define STAT_ADD(t, field) __atomic_fetch_add(&(t)->stats.field, 1, __ATOMIC_RELAXED)
@@ -323,6 +326,9 @@ void stray_put(pc_tracer *t, pid_t tid, int fd, int file, int cloexec);
 /* the number of a stray of task `tid` that installing `file` would duplicate, `file`
  * made a copy of its open file; -1 if none */
 int stray_take(pc_tracer *t, pid_t tid, int file, int cloexec);
+/* task `tid` had a call of ours ended by a signal: its installs are made atomically */
+void stray_mark(pc_tracer *t, pid_t tid);
+int stray_marked(pc_tracer *t, pid_t tid);
 int examine_call(pc_tracer *t, pc_call *c, pc_event *ev);
 int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
 void fill_event(pc_tracer *t, pc_event *ev, const pc_call *c);

@@ -58,16 +58,20 @@ static int pin_to_here(pid_t tid, cpu_set_t *saved)
     return sched_setaffinity(tid, sizeof here, &here) == 0;
 }
 
-static int addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int send)
+/* `fd` installed in the program, as its number `at` if >= 0; `send`: as the call's
+ * answer too, in one step that a signal cannot split (-ENOENT if one ended the call) */
+static int addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int send, int at)
 {
     struct seccomp_notif_addfd add;
     memset(&add, 0, sizeof add);
     add.id = id;
-    add.flags = send ? SECCOMP_ADDFD_FLAG_SEND : 0;
+    add.flags = (send ? SECCOMP_ADDFD_FLAG_SEND : 0) | (at >= 0 ? SECCOMP_ADDFD_FLAG_SETFD : 0);
     add.srcfd = (uint32_t)fd;
+    add.newfd = at >= 0 ? (uint32_t)at : 0;
     add.newfd_flags = cloexec ? O_CLOEXEC : 0;
     int n = ioctl(t->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
-    return n < 0 ? -errno : n;
+    /* ESRCH: the program left its wait after the install was queued */
+    return n >= 0 ? n : errno == ESRCH ? -ENOENT : -errno;
 }
 
 /* A signal to the program between the install and the answer ended its call with the
@@ -77,6 +81,7 @@ static int addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int send)
 static void left_in(pc_tracer *t, pid_t tid, int n, int file, const struct stat *st,
                     int cloexec)
 {
+    stray_mark(t, tid);
     if (file >= 0) {
         stray_put(t, tid, n, file, cloexec);
         return;
@@ -106,32 +111,53 @@ static int answer_installed(pc_tracer *t, uint64_t id, pid_t tid, int n, int fd,
     return r < 0 ? r : n;
 }
 
+/* The call answered with the stray `n`, which holds the open file of our `fd`: put
+ * there again with the answer, in one step, since an answer alone could be lost (the
+ * thread is one signals hit: stray.c). The open file replaced is the same one; only a
+ * POSIX lock the process holds on that file through another descriptor goes, as with
+ * any close natively. */
+static int answer_stray(pc_tracer *t, uint64_t id, pid_t tid, int n, int fd, int give,
+                        int cloexec)
+{
+    int r = addfd(t, id, fd, cloexec, 1, n);
+    if (r == -ENOENT)
+        stray_put(t, tid, n, fd, cloexec);
+    if (give)
+        close(fd);
+    return r;
+}
+
 int pc_notif_addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int tid, int give)
 {
     /* the same thread's call made again after a signal ended it: the descriptor it
      * never learnt of is its answer (`fd` is made a copy of that) */
     int n = tid > 0 ? stray_take(t, tid, fd, cloexec) : -1;
     if (n >= 0)
-        return answer_installed(t, id, tid, n, fd, give, cloexec);
+        return answer_stray(t, id, tid, n, fd, give, cloexec);
     cpu_set_t saved, ours;
-    int pinned = tid > 0 && pin_to_here(tid, &saved);
+    /* a thread signals have hit is not held: its answer would be lost now and then */
+    int pinned = tid > 0 && !stray_marked(t, tid) && pin_to_here(tid, &saved);
     if (!pinned) { /* installed and answered at once: a signal cannot come in between */
-        n = addfd(t, id, fd, cloexec, 1);
+        n = addfd(t, id, fd, cloexec, 1, -1);
         if (give)
             close(fd);
+        if (n == -ENOENT && tid > 0)
+            stray_mark(t, tid);
         return n;
     }
     /* this thread too (0: the calling thread); a mask we cannot read stays as it is */
     int self_pinned = pin_to_here(0, &ours);
     /* installed without the answer, so that the program's own mask is back before
      * it runs again; then answered (a wake-up on our CPU, as for any answer) */
-    n = addfd(t, id, fd, cloexec, 0);
+    n = addfd(t, id, fd, cloexec, 0, -1);
     if (self_pinned)
         sched_setaffinity(0, sizeof ours, &ours);
     sched_setaffinity(tid, sizeof saved, &saved);
     if (n < 0) {
         if (give)
             close(fd);
+        if (n == -ENOENT)
+            stray_mark(t, tid);
         return n;
     }
     return answer_installed(t, id, tid, n, fd, give, cloexec);

@@ -590,6 +590,13 @@ static int c_open_storm(const char *flags, int rounds, char **paths)
     struct itimerval off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &off, NULL);
     printf("failed %d strays %d\n", failed, count_fds() - before);
+    for (int fd = 3; fd < 1024; fd++) { /* what a stray is, for the failure's message */
+        char l[64], target[4096];
+        snprintf(l, sizeof l, "/proc/self/fd/%d", fd);
+        ssize_t k = readlink(l, target, sizeof target - 1);
+        if (k > 0)
+            fprintf(stderr, "fd %d: %.*s\n", fd, (int)k, target);
+    }
     fprintf(stderr, "ticks %d eintr %d\n", (int)ticks, eintr);
     return 0;
 }
