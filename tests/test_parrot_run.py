@@ -715,18 +715,22 @@ def test_leases_after_the_jobs_close(exec_repo):
         assert p.returncode == 0 and p.stdout.decode() == native, p.stderr
 
 
-@pytest.mark.parametrize("flags", ["r", "-"])  # SA_RESTART; EINTR retried by the job
+@pytest.mark.parametrize("flags", ["r", "-", "rl"])  # SA_RESTART; EINTR retried; a lock
 def test_no_descriptor_left_by_an_interrupted_open(exec_repo, flags):
     """Opens of /cvmfs files (answered in C, a directory and Python's first answers)
     under a 50 µs timer: a signal that ends the job's wait after its descriptor was
     installed but before the answer must not leave that descriptor in the job (its call,
     made again, gets the one installed), nor must an answer the kernel takes while the
-    signal has already woken the job (the thread's installs are then made in one step)."""
+    signal has already woken the job (the thread's installs are then made in one step).
+    With a POSIX lock held on one of the files, putting a descriptor back at its number
+    (a close, for the kernel) must not drop the lock."""
     parrot, mnt, src, _ = exec_repo
     rel = ["README", "bin/hello", "py/mypkg/__init__.py", "py", "bin"]
+    want = b"failed 0 strays 0" + (b" lock held" if "l" in flags else b"") + b"\n"
     for _ in range(2):  # the second run is answered from the kept answers
-        p = parrot(f"{mnt}/bin/ptest", "open-storm", flags, "100", *(f"{mnt}/{r}" for r in rel))
-        assert p.returncode == 0 and p.stdout == b"failed 0 strays 0\n", (p.stdout, p.stderr)
+        rounds = "300" if "l" in flags else "100"
+        p = parrot(f"{mnt}/bin/ptest", "open-storm", flags, rounds, *(f"{mnt}/{r}" for r in rel))
+        assert p.returncode == 0 and p.stdout == want, (p.stdout, p.stderr)
 
 
 def test_exec_failures_answered_in_c(exec_repo):

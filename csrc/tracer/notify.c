@@ -59,6 +59,7 @@ static void *notify_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pc_all_signals_blocked = 1;
     struct seccomp_notif_sizes sizes = {0};
     if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) < 0)
         sizes.seccomp_notif = sizeof(struct seccomp_notif);

@@ -78,8 +78,7 @@ static int room_locked(pc_tracer *t)
     return 0;
 }
 
-/* The thread group of a task (/proc), 0 if it is gone. */
-static pid_t tgid_of(pid_t tid)
+pid_t tgid_of(pid_t tid)
 {
     char path[64], buf[512];
     snprintf(path, sizeof path, "/proc/%d/status", (int)tid);

@@ -8,6 +8,7 @@
 #include <linux/seccomp.h>
 #include <string.h>
 #include <sched.h>
+#include <signal.h>
 #include <linux/openat2.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -58,8 +59,16 @@ static int pin_to_here(pid_t tid, cpu_set_t *saved)
     return sched_setaffinity(tid, sizeof here, &here) == 0;
 }
 
+/* Set in the threads that block every signal (notify.c, spawn.c): their installs need
+ * no mask of their own. */
+__thread int pc_all_signals_blocked;
+
 /* `fd` installed in the program, as its number `at` if >= 0; `send`: as the call's
- * answer too, in one step that a signal cannot split (-ENOENT if one ended the call) */
+ * answer too, in one step that a signal cannot split (-ENOENT if one ended the call).
+ * A signal to *us* must not split it either: the kernel marks the call answered before
+ * it waits for the program to take the descriptor, and an interrupted wait withdraws
+ * the descriptor but not the answer, so the program's call would return 0 (Linux 6.18,
+ * seccomp_notify_addfd). The forwarded signals (spawn.c) wait for the moment. */
 static int addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int send, int at)
 {
     struct seccomp_notif_addfd add;
@@ -69,9 +78,18 @@ static int addfd(pc_tracer *t, uint64_t id, int fd, int cloexec, int send, int a
     add.srcfd = (uint32_t)fd;
     add.newfd = at >= 0 ? (uint32_t)at : 0;
     add.newfd_flags = cloexec ? O_CLOEXEC : 0;
+    sigset_t all, was;
+    int mask = send && !pc_all_signals_blocked;
+    if (mask) {
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &was);
+    }
     int n = ioctl(t->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add);
+    int e = errno;
+    if (mask)
+        pthread_sigmask(SIG_SETMASK, &was, NULL);
     /* ESRCH: the program left its wait after the install was queued */
-    return n >= 0 ? n : errno == ESRCH ? -ENOENT : -errno;
+    return n >= 0 ? n : e == ESRCH ? -ENOENT : -e;
 }
 
 /* A signal to the program between the install and the answer ended its call with the
@@ -113,15 +131,25 @@ static int answer_installed(pc_tracer *t, uint64_t id, pid_t tid, int n, int fd,
 
 /* The call answered with the stray `n`, which holds the open file of our `fd`: put
  * there again with the answer, in one step, since an answer alone could be lost (the
- * thread is one signals hit: stray.c). The open file replaced is the same one; only a
- * POSIX lock the process holds on that file through another descriptor goes, as with
- * any close natively. */
+ * thread is one signals hit: stray.c). The open file replaced is the same one, but the
+ * replacement closes it once, and a close drops every POSIX lock the process holds on
+ * the file: where it may hold one, the answer is the number alone, as before the
+ * marks. If the number cannot be replaced (a lowered RLIMIT_NOFILE, another thread's
+ * open reserving it: EBADF, EBUSY, the call still waiting), the descriptor goes in at
+ * a new number and the stray stays one. */
 static int answer_stray(pc_tracer *t, uint64_t id, pid_t tid, int n, int fd, int give,
                         int cloexec)
 {
+    struct stat st;
+    if (fstat(fd, &st) != 0 || stray_posix_locked(tid, st.st_ino))
+        return answer_installed(t, id, tid, n, fd, give, cloexec);
     int r = addfd(t, id, fd, cloexec, 1, n);
-    if (r == -ENOENT)
+    if (r < 0)
         stray_put(t, tid, n, fd, cloexec);
+    if (r < 0 && r != -ENOENT)
+        r = addfd(t, id, fd, cloexec, 1, -1);
+    if (r == -ENOENT)
+        stray_mark(t, tid);
     if (give)
         close(fd);
     return r;

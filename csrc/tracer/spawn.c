@@ -309,6 +309,7 @@ static void *tracer_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* the handlers run in Python's threads */
+    pc_all_signals_blocked = 1;
     if (spawn_job(t) == 0)
         tracer_serve(t);
     return NULL;

@@ -31,6 +31,8 @@
  * until its deadline. */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -137,4 +139,35 @@ int stray_marked(pc_tracer *t, pid_t tid)
         if (__atomic_load_n(&t->interrupted[i], __ATOMIC_RELAXED) == tid)
             return 1;
     return 0;
+}
+
+/* A POSIX lock belongs to the process and the inode, not to a descriptor: closing any
+ * descriptor of the file drops it. /proc/locks names the holder's thread group (in our
+ * pid namespace) and the inode; the device is not compared (st_dev and the superblock's
+ * differ on btrfs and overlayfs), so a lock on another file with the same inode number
+ * counts too: that only costs the one-step answer. The scan is bounded. */
+int stray_posix_locked(pid_t tid, ino_t ino)
+{
+    pid_t tgid = tgid_of(tid);
+    FILE *f = tgid > 0 ? fopen("/proc/locks", "re") : NULL;
+    if (!f)
+        return 1;
+    char line[256];
+    int locked = 0, lines = 0;
+    while (!locked) {
+        if (!fgets(line, sizeof line, f))
+            break;
+        if (++lines > 100000) { /* a lock table this big: not worth reading on */
+            locked = 1;
+            break;
+        }
+        const char *p = strstr(line, "POSIX ");
+        int pid;
+        unsigned long long inode;
+        if (p && sscanf(p, "POSIX %*s %*s %d %*x:%*x:%llu", &pid, &inode) == 2 &&
+            pid == tgid && inode == (unsigned long long)ino)
+            locked = 1;
+    }
+    fclose(f);
+    return locked;
 }

@@ -551,7 +551,10 @@ static int c_no_kcmp(int err, char **argv)
  * 50 µs timer interrupts this thread (SA_RESTART if FLAGS has 'r'; else an EINTR is
  * retried, as Python and most libraries do). Prints how many descriptors the job holds
  * afterwards beyond the ones it had: an answer given to a call the signal had already
- * ended must not leave one behind. */
+ * ended must not leave one behind. With 'l' in FLAGS, a POSIX read lock is taken on
+ * the first path first, and that path's descriptors are all kept open (a close of any
+ * would drop the lock, natively too); a child tells afterwards whether this process
+ * still holds the lock. */
 static volatile sig_atomic_t ticks;
 static void tick(int sig) { (void)sig; ticks++; }
 
@@ -574,7 +577,14 @@ static int c_open_storm(const char *flags, int rounds, char **paths)
     sa.sa_handler = tick;
     sa.sa_flags = strchr(flags, 'r') ? SA_RESTART : 0;
     sigaction(SIGALRM, &sa, NULL);
-    int before = count_fds(), eintr = 0, failed = 0;
+    int locked = -1;
+    struct flock lk = {.l_type = F_RDLCK, .l_whence = SEEK_SET};
+    if (strchr(flags, 'l') && ((locked = open(paths[0], O_RDONLY | O_CLOEXEC)) < 0 ||
+                               fcntl(locked, F_SETLK, &lk) < 0)) {
+        perror("lock");
+        return 1;
+    }
+    int before = count_fds(), eintr = 0, failed = 0, kept = 0;
     struct itimerval it = {{0, 50}, {0, 50}};
     setitimer(ITIMER_REAL, &it, NULL);
     for (int i = 0; i < rounds; i++)
@@ -584,12 +594,30 @@ static int c_open_storm(const char *flags, int rounds, char **paths)
                 eintr++;
             if (fd < 0 && !failed++)
                 fprintf(stderr, "%s: %s\n", *p, strerrorname_np(errno));
+            else if (fd >= 0 && locked >= 0 && p == paths)
+                kept++;
             else if (fd >= 0)
                 close(fd);
         }
     struct itimerval off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &off, NULL);
-    printf("failed %d strays %d\n", failed, count_fds() - before);
+    printf("failed %d strays %d", failed, count_fds() - before - kept);
+    if (locked >= 0) {
+        fflush(stdout);
+        pid_t c = fork();
+        if (c == 0) { /* a write lock asked for: the parent's read lock, if it holds one */
+            struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+            int fd = open(paths[0], O_RDONLY);
+            _exit(fd >= 0 && fcntl(fd, F_GETLK, &q) == 0 && q.l_type == F_RDLCK &&
+                          q.l_pid == getppid()
+                      ? 0
+                      : 1);
+        }
+        int st = 1;
+        waitpid(c, &st, 0);
+        printf(" lock %s", WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "held" : "lost");
+    }
+    printf("\n");
     for (int fd = 3; fd < 1024; fd++) { /* what a stray is, for the failure's message */
         char l[64], target[4096];
         snprintf(l, sizeof l, "/proc/self/fd/%d", fd);
