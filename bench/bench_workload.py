@@ -183,7 +183,8 @@ class Bench:
         warmed: bool = False,
     ) -> tuple[dict[str, float], dict[str, float]]:
         """Alternating runs of `cmds` (warmed first unless `warmed`); (medians,
-        minimums), printed."""
+        minimums), printed under the title (what the warm-up says, too)."""
+        print(f"== {title}")
         if not warmed:
             self.warm(cmds, env, cwd)
         results: dict[str, list[float]] = {k: [] for k in cmds}
@@ -192,7 +193,6 @@ class Bench:
                 results[k].append(timed(cmd, env, cwd, self.pass_fds))
         med = {k: statistics.median(v) for k, v in results.items()}
         low = {k: min(v) for k, v in results.items()}
-        print(f"== {title}")
         for k, v in results.items():
             print(
                 f"{k:>24}: median {1000 * med[k]:8.1f} ms  (min {1000 * low[k]:.1f},"
@@ -229,9 +229,8 @@ def row_p(b: Bench, tree: str, env: dict) -> None:
     cmds["parrot_run, local venv"] = b.parrot("parrot_run", VENV_REPO, native)
     if b.proot:
         cmds["proot"] = [b.proot, "-b", f"{tree}:/cvmfs/{VENV_REPO}", *job]
-    b.warm(cmds, env)
+    med, low = b.compare("workload P (numpy/scipy import)", cmds, env)
     b.stats(VENV_REPO, job, env)
-    med, low = b.compare("workload P (numpy/scipy import)", cmds, env, warmed=True)
     b.ratios(med, low, P_TARGET)
     local = "parrot_run, local venv"
     print(
