@@ -141,12 +141,18 @@ static int answer_stray(pc_tracer *t, uint64_t id, pid_t tid, int n, int fd, int
                         int cloexec)
 {
     struct stat st;
-    if (fstat(fd, &st) != 0 || stray_posix_locked(tid, st.st_ino))
+    int locked = fstat(fd, &st) != 0 || stray_posix_locked(tid, st.st_ino);
+    /* asked again after reading /proc/locks: another thread of the job may have put
+     * its own file at n since (then there is no stray to answer with, and n is not
+     * ours to name or replace); the kernel offers no compare-and-replace for what
+     * remains */
+    int same = pc_same_file(t, tid, n, fd) == 1;
+    if (same && locked)
         return answer_installed(t, id, tid, n, fd, give, cloexec);
-    int r = addfd(t, id, fd, cloexec, 1, n);
-    if (r < 0)
+    int r = addfd(t, id, fd, cloexec, 1, same ? n : -1);
+    if (r < 0 && same)
         stray_put(t, tid, n, fd, cloexec);
-    if (r < 0 && r != -ENOENT)
+    if (r < 0 && r != -ENOENT && same)
         r = addfd(t, id, fd, cloexec, 1, -1);
     if (r == -ENOENT)
         stray_mark(t, tid);
