@@ -328,6 +328,7 @@ void stray_put(pc_tracer *t, pid_t tid, int fd, int file, int cloexec);
 int stray_take(pc_tracer *t, pid_t tid, int file, int cloexec);
 /* task `tid` had a call of ours ended by a signal: its installs are made atomically */
 void stray_mark(pc_tracer *t, pid_t tid);
+int stray_marked(pc_tracer *t, pid_t tid);
 /* whether the process of `tid` may hold a POSIX lock on inode `ino` (/proc/locks; 1
  * when it cannot be told) */
 int stray_posix_locked(pid_t tid, ino_t ino);
@@ -335,7 +336,6 @@ int stray_posix_locked(pid_t tid, ino_t ino);
 pid_t tgid_of(pid_t tid);
 /* set by a thread that blocks every signal for its whole life */
 extern __thread int pc_all_signals_blocked;
-int stray_marked(pc_tracer *t, pid_t tid);
 int examine_call(pc_tracer *t, pc_call *c, pc_event *ev);
 int fast_answer(pc_tracer *t, pc_call *c, pc_event *ev);
 void fill_event(pc_tracer *t, pc_event *ev, const pc_call *c);

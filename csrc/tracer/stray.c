@@ -145,7 +145,8 @@ int stray_marked(pc_tracer *t, pid_t tid)
  * descriptor of the file drops it. /proc/locks names the holder's thread group (in our
  * pid namespace) and the inode; the device is not compared (st_dev and the superblock's
  * differ on btrfs and overlayfs), so a lock on another file with the same inode number
- * counts too: that only costs the one-step answer. The scan is bounded. */
+ * counts too: that answer is then the number alone, which a signal can lose (as before
+ * the marks), rare enough. The scan is bounded. */
 int stray_posix_locked(pid_t tid, ino_t ino)
 {
     pid_t tgid = tgid_of(tid);
