@@ -387,6 +387,21 @@ def test_signals_sent_to_parrot_run_reach_the_job(repo, server, mode, tmp_path):
     assert (job.returncode, out) == (3, b"got TERM\n")
 
 
+def test_a_signal_at_the_jobs_first_moment_reaches_it(repo, server, mode, tmp_path):
+    """The forwarding is in place before the job runs: a SIGINT that parrot_run gets
+    as soon as the job is alive (here, from the job itself) reaches the job, and never
+    meets parrot_run's own default action (which would end both)."""
+    script = "trap 'echo got INT' INT; kill -INT $PPID; sleep 0.2; echo end"
+    for _ in range(3):
+        p = subprocess.run(
+            [*PARROT, "--cache-dir", str(tmp_path / "cache"), "--", "sh", "-c", script],
+            env=_env(repo, server, mode),
+            capture_output=True,
+            timeout=60,
+        )
+        assert (p.returncode, p.stdout) == (0, b"got INT\nend\n"), p.stderr
+
+
 def _on_a_terminal(repo, server, mode, tmp_path, *cmd) -> bytes:
     """Run parrot_run as a terminal's session leader; press Ctrl-C once the job says
     ready, then send parrot_run SIGTERM; all the terminal showed."""

@@ -805,8 +805,7 @@ static int run_planned(const plan *pl, const char *plan_file, int argc, char **a
         close(here);
     if (pid < 0)
         return -1; /* the job never ran: the full start tries again, and says why */
-    core.pc_forward_signals(t);
-    a.tracer = t;
+    a.tracer = t; /* signals are forwarded from the spawn on (spawn.c) */
     a.root = job_root = pid;
     a.report_fd = report;
     a.notify = (int)notify;

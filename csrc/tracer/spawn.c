@@ -254,6 +254,9 @@ static int start_job(pc_tracer *t, spawn_request *r)
     t->root = pid;
     /* signals to the job go through a pidfd: no reused pid ever gets one */
     t->root_pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    /* before the job runs (it keeps the dispositions it was forked with): a signal sent
+     * to us once the job has shown any sign of life reaches it, never our defaults */
+    pc_forward_signals(t);
     if (write(go[1], "g", 1) != 1) {
     }
     close(go[1]);

@@ -215,10 +215,6 @@ class Core:
             return _spawn_error(ffi.string(err).decode())
         return None
 
-    def forward_signals(self) -> None:
-        """Signals to parrot_run go to the job from C from now on (see spawn.c)."""
-        lib.pc_forward_signals(self.t)
-
     def next(self) -> int:
         """Wait for the next event (into self.ev); the one before is done with."""
         return lib.pc_next(self.t, self.ev)
