@@ -98,16 +98,23 @@ static int run_python(int argc, char **argv, int adopted)
     }
     /* entry() ends the process with the job's status; a supervisor that cannot start
      * says why in one line and comes back here (the caller ends an adopted job) */
-    char code[512];
+    /* a Ctrl-C while Python starts ends parrot_run as 130, as main.py does later, and
+     * without a traceback */
+    char code[1024];
     snprintf(code, sizeof code,
              "try:\n"
              "    from parrot_cvmfs.tracer.main import entry\n"
+             "except KeyboardInterrupt:\n"
+             "    raise SystemExit(130) from None\n"
              "except Exception as e:\n"
              "    import sys\n"
              "    sys.stderr.write(f'parrot_run: cannot start the supervisor'\n"
              "                     f' ({type(e).__name__}: {e})%s\\n')\n"
              "else:\n"
-             "    entry()\n",
+             "    try:\n"
+             "        entry()\n"
+             "    except KeyboardInterrupt:\n"
+             "        raise SystemExit(130) from None\n",
              adopted ? ": the job was ended" : "");
     PyRun_SimpleString(code);
     return 1;
