@@ -569,7 +569,7 @@ static int built_by(const plan *pl, const char *build)
 /* ---- the C core, through dlsym --------------------------------------------------------------- */
 
 #define CORE_FUNCS(X)                                                                      \
-    X(pc_build_id) X(pc_new) X(pc_add_prefix) X(pc_spawn) X(pc_forward_signals) X(pc_next) \
+    X(pc_build_id) X(pc_new) X(pc_add_prefix) X(pc_spawn) X(pc_next) \
     X(pc_exit_code) X(pc_set_quiet) X(pc_unget) X(pc_adopt_set) X(pc_table_load_fd)      \
     X(pc_table_take_served) X(pc_set_translate) X(pc_set_late_filter) X(pc_add_mount)     \
     X(pc_set_plain)

@@ -251,7 +251,7 @@ struct pc_tracer {
     int root_pidfd;  /* -1: signals go to the pid, while the root is not reaped */
     int root_status; /* wait status, once root_done */
     int root_done;
-    /* termination signals (see pc_forward_signals and give_up) */
+    /* termination signals (see spawn.c forward_signals and give_up) */
     int signal_pending;    /* set by the handler, taken by the tracer thread */
     int signal_name;       /* the last one */
     int64_t signal_at;     /* CLOCK_MONOTONIC ns */

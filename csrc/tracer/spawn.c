@@ -212,6 +212,8 @@ static void child_main(pc_tracer *t, spawn_request *r, int go, int report, int s
     _exit(127);
 }
 
+static void forward_signals(pc_tracer *t);
+
 /* Fork the job, seize it, take the listener. 0, or -1 (r->err). */
 static int start_job(pc_tracer *t, spawn_request *r)
 {
@@ -256,7 +258,7 @@ static int start_job(pc_tracer *t, spawn_request *r)
     t->root_pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     /* before the job runs (it keeps the dispositions it was forked with): a signal sent
      * to us once the job has shown any sign of life reaches it, never our defaults */
-    pc_forward_signals(t);
+    forward_signals(t);
     if (write(go[1], "g", 1) != 1) {
     }
     close(go[1]);
@@ -412,7 +414,11 @@ static void on_signal(int sig, siginfo_t *si, void *uc)
     errno = e;
 }
 
-void pc_forward_signals(pc_tracer *t)
+/* From a C handler: TERM, INT, HUP, QUIT, USR1, USR2 and ALRM to the job's root (not
+ * those the kernel sent the whole process group: a terminal's); after TERM, INT, HUP
+ * or QUIT, calls stop waiting for a stuck Python. Installed by start_job, after the
+ * fork and before the job runs. */
+static void forward_signals(pc_tracer *t)
 {
     static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM};
     signalled = t;

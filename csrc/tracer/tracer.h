@@ -177,11 +177,6 @@ int pc_add_odd_place(pc_tracer *t, const char *host);
 pid_t pc_spawn(pc_tracer *t, const char *file, char *const argv[], char *const envp[],
                const void *filter, int filter_len, int notify, int *report_fd, char *err,
                int errlen);
-/* From a C handler: forward TERM, INT, HUP, QUIT, USR1, USR2 and ALRM to the job's root
- * (not those the kernel sent the whole process group: a terminal's); after TERM, INT,
- * HUP or QUIT, calls stop waiting for a stuck Python (pc_spawn does it, after the fork
- * and before the job runs) */
-void pc_forward_signals(pc_tracer *t);
 int pc_spawn_failure(int report_fd, char *err, int errlen);
 /* The next event for Python (it waits); Python is done with the one before. */
 int pc_next(pc_tracer *t, pc_event *ev);

@@ -168,7 +168,7 @@ class Supervisor:
             except OSError as e:
                 print(f"parrot_run: {e.strerror}", file=sys.stderr)
                 return 1
-            # signals are forwarded from C from the spawn on (spawn.c pc_forward_signals)
+            # signals are forwarded from C from the spawn on (spawn.c forward_signals)
         self.root = pid
         if not self.opts.debug:  # the debug log's lines are never cut by the progress line
             progress.terminal_line()
