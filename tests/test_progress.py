@@ -48,7 +48,11 @@ def slow_env(repo, tmp_path):
     with serving(FaultyServer(stratum)) as srv:
         srv.delays = {"/data/": 0.15}  # ten objects: about 1.5 s of downloads
         yield (
-            base_env(PARROT_CVMFS_REPO=repo_spec(NAME, f"{srv.url}/{NAME}", pubkey)),
+            # each read its own download, none fetched ahead (the line shows the job's)
+            base_env(
+                PARROT_CVMFS_REPO=repo_spec(NAME, f"{srv.url}/{NAME}", pubkey),
+                PARROT_CVMFS_PREFETCH="0",
+            ),
             str(tmp_path / "cache"),
         )
 

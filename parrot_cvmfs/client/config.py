@@ -7,7 +7,7 @@ Sources, later ones winning:
    domain.d/<domain>.conf, config.d/<fqrn>.conf and their .local overrides).
    The configuration repository is the copy of cvmfs-config.cern.ch shipped
    as package data, so the main domains work with no setup at all;
-3. CVMFS_* variables of the environment (and PARROT_CVMFS_OFFLINE);
+3. CVMFS_* variables of the environment (and PARROT_CVMFS_OFFLINE, PARROT_CVMFS_PREFETCH);
 4. Parrot's PARROT_CVMFS_CONFIG (libcvmfs global options: the parameters of every
    repository), then its PARROT_CVMFS_REPO entries (`NAME:url=U1;U2,pubkey=K,proxies=P`,
    or `-r` of parrot_run);
@@ -71,6 +71,7 @@ NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "MAX_SERVERS": (0, 1 << 16),
     "QUOTA_LIMIT": (-1, 1 << 40),  # MB; -1 is unlimited
     "MAX_TTL": (0, 1 << 31),  # minutes
+    "PARROT_CVMFS_PREFETCH": (0, 1 << 20),  # MiB
 }
 
 # The variables the client reads, for the --help (and man page) of both commands: one
@@ -89,6 +90,10 @@ ENVIRONMENT_HELP = """\
   PARROT_CVMFS_CONFIG_DIR
                         cvmfs configuration directory (below --config-dir)
   PARROT_CVMFS_OFFLINE  yes: the same as --offline
+  PARROT_CVMFS_PREFETCH
+                        MiB a repository's client in parrot_run may fetch ahead
+                        of the job, when it reads a missing file: the files of
+                        its kind beside it (default 64; 0: none)
   PARROT_ALLOW_SWITCHING_CVMFS_REPOSITORIES
                         accepted: every repository is always available at once
   CVMFS_*               any cvmfs client parameter (CVMFS_HTTP_PROXY,
@@ -96,6 +101,7 @@ ENVIRONMENT_HELP = """\
   XDG_CACHE_HOME        the per-user cache is $XDG_CACHE_HOME/parrot-cvmfs
 """
 
+_PARROT_PARAMS = ("PARROT_CVMFS_OFFLINE", "PARROT_CVMFS_PREFETCH")  # read as CVMFS_* are
 _TRUE = {"yes", "on", "1", "true"}
 _FALSE = {"no", "off", "0", "false"}
 
@@ -351,7 +357,7 @@ class Configuration:
         file_params, read = evaluate_config_files(fqrn, files, seed, self.env, self.memo_dir)
         params.update(file_params)
         for k, v in self.env.items():
-            if (k.startswith("CVMFS_") and k != "CVMFS_MOUNT_DIR") or k == "PARROT_CVMFS_OFFLINE":
+            if (k.startswith("CVMFS_") and k != "CVMFS_MOUNT_DIR") or k in _PARROT_PARAMS:
                 params[k] = v
         params.update(self.parrot_globals.params)
         matched = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import stat as st
 import time
 import zlib
@@ -34,6 +35,7 @@ from .limits import database_limit
 from .lookup import resolve
 from .namespace import Namespace
 from .network import DownloadSettings
+from .prefetch import Prefetcher
 from .trust import TrustChain, parse_root_hash, source_of
 
 TYPE_CHECKING = False  # not typing's: importing typing costs parrot_run's start-up ~3 ms
@@ -93,6 +95,9 @@ def device_of(fqrn: str) -> int:
     return os.makedev(0, 0x100 + (zlib.crc32(fqrn.encode()) & 0xFFF))
 
 
+PREFETCH_MIB = 64  # PARROT_CVMFS_PREFETCH's default
+
+
 class Repository:
     """One repository revision, mounted from the cache and its servers."""
 
@@ -123,6 +128,11 @@ class Repository:
             )
         self.external = external
         self.fetcher = Fetcher(cache, downloader, external, offline=self.offline)
+        self.prefetcher: Prefetcher | None = None  # start_prefetching
+        mib = settings.number("PARROT_CVMFS_PREFETCH", PREFETCH_MIB)
+        self.prefetch_budget = 0 if self.offline else int(mib * (1 << 20))
+        if cache.quota is not None:
+            self.prefetch_budget = min(self.prefetch_budget, cache.quota.limit // 8)
         self.verify_at = verify_at
         self.trust = TrustChain(
             settings,
@@ -422,9 +432,35 @@ class Repository:
             if e.size == 0:
                 return self._empty_file()
             raise CatalogError(f"{what} has no content hash")
+        pf = self.prefetcher
+        if pf is not None and not ext:
+            pf.note_read(e.hash.digest)
+            if self.cache.find(e.hash, size=e.size, count=False) is None:
+                parent = posixpath.dirname(e.path)
+                pf.around(parent, lambda n: self._listing(parent, n), e)
         return self.fetcher.fetch(
             e.hash, compressed=e.is_compressed, size=e.size, what=what, external_path=ext
         )
+
+    def start_prefetching(self) -> None:
+        """From now on, a read of a file missing from the cache also fetches, in the
+        background, the files of its kind beside it (client/prefetch.py): at most
+        PARROT_CVMFS_PREFETCH MiB a run (default 64; 0: never; an eighth of a quota),
+        this repository's alone."""
+        if self.prefetch_budget > 0 and self.prefetcher is None:
+            self.prefetcher = Prefetcher(self.fetcher, self.prefetch_budget)
+
+    def _listing(self, directory: str, limit: int) -> list[DirEntry] | None:
+        """The entries of a directory, or None if it has more than `limit` or cannot be
+        listed (for a guess: nothing is reported)."""
+        try:
+            d = self.lookup(directory or "/")
+            if not d.is_dir:
+                return None
+            children = self._namespace().children_catalog(d).listing(d.path, limit + 1)
+        except (CvmfsError, OSError):
+            return None
+        return None if len(children) > limit else children
 
     def _empty_file(self) -> str:
         from ..format.hashes import Algorithm, hash_bytes
@@ -528,6 +564,8 @@ class Repository:
         return out
 
     def close(self) -> None:
+        if self.prefetcher is not None:  # first: its fetches write into the cache
+            self.prefetcher.close()
         if self.ns is not None:
             self.ns.close()
             self.ns = None

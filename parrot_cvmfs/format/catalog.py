@@ -288,12 +288,16 @@ class Catalog:
         rows = self._query(self._select + "WHERE md5path_1=? AND md5path_2=?", (p1, p2))
         return self._entry(rows[0], path) if rows else None
 
-    def listing(self, path: str) -> list[DirEntry]:
+    def listing(self, path: str, limit: int | None = None) -> list[DirEntry]:
         """Children of a directory whose entries live in this catalog (hidden ones
-        included). One child no file system can hold fails the whole listing, as the
-        kernel fails a FUSE server's."""
+        included), the first `limit` of them if given. One child no file system can hold
+        fails the whole listing, as the kernel fails a FUSE server's."""
         p1, p2 = md5path(self.internal_path(path))
-        rows = self._query(self._select + "WHERE parent_1=? AND parent_2=?", (p1, p2))
+        sql = self._select + "WHERE parent_1=? AND parent_2=?"
+        if limit is not None:
+            rows = self._query(sql + " LIMIT ?", (p1, p2, limit))
+        else:
+            rows = self._query(sql, (p1, p2))
         out = []
         for r in rows:
             try:

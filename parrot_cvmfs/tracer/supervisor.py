@@ -280,8 +280,10 @@ class Supervisor:
             + (by_call or "none"),
             file=err,
         )
+        pn, pb, used = self.view.prefetch_stats()
+        ahead = f" ({pn} ahead of the job, {pb} bytes stored; {used} read since)" if pn else ""
         print(
-            f"parrot_run: {n} objects fetched ({b} bytes), cache hits {hits}, misses {misses},"
+            f"parrot_run: {n} objects fetched ({b} bytes){ahead}, cache hits {hits}, misses {misses},"
             f" I/O errors {self.view.io_errors}; {c['tasks'] + 1} tasks, {c['signals']} signals;"
             f" supervisor peak memory {_peak_rss_mb():.0f} MB",
             file=err,

@@ -169,6 +169,7 @@ class CvmfsView:
                 self.warn(f"cannot mount /cvmfs/{name}: {e}")
             return None
         self.repos[name] = repo
+        repo.start_prefetching()
         if self.on_mount is not None:
             self.on_mount(self.revision_id(name))
         return repo
@@ -386,6 +387,15 @@ class CvmfsView:
                     b += d.bytes_received
         c = self.cache
         return n, b, (c.hits if c else 0), (c.misses if c else 0)
+
+    def prefetch_stats(self) -> tuple[int, int, int]:
+        """(objects prefetched, their bytes, those the job then read)."""
+        n = b = used = 0
+        for r in self.repos.values():
+            p = r.prefetcher
+            if p is not None:
+                n, b, used = n + p.fetched, b + p.bytes, used + p.used
+        return n, b, used
 
     def close(self) -> None:
         for r in self.repos.values():

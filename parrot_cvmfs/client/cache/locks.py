@@ -63,6 +63,21 @@ class ObjectLock:
         )
 
     def __exit__(self, *exc) -> None:
+        self.release()
+
+    def try_acquire(self) -> bool:
+        """Take the lock without waiting: False if another holds it."""
+        try:
+            fcntl.fcntl(
+                self.fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, self.offset, 1, 0)
+            )
+        except BlockingIOError:
+            return False
+        except PermissionError:  # EACCES: the other error F_SETLK reports a holder by
+            return False
+        return True
+
+    def release(self) -> None:
         fcntl.fcntl(
             self.fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, self.offset, 1, 0)
         )
@@ -91,11 +106,14 @@ class ObjectLocks:
 
     def close(self) -> None:
         with self._guard:
-            fds, self._fds = self._fds, set()  # what threads still hold: now nothing
+            # what threads still hold: now nothing (emptied under the guard, so that a
+            # thread's description that ends meanwhile knows it is not its to close)
+            fds = list(self._fds)
+            self._fds.clear()
+            self._fds = set()
         for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        fds.clear()
         self._tls = threading.local()

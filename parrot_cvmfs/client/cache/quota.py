@@ -75,7 +75,9 @@ class Quota:
     def __init__(self, cache_dir: str, limit_bytes: int):
         self.dir = cache_dir
         self.limit = limit_bytes
-        self._lock = threading.Lock()
+        # every use of the database (one connection, threads committing at once: the
+        # prefetch's and the supervisor's), a clean-up's whole pass included
+        self._lock = threading.RLock()
         self._touched: dict[str, float] = {}
         self._last_flush = time.monotonic()
         self.cleanups = 0
@@ -190,7 +192,9 @@ class Quota:
 
     def usage(self) -> int:
         try:
-            return self._db.execute("SELECT coalesce(sum(size), 0) FROM objects").fetchone()[0]
+            with self._lock:
+                db = self._db.execute("SELECT coalesce(sum(size), 0) FROM objects")
+                return db.fetchone()[0]
         except sqlite3.DatabaseError as e:
             raise CacheError(f"quota database in {self.dir} failed: {e}") from None
 
@@ -209,42 +213,46 @@ class Quota:
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                     return 0  # somebody else is cleaning
                 raise
-            self.flush()
-            usage = self.usage()
-            if usage <= target:
-                return 0
-            in_use = {alias_target(self.dir, p) for p in open_files_under(self.dir)}
-            recent = time.time() - _RECENT_GRACE
-            freed = 0
-            gone = []
-            for name, size, atime in self._db.execute(
-                "SELECT name, size, atime FROM objects ORDER BY atime"
-            ).fetchall():
-                if usage - freed <= target:
-                    break
-                if not _is_object_name(name) or not isinstance(size, int):
-                    gone.append((name,))  # a row naming no object: dropped, nothing unlinked
-                    continue
-                path = os.path.join(self.dir, name)
-                if atime > recent or path in in_use:
-                    continue
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                except OSError:
-                    continue
-                remove_aliases(self.dir, name)
-                gone.append((name,))
-                freed += size
-            if gone:
-                self._write("DELETE FROM objects WHERE name = ?", gone)
-            self.cleanups += 1
-            self.cleanup_times.append(time.time())
-            self.evicted += len(gone)
-            return freed
+            with self._lock:
+                return self._cleanup_locked(target)
         finally:
             os.close(lockfd)
+
+    def _cleanup_locked(self, target: int) -> int:
+        self.flush()
+        usage = self.usage()
+        if usage <= target:
+            return 0
+        in_use = {alias_target(self.dir, p) for p in open_files_under(self.dir)}
+        recent = time.time() - _RECENT_GRACE
+        freed = 0
+        gone = []
+        for name, size, atime in self._db.execute(
+            "SELECT name, size, atime FROM objects ORDER BY atime"
+        ).fetchall():
+            if usage - freed <= target:
+                break
+            if not _is_object_name(name) or not isinstance(size, int):
+                gone.append((name,))  # a row naming no object: dropped, nothing unlinked
+                continue
+            path = os.path.join(self.dir, name)
+            if atime > recent or path in in_use:
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            remove_aliases(self.dir, name)
+            gone.append((name,))
+            freed += size
+        if gone:
+            self._write("DELETE FROM objects WHERE name = ?", gone)
+        self.cleanups += 1
+        self.cleanup_times.append(time.time())
+        self.evicted += len(gone)
+        return freed
 
     def close(self) -> None:
         try:

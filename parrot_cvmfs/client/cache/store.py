@@ -97,8 +97,11 @@ class ObjectCache:
         except OSError as e:
             raise cache_error(e, f"cannot read {where} {root}") from None
 
-    def find(self, h: ContentHash, variant: str = "", size: int | None = None) -> str | None:
-        """Local path of a cached object (alien tiers first), or None.
+    def find(
+        self, h: ContentHash, variant: str = "", size: int | None = None, count: bool = True
+    ) -> str | None:
+        """Local path of a cached object (alien tiers first), or None; a hit or a miss
+        of the statistics unless `count` is false (a look that a fetch repeats).
 
         What is found must be a regular file (a link, directory or fifo is never served)
         of `size` bytes, when the caller knows it from the catalog; a file of that size is
@@ -113,15 +116,15 @@ class ObjectCache:
             problem = _unfit(s, size)
             if problem is not None:
                 raise CacheError(f"object {name} in alien cache {a} {problem}: not served")
-            self.hits += 1
+            self.hits += count
             return f"{a}/{name}"
         s = self._lstat(self.dir, name)
         if s is not None and _unfit(s, size) is None:
-            self.hits += 1
+            self.hits += count
             if self.quota is not None:
                 self.quota.touch(name)
             return f"{self.dir}/{name}"
-        self.misses += 1
+        self.misses += count
         return None
 
     def touch_paths(self, paths: list[str]) -> None:
@@ -244,9 +247,12 @@ class ObjectCache:
             except OSError as e:
                 raise self.store_error(e, "a temporary file") from None
 
-    def commit(self, tmp: str, h: ContentHash, variant: str = "", kind: int = 0) -> str:
+    def commit(
+        self, tmp: str, h: ContentHash, variant: str = "", kind: int = 0, clean: bool = True
+    ) -> str:
         """Move a complete, verified temporary file into place (replacing whatever wrong
-        file `find` passed over there)."""
+        file `find` passed over there); past the quota, a clean-up follows unless not
+        `clean` (a background fetch's: the next commit of the foreground cleans)."""
         name = h.cache_name() + variant
         try:
             dest = self.destination(h, variant)
@@ -265,7 +271,7 @@ class ObjectCache:
             raise self.store_error(e, f"object {name}") from None
         if self.quota is not None:
             self.quota.insert(name, size, kind)
-            if self.quota.over_limit():
+            if clean and self.quota.over_limit():
                 self.quota.cleanup()
         return dest
 
