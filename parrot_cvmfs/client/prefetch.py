@@ -133,17 +133,20 @@ class Prefetcher:
         was not fetched, -1 if the fetch failed."""
         f = self.fetcher
         cache = f.cache
-        if self._closed:
+        if f.offline or f.downloader is None:
             return 0
-        if f.offline or f.downloader is None or cache.find(h, size=size, count=False) is not None:
-            return 0
-        lock = cache.lock(h.hex)
-        if not lock.try_acquire():
-            return 0  # another thread or process has it in flight
+        # the cache is open while this is not closed: looked at and locked under the
+        # condition (none of it waits), as it is stored and let go of below
+        with self._cv:
+            if self._closed or cache.find(h, size=size, count=False) is not None:
+                return 0
+            lock = cache.lock(h.hex)
+            if not lock.try_acquire():
+                return 0  # another thread or process has it in flight
         stored = False
         try:
             if cache.find(h, size=size, count=False) is not None:
-                return 0
+                return 0  # stored by whoever had it before the lock was ours
             tmp = cache.temp_path("prefetch")
             item = cfetch.Item(h, "", compressed, size, size, tmp, None)
             got = cfetch.fetch(f.downloader, [item], mode=cache.object_mode)[0]

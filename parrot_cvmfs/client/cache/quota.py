@@ -256,7 +256,8 @@ class Quota:
 
     def close(self) -> None:
         try:
-            self.flush()
-            self._db.close()
+            with self._lock:
+                self.flush()
+                self._db.close()
         except (CacheError, sqlite3.Error):
             pass
