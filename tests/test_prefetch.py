@@ -212,3 +212,51 @@ def test_the_budget_bounds_it_and_zero_turns_it_off(repo, tmp_path):
     assert p.returncode != 0
     assert b"PARROT_CVMFS_PREFETCH='lots'" in p.stderr, p.stderr
     assert b"Traceback" not in p.stderr
+
+
+THREADLESS = """
+import threading, types
+from parrot_cvmfs.client.prefetch import Prefetcher
+try:
+    threading.Thread(target=print).start()
+    raise SystemExit("a thread started: the limit did not hold")
+except RuntimeError:
+    pass
+def entry(name):
+    return types.SimpleNamespace(name=name, is_regular=True, is_chunked=False,
+        is_external=False, is_hidden=False, hash=name.encode(), size=100,
+        is_compressed=True)
+p = Prefetcher(fetcher=None, budget=1 << 20)
+p.around("/d", lambda limit: [entry(f"{i}.pyc") for i in range(5)], entry("0.pyc"))
+assert p._closed and not p._queue, (p._closed, p._queue)
+p.around("/e", lambda limit: [entry("x.pyc"), entry("y.pyc")], entry("x.pyc"))
+print("ok", p.queued)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody")
+def test_no_thread_to_start_is_no_error_for_the_job():
+    """At the user's process limit (threads count), a guess that cannot get a worker
+    is dropped: the open that asked for it must not fail. A real limit, as nobody."""
+    p = subprocess.run(
+        [
+            "prlimit",
+            "--nproc=1:1",
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            THREADLESS,
+        ],
+        capture_output=True,
+        timeout=60,
+        cwd="/",
+        env={
+            **os.environ,
+            "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        },
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stdout.decode().split() == ["ok", "4"]

@@ -92,8 +92,18 @@ class Prefetcher:
             self._cv.notify(len(picked))
             while len(self._threads) < self._workers:
                 t = threading.Thread(target=self._work, name="prefetch", daemon=True)
+                try:
+                    t.start()
+                except RuntimeError:
+                    # at the process's thread limit: a guess is not worth failing the
+                    # job's open for; what the workers that did start cannot take, the
+                    # job fetches itself when it reads it
+                    self._workers = len(self._threads)  # not tried again
+                    if not self._threads:
+                        self._closed = True
+                        self._queue.clear()
+                    break
                 self._threads.append(t)
-                t.start()
 
     def note_read(self, digest: bytes) -> None:
         """The job read an object (for the count of prefetched objects it used)."""

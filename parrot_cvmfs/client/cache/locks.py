@@ -71,9 +71,7 @@ class ObjectLock:
             fcntl.fcntl(
                 self.fd, _F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, self.offset, 1, 0)
             )
-        except BlockingIOError:
-            return False
-        except PermissionError:  # EACCES: the other error F_SETLK reports a holder by
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held by another
             return False
         return True
 
